@@ -1,0 +1,28 @@
+# Two entry points: `make demo` and `make test`. Both create (or reuse) a virtualenv in .venv and
+# install the package with constraints.txt, which pins torch to the CPU build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.memlong-installed
+
+.PHONY: demo test test-slow bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m memlong demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,46 @@
+"""`memlong <verb>`: one command line, each verb a recipe module.
+
+A verb module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Verbs are imported
+lazily so that ``memlong --help`` stays fast and a verb's heavy imports cost only its own users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("memlong.recipes.demo", "end-to-end run: ingest a long input, retrieve, generate"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memlong", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (module_name, help_text) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        # Arguments are added only for the verb actually invoked (lazy import).
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown verb {argv[0]!r}; choose one of: {', '.join(VERBS)}")
+        parser.print_help()
+        return 0
+    verb = argv[0]
+    module = importlib.import_module(VERBS[verb][0])
+    verb_parser = argparse.ArgumentParser(prog=f"memlong {verb}", description=VERBS[verb][1])
+    module.add_arguments(verb_parser)
+    args = verb_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
