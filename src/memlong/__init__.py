@@ -1,2 +1,31 @@
-"""MemLong: memory-augmented retrieval for long text modeling."""
+"""MemLong: memory-augmented retrieval for long text modeling, for Hugging Face RoPE decoders.
+
+A frozen lower stack writes the memory layer's keys/values of every chunk into a per-sequence
+memory bank, indexed by a frozen retriever's embedding of the chunk; before a chunk goes
+through the upper layers, the most relevant past chunks are retrieved and the retrieval layers
+attend to them beside the local window.
+"""
+
+from memlong.cache import MemLongCache
+from memlong.config import MemLongConfig, MemLongConfigError
+from memlong.memory import BankFileError, BankLayout, MemoryBank
+from memlong.modeling import SUPPORTED_FAMILIES, UnsupportedModelError, from_pretrained, wrap
+from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRetriever
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "BankFileError",
+    "BankLayout",
+    "HashingRetriever",
+    "MemLongCache",
+    "MemLongConfig",
+    "MemLongConfigError",
+    "MemoryBank",
+    "Retriever",
+    "SentenceTransformerRetriever",
+    "SUPPORTED_FAMILIES",
+    "UnsupportedModelError",
+    "from_pretrained",
+    "wrap",
+]

@@ -1,0 +1,188 @@
+"""Retrieval causal attention, registered with transformers as the ``"memlong"`` attention.
+
+The wrapped model calls its decoder with ``position_ids`` all zero, so the stock RoPE leaves
+queries and keys unrotated (as if at position 0: exactly the form the memory bank stores).
+This function then, for every layer:
+
+1. records the layer's new keys/values (the caller commits them to the local window after
+   the forward, so a gradient-checkpointing recomputation cannot write twice);
+2. applies RoPE at window-relative positions to the query and to ``[window keys; new keys]``
+   and runs causal attention over the block-sliding local window (explicit boolean mask);
+3. in a retrieval layer, also attends to the chunks retrieved for each query's chunk
+   (memory keys unrotated, position 0; the query rotated at its position in its window) and
+   fuses them as in the paper (eq. 2-5): ``out = local + g * memory`` with separate softmaxes,
+   ``g = tanh(theta)`` per head, ``theta`` starting at 0 so the layer starts equal to the base.
+
+Shapes: ``B`` batch, ``H`` query heads, ``H_kv`` key/value heads, ``S`` new tokens, ``L``
+window tokens, ``D`` head dim, ``n`` chunk slots touched by the call, ``M`` retrieved tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+ATTN_NAME = "memlong"
+GATE_NAME = "memlong_gate"
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[B, h, T, D]``, ``cos``/``sin`` ``[B, 1, T, D]`` (the stock Llama formula)."""
+    return (x * cos) + (rotate_half(x) * sin)
+
+
+@dataclass
+class CallContext:
+    """What one forward call over a segment needs beyond the stock layer inputs.
+
+    Built by :class:`memlong.cache.MemLongCache` before the call; read-only during it except for
+    ``recorded``, which the attention writes (overwriting, so recomputation is harmless).
+    """
+
+    memory_layer: int  # 0-based
+    retrieval_layers: frozenset[int]  # 0-based
+    chunk_size: int
+    window_k: list[torch.Tensor | None]  # per layer [B, H_kv, L, D], unrotated
+    window_v: list[torch.Tensor | None]
+    local_mask: torch.Tensor  # [B, 1, S, L+S] bool, True = may attend
+    cos_q: torch.Tensor  # [B, 1, S, D] local RoPE of the queries
+    sin_q: torch.Tensor
+    cos_k: torch.Tensor  # [B, 1, L+S, D] local RoPE of window + new keys
+    sin_k: torch.Tensor
+    cos_qm: torch.Tensor  # [B, 1, S, D] RoPE of the queries against memory (keys at 0)
+    sin_qm: torch.Tensor
+    gate_activation: str = "tanh"
+    fusion: str = "separate"
+    mem_k: torch.Tensor | None = None  # [B*n, H_kv, M, D]
+    mem_v: torch.Tensor | None = None
+    mem_valid: torch.Tensor | None = None  # [B*n, 1, 1, M] bool
+    grid_index: torch.Tensor | None = None  # [B, S] long: slot*tau + offset, pads -> n*tau
+    num_slots: int = 0
+    has_mem: torch.Tensor | None = None  # [B, 1, S, 1] query dtype: 1 where its chunk has memory
+    recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+def gate_value(module: torch.nn.Module, activation: str, dtype: torch.dtype) -> torch.Tensor:
+    """The gate ``g`` of a retrieval layer as ``[1, H or 1, 1, 1]``."""
+    theta = getattr(module, GATE_NAME)
+    g = torch.tanh(theta) if activation == "tanh" else theta
+    return g.to(dtype).view(1, -1, 1, 1)
+
+
+def _attend_with_lse(q, k, v, mask, scale):
+    """Eager attention that also returns the log-sum-exp of each query's scores.
+
+    ``q`` ``[N, H, T, D]``, ``k``/``v`` ``[N, H_kv, K, D]``, ``mask`` broadcastable to
+    ``[N, H, T, K]`` (bool). Returns ``out`` ``[N, H, T, D]`` and ``lse`` ``[N, H, T]`` (``-inf``
+    where a query may attend to nothing; its ``out`` is 0).
+    """
+    rep = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(rep, dim=1)
+    v = v.repeat_interleave(rep, dim=1)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1).clamp_min(-1e30)).nan_to_num(0.0)
+    return (probs @ v.float()).to(q.dtype), lse
+
+
+def _to_grid(x: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+    """``[B, H, S, D]`` queries -> ``[B*n, H, tau, D]`` grouped by the chunk slot they belong to."""
+    B, H, S, D = x.shape
+    tau, n = ctx.chunk_size, ctx.num_slots
+    grid = x.new_zeros(B, H, n * tau + 1, D)  # the extra row absorbs padding queries
+    grid.scatter_(2, ctx.grid_index[:, None, :, None].expand(B, H, S, D), x)
+    return grid[:, :, : n * tau].view(B, H, n, tau, D).transpose(1, 2).reshape(B * n, H, tau, D)
+
+
+def _from_grid(y: torch.Tensor, ctx: CallContext, S: int) -> torch.Tensor:
+    """Inverse of :func:`_to_grid` (padding queries get 0). ``y`` may be ``[B*n, H, tau(, D)]``."""
+    tau, n = ctx.chunk_size, ctx.num_slots
+    B = y.shape[0] // n
+    H = y.shape[1]
+    tail = y.shape[3:]
+    flat = y.reshape(B, n, H, tau, *tail).transpose(1, 2).reshape(B, H, n * tau, *tail)
+    flat = torch.cat([flat, flat.new_zeros(B, H, 1, *tail)], dim=2)
+    idx = ctx.grid_index[:, None, :].expand(B, H, S)
+    if tail:
+        idx = idx[..., None].expand(B, H, S, *tail)
+    return flat.gather(2, idx)
+
+
+def memlong_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    memlong: CallContext | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The ``"memlong"`` attention interface. ``query`` ``[B, H, S, D]``, ``key``/``value``
+    ``[B, H_kv, S, D]`` arrive unrotated (positions 0). Returns ``[B, S, H, D]`` and ``None``."""
+    ctx = memlong
+    if ctx is None:
+        raise RuntimeError(
+            "this model uses MemLong attention but was called without MemLong state; call the "
+            "wrapped model's forward()/generate() (memlong.wrap / MemLong from_pretrained), not its inner decoder"
+        )
+    layer = module.layer_idx
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    ctx.recorded[layer] = (key, value)
+
+    wk, wv = ctx.window_k[layer], ctx.window_v[layer]
+    keys = key if wk is None else torch.cat([wk.to(key.dtype), key], dim=2)
+    values = value if wv is None else torch.cat([wv.to(value.dtype), value], dim=2)
+    q_local = apply_rope(query, ctx.cos_q, ctx.sin_q)
+    k_local = apply_rope(keys, ctx.cos_k, ctx.sin_k)
+    p = dropout if module.training else 0.0
+
+    if layer not in ctx.retrieval_layers or ctx.mem_k is None:
+        out = F.scaled_dot_product_attention(
+            q_local, k_local, values, attn_mask=ctx.local_mask, dropout_p=p, scale=scale, enable_gqa=True
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    S = query.shape[2]
+    g = gate_value(module, ctx.gate_activation, query.dtype)
+    q_mem = _to_grid(apply_rope(query, ctx.cos_qm, ctx.sin_qm), ctx)
+    if ctx.fusion == "separate":
+        local = F.scaled_dot_product_attention(
+            q_local, k_local, values, attn_mask=ctx.local_mask, dropout_p=p, scale=scale, enable_gqa=True
+        )
+        mem = F.scaled_dot_product_attention(
+            q_mem, ctx.mem_k.to(query.dtype), ctx.mem_v.to(query.dtype), attn_mask=ctx.mem_valid,
+            dropout_p=p, scale=scale, enable_gqa=True,
+        )
+        out = local + g * _from_grid(mem, ctx, S) * ctx.has_mem
+    else:  # joint: one softmax over [memory; local], mixed in by the gate
+        local, lse_l = _attend_with_lse(q_local, k_local, values, ctx.local_mask, scale)
+        mem, lse_m = _attend_with_lse(q_mem, ctx.mem_k.to(query.dtype), ctx.mem_v.to(query.dtype), ctx.mem_valid, scale)
+        mem = _from_grid(mem, ctx, S)
+        lse_m = _from_grid(lse_m, ctx, S).masked_fill(ctx.has_mem[:, :, :, 0] == 0, float("-inf"))
+        top = torch.maximum(lse_l, lse_m)
+        w_l = torch.exp(lse_l - top).unsqueeze(-1)
+        w_m = torch.exp(lse_m - top).unsqueeze(-1)
+        joint = ((w_l * local.float() + w_m * mem.float()) / (w_l + w_m)).to(query.dtype)
+        out = local + g * (joint - local)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Registers the ``"memlong"`` attention with transformers (idempotent, process-wide).
+
+    No mask function is registered on purpose: transformers then skips building its own
+    ``[S, S]`` mask (returns ``None``), and this function builds the block-sliding mask itself.
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, memlong_attention)

@@ -1,0 +1,325 @@
+"""Per-sequence MemLong state across forward calls: local window, memory banks, chunk records.
+
+:class:`MemLongCache` is a transformers ``Cache`` so that ``generate()`` carries it from step to
+step like any KV cache. It holds, for each batch row (each row is its own sequence):
+
+* the **local window**: every layer's keys/values (unrotated) of the recent tokens, with their
+  stream positions; a token sees the previous ``local_window // chunk_size - 1`` whole chunks
+  and its own chunk up to itself (a block-sliding window, so chunks leave it whole);
+* the **memory bank** (:class:`memlong.memory.MemoryBank`) of chunks that left the window;
+* chunk records: tokens and retrieval embeddings of chunks still in the window, and the
+  retrieved K/V of the chunk in progress (reused until it ends, so one chunk is retrieved for
+  once, whatever the call boundaries: token-by-token generation equals one forward).
+
+Timeline of chunk ``j`` (``tau`` tokens, ``w = local_window // tau - 1``): when its first token
+is processed, chunk ``j - w - 1`` leaves the window and is written to the bank (evicting if the
+bank is full), then the bank is searched with the query for chunk ``j`` (causal: the embedding
+of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval layers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from transformers.cache_utils import Cache
+
+from memlong.attention import CallContext
+from memlong.config import MemLongConfig
+from memlong.memory import BankLayout, MemoryBank
+from memlong.retriever import Retriever
+
+RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
+
+
+class MemLongCache(Cache):
+    """State of a batch of sequences for a MemLong model (see the module docstring).
+
+    Create it with ``model.new_memory(batch_size)`` rather than by hand.
+    """
+
+    def __init__(self, config: MemLongConfig, layout: BankLayout, num_layers: int, batch_size: int = 1):
+        super().__init__(layers=[])
+        self.config = config
+        self.layout = layout
+        self.num_layers = num_layers
+        self.batch_size_ = batch_size
+        self.banks = [self._new_bank() for _ in range(batch_size)]
+        self.columns = 0  # input columns consumed (padding included), for transformers' generate
+        self.origin = 0  # columns that generate() should treat as already outside input_ids
+        self._clear_rows(range(batch_size), init=True)
+
+    def _new_bank(self) -> MemoryBank:
+        c = self.config
+        return MemoryBank(
+            self.layout, c.eviction, c.evict_keep_newest, c.evict_drop_oldest, c.evict_target, c.search_backend
+        )
+
+    def _clear_rows(self, rows, init: bool = False) -> None:
+        if init:
+            self.seen = [0] * self.batch_size_
+            self.win_k: list[torch.Tensor | None] = [None] * self.num_layers
+            self.win_v: list[torch.Tensor | None] = [None] * self.num_layers
+            self.win_pos: torch.Tensor | None = None  # [B, L] stream positions, -1 = empty
+            self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]
+            self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
+            self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [
+                {} for _ in range(self.batch_size_)
+            ]
+            return
+        for b in rows:
+            self.seen[b] = 0
+            self.chunk_tokens[b].clear()
+            self.chunk_emb[b].clear()
+            self.chunk_mem[b].clear()
+            self.banks[b].reset()
+            if self.win_pos is not None:
+                self.win_pos[b] = -1
+
+    # ------------------------------------------------------------------ public lifecycle
+    @property
+    def batch_size(self) -> int:  # transformers' Cache API
+        return self.batch_size_
+
+    def bank(self, row: int = 0) -> MemoryBank:
+        """The memory bank of batch row ``row``."""
+        return self.banks[row]
+
+    def reset(self, rows: list[int] | None = None) -> None:
+        """Forgets rows (default: all): window, bank and records. Use at document boundaries."""
+        rows = list(range(self.batch_size_)) if rows is None else list(rows)
+        self._clear_rows(rows)
+        if len(rows) == self.batch_size_:
+            self.columns = self.origin = 0
+            self.win_k = [None] * self.num_layers
+            self.win_v = [None] * self.num_layers
+            self.win_pos = None
+
+    def save_bank(self, directory: str | os.PathLike, row: int = 0, metadata: dict | None = None) -> str:
+        """Saves row ``row``'s bank (see :meth:`MemoryBank.save`)."""
+        return self.banks[row].save(directory, metadata)
+
+    def load_bank(self, directory: str | os.PathLike, row: int = 0) -> None:
+        """Replaces row ``row``'s bank with a saved one. The file is fully checked first; on any
+        error the bank in memory is left untouched."""
+        bank = MemoryBank.load(directory, expected=self.layout)
+        self.banks[row] = bank
+
+    def window_tokens(self, row: int = 0) -> int:
+        return 0 if self.win_pos is None else int((self.win_pos[row] >= 0).sum())
+
+    def nbytes(self) -> int:
+        """Bytes of state: banks plus local windows."""
+        win = sum(t.numel() * t.element_size() for t in self.win_k + self.win_v if t is not None)
+        return win + sum(b.nbytes() for b in self.banks)
+
+    # ------------------------------------------------------------------ transformers Cache API
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.columns - self.origin
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        return True
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1
+
+    def _unsupported(self, *args, **kwargs):
+        raise NotImplementedError(
+            "MemLong memory is per sequence and cannot be reordered or expanded across the batch "
+            "(beam search, num_return_sequences > 1, contrastive search); use greedy or sampling "
+            "generation with one sequence per prompt"
+        )
+
+    reorder_cache = batch_repeat_interleave = batch_select_indices = crop = _unsupported
+
+    # ------------------------------------------------------------------ streaming engine
+    def allowed_segment(self, remaining: list[int]) -> int:
+        """Longest next segment such that every chunk leaving the window during it was
+        complete before it (so its memory-layer K/V are already in the window)."""
+        tau, w = self.config.chunk_size, self.config.window_chunks
+        allowed = [
+            (self.seen[b] // tau + w + 1) * tau - self.seen[b] for b in range(self.batch_size_) if remaining[b] > 0
+        ]
+        return max(1, min(min(allowed), max(remaining)))
+
+    @torch.no_grad()
+    def prepare(
+        self,
+        ids: torch.Tensor,
+        counts: list[int],
+        retriever: Retriever,
+        rotary: RotaryTable,
+        gate_activation: str,
+    ) -> CallContext:
+        """Plans one segment: records tokens, embeds completed chunks, writes departing chunks
+        to the banks, retrieves for chunks that start, and builds masks/RoPE/memory tensors.
+
+        ``ids`` ``[B, S]`` new tokens per row, left-aligned; ``counts[b]`` of them are real.
+        """
+        cfg = self.config
+        tau, w = cfg.chunk_size, cfg.window_chunks
+        B, S = ids.shape
+        device = ids.device
+        starts = list(self.seen)
+
+        # 1. chunk tokens, and embeddings of the chunks this segment completes (one batch)
+        todo: list[tuple[int, int]] = []
+        for b in range(B):
+            toks = ids[b, : counts[b]].tolist()
+            p = starts[b]
+            while toks:
+                c, off = divmod(p, tau)
+                take = toks[: tau - off]
+                self.chunk_tokens[b].setdefault(c, []).extend(take)
+                if len(self.chunk_tokens[b][c]) == tau:
+                    todo.append((b, c))
+                toks = toks[len(take) :]
+                p += len(take)
+        if todo:
+            embs = retriever.embed([self.chunk_tokens[b][c] for b, c in todo])
+            for (b, c), e in zip(todo, embs):
+                self.chunk_emb[b][c] = e
+
+        # 2. chunk starts: departure to memory, then retrieval, in stream order
+        for b in range(B):
+            first = -(-starts[b] // tau)  # first chunk starting at or after the segment start
+            for j in range(first, (starts[b] + counts[b] - 1) // tau + 1):
+                if j * tau >= starts[b] + counts[b]:
+                    break
+                query = self._query(b, j, retriever)
+                if j - w - 1 >= 0:
+                    self._depart(b, j - w - 1)
+                self.chunk_mem[b][j] = self._retrieve(b, query)
+
+        # 3. local mask and RoPE positions
+        qpos = torch.full((B, S), -1, dtype=torch.long)
+        for b in range(B):
+            qpos[b, : counts[b]] = torch.arange(starts[b], starts[b] + counts[b])
+        kpos = qpos if self.win_pos is None else torch.cat([self.win_pos, qpos], dim=1)
+        L = kpos.shape[1] - S
+        qchunk, kchunk = qpos.div(tau, rounding_mode="floor"), kpos.div(tau, rounding_mode="floor")
+        qvalid = qpos >= 0
+        mask = (
+            (kpos[:, None, :] >= 0)
+            & (kpos[:, None, :] <= qpos[:, :, None])
+            & (kchunk[:, None, :] >= qchunk[:, :, None] - w)
+        )
+        pad_rows, pad_cols = (~qvalid).nonzero(as_tuple=True)
+        mask[pad_rows, pad_cols, L + pad_cols] = True  # padding queries attend to themselves only
+        base = torch.tensor([max(0, s // tau - w) * tau for s in starts]).view(B, 1)
+        qrel = (qpos - base).clamp_min(0)
+        krel = (kpos - base).clamp_min(0)
+        qmem = (qpos - (qchunk - w).clamp_min(0) * tau).clamp_min(0)
+        P = int(max(qrel.max(), krel.max(), qmem.max())) + 1
+        cos, sin = rotary(P)
+
+        def pick(t, pos):
+            return t[pos.to(t.device)].unsqueeze(1)  # [B, 1, T, D]
+
+        ctx = CallContext(
+            memory_layer=cfg.memory_layer_index,
+            retrieval_layers=frozenset(cfg.retrieval_layer_indices),
+            chunk_size=tau,
+            window_k=list(self.win_k),
+            window_v=list(self.win_v),
+            local_mask=mask.unsqueeze(1).to(device),
+            cos_q=pick(cos, qrel), sin_q=pick(sin, qrel),
+            cos_k=pick(cos, krel), sin_k=pick(sin, krel),
+            cos_qm=pick(cos, qmem), sin_qm=pick(sin, qmem),
+            gate_activation=gate_activation,
+            fusion=cfg.fusion,
+        )
+
+        # 4. retrieved memory grouped by chunk slot
+        first_chunk = torch.tensor([s // tau for s in starts]).view(B, 1)
+        slot = (qchunk - first_chunk).clamp_min(0)
+        n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
+        entries = [[self.chunk_mem[b].get(starts[b] // tau + t) for t in range(n)] for b in range(B)]
+        M = max((e[0].shape[1] for row in entries for e in row if e is not None), default=0)
+        if M > 0:
+            L_ = self.layout
+            mem_k = torch.zeros(B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.dtype, device=L_.device)
+            mem_v = torch.zeros_like(mem_k)
+            valid = torch.zeros(B, n, M, dtype=torch.bool)
+            for b in range(B):
+                for t, e in enumerate(entries[b]):
+                    if e is not None:
+                        m = e[0].shape[1]
+                        mem_k[b, t, :, :m], mem_v[b, t, :, :m] = e
+                        valid[b, t, :m] = True
+            slot_has = valid.any(-1)  # [B, n]
+            valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
+            has_mem = slot_has.gather(1, slot) & qvalid
+            grid = torch.where(qvalid, slot * tau + qpos.remainder(tau), torch.full_like(qpos, n * tau))
+            ctx.mem_k = mem_k.flatten(0, 1).to(device)
+            ctx.mem_v = mem_v.flatten(0, 1).to(device)
+            ctx.mem_valid = valid.flatten(0, 1)[:, None, None, :].to(device)
+            ctx.grid_index = grid.to(device)
+            ctx.num_slots = n
+            ctx.has_mem = has_mem[:, None, :, None].to(device=device, dtype=cos.dtype)
+        self._pending = (qpos, kpos, counts)
+        return ctx
+
+    def _query(self, b: int, j: int, retriever: Retriever) -> torch.Tensor | None:
+        """Retrieval query for chunk ``j`` of row ``b`` (None: nothing to retrieve with)."""
+        if self.config.retrieval_query == "causal":
+            return self.chunk_emb[b].get(j - 1)
+        if j in self.chunk_emb[b]:
+            return self.chunk_emb[b][j]
+        return retriever.embed([self.chunk_tokens[b][j]])[0]  # partial chunk ("chunk" mode only)
+
+    def _depart(self, b: int, c: int) -> None:
+        """Chunk ``c`` of row ``b`` leaves the window: write it to the bank."""
+        tau, m = self.config.chunk_size, self.config.memory_layer_index
+        pos = self.win_pos[b]
+        idx = (pos == c * tau).nonzero().flatten()
+        if idx.numel() != 1 or int(pos[int(idx[0]) + tau - 1]) != (c + 1) * tau - 1:
+            raise RuntimeError(f"chunk {c} of row {b} is not whole in the window; state is inconsistent")
+        i = int(idx[0])
+        k = self.win_k[m][b, :, i : i + tau]
+        v = self.win_v[m][b, :, i : i + tau]
+        tokens = torch.tensor(self.chunk_tokens[b].pop(c), dtype=torch.int32)
+        emb = self.chunk_emb[b].pop(c)
+        self.banks[b].add(k, v, emb, chunk_id=c, span=(c * tau, (c + 1) * tau), token_ids=tokens)
+
+    def _retrieve(self, b: int, query: torch.Tensor | None):
+        bank = self.banks[b]
+        if query is None or len(bank) == 0:
+            return None
+        slots, _ = bank.search(query, self.config.top_k)
+        return bank.gather(slots)
+
+    @torch.no_grad()
+    def commit(self, ctx: CallContext) -> None:
+        """After the forward: appends the segment's K/V to each layer's window and drops what
+        no query can see any more (chunks stay until written to memory)."""
+        qpos, kpos, counts = self._pending
+        del self._pending
+        tau, w = self.config.chunk_size, self.config.window_chunks
+        B = qpos.shape[0]
+        nxt = torch.tensor([self.seen[b] + counts[b] for b in range(B)])
+        lowest = ((nxt - 1).div(tau, rounding_mode="floor") - w).view(B, 1)  # oldest chunk to keep
+        keep = (kpos >= 0) & (kpos.div(tau, rounding_mode="floor") >= lowest)
+        big = torch.iinfo(torch.long).max
+        order = torch.argsort(torch.where(keep, kpos, big), dim=1)
+        Lnew = int(keep.sum(1).max())
+        idx = order[:, :Lnew]
+        self.win_pos = torch.where(keep.gather(1, idx), kpos.gather(1, idx), -1)
+        for layer in range(self.num_layers):
+            k_new, v_new = ctx.recorded[layer]
+            wk, wv = self.win_k[layer], self.win_v[layer]
+            kk = k_new.detach() if wk is None else torch.cat([wk, k_new.detach().to(wk.dtype)], dim=2)
+            vv = v_new.detach() if wv is None else torch.cat([wv, v_new.detach().to(wv.dtype)], dim=2)
+            g = idx.to(kk.device)[:, None, :, None].expand(B, kk.shape[1], Lnew, kk.shape[3])
+            self.win_k[layer], self.win_v[layer] = kk.gather(2, g), vv.gather(2, g)
+        for b in range(B):
+            self.seen[b] = int(nxt[b])
+            cur = self.seen[b] // tau
+            for j in [j for j in self.chunk_mem[b] if j < cur]:
+                del self.chunk_mem[b][j]

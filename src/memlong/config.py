@@ -1,0 +1,247 @@
+"""The MemLong configuration: one typed, validated, JSON-serialisable dataclass.
+
+Layer numbers are **1-based**, as in the paper (a 26-layer model: memory layer 13, retrieval
+layers 14, 18, 22, 26). ``memory_layer_index`` / ``retrieval_layer_indices`` give the 0-based
+indices that ``model.model.layers[i]`` uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EvictionPolicy = Literal["counter", "fifo"]
+GateMode = Literal["head", "layer"]
+GateActivation = Literal["tanh", "identity"]
+Fusion = Literal["separate", "joint"]
+QueryMode = Literal["causal", "chunk"]
+SearchBackend = Literal["torch", "faiss"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "eviction": ("counter", "fifo"),
+    "gate_mode": ("head", "layer"),
+    "gate_activation": ("tanh", "identity"),
+    "fusion": ("separate", "joint"),
+    "retrieval_query": ("causal", "chunk"),
+    "search_backend": ("torch", "faiss"),
+}
+
+CONFIG_NAME = "memlong_config.json"
+
+
+class MemLongConfigError(ValueError):
+    """An invalid MemLong configuration value; the message names the field and what to do."""
+
+
+@dataclass
+class MemLongConfig:
+    """Everything that defines a MemLong model on top of a base causal LM.
+
+    Attributes:
+        memory_layer: 1-based index of the memory layer. Layers 1..memory_layer are the frozen
+            lower stack; this layer's keys and values are what the memory bank stores.
+        retrieval_layers: 1-based indices of the layers that attend to retrieved chunks; each
+            must be above ``memory_layer``. The paper finds a few spaced layers beat "all upper
+            layers" (Table 3).
+        chunk_size: tokens per chunk (tau). The unit of memory, retrieval and eviction.
+        top_k: chunks retrieved for each chunk of input.
+        memory_capacity: bank capacity in **tokens** (a whole number of chunks is used:
+            ``memory_capacity // chunk_size``). The paper evaluates 4K and 32K.
+        local_window: tokens of local context, a multiple of ``chunk_size``. A token sees the
+            previous ``local_window // chunk_size - 1`` whole chunks and its own chunk up to
+            itself; a chunk is written to memory when it leaves that window.
+        eviction: ``"counter"`` (paper: keep newest 10%, drop oldest 10%, delete the
+            least-retrieved of the middle until the bank is at 50%) or ``"fifo"`` (drop the
+            oldest chunk to make room for the new one).
+        evict_keep_newest, evict_drop_oldest, evict_target: the fractions of the counter rule.
+        gate_mode: one gate per head (``"head"``) or one per retrieval layer (``"layer"``).
+        gate_activation: the gate's value is ``tanh(theta)`` (LLaMA-Adapter) or ``theta``.
+            ``theta`` starts at 0, where every retrieval layer equals the base model exactly.
+        fusion: ``"separate"`` (paper eq. 2-5: a softmax over local scores, a softmax over
+            memory scores, memory scaled by the gate) or ``"joint"`` (one softmax over memory
+            and local keys, mixed in by the gate: ``local + g * (joint - local)``).
+        retrieval_query: ``"causal"`` (default): chunk j is retrieved for with the embedding
+            of chunk j-1, so nothing depends on tokens not yet seen. ``"chunk"``: the paper's
+            way, the chunk's own text; this leaks future tokens into earlier predictions and
+            is kept only for replication.
+        search_backend: exact cosine top-k in ``"torch"`` (fastest at the sizes measured) or
+            ``"faiss"`` (``IndexFlatIP``).
+        bank_dtype: dtype of stored keys/values (``None``: the model's dtype).
+    """
+
+    memory_layer: int = 13
+    retrieval_layers: tuple[int, ...] = (14, 18, 22, 26)
+    chunk_size: int = 128
+    top_k: int = 4
+    memory_capacity: int = 32768
+    local_window: int = 1024
+    eviction: EvictionPolicy = "counter"
+    evict_keep_newest: float = 0.1
+    evict_drop_oldest: float = 0.1
+    evict_target: float = 0.5
+    gate_mode: GateMode = "head"
+    gate_activation: GateActivation = "tanh"
+    fusion: Fusion = "separate"
+    retrieval_query: QueryMode = "causal"
+    search_backend: SearchBackend = "torch"
+    bank_dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.retrieval_layers = tuple(int(x) for x in self.retrieval_layers)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def bad(name: str, msg: str) -> None:
+            raise MemLongConfigError(f"MemLongConfig.{name}: {msg}")
+
+        for name in ("memory_layer", "chunk_size", "top_k", "memory_capacity", "local_window"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                bad(name, f"must be an int, got {v!r}")
+        if self.memory_layer < 1:
+            bad("memory_layer", f"is 1-based and must be >= 1, got {self.memory_layer}")
+        if not self.retrieval_layers:
+            bad("retrieval_layers", "must name at least one layer above the memory layer")
+        if len(set(self.retrieval_layers)) != len(self.retrieval_layers):
+            bad("retrieval_layers", f"has duplicates: {list(self.retrieval_layers)}")
+        for layer in self.retrieval_layers:
+            if layer <= self.memory_layer:
+                bad(
+                    "retrieval_layers",
+                    f"layer {layer} is at or below memory_layer={self.memory_layer}; retrieval "
+                    "layers must be above the memory layer (1-based numbering)",
+                )
+        if self.chunk_size < 1:
+            bad("chunk_size", f"must be >= 1, got {self.chunk_size}")
+        if self.local_window < self.chunk_size:
+            bad(
+                "chunk_size",
+                f"chunk_size={self.chunk_size} is larger than local_window={self.local_window}; "
+                "use a chunk no larger than the window",
+            )
+        if self.local_window % self.chunk_size:
+            bad(
+                "local_window",
+                f"must be a multiple of chunk_size={self.chunk_size}, got {self.local_window}",
+            )
+        if self.top_k < 1:
+            bad("top_k", f"must be >= 1, got {self.top_k}")
+        if self.memory_capacity < self.top_k * self.chunk_size:
+            bad(
+                "memory_capacity",
+                f"{self.memory_capacity} tokens holds fewer than top_k={self.top_k} chunks of "
+                f"{self.chunk_size} tokens; raise it to at least {self.top_k * self.chunk_size}",
+            )
+        for name, choices in _CHOICES.items():
+            v = getattr(self, name)
+            if v not in choices:
+                bad(name, f"unknown value {v!r}; choose one of {list(choices)}")
+        for name in ("evict_keep_newest", "evict_drop_oldest"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                bad(name, f"must be in [0, 1), got {v}")
+        if not 0.0 < self.evict_target < 1.0:
+            bad("evict_target", f"must be in (0, 1), got {self.evict_target}")
+        if self.evict_keep_newest + self.evict_drop_oldest > self.evict_target:
+            bad(
+                "evict_keep_newest",
+                "evict_keep_newest + evict_drop_oldest must not exceed evict_target, "
+                f"got {self.evict_keep_newest} + {self.evict_drop_oldest} > {self.evict_target}",
+            )
+        if self.bank_dtype is not None and self.bank_dtype not in ("float32", "float16", "bfloat16"):
+            bad("bank_dtype", f"must be None, 'float32', 'float16' or 'bfloat16', got {self.bank_dtype!r}")
+
+    def validate_for_model(self, num_layers: int, max_positions: int | None = None) -> None:
+        """Checks that depend on the base model (raised when wrapping)."""
+        if self.memory_layer >= num_layers:
+            raise MemLongConfigError(
+                f"MemLongConfig.memory_layer: {self.memory_layer} leaves no layer above it in a "
+                f"{num_layers}-layer model (1-based); choose at most {num_layers - 1}"
+            )
+        for layer in self.retrieval_layers:
+            if layer > num_layers:
+                raise MemLongConfigError(
+                    f"MemLongConfig.retrieval_layers: layer {layer} is beyond the model, which has "
+                    f"{num_layers} layers (1-based numbering: 1..{num_layers})"
+                )
+        if max_positions is not None and self.local_window > max_positions:
+            raise MemLongConfigError(
+                f"MemLongConfig.local_window: {self.local_window} exceeds the model's "
+                f"max_position_embeddings={max_positions}; the window must fit what the model was trained on"
+            )
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def memory_layer_index(self) -> int:
+        """0-based index of the memory layer."""
+        return self.memory_layer - 1
+
+    @property
+    def retrieval_layer_indices(self) -> tuple[int, ...]:
+        """0-based indices of the retrieval layers."""
+        return tuple(layer - 1 for layer in self.retrieval_layers)
+
+    @property
+    def capacity_chunks(self) -> int:
+        return self.memory_capacity // self.chunk_size
+
+    @property
+    def window_chunks(self) -> int:
+        """Whole past chunks a token sees locally besides its own chunk."""
+        return self.local_window // self.chunk_size - 1
+
+    @classmethod
+    def for_num_layers(cls, num_layers: int, **overrides: Any) -> MemLongConfig:
+        """The paper's layout scaled to ``num_layers``: memory layer in the middle, four spaced
+        retrieval layers above it (26 layers give 13 and 14, 18, 22, 26)."""
+        if num_layers < 2:
+            raise MemLongConfigError(f"a MemLong model needs at least 2 layers, got {num_layers}")
+        memory = num_layers // 2
+        step = max(1, (num_layers - (memory + 1)) // 3)
+        retrieval = tuple(range(memory + 1, num_layers + 1, step))
+        return cls(memory_layer=memory, retrieval_layers=retrieval, **overrides)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["retrieval_layers"] = list(self.retrieval_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MemLongConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MemLongConfigError(
+                f"unknown MemLongConfig field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        return cls(**d)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> str:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CONFIG_NAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.to_json_string() + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> MemLongConfig:
+        path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!s}: not a MemLong directory")
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise MemLongConfigError(f"{path} is not valid JSON ({e}); the file is corrupted") from e
+        return cls.from_dict(d)

@@ -1,0 +1,426 @@
+"""The memory bank of one sequence: chunk-level K/V, retrieval embeddings, counters.
+
+Every entry is one chunk of ``chunk_size`` tokens and holds, in the same slot of parallel
+tensors (so they cannot get out of step):
+
+* ``keys`` / ``values`` ``[H_kv, tau, D]``: the memory layer's K and V for the chunk, unrotated
+  (as if at position 0);
+* ``embeddings`` ``[dim]``: the frozen retriever's unit-norm embedding of the chunk;
+* ``chunk_ids``: the chunk's index in the stream (its age; ``-1`` marks a free slot);
+* ``spans`` ``[2]``: its token span ``[start, end)`` in the stream;
+* ``token_ids`` ``[tau]``: its tokens (decode them to see what was stored or retrieved);
+* ``counts``: how many times it has been retrieved.
+
+Eviction frees slots in place; new chunks take free slots, so nothing large is ever copied.
+Storage grows by doubling up to the capacity, so a large capacity costs nothing until used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass
+
+import torch
+
+from memlong.memory.index import make_index
+
+
+@dataclass(frozen=True)
+class BankLayout:
+    """Shapes and dtypes shared by every bank of a model."""
+
+    capacity: int  # in chunks
+    chunk_size: int
+    num_kv_heads: int
+    head_dim: int
+    embed_dim: int
+    dtype: torch.dtype = torch.float32
+    device: str | torch.device = "cpu"
+
+
+class MemoryBank:
+    """Chunk memory of one sequence (see the module docstring for what a slot holds).
+
+    Args:
+        layout: shapes/dtypes.
+        eviction: ``"counter"`` (paper) or ``"fifo"``.
+        keep_newest, drop_oldest, target: fractions of the counter rule.
+        search_backend: ``"torch"`` or ``"faiss"`` (both exact cosine).
+    """
+
+    def __init__(
+        self,
+        layout: BankLayout,
+        eviction: str = "counter",
+        keep_newest: float = 0.1,
+        drop_oldest: float = 0.1,
+        target: float = 0.5,
+        search_backend: str = "torch",
+    ):
+        if eviction not in ("counter", "fifo"):
+            raise ValueError(f"unknown eviction policy {eviction!r}; choose 'counter' or 'fifo'")
+        self.layout = layout
+        self.eviction = eviction
+        self.keep_newest = keep_newest
+        self.drop_oldest = drop_oldest
+        self.target = target
+        self.search_backend = search_backend
+        self.evictions = 0  # number of eviction rounds, for logs and tests
+        self._allocate(0)
+
+    # ------------------------------------------------------------------ storage
+    def _allocate(self, n: int) -> None:
+        L = self.layout
+        kv_shape = (n, L.num_kv_heads, L.chunk_size, L.head_dim)
+        self.keys = torch.zeros(kv_shape, dtype=L.dtype, device=L.device)
+        self.values = torch.zeros(kv_shape, dtype=L.dtype, device=L.device)
+        self.embeddings = torch.zeros(n, L.embed_dim, dtype=torch.float32, device=L.device)
+        self.chunk_ids = torch.full((n,), -1, dtype=torch.long)
+        self.spans = torch.zeros(n, 2, dtype=torch.long)
+        self.token_ids = torch.zeros(n, L.chunk_size, dtype=torch.int32)
+        self.counts = torch.zeros(n, dtype=torch.long)
+        self.index = make_index(self.search_backend, L.embed_dim)
+
+    def _grow(self) -> None:
+        old = self.num_slots
+        new = min(self.layout.capacity, max(4, 2 * old))
+        pad = new - old
+
+        def grow(t: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+            extra = torch.full((pad, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)
+            return torch.cat([t, extra])
+
+        self.keys, self.values = grow(self.keys), grow(self.values)
+        self.embeddings = grow(self.embeddings)
+        self.chunk_ids = grow(self.chunk_ids, -1)
+        self.spans, self.token_ids, self.counts = grow(self.spans), grow(self.token_ids), grow(self.counts)
+
+    @property
+    def num_slots(self) -> int:
+        return self.chunk_ids.shape[0]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """``[num_slots]`` bool: which slots hold a chunk."""
+        return self.chunk_ids >= 0
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def capacity(self) -> int:
+        return self.layout.capacity
+
+    def nbytes(self) -> int:
+        """Bytes held by the bank's tensors (allocated slots, used or free)."""
+        ts = (self.keys, self.values, self.embeddings, self.chunk_ids, self.spans, self.token_ids, self.counts)
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    # ------------------------------------------------------------------ write
+    def add(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        embedding: torch.Tensor,
+        chunk_id: int,
+        span: tuple[int, int],
+        token_ids: torch.Tensor | None = None,
+    ) -> int:
+        """Stores one chunk, evicting first if the bank is full. Returns its slot.
+
+        Args:
+            keys, values: ``[H_kv, tau, D]`` memory-layer K/V, unrotated.
+            embedding: ``[dim]`` unit-norm retrieval embedding.
+            chunk_id: the chunk's index in the stream; must exceed every stored one.
+            span: ``(start, end)`` token positions in the stream.
+            token_ids: ``[tau]`` the chunk's tokens.
+        """
+        L = self.layout
+        if keys.shape != (L.num_kv_heads, L.chunk_size, L.head_dim) or values.shape != keys.shape:
+            raise ValueError(
+                f"chunk K/V must be [H_kv={L.num_kv_heads}, tau={L.chunk_size}, D={L.head_dim}], "
+                f"got keys {tuple(keys.shape)} and values {tuple(values.shape)}"
+            )
+        if embedding.shape != (L.embed_dim,):
+            raise ValueError(f"embedding must be [{L.embed_dim}], got {tuple(embedding.shape)}")
+        n = len(self)
+        if n and chunk_id <= int(self.chunk_ids.max()):
+            raise ValueError(f"chunk ids must increase: got {chunk_id} after {int(self.chunk_ids.max())}")
+        if n >= L.capacity:
+            self.evict()
+        free = (~self.valid).nonzero().flatten()
+        if free.numel() == 0:
+            self._grow()
+            free = (~self.valid).nonzero().flatten()
+        slot = int(free[0])
+        self.keys[slot] = keys.to(self.keys.dtype)
+        self.values[slot] = values.to(self.values.dtype)
+        self.embeddings[slot] = embedding.to(self.embeddings)
+        self.chunk_ids[slot] = chunk_id
+        self.spans[slot, 0], self.spans[slot, 1] = int(span[0]), int(span[1])
+        if token_ids is not None:
+            self.token_ids[slot] = token_ids.to(torch.int32).cpu()
+        self.counts[slot] = 0
+        self.index.add(slot, self.embeddings[slot])
+        return slot
+
+    # ------------------------------------------------------------------ eviction
+    def eviction_plan(self) -> torch.Tensor:
+        """Slots the policy would free now (sorted). Pure: changes nothing.
+
+        ``fifo``: the oldest chunk. ``counter`` (paper, sec. 3.2): with n chunks stored, keep the
+        newest ``floor(keep_newest*C)``, drop the oldest ``floor(drop_oldest*C)``, then delete the
+        least-retrieved chunks of the middle (ties: older first) until ``floor(target*C)``
+        remain, where C is the capacity.
+        """
+        slots = self.valid.nonzero().flatten()
+        order = slots[torch.argsort(self.chunk_ids[slots])]  # oldest first
+        n = order.numel()
+        if n == 0:
+            return order
+        if self.eviction == "fifo":
+            return order[:1]
+        C = self.capacity
+        n_old = min(n, math.floor(self.drop_oldest * C))
+        n_new = min(n - n_old, math.floor(self.keep_newest * C))
+        keep_total = min(n, max(0, math.floor(self.target * C)))
+        to_delete = n - keep_total
+        oldest = order[:n_old]
+        middle = order[n_old : n - n_new]
+        more = max(0, to_delete - n_old)
+        if more > middle.numel():
+            raise RuntimeError("eviction fractions leave too few middle chunks")  # guarded by config
+        # Least-retrieved first; stable sort keeps age order among equal counts (older first).
+        by_count = middle[torch.sort(self.counts[middle], stable=True).indices]
+        victims = torch.cat([oldest, by_count[:more]])
+        return torch.sort(victims).values
+
+    def evict(self) -> torch.Tensor:
+        """Applies :meth:`eviction_plan`; returns the freed slots."""
+        victims = self.eviction_plan()
+        self.index.remove(victims)
+        self.chunk_ids[victims] = -1
+        self.counts[victims] = 0
+        self.evictions += 1
+        return victims
+
+    def reset(self) -> None:
+        """Forgets everything (keeps the layout)."""
+        self.evictions = 0
+        self._allocate(0)
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: torch.Tensor, k: int, count: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact cosine top-k. ``query`` ``[dim]`` unit norm.
+
+        Returns ``(slots, scores)``, at most ``k`` each, best first. ``count`` bumps the
+        retrieval counter of every returned chunk (the paper's counter).
+        """
+        if len(self) == 0:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        scores, slots = self.index.search(query.float(), min(k, len(self)), self.embeddings, self.valid)
+        if count:
+            self.counts[slots] += 1
+        return slots, scores
+
+    def gather(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of ``slots`` concatenated along tokens: ``[H_kv, len(slots)*tau, D]`` each, in
+        stream order (a copy: later evictions do not change it)."""
+        slots = slots[torch.argsort(self.chunk_ids[slots])]
+        k = self.keys[slots].permute(1, 0, 2, 3).flatten(1, 2)
+        v = self.values[slots].permute(1, 0, 2, 3).flatten(1, 2)
+        return k.clone(), v.clone()
+
+    # ------------------------------------------------------------------ inspection
+    def entries(self) -> list[dict]:
+        """Stored chunks, oldest first: ``chunk_id``, ``span``, ``count``, ``slot``."""
+        slots = self.valid.nonzero().flatten()
+        slots = slots[torch.argsort(self.chunk_ids[slots])]
+        return [
+            {
+                "slot": int(s),
+                "chunk_id": int(self.chunk_ids[s]),
+                "span": (int(self.spans[s, 0]), int(self.spans[s, 1])),
+                "count": int(self.counts[s]),
+            }
+            for s in slots
+        ]
+
+    def check_invariants(self) -> None:
+        """Raises AssertionError if the parallel tensors or the index disagree."""
+        n = self.num_slots
+        for name in ("keys", "values", "embeddings", "spans", "token_ids", "counts"):
+            assert getattr(self, name).shape[0] == n, f"{name} has {getattr(self, name).shape[0]} slots, not {n}"
+        assert len(self) <= self.capacity, f"{len(self)} chunks stored above capacity {self.capacity}"
+        ids = self.chunk_ids[self.valid]
+        assert ids.unique().numel() == ids.numel(), "duplicate chunk ids"
+        assert bool((self.counts[~self.valid] == 0).all()), "free slots with non-zero counters"
+        assert self.index.size() == len(self), f"index holds {self.index.size()} vectors for {len(self)} chunks"
+        spans = self.spans[self.valid]
+        assert bool((spans[:, 1] - spans[:, 0] == self.layout.chunk_size).all()), "span length != chunk size"
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> str:
+        """Writes the bank to ``directory`` as ``bank-<id>.safetensors`` + ``bank.json``.
+
+        Atomic: the tensors go to a new file first; ``bank.json`` (which names that file and its
+        SHA-256) is replaced in one ``os.replace``. A crash leaves the previous save intact.
+        """
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        slots = self.valid.nonzero().flatten()
+        slots = slots[torch.argsort(self.chunk_ids[slots])]
+        tensors = {
+            "keys": self.keys[slots].contiguous().cpu(),
+            "values": self.values[slots].contiguous().cpu(),
+            "embeddings": self.embeddings[slots].contiguous().cpu(),
+            "chunk_ids": self.chunk_ids[slots].contiguous(),
+            "spans": self.spans[slots].contiguous(),
+            "token_ids": self.token_ids[slots].contiguous(),
+            "counts": self.counts[slots].contiguous(),
+        }
+        name = f"bank-{uuid.uuid4().hex[:12]}.safetensors"
+        path = os.path.join(directory, name)
+        save_file(tensors, path + ".tmp")
+        _fsync(path + ".tmp")
+        os.replace(path + ".tmp", path)
+        L = self.layout
+        meta = {
+            "format": BANK_FORMAT,
+            "tensors": name,
+            "sha256": _sha256(path),
+            "num_chunks": int(slots.numel()),
+            "layout": {
+                "capacity": L.capacity,
+                "chunk_size": L.chunk_size,
+                "num_kv_heads": L.num_kv_heads,
+                "head_dim": L.head_dim,
+                "embed_dim": L.embed_dim,
+                "dtype": str(L.dtype).removeprefix("torch."),
+            },
+            "eviction": self.eviction,
+            "fractions": [self.keep_newest, self.drop_oldest, self.target],
+            "search_backend": self.search_backend,
+            "evictions": self.evictions,
+            "metadata": metadata or {},
+        }
+        json_path = os.path.join(directory, BANK_JSON)
+        old = _read_json(json_path).get("tensors") if os.path.isfile(json_path) else None
+        with open(json_path + ".tmp", "w") as f:
+            json.dump(meta, f, indent=2)
+        _fsync(json_path + ".tmp")
+        os.replace(json_path + ".tmp", json_path)
+        if old and old != name and os.path.isfile(os.path.join(directory, old)):
+            os.remove(os.path.join(directory, old))
+        return json_path
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        expected: BankLayout | None = None,
+        device: str | torch.device | None = None,
+    ) -> MemoryBank:
+        """Reads a bank written by :meth:`save`. Raises :class:`BankFileError` with what is wrong
+        (missing file, checksum mismatch, wrong shapes, layout different from ``expected``)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        json_path = os.path.join(directory, BANK_JSON)
+        if not os.path.isfile(json_path):
+            raise BankFileError(f"no {BANK_JSON} in {directory!s}: not a saved memory bank")
+        meta = _read_json(json_path)
+        if meta.get("format") != BANK_FORMAT:
+            raise BankFileError(f"{json_path}: unsupported bank format {meta.get('format')!r} (expected {BANK_FORMAT})")
+        try:
+            lay = meta["layout"]
+            layout = BankLayout(
+                capacity=int(lay["capacity"]),
+                chunk_size=int(lay["chunk_size"]),
+                num_kv_heads=int(lay["num_kv_heads"]),
+                head_dim=int(lay["head_dim"]),
+                embed_dim=int(lay["embed_dim"]),
+                dtype=getattr(torch, lay["dtype"]),
+                device=device if device is not None else (expected.device if expected else "cpu"),
+            )
+            tpath = os.path.join(directory, meta["tensors"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BankFileError(f"{json_path}: malformed bank metadata ({e!r})") from e
+        if expected is not None:
+            mine = (layout.chunk_size, layout.num_kv_heads, layout.head_dim, layout.embed_dim)
+            theirs = (expected.chunk_size, expected.num_kv_heads, expected.head_dim, expected.embed_dim)
+            if mine != theirs:
+                raise BankFileError(
+                    f"bank in {directory!s} has (chunk_size, kv_heads, head_dim, embed_dim)={mine} but this "
+                    f"model/retriever needs {theirs}; it was saved by a different model or retriever"
+                )
+        if not os.path.isfile(tpath):
+            raise BankFileError(f"{tpath} is missing: the bank directory is incomplete")
+        if _sha256(tpath) != meta.get("sha256"):
+            raise BankFileError(f"{tpath} does not match the checksum in {BANK_JSON}: the file is truncated or corrupted")
+        try:
+            t = load_file(tpath)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise BankFileError(f"{tpath} cannot be read ({e})") from e
+        n = int(meta["num_chunks"])
+        kv = (n, layout.num_kv_heads, layout.chunk_size, layout.head_dim)
+        want = {
+            "keys": kv, "values": kv, "embeddings": (n, layout.embed_dim), "chunk_ids": (n,),
+            "spans": (n, 2), "token_ids": (n, layout.chunk_size), "counts": (n,),
+        }
+        for key, shape in want.items():
+            if key not in t or tuple(t[key].shape) != shape:
+                got = tuple(t[key].shape) if key in t else "missing"
+                raise BankFileError(f"{tpath}: tensor {key!r} should be {shape}, got {got}")
+        if n > layout.capacity:
+            raise BankFileError(f"{tpath}: {n} chunks exceed the saved capacity {layout.capacity}")
+        keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
+        bank = cls(layout, meta.get("eviction", "counter"), keep, drop, target, meta.get("search_backend", "torch"))
+        bank.evictions = int(meta.get("evictions", 0))
+        while bank.num_slots < n:
+            bank._grow()
+        dev = layout.device
+        bank.keys[:n] = t["keys"].to(dev)
+        bank.values[:n] = t["values"].to(dev)
+        bank.embeddings[:n] = t["embeddings"].to(dev)
+        bank.chunk_ids[:n] = t["chunk_ids"]
+        bank.spans[:n] = t["spans"]
+        bank.token_ids[:n] = t["token_ids"]
+        bank.counts[:n] = t["counts"]
+        for s in range(n):
+            bank.index.add(s, bank.embeddings[s])
+        return bank
+
+
+BANK_FORMAT = "memlong-bank-v1"
+BANK_JSON = "bank.json"
+
+
+class BankFileError(ValueError):
+    """A saved bank cannot be loaded; the message says which file and why."""
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BankFileError(f"{path} is not valid JSON ({e}): the file is truncated or corrupted") from e

@@ -1,0 +1,355 @@
+"""MemLong on top of a stock transformers causal LM, through its extension points.
+
+:func:`wrap` turns a loaded ``*ForCausalLM`` of a supported RoPE family into a MemLong model in
+place: it registers the ``"memlong"`` attention (``AttentionInterface``), adds the gates to the
+retrieval layers, and gives the model a subclass whose ``forward`` feeds any input length
+through a :class:`~memlong.cache.MemLongCache` in segments no longer than the local window.
+The stock modeling code runs unchanged; ``generate()`` is transformers' own.
+
+    model = AutoModelForCausalLM.from_pretrained(...)
+    model = memlong.wrap(model, MemLongConfig(...), retriever=...)
+    out = model(input_ids)                      # any length; out.past_key_values is the memory
+    out = model(more_ids, past_key_values=out.past_key_values)   # keeps reading
+    model.generate(ids, max_new_tokens=32)      # long prompt ingested, generation uses memory
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from memlong import attention
+from memlong.cache import MemLongCache
+from memlong.config import CONFIG_NAME, MemLongConfig
+from memlong.memory import BankLayout
+from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRetriever
+
+#: model_type -> family name. Llama-style decoders whose attention applies RoPE to q/k (after
+#: an optional q/k norm) and then calls the attention interface.
+SUPPORTED_FAMILIES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+GATES_NAME = "memlong_gates.safetensors"
+
+
+class UnsupportedModelError(ValueError):
+    """The model's family is not one MemLong supports."""
+
+
+def _check_family(model: nn.Module) -> None:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_FAMILIES:
+        raise UnsupportedModelError(
+            f"MemLong does not support model_type={model_type!r} ({type(model).__name__}); supported "
+            f"families: {', '.join(SUPPORTED_FAMILIES.values())} (model_type {', '.join(SUPPORTED_FAMILIES)})"
+        )
+    if not hasattr(getattr(model, "model", None), "layers") or not hasattr(model.model, "rotary_emb"):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no .model.layers/.model.rotary_emb; MemLong wraps the "
+            "*ForCausalLM class of a supported family"
+        )
+    sliding = getattr(model.config, "sliding_window", None)
+    layer_types = getattr(model.config, "layer_types", None) or []
+    uses_sliding = model_type == "mistral" or "sliding_attention" in layer_types
+    model._memlong_sliding = sliding if (uses_sliding and sliding) else None
+
+
+class MemLongMixin:
+    """Behaviour added to the wrapped model's class (see :func:`wrap`)."""
+
+    memlong_config: MemLongConfig
+    memlong_retriever: Retriever
+
+    # ------------------------------------------------------------------ memory objects
+    def new_memory(self, batch_size: int = 1) -> MemLongCache:
+        """An empty memory (window + bank per row) for ``batch_size`` sequences."""
+        cfg = self.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        bank_dtype = (
+            getattr(torch, self.memlong_config.bank_dtype) if self.memlong_config.bank_dtype else self.dtype
+        )
+        layout = BankLayout(
+            capacity=self.memlong_config.capacity_chunks,
+            chunk_size=self.memlong_config.chunk_size,
+            num_kv_heads=cfg.num_key_value_heads,
+            head_dim=head_dim,
+            embed_dim=self.memlong_retriever.dim,
+            dtype=bank_dtype,
+            device=self.device,
+        )
+        return MemLongCache(self.memlong_config, layout, cfg.num_hidden_layers, batch_size)
+
+    def _rotary_table(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[P, D]`` for positions ``0..P-1`` from the model's own rotary module,
+        divided by the value at position 0 (the model already applied that scaling when it
+        "rotated" queries and keys at position 0)."""
+        key = (P, self.dtype, self.device)
+        cached = getattr(self, "_memlong_rope_cache", None)
+        if cached is not None and cached[0][0] >= P and cached[0][1:] == key[1:]:
+            return cached[1][:P], cached[2][:P]
+        P2 = max(P, 2 * self.memlong_config.local_window)
+        pos = torch.arange(P2, device=self.device)[None]
+        dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
+        cos, sin = self.model.rotary_emb(dummy, position_ids=pos)
+        cos, sin = cos[0], sin[0]
+        scale = cos[0:1]
+        if not torch.all(scale == 1):
+            cos, sin = cos / scale, sin / scale
+        self._memlong_rope_cache = ((P2, self.dtype, self.device), cos, sin)
+        return cos[:P], sin[:P]
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Reads ``input_ids`` ``[B, S]`` (any S) on top of the memory in ``past_key_values``.
+
+        ``attention_mask`` (``[B, S]`` or, as in ``generate``, ``[B, columns so far + S]``)
+        marks padding; a padded column is skipped, so each row is read as its own sequence.
+        ``position_ids`` are ignored: positions are the local window's. Returns the usual
+        output; ``past_key_values`` is the :class:`MemLongCache` to continue from.
+        ``logits_to_keep=k`` keeps only the last k positions' logits (0: all).
+        """
+        if input_ids is None:
+            raise ValueError(
+                "MemLong needs input_ids (the retriever embeds chunks of tokens); inputs_embeds alone is not supported"
+            )
+        for k in ("output_attentions", "output_hidden_states"):
+            if kwargs.pop(k, False):
+                raise ValueError(f"MemLong forward does not support {k}=True")
+        kwargs.pop("return_dict", None)
+        kwargs.pop("cache_position", None)
+        B, S = input_ids.shape
+        cache = past_key_values
+        if cache is None or (not isinstance(cache, MemLongCache) and cache.get_seq_length() == 0):
+            cache = self.new_memory(B)
+        elif not isinstance(cache, MemLongCache):
+            raise TypeError(
+                f"past_key_values is a {type(cache).__name__} that already holds tokens; a MemLong model "
+                "continues only from the MemLongCache it returned (or model.new_memory())"
+            )
+        if cache.batch_size != B:
+            raise ValueError(f"memory holds {cache.batch_size} sequences but input_ids has batch size {B}")
+
+        if attention_mask is not None:
+            real = attention_mask[:, -S:].to(torch.bool).cpu()
+        else:
+            real = torch.ones(B, S, dtype=torch.bool)
+        counts = real.sum(1).tolist()
+        # Left-align each row's real tokens: rows are independent sequences.
+        order = torch.argsort((~real).to(torch.int8), dim=1, stable=True).to(input_ids.device)
+        compact = input_ids.gather(1, order)
+
+        keep_from = S - logits_to_keep if logits_to_keep else 0
+        pieces: list[torch.Tensor] = []
+        off = 0
+        width = max(counts) if counts else 0
+        while off < width:
+            remaining = [max(0, c - off) for c in counts]
+            n = cache.allowed_segment(remaining)
+            seg = compact[:, off : off + n]
+            seg_counts = [min(n, r) for r in remaining]
+            ctx = cache.prepare(
+                seg, seg_counts, self.memlong_retriever, self._rotary_table, self.memlong_config.gate_activation
+            )
+            out = super().forward(
+                input_ids=seg,
+                position_ids=torch.zeros_like(seg),
+                attention_mask=None,
+                past_key_values=None,
+                use_cache=False,
+                memlong=ctx,
+                **kwargs,
+            )
+            cache.commit(ctx)
+            pieces.append(out.logits)
+            off += n
+        cache.columns += S
+        V = self.config.vocab_size
+        logits = input_ids.new_zeros(B, S, V, dtype=pieces[0].dtype if pieces else torch.float32)
+        if width:
+            # Back to the caller's column layout; padding columns keep zero logits.
+            logits_c = torch.cat(pieces, dim=1)  # [B, width, V], row-compact
+            dev = input_ids.device
+            valid_c = torch.arange(width, device=dev)[None] < torch.tensor(counts, device=dev)[:, None]
+            rows = torch.arange(B, device=dev)[:, None].expand(B, width)
+            logits[rows[valid_c], order[:, :width][valid_c]] = logits_c[valid_c]
+        if keep_from:
+            logits = logits[:, keep_from:]
+        loss = None
+        if labels is not None:
+            full = logits if not keep_from else None
+            if full is None:
+                raise ValueError("labels cannot be combined with logits_to_keep")
+            labels = labels.masked_fill(~real.to(labels.device), -100)
+            loss = self.loss_function(logits=full, labels=labels, vocab_size=self.config.vocab_size)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=cache if use_cache is not False else None
+        )
+
+    @torch.no_grad()
+    def ingest(self, input_ids: torch.LongTensor, memory: MemLongCache | None = None, attention_mask=None,
+               progress: bool = False) -> MemLongCache:
+        """Reads a long input into memory without keeping logits; returns the memory.
+
+        Feeds ``local_window`` tokens per call (a progress bar with ``progress=True``).
+        """
+        from tqdm.auto import tqdm
+
+        memory = memory or self.new_memory(input_ids.shape[0])
+        step = self.memlong_config.local_window
+        S = input_ids.shape[1]
+        for s in tqdm(range(0, S, step), disable=not progress, unit="win", desc="ingest"):
+            am = None if attention_mask is None else attention_mask[:, s : s + step]
+            self(input_ids[:, s : s + step], attention_mask=am, past_key_values=memory, logits_to_keep=1)
+        return memory
+
+    # ------------------------------------------------------------------ generation
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        if model_kwargs.get("past_key_values") is None:
+            return None  # forward() creates a MemLongCache on the first step
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def generate(self, *args, memory: MemLongCache | None = None, **kwargs):
+        """transformers' ``generate`` with MemLong memory.
+
+        ``memory=``: continue from a memory that has already read earlier text (e.g. from
+        :meth:`ingest`); ``input_ids`` then hold only the new tokens. Beam search and
+        ``num_return_sequences > 1`` are not supported (memory is per sequence).
+        """
+        if memory is not None:
+            if kwargs.get("past_key_values") is not None:
+                raise ValueError("pass either memory= or past_key_values=, not both")
+            memory.origin = memory.columns
+            kwargs["past_key_values"] = memory
+        if kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1:
+            MemLongCache._unsupported(None)
+        return super().generate(*args, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def memlong_gates(self) -> dict[str, torch.Tensor]:
+        return {
+            f"layers.{i}": getattr(self.model.layers[i].self_attn, attention.GATE_NAME).detach()
+            for i in self.memlong_config.retrieval_layer_indices
+        }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves the base model (without gates), ``memlong_config.json`` and the gates."""
+        from safetensors.torch import save_file
+
+        state = kwargs.pop("state_dict", None) or self.state_dict()
+        state = {k: v for k, v in state.items() if attention.GATE_NAME not in k}
+        out = super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+        self.memlong_config.save_pretrained(save_directory)
+        gates = {k: v.float().cpu().contiguous() for k, v in self.memlong_gates().items()}
+        save_file(gates, os.path.join(save_directory, GATES_NAME))
+        # transformers records the class name; record the base class so plain loaders work.
+        self.config.architectures = [self._memlong_base_class.__name__]
+        self.config.save_pretrained(save_directory)
+        return out
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _memlong_class(base: type) -> type:
+    if base not in _CLASSES:
+        name = f"MemLong{base.__name__}"
+        cls = type(name, (MemLongMixin, base), {"__module__": __name__, "_memlong_base_class": base})
+        setattr(sys.modules[__name__], name, cls)  # picklable by reference
+        _CLASSES[base] = cls
+    return _CLASSES[base]
+
+
+def default_retriever(tokenizer=None) -> Retriever:
+    """all-MiniLM-L6-v2 over decoded text when a tokenizer is given, else token hashing."""
+    if tokenizer is not None:
+        return SentenceTransformerRetriever(tokenizer)
+    return HashingRetriever()
+
+
+def wrap(
+    model: nn.Module,
+    config: MemLongConfig | None = None,
+    retriever: Retriever | None = None,
+    tokenizer=None,
+) -> nn.Module:
+    """Makes ``model`` (a supported ``*ForCausalLM``) a MemLong model, in place, and returns it.
+
+    Args:
+        model: a loaded causal LM (Llama, Mistral, Qwen2, Qwen3 families).
+        config: the MemLong config (default: the paper's layout scaled to the model's depth).
+        retriever: the frozen chunk embedder (default: all-MiniLM-L6-v2 if ``tokenizer`` is
+            given, else :class:`HashingRetriever`).
+        tokenizer: the LM's tokenizer (needed by text retrievers).
+    """
+    _check_family(model)
+    if isinstance(model, MemLongMixin):
+        raise ValueError("this model is already a MemLong model")
+    n_layers = model.config.num_hidden_layers
+    config = config or MemLongConfig.for_num_layers(n_layers)
+    config.validate_for_model(n_layers, getattr(model.config, "max_position_embeddings", None))
+    sliding = model._memlong_sliding
+    if sliding is not None and config.local_window > sliding:
+        raise ValueError(
+            f"MemLongConfig.local_window={config.local_window} exceeds the model's sliding window "
+            f"({sliding}); use a local window no larger than it"
+        )
+    attention.register()
+    model.set_attn_implementation(attention.ATTN_NAME)
+    heads = model.config.num_attention_heads
+    ref = next(model.parameters())
+    for i in config.retrieval_layer_indices:
+        attn = model.model.layers[i].self_attn
+        shape = (heads,) if config.gate_mode == "head" else (1,)
+        attn.register_parameter(attention.GATE_NAME, nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=ref.device)))
+    model.__class__ = _memlong_class(type(model))
+    model.memlong_config = config
+    model.memlong_retriever = retriever or default_retriever(tokenizer)
+    model.memlong_tokenizer = tokenizer
+    return model
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    config: MemLongConfig | None = None,
+    retriever: Retriever | None = None,
+    tokenizer=None,
+    **hf_kwargs,
+) -> nn.Module:
+    """Loads a causal LM with ``AutoModelForCausalLM.from_pretrained`` and wraps it.
+
+    A directory written by a MemLong model's ``save_pretrained`` brings its own
+    ``memlong_config.json`` and gates; otherwise ``config`` (or the default layout) is used.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **hf_kwargs)
+    saved = os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, CONFIG_NAME))
+    if saved and config is None:
+        config = MemLongConfig.from_pretrained(name_or_path)
+    model = wrap(model, config, retriever=retriever, tokenizer=tokenizer)
+    gates_path = os.path.join(name_or_path, GATES_NAME)
+    if saved and os.path.isfile(gates_path):
+        gates = load_file(gates_path)
+        for i in model.memlong_config.retrieval_layer_indices:
+            param = getattr(model.model.layers[i].self_attn, attention.GATE_NAME)
+            key = f"layers.{i}"
+            if key not in gates or gates[key].shape != param.shape:
+                raise ValueError(f"{gates_path}: gate {key!r} missing or of the wrong shape for this config")
+            with torch.no_grad():
+                param.copy_(gates[key])
+    return model
