@@ -310,7 +310,10 @@ class MemoryBank:
             "metadata": metadata or {},
         }
         json_path = os.path.join(directory, BANK_JSON)
-        old = _read_json(json_path).get("tensors") if os.path.isfile(json_path) else None
+        try:
+            old = _read_json(json_path).get("tensors") if os.path.isfile(json_path) else None
+        except BankFileError:
+            old = None  # a corrupt previous save is simply replaced
         with open(json_path + ".tmp", "w") as f:
             json.dump(meta, f, indent=2)
         _fsync(json_path + ".tmp")

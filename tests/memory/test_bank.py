@@ -1,0 +1,225 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memlong.memory import BankFileError, BankLayout, MemoryBank
+
+H, TAU, D, E = 2, 4, 3, 8
+
+
+def make_bank(capacity=10, eviction="counter", backend="torch"):
+    return MemoryBank(BankLayout(capacity, TAU, H, D, E), eviction=eviction, search_backend=backend)
+
+
+def unit(seed):
+    v = torch.randn(E, generator=torch.Generator().manual_seed(seed))
+    return v / v.norm()
+
+
+def add(bank, cid, emb=None):
+    kv = torch.full((H, TAU, D), float(cid))
+    return bank.add(kv, -kv, unit(cid) if emb is None else emb, chunk_id=cid, span=(cid * TAU, (cid + 1) * TAU),
+                    token_ids=torch.arange(TAU) + cid)
+
+
+def ids(bank):
+    return [e["chunk_id"] for e in bank.entries()]
+
+
+def test_counter_rule_hand_computed():
+    # C=10: drop oldest floor(0.1*10)=1, keep newest 1, delete least-retrieved of the
+    # middle 8 until floor(0.5*10)=5 remain.
+    bank = make_bank(10)
+    for c in range(10):
+        add(bank, c)
+    counts = [9, 0, 5, 1, 7, 2, 8, 3, 0, 4]
+    for e in bank.entries():
+        bank.counts[e["slot"]] = counts[e["chunk_id"]]
+    # oldest (id 0) goes despite its 9 retrievals; the middle loses 1, 8 (0), 3 (1), 5 (2)
+    assert sorted(int(bank.chunk_ids[s]) for s in bank.eviction_plan()) == [0, 1, 3, 5, 8]
+    add(bank, 10)  # full -> evicts, then stores chunk 10
+    assert ids(bank) == [2, 4, 6, 7, 9, 10]
+    assert bank.evictions == 1
+    bank.check_invariants()
+
+
+def test_counter_rule_ties_delete_older_first():
+    bank = make_bank(10)
+    for c in range(10):
+        add(bank, c)
+    bank.counts[bank.valid] = 1
+    add(bank, 10)
+    assert ids(bank) == [5, 6, 7, 8, 9, 10]
+
+
+def test_fifo_drops_oldest_one_at_a_time():
+    bank = make_bank(4, eviction="fifo")
+    for c in range(6):
+        add(bank, c)
+    assert ids(bank) == [2, 3, 4, 5]
+    bank.check_invariants()
+
+
+def test_search_finds_planted_chunk_and_counts_it():
+    bank = make_bank(64)
+    for c in range(40):
+        add(bank, c)
+    target = bank.entries()[3]
+    q = bank.embeddings[target["slot"]] + 0.05 * unit(999)
+    slots, scores = bank.search(q / q.norm(), k=3)
+    assert int(slots[0]) == target["slot"]
+    assert scores[0] >= scores[1] >= scores[2]
+    assert int(bank.counts[target["slot"]]) == 1
+    k, v = bank.gather(slots)
+    assert k.shape == (H, 3 * TAU, D) and v.shape == k.shape
+
+
+def test_torch_and_faiss_agree():
+    a, b = make_bank(32, backend="torch"), make_bank(32, backend="faiss")
+    for c in range(40):  # evicts in both
+        add(a, c)
+        add(b, c)
+        if c % 3 == 0:
+            q = unit(1000 + c)
+            sa, _ = a.search(q, 4)
+            sb, _ = b.search(q, 4)
+            assert sa.tolist() == sb.tolist()
+    assert ids(a) == ids(b)
+    a.check_invariants()
+    b.check_invariants()
+
+
+def test_rejects_bad_shapes_and_order():
+    bank = make_bank()
+    add(bank, 3)
+    with pytest.raises(ValueError, match="chunk ids must increase"):
+        add(bank, 2)
+    with pytest.raises(ValueError, match="chunk K/V must be"):
+        bank.add(torch.zeros(H, TAU + 1, D), torch.zeros(H, TAU + 1, D), unit(0), 9, (0, 4))
+
+
+# ---------------------------------------------------------------- property-based
+class ReferenceBank:
+    """An independent, list-based model of the paper's counter rule / FIFO."""
+
+    def __init__(self, capacity, eviction):
+        self.C, self.eviction, self.items = capacity, eviction, []  # [cid, count], oldest first
+
+    def add(self, cid):
+        if len(self.items) >= self.C:
+            if self.eviction == "fifo":
+                self.items.pop(0)
+            else:
+                n, C = len(self.items), self.C
+                n_old = math.floor(0.1 * C)
+                n_new = math.floor(0.1 * C)
+                keep = math.floor(0.5 * C)
+                rest = self.items[n_old:]
+                middle, newest = rest[: len(rest) - n_new], rest[len(rest) - n_new:]
+                more = (n - keep) - n_old
+                ranked = sorted(range(len(middle)), key=lambda i: (middle[i][1], i))
+                drop = set(ranked[:more])
+                self.items = [m for i, m in enumerate(middle) if i not in drop] + newest
+        self.items.append([cid, 0])
+
+    def bump(self, cids):
+        for it in self.items:
+            if it[0] in cids:
+                it[1] += 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    capacity=st.integers(min_value=2, max_value=25),
+    eviction=st.sampled_from(["counter", "fifo"]),
+    ops=st.lists(st.tuples(st.booleans(), st.integers(0, 10_000), st.integers(1, 4)), min_size=1, max_size=80),
+)
+def test_bank_matches_reference_under_random_ops(capacity, eviction, ops):
+    bank, ref = make_bank(capacity, eviction), ReferenceBank(capacity, eviction)
+    next_id = 0
+    for is_add, seed, k in ops:
+        if is_add:
+            add(bank, next_id)
+            ref.add(next_id)
+            next_id += 1
+        else:
+            slots, _ = bank.search(unit(seed), k)
+            ref.bump({int(bank.chunk_ids[s]) for s in slots})
+        bank.check_invariants()
+        assert [[e["chunk_id"], e["count"]] for e in bank.entries()] == ref.items
+        for e in bank.entries():  # K/V and embedding stayed with their chunk
+            s, c = e["slot"], e["chunk_id"]
+            assert bool((bank.keys[s] == c).all()) and bool((bank.values[s] == -c).all())
+            assert torch.allclose(bank.embeddings[s], unit(c))
+            assert bank.token_ids[s].tolist() == list(range(c, c + TAU))
+
+
+# ---------------------------------------------------------------- persistence
+def filled(n=12, capacity=10):
+    bank = make_bank(capacity)
+    for c in range(n):
+        add(bank, c)
+        bank.search(unit(c + 100), 2)
+    return bank
+
+
+def test_save_load_round_trip(tmp_path):
+    bank = filled()
+    bank.save(tmp_path / "b", metadata={"doc": "x"})
+    back = MemoryBank.load(tmp_path / "b", expected=bank.layout)
+    assert [(e["chunk_id"], e["span"], e["count"]) for e in back.entries()] == [
+        (e["chunk_id"], e["span"], e["count"]) for e in bank.entries()
+    ]
+    for e, f in zip(bank.entries(), back.entries()):
+        assert torch.equal(bank.keys[e["slot"]], back.keys[f["slot"]])
+        assert torch.equal(bank.embeddings[e["slot"]], back.embeddings[f["slot"]])
+        assert torch.equal(bank.token_ids[e["slot"]], back.token_ids[f["slot"]])
+    back.check_invariants()
+    # it keeps working: same search results, same eviction behaviour
+    q = unit(7)
+    assert bank.search(q, 3, count=False)[1].tolist() == back.search(q, 3, count=False)[1].tolist()
+    add(bank, 50)
+    add(back, 50)
+    assert ids(bank) == ids(back)
+
+
+def test_resave_replaces_atomically(tmp_path):
+    bank = filled()
+    bank.save(tmp_path)
+    add(bank, 99)
+    bank.save(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len([f for f in files if f.endswith(".safetensors")]) == 1 and "bank.json" in files
+    assert 99 in ids(MemoryBank.load(tmp_path))
+
+
+def test_truncated_file_fails_clearly(tmp_path):
+    bank = filled()
+    bank.save(tmp_path)
+    tfile = next(tmp_path.glob("bank-*.safetensors"))
+    data = tfile.read_bytes()
+    tfile.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BankFileError, match="truncated or corrupted"):
+        MemoryBank.load(tmp_path)
+
+
+def test_missing_and_mismatched(tmp_path):
+    with pytest.raises(BankFileError, match="not a saved memory bank"):
+        MemoryBank.load(tmp_path)
+    bank = filled()
+    bank.save(tmp_path)
+    other = BankLayout(10, TAU, H, D + 1, E)
+    with pytest.raises(BankFileError, match="different model or retriever"):
+        MemoryBank.load(tmp_path, expected=other)
+    (tmp_path / "bank.json").write_text('{"format": "memlong-bank-v1", "tens')
+    with pytest.raises(BankFileError, match="not valid JSON"):
+        MemoryBank.load(tmp_path)
+    for f in tmp_path.glob("bank-*.safetensors"):
+        f.unlink()
+    bank.save(tmp_path)
+    next(tmp_path.glob("bank-*.safetensors")).unlink()
+    with pytest.raises(BankFileError, match="missing"):
+        MemoryBank.load(tmp_path)

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from memlong import MemLongConfig, MemLongConfigError
+
+
+def test_paper_defaults_and_numbering():
+    c = MemLongConfig()
+    assert c.memory_layer == 13 and c.retrieval_layers == (14, 18, 22, 26)
+    assert c.memory_layer_index == 12 and c.retrieval_layer_indices == (13, 17, 21, 25)
+    assert MemLongConfig.for_num_layers(26).retrieval_layers == (14, 18, 22, 26)
+    assert MemLongConfig.for_num_layers(26).memory_layer == 13
+
+
+def test_json_round_trip(tmp_path):
+    c = MemLongConfig(memory_layer=2, retrieval_layers=[3, 4], chunk_size=8, top_k=2, memory_capacity=64,
+                      local_window=32, eviction="fifo", fusion="joint")
+    c.save_pretrained(tmp_path)
+    assert MemLongConfig.from_pretrained(tmp_path) == c
+    json.loads(c.to_json_string())
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(memory_layer=4, retrieval_layers=(4, 6)), "retrieval_layers"),
+        (dict(memory_layer=4, retrieval_layers=(2,)), "retrieval_layers"),
+        (dict(retrieval_layers=()), "retrieval_layers"),
+        (dict(chunk_size=256, local_window=128), "chunk_size"),
+        (dict(chunk_size=100, local_window=1024), "local_window"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_k=8, chunk_size=128, memory_capacity=512), "memory_capacity"),
+        (dict(eviction="lru"), "eviction"),
+        (dict(gate_mode="token"), "gate_mode"),
+        (dict(fusion="mixed"), "fusion"),
+        (dict(retrieval_query="future"), "retrieval_query"),
+        (dict(search_backend="annoy"), "search_backend"),
+        (dict(memory_layer=0, retrieval_layers=(1,)), "memory_layer"),
+        (dict(chunk_size="8"), "chunk_size"),
+        (dict(evict_target=1.5), "evict_target"),
+        (dict(bank_dtype="int4"), "bank_dtype"),
+    ],
+)
+def test_invalid_values_name_the_field(kwargs, field):
+    with pytest.raises(MemLongConfigError, match=f"MemLongConfig.{field}"):
+        MemLongConfig(**kwargs)
+
+
+def test_model_dependent_checks():
+    c = MemLongConfig(memory_layer=2, retrieval_layers=(3, 9), chunk_size=8, top_k=2, memory_capacity=64, local_window=32)
+    with pytest.raises(MemLongConfigError, match="beyond the model"):
+        c.validate_for_model(num_layers=4)
+    with pytest.raises(MemLongConfigError, match="memory_layer"):
+        MemLongConfig(memory_layer=4, retrieval_layers=(5,), chunk_size=8, top_k=1, memory_capacity=8,
+                      local_window=8).validate_for_model(4)
+    with pytest.raises(MemLongConfigError, match="max_position_embeddings"):
+        MemLongConfig(memory_layer=1, retrieval_layers=(2,), chunk_size=8, top_k=1, memory_capacity=8,
+                      local_window=64).validate_for_model(4, max_positions=32)
+
+
+def test_unknown_field_and_corrupt_json(tmp_path):
+    with pytest.raises(MemLongConfigError, match="unknown MemLongConfig field"):
+        MemLongConfig.from_dict({"memory_layr": 3})
+    (tmp_path / "memlong_config.json").write_text("{not json")
+    with pytest.raises(MemLongConfigError, match="not valid JSON"):
+        MemLongConfig.from_pretrained(tmp_path)

@@ -1,0 +1,236 @@
+"""The properties that define MemLong, on tiny models of every supported family."""
+
+import pytest
+import torch
+
+import memlong
+from conftest import VOCAB, set_gates, small_memlong_config, tiny_model
+
+ATOL = 1e-5
+
+
+def rand_ids(B, S, seed=0):
+    return torch.randint(0, VOCAB, (B, S), generator=torch.Generator().manual_seed(seed))
+
+
+def windowed_reference(ref, ids, tau, window):
+    """The stock model with MemLong's block-sliding local window as a 4D mask: token t sees
+    the previous ``window // tau - 1`` whole chunks and its own chunk up to itself. This is what
+    MemLong must equal when memory contributes nothing (RoPE is relative, so MemLong's
+    window-based positions give the same scores as the stock absolute ones)."""
+    w = window // tau - 1
+    S = ids.shape[1]
+    pos = torch.arange(S)
+    allowed = (pos[None, :] <= pos[:, None]) & (pos[None, :] // tau >= pos[:, None] // tau - w)
+    mask = allowed[None, None].expand(ids.shape[0], 1, S, S)
+    return ref(ids, attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+@torch.no_grad()
+def test_parity_with_empty_memory(family):
+    model, ref = tiny_model(family)
+    m = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
+    set_gates(m)  # memory is empty, so even open gates must not change anything
+    ids = rand_ids(2, 32)
+    torch.testing.assert_close(m(ids).logits, ref(ids).logits, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("fusion", ["separate", "joint"])
+@torch.no_grad()
+def test_gate_at_initial_value_equals_base_on_its_window(family, fusion):
+    model, ref = tiny_model(family)
+    cfg = small_memlong_config(fusion=fusion)
+    m = memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=32))
+    ids = rand_ids(2, 130, seed=1)  # 17 chunks: memory fills and evicts, gates stay at 0
+    out = m(ids)
+    assert out.past_key_values.bank(0).evictions > 0
+    expected = windowed_reference(ref, ids, cfg.chunk_size, cfg.local_window)
+    torch.testing.assert_close(out.logits, expected, atol=ATOL, rtol=0)
+
+
+def test_memory_changes_output_when_gates_open(memlong_model):
+    m, ref = memlong_model
+    cfg = m.memlong_config
+    ids = rand_ids(1, 100, seed=2)
+    with torch.no_grad():
+        got = m(ids).logits
+        expected = windowed_reference(ref, ids, cfg.chunk_size, cfg.local_window)
+    w = cfg.local_window  # before the first departure + retrieval nothing differs
+    torch.testing.assert_close(got[:, :w], expected[:, :w], atol=ATOL, rtol=0)
+    assert (got[:, w + cfg.chunk_size :] - expected[:, w + cfg.chunk_size :]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("fusion", ["separate", "joint"])
+@torch.no_grad()
+def test_no_dependence_on_future_tokens(family, fusion):
+    model, _ = tiny_model(family)
+    m = memlong.wrap(model, small_memlong_config(fusion=fusion), retriever=memlong.HashingRetriever(dim=32))
+    set_gates(m)
+    ids = rand_ids(1, 140, seed=3)
+    base = m(ids).logits
+    assert m.memlong_config.capacity_chunks < 140 // 8 - 4  # the run evicts
+    for t in [0, 7, 8, 40, 63, 64, 65, 99, 120]:
+        changed = ids.clone()
+        changed[:, t + 1 :] = rand_ids(1, 140 - t - 1, seed=100 + t)
+        other = m(changed).logits
+        torch.testing.assert_close(other[:, : t + 1], base[:, : t + 1], atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_paper_chunk_query_mode_leaks_future_tokens():
+    """The documented reason the paper's same-chunk query is opt-in: it is not causal."""
+    model, _ = tiny_model("llama")
+    m = memlong.wrap(model, small_memlong_config(retrieval_query="chunk"), retriever=memlong.HashingRetriever(dim=32))
+    set_gates(m)
+    ids = rand_ids(1, 140, seed=3)
+    base = m(ids).logits
+    leaks = 0
+    for t in range(64, 136, 8):  # the first token of a chunk; change the rest of that chunk
+        changed = ids.clone()
+        changed[:, t + 1 : t + 8] = rand_ids(1, 7, seed=200 + t)
+        leaks += int((m(changed).logits[:, t] - base[:, t]).abs().max() > 1e-4)
+    assert leaks > 0
+
+
+@torch.no_grad()
+def test_call_boundaries_do_not_matter(memlong_model):
+    m, _ = memlong_model
+    ids = rand_ids(2, 150, seed=4)
+    whole = m(ids).logits
+    cache, pieces, s = None, [], 0
+    for n in [1, 3, 8, 13, 40, 2, 33, 50]:
+        out = m(ids[:, s : s + n], past_key_values=cache)
+        cache = out.past_key_values
+        pieces.append(out.logits)
+        s += n
+    assert s == 150
+    torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=ATOL, rtol=0)
+    assert cache.get_seq_length() == 150
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@torch.no_grad()
+def test_padded_batch_equals_each_sequence_alone(memlong_model, side):
+    m, _ = memlong_model
+    lengths = [130, 77, 9]
+    S = max(lengths)
+    ids = torch.zeros(len(lengths), S, dtype=torch.long)
+    mask = torch.zeros(len(lengths), S, dtype=torch.long)
+    alone = []
+    for b, n in enumerate(lengths):
+        seq = rand_ids(1, n, seed=10 + b)
+        cols = slice(S - n, S) if side == "left" else slice(0, n)
+        ids[b, cols], mask[b, cols] = seq[0], 1
+        alone.append((cols, m(seq).logits[0]))
+    out = m(ids, attention_mask=mask)
+    for b, (cols, logits) in enumerate(alone):
+        torch.testing.assert_close(out.logits[b, cols], logits, atol=ATOL, rtol=0)
+    assert [len(out.past_key_values.bank(b)) for b in range(3)][2] == 0
+
+
+@torch.no_grad()
+def test_generate_equals_step_by_step_forward(memlong_model):
+    m, _ = memlong_model
+    prompt = rand_ids(1, 90, seed=5)
+    gen = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False, pad_token_id=0)
+    assert gen.shape == (1, 130)
+    # by hand: one forward over the prompt, then one token per call with the same memory
+    out = m(prompt)
+    cache, tokens = out.past_key_values, []
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    for _ in range(40):
+        tokens.append(nxt)
+        out = m(nxt, past_key_values=cache)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    assert torch.equal(gen[:, 90:], torch.cat(tokens, 1))
+    assert len(cache.bank(0)) > 0  # generated tokens went to memory too
+
+
+@torch.no_grad()
+def test_generate_continues_from_ingested_memory_and_samples(memlong_model):
+    m, _ = memlong_model
+    doc = rand_ids(1, 200, seed=6)
+    memory = m.ingest(doc)
+    assert memory.get_seq_length() == 200
+    question = rand_ids(1, 5, seed=7)
+    torch.manual_seed(0)
+    out = m.generate(question, memory=memory, attention_mask=torch.ones_like(question), max_new_tokens=12,
+                     do_sample=True, top_k=20, pad_token_id=0)
+    assert out.shape == (1, 17) and torch.equal(out[:, :5], question)
+    # same as reading doc + question in one stream
+    again = m.ingest(doc)
+    logits_mem = m(question, past_key_values=again).logits
+    full = m(torch.cat([doc, question], 1)).logits[:, 200:]
+    torch.testing.assert_close(logits_mem, full, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_planted_chunk_is_retrieved_from_far_back():
+    model, _ = tiny_model("llama")
+    cfg = small_memlong_config(memory_capacity=400)
+    m = memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=128))
+    ids = rand_ids(1, 320, seed=8)
+    needle = torch.arange(90, 98)  # a distinctive chunk
+    ids[0, 16:24] = needle  # chunk 2
+    ids[0, 296:304] = needle  # chunk 37: the causal query of chunk 38
+    cache = m(ids).past_key_values
+    counts = {e["chunk_id"]: e["count"] for e in cache.bank(0).entries()}
+    assert counts[2] >= 1
+    slots, _ = cache.bank(0).search(m.memlong_retriever.embed([needle.tolist()])[0], 1, count=False)
+    assert int(cache.bank(0).chunk_ids[slots[0]]) == 2
+
+
+def test_unsupported_model_names_supported_families():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(memlong.UnsupportedModelError, match="Llama, Mistral, Qwen2, Qwen3"):
+        memlong.wrap(model, small_memlong_config(retrieval_layers=(2,), memory_layer=1))
+
+
+def test_wrap_rejects_config_that_does_not_fit_the_model():
+    model, _ = tiny_model("llama")
+    with pytest.raises(memlong.MemLongConfigError, match="beyond the model"):
+        memlong.wrap(model, small_memlong_config(retrieval_layers=(3, 7)))
+
+
+@torch.no_grad()
+def test_save_pretrained_round_trip(memlong_model, tmp_path):
+    m, _ = memlong_model
+    m.save_pretrained(tmp_path)
+    back = memlong.from_pretrained(tmp_path, retriever=memlong.HashingRetriever(dim=32))
+    assert back.memlong_config == m.memlong_config
+    ids = rand_ids(1, 120, seed=9)
+    torch.testing.assert_close(back(ids).logits, m(ids).logits, atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_bank_save_load_through_cache(memlong_model, tmp_path):
+    m, _ = memlong_model
+    cache = m(rand_ids(1, 200, seed=11)).past_key_values
+    cache.save_bank(tmp_path / "bank")
+    fresh = m.new_memory()
+    fresh.load_bank(tmp_path / "bank")
+    def content(bank):
+        return [(e["chunk_id"], e["span"], e["count"]) for e in bank.entries()]
+
+    assert content(fresh.bank(0)) == content(cache.bank(0))
+    # a corrupted file fails clearly and leaves the bank in memory untouched
+    tfile = next((tmp_path / "bank").glob("bank-*.safetensors"))
+    tfile.write_bytes(tfile.read_bytes()[:100])
+    before = fresh.bank(0)
+    with pytest.raises(memlong.BankFileError):
+        fresh.load_bank(tmp_path / "bank")
+    assert fresh.bank(0) is before and len(before) > 0
+
+
+@torch.no_grad()
+def test_reset_rows_forgets_only_those_rows(memlong_model):
+    m, _ = memlong_model
+    ids = rand_ids(2, 120, seed=12)
+    cache = m(ids).past_key_values
+    cache.reset(rows=[1])
+    assert len(cache.bank(1)) == 0 and len(cache.bank(0)) > 0 and cache.seen == [120, 0]
