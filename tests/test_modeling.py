@@ -234,3 +234,30 @@ def test_reset_rows_forgets_only_those_rows(memlong_model):
     cache = m(ids).past_key_values
     cache.reset(rows=[1])
     assert len(cache.bank(1)) == 0 and len(cache.bank(0)) > 0 and cache.seen == [120, 0]
+
+
+def test_training_gradients_reach_gates_and_survive_checkpointing(memlong_model):
+    m, _ = memlong_model
+    m.train()
+    ids = rand_ids(2, 100, seed=13)
+    out = m(ids, labels=ids)
+    out.loss.backward()
+    gate = m.model.layers[2].self_attn.memlong_gate
+    grad = gate.grad.clone()
+    assert grad.abs().sum() > 0
+    m.zero_grad()
+    m.activation_checkpointing_enable()
+    out2 = m(ids, labels=ids)
+    out2.loss.backward()  # recomputation must neither fail nor write memory twice
+    torch.testing.assert_close(out2.loss, out.loss)
+    torch.testing.assert_close(gate.grad, grad)
+    assert out2.past_key_values.seen == [100, 100]
+
+
+@torch.no_grad()
+def test_bfloat16_runs_and_stores_bf16(memlong_model):
+    m, _ = memlong_model
+    m = m.to(torch.bfloat16)
+    out = m(rand_ids(1, 120, seed=14))
+    assert out.logits.dtype == torch.bfloat16 and bool(torch.isfinite(out.logits).all())
+    assert out.past_key_values.bank(0).keys.dtype == torch.bfloat16
