@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from memlong.profiling import phase
+
 ATTN_NAME = "memlong"
 GATE_NAME = "memlong_gate"
 
@@ -116,7 +118,13 @@ def _from_grid(y: torch.Tensor, ctx: CallContext, S: int) -> torch.Tensor:
     return flat.gather(2, idx)
 
 
-def memlong_attention(
+def memlong_attention(*args, **kwargs) -> tuple[torch.Tensor, None]:
+    """The ``"memlong"`` attention interface (see :func:`_memlong_attention`)."""
+    with phase("attention"):
+        return _memlong_attention(*args, **kwargs)
+
+
+def _memlong_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,

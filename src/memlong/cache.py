@@ -26,6 +26,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from memlong.attention import CallContext
+from memlong.profiling import phase
 from memlong.config import MemLongConfig
 from memlong.memory import BankLayout, MemoryBank
 from memlong.retriever import Retriever
@@ -182,7 +183,8 @@ class MemLongCache(Cache):
                 toks = toks[len(take) :]
                 p += len(take)
         if todo:
-            embs = retriever.embed([self.chunk_tokens[b][c] for b, c in todo])
+            with phase("retriever"):
+                embs = retriever.embed([self.chunk_tokens[b][c] for b, c in todo])
             for (b, c), e in zip(todo, embs):
                 self.chunk_emb[b][c] = e
 
@@ -194,8 +196,10 @@ class MemLongCache(Cache):
                     break
                 query = self._query(b, j, retriever)
                 if j - w - 1 >= 0:
-                    self._depart(b, j - w - 1)
-                self.chunk_mem[b][j] = self._retrieve(b, query)
+                    with phase("bank_write"):
+                        self._depart(b, j - w - 1)
+                with phase("search"):
+                    self.chunk_mem[b][j] = self._retrieve(b, query)
 
         # 3. local mask and RoPE positions
         qpos = torch.full((B, S), -1, dtype=torch.long)
@@ -272,7 +276,8 @@ class MemLongCache(Cache):
             return self.chunk_emb[b].get(j - 1)
         if j in self.chunk_emb[b]:
             return self.chunk_emb[b][j]
-        return retriever.embed([self.chunk_tokens[b][j]])[0]  # partial chunk ("chunk" mode only)
+        with phase("retriever"):
+            return retriever.embed([self.chunk_tokens[b][j]])[0]  # partial chunk ("chunk" mode only)
 
     def _depart(self, b: int, c: int) -> None:
         """Chunk ``c`` of row ``b`` leaves the window: write it to the bank."""

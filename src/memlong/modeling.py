@@ -27,6 +27,7 @@ from memlong import attention
 from memlong.cache import MemLongCache
 from memlong.config import CONFIG_NAME, MemLongConfig
 from memlong.memory import BankLayout
+from memlong.profiling import phase
 from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRetriever
 
 #: model_type -> family name. Llama-style decoders whose attention applies RoPE to q/k (after
@@ -152,18 +153,27 @@ class MemLongMixin:
         order = torch.argsort((~real).to(torch.int8), dim=1, stable=True).to(input_ids.device)
         compact = input_ids.gather(1, order)
 
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels cannot be combined with logits_to_keep")
         keep_from = S - logits_to_keep if logits_to_keep else 0
-        pieces: list[torch.Tensor] = []
-        off = 0
+        dev = input_ids.device
+        # needed[b, i]: compact position i of row b is a real token whose logits are kept
         width = max(counts) if counts else 0
+        needed = (torch.arange(width)[None] < torch.tensor(counts)[:, None]) & (order[:, :width].cpu() >= keep_from)
+        V = self.config.vocab_size
+        logits_c = None  # [B, width, V], row-compact; filled where needed
+        off = 0
         while off < width:
             remaining = [max(0, c - off) for c in counts]
             n = cache.allowed_segment(remaining)
             seg = compact[:, off : off + n]
             seg_counts = [min(n, r) for r in remaining]
-            ctx = cache.prepare(
-                seg, seg_counts, self.memlong_retriever, self._rotary_table, self.memlong_config.gate_activation
-            )
+            with phase("prepare"):
+                ctx = cache.prepare(
+                    seg, seg_counts, self.memlong_retriever, self._rotary_table, self.memlong_config.gate_activation
+                )
+            # Only positions some row needs go through the LM head (ingestion needs none).
+            want = needed[:, off : off + n].any(0).nonzero().flatten()
             out = super().forward(
                 input_ids=seg,
                 position_ids=torch.zeros_like(seg),
@@ -171,30 +181,27 @@ class MemLongMixin:
                 past_key_values=None,
                 use_cache=False,
                 memlong=ctx,
+                logits_to_keep=want.to(dev),
                 **kwargs,
             )
-            cache.commit(ctx)
-            pieces.append(out.logits)
+            with phase("commit"):
+                cache.commit(ctx)
+            if want.numel():
+                if logits_c is None:
+                    logits_c = out.logits.new_zeros(B, width, V)
+                logits_c[:, off + want.to(dev)] = out.logits
             off += n
         cache.columns += S
-        V = self.config.vocab_size
-        logits = input_ids.new_zeros(B, S, V, dtype=pieces[0].dtype if pieces else torch.float32)
-        if width:
-            # Back to the caller's column layout; padding columns keep zero logits.
-            logits_c = torch.cat(pieces, dim=1)  # [B, width, V], row-compact
-            dev = input_ids.device
-            valid_c = torch.arange(width, device=dev)[None] < torch.tensor(counts, device=dev)[:, None]
+        # Back to the caller's column layout; padding columns (and skipped ones) stay zero.
+        logits = input_ids.new_zeros(B, S - keep_from, V, dtype=self.dtype if logits_c is None else logits_c.dtype)
+        if logits_c is not None:
+            sel = needed.to(dev)
             rows = torch.arange(B, device=dev)[:, None].expand(B, width)
-            logits[rows[valid_c], order[:, :width][valid_c]] = logits_c[valid_c]
-        if keep_from:
-            logits = logits[:, keep_from:]
+            logits[rows[sel], order[:, :width][sel] - keep_from] = logits_c[sel]
         loss = None
         if labels is not None:
-            full = logits if not keep_from else None
-            if full is None:
-                raise ValueError("labels cannot be combined with logits_to_keep")
             labels = labels.masked_fill(~real.to(labels.device), -100)
-            loss = self.loss_function(logits=full, labels=labels, vocab_size=self.config.vocab_size)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=V)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=cache if use_cache is not False else None
         )
@@ -214,6 +221,7 @@ class MemLongMixin:
         for s in tqdm(range(0, S, step), disable=not progress, unit="win", desc="ingest"):
             am = None if attention_mask is None else attention_mask[:, s : s + step]
             self(input_ids[:, s : s + step], attention_mask=am, past_key_values=memory, logits_to_keep=1)
+        # (logits_to_keep=1 keeps one position per call; the LM head runs on nothing else)
         return memory
 
     # ------------------------------------------------------------------ generation
