@@ -68,6 +68,9 @@ class CallContext:
     grid_index: torch.Tensor | None = None  # [B, S] long: slot*tau + offset, pads -> n*tau
     num_slots: int = 0
     has_mem: torch.Tensor | None = None  # [B, 1, S, 1] query dtype: 1 where its chunk has memory
+    # Query blocks with the key range they can see: (q_lo, q_hi, k_lo, k_hi, mask [B,1,q,k]).
+    # Lets local attention skip keys outside each block's window (None: one masked call).
+    local_blocks: list[tuple[int, int, int, int, torch.Tensor]] | None = None
     recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
@@ -118,6 +121,21 @@ def _from_grid(y: torch.Tensor, ctx: CallContext, S: int) -> torch.Tensor:
     return flat.gather(2, idx)
 
 
+def _local_attention(q, k, v, ctx: CallContext, p: float, scale: float) -> torch.Tensor:
+    """Causal attention over the block-sliding window: ``[B, H, S, D]``."""
+    if ctx.local_blocks is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.local_mask, dropout_p=p, scale=scale, enable_gqa=True)
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                q[:, :, ql:qh], k[:, :, kl:kh], v[:, :, kl:kh], attn_mask=m, dropout_p=p, scale=scale, enable_gqa=True
+            )
+            for ql, qh, kl, kh, m in ctx.local_blocks
+        ],
+        dim=2,
+    )
+
+
 def memlong_attention(*args, **kwargs) -> tuple[torch.Tensor, None]:
     """The ``"memlong"`` attention interface (see :func:`_memlong_attention`)."""
     with phase("attention"):
@@ -155,18 +173,14 @@ def _memlong_attention(
     p = dropout if module.training else 0.0
 
     if layer not in ctx.retrieval_layers or ctx.mem_k is None:
-        out = F.scaled_dot_product_attention(
-            q_local, k_local, values, attn_mask=ctx.local_mask, dropout_p=p, scale=scale, enable_gqa=True
-        )
+        out = _local_attention(q_local, k_local, values, ctx, p, scale)
         return out.transpose(1, 2).contiguous(), None
 
     S = query.shape[2]
     g = gate_value(module, ctx.gate_activation, query.dtype)
     q_mem = _to_grid(apply_rope(query, ctx.cos_qm, ctx.sin_qm), ctx)
     if ctx.fusion == "separate":
-        local = F.scaled_dot_product_attention(
-            q_local, k_local, values, attn_mask=ctx.local_mask, dropout_p=p, scale=scale, enable_gqa=True
-        )
+        local = _local_attention(q_local, k_local, values, ctx, p, scale)
         mem = F.scaled_dot_product_attention(
             q_mem, ctx.mem_k.to(query.dtype), ctx.mem_v.to(query.dtype), attn_mask=ctx.mem_valid,
             dropout_p=p, scale=scale, enable_gqa=True,

@@ -267,8 +267,29 @@ class MemLongCache(Cache):
             ctx.grid_index = grid.to(device)
             ctx.num_slots = n
             ctx.has_mem = has_mem[:, None, :, None].to(device=device, dtype=cos.dtype)
+        if B == 1 or (len(set(starts)) == 1 and min(counts) == S):
+            ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0])
         self._pending = (qpos, kpos, counts)
         return ctx
+
+    def _blocks(self, mask: torch.Tensor, qchunk: torch.Tensor):
+        """Splits the queries (rows aligned) into groups of whole chunks, each with the
+        contiguous key range its mask allows: local attention then costs about S x window
+        instead of S x (window + S). Groups hold >= 128 queries to keep calls efficient."""
+        S = mask.shape[2]
+        per = max(1, -(-128 // self.config.chunk_size))
+        bounds = [0]
+        chunks = qchunk.tolist()
+        for i in range(1, S):
+            if chunks[i] != chunks[i - 1] and chunks[i] >= 0 and (chunks[i] - chunks[bounds[-1]]) >= per:
+                bounds.append(i)
+        bounds.append(S)
+        blocks = []
+        for ql, qh in zip(bounds[:-1], bounds[1:]):
+            cols = mask[0, 0, ql:qh].any(0).nonzero().flatten()
+            kl, kh = int(cols[0]), int(cols[-1]) + 1
+            blocks.append((ql, qh, kl, kh, mask[:, :, ql:qh, kl:kh]))
+        return blocks
 
     def _query(self, b: int, j: int, retriever: Retriever) -> torch.Tensor | None:
         """Retrieval query for chunk ``j`` of row ``b`` (None: nothing to retrieve with)."""

@@ -221,7 +221,6 @@ class MemLongMixin:
         for s in tqdm(range(0, S, step), disable=not progress, unit="win", desc="ingest"):
             am = None if attention_mask is None else attention_mask[:, s : s + step]
             self(input_ids[:, s : s + step], attention_mask=am, past_key_values=memory, logits_to_keep=1)
-        # (logits_to_keep=1 keeps one position per call; the LM head runs on nothing else)
         return memory
 
     # ------------------------------------------------------------------ generation
