@@ -1,0 +1,21 @@
+"""The README's Python example runs as written."""
+
+import os
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_example_runs(tmp_path, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "README has no python example"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # it writes a bank directory
+    try:
+        exec(compile(blocks[0], "README.md", "exec"), {"__name__": "__readme__"})
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert "chunks in memory" in out and "MemLongCache" in out
+    assert (tmp_path / "argparse-bank" / "bank.json").exists()
