@@ -261,3 +261,23 @@ def test_bfloat16_runs_and_stores_bf16(memlong_model):
     out = m(rand_ids(1, 120, seed=14))
     assert out.logits.dtype == torch.bfloat16 and bool(torch.isfinite(out.logits).all())
     assert out.past_key_values.bank(0).keys.dtype == torch.bfloat16
+
+
+def test_failed_forward_leaves_memory_marked_not_silently_wrong(memlong_model):
+    m, _ = memlong_model
+    memory = m.ingest(rand_ids(1, 60, seed=15))
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(*a, **k):
+        raise Boom("simulated out-of-memory")
+
+    handle = m.model.layers[3].register_forward_pre_hook(explode)
+    with pytest.raises(Boom):
+        m(rand_ids(1, 20, seed=16), past_key_values=memory)
+    handle.remove()
+    with pytest.raises(RuntimeError, match="left inconsistent"):
+        m(rand_ids(1, 20, seed=16), past_key_values=memory)
+    memory.reset()
+    assert m(rand_ids(1, 20, seed=16), past_key_values=memory).logits.shape == (1, 20, VOCAB)

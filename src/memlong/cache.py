@@ -47,6 +47,7 @@ class MemLongCache(Cache):
         self.num_layers = num_layers
         self.batch_size_ = batch_size
         self.banks = [self._new_bank() for _ in range(batch_size)]
+        self.broken: str | None = None  # set when a forward failed mid-segment (see prepare)
         self.columns = 0  # input columns consumed (padding included), for transformers' generate
         self.origin = 0  # columns that generate() should treat as already outside input_ids
         self._clear_rows(range(batch_size), init=True)
@@ -92,6 +93,7 @@ class MemLongCache(Cache):
         rows = list(range(self.batch_size_)) if rows is None else list(rows)
         self._clear_rows(rows)
         if len(rows) == self.batch_size_:
+            self.broken = None
             self.columns = self.origin = 0
             self.win_k = [None] * self.num_layers
             self.win_v = [None] * self.num_layers
@@ -163,6 +165,13 @@ class MemLongCache(Cache):
 
         ``ids`` ``[B, S]`` new tokens per row, left-aligned; ``counts[b]`` of them are real.
         """
+        if self.broken:
+            raise RuntimeError(
+                f"this memory was left inconsistent by an earlier error ({self.broken}); call .reset() "
+                "or start from a saved bank"
+            )
+        # Until commit() succeeds the state is half-updated (tokens recorded, chunks written).
+        self.broken = "a forward call failed between planning and committing a segment"
         cfg = self.config
         tau, w = cfg.chunk_size, cfg.window_chunks
         B, S = ids.shape
@@ -349,3 +358,4 @@ class MemLongCache(Cache):
             cur = self.seen[b] // tau
             for j in [j for j in self.chunk_mem[b] if j < cur]:
                 del self.chunk_mem[b][j]
+        self.broken = None
