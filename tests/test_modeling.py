@@ -281,3 +281,20 @@ def test_failed_forward_leaves_memory_marked_not_silently_wrong(memlong_model):
         m(rand_ids(1, 20, seed=16), past_key_values=memory)
     memory.reset()
     assert m(rand_ids(1, 20, seed=16), past_key_values=memory).logits.shape == (1, 20, VOCAB)
+
+
+@torch.no_grad()
+def test_faiss_backend_and_fifo_run_through_the_model():
+    ids = rand_ids(1, 160, seed=17)
+    outs = {}
+    for backend in ("torch", "faiss"):
+        model, _ = tiny_model("llama")
+        m = memlong.wrap(model, small_memlong_config(search_backend=backend), retriever=memlong.HashingRetriever(dim=32))
+        set_gates(m)
+        outs[backend] = m(ids)
+    torch.testing.assert_close(outs["faiss"].logits, outs["torch"].logits, atol=ATOL, rtol=0)
+    model, _ = tiny_model("llama")
+    m = memlong.wrap(model, small_memlong_config(eviction="fifo"), retriever=memlong.HashingRetriever(dim=32))
+    bank = m(ids).past_key_values.bank(0)
+    # 20 chunks, 4 in the window at the end -> chunks 0..15 departed; FIFO keeps the newest 6
+    assert [e["chunk_id"] for e in bank.entries()] == list(range(10, 16))
