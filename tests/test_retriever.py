@@ -66,3 +66,22 @@ def test_semantic_needle_retrieved_from_far_back_through_the_model(minilm):
     cache = m.ingest(ids)
     counts = {e["chunk_id"]: e["count"] for e in cache.bank(0).entries()}
     assert counts[2] >= 1, counts
+
+
+@torch.no_grad()
+def test_ingest_text_records_character_spans(minilm):
+    tok, r = minilm
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    m = memlong.wrap(LlamaForCausalLM(cfg).eval(),
+                     memlong.MemLongConfig(memory_layer=1, retrieval_layers=(2,), chunk_size=16, top_k=1,
+                                           memory_capacity=1024, local_window=64),
+                     retriever=memlong.HashingRetriever(), tokenizer=tok)
+    bank = m.ingest_text(text).bank(0)
+    assert len(bank) > 10
+    for e in bank.entries():
+        lo, hi = e["text_span"]
+        ids = bank.token_ids[e["slot"]].tolist()
+        assert tok.decode(ids) == tok.decode(tok(text[lo:hi], add_special_tokens=False)["input_ids"])

@@ -65,6 +65,7 @@ class MemLongCache(Cache):
             self.win_v: list[torch.Tensor | None] = [None] * self.num_layers
             self.win_pos: torch.Tensor | None = None  # [B, L] stream positions, -1 = empty
             self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]
+            self.chunk_chars: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]  # [start, end]
             self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
             self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [
                 {} for _ in range(self.batch_size_)
@@ -73,6 +74,7 @@ class MemLongCache(Cache):
         for b in rows:
             self.seen[b] = 0
             self.chunk_tokens[b].clear()
+            self.chunk_chars[b].clear()
             self.chunk_emb[b].clear()
             self.chunk_mem[b].clear()
             self.banks[b].reset()
@@ -159,11 +161,13 @@ class MemLongCache(Cache):
         retriever: Retriever,
         rotary: RotaryTable,
         gate_activation: str,
+        char_offsets: torch.Tensor | None = None,
     ) -> CallContext:
         """Plans one segment: records tokens, embeds completed chunks, writes departing chunks
         to the banks, retrieves for chunks that start, and builds masks/RoPE/memory tensors.
 
         ``ids`` ``[B, S]`` new tokens per row, left-aligned; ``counts[b]`` of them are real.
+        ``char_offsets`` ``[B, S, 2]`` (optional): each token's character span in the source text.
         """
         if self.broken:
             raise RuntimeError(
@@ -187,6 +191,11 @@ class MemLongCache(Cache):
                 c, off = divmod(p, tau)
                 take = toks[: tau - off]
                 self.chunk_tokens[b].setdefault(c, []).extend(take)
+                if char_offsets is not None:
+                    i = p - starts[b]
+                    lo, hi = int(char_offsets[b, i, 0]), int(char_offsets[b, i + len(take) - 1, 1])
+                    span = self.chunk_chars[b].setdefault(c, [lo, hi])
+                    span[1] = hi
                 if len(self.chunk_tokens[b][c]) == tau:
                     todo.append((b, c))
                 toks = toks[len(take) :]
@@ -321,7 +330,9 @@ class MemLongCache(Cache):
         v = self.win_v[m][b, :, i : i + tau]
         tokens = torch.tensor(self.chunk_tokens[b].pop(c), dtype=torch.int32)
         emb = self.chunk_emb[b].pop(c)
-        self.banks[b].add(k, v, emb, chunk_id=c, span=(c * tau, (c + 1) * tau), token_ids=tokens)
+        chars = self.chunk_chars[b].pop(c, None)
+        self.banks[b].add(k, v, emb, chunk_id=c, span=(c * tau, (c + 1) * tau), token_ids=tokens,
+                          text_span=tuple(chars) if chars else None)
 
     def _retrieve(self, b: int, query: torch.Tensor | None):
         bank = self.banks[b]

@@ -113,6 +113,7 @@ class MemLongMixin:
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        char_offsets: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Reads ``input_ids`` ``[B, S]`` (any S) on top of the memory in ``past_key_values``.
@@ -122,6 +123,8 @@ class MemLongMixin:
         ``position_ids`` are ignored: positions are the local window's. Returns the usual
         output; ``past_key_values`` is the :class:`MemLongCache` to continue from.
         ``logits_to_keep=k`` keeps only the last k positions' logits (0: all).
+        ``char_offsets`` ``[B, S, 2]``: each token's character span in its source text (as a
+        fast tokenizer's ``offset_mapping``); banked chunks then record their text span.
         """
         if input_ids is None:
             raise ValueError(
@@ -152,6 +155,8 @@ class MemLongMixin:
         # Left-align each row's real tokens: rows are independent sequences.
         order = torch.argsort((~real).to(torch.int8), dim=1, stable=True).to(input_ids.device)
         compact = input_ids.gather(1, order)
+        if char_offsets is not None:
+            char_offsets = char_offsets[:, -S:].cpu().gather(1, order.cpu()[..., None].expand(B, S, 2))
 
         if labels is not None and logits_to_keep:
             raise ValueError("labels cannot be combined with logits_to_keep")
@@ -170,7 +175,8 @@ class MemLongMixin:
             seg_counts = [min(n, r) for r in remaining]
             with phase("prepare"):
                 ctx = cache.prepare(
-                    seg, seg_counts, self.memlong_retriever, self._rotary_table, self.memlong_config.gate_activation
+                    seg, seg_counts, self.memlong_retriever, self._rotary_table, self.memlong_config.gate_activation,
+                    None if char_offsets is None else char_offsets[:, off : off + n],
                 )
             # Only positions some row needs go through the LM head (ingestion needs none).
             want = needed[:, off : off + n].any(0).nonzero().flatten()
@@ -207,8 +213,18 @@ class MemLongMixin:
         )
 
     @torch.no_grad()
+    def ingest_text(self, text: str, memory: MemLongCache | None = None, progress: bool = False) -> MemLongCache:
+        """Tokenizes ``text`` with the model's tokenizer and reads it into memory; each banked
+        chunk records its character span in ``text`` (``bank.text_spans``, ``entries()``)."""
+        tok = self.memlong_tokenizer
+        if tok is None:
+            raise ValueError("ingest_text needs the tokenizer: pass tokenizer= to memlong.wrap / from_pretrained")
+        enc = tok(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
+        return self.ingest(enc["input_ids"], memory, progress=progress, char_offsets=enc["offset_mapping"])
+
+    @torch.no_grad()
     def ingest(self, input_ids: torch.LongTensor, memory: MemLongCache | None = None, attention_mask=None,
-               progress: bool = False) -> MemLongCache:
+               progress: bool = False, char_offsets: torch.Tensor | None = None) -> MemLongCache:
         """Reads a long input into memory without keeping logits; returns the memory.
 
         Feeds ``local_window`` tokens per call (a progress bar with ``progress=True``).
@@ -220,7 +236,9 @@ class MemLongMixin:
         S = input_ids.shape[1]
         for s in tqdm(range(0, S, step), disable=not progress, unit="win", desc="ingest"):
             am = None if attention_mask is None else attention_mask[:, s : s + step]
-            self(input_ids[:, s : s + step], attention_mask=am, past_key_values=memory, logits_to_keep=1)
+            co = None if char_offsets is None else char_offsets[:, s : s + step]
+            self(input_ids[:, s : s + step], attention_mask=am, past_key_values=memory, logits_to_keep=1,
+                 char_offsets=co)
         return memory
 
     # ------------------------------------------------------------------ generation

@@ -9,6 +9,8 @@ tensors (so they cannot get out of step):
 * ``chunk_ids``: the chunk's index in the stream (its age; ``-1`` marks a free slot);
 * ``spans`` ``[2]``: its token span ``[start, end)`` in the stream;
 * ``token_ids`` ``[tau]``: its tokens (decode them to see what was stored or retrieved);
+* ``text_spans`` ``[2]``: its character span ``[start, end)`` in the source text, when the text
+  was given (``model.ingest_text``), else ``(-1, -1)``;
 * ``counts``: how many times it has been retrieved.
 
 Eviction frees slots in place; new chunks take free slots, so nothing large is ever copied.
@@ -82,6 +84,7 @@ class MemoryBank:
         self.chunk_ids = torch.full((n,), -1, dtype=torch.long)
         self.spans = torch.zeros(n, 2, dtype=torch.long)
         self.token_ids = torch.zeros(n, L.chunk_size, dtype=torch.int32)
+        self.text_spans = torch.full((n, 2), -1, dtype=torch.long)
         self.counts = torch.zeros(n, dtype=torch.long)
         self.index = make_index(self.search_backend, L.embed_dim)
 
@@ -98,6 +101,7 @@ class MemoryBank:
         self.embeddings = grow(self.embeddings)
         self.chunk_ids = grow(self.chunk_ids, -1)
         self.spans, self.token_ids, self.counts = grow(self.spans), grow(self.token_ids), grow(self.counts)
+        self.text_spans = grow(self.text_spans, -1)
 
     @property
     def num_slots(self) -> int:
@@ -117,7 +121,8 @@ class MemoryBank:
 
     def nbytes(self) -> int:
         """Bytes held by the bank's tensors (allocated slots, used or free)."""
-        ts = (self.keys, self.values, self.embeddings, self.chunk_ids, self.spans, self.token_ids, self.counts)
+        ts = (self.keys, self.values, self.embeddings, self.chunk_ids, self.spans, self.token_ids, self.counts,
+              self.text_spans)
         return sum(t.numel() * t.element_size() for t in ts)
 
     # ------------------------------------------------------------------ write
@@ -129,6 +134,7 @@ class MemoryBank:
         chunk_id: int,
         span: tuple[int, int],
         token_ids: torch.Tensor | None = None,
+        text_span: tuple[int, int] | None = None,
     ) -> int:
         """Stores one chunk, evicting first if the bank is full. Returns its slot.
 
@@ -138,6 +144,7 @@ class MemoryBank:
             chunk_id: the chunk's index in the stream; must exceed every stored one.
             span: ``(start, end)`` token positions in the stream.
             token_ids: ``[tau]`` the chunk's tokens.
+            text_span: ``(start, end)`` characters in the source text, if known.
         """
         L = self.layout
         if keys.shape != (L.num_kv_heads, L.chunk_size, L.head_dim) or values.shape != keys.shape:
@@ -164,6 +171,7 @@ class MemoryBank:
         self.spans[slot, 0], self.spans[slot, 1] = int(span[0]), int(span[1])
         if token_ids is not None:
             self.token_ids[slot] = token_ids.to(torch.int32).cpu()
+        self.text_spans[slot, 0], self.text_spans[slot, 1] = text_span if text_span is not None else (-1, -1)
         self.counts[slot] = 0
         self.index.add(slot, self.embeddings[slot])
         return slot
@@ -246,6 +254,7 @@ class MemoryBank:
                 "chunk_id": int(self.chunk_ids[s]),
                 "span": (int(self.spans[s, 0]), int(self.spans[s, 1])),
                 "count": int(self.counts[s]),
+                "text_span": (int(self.text_spans[s, 0]), int(self.text_spans[s, 1])),
             }
             for s in slots
         ]
@@ -253,7 +262,7 @@ class MemoryBank:
     def check_invariants(self) -> None:
         """Raises AssertionError if the parallel tensors or the index disagree."""
         n = self.num_slots
-        for name in ("keys", "values", "embeddings", "spans", "token_ids", "counts"):
+        for name in ("keys", "values", "embeddings", "spans", "token_ids", "counts", "text_spans"):
             assert getattr(self, name).shape[0] == n, f"{name} has {getattr(self, name).shape[0]} slots, not {n}"
         assert len(self) <= self.capacity, f"{len(self)} chunks stored above capacity {self.capacity}"
         ids = self.chunk_ids[self.valid]
@@ -282,6 +291,7 @@ class MemoryBank:
             "chunk_ids": self.chunk_ids[slots].contiguous(),
             "spans": self.spans[slots].contiguous(),
             "token_ids": self.token_ids[slots].contiguous(),
+            "text_spans": self.text_spans[slots].contiguous(),
             "counts": self.counts[slots].contiguous(),
         }
         name = f"bank-{uuid.uuid4().hex[:12]}.safetensors"
@@ -374,7 +384,7 @@ class MemoryBank:
         kv = (n, layout.num_kv_heads, layout.chunk_size, layout.head_dim)
         want = {
             "keys": kv, "values": kv, "embeddings": (n, layout.embed_dim), "chunk_ids": (n,),
-            "spans": (n, 2), "token_ids": (n, layout.chunk_size), "counts": (n,),
+            "spans": (n, 2), "token_ids": (n, layout.chunk_size), "counts": (n,), "text_spans": (n, 2),
         }
         for key, shape in want.items():
             if key not in t or tuple(t[key].shape) != shape:
@@ -394,6 +404,7 @@ class MemoryBank:
         bank.chunk_ids[:n] = t["chunk_ids"]
         bank.spans[:n] = t["spans"]
         bank.token_ids[:n] = t["token_ids"]
+        bank.text_spans[:n] = t["text_spans"]
         bank.counts[:n] = t["counts"]
         for s in range(n):
             bank.index.add(s, bank.embeddings[s])
