@@ -298,3 +298,13 @@ def test_faiss_backend_and_fifo_run_through_the_model():
     bank = m(ids).past_key_values.bank(0)
     # 20 chunks, 4 in the window at the end -> chunks 0..15 departed; FIFO keeps the newest 6
     assert [e["chunk_id"] for e in bank.entries()] == list(range(10, 16))
+
+
+@torch.no_grad()
+def test_retrieval_off_is_the_windowed_base_even_with_open_gates(memlong_model):
+    m, ref = memlong_model
+    cfg = m.memlong_config
+    ids = rand_ids(1, 100, seed=18)
+    out = m(ids, past_key_values=m.new_memory(1, retrieval=False))
+    assert len(out.past_key_values.bank(0)) == 0
+    torch.testing.assert_close(out.logits, windowed_reference(ref, ids, cfg.chunk_size, cfg.local_window), atol=ATOL, rtol=0)

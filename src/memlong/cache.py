@@ -40,9 +40,14 @@ class MemLongCache(Cache):
     Create it with ``model.new_memory(batch_size)`` rather than by hand.
     """
 
-    def __init__(self, config: MemLongConfig, layout: BankLayout, num_layers: int, batch_size: int = 1):
+    def __init__(
+        self, config: MemLongConfig, layout: BankLayout, num_layers: int, batch_size: int = 1, retrieval: bool = True
+    ):
         super().__init__(layers=[])
         self.config = config
+        # retrieval=False: the same model and local window with no memory at all (a baseline);
+        # chunks leaving the window are dropped, nothing is embedded or stored.
+        self.retrieval = retrieval
         self.layout = layout
         self.num_layers = num_layers
         self.batch_size_ = batch_size
@@ -200,7 +205,7 @@ class MemLongCache(Cache):
                     todo.append((b, c))
                 toks = toks[len(take) :]
                 p += len(take)
-        if todo:
+        if todo and self.retrieval:
             with phase("retriever"):
                 embs = retriever.embed([self.chunk_tokens[b][c] for b, c in todo])
             for (b, c), e in zip(todo, embs):
@@ -212,6 +217,10 @@ class MemLongCache(Cache):
             for j in range(first, (starts[b] + counts[b] - 1) // tau + 1):
                 if j * tau >= starts[b] + counts[b]:
                     break
+                if not self.retrieval:
+                    self.chunk_tokens[b].pop(j - w - 1, None)
+                    self.chunk_chars[b].pop(j - w - 1, None)
+                    continue
                 query = self._query(b, j, retriever)
                 if j - w - 1 >= 0:
                     with phase("bank_write"):

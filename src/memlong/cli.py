@@ -13,6 +13,7 @@ import sys
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("memlong.recipes.demo", "end-to-end run: ingest a long input, retrieve, generate"),
+    "train": ("memlong.recipes.train", "MemLong adaptation training: frozen lower stack, trained upper layers + gates"),
     "bench": ("memlong.recipes.bench", "benchmarks: `memlong bench ingest` (tokens/s, peak memory)"),
 }
 

@@ -65,8 +65,9 @@ class MemLongMixin:
     memlong_retriever: Retriever
 
     # ------------------------------------------------------------------ memory objects
-    def new_memory(self, batch_size: int = 1) -> MemLongCache:
-        """An empty memory (window + bank per row) for ``batch_size`` sequences."""
+    def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:
+        """An empty memory (window + bank per row) for ``batch_size`` sequences.
+        ``retrieval=False`` gives the no-memory baseline: same model, same local window."""
         cfg = self.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         bank_dtype = (
@@ -81,7 +82,7 @@ class MemLongMixin:
             dtype=bank_dtype,
             device=self.device,
         )
-        return MemLongCache(self.memlong_config, layout, cfg.num_hidden_layers, batch_size)
+        return MemLongCache(self.memlong_config, layout, cfg.num_hidden_layers, batch_size, retrieval=retrieval)
 
     def _rotary_table(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin ``[P, D]`` for positions ``0..P-1`` from the model's own rotary module,
@@ -278,8 +279,7 @@ class MemLongMixin:
         state = {k: v for k, v in state.items() if attention.GATE_NAME not in k}
         out = super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
         self.memlong_config.save_pretrained(save_directory)
-        gates = {k: v.float().cpu().contiguous() for k, v in self.memlong_gates().items()}
-        save_file(gates, os.path.join(save_directory, GATES_NAME))
+        _save_gates(self, save_directory)
         # transformers records the class name; record the base class so plain loaders work.
         self.config.architectures = [self._memlong_base_class.__name__]
         self.config.save_pretrained(save_directory)
@@ -347,34 +347,103 @@ def wrap(
     return model
 
 
+TRAINED_NAME = "memlong_trained.safetensors"
+BASE_NAME = "memlong_base.json"
+
+
+def save_trained(trained: nn.Module, model: nn.Module, directory: str | os.PathLike, base_model: str) -> None:
+    """Writes only what adaptation training changed, on top of ``base_model``: the LoRA adapter
+    (peft) or the trained tensors, the gates, and ``memlong_config.json``.
+
+    ``trained`` is what trained (a peft model or ``model`` itself); ``model`` the MemLong model.
+    ``memlong.from_pretrained(directory)`` rebuilds the same model from its base.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    lora = trained is not model and hasattr(trained, "peft_config")
+    if lora:
+        trained.save_pretrained(directory)
+    else:
+        tensors = {
+            n: p.detach().cpu().contiguous()
+            for n, p in model.named_parameters()
+            if p.requires_grad and attention.GATE_NAME not in n
+        }
+        save_file(tensors, os.path.join(directory, TRAINED_NAME))
+    model.memlong_config.save_pretrained(directory)
+    _save_gates(model, directory)
+    with open(os.path.join(directory, BASE_NAME), "w") as f:
+        json.dump({"base_model": str(base_model), "mode": "lora" if lora else "full"}, f, indent=2)
+
+
+def _save_gates(model: nn.Module, directory: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.float().cpu().contiguous() for k, v in model.memlong_gates().items()},
+              os.path.join(directory, GATES_NAME))
+
+
+def _load_gates(model: nn.Module, gates_path: str) -> None:
+    from safetensors.torch import load_file
+
+    gates = load_file(gates_path)
+    for i in model.memlong_config.retrieval_layer_indices:
+        param = getattr(model.model.layers[i].self_attn, attention.GATE_NAME)
+        key = f"layers.{i}"
+        if key not in gates or gates[key].shape != param.shape:
+            raise ValueError(f"{gates_path}: gate {key!r} missing or of the wrong shape for this config")
+        with torch.no_grad():
+            param.copy_(gates[key])
+
+
 def from_pretrained(
     name_or_path: str | os.PathLike,
     config: MemLongConfig | None = None,
     retriever: Retriever | None = None,
     tokenizer=None,
+    base_model: str | None = None,
     **hf_kwargs,
 ) -> nn.Module:
     """Loads a causal LM with ``AutoModelForCausalLM.from_pretrained`` and wraps it.
 
-    A directory written by a MemLong model's ``save_pretrained`` brings its own
-    ``memlong_config.json`` and gates; otherwise ``config`` (or the default layout) is used.
+    * a plain model name/path: wrapped with ``config`` (or the default layout);
+    * a directory from a MemLong model's ``save_pretrained``: its own config and gates;
+    * a directory from ``memlong train`` (only what was trained): its base model (recorded in
+      ``memlong_base.json``, or ``base_model=``) with the adapter/tensors and gates on top.
     """
+    import json
+
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **hf_kwargs)
-    saved = os.path.isdir(name_or_path) and os.path.isfile(os.path.join(name_or_path, CONFIG_NAME))
+    path = str(name_or_path)
+    is_dir = os.path.isdir(path)
+    trained_delta = is_dir and os.path.isfile(os.path.join(path, BASE_NAME))
+    if trained_delta:
+        with open(os.path.join(path, BASE_NAME)) as f:
+            info = json.load(f)
+        model = AutoModelForCausalLM.from_pretrained(base_model or info["base_model"], **hf_kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs)
+    saved = is_dir and os.path.isfile(os.path.join(path, CONFIG_NAME))
     if saved and config is None:
-        config = MemLongConfig.from_pretrained(name_or_path)
+        config = MemLongConfig.from_pretrained(path)
     model = wrap(model, config, retriever=retriever, tokenizer=tokenizer)
-    gates_path = os.path.join(name_or_path, GATES_NAME)
+    if trained_delta:
+        if info.get("mode") == "lora":
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        else:
+            tensors = load_file(os.path.join(path, TRAINED_NAME))
+            missing = set(tensors) - set(dict(model.named_parameters()))
+            if missing:
+                raise ValueError(f"{path}: trained tensors {sorted(missing)[:3]} do not exist in the base model")
+            model.load_state_dict(tensors, strict=False)
+    gates_path = os.path.join(path, GATES_NAME)
     if saved and os.path.isfile(gates_path):
-        gates = load_file(gates_path)
-        for i in model.memlong_config.retrieval_layer_indices:
-            param = getattr(model.model.layers[i].self_attn, attention.GATE_NAME)
-            key = f"layers.{i}"
-            if key not in gates or gates[key].shape != param.shape:
-                raise ValueError(f"{gates_path}: gate {key!r} missing or of the wrong shape for this config")
-            with torch.no_grad():
-                param.copy_(gates[key])
+        _load_gates(model, gates_path)
     return model

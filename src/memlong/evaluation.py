@@ -1,0 +1,49 @@
+"""Evaluation components shared by training's validation and the `memlong eval` verbs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+@torch.no_grad()
+def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memory: bool = True,
+               batch_size: int = 1) -> tuple[float, int]:
+    """Sum of next-token NLL over the last ``score_last`` tokens of each window, and their count.
+
+    Each window (``[L]`` token ids, all the same length) is read from a fresh memory, so no
+    window sees another's text. The prefix before the scored part goes through the local window
+    and into memory exactly as in streaming. ``use_memory=False``: the same model and window with
+    retrieval off.
+    """
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        ids = torch.stack(list(windows[i : i + batch_size])).to(model.device)
+        L = ids.shape[1]
+        n = min(score_last, L - 1)
+        memory = model.new_memory(ids.shape[0], retrieval=use_memory)
+        logits = model(ids, past_key_values=memory, logits_to_keep=n + 1).logits[:, :-1].float()
+        targets = ids[:, L - n :]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        total += float(nll)
+        count += targets.numel()
+    return total, count
+
+
+def perplexity(nll_sum: float, count: int) -> float:
+    return math.exp(nll_sum / max(1, count))
+
+
+def token_windows(token_lists: Sequence[Sequence[int]], length: int, max_windows: int | None = None,
+                  per_document: int = 1) -> list[torch.Tensor]:
+    """Up to ``per_document`` non-overlapping windows of ``length`` tokens from each document
+    long enough, taken from its start, in order; at most ``max_windows`` in all."""
+    out: list[torch.Tensor] = []
+    for ids in token_lists:
+        for k in range(min(per_document, len(ids) // length)):
+            out.append(torch.tensor(ids[k * length : (k + 1) * length], dtype=torch.long))
+            if max_windows is not None and len(out) >= max_windows:
+                return out
+    return out

@@ -1,0 +1,286 @@
+"""`memlong train`: MemLong adaptation training (the paper's stage 2).
+
+The layers up to the memory layer, the embeddings and the LM head stay frozen; the layers above
+it (fully, or LoRA with ``--lora-r``) and the gates learn to use retrieved chunks. Long
+documents are read in order, one per batch row, in segments of the local window; each segment
+retrieves from the memory its document's earlier segments built; memory is reset at every
+document boundary.
+
+One process:
+    memlong train --data runs/corpus --output runs/memlong --steps 400
+Several processes (each reads its own share of the documents; gloo on CPUs, NCCL on GPUs):
+    torchrun --nproc_per_node 2 -m memlong train --data runs/corpus --output runs/memlong
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m memlong train ...
+Resume: the same command with ``--resume`` continues from the newest checkpoint in --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="base causal LM name or path (default: the shipped base model)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer name or path (default: --model)")
+    g.add_argument("--memlong-config", default=None, help="memlong_config.json to use (else the flags below)")
+    g.add_argument("--memory-layer", type=int, default=None, help="1-based (default: the paper's layout scaled)")
+    g.add_argument("--retrieval-layers", default=None, help="comma-separated, 1-based")
+    g.add_argument("--chunk-size", type=int, default=128)
+    g.add_argument("--top-k", type=int, default=4)
+    g.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
+    g.add_argument("--window", type=int, default=1024, help="local window (and training segment) in tokens")
+    g.add_argument("--retriever", default="minilm",
+                   help="minilm (offline default), hashing, or a sentence-transformers name/path")
+    g = p.add_argument_group("what trains")
+    g.add_argument("--lora-r", type=int, default=0, help="LoRA rank on the upper layers; 0 trains them fully")
+    g.add_argument("--lora-alpha", type=int, default=32)
+    g.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True,
+                   help="a corpus folder from `memlong data` (train/validation splits), a .jsonl file, a folder "
+                        "of .txt files, or a datasets name")
+    g.add_argument("--val-data", default=None, help="validation documents (default: the corpus' validation split)")
+    g.add_argument("--min-doc-tokens", type=int, default=None, help="skip shorter documents (default: 2 windows)")
+    g.add_argument("--passkey-rate", type=float, default=0.0,
+                   help="fraction of documents with a planted passkey asked for later (synthetic retrieval task)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=400)
+    g.add_argument("--batch-size", type=int, default=4, help="documents read in parallel per process")
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--warmup", type=int, default=20)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
+    g = p.add_argument_group("evaluation, checkpoints, logs")
+    g.add_argument("--output", required=True)
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    g.add_argument("--eval-every", type=int, default=100)
+    g.add_argument("--eval-windows", type=int, default=8)
+    g.add_argument("--eval-length", type=int, default=8192, help="validation window (tokens)")
+    g.add_argument("--eval-score", type=int, default=1024, help="score the last N tokens of each window")
+    g.add_argument("--save-every", type=int, default=100)
+    g.add_argument("--log-every", type=int, default=10)
+
+
+def _documents(spec: str, split: str):
+    """A restartable iterator factory of texts."""
+    from memlong.data import load_documents
+    from memlong.data.corpus import corpus_file
+
+    p = Path(spec)
+    if p.is_dir() and corpus_file(p, split).is_file():
+        path = str(corpus_file(p, split))
+        return lambda: (d.text for d in load_documents(path, id_field="id"))
+    return lambda: (d.text for d in load_documents(spec, split))
+
+
+def _build(args):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import memlong
+    from memlong.retriever import HashingRetriever, SentenceTransformerRetriever
+
+    if args.model is None:
+        from memlong.pretrained import default_base_model_path
+
+        args.model = default_base_model_path()
+    tok = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    tok.model_max_length = 10**9
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    if args.memlong_config:
+        cfg = memlong.MemLongConfig.from_pretrained(os.path.dirname(os.path.abspath(args.memlong_config)))
+    else:
+        kw = dict(chunk_size=args.chunk_size, top_k=args.top_k, memory_capacity=args.capacity, local_window=args.window)
+        if args.memory_layer is not None:
+            layers = tuple(int(x) for x in (args.retrieval_layers or "").split(",") if x)
+            if not layers:
+                raise SystemExit("--memory-layer needs --retrieval-layers too (comma-separated, 1-based)")
+            cfg = memlong.MemLongConfig(memory_layer=args.memory_layer, retrieval_layers=layers, **kw)
+        else:
+            cfg = memlong.MemLongConfig.for_num_layers(model.config.num_hidden_layers, **kw)
+    if args.retriever == "hashing":
+        retriever = HashingRetriever()
+    else:
+        retriever = SentenceTransformerRetriever(tok, None if args.retriever == "minilm" else args.retriever)
+    model = memlong.wrap(model, cfg, retriever=retriever, tokenizer=tok)
+    return model, tok
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows if r.get("loss") not in (None, "")]
+    ax.plot(steps, [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")], label="train loss", lw=1)
+    val = [r for r in rows if r.get("val_loss_memory") not in (None, "")]
+    if val:
+        ax.plot([r["step"] for r in val], [float(r["val_loss_memory"]) for r in val], "o-", label="val loss, memory")
+        ax.plot([r["step"] for r in val], [float(r["val_loss_no_memory"]) for r in val], "s--",
+                label="val loss, no memory")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from tqdm.auto import tqdm
+
+    from memlong.evaluation import token_windows, window_nll
+    from memlong.modeling import save_trained
+    from memlong.training import LoraSpec, SegmentStream, freeze_for_memlong
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Gates of a row without memory yet get no gradient in that step: DDP must allow it.
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(args.seed)
+    out = Path(args.output)
+    model, tok = _build(args)
+    memlong_model = model
+    lora = LoraSpec(r=args.lora_r, alpha=args.lora_alpha, targets=tuple(args.lora_targets.split(","))) if args.lora_r else None
+    trained = freeze_for_memlong(model, lora)
+    params = [p for p in trained.parameters() if p.requires_grad]
+    n_train = sum(p.numel() for p in params)
+    n_all = sum(p.numel() for p in trained.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+
+    def lr_lambda(step):
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        t = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    trained, optimizer, scheduler = accelerator.prepare(trained, optimizer, scheduler)
+
+    cfg = memlong_model.memlong_config
+    stream = SegmentStream(
+        documents=_documents(args.data, "train"),
+        tokenize=lambda text: tok(text, add_special_tokens=False)["input_ids"],
+        batch_size=args.batch_size, segment=cfg.local_window,
+        min_tokens=args.min_doc_tokens if args.min_doc_tokens is not None else 2 * cfg.local_window,
+        rank=accelerator.process_index, world=accelerator.num_processes,
+        passkey_rate=args.passkey_rate, seed=args.seed,
+    )
+    step = 0
+    ckpt_root = out / "checkpoints"
+    if args.resume:
+        ckpts = sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not ckpts:
+            raise SystemExit(f"--resume: no checkpoint in {ckpt_root}")
+        accelerator.load_state(str(ckpts[-1]))
+        state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+        step = state["step"]
+        stream.load_state_dict(state["streams"][accelerator.process_index])
+        accelerator.print(f"resumed from {ckpts[-1]} at step {step}")
+
+    val_windows = None
+    if args.eval_every and accelerator.is_main_process:
+        val_spec = args.val_data or args.data
+        texts = _documents(val_spec, "validation")()
+        lists = []
+        for text in texts:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            if len(ids) >= args.eval_length:
+                lists.append(ids)
+            if len(lists) >= args.eval_windows:
+                break
+        val_windows = token_windows(lists, args.eval_length, args.eval_windows)
+        if not val_windows:
+            accelerator.print(f"no validation document has {args.eval_length} tokens: validation skipped")
+
+    def validate() -> dict:
+        if not val_windows:
+            return {}
+        memlong_model.eval()
+        res = {}
+        for name, use in (("memory", True), ("no_memory", False)):
+            s, n = window_nll(memlong_model, val_windows, args.eval_score, use_memory=use)
+            res[f"val_loss_{name}"] = round(s / n, 5)
+            res[f"val_ppl_{name}"] = round(math.exp(s / n), 4)
+        memlong_model.train()
+        return res
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.csv"
+    fields = ["step", "loss", "lr", "tokens", "seconds", "val_loss_memory", "val_ppl_memory",
+              "val_loss_no_memory", "val_ppl_no_memory"]
+    rows: list[dict] = []
+    if args.resume and log_path.exists():
+        with open(log_path) as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    if accelerator.is_main_process:
+        (out / "args.json").write_text(json.dumps(vars(args), indent=2))
+        accelerator.print(f"trainable {n_train:,} of {n_all:,} parameters "
+                          f"({'LoRA r=%d' % args.lora_r if args.lora_r else 'full upper layers'} + gates); "
+                          f"{accelerator.num_processes} process(es)")
+    memory = memlong_model.new_memory(args.batch_size)
+    trained.train()
+    t0, tokens = time.perf_counter(), 0
+    bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    while step < args.steps:
+        batch = stream.next_batch()
+        if batch.new_document:
+            memory.reset(rows=batch.new_document)
+        ids = batch.input_ids.to(accelerator.device)
+        mask = batch.attention_mask.to(accelerator.device)
+        outp = trained(input_ids=ids, attention_mask=mask, labels=ids, past_key_values=memory)
+        accelerator.backward(outp.loss)
+        if args.grad_clip:
+            accelerator.clip_grad_norm_(params, args.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens += batch.tokens * accelerator.num_processes
+        loss = accelerator.gather(outp.loss.detach()[None]).mean().item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        row = {"step": step, "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0], "tokens": tokens,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        if args.eval_every and (step % args.eval_every == 0 or step == args.steps) and accelerator.is_main_process:
+            row.update(validate())
+            accelerator.print(f"step {step}: {json.dumps({k: v for k, v in row.items() if k.startswith('val')})}")
+        if step % args.log_every == 0 or "val_loss_memory" in row or step == args.steps:
+            rows.append(row)
+            if accelerator.is_main_process:
+                with open(log_path, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=fields)
+                    w.writeheader()
+                    w.writerows(rows)
+        if args.save_every and (step % args.save_every == 0 or step == args.steps):
+            ckpt = ckpt_root / f"step-{step}"
+            accelerator.save_state(str(ckpt))
+            streams = accelerator.gather_for_metrics([stream.state_dict()], use_gather_object=True) \
+                if accelerator.num_processes > 1 else [stream.state_dict()]
+            if accelerator.is_main_process:
+                (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "streams": streams}))
+        accelerator.wait_for_everyone()
+    bar.close()
+    if accelerator.is_main_process:
+        final = out / "final"
+        save_trained(accelerator.unwrap_model(trained), memlong_model, final, base_model=args.model)
+        tok.save_pretrained(final)
+        _plot(rows, out / "loss.png")
+        accelerator.print(f"saved {final} (log {log_path}, plot {out / 'loss.png'})")
+    accelerator.end_training()
+    return 0
