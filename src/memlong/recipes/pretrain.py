@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-every", type=int, default=50)
     g.add_argument("--max-minutes", type=float, default=None,
                    help="stop (after saving) when this much wall time has passed in this process")
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="stop (after saving) once this process has run this many steps; re-run to resume")
     g.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -402,6 +404,7 @@ def run_train(args: argparse.Namespace) -> int:
         return nll
 
     t_start = time.perf_counter()
+    start_step = step
     last_val = None
     bar = tqdm(total=args.max_steps, initial=step, disable=args.no_progress, dynamic_ncols=True, mininterval=5)
     model.train()
@@ -421,7 +424,9 @@ def run_train(args: argparse.Namespace) -> int:
                                   "tokens": tokens_seen, "seconds": round(st["train_seconds"], 1)}) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{last_val:.3f}" if last_val else "-", tok_s=f"{tokens_seen / st['train_seconds']:.0f}")
-            timed_out = args.max_minutes is not None and time.perf_counter() - t_start > args.max_minutes * 60
+            timed_out = (args.max_minutes is not None and time.perf_counter() - t_start > args.max_minutes * 60) or (
+                args.stop_after is not None and step - start_step >= args.stop_after
+            )
             if step % args.eval_every == 0 or step == args.max_steps or timed_out:
                 last_val = evaluate()
                 log.write(json.dumps({"step": step, "val_loss": round(last_val, 5), "val_ppl": round(math.exp(last_val), 3),
@@ -432,7 +437,7 @@ def run_train(args: argparse.Namespace) -> int:
                 _save_checkpoint(out, model, optimizer, scheduler, stream, state())
                 plot_metrics(metrics_path, out / "loss.png")
             if timed_out:
-                print(f"stopping: --max-minutes {args.max_minutes} reached at step {step}; re-run to resume")
+                print(f"stopping at step {step} (--max-minutes/--stop-after); re-run the same command to resume")
                 break
     bar.close()
     stream.close()
