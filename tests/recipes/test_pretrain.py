@@ -77,3 +77,23 @@ def test_pretrain_bad_flags(corpus, tmp_path):
         main(["pretrain", "--corpus", str(tmp_path / "nocorpus"), "--out", str(tmp_path / "y")])
     with pytest.raises(SystemExit, match="--model"):
         main(["pretrain", "--corpus", str(corpus), "--eval-only"])
+
+
+def test_export_and_model_card(corpus, tmp_path):
+    """The card is rendered from the run's JSON records (no hand-typed numbers)."""
+    from memlong.pretrained import card
+
+    run_dir = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(run_dir), *TINY, "--max-steps", "2"]) == 0
+    (corpus / "long_documents.json").write_text(json.dumps({"min_tokens": 64, "validation": {}, "test": {}}))
+    ship = tmp_path / "ship"
+    assert card.main(["--run", str(run_dir), "--corpus", str(corpus), "--out", str(ship)]) == 0
+    assert (ship / "model.safetensors").is_file() and not (ship / "README.md").exists()
+    for split in ("validation", "test"):
+        assert main(["pretrain", "--eval-only", "--model", str(ship), "--corpus", str(corpus), "--split", split,
+                     "--lengths", "16,64", "--docs-per-source", "1", "--json", str(ship / f"ppl_{split}.json")]) == 0
+    assert card.main(["--run", str(run_dir), "--corpus", str(corpus), "--out", str(ship), "--card-only"]) == 0
+    text = (ship / "README.md").read_text()
+    ppl64 = json.loads((ship / "ppl_test.json").read_text())["results"]["64"]["ppl"]
+    assert f"| 64 (past training context) | {ppl64:.2f} |" in text
+    assert "2 of a 2-step schedule" in text
