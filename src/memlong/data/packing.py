@@ -1,9 +1,12 @@
 """Streaming, resumable packing of a corpus split into fixed-length training windows.
 
-Each of the ``batch_size`` rows is an independent stream: it draws documents (a source chosen by
-weight, then the next document of that source's shuffled order), tokenizes them on the fly,
-appends the end-of-text token and cuts the token stream into windows of ``seq_len``. Independent
-rows keep the rows of one batch from coming from the same document.
+The stream keeps ``streams`` independent document streams open at once. Each draws documents (a
+source chosen by weight, then the next document of that source's shuffled order), tokenizes them
+on the fly, appends the end-of-text token and cuts its token stream into windows of ``seq_len``.
+Each batch takes its rows from ``batch_size`` streams picked at random. Why many streams: a long
+document (100k tokens is common in the JDK) would otherwise fill the same row for a hundred
+consecutive steps, and the model would fit the current document instead of the corpus (training
+loss far below validation loss, strongly correlated gradients).
 
 Only byte offsets into the JSONL file are held in memory, never the corpus text, and the whole
 position of the stream is a small ``state_dict`` saved with each checkpoint, so a resumed run
@@ -42,10 +45,11 @@ class PackedStream:
         path: ``{split}.jsonl`` of a corpus directory.
         tokenizer: transformers tokenizer; its ``eos_token_id`` separates documents.
         seq_len: window length (the pretraining context).
-        batch_size: rows per batch, each an independent document stream.
+        batch_size: rows per batch, each from a different open document stream.
         seed: fixes document order and source draws.
         source_weights: probability weight of each source (default: equal for all sources, so
             the 210 MB JDK does not drown 30 MB of stdlib and man pages).
+        streams: open document streams to pick rows from (default ``max(32, batch_size)``).
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class PackedStream:
         batch_size: int,
         seed: int = 0,
         source_weights: dict[str, float] | None = None,
+        streams: int | None = None,
     ) -> None:
         if seq_len < 2 or batch_size < 1:
             raise ValueError(f"need seq_len >= 2 and batch_size >= 1; got {seq_len}, {batch_size}")
@@ -76,9 +81,13 @@ class PackedStream:
         self.weights = [float(weights.get(s, 0.0)) for s in self.sources]
         if sum(self.weights) <= 0:
             raise ValueError("source_weights must give some source a positive weight")
+        self.streams = streams if streams is not None else max(32, batch_size)
+        if self.streams < batch_size:
+            raise ValueError(f"streams ({self.streams}) must be >= batch_size ({batch_size})")
+        self.batches = 0
         self.rows = [
             {"drawn": 0, "epoch": {s: 0 for s in self.sources}, "pos": {s: 0 for s in self.sources}, "buffer": []}
-            for _ in range(batch_size)
+            for _ in range(self.streams)
         ]
         self._orders: dict[tuple[int, str, int], list[int]] = {}
         self._file = open(self.path, "rb")
@@ -118,7 +127,9 @@ class PackedStream:
 
     def next_batch(self) -> torch.Tensor:
         """The next ``LongTensor[batch_size, seq_len]``."""
-        return torch.tensor([self._next_window(r) for r in range(self.batch_size)], dtype=torch.long)
+        picks = random.Random(f"{self.seed}/pick/{self.batches}").sample(range(self.streams), self.batch_size)
+        self.batches += 1
+        return torch.tensor([self._next_window(r) for r in picks], dtype=torch.long)
 
     def __iter__(self):
         while True:
@@ -130,18 +141,21 @@ class PackedStream:
             "seed": self.seed,
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
+            "streams": self.streams,
             "sources": self.sources,
+            "batches": self.batches,
             "rows": json.loads(json.dumps(self.rows)),  # deep copy
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "seq_len", "batch_size", "sources"):
+        for key in ("seed", "seq_len", "batch_size", "streams", "sources"):
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"cannot resume the data stream: checkpoint has {key}={state[key]!r}, "
                     f"this run has {getattr(self, key)!r}"
                 )
         self.rows = json.loads(json.dumps(state["rows"]))
+        self.batches = state["batches"]
 
     def close(self) -> None:
         self._file.close()

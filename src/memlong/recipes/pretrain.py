@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: CORPUS/tokenizer)")
     g.add_argument("--source-weights", default=None,
                    help="e.g. stdlib=1,man=1,jdk=1 (default: equal weight per source)")
+    g.add_argument("--streams", type=int, default=32,
+                   help="open document streams each batch's rows are drawn from (decorrelates steps)")
     g = p.add_argument_group("model (LlamaConfig)")
     g.add_argument("--layers", type=int, default=8)
     g.add_argument("--hidden", type=int, default=256)
@@ -354,7 +356,8 @@ def run_train(args: argparse.Namespace) -> int:
     resume = ckpt.is_dir() and not args.no_resume
 
     torch.manual_seed(args.seed)
-    stream = PackedStream(corpus_file(corpus, "train"), tokenizer, args.seq_len, args.batch_size, args.seed, weights)
+    stream = PackedStream(corpus_file(corpus, "train"), tokenizer, args.seq_len, args.batch_size, args.seed, weights,
+                          streams=max(args.streams, args.batch_size))
     if resume:
         model = LlamaForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
     else:
