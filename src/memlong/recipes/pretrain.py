@@ -6,7 +6,7 @@ context (1024 tokens here) and never beyond it, so its perplexity degrades past 
 Train (the shipped model's exact command is in ``src/memlong/pretrained/base/README.md``)::
 
     memlong data --out runs/corpus                    # corpus + tokenizer, once
-    memlong pretrain --corpus runs/corpus --out runs/base --max-steps 1500 --threads 1
+    memlong pretrain --corpus runs/corpus --out runs/base --max-steps 1600 --threads 1
 
 Re-running the same command resumes from ``runs/base/checkpoint``. Outputs in ``--out``:
 ``checkpoint/`` (weights + optimizer + data-stream position), ``metrics.jsonl``, ``loss.png``,
