@@ -13,6 +13,8 @@ import sys
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("memlong.recipes.demo", "end-to-end run: ingest a long input, retrieve, generate"),
+    "data": ("memlong.recipes.data", "build the local corpus, train the BPE tokenizer, list long documents"),
+    "pretrain": ("memlong.recipes.pretrain", "train a small base LM from scratch, or evaluate its perplexity"),
     "train": ("memlong.recipes.train", "MemLong adaptation training: frozen lower stack, trained upper layers + gates"),
     "bench": ("memlong.recipes.bench", "benchmarks: `memlong bench ingest` (tokens/s, peak memory)"),
 }

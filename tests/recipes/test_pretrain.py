@@ -1,0 +1,99 @@
+"""`memlong pretrain` end to end on a tiny config: train, checkpoint, resume, evaluate."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from memlong.cli import main
+from memlong.data.corpus import iter_split, write_corpus
+from memlong.data.sources import SkipCounter, stdlib_documents, stdlib_root
+from memlong.recipes.pretrain import lr_lambda
+from memlong.tokenizer import train_and_save
+
+TINY = ["--layers", "2", "--hidden", "64", "--heads", "8", "--kv-heads", "4", "--seq-len", "32",
+        "--batch-size", "2", "--warmup", "2", "--max-steps", "4", "--eval-every", "2", "--save-every", "2",
+        "--eval-windows-per-source", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A real-text corpus: the stdlib `email` package, split 60/20/20, with a 600-token BPE."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = list(stdlib_documents(stdlib_root() / "email", SkipCounter()))
+    write_corpus(root, docs, SkipCounter(), 0.2, 0.2)
+    train_and_save([d.text for d in iter_split(root, "train")], 600, root / "tokenizer")
+    return root
+
+
+def test_lr_schedule():
+    assert lr_lambda(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_lambda(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_lambda(500, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_pretrain_end_to_end_with_resume(corpus, tmp_path):
+    straight = tmp_path / "straight"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(straight), *TINY]) == 0
+    final = straight / "final"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "loss.png", "train_summary.json"):
+        assert (final / name).is_file(), name
+    summary = json.loads((final / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 2 * 32
+    metrics = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
+    assert [m["step"] for m in metrics if "val_loss" in m] == [2, 4]
+
+    # Interrupted after 2 steps, then resumed by re-running the same command.
+    resumed = tmp_path / "resumed"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(resumed), *TINY, "--stop-after", "2"]) == 0
+    assert (resumed / "checkpoint").is_dir() and not (resumed / "final").exists()
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(resumed), *TINY]) == 0
+    a = load_file(str(final / "model.safetensors"))
+    b = load_file(str(resumed / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    resumed_metrics = [json.loads(l) for l in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in resumed_metrics if "loss" in m] == [1, 2, 3, 4]
+
+    # Evaluation past the 32-token training context runs and writes its table.
+    out_json = tmp_path / "ppl.json"
+    assert main(["pretrain", "--eval-only", "--model", str(final), "--corpus", str(corpus), "--split", "test",
+                 "--lengths", "16,32,64", "--docs-per-source", "2", "--json", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())
+    assert res["lengths"] == [16, 32, 64]
+    for L in ("16", "32", "64"):
+        r = res["results"][L]
+        assert r["tokens"] > 0 and 1 < r["ppl"] < 1e4
+
+
+def test_pretrain_bad_flags(corpus, tmp_path):
+    with pytest.raises(SystemExit, match="divisible"):
+        main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "x"), *TINY, "--kv-heads", "3"])
+    with pytest.raises(SystemExit, match="memlong data"):
+        main(["pretrain", "--corpus", str(tmp_path / "nocorpus"), "--out", str(tmp_path / "y")])
+    with pytest.raises(SystemExit, match="--model"):
+        main(["pretrain", "--corpus", str(corpus), "--eval-only"])
+
+
+def test_export_and_model_card(corpus, tmp_path):
+    """The card is rendered from the run's JSON records (no hand-typed numbers)."""
+    from memlong.pretrained import card
+
+    run_dir = tmp_path / "run"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(run_dir), *TINY, "--max-steps", "2"]) == 0
+    (corpus / "long_documents.json").write_text(json.dumps({"min_tokens": 64, "validation": {}, "test": {}}))
+    ship = tmp_path / "ship"
+    assert card.main(["--run", str(run_dir), "--corpus", str(corpus), "--out", str(ship)]) == 0
+    assert (ship / "model.safetensors").is_file() and not (ship / "README.md").exists()
+    for split in ("validation", "test"):
+        assert main(["pretrain", "--eval-only", "--model", str(ship), "--corpus", str(corpus), "--split", split,
+                     "--lengths", "16,64", "--docs-per-source", "1", "--json", str(ship / f"ppl_{split}.json")]) == 0
+    assert card.main(["--run", str(run_dir), "--corpus", str(corpus), "--out", str(ship), "--card-only"]) == 0
+    text = (ship / "README.md").read_text()
+    ppl64 = json.loads((ship / "ppl_test.json").read_text())["results"]["64"]["ppl"]
+    assert f"| 64 (past training context) | {ppl64:.2f} |" in text
+    assert "2 of a 2-step schedule" in text
