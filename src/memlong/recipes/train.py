@@ -151,7 +151,12 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # Gates of a row without memory yet get no gradient in that step: DDP must allow it.
-    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    # cpu=True on a machine without CUDA: accelerate then treats torchrun/accelerate-launch
+    # processes as MULTI_CPU (gloo) instead of independent single processes.
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     set_seed(args.seed)
     out = Path(args.output)
     model, tok = _build(args)

@@ -1,0 +1,118 @@
+"""`memlong train` end to end on a tiny model: what is frozen stays bit-identical, loss falls,
+checkpoints resume, and only what trained is saved and reloads on top of the base."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+import memlong
+from memlong.cli import main
+from memlong.tokenizer import train_and_save
+
+COMMON = ["--window", "64", "--chunk-size", "16", "--top-k", "2", "--capacity", "256", "--retriever", "hashing",
+          "--batch-size", "2", "--eval-windows", "2", "--eval-length", "256", "--eval-score", "64", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [(lib / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "inspect.py", "textwrap.py",
+                                                     "shutil.py", "tempfile.py")]
+    tok = train_and_save(texts, 512, root / "model")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                      initializer_range=0.2)  # an expressive frozen LM head, so upper layers can lower the loss
+    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    with open(root / "train.jsonl", "w") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": f"doc{i}", "text": t}) + "\n")
+    return root
+
+
+def losses(run_dir):
+    with open(run_dir / "log.csv") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def frozen_and_trained(base_dir, final_dir):
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    m = memlong.from_pretrained(final_dir, retriever=memlong.HashingRetriever())
+    bp = dict(base.named_parameters())
+    frozen, changed = [], []
+    for name, p in m.named_parameters():
+        if name in bp:
+            (frozen if torch.equal(p, bp[name]) else changed).append(name)
+    return m, frozen, changed
+
+
+def test_single_process_freezes_learns_resumes_and_reloads(setup):
+    run = setup / "run"
+    args = ["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(run),
+            "--lr", "1e-2", "--warmup", "2", "--eval-every", "15", "--save-every", "15", *COMMON]
+    assert main([*args, "--steps", "30"]) == 0
+    ls = [loss for _, loss in losses(run)]
+    assert len(ls) == 30
+    assert sum(ls[:5]) / 5 - sum(ls[-5:]) / 5 > 0.3, ls  # it learns
+    m, frozen, changed = frozen_and_trained(setup / "model", run / "final")
+    # embeddings, LM head and every layer up to the memory layer (2 of 4) are untouched
+    assert "model.embed_tokens.weight" in frozen and "lm_head.weight" in frozen
+    assert all(n in frozen for n in bp_names(m, [0, 1]))
+    assert all(n in changed for n in bp_names(m, [2, 3], suffix="self_attn.q_proj.weight"))
+    trained = load_file(run / "final" / "memlong_trained.safetensors")
+    assert not any(k.startswith(("model.layers.0.", "model.layers.1.", "model.embed")) for k in trained)
+    gates = load_file(run / "final" / "memlong_gates.safetensors")
+    assert all(g.abs().sum() > 0 for g in gates.values())  # the gates trained
+    for k, v in trained.items():
+        assert torch.equal(dict(m.named_parameters())[k], v)
+    # validation with and without memory was logged
+    with open(run / "log.csv") as f:
+        val = [r for r in csv.DictReader(f) if r["val_ppl_memory"]]
+    assert [int(r["step"]) for r in val] == [15, 30] and float(val[-1]["val_ppl_no_memory"]) > 0
+    assert (run / "loss.png").stat().st_size > 1000
+    # resume from the newest checkpoint and carry on to step 40
+    assert main([*args, "--steps", "40", "--resume"]) == 0
+    steps = [s for s, _ in losses(run)]
+    assert steps == list(range(1, 41))
+
+
+def bp_names(m, layers, suffix=""):
+    return [n for n, _ in m.named_parameters() if any(n.startswith(f"model.layers.{i}.") for i in layers)
+            and n.endswith(suffix)]
+
+
+def test_lora_saves_only_the_adapter(setup):
+    run = setup / "lora"
+    assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(run),
+                 "--steps", "6", "--lora-r", "4", "--lr", "1e-2", "--eval-every", "0", "--save-every", "0",
+                 *COMMON]) == 0
+    files = set(os.listdir(run / "final"))
+    assert "adapter_model.safetensors" in files and "memlong_trained.safetensors" not in files
+    m, frozen, changed = frozen_and_trained(setup / "model", run / "final")
+    assert all(n in frozen for n in bp_names(m, [0, 1]))
+    assert any(n in changed for n in bp_names(m, [2, 3]))  # merged LoRA deltas
+
+
+def test_two_processes_with_gloo(setup):
+    run = setup / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "memlong", "train",
+           "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(run),
+           "--steps", "6", "--lr", "1e-2", "--eval-every", "0", "--save-every", "3", "--threads", "1", *COMMON]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    state = json.loads((run / "checkpoints" / "step-6" / "trainer_state.json").read_text())
+    assert len(state["streams"]) == 2  # each process read its own documents
+    m, frozen, changed = frozen_and_trained(setup / "model", run / "final")
+    assert all(n in frozen for n in bp_names(m, [0, 1]))
+    assert any(n in changed for n in bp_names(m, [2, 3]))
