@@ -96,6 +96,21 @@ def plant_passkey(text: str, rng: random.Random, min_gap_chars: int) -> str:
     )
 
 
+def document_texts(spec: str, split: str) -> Callable[[], Iterator[str]]:
+    """A restartable source of texts: a corpus folder from `memlong data` (its ``split``), a
+    ``.jsonl`` file, a folder of ``.txt`` files, or a datasets name (``split``)."""
+    from pathlib import Path
+
+    from memlong.data import load_documents
+    from memlong.data.corpus import corpus_file
+
+    p = Path(spec)
+    if p.is_dir() and corpus_file(p, split).is_file():
+        path = str(corpus_file(p, split))
+        return lambda: (d.text for d in load_documents(path, id_field="id"))
+    return lambda: (d.text for d in load_documents(spec, split))
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [B, W] right-padded

@@ -116,3 +116,21 @@ def test_two_processes_with_gloo(setup):
     m, frozen, changed = frozen_and_trained(setup / "model", run / "final")
     assert all(n in frozen for n in bp_names(m, [0, 1]))
     assert any(n in changed for n in bp_names(m, [2, 3]))
+
+
+def test_eval_ppl_on_the_trained_model(setup, tmp_path):
+    run = setup / "run"
+    if not (run / "final").exists():  # test order independence
+        assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output",
+                     str(run), "--steps", "2", "--eval-every", "0", *COMMON]) == 0
+    out = tmp_path / "ppl.json"
+    assert main(["eval", "ppl", "--model", str(run / "final"), "--data", str(setup / "train.jsonl"), "--split",
+                 "train", "--lengths", "256,1024", "--score", "64", "--retriever", "hashing", "--max-documents", "2",
+                 "--max-base-length", "512", "--json", str(out), "--plot", str(tmp_path / "ppl.png")]) == 0
+    rows = {(r["method"], r["length"]): r for r in json.loads(out.read_text())["results"]}
+    assert set(m for m, _ in rows) == {"memlong", "memlong_no_memory", "base_full", "base_truncated"}
+    assert rows[("memlong", 1024)]["tokens_scored"] == 2 * 64 and rows[("memlong", 1024)]["ppl"] > 1
+    assert rows[("base_full", 1024)]["ppl"] is None and "skipped" in rows[("base_full", 1024)]["note"]
+    # at 256 tokens the whole window is local: no memory is involved, both MemLong rows agree
+    assert rows[("memlong", 256)]["ppl"] == pytest.approx(rows[("memlong_no_memory", 256)]["ppl"], rel=1e-5)
+    assert (tmp_path / "ppl.png").exists()

@@ -70,18 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, default=10)
 
 
-def _documents(spec: str, split: str):
-    """A restartable iterator factory of texts."""
-    from memlong.data import load_documents
-    from memlong.data.corpus import corpus_file
-
-    p = Path(spec)
-    if p.is_dir() and corpus_file(p, split).is_file():
-        path = str(corpus_file(p, split))
-        return lambda: (d.text for d in load_documents(path, id_field="id"))
-    return lambda: (d.text for d in load_documents(spec, split))
-
-
 def _build(args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -146,7 +134,7 @@ def run(args) -> int:
 
     from memlong.evaluation import token_windows, window_nll
     from memlong.modeling import save_trained
-    from memlong.training import LoraSpec, SegmentStream, freeze_for_memlong
+    from memlong.training import LoraSpec, SegmentStream, document_texts, freeze_for_memlong
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,7 +167,7 @@ def run(args) -> int:
 
     cfg = memlong_model.memlong_config
     stream = SegmentStream(
-        documents=_documents(args.data, "train"),
+        documents=document_texts(args.data, "train"),
         tokenize=lambda text: tok(text, add_special_tokens=False)["input_ids"],
         batch_size=args.batch_size, segment=cfg.local_window,
         min_tokens=args.min_doc_tokens if args.min_doc_tokens is not None else 2 * cfg.local_window,
@@ -201,7 +189,7 @@ def run(args) -> int:
     val_windows = None
     if args.eval_every and accelerator.is_main_process:
         val_spec = args.val_data or args.data
-        texts = _documents(val_spec, "validation")()
+        texts = document_texts(val_spec, "validation")()
         lists = []
         for text in texts:
             ids = tok(text, add_special_tokens=False)["input_ids"]
