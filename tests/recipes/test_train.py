@@ -125,12 +125,12 @@ def test_eval_ppl_on_the_trained_model(setup, tmp_path):
                      str(run), "--steps", "2", "--eval-every", "0", *COMMON]) == 0
     out = tmp_path / "ppl.json"
     assert main(["eval", "ppl", "--model", str(run / "final"), "--data", str(setup / "train.jsonl"), "--split",
-                 "train", "--lengths", "256,1024", "--score", "64", "--retriever", "hashing", "--max-documents", "2",
+                 "train", "--lengths", "64,1024", "--score", "64", "--retriever", "hashing", "--max-documents", "2",
                  "--max-base-length", "512", "--json", str(out), "--plot", str(tmp_path / "ppl.png")]) == 0
     rows = {(r["method"], r["length"]): r for r in json.loads(out.read_text())["results"]}
     assert set(m for m, _ in rows) == {"memlong", "memlong_no_memory", "base_full", "base_truncated"}
     assert rows[("memlong", 1024)]["tokens_scored"] == 2 * 64 and rows[("memlong", 1024)]["ppl"] > 1
     assert rows[("base_full", 1024)]["ppl"] is None and "skipped" in rows[("base_full", 1024)]["note"]
-    # at 256 tokens the whole window is local: no memory is involved, both MemLong rows agree
-    assert rows[("memlong", 256)]["ppl"] == pytest.approx(rows[("memlong_no_memory", 256)]["ppl"], rel=1e-5)
+    # at L = local window (64) nothing leaves the window: no memory, both MemLong rows agree
+    assert rows[("memlong", 64)]["ppl"] == pytest.approx(rows[("memlong_no_memory", 64)]["ppl"], rel=1e-5)
     assert (tmp_path / "ppl.png").exists()
