@@ -375,8 +375,12 @@ def save_trained(trained: nn.Module, model: nn.Module, directory: str | os.PathL
         save_file(tensors, os.path.join(directory, TRAINED_NAME))
     model.memlong_config.save_pretrained(directory)
     _save_gates(model, directory)
+    base = str(base_model)
+    if os.path.isdir(base):  # a local base is recorded relative to this directory, so both can move together
+        base = os.path.relpath(os.path.abspath(base), os.path.abspath(directory))
     with open(os.path.join(directory, BASE_NAME), "w") as f:
-        json.dump({"base_model": str(base_model), "mode": "lora" if lora else "full"}, f, indent=2)
+        json.dump({"base_model": base, "local": os.path.isdir(str(base_model)), "mode": "lora" if lora else "full"},
+                  f, indent=2)
 
 
 def _save_gates(model: nn.Module, directory: str | os.PathLike) -> None:
@@ -425,7 +429,10 @@ def from_pretrained(
     if trained_delta:
         with open(os.path.join(path, BASE_NAME)) as f:
             info = json.load(f)
-        model = AutoModelForCausalLM.from_pretrained(base_model or info["base_model"], **hf_kwargs)
+        base = base_model or info["base_model"]
+        if base_model is None and info.get("local"):
+            base = os.path.normpath(os.path.join(path, base))
+        model = AutoModelForCausalLM.from_pretrained(base, **hf_kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs)
     saved = is_dir and os.path.isfile(os.path.join(path, CONFIG_NAME))

@@ -134,3 +134,22 @@ def test_eval_ppl_on_the_trained_model(setup, tmp_path):
     # at L = local window (64) nothing leaves the window: no memory, both MemLong rows agree
     assert rows[("memlong", 64)]["ppl"] == pytest.approx(rows[("memlong_no_memory", 64)]["ppl"], rel=1e-5)
     assert (tmp_path / "ppl.png").exists()
+
+
+def test_trained_directory_moves_with_its_local_base(setup, tmp_path):
+    import shutil
+
+    run = setup / "moving"
+    assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output",
+                 str(run), "--steps", "2", "--eval-every", "0", "--save-every", "0", *COMMON]) == 0
+    info = json.loads((run / "final" / "memlong_base.json").read_text())
+    assert info["local"] and not os.path.isabs(info["base_model"])
+    shutil.copytree(setup / "model", tmp_path / "pkg" / "base")
+    shutil.copytree(run / "final", tmp_path / "pkg" / "ref" / "final")
+    (tmp_path / "pkg" / "ref" / "final" / "memlong_base.json").write_text(
+        json.dumps({**info, "base_model": "../../base"}))
+    moved = memlong.from_pretrained(tmp_path / "pkg" / "ref" / "final", retriever=memlong.HashingRetriever())
+    here = memlong.from_pretrained(run / "final", retriever=memlong.HashingRetriever())
+    ids = torch.randint(0, 500, (1, 200))
+    with torch.no_grad():
+        torch.testing.assert_close(moved(ids).logits, here(ids).logits, atol=0, rtol=0)

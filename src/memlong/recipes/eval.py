@@ -80,7 +80,8 @@ def run(args) -> int:
     model = memlong.from_pretrained(args.model, retriever=retriever, tokenizer=tok, dtype=torch.float32).eval()
     base_path = args.base_model
     if base_path is None and (model_dir / BASE_NAME).is_file():
-        base_path = json.loads((model_dir / BASE_NAME).read_text())["base_model"]
+        info = json.loads((model_dir / BASE_NAME).read_text())
+        base_path = str((model_dir / info["base_model"]).resolve()) if info.get("local") else info["base_model"]
     base = AutoModelForCausalLM.from_pretrained(base_path or args.model, dtype=torch.float32).eval()
     base_window = int(getattr(base.config, "max_position_embeddings", 2048))
 
