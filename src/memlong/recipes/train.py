@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="stop (validate, checkpoint, save) after this much wall time, whatever --steps says")
     g = p.add_argument_group("evaluation, checkpoints, logs")
     g.add_argument("--output", required=True)
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
@@ -230,6 +232,15 @@ def run(args) -> int:
     trained.train()
     t0, tokens = time.perf_counter(), 0
     bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+
+    def time_up() -> bool:
+        """Main process decides (others follow), so collective saves stay in step."""
+        up = torch.tensor([int(accelerator.is_main_process and args.max_minutes is not None
+                               and time.perf_counter() - t0 > 60 * args.max_minutes)])
+        if accelerator.num_processes > 1:
+            up = accelerator.reduce(up.to(accelerator.device), reduction="sum").cpu()
+        return bool(up.item())
+
     while step < args.steps:
         batch = stream.next_batch()
         if batch.new_document:
@@ -250,17 +261,19 @@ def run(args) -> int:
         bar.set_postfix(loss=f"{loss:.3f}")
         row = {"step": step, "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0], "tokens": tokens,
                "seconds": round(time.perf_counter() - t0, 1)}
-        if args.eval_every and (step % args.eval_every == 0 or step == args.steps) and accelerator.is_main_process:
+        stopping = time_up()
+        at_end = step == args.steps or stopping
+        if args.eval_every and (step % args.eval_every == 0 or at_end) and accelerator.is_main_process:
             row.update(validate())
             accelerator.print(f"step {step}: {json.dumps({k: v for k, v in row.items() if k.startswith('val')})}")
-        if step % args.log_every == 0 or "val_loss_memory" in row or step == args.steps:
+        if step % args.log_every == 0 or "val_loss_memory" in row or at_end:
             rows.append(row)
             if accelerator.is_main_process:
                 with open(log_path, "w", newline="") as f:
                     w = csv.DictWriter(f, fieldnames=fields)
                     w.writeheader()
                     w.writerows(rows)
-        if args.save_every and (step % args.save_every == 0 or step == args.steps):
+        if args.save_every and (step % args.save_every == 0 or at_end):
             ckpt = ckpt_root / f"step-{step}"
             accelerator.save_state(str(ckpt))
             streams = accelerator.gather_for_metrics([stream.state_dict()], use_gather_object=True) \
@@ -268,6 +281,9 @@ def run(args) -> int:
             if accelerator.is_main_process:
                 (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "streams": streams}))
         accelerator.wait_for_everyone()
+        if stopping:
+            accelerator.print(f"--max-minutes={args.max_minutes} reached at step {step}")
+            break
     bar.close()
     if accelerator.is_main_process:
         final = out / "final"
