@@ -145,22 +145,12 @@ def _fmt(r: dict) -> str:
 
 
 def _plot(results: list[dict], path: str) -> None:
-    import matplotlib
+    from memlong.plotting import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for method in METHODS:
-        pts = [(r["length"], r["ppl"]) for r in results if r["method"] == method and r.get("ppl") is not None]
-        if pts:
-            ax.plot(*zip(*pts), "o-", label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("input length (tokens)")
-    ax.set_ylabel("perplexity of the last tokens")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, "input length (tokens)", "perplexity of the last tokens") as ax:
+        for method in METHODS:
+            pts = [(r["length"], r["ppl"]) for r in results if r["method"] == method and r.get("ppl") is not None]
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")

@@ -106,26 +106,16 @@ def _build(args):
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from memlong.plotting import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in rows if r.get("loss") not in (None, "")]
-    ax.plot(steps, [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")], label="train loss", lw=1)
-    val = [r for r in rows if r.get("val_loss_memory") not in (None, "")]
-    if val:
-        ax.plot([r["step"] for r in val], [float(r["val_loss_memory"]) for r in val], "o-", label="val loss, memory")
-        ax.plot([r["step"] for r in val], [float(r["val_loss_no_memory"]) for r in val], "s--",
-                label="val loss, no memory")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, "step", "loss (nats/token)") as ax:
+        train = [r for r in rows if r.get("loss") not in (None, "")]
+        ax.plot([r["step"] for r in train], [float(r["loss"]) for r in train], label="train loss", lw=1)
+        val = [r for r in rows if r.get("val_loss_memory") not in (None, "")]
+        if val:
+            steps = [r["step"] for r in val]
+            ax.plot(steps, [float(r["val_loss_memory"]) for r in val], "o-", label="val loss, memory")
+            ax.plot(steps, [float(r["val_loss_no_memory"]) for r in val], "s--", label="val loss, no memory")
 
 
 def run(args) -> int:
