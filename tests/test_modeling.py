@@ -62,8 +62,7 @@ def test_memory_changes_output_when_gates_open(memlong_model):
     assert (got[:, w + cfg.chunk_size :] - expected[:, w + cfg.chunk_size :]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
-@pytest.mark.parametrize("fusion", ["separate", "joint"])
+@pytest.mark.parametrize("family, fusion", [("llama", "separate"), ("qwen3", "separate"), ("llama", "joint")])
 @torch.no_grad()
 def test_no_dependence_on_future_tokens(family, fusion):
     model, _ = tiny_model(family)
@@ -72,7 +71,7 @@ def test_no_dependence_on_future_tokens(family, fusion):
     ids = rand_ids(1, 140, seed=3)
     base = m(ids).logits
     assert m.memlong_config.capacity_chunks < 140 // 8 - 4  # the run evicts
-    for t in [0, 7, 8, 40, 63, 64, 65, 99, 120]:
+    for t in [7, 40, 64, 65, 120]:  # chunk ends/starts, before and after the first departures
         changed = ids.clone()
         changed[:, t + 1 :] = rand_ids(1, 140 - t - 1, seed=100 + t)
         other = m(changed).logits

@@ -21,12 +21,12 @@ def test_demo_end_to_end(tmp_path):
     from pathlib import Path
 
     doc = tmp_path / "doc.txt"
-    doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:15000])
+    doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:9000])
     out = tmp_path / "demo.json"
     assert main(["demo", "--doc", str(doc), "--chunk-size", "32", "--window", "128", "--capacity", "4096",
                  "--max-new-tokens", "4", "--json", str(out)]) == 0
     s = json.loads(out.read_text())
-    assert s["untrained_model"] is True and s["tokens_ingested"] > 2000
+    assert s["untrained_model"] is True and s["tokens_ingested"] > 1500
     assert s["bank_chunks"] > 0 and s["fact_chunk_in_memory"] is True
     assert s["fact_retrieved_for_question"] is True  # the frozen retriever finds the planted fact
 
