@@ -108,6 +108,16 @@ def render(out: Path) -> str:
     others = [v["bytes"] for k, v in by_src.items() if k != "jdk"]
     jdk_ratio = by_src["jdk"]["bytes"] / (sum(others) / len(others)) if "jdk" in by_src and others else None
     mix_note = (f" (the JDK alone is {jdk_ratio:.0f}x each of the others)" if jdk_ratio else "")
+    def _degrade(split: str) -> str:
+        res = ppl[split]["results"]
+        base = res.get(str(ctx))
+        past = [L for L in ppl[split]["lengths"] if L > ctx]
+        if base is None or not past:
+            return ""
+        parts = [f"{res[str(L)]['ppl'] / base['ppl']:.2f}x at {L}" for L in past]
+        return f"On the {split} split, perplexity relative to {ctx} tokens is " + ", ".join(parts) + "."
+
+    degrade = " ".join(d for d in (_degrade("test"), _degrade("validation")) if d)
     status = ("The run completed its full cosine schedule." if finished else
               f"**The run was stopped at step {ts['steps']} of {a['max_steps']} (time budget); these weights are that "
               "checkpoint, before the learning rate finished decaying.**")
@@ -197,7 +207,7 @@ tokens, each scored on its own from its first token: every length scores the sam
 context available to each prediction changes. Cap: the first {ppl['test']['docs_per_source_cap']} documents per source (corpus file
 order) with at least {ppl['test']['tokens_per_document']:,} tokens. Past {ctx} tokens the model sees positions it was never trained
 on and perplexity rises, as OpenLLaMA-3B's does past 2k in the paper's Table 1: this is the gap
-MemLong's retrieval memory is meant to close.
+MemLong's retrieval memory is meant to close. {degrade}
 
 **Test split** (`{_eval_command(ppl['test'])}`, {ppl['test']['seconds']:.0f} s on {ppl['test']['threads']} thread(s)):
 
