@@ -153,3 +153,31 @@ def test_trained_directory_moves_with_its_local_base(setup, tmp_path):
     ids = torch.randint(0, 500, (1, 200))
     with torch.no_grad():
         torch.testing.assert_close(moved(ids).logits, here(ids).logits, atol=0, rtol=0)
+
+
+def test_passkey_prompt_and_eval_verb(setup, tmp_path):
+    from transformers import AutoTokenizer
+
+    from memlong.recipes.eval import passkey_prompt
+
+    tok = AutoTokenizer.from_pretrained(setup / "model")
+    pool = tok((setup / "train.jsonl").read_text(), add_special_tokens=False)["input_ids"]
+    for depth in (0.0, 0.5, 1.0):
+        ids = passkey_prompt(tok, pool, "48213", 600, depth, offset=5)
+        text = tok.decode(ids)
+        assert len(ids) == 600 and text.rstrip().endswith("The pass key is")
+        at = text.index("The pass key is 48213")
+        assert abs(at / len(text) - depth) < 0.15
+    run = setup / "run"
+    if not (run / "final").exists():
+        assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output",
+                     str(run), "--steps", "2", "--eval-every", "0", *COMMON]) == 0
+    out = tmp_path / "pk.json"
+    assert main(["eval", "passkey", "--model", str(run / "final"), "--data", str(setup / "train.jsonl"), "--split",
+                 "train", "--lengths", "300,600", "--depths", "0.2,0.8", "--trials", "2", "--retriever", "hashing",
+                 "--max-base-length", "300", "--json", str(out), "--plot", str(tmp_path / "pk.png")]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 2 * 2 * 4
+    assert all(r["trials"] == 2 and (r["accuracy"] is None or 0 <= r["accuracy"] <= 1) for r in rows)
+    assert [r["note"] for r in rows if r["accuracy"] is None][0].startswith("skipped")
+    assert (tmp_path / "pk.png").stat().st_size > 1000
