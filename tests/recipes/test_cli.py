@@ -47,3 +47,12 @@ def test_bench_ingest_end_to_end(tmp_path):
     assert set(mem["time_split_s"]) >= {"attention", "retriever", "search", "rest"}
     with pytest.raises(SystemExit):
         main(["bench", "ingest", "--tokens", "0"])
+
+
+def test_bench_search_end_to_end(tmp_path):
+    out = tmp_path / "search.json"
+    assert main(["bench", "search", "--sizes", "500", "--queries", "20", "--dim", "32",
+                 "--indexes", "torch,faiss_flat,faiss_hnsw", "--json", str(out)]) == 0
+    rows = {r["index"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["torch"]["recall_at_k"] == 1.0 and rows["faiss_flat"]["recall_at_k"] == 1.0
+    assert 0 <= rows["faiss_hnsw"]["recall_at_k"] <= 1 and rows["faiss_hnsw"]["query_ms"] > 0

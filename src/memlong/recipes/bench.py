@@ -12,6 +12,13 @@ text is the Python standard library's sources, tokenized with the retriever's to
 Also reports where MemLong's time goes (retriever, search, bank writes, attention, rest).
 
     memlong bench ingest --tokens 16384,65536,262144 --json bench.json
+
+`memlong bench search`: latency of one top-k query (MemLong searches once per chunk) against
+bank size, for exact search (torch, faiss flat) and approximate search (faiss HNSW and IVF),
+with the approximate indexes' recall@k measured against exact. Vectors are random unit vectors
+(the hardest case for approximate indexes: no cluster structure to exploit).
+
+    memlong bench search --sizes 1000,10000,100000,1000000 --json search.json
 """
 
 from __future__ import annotations
@@ -26,7 +33,11 @@ import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["ingest"], help="what to benchmark")
+    p.add_argument("what", choices=["ingest", "search"], help="what to benchmark")
+    p.add_argument("--sizes", default="1000,10000,100000", help="search: bank sizes in chunks")
+    p.add_argument("--dim", type=int, default=384, help="search: embedding dimension (MiniLM: 384)")
+    p.add_argument("--queries", type=int, default=200, help="search: queries per size")
+    p.add_argument("--indexes", default="torch,faiss_flat,faiss_hnsw,faiss_ivf", help="search: which indexes")
     p.add_argument("--tokens", default="16384,65536,262144", help="comma-separated token counts")
     p.add_argument("--methods", default="memlong,base_windows", help="comma-separated: memlong, base_windows")
     p.add_argument("--retriever", default="minilm", choices=["minilm", "hashing"],
@@ -123,7 +134,72 @@ def _worker(args) -> dict:
     return result
 
 
+def _search(args) -> list[dict]:
+    import faiss
+    import numpy as np
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    k, d = args.top_k, args.dim
+    results, keepalive = [], []
+    for n in [int(x) for x in args.sizes.split(",") if x]:
+        X = rng.standard_normal((n, d), dtype=np.float32)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        Q = rng.standard_normal((args.queries, d), dtype=np.float32)
+        Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+        Xt, Qt = torch.from_numpy(X), torch.from_numpy(Q)
+        truth = torch.topk(Qt @ Xt.T, k, dim=1).indices.numpy()
+        for name in [x for x in args.indexes.split(",") if x]:
+            t0 = time.perf_counter()
+            if name == "torch":
+                def search(q):
+                    return torch.topk(Xt @ torch.from_numpy(q[0]), k).indices.numpy()[None]
+            else:
+                if name == "faiss_flat":
+                    index = faiss.IndexFlatIP(d)
+                elif name == "faiss_hnsw":
+                    index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+                    index.hnsw.efConstruction, index.hnsw.efSearch = 80, 64
+                elif name == "faiss_ivf":
+                    nlist = max(1, int(4 * n**0.5))
+                    quantizer = faiss.IndexFlatIP(d)  # must outlive the index (faiss does not own it)
+                    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+                    keepalive.append(quantizer)
+                    index.train(X[rng.choice(n, min(n, 40 * nlist), replace=False)])
+                    index.nprobe = max(1, nlist // 16)
+                else:
+                    raise SystemExit(f"unknown index {name!r}; choose torch, faiss_flat, faiss_hnsw, faiss_ivf")
+                index.add(X)
+
+                def search(q, index=index):
+                    return index.search(q, k)[1]
+            build = time.perf_counter() - t0
+            found, t1 = [], time.perf_counter()
+            for i in range(args.queries):
+                found.append(search(Q[i : i + 1])[0])
+            latency = (time.perf_counter() - t1) / args.queries
+            recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
+            r = {"index": name, "chunks": n, "build_s": round(build, 3), "query_ms": round(1000 * latency, 4),
+                 "recall_at_k": round(recall, 4), "k": k, "dim": d}
+            results.append(r)
+            print(f"{name:>11} {n:>9} chunks  build {build:7.2f} s  query {1000 * latency:8.3f} ms  "
+                  f"recall@{k} {recall:.3f}", flush=True)
+    return results
+
+
 def run(args) -> int:
+    if args.what == "search":
+        results = _search(args)
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump({"results": results, "machine": _machine(),
+                           "command": " ".join(["memlong", "bench", *sys.argv[2:]])}, f, indent=2)
+            print(f"wrote {args.json}")
+        return 0
     if args.worker:
         print(json.dumps(_worker(args)))
         return 0
