@@ -214,9 +214,7 @@ class MemLongCache(Cache):
         # 2. chunk starts: departure to memory, then retrieval, in stream order
         for b in range(B):
             first = -(-starts[b] // tau)  # first chunk starting at or after the segment start
-            for j in range(first, (starts[b] + counts[b] - 1) // tau + 1):
-                if j * tau >= starts[b] + counts[b]:
-                    break
+            for j in range(first, (starts[b] + counts[b] - 1) // tau + 1):  # empty when counts[b] == 0
                 if not self.retrieval:
                     self.chunk_tokens[b].pop(j - w - 1, None)
                     self.chunk_chars[b].pop(j - w - 1, None)
