@@ -51,7 +51,7 @@ class MemoryBank:
         layout: shapes/dtypes.
         eviction: ``"counter"`` (paper) or ``"fifo"``.
         keep_newest, drop_oldest, target: fractions of the counter rule.
-        search_backend: ``"torch"`` or ``"faiss"`` (both exact cosine).
+        search_backend: ``"faiss"`` or ``"torch"`` (both exact cosine).
     """
 
     def __init__(
@@ -61,7 +61,7 @@ class MemoryBank:
         keep_newest: float = 0.1,
         drop_oldest: float = 0.1,
         target: float = 0.5,
-        search_backend: str = "torch",
+        search_backend: str = "faiss",
     ):
         if eviction not in ("counter", "fifo"):
             raise ValueError(f"unknown eviction policy {eviction!r}; choose 'counter' or 'fifo'")
@@ -393,7 +393,7 @@ class MemoryBank:
         if n > layout.capacity:
             raise BankFileError(f"{tpath}: {n} chunks exceed the saved capacity {layout.capacity}")
         keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
-        bank = cls(layout, meta.get("eviction", "counter"), keep, drop, target, meta.get("search_backend", "torch"))
+        bank = cls(layout, meta.get("eviction", "counter"), keep, drop, target, meta.get("search_backend", "faiss"))
         bank.evictions = int(meta.get("evictions", 0))
         while bank.num_slots < n:
             bank._grow()

@@ -1,8 +1,8 @@
 """Exact cosine top-k over a bank's chunk embeddings (unit vectors: cosine = inner product).
 
-``torch`` scans the bank's own embedding tensor (no second copy; fastest at the sizes we
-measured). ``faiss`` keeps an ``IndexIDMap2(IndexFlatIP)`` keyed by slot, for users who want
-faiss's kernels or to swap in an approximate index on large banks.
+``faiss`` (default) keeps an ``IndexIDMap2(IndexFlatIP)`` keyed by slot: for one query at a
+time it measured faster than a torch scan at every bank size (`memlong bench search`).
+``torch`` scans the bank's own embedding tensor (no second copy; the bank can live on a GPU).
 """
 
 from __future__ import annotations
