@@ -307,3 +307,32 @@ def test_retrieval_off_is_the_windowed_base_even_with_open_gates(memlong_model):
     out = m(ids, past_key_values=m.new_memory(1, retrieval=False))
     assert len(out.past_key_values.bank(0)) == 0
     torch.testing.assert_close(out.logits, windowed_reference(ref, ids, cfg.chunk_size, cfg.local_window), atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_whole_memory_save_load_continues_exactly(memlong_model, tmp_path):
+    m, _ = memlong_model
+    ids = rand_ids(2, 230, seed=19)  # stops mid-chunk, with evictions behind it
+    cut = 203
+    whole = m(ids).logits
+    memory = m(ids[:, :cut]).past_key_values
+    memory.save(tmp_path / "mem")
+    memory.save(tmp_path / "mem")  # re-save replaces the previous version
+    assert len([p for p in (tmp_path / "mem").iterdir() if p.name.startswith("v-")]) == 1
+    loaded = m.load_memory(tmp_path / "mem")
+    rest = m(ids[:, cut:], past_key_values=loaded).logits
+    torch.testing.assert_close(rest, whole[:, cut:], atol=ATOL, rtol=0)
+    # a damaged save fails clearly
+    wfile = next((tmp_path / "mem").glob("v-*/window.safetensors"))
+    wfile.write_bytes(wfile.read_bytes()[:50])
+    with pytest.raises(memlong.BankFileError, match="truncated or corrupted"):
+        m.load_memory(tmp_path / "mem")
+
+
+def test_memory_from_another_config_is_refused(memlong_model, tmp_path):
+    m, _ = memlong_model
+    m(rand_ids(1, 80, seed=20)).past_key_values.save(tmp_path / "mem")
+    model, _ = tiny_model("llama")
+    other = memlong.wrap(model, small_memlong_config(top_k=3), retriever=memlong.HashingRetriever(dim=32))
+    with pytest.raises(memlong.BankFileError, match="another MemLong config"):
+        other.load_memory(tmp_path / "mem")

@@ -19,3 +19,4 @@ def test_readme_example_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "chunks in memory" in out and "MemLongCache" in out
     assert (tmp_path / "argparse-bank" / "bank.json").exists()
+    assert (tmp_path / "argparse-memory" / "memory.json").exists()

@@ -32,6 +32,8 @@ from memlong.memory import BankLayout, MemoryBank
 from memlong.retriever import Retriever
 
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
+MEMORY_FORMAT = "memlong-memory-v1"
+MEMORY_JSON = "memory.json"
 
 
 class MemLongCache(Cache):
@@ -115,6 +117,133 @@ class MemLongCache(Cache):
         error the bank in memory is left untouched."""
         bank = MemoryBank.load(directory, expected=self.layout)
         self.banks[row] = bank
+
+    # ------------------------------------------------------------------ whole-memory persistence
+    def save(self, directory: str | os.PathLike) -> str:
+        """Saves everything needed to continue exactly where reading stopped: every row's bank,
+        the local window's keys/values for all layers, the chunks still in the window and the
+        retrieval of the chunk in progress.
+
+        Atomic: the state goes into a new version folder; ``memory.json``, which names it, is
+        replaced in one ``os.replace``; older versions are removed after. A crash leaves the
+        previous save loadable.
+        """
+        import json
+        import shutil
+        import uuid
+
+        from safetensors.torch import save_file
+
+        from memlong.memory.bank import _fsync, _sha256
+
+        if self.broken:
+            raise RuntimeError(f"refusing to save a memory left inconsistent ({self.broken}); reset it first")
+        os.makedirs(directory, exist_ok=True)
+        version = f"v-{uuid.uuid4().hex[:12]}"
+        vdir = os.path.join(directory, version)
+        os.makedirs(vdir)
+        for b, bank in enumerate(self.banks):
+            bank.save(os.path.join(vdir, f"row-{b}"))
+        tensors: dict[str, torch.Tensor] = {}
+        for layer in range(self.num_layers):
+            if self.win_k[layer] is not None:
+                tensors[f"win_k.{layer}"] = self.win_k[layer].contiguous().cpu()
+                tensors[f"win_v.{layer}"] = self.win_v[layer].contiguous().cpu()
+        if self.win_pos is not None:
+            tensors["win_pos"] = self.win_pos.contiguous()
+        mem_none = []
+        for b in range(self.batch_size_):
+            for c, e in self.chunk_emb[b].items():
+                tensors[f"emb.{b}.{c}"] = e.contiguous().cpu()
+            for j, m in self.chunk_mem[b].items():
+                if m is None:
+                    mem_none.append([b, j])
+                else:
+                    tensors[f"mem_k.{b}.{j}"], tensors[f"mem_v.{b}.{j}"] = (t.contiguous().cpu() for t in m)
+        wfile = os.path.join(vdir, "window.safetensors")
+        save_file(tensors, wfile)
+        _fsync(wfile)
+        meta = {
+            "format": MEMORY_FORMAT,
+            "version": version,
+            "window_sha256": _sha256(wfile),
+            "config": self.config.to_dict(),
+            "num_layers": self.num_layers,
+            "batch_size": self.batch_size_,
+            "seen": self.seen,
+            "columns": self.columns,
+            "retrieval": self.retrieval,
+            "chunk_tokens": [{str(c): t for c, t in d.items()} for d in self.chunk_tokens],
+            "chunk_chars": [{str(c): t for c, t in d.items()} for d in self.chunk_chars],
+            "mem_none": mem_none,
+        }
+        path = os.path.join(directory, MEMORY_JSON)
+        with open(path + ".tmp", "w") as f:
+            json.dump(meta, f)
+        _fsync(path + ".tmp")
+        os.replace(path + ".tmp", path)
+        for name in os.listdir(directory):
+            if name.startswith("v-") and name != version:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, config: MemLongConfig, layout: BankLayout, num_layers: int):
+        """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``.
+        Everything is checked before anything is returned; errors say which file and why."""
+        import json
+
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from memlong.memory.bank import BankFileError, _read_json, _sha256
+
+        path = os.path.join(directory, MEMORY_JSON)
+        if not os.path.isfile(path):
+            raise BankFileError(f"no {MEMORY_JSON} in {directory!s}: not a saved MemLong memory")
+        meta = _read_json(path)
+        if meta.get("format") != MEMORY_FORMAT:
+            raise BankFileError(f"{path}: unsupported memory format {meta.get('format')!r} (expected {MEMORY_FORMAT})")
+        saved = meta["config"]
+        mine = config.to_dict()
+        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        if diff or meta["num_layers"] != num_layers:
+            raise BankFileError(
+                f"memory in {directory!s} was saved by a model with another MemLong config (differs in {diff}) "
+                f"or depth ({meta['num_layers']} layers); load it into the model that wrote it"
+            )
+        vdir = os.path.join(directory, meta["version"])
+        wfile = os.path.join(vdir, "window.safetensors")
+        if not os.path.isfile(wfile) or _sha256(wfile) != meta["window_sha256"]:
+            raise BankFileError(f"{wfile} is missing, truncated or corrupted")
+        try:
+            t = load_file(wfile)
+        except (SafetensorError, OSError) as e:
+            raise BankFileError(f"{wfile} cannot be read ({e})") from e
+        B = int(meta["batch_size"])
+        banks = [MemoryBank.load(os.path.join(vdir, f"row-{b}"), expected=layout) for b in range(B)]
+        cache = cls(config, layout, num_layers, B, retrieval=bool(meta["retrieval"]))
+        dev = layout.device
+        cache.banks = banks
+        cache.seen = [int(x) for x in meta["seen"]]
+        cache.columns = int(meta["columns"])
+        cache.win_pos = t.get("win_pos")
+        for layer in range(num_layers):
+            if f"win_k.{layer}" in t:
+                cache.win_k[layer] = t[f"win_k.{layer}"].to(dev)
+                cache.win_v[layer] = t[f"win_v.{layer}"].to(dev)
+        cache.chunk_tokens = [{int(c): list(v) for c, v in d.items()} for d in meta["chunk_tokens"]]
+        cache.chunk_chars = [{int(c): list(v) for c, v in d.items()} for d in meta["chunk_chars"]]
+        for key, value in t.items():
+            kind, *rest = key.split(".")
+            if kind == "emb":
+                cache.chunk_emb[int(rest[0])][int(rest[1])] = value
+            elif kind == "mem_k":
+                b, j = int(rest[0]), int(rest[1])
+                cache.chunk_mem[b][j] = (value.to(dev), t[f"mem_v.{b}.{j}"].to(dev))
+        for b, j in meta["mem_none"]:
+            cache.chunk_mem[b][j] = None
+        return cache
 
     def window_tokens(self, row: int = 0) -> int:
         return 0 if self.win_pos is None else int((self.win_pos[row] >= 0).sum())

@@ -84,6 +84,12 @@ class MemLongMixin:
         )
         return MemLongCache(self.memlong_config, layout, cfg.num_hidden_layers, batch_size, retrieval=retrieval)
 
+    def load_memory(self, directory: str | os.PathLike) -> MemLongCache:
+        """A memory saved with ``memory.save(directory)`` by this model (same MemLong config,
+        retriever dimension and K/V shapes); reading continues exactly where it stopped."""
+        template = self.new_memory(1)
+        return MemLongCache.load(directory, self.memlong_config, template.layout, self.config.num_hidden_layers)
+
     def _rotary_table(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin ``[P, D]`` for positions ``0..P-1`` from the model's own rotary module,
         divided by the value at position 0 (the model already applied that scaling when it
