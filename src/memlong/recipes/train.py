@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=400)
     g.add_argument("--batch-size", type=int, default=4, help="documents read in parallel per process")
     g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--gate-lr", type=float, default=None,
+                   help="learning rate of the gates (default: --lr); gates start at 0 and Adam moves them "
+                        "about one lr per step, so a larger value lets memory in sooner")
     g.add_argument("--warmup", type=int, default=20)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--grad-clip", type=float, default=1.0)
@@ -126,7 +129,7 @@ def run(args) -> int:
 
     from memlong.evaluation import token_windows, window_nll
     from memlong.modeling import save_trained
-    from memlong.training import LoraSpec, SegmentStream, document_texts, freeze_for_memlong
+    from memlong.training import LoraSpec, SegmentStream, document_texts, freeze_for_memlong, gate_parameters
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,7 +149,10 @@ def run(args) -> int:
     params = [p for p in trained.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in trained.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    gates = {id(p) for p in gate_parameters(memlong_model)}
+    groups = [{"params": [p for p in params if id(p) not in gates]},
+              {"params": [p for p in params if id(p) in gates], "lr": args.gate_lr or args.lr, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
     def lr_lambda(step):
         if step < args.warmup:
