@@ -196,14 +196,9 @@ class MemLongCache(Cache):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from memlong.memory.bank import BankFileError, _read_json, _sha256
+        from memlong.memory.bank import BankFileError, _sha256, read_metadata
 
-        path = os.path.join(directory, MEMORY_JSON)
-        if not os.path.isfile(path):
-            raise BankFileError(f"no {MEMORY_JSON} in {directory!s}: not a saved MemLong memory")
-        meta = _read_json(path)
-        if meta.get("format") != MEMORY_FORMAT:
-            raise BankFileError(f"{path}: unsupported memory format {meta.get('format')!r} (expected {MEMORY_FORMAT})")
+        meta = read_metadata(directory, MEMORY_JSON, MEMORY_FORMAT, "MemLong memory")
         saved = meta["config"]
         mine = config.to_dict()
         diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))

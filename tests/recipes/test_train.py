@@ -118,11 +118,17 @@ def test_two_processes_with_gloo(setup):
     assert any(n in changed for n in bp_names(m, [2, 3]))
 
 
-def test_eval_ppl_on_the_trained_model(setup, tmp_path):
-    run = setup / "run"
-    if not (run / "final").exists():  # test order independence
-        assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output",
-                     str(run), "--steps", "2", "--eval-every", "0", *COMMON]) == 0
+@pytest.fixture(scope="module")
+def short_run(setup):
+    """A 2-step training run of its own (no dependence on other tests' order)."""
+    run = setup / "short"
+    assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output",
+                 str(run), "--steps", "2", "--eval-every", "0", "--save-every", "0", *COMMON]) == 0
+    return run
+
+
+def test_eval_ppl_on_the_trained_model(setup, short_run, tmp_path):
+    run = short_run
     out = tmp_path / "ppl.json"
     assert main(["eval", "ppl", "--model", str(run / "final"), "--data", str(setup / "train.jsonl"), "--split",
                  "train", "--lengths", "64,1024", "--score", "64", "--retriever", "hashing", "--max-documents", "2",
@@ -136,12 +142,10 @@ def test_eval_ppl_on_the_trained_model(setup, tmp_path):
     assert (tmp_path / "ppl.png").exists()
 
 
-def test_trained_directory_moves_with_its_local_base(setup, tmp_path):
+def test_trained_directory_moves_with_its_local_base(setup, short_run, tmp_path):
     import shutil
 
-    run = setup / "moving"
-    assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output",
-                 str(run), "--steps", "2", "--eval-every", "0", "--save-every", "0", *COMMON]) == 0
+    run = short_run
     info = json.loads((run / "final" / "memlong_base.json").read_text())
     assert info["local"] and not os.path.isabs(info["base_model"])
     shutil.copytree(setup / "model", tmp_path / "pkg" / "base")
@@ -155,7 +159,7 @@ def test_trained_directory_moves_with_its_local_base(setup, tmp_path):
         torch.testing.assert_close(moved(ids).logits, here(ids).logits, atol=0, rtol=0)
 
 
-def test_passkey_prompt_and_eval_verb(setup, tmp_path):
+def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
     from transformers import AutoTokenizer
 
     from memlong.recipes.eval import passkey_prompt
@@ -168,10 +172,7 @@ def test_passkey_prompt_and_eval_verb(setup, tmp_path):
         assert len(ids) == 600 and text.rstrip().endswith("The pass key is")
         at = text.index("The pass key is 48213")
         assert abs(at / len(text) - depth) < 0.15
-    run = setup / "run"
-    if not (run / "final").exists():
-        assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output",
-                     str(run), "--steps", "2", "--eval-every", "0", *COMMON]) == 0
+    run = short_run
     out = tmp_path / "pk.json"
     assert main(["eval", "passkey", "--model", str(run / "final"), "--data", str(setup / "train.jsonl"), "--split",
                  "train", "--lengths", "300,600", "--depths", "0.2,0.8", "--trials", "2", "--retriever", "hashing",

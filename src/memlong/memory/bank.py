@@ -345,11 +345,7 @@ class MemoryBank:
         from safetensors.torch import load_file
 
         json_path = os.path.join(directory, BANK_JSON)
-        if not os.path.isfile(json_path):
-            raise BankFileError(f"no {BANK_JSON} in {directory!s}: not a saved memory bank")
-        meta = _read_json(json_path)
-        if meta.get("format") != BANK_FORMAT:
-            raise BankFileError(f"{json_path}: unsupported bank format {meta.get('format')!r} (expected {BANK_FORMAT})")
+        meta = read_metadata(directory, BANK_JSON, BANK_FORMAT, "memory bank")
         try:
             lay = meta["layout"]
             layout = BankLayout(
@@ -430,6 +426,17 @@ def _sha256(path: str) -> str:
 def _fsync(path: str) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def read_metadata(directory, name: str, fmt: str, what: str) -> dict:
+    """The JSON ``name`` in ``directory``, checked to be of format ``fmt`` (errors say what to do)."""
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise BankFileError(f"no {name} in {directory!s}: not a saved {what}")
+    meta = _read_json(path)
+    if meta.get("format") != fmt:
+        raise BankFileError(f"{path}: unsupported {what} format {meta.get('format')!r} (expected {fmt})")
+    return meta
 
 
 def _read_json(path: str) -> dict:
