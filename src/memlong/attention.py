@@ -48,7 +48,6 @@ class CallContext:
     ``recorded``, which the attention writes (overwriting, so recomputation is harmless).
     """
 
-    memory_layer: int  # 0-based
     retrieval_layers: frozenset[int]  # 0-based
     chunk_size: int
     window_k: list[torch.Tensor | None]  # per layer [B, H_kv, L, D], unrotated

@@ -191,7 +191,6 @@ class MemLongCache(Cache):
     def load(cls, directory: str | os.PathLike, config: MemLongConfig, layout: BankLayout, num_layers: int):
         """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``.
         Everything is checked before anything is returned; errors say which file and why."""
-        import json
 
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -376,7 +375,6 @@ class MemLongCache(Cache):
             return t[pos.to(t.device)].unsqueeze(1)  # [B, 1, T, D]
 
         ctx = CallContext(
-            memory_layer=cfg.memory_layer_index,
             retrieval_layers=frozenset(cfg.retrieval_layer_indices),
             chunk_size=tau,
             window_k=list(self.win_k),

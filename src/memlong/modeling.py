@@ -40,7 +40,8 @@ class UnsupportedModelError(ValueError):
     """The model's family is not one MemLong supports."""
 
 
-def _check_family(model: nn.Module) -> None:
+def _check_family(model: nn.Module) -> int | None:
+    """Raises for an unsupported model; returns its sliding window (None if it has none)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in SUPPORTED_FAMILIES:
         raise UnsupportedModelError(
@@ -55,7 +56,7 @@ def _check_family(model: nn.Module) -> None:
     sliding = getattr(model.config, "sliding_window", None)
     layer_types = getattr(model.config, "layer_types", None) or []
     uses_sliding = model_type == "mistral" or "sliding_attention" in layer_types
-    model._memlong_sliding = sliding if (uses_sliding and sliding) else None
+    return sliding if (uses_sliding and sliding) else None
 
 
 class MemLongMixin:
@@ -65,15 +66,14 @@ class MemLongMixin:
     memlong_retriever: Retriever
 
     # ------------------------------------------------------------------ memory objects
-    def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:
-        """An empty memory (window + bank per row) for ``batch_size`` sequences.
-        ``retrieval=False`` gives the no-memory baseline: same model, same local window."""
+    def _bank_layout(self) -> BankLayout:
+        """Shapes and dtypes of this model's banks (KV heads, head dim, retriever dim)."""
         cfg = self.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         bank_dtype = (
             getattr(torch, self.memlong_config.bank_dtype) if self.memlong_config.bank_dtype else self.dtype
         )
-        layout = BankLayout(
+        return BankLayout(
             capacity=self.memlong_config.capacity_chunks,
             chunk_size=self.memlong_config.chunk_size,
             num_kv_heads=cfg.num_key_value_heads,
@@ -82,13 +82,18 @@ class MemLongMixin:
             dtype=bank_dtype,
             device=self.device,
         )
-        return MemLongCache(self.memlong_config, layout, cfg.num_hidden_layers, batch_size, retrieval=retrieval)
+
+    def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:
+        """An empty memory (window + bank per row) for ``batch_size`` sequences.
+        ``retrieval=False`` gives the no-memory baseline: same model, same local window."""
+        return MemLongCache(
+            self.memlong_config, self._bank_layout(), self.config.num_hidden_layers, batch_size, retrieval=retrieval
+        )
 
     def load_memory(self, directory: str | os.PathLike) -> MemLongCache:
         """A memory saved with ``memory.save(directory)`` by this model (same MemLong config,
         retriever dimension and K/V shapes); reading continues exactly where it stopped."""
-        template = self.new_memory(1)
-        return MemLongCache.load(directory, self.memlong_config, template.layout, self.config.num_hidden_layers)
+        return MemLongCache.load(directory, self.memlong_config, self._bank_layout(), self.config.num_hidden_layers)
 
     def _rotary_table(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin ``[P, D]`` for positions ``0..P-1`` from the model's own rotary module,
@@ -279,8 +284,6 @@ class MemLongMixin:
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Saves the base model (without gates), ``memlong_config.json`` and the gates."""
-        from safetensors.torch import save_file
-
         state = kwargs.pop("state_dict", None) or self.state_dict()
         state = {k: v for k, v in state.items() if attention.GATE_NAME not in k}
         out = super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
@@ -326,13 +329,12 @@ def wrap(
             given, else :class:`HashingRetriever`).
         tokenizer: the LM's tokenizer (needed by text retrievers).
     """
-    _check_family(model)
+    sliding = _check_family(model)
     if isinstance(model, MemLongMixin):
         raise ValueError("this model is already a MemLong model")
     n_layers = model.config.num_hidden_layers
     config = config or MemLongConfig.for_num_layers(n_layers)
     config.validate_for_model(n_layers, getattr(model.config, "max_position_embeddings", None))
-    sliding = model._memlong_sliding
     if sliding is not None and config.local_window > sliding:
         raise ValueError(
             f"MemLongConfig.local_window={config.local_window} exceeds the model's sliding window "

@@ -97,6 +97,14 @@ class SentenceTransformerRetriever(Retriever):
         return {"class": type(self).__name__, "dim": self.dim, "model": str(self.name)}
 
 
+def retriever_from_name(name: str, tokenizer=None) -> Retriever:
+    """The CLI's ``--retriever`` values: ``minilm`` (the offline default all-MiniLM-L6-v2),
+    ``hashing`` (:class:`HashingRetriever`), or any sentence-transformers name/path."""
+    if name == "hashing":
+        return HashingRetriever()
+    return SentenceTransformerRetriever(tokenizer, None if name == "minilm" else name)
+
+
 class HashingRetriever(Retriever):
     """Feature-hashed bag of token n-grams (n = 1..``ngram``), L2-normalised.
 

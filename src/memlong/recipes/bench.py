@@ -79,7 +79,7 @@ def _worker(args) -> dict:
 
     import memlong
     from memlong import profiling
-    from memlong.retriever import default_retriever_path
+    from memlong.retriever import default_retriever_path, retriever_from_name
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,8 +103,7 @@ def _worker(args) -> dict:
         seconds = time.perf_counter() - t0
         bank_bytes = 0
     elif method == "memlong":
-        retriever = (memlong.SentenceTransformerRetriever(tok) if args.retriever == "minilm"
-                     else memlong.HashingRetriever())
+        retriever = retriever_from_name(args.retriever, tok)
         mcfg = memlong.MemLongConfig.for_num_layers(
             args.layers, chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window,
             memory_capacity=args.capacity,

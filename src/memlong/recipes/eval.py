@@ -72,13 +72,12 @@ def _load(args):
 
     import memlong
     from memlong.modeling import BASE_NAME
-    from memlong.retriever import HashingRetriever, SentenceTransformerRetriever
+    from memlong.retriever import retriever_from_name
 
     model_dir = Path(args.model)
     tok = AutoTokenizer.from_pretrained(args.model)
     tok.model_max_length = 10**9
-    retriever = (HashingRetriever() if args.retriever == "hashing"
-                 else SentenceTransformerRetriever(tok, None if args.retriever == "minilm" else args.retriever))
+    retriever = retriever_from_name(args.retriever, tok)
     model = memlong.from_pretrained(args.model, retriever=retriever, tokenizer=tok, dtype=torch.float32).eval()
     base_path = args.base_model
     if base_path is None and (model_dir / BASE_NAME).is_file():
