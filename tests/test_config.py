@@ -15,7 +15,7 @@ def test_paper_defaults_and_numbering():
 
 def test_json_round_trip(tmp_path):
     c = MemLongConfig(memory_layer=2, retrieval_layers=[3, 4], chunk_size=8, top_k=2, memory_capacity=64,
-                      local_window=32, eviction="fifo", fusion="joint")
+                      local_window=32, eviction="fifo", fusion="joint", retrieval_offsets=[0, 1])
     c.save_pretrained(tmp_path)
     assert MemLongConfig.from_pretrained(tmp_path) == c
     json.loads(c.to_json_string())
@@ -40,6 +40,10 @@ def test_json_round_trip(tmp_path):
         (dict(chunk_size="8"), "chunk_size"),
         (dict(evict_target=1.5), "evict_target"),
         (dict(bank_dtype="int4"), "bank_dtype"),
+        (dict(retrieval_offsets=()), "retrieval_offsets"),
+        (dict(retrieval_offsets=(0, 0)), "retrieval_offsets"),
+        (dict(retrieval_offsets=(0, 99)), "retrieval_offsets"),
+        (dict(retrieval_offsets="0,1"), "retrieval_offsets"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):

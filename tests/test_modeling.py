@@ -167,9 +167,10 @@ def test_generate_continues_from_ingested_memory_and_samples(memlong_model):
 
 
 @torch.no_grad()
-def test_planted_chunk_is_retrieved_from_far_back():
+@pytest.mark.parametrize("offsets", [(0,), (0, 1)])
+def test_planted_chunk_is_retrieved_from_far_back(offsets):
     model, _ = tiny_model("llama")
-    cfg = small_memlong_config(memory_capacity=400)
+    cfg = small_memlong_config(memory_capacity=400, retrieval_offsets=offsets)
     m = memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=128))
     ids = rand_ids(1, 320, seed=8)
     needle = torch.arange(90, 98)  # a distinctive chunk
@@ -178,6 +179,8 @@ def test_planted_chunk_is_retrieved_from_far_back():
     cache = m(ids).past_key_values
     counts = {e["chunk_id"]: e["count"] for e in cache.bank(0).entries()}
     assert counts[2] >= 1
+    if offsets == (0, 1):  # the hit's continuation came with it
+        assert counts[3] >= 1
     slots, _ = cache.bank(0).search(m.memlong_retriever.embed([needle.tolist()])[0], 1, count=False)
     assert int(cache.bank(0).chunk_ids[slots[0]]) == 2
 

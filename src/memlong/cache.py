@@ -467,8 +467,8 @@ class MemLongCache(Cache):
         bank = self.banks[b]
         if query is None or len(bank) == 0:
             return None
-        slots, _ = bank.search(query, self.config.top_k)
-        return bank.gather(slots)
+        slots = bank.retrieve(query, self.config.top_k, self.config.retrieval_offsets)
+        return bank.gather(slots) if slots.numel() else None
 
     @torch.no_grad()
     def commit(self, ctx: CallContext) -> None:

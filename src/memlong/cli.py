@@ -21,6 +21,14 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
+def int_tuple(text: str) -> tuple[int, ...]:
+    """argparse type for comma-separated integers (``"0,1"`` -> ``(0, 1)``)."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1; got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memlong", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -44,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     verb_parser = argparse.ArgumentParser(prog=f"memlong {verb}", description=VERBS[verb][1])
     module.add_arguments(verb_parser)
     args = verb_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    from memlong.config import MemLongConfigError
+
+    try:
+        return int(module.run(args) or 0)
+    except MemLongConfigError as e:
+        verb_parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ class MemLongConfig:
             the one query per chunk MemLong makes, it measured faster than a torch scan at every
             size from 1k to 100k chunks, docs/results/bench_search.json) or a torch scan
             (``"torch"``).
+        retrieval_offsets: which chunks each hit brings: for a hit with chunk id ``j``, the
+            stored chunks ``j + o``. ``(0,)`` (default): the hits, as in the paper. ``(0, 1)``:
+            each hit and its continuation (RETRO's neighbour + continuation). With causal
+            retrieval the query is the previous chunk, so the hit resembles text the local
+            window already holds and its continuation is what predicts the chunk being read.
         bank_dtype: dtype of stored keys/values (``None``: the model's dtype).
     """
 
@@ -89,11 +94,14 @@ class MemLongConfig:
     fusion: Fusion = "separate"
     retrieval_query: QueryMode = "causal"
     search_backend: SearchBackend = "faiss"
+    retrieval_offsets: tuple[int, ...] = (0,)
     bank_dtype: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.retrieval_layers = tuple(int(x) for x in self.retrieval_layers)
+        if isinstance(self.retrieval_offsets, (list, tuple)):
+            self.retrieval_offsets = tuple(self.retrieval_offsets)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -155,6 +163,10 @@ class MemLongConfig:
                 "evict_keep_newest + evict_drop_oldest must not exceed evict_target, "
                 f"got {self.evict_keep_newest} + {self.evict_drop_oldest} > {self.evict_target}",
             )
+        offs = self.retrieval_offsets
+        if (not isinstance(offs, tuple) or not offs or len(set(offs)) != len(offs)
+                or any(isinstance(o, bool) or not isinstance(o, int) or abs(o) > 8 for o in offs)):
+            bad("retrieval_offsets", f"must be distinct ints in [-8, 8], at least one, e.g. (0,) or (0, 1); got {offs!r}")
         if self.bank_dtype is not None and self.bank_dtype not in ("float32", "float16", "bfloat16"):
             bad("bank_dtype", f"must be None, 'float32', 'float16' or 'bfloat16', got {self.bank_dtype!r}")
 
@@ -212,6 +224,7 @@ class MemLongConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["retrieval_layers"] = list(self.retrieval_layers)
+        d["retrieval_offsets"] = list(self.retrieval_offsets)
         return d
 
     @classmethod

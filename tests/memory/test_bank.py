@@ -77,6 +77,31 @@ def test_search_finds_planted_chunk_and_counts_it():
     assert k.shape == (H, 3 * TAU, D) and v.shape == k.shape
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_retrieve_with_continuations(backend):
+    bank = make_bank(64, backend=backend)
+    for c in [0, 1, 2, 5, 6, 9]:  # 3, 4, 7, 8 absent (evicted or never stored)
+        add(bank, c)
+    by_id = {e["chunk_id"]: e["slot"] for e in bank.entries()}
+
+    def query(cid):
+        return bank.embeddings[by_id[cid]]
+
+    assert [int(bank.chunk_ids[s]) for s in bank.retrieve(query(5), 1)] == [5]
+    # hit 5 -> 5 and its continuation 6; hit 2 -> 2 only (3 is gone); stream order, no duplicates
+    assert [int(bank.chunk_ids[s]) for s in bank.retrieve(query(5), 1, (0, 1))] == [5, 6]
+    assert [int(bank.chunk_ids[s]) for s in bank.retrieve(query(2), 1, (0, 1))] == [2]
+    assert [int(bank.chunk_ids[s]) for s in bank.retrieve(query(1), 1, (1,))] == [2]
+    q = query(1) + query(0)
+    got = [int(bank.chunk_ids[s]) for s in bank.retrieve(q / q.norm(), 2, (0, 1))]
+    assert got == [0, 1, 2]  # hits 0 and 1; 1 is also 0's continuation: returned once
+    # every returned chunk was counted once per retrieval
+    counts = {e["chunk_id"]: e["count"] for e in bank.entries()}
+    assert counts == {0: 1, 1: 1, 2: 3, 5: 2, 6: 1, 9: 0}
+    k, _ = bank.gather(bank.retrieve(query(5), 1, (0, 1)))
+    assert k[0, :, 0].tolist() == [5.0] * TAU + [6.0] * TAU
+
+
 def test_torch_and_faiss_agree():
     a, b = make_bank(32, backend="torch"), make_bank(32, backend="faiss")
     for c in range(40):  # evicts in both

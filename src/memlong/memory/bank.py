@@ -235,6 +235,20 @@ class MemoryBank:
             self.counts[slots] += 1
         return slots, scores
 
+    def retrieve(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,)) -> torch.Tensor:
+        """Slots to read for ``query``: for each of the top-``k`` chunks (chunk id ``j``), the
+        stored chunks ``j + o`` for ``o`` in ``offsets`` (``(0,)``: the hits themselves, the
+        paper; ``(0, 1)``: each hit and the chunk that followed it, RETRO's neighbour and
+        continuation). Deduplicated, in stream order; chunks not in the bank are skipped. Bumps
+        the retrieval counter of every returned chunk."""
+        slots, _ = self.search(query, k, count=False)
+        if tuple(offsets) != (0,) and slots.numel():
+            wanted = (self.chunk_ids[slots].unsqueeze(1) + torch.tensor(offsets).unsqueeze(0)).flatten()
+            slots = (torch.isin(self.chunk_ids, wanted) & self.valid).nonzero().flatten()
+        slots = slots[torch.argsort(self.chunk_ids[slots])]
+        self.counts[slots] += 1
+        return slots
+
     def gather(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of ``slots`` concatenated along tokens: ``[H_kv, len(slots)*tau, D]`` each, in
         stream order (a copy: later evictions do not change it)."""

@@ -22,10 +22,13 @@ the greedily generated digits, over several trials per length and depth, for the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
+
+from memlong.cli import int_tuple
 
 METHODS = ("memlong", "memlong_no_memory", "base_full", "base_truncated")
 
@@ -48,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-base-length", type=int, default=16384,
                    help="base_full is not attempted above this length (reported as skipped)")
     p.add_argument("--retriever", default="minilm", help="minilm, hashing, or a sentence-transformers name/path")
+    p.add_argument("--retrieval-offsets", type=int_tuple, default=None,
+                   help="override the model's retrieval_offsets (e.g. 0,1: each hit and its continuation)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="write a PNG (ppl against length; passkey heatmaps)")
@@ -79,6 +84,8 @@ def _load(args):
     tok.model_max_length = 10**9
     retriever = retriever_from_name(args.retriever, tok)
     model = memlong.from_pretrained(args.model, retriever=retriever, tokenizer=tok, dtype=torch.float32).eval()
+    if args.retrieval_offsets is not None:  # reading-time choice: no weights depend on it
+        model.memlong_config = dataclasses.replace(model.memlong_config, retrieval_offsets=args.retrieval_offsets)
     base_path = args.base_model
     if base_path is None and (model_dir / BASE_NAME).is_file():
         info = json.loads((model_dir / BASE_NAME).read_text())

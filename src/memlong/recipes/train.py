@@ -24,6 +24,8 @@ import os
 import time
 from pathlib import Path
 
+from memlong.cli import int_tuple
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
@@ -35,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=int, default=128)
     g.add_argument("--top-k", type=int, default=4)
     g.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
+    g.add_argument("--retrieval-offsets", type=int_tuple, default=(0,),
+                   help="chunks each hit brings, relative to it: 0 (the paper), 0,1 (hit and continuation)")
     g.add_argument("--window", type=int, default=1024, help="local window (and training segment) in tokens")
     g.add_argument("--retriever", default="minilm",
                    help="minilm (offline default), hashing, or a sentence-transformers name/path")
@@ -92,7 +96,8 @@ def _build(args):
     if args.memlong_config:
         cfg = memlong.MemLongConfig.from_pretrained(os.path.dirname(os.path.abspath(args.memlong_config)))
     else:
-        kw = dict(chunk_size=args.chunk_size, top_k=args.top_k, memory_capacity=args.capacity, local_window=args.window)
+        kw = dict(chunk_size=args.chunk_size, top_k=args.top_k, memory_capacity=args.capacity, local_window=args.window,
+                  retrieval_offsets=args.retrieval_offsets)
         if args.memory_layer is not None:
             layers = tuple(int(x) for x in (args.retrieval_layers or "").split(",") if x)
             if not layers:
