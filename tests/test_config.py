@@ -41,6 +41,8 @@ def test_json_round_trip(tmp_path):
         (dict(evict_target=1.5), "evict_target"),
         (dict(bank_dtype="int4"), "bank_dtype"),
         (dict(retrieval_offsets=()), "retrieval_offsets"),
+        (dict(bank_device="gpu"), "bank_device"),
+        (dict(bank_mmap_dir="/tmp/x"), "bank_mmap_dir"),
         (dict(retrieval_offsets=(0, 0)), "retrieval_offsets"),
         (dict(retrieval_offsets=(0, 99)), "retrieval_offsets"),
         (dict(retrieval_offsets="0,1"), "retrieval_offsets"),

@@ -303,6 +303,27 @@ def test_faiss_backend_and_fifo_run_through_the_model():
 
 
 @torch.no_grad()
+def test_bank_tiers_and_compression_through_the_model(tmp_path):
+    ids = rand_ids(1, 160, seed=17)
+    outs = {}
+    for name, kw in {"plain": {}, "cpu": dict(bank_device="cpu"),
+                     "mmap": dict(bank_device="mmap", bank_mmap_dir=str(tmp_path)),
+                     "int8": dict(bank_dtype="int8"), "fp8": dict(bank_dtype="float8_e4m3fn")}.items():
+        model, _ = tiny_model("llama")
+        m = memlong.wrap(model, small_memlong_config(**kw), retriever=memlong.HashingRetriever(dim=32))
+        set_gates(m)
+        outs[name] = m(ids)
+        assert len(outs[name].past_key_values.bank(0)) > 0
+    for tier in ("cpu", "mmap"):  # where K/V are stored changes nothing
+        torch.testing.assert_close(outs[tier].logits, outs["plain"].logits, atol=0, rtol=0)
+    # compressed K/V: close to exact, but not identical (the test would notice a no-op)
+    for name, tol in (("int8", 0.05), ("fp8", 0.3)):
+        diff = (outs[name].logits - outs["plain"].logits).abs().max()
+        assert 0 < diff < tol, (name, diff)
+    assert outs["int8"].past_key_values.bank(0).keys.dtype == torch.int8
+
+
+@torch.no_grad()
 def test_retrieval_off_is_the_windowed_base_even_with_open_gates(memlong_model):
     m, ref = memlong_model
     cfg = m.memlong_config

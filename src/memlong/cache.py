@@ -188,9 +188,11 @@ class MemLongCache(Cache):
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, config: MemLongConfig, layout: BankLayout, num_layers: int):
-        """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``.
-        Everything is checked before anything is returned; errors say which file and why."""
+    def load(cls, directory: str | os.PathLike, config: MemLongConfig, layout: BankLayout, num_layers: int,
+             device: str | torch.device | None = None):
+        """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``
+        (window K/V go to ``device``, the model's; the banks to their tier). Everything is
+        checked before anything is returned; errors say which file and why."""
 
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -217,7 +219,7 @@ class MemLongCache(Cache):
         B = int(meta["batch_size"])
         banks = [MemoryBank.load(os.path.join(vdir, f"row-{b}"), expected=layout) for b in range(B)]
         cache = cls(config, layout, num_layers, B, retrieval=bool(meta["retrieval"]))
-        dev = layout.device
+        dev = layout.device if device is None else device
         cache.banks = banks
         cache.seen = [int(x) for x in meta["seen"]]
         cache.columns = int(meta["columns"])
@@ -395,8 +397,11 @@ class MemLongCache(Cache):
         M = max((e[0].shape[1] for row in entries for e in row if e is not None), default=0)
         if M > 0:
             L_ = self.layout
-            mem_k = torch.zeros(B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.dtype, device=L_.device)
-            mem_v = torch.zeros_like(mem_k)
+            # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
+            pin = torch.device(device).type == "cuda" and torch.device(L_.device).type == "cpu"
+            mem_k = torch.zeros(B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device,
+                                pin_memory=pin)
+            mem_v = torch.zeros(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
             valid = torch.zeros(B, n, M, dtype=torch.bool)
             for b in range(B):
                 for t, e in enumerate(entries[b]):
@@ -408,8 +413,8 @@ class MemLongCache(Cache):
             valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
             has_mem = slot_has.gather(1, slot) & qvalid
             grid = torch.where(qvalid, slot * tau + qpos.remainder(tau), torch.full_like(qpos, n * tau))
-            ctx.mem_k = mem_k.flatten(0, 1).to(device)
-            ctx.mem_v = mem_v.flatten(0, 1).to(device)
+            ctx.mem_k = mem_k.flatten(0, 1).to(device, non_blocking=pin)
+            ctx.mem_v = mem_v.flatten(0, 1).to(device, non_blocking=pin)
             ctx.mem_valid = valid.flatten(0, 1)[:, None, None, :].to(device)
             ctx.grid_index = grid.to(device)
             ctx.num_slots = n

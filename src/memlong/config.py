@@ -76,7 +76,13 @@ class MemLongConfig:
             each hit and its continuation (RETRO's neighbour + continuation). With causal
             retrieval the query is the previous chunk, so the hit resembles text the local
             window already holds and its continuation is what predicts the chunk being read.
-        bank_dtype: dtype of stored keys/values (``None``: the model's dtype).
+        bank_dtype: dtype of stored keys/values (``None``: the model's dtype): ``"float32"``,
+            ``"float16"``, ``"bfloat16"``, or compressed ``"int8"`` / ``"float8_e4m3fn"`` (one
+            float32 scale per head and token; dequantized when retrieved).
+        bank_device: where the bank's K/V live: ``"model"`` (the model's device), ``"cpu"``
+            (host memory, pinned when CUDA is present; only retrieved chunks are copied to the
+            model's device) or ``"mmap"`` (a memory-mapped file in ``bank_mmap_dir``, the system
+            temporary folder when ``None``; the OS pages it in and out).
     """
 
     memory_layer: int = 13
@@ -96,6 +102,8 @@ class MemLongConfig:
     search_backend: SearchBackend = "faiss"
     retrieval_offsets: tuple[int, ...] = (0,)
     bank_dtype: str | None = None
+    bank_device: str = "model"
+    bank_mmap_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -167,8 +175,13 @@ class MemLongConfig:
         if (not isinstance(offs, tuple) or not offs or len(set(offs)) != len(offs)
                 or any(isinstance(o, bool) or not isinstance(o, int) or abs(o) > 8 for o in offs)):
             bad("retrieval_offsets", f"must be distinct ints in [-8, 8], at least one, e.g. (0,) or (0, 1); got {offs!r}")
-        if self.bank_dtype is not None and self.bank_dtype not in ("float32", "float16", "bfloat16"):
-            bad("bank_dtype", f"must be None, 'float32', 'float16' or 'bfloat16', got {self.bank_dtype!r}")
+        dtypes = ("float32", "float16", "bfloat16", "int8", "float8_e4m3fn")
+        if self.bank_dtype is not None and self.bank_dtype not in dtypes:
+            bad("bank_dtype", f"must be None or one of {list(dtypes)}, got {self.bank_dtype!r}")
+        if self.bank_device not in ("model", "cpu", "mmap"):
+            bad("bank_device", f"must be 'model', 'cpu' or 'mmap', got {self.bank_device!r}")
+        if self.bank_mmap_dir is not None and self.bank_device != "mmap":
+            bad("bank_mmap_dir", f"is only used with bank_device='mmap' (bank_device is {self.bank_device!r})")
 
     def validate_for_model(self, num_layers: int, max_positions: int | None = None) -> None:
         """Checks that depend on the base model (raised when wrapping)."""

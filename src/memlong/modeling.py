@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import Any
 
 import torch
@@ -80,7 +81,10 @@ class MemLongMixin:
             head_dim=head_dim,
             embed_dim=self.memlong_retriever.dim,
             dtype=bank_dtype,
-            device=self.device,
+            device=self.device if self.memlong_config.bank_device == "model" else "cpu",
+            compute_dtype=self.dtype,
+            mmap_dir=(self.memlong_config.bank_mmap_dir or tempfile.gettempdir())
+            if self.memlong_config.bank_device == "mmap" else None,
         )
 
     def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:
@@ -93,7 +97,8 @@ class MemLongMixin:
     def load_memory(self, directory: str | os.PathLike) -> MemLongCache:
         """A memory saved with ``memory.save(directory)`` by this model (same MemLong config,
         retriever dimension and K/V shapes); reading continues exactly where it stopped."""
-        return MemLongCache.load(directory, self.memlong_config, self._bank_layout(), self.config.num_hidden_layers)
+        return MemLongCache.load(directory, self.memlong_config, self._bank_layout(), self.config.num_hidden_layers,
+                                 device=self.device)
 
     def _rotary_table(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin ``[P, D]`` for positions ``0..P-1`` from the model's own rotary module,

@@ -248,3 +248,42 @@ def test_missing_and_mismatched(tmp_path):
     next(tmp_path.glob("bank-*.safetensors")).unlink()
     with pytest.raises(BankFileError, match="missing"):
         MemoryBank.load(tmp_path)
+
+
+# ---------------------------------------------------------------- compressed K/V, storage tiers
+def random_bank(layout, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bank = MemoryBank(layout, search_backend="torch")
+    for c in range(n):
+        k = torch.randn(H, TAU, D, generator=g) * (c + 1)
+        bank.add(k, -2 * k, unit(c), chunk_id=c, span=(c * TAU, (c + 1) * TAU))
+    return bank
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.int8, 1 / 127), (torch.float8_e4m3fn, 1 / 8)])
+def test_compressed_kv_round_trip(dtype, tol, tmp_path):
+    exact = random_bank(BankLayout(10, TAU, H, D, E))
+    small = random_bank(BankLayout(10, TAU, H, D, E, dtype=dtype, compute_dtype=torch.float32))
+    slots = torch.arange(6)
+    (k0, v0), (k1, v1) = exact.gather(slots), small.gather(slots)
+    assert k1.dtype == torch.float32 and k1.shape == k0.shape
+    # absmax scaling per (head, token): the error is bounded relative to the row's largest value
+    bound = k0.abs().amax(-1, keepdim=True) * tol
+    assert bool(((k1 - k0).abs() <= bound + 1e-6).all()) and bool(((v1 - v0).abs() <= 2 * bound + 1e-6).all())
+    assert small.keys.dtype == dtype and small.layout.kv_bytes_per_token() == 2 * H * D + 2 * H * 4
+    small.save(tmp_path)
+    back = MemoryBank.load(tmp_path, expected=small.layout)
+    assert back.keys.dtype == dtype
+    kb, vb = back.gather(slots)
+    assert torch.equal(kb, k1) and torch.equal(vb, v1)
+
+
+def test_mmap_tier_matches_memory_and_leaves_no_files(tmp_path):
+    plain = random_bank(BankLayout(10, TAU, H, D, E), n=9)  # grows 4 -> 8 -> 10 slots, evicts once
+    mapped = random_bank(BankLayout(10, TAU, H, D, E, mmap_dir=str(tmp_path / "kv")), n=9)
+    assert ids(plain) == ids(mapped)
+    slots = mapped.valid.nonzero().flatten()
+    for a, b in zip(plain.gather(slots), mapped.gather(slots)):
+        assert torch.equal(a, b)
+    assert mapped.keys.untyped_storage().filename is not None  # really file-backed
+    assert list((tmp_path / "kv").iterdir()) == []  # unlinked at once: nothing to clean up

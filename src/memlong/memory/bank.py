@@ -13,6 +13,12 @@ tensors (so they cannot get out of step):
   was given (``model.ingest_text``), else ``(-1, -1)``;
 * ``counts``: how many times it has been retrieved.
 
+K/V storage (``BankLayout.dtype``) is float32/float16/bfloat16, or compressed: ``int8`` or
+``float8_e4m3fn`` with one float32 scale per (chunk, head, token) (absmax scaling), dequantized
+to ``compute_dtype`` when gathered. Tiers (``BankLayout.device``/``mmap_dir``): K/V live on the
+model's device, in host memory (pinned when CUDA is present, so retrieved chunks are copied to
+the GPU asynchronously), or in a memory-mapped file; only the retrieved chunks go to the model.
+
 Eviction frees slots in place; new chunks take free slots, so nothing large is ever copied.
 Storage grows by doubling up to the capacity, so a large capacity costs nothing until used.
 """
@@ -40,8 +46,42 @@ class BankLayout:
     num_kv_heads: int
     head_dim: int
     embed_dim: int
-    dtype: torch.dtype = torch.float32
-    device: str | torch.device = "cpu"
+    dtype: torch.dtype = torch.float32  # storage dtype of K/V (may be int8 / float8_e4m3fn)
+    device: str | torch.device = "cpu"  # where K/V and embeddings are stored
+    compute_dtype: torch.dtype | None = None  # dtype gathered K/V come back in (None: ``dtype``)
+    mmap_dir: str | None = None  # K/V in memory-mapped files in this folder (host tier)
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in QUANTIZED
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        return self.compute_dtype or (torch.float32 if self.quantized else self.dtype)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of stored K/V (and scales) per token: the bank's payload."""
+        per = 2 * self.num_kv_heads * self.head_dim * torch.empty(0, dtype=self.dtype).element_size()
+        return per + (2 * self.num_kv_heads * 4 if self.quantized else 0)
+
+
+# compressed K/V dtypes -> largest representable magnitude (absmax maps to it)
+QUANTIZED: dict[torch.dtype, float] = {torch.int8: 127.0}
+if hasattr(torch, "float8_e4m3fn"):
+    QUANTIZED[torch.float8_e4m3fn] = float(torch.finfo(torch.float8_e4m3fn).max)
+
+
+def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ``[..., D]`` -> (``dtype`` values, float32 scales ``[...]``), absmax per row."""
+    top = QUANTIZED[dtype]
+    scale = x.float().abs().amax(-1).clamp_min(1e-12) / top
+    y = x.float() / scale.unsqueeze(-1)
+    y = y.round().clamp(-top, top) if dtype == torch.int8 else y
+    return y.to(dtype), scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (q.float() * scale.unsqueeze(-1)).to(dtype)
 
 
 class MemoryBank:
@@ -75,11 +115,36 @@ class MemoryBank:
         self._allocate(0)
 
     # ------------------------------------------------------------------ storage
+    def _kv_tensor(self, n: int, old: torch.Tensor | None = None, scales: bool = False) -> torch.Tensor:
+        """Zeroed K/V storage (or its scales) for ``n`` slots on the bank's tier, holding ``old``
+        in its first rows. Memory-mapped files are unlinked at once: the mapping keeps them
+        alive and nothing is left on disk when the bank goes away."""
+        L = self.layout
+        shape = (n, L.num_kv_heads, L.chunk_size) + (() if scales else (L.head_dim,))
+        dtype = torch.float32 if scales else L.dtype
+        if L.mmap_dir is not None:
+            import tempfile
+
+            os.makedirs(L.mmap_dir, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix="memlong-kv-", dir=L.mmap_dir)
+            os.close(fd)
+            try:
+                t = torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+            finally:
+                os.unlink(path)
+        else:
+            t = torch.zeros(shape, dtype=dtype, device=L.device)
+            if torch.device(L.device).type == "cpu" and torch.cuda.is_available():
+                t = t.pin_memory()
+        if old is not None and old.shape[0]:
+            t[: old.shape[0]] = old
+        return t
+
     def _allocate(self, n: int) -> None:
         L = self.layout
-        kv_shape = (n, L.num_kv_heads, L.chunk_size, L.head_dim)
-        self.keys = torch.zeros(kv_shape, dtype=L.dtype, device=L.device)
-        self.values = torch.zeros(kv_shape, dtype=L.dtype, device=L.device)
+        self.keys, self.values = self._kv_tensor(n), self._kv_tensor(n)
+        self.key_scales = self._kv_tensor(n, scales=True) if L.quantized else None
+        self.value_scales = self._kv_tensor(n, scales=True) if L.quantized else None
         self.embeddings = torch.zeros(n, L.embed_dim, dtype=torch.float32, device=L.device)
         self.chunk_ids = torch.full((n,), -1, dtype=torch.long)
         self.spans = torch.zeros(n, 2, dtype=torch.long)
@@ -97,7 +162,10 @@ class MemoryBank:
             extra = torch.full((pad, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)
             return torch.cat([t, extra])
 
-        self.keys, self.values = grow(self.keys), grow(self.values)
+        self.keys, self.values = self._kv_tensor(new, self.keys), self._kv_tensor(new, self.values)
+        if self.layout.quantized:
+            self.key_scales = self._kv_tensor(new, self.key_scales, scales=True)
+            self.value_scales = self._kv_tensor(new, self.value_scales, scales=True)
         self.embeddings = grow(self.embeddings)
         self.chunk_ids = grow(self.chunk_ids, -1)
         self.spans, self.token_ids, self.counts = grow(self.spans), grow(self.token_ids), grow(self.counts)
@@ -121,9 +189,9 @@ class MemoryBank:
 
     def nbytes(self) -> int:
         """Bytes held by the bank's tensors (allocated slots, used or free)."""
-        ts = (self.keys, self.values, self.embeddings, self.chunk_ids, self.spans, self.token_ids, self.counts,
-              self.text_spans)
-        return sum(t.numel() * t.element_size() for t in ts)
+        ts = (self.keys, self.values, self.key_scales, self.value_scales, self.embeddings, self.chunk_ids,
+              self.spans, self.token_ids, self.counts, self.text_spans)
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
     # ------------------------------------------------------------------ write
     def add(
@@ -164,8 +232,7 @@ class MemoryBank:
             self._grow()
             free = (~self.valid).nonzero().flatten()
         slot = int(free[0])
-        self.keys[slot] = keys.to(self.keys.dtype)
-        self.values[slot] = values.to(self.values.dtype)
+        self._store(slot, keys, values)
         self.embeddings[slot] = embedding.to(self.embeddings)
         self.chunk_ids[slot] = chunk_id
         self.spans[slot, 0], self.spans[slot, 1] = int(span[0]), int(span[1])
@@ -175,6 +242,22 @@ class MemoryBank:
         self.counts[slot] = 0
         self.index.add(slot, self.embeddings[slot])
         return slot
+
+    def _store(self, slot, keys: torch.Tensor, values: torch.Tensor, key_scales=None, value_scales=None) -> None:
+        """Writes K/V (``[..., H_kv, tau, D]``) to ``slot`` (an int or slots), quantizing if the
+        bank is compressed; already-quantized data comes with its scales."""
+        dev = self.keys.device
+        if not self.layout.quantized:
+            self.keys[slot] = keys.to(device=dev, dtype=self.keys.dtype)
+            self.values[slot] = values.to(device=dev, dtype=self.values.dtype)
+            return
+        for data, scales, store, store_scales in (
+            (keys, key_scales, self.keys, self.key_scales), (values, value_scales, self.values, self.value_scales)
+        ):
+            if scales is None:
+                data, scales = quantize(data, self.layout.dtype)
+            store[slot] = data.to(dev)
+            store_scales[slot] = scales.to(dev)
 
     # ------------------------------------------------------------------ eviction
     def eviction_plan(self) -> torch.Tensor:
@@ -253,9 +336,13 @@ class MemoryBank:
         """K/V of ``slots`` concatenated along tokens: ``[H_kv, len(slots)*tau, D]`` each, in
         stream order (a copy: later evictions do not change it)."""
         slots = slots[torch.argsort(self.chunk_ids[slots])]
-        k = self.keys[slots].permute(1, 0, 2, 3).flatten(1, 2)
-        v = self.values[slots].permute(1, 0, 2, 3).flatten(1, 2)
-        return k.clone(), v.clone()
+        k, v = self.keys[slots], self.values[slots]  # indexing copies
+        if self.layout.quantized:
+            k = dequantize(k, self.key_scales[slots], self.layout.out_dtype)
+            v = dequantize(v, self.value_scales[slots], self.layout.out_dtype)
+        else:
+            k, v = k.to(self.layout.out_dtype), v.to(self.layout.out_dtype)
+        return k.permute(1, 0, 2, 3).flatten(1, 2), v.permute(1, 0, 2, 3).flatten(1, 2)
 
     # ------------------------------------------------------------------ inspection
     def entries(self) -> list[dict]:
@@ -308,6 +395,9 @@ class MemoryBank:
             "text_spans": self.text_spans[slots].contiguous(),
             "counts": self.counts[slots].contiguous(),
         }
+        if self.layout.quantized:
+            tensors["key_scales"] = self.key_scales[slots].contiguous().cpu()
+            tensors["value_scales"] = self.value_scales[slots].contiguous().cpu()
         name = f"bank-{uuid.uuid4().hex[:12]}.safetensors"
         path = os.path.join(directory, name)
         save_file(tensors, path + ".tmp")
@@ -370,6 +460,8 @@ class MemoryBank:
                 embed_dim=int(lay["embed_dim"]),
                 dtype=getattr(torch, lay["dtype"]),
                 device=device if device is not None else (expected.device if expected else "cpu"),
+                compute_dtype=expected.compute_dtype if expected else None,
+                mmap_dir=expected.mmap_dir if expected else None,
             )
             tpath = os.path.join(directory, meta["tensors"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -396,6 +488,8 @@ class MemoryBank:
             "keys": kv, "values": kv, "embeddings": (n, layout.embed_dim), "chunk_ids": (n,),
             "spans": (n, 2), "token_ids": (n, layout.chunk_size), "counts": (n,), "text_spans": (n, 2),
         }
+        if layout.quantized:
+            want["key_scales"] = want["value_scales"] = kv[:3]
         for key, shape in want.items():
             if key not in t or tuple(t[key].shape) != shape:
                 got = tuple(t[key].shape) if key in t else "missing"
@@ -407,10 +501,10 @@ class MemoryBank:
         bank.evictions = int(meta.get("evictions", 0))
         while bank.num_slots < n:
             bank._grow()
-        dev = layout.device
-        bank.keys[:n] = t["keys"].to(dev)
-        bank.values[:n] = t["values"].to(dev)
-        bank.embeddings[:n] = t["embeddings"].to(dev)
+        if t["keys"].dtype != layout.dtype or t["values"].dtype != layout.dtype:
+            raise BankFileError(f"{tpath}: K/V are {t['keys'].dtype}, the metadata says {layout.dtype}")
+        bank._store(slice(0, n), t["keys"], t["values"], t.get("key_scales"), t.get("value_scales"))
+        bank.embeddings[:n] = t["embeddings"].to(layout.device)
         bank.chunk_ids[:n] = t["chunk_ids"]
         bank.spans[:n] = t["spans"]
         bank.token_ids[:n] = t["token_ids"]
