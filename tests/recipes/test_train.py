@@ -182,3 +182,24 @@ def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
     assert all(r["trials"] == 2 and (r["accuracy"] is None or 0 <= r["accuracy"] <= 1) for r in rows)
     assert [r["note"] for r in rows if r["accuracy"] is None][0].startswith("skipped")
     assert (tmp_path / "pk.png").stat().st_size > 1000
+
+
+def test_eval_reading_time_overrides(setup, short_run, tmp_path):
+    from memlong.config import MemLongConfig, MemLongConfigError
+    from memlong.recipes.eval import reading_overrides
+
+    cfg = MemLongConfig(memory_layer=2, retrieval_layers=(3,), chunk_size=8, memory_capacity=64, local_window=32)
+    got = reading_overrides(cfg, ["bank_dtype=int8", "retrieval_offsets=[0,1]", "top_k=3"])
+    assert (got.bank_dtype, got.retrieval_offsets, got.top_k) == ("int8", (0, 1), 3)
+    for bad, msg in (("memory_layer=1", "trained weights depend"), ("nonsense=1", "MemLongConfig field"),
+                     ("top_k=0", "MemLongConfig.top_k")):
+        with pytest.raises(MemLongConfigError, match=msg):
+            reading_overrides(cfg, [bad])
+    out = tmp_path / "ppl.json"
+    assert main(["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"),
+                 "--split", "train", "--lengths", "256", "--score", "64", "--retriever", "hashing",
+                 "--max-documents", "1", "--methods", "memlong", "--set", "bank_dtype=int8", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["memlong"]["bank_dtype"] == "int8"
+    with pytest.raises(SystemExit):  # a usage error naming the field, not a traceback
+        main(["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"),
+              "--set", "bank_device=gpu"])

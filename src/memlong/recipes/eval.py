@@ -28,7 +28,6 @@ import math
 import time
 from pathlib import Path
 
-from memlong.cli import int_tuple
 
 METHODS = ("memlong", "memlong_no_memory", "base_full", "base_truncated")
 
@@ -51,8 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-base-length", type=int, default=16384,
                    help="base_full is not attempted above this length (reported as skipped)")
     p.add_argument("--retriever", default="minilm", help="minilm, hashing, or a sentence-transformers name/path")
-    p.add_argument("--retrieval-offsets", type=int_tuple, default=None,
-                   help="override the model's retrieval_offsets (e.g. 0,1: each hit and its continuation)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                   help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
+                        "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8 (a bare word is a string)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="write a PNG (ppl against length; passkey heatmaps)")
@@ -70,6 +70,29 @@ def _nll_plain(model, ids, score: int) -> tuple[float, int]:
     return float(nll), n
 
 
+# fields whose value shapes the weights (gates, trained layers): not changeable at reading time
+_WEIGHT_FIELDS = ("memory_layer", "retrieval_layers", "gate_mode", "gate_activation")
+
+
+def reading_overrides(config, overrides: list[str]):
+    """``config`` with ``FIELD=VALUE`` overrides (VALUE in JSON; a bare word is taken as a string)."""
+    from memlong.config import MemLongConfigError
+
+    changes = {}
+    for item in overrides:
+        field, sep, raw = item.partition("=")
+        field = field.strip()
+        if not sep or not hasattr(config, field):
+            raise MemLongConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD a MemLongConfig field")
+        if field in _WEIGHT_FIELDS:
+            raise MemLongConfigError(f"--set {field}: the trained weights depend on it; it cannot change at reading time")
+        try:
+            changes[field] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[field] = raw
+    return dataclasses.replace(config, **changes)
+
+
 def _load(args):
     """(tokenizer, MemLong model, base model, base window, base path)."""
     import torch
@@ -84,8 +107,8 @@ def _load(args):
     tok.model_max_length = 10**9
     retriever = retriever_from_name(args.retriever, tok)
     model = memlong.from_pretrained(args.model, retriever=retriever, tokenizer=tok, dtype=torch.float32).eval()
-    if args.retrieval_offsets is not None:  # reading-time choice: no weights depend on it
-        model.memlong_config = dataclasses.replace(model.memlong_config, retrieval_offsets=args.retrieval_offsets)
+    if args.overrides:
+        model.memlong_config = reading_overrides(model.memlong_config, args.overrides)
     base_path = args.base_model
     if base_path is None and (model_dir / BASE_NAME).is_file():
         info = json.loads((model_dir / BASE_NAME).read_text())
