@@ -203,3 +203,14 @@ def test_eval_reading_time_overrides(setup, short_run, tmp_path):
     with pytest.raises(SystemExit):  # a usage error naming the field, not a traceback
         main(["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"),
               "--set", "bank_device=gpu"])
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("zero2", "DEEPSPEED"), ("fsdp", "FSDP")])
+def test_accelerate_config_files_parse(name, kind):
+    """The documented multi-GPU configs are valid accelerate configs (they cannot run here: no GPU)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / f"{name}.yaml"
+    cfg = load_config_from_file(str(path))
+    assert cfg.distributed_type.name == kind and cfg.num_processes > 1
+    assert "accelerate launch --config_file configs/accelerate/" in path.read_text()

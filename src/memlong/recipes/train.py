@@ -11,6 +11,9 @@ One process:
 Several processes (each reads its own share of the documents; gloo on CPUs, NCCL on GPUs):
     torchrun --nproc_per_node 2 -m memlong train --data runs/corpus --output runs/memlong
     accelerate launch --config_file configs/accelerate/ddp.yaml -m memlong train ...
+configs/accelerate/ holds ddp.yaml, zero2.yaml (DeepSpeed ZeRO-2) and fsdp.yaml for GPUs
+(written for accelerate 1.x; not run on GPUs yet). On CPUs use torchrun: accelerate's
+MULTI_CPU launcher needs MPI.
 Resume: the same command with ``--resume`` continues from the newest checkpoint in --output.
 """
 
