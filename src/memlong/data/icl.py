@@ -105,7 +105,11 @@ def hub_examples(task: IclTask, split: str, dataset=None) -> list[Example]:
         import datasets  # heavy; only users of the hub tasks pay for it
 
         args = (task.hub_path, task.hub_config) if task.hub_config else (task.hub_path,)
-        dataset = datasets.load_dataset(*args, split=split)
+        try:
+            dataset = datasets.load_dataset(*args, split=split)
+        except Exception as e:  # offline, unknown split, ...: say which dataset and what else works
+            raise ValueError(f"could not load {task.hub_path} ({split}) with datasets: {type(e).__name__}: "
+                             f"{str(e)[:300]}; without a hub, give a local .jsonl file of text/label lines") from e
     names = [n.lower() for n in task.label_names or task.label_words]
     feature = (getattr(dataset, "features", None) or {}).get(task.label_field)
     if getattr(feature, "names", None) and [n.lower() for n in feature.names] != names:

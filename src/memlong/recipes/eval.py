@@ -25,7 +25,7 @@ K more; the prediction is the label word with the highest log-probability after 
 the same token stream, M demonstrations first, and differs only in what it can see:
 
 * ``memlong``: the MemLong model, fresh memory per test input; the M demonstrations leave the
-  local window (``--local-window``) into the memory bank before the input is read;
+  local window (``--window``) into the memory bank before the input is read;
 * ``memlong_no_memory``: the same model and local window with retrieval off;
 * ``in_context``: the base model with all K+M demonstrations in its context, only where every
   prompt fits its window (otherwise reported as skipped, with the reason).
@@ -41,7 +41,7 @@ SetFit/sst5, SetFit/mpqa), a ``.jsonl`` file or folder of ``{"text", "label"}`` 
 labelled ``python`` / ``manual`` / ``java`` by their source (see :mod:`memlong.data.icl`).
 
     memlong eval icl --model PATH --data corpus-source:runs/corpus --shots-context 4 --shots-memory 18 \
-        --local-window 256 --max-examples 60 --trials 3 --json icl.json --plot icl.png
+        --window 512 --max-examples 60 --trials 3 --json icl.json --plot icl.png
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     icl.add_argument("--labels", default=None, help="comma-separated label words (local data; replaces a task's own)")
     icl.add_argument("--demo-split", default=None,
                      help="split the demonstrations come from (default: train; corpus-source: validation)")
-    p.add_argument("--local-window", type=int, default=None,
+    p.add_argument("--window", type=int, default=None,
                    help="override the model's MemLong local window (a multiple of the chunk size; a smaller one "
                         "sends text to memory sooner)")
     p.add_argument("--retriever", default="minilm", help="minilm, hashing, or a sentence-transformers name/path")
@@ -152,16 +152,16 @@ def _load(args):
     if base_path is None and (model_dir / BASE_NAME).is_file():
         info = json.loads((model_dir / BASE_NAME).read_text())
         base_path = str((model_dir / info["base_model"]).resolve()) if info.get("local") else info["base_model"]
-    if getattr(args, "local_window", None):
+    if args.window:
         import dataclasses
 
         from memlong.config import MemLongConfigError
 
         try:
-            config = dataclasses.replace(model.memlong_config, local_window=args.local_window)
+            config = dataclasses.replace(model.memlong_config, local_window=args.window)
             config.validate_for_model(model.config.num_hidden_layers, getattr(model.config, "max_position_embeddings", None))
         except MemLongConfigError as e:
-            raise SystemExit(f"--local-window {args.local_window}: {e}") from None
+            raise SystemExit(f"--window {args.window}: {e}") from None
         model.memlong_config = config
     base = AutoModelForCausalLM.from_pretrained(base_path or args.model, dtype=torch.float32).eval()
     return tok, model, base, int(getattr(base.config, "max_position_embeddings", 2048)), base_path or args.model
@@ -420,48 +420,61 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
     cands = [ids(" " + word) for word in task.label_words]
     if len({tuple(c) for c in cands}) < len(cands):
         raise SystemExit(f"label words {list(task.label_words)} do not tokenize to distinct sequences (--labels)")
-    trials = []  # per trial: token ids of every test prompt, and memory-demonstration tokens banked for each
+    trials = []  # per trial: token ids of every test prompt
+    share, local = [], []  # per prompt: memory-demonstration tokens banked, context ones in the window (shares)
     for t in range(args.trials):
         demos = random.Random(args.seed + t).sample(pool, K + M)
+        # each part tokenized on its own, so the boundaries between them are exact
         mem = ids("".join(demo_text(task, d) for d in demos[:M]))
-        ctx = "".join(demo_text(task, d) for d in demos[M:])
-        prompts = [mem + ids(ctx + query_text(task, ex)) for ex in tests]
-        # chunks 0..J-w-1 are in the bank when chunk J (holding the prompt's last token) starts
-        banked = [min(len(mem), max(0, ((len(p) - 1) // tau - w) * tau)) / max(1, len(mem)) for p in prompts]
-        trials.append((prompts, banked))
-    share = [b for _, banked in trials for b in banked]
+        ctx = ids("".join(demo_text(task, d) for d in demos[M:]))
+        prompts = [mem + ctx + ids(query_text(task, ex)) for ex in tests]
+        for p in prompts:
+            # the prompt's last token (chunk J) sees chunks J-w..J; chunks 0..J-w-1 are in the bank
+            gone = max(0, ((len(p) - 1) // tau - w) * tau)
+            share.append(min(len(mem), gone) / max(1, len(mem)))
+            local.append(1 - min(len(ctx), max(0, gone - len(mem))) / max(1, len(ctx)))
+        trials.append(prompts)
     if M and max(share) == 0:
         raise SystemExit(
             f"the {M} memory demonstrations never leave the local window ({cfg.local_window} tokens) before a test "
             f"input is read, so memlong would equal memlong_no_memory by construction; raise --shots-memory or "
-            f"lower --local-window")
+            f"lower --window")
     if M and min(share) < 1:
         print(f"note: {sum(share) / len(share):.0%} of the memory demonstrations' tokens reach the bank on average "
               f"(the rest stay in the {cfg.local_window}-token local window, seen by both MemLong methods)")
-    longest = max(len(p) for prompts, _ in trials for p in prompts) + max(len(c) for c in cands)
+    if K and min(local) < 1:
+        print(f"note: only {sum(local) / len(local):.0%} of the context demonstrations' tokens are in the "
+              f"{cfg.local_window}-token local window at the test input on average (the rest are in memory too)")
+    longest = max(len(p) for prompts in trials for p in prompts) + max(len(c) for c in cands)
     majority = Counter(ex.label for ex in tests).most_common(1)[0][1] / len(tests)
-    print(f"{'method':>18} {'task':>14}   K   M  accuracy  per trial  examples  banked  note")
+    print(f"{'method':>18} {'task':>14}   K   M  accuracy  per trial  examples  banked  predicted / note")
     results = []
     for method in methods:
         row = {"method": method, "task": task.name, "shots_context": K, "shots_memory": M, "examples": len(tests),
-               "trials": args.trials, "majority_accuracy": majority, "prompt_tokens_max": longest}
-        if method != "in_context":
+               "trials": args.trials, "label_words": list(task.label_words), "majority_accuracy": majority,
+               "prompt_tokens_max": longest}
+        if method == "memlong":  # (memlong_no_memory drops what leaves its window)
             row["memory_tokens_banked"] = round(sum(share) / len(share), 4) if M else None
+        if method != "in_context":
+            row["context_tokens_in_window"] = round(sum(local) / len(local), 4) if K else None
         t0 = time.perf_counter()
         try:
             if method == "in_context" and longest > base_window:
                 raise _Skip(f"prompts of up to {longest} tokens do not fit the base model's window ({base_window})")
-            per_trial = []
-            for prompts, _ in trials:
+            per_trial, predicted = [], Counter()
+            for prompts in trials:
                 hits = 0
                 for prompt, ex in zip(prompts, tests):
                     if method == "in_context":
                         scores = continuation_logprobs(base, prompt, cands)
                     else:
                         scores = continuation_logprobs(model, prompt, cands, use_memory=method == "memlong")
-                    hits += int(max(range(len(scores)), key=scores.__getitem__) == ex.label)
+                    guess = max(range(len(scores)), key=scores.__getitem__)
+                    predicted[task.label_words[guess]] += 1
+                    hits += int(guess == ex.label)
                 per_trial.append(hits / len(tests))
-            row.update(accuracy=sum(per_trial) / len(per_trial), accuracy_per_trial=per_trial)
+            row.update(accuracy=sum(per_trial) / len(per_trial), accuracy_per_trial=per_trial,
+                       predicted=dict(sorted(predicted.items())))  # a model stuck on one label shows here
         except _Skip as e:
             row.update(accuracy=None, note=f"skipped: {e}")
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
@@ -471,8 +484,9 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
         acc = f"{row['accuracy']:.3f}" if row["accuracy"] is not None else "-"
         per = ",".join(f"{a:.2f}" for a in row.get("accuracy_per_trial", [])) or "-"
         banked = f"{row['memory_tokens_banked']:.0%}" if row.get("memory_tokens_banked") is not None else "-"
+        pred = " ".join(f"{k}:{v}" for k, v in row.get("predicted", {}).items())
         print(f"{method:>18} {task.name:>14} {K:>3} {M:>3}  {acc:>8}  {per:>9}  {len(tests):>8}  {banked:>6}  "
-              f"{row.get('note', '')}", flush=True)
+              f"{pred or row.get('note', '')}", flush=True)
     print(f"(majority-class accuracy of the test examples: {majority:.3f}; label words: {', '.join(task.label_words)})")
     return results
 
