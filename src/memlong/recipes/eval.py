@@ -444,7 +444,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
               f"(the rest stay in the {cfg.local_window}-token local window, seen by both MemLong methods)")
     if K and min(local) < 1:
         print(f"note: only {sum(local) / len(local):.0%} of the context demonstrations' tokens are in the "
-              f"{cfg.local_window}-token local window at the test input on average (the rest are in memory too)")
+              f"{cfg.local_window}-token local window at the test input on average (the rest left it: into memory for memlong, dropped without)")
     longest = max(len(p) for prompts in trials for p in prompts) + max(len(c) for c in cands)
     majority = Counter(ex.label for ex in tests).most_common(1)[0][1] / len(tests)
     print(f"{'method':>18} {'task':>14}   K   M  accuracy  per trial  examples  banked  predicted / note")
