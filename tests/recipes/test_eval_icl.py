@@ -59,7 +59,7 @@ def icl(setup, *extra):
 
 def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
     out = tmp_path / "icl.json"
-    assert icl(setup, "--shots-context", "1", "--shots-memory", "4", "--window", "48", "--trials", "2",
+    assert icl(setup, "--shots-context", "1", "--shots-memory", "4", "--set", "local_window=48", "--trials", "2",
                "--json", str(out), "--plot", str(tmp_path / "icl.png")) == 0
     report = json.loads(out.read_text())
     rows = {r["method"]: r for r in report["results"]}
@@ -113,7 +113,7 @@ def test_scores_are_continuation_log_probabilities(memlong_model):
 
 def test_memory_that_never_leaves_the_window_is_an_error(setup):
     with pytest.raises(SystemExit, match="never leave the local window"):
-        icl(setup, "--shots-context", "0", "--shots-memory", "1", "--window", "512")
+        icl(setup, "--shots-context", "0", "--shots-memory", "1", "--set", "local_window=512")
 
 
 @pytest.mark.parametrize("extra, option", [

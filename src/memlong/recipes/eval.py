@@ -25,7 +25,7 @@ K more; the prediction is the label word with the highest log-probability after 
 the same token stream, M demonstrations first, and differs only in what it can see:
 
 * ``memlong``: the MemLong model, fresh memory per test input; the M demonstrations leave the
-  local window (``--window``) into the memory bank before the input is read;
+  local window (``--set local_window=N``) into the memory bank before the input is read;
 * ``memlong_no_memory``: the same model and local window with retrieval off;
 * ``in_context``: the base model with all K+M demonstrations in its context, only where every
   prompt fits its window (otherwise reported as skipped, with the reason).
@@ -41,7 +41,7 @@ SetFit/sst5, SetFit/mpqa), a ``.jsonl`` file or folder of ``{"text", "label"}`` 
 labelled ``python`` / ``manual`` / ``java`` by their source (see :mod:`memlong.data.icl`).
 
     memlong eval icl --model PATH --data corpus-source:runs/corpus --shots-context 4 --shots-memory 18 \
-        --window 512 --max-examples 60 --trials 3 --json icl.json --plot icl.png
+        --set local_window=512 --max-examples 60 --trials 3 --json icl.json --plot icl.png
 """
 
 from __future__ import annotations
@@ -85,9 +85,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     icl.add_argument("--labels", default=None, help="comma-separated label words (local data; replaces a task's own)")
     icl.add_argument("--demo-split", default=None,
                      help="split the demonstrations come from (default: train; corpus-source: validation)")
-    p.add_argument("--window", type=int, default=None,
-                   help="override the model's MemLong local window (a multiple of the chunk size; a smaller one "
-                        "sends text to memory sooner)")
     p.add_argument("--retriever", default="minilm", help="minilm, hashing, or a sentence-transformers name/path")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
                    help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
@@ -148,21 +145,12 @@ def _load(args):
     model = memlong.from_pretrained(args.model, retriever=retriever, tokenizer=tok, dtype=torch.float32).eval()
     if args.overrides:
         model.memlong_config = reading_overrides(model.memlong_config, args.overrides)
+        model.memlong_config.validate_for_model(model.config.num_hidden_layers,
+                                                getattr(model.config, "max_position_embeddings", None))
     base_path = args.base_model
     if base_path is None and (model_dir / BASE_NAME).is_file():
         info = json.loads((model_dir / BASE_NAME).read_text())
         base_path = str((model_dir / info["base_model"]).resolve()) if info.get("local") else info["base_model"]
-    if args.window:
-        import dataclasses
-
-        from memlong.config import MemLongConfigError
-
-        try:
-            config = dataclasses.replace(model.memlong_config, local_window=args.window)
-            config.validate_for_model(model.config.num_hidden_layers, getattr(model.config, "max_position_embeddings", None))
-        except MemLongConfigError as e:
-            raise SystemExit(f"--window {args.window}: {e}") from None
-        model.memlong_config = config
     base = AutoModelForCausalLM.from_pretrained(base_path or args.model, dtype=torch.float32).eval()
     return tok, model, base, int(getattr(base.config, "max_position_embeddings", 2048)), base_path or args.model
 
@@ -438,7 +426,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
         raise SystemExit(
             f"the {M} memory demonstrations never leave the local window ({cfg.local_window} tokens) before a test "
             f"input is read, so memlong would equal memlong_no_memory by construction; raise --shots-memory or "
-            f"lower --window")
+            f"lower the local window (--set local_window=N)")
     if M and min(share) < 1:
         print(f"note: {sum(share) / len(share):.0%} of the memory demonstrations' tokens reach the bank on average "
               f"(the rest stay in the {cfg.local_window}-token local window, seen by both MemLong methods)")
