@@ -16,7 +16,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("memlong.recipes.data", "build the local corpus, train the BPE tokenizer, list long documents"),
     "pretrain": ("memlong.recipes.pretrain", "train a small base LM from scratch, or evaluate its perplexity"),
     "train": ("memlong.recipes.train", "MemLong adaptation training: frozen lower stack, trained upper layers + gates"),
-    "eval": ("memlong.recipes.eval", "evaluation: `memlong eval ppl` (perplexity by input length)"),
+    "eval": ("memlong.recipes.eval", "evaluation: `memlong eval ppl|passkey|icl` (perplexity by length, passkey retrieval, in-context learning)"),
     "bench": ("memlong.recipes.bench", "benchmarks: `memlong bench ingest` (tokens/s, peak memory)"),
 }
 

@@ -47,3 +47,32 @@ def token_windows(token_lists: Sequence[Sequence[int]], length: int, max_windows
             if max_windows is not None and len(out) >= max_windows:
                 return out
     return out
+
+
+@torch.no_grad()
+def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[Sequence[int]],
+                          use_memory: bool | None = None) -> list[float]:
+    """Sum of the log-probabilities of each continuation's tokens after ``prompt``.
+
+    Classification by scoring: the predicted label is the argmax. One forward: a single row
+    when every continuation is one token (its next-token distribution serves all), else one
+    right-padded row per continuation. ``use_memory``: None for a stock model; for a MemLong
+    model, whether its fresh memory retrieves (``False``: the no-memory baseline).
+    """
+    if not continuations or any(len(c) == 0 for c in continuations):
+        raise ValueError("every continuation needs at least one token")
+    single = max(len(c) for c in continuations) == 1
+    rows = [list(prompt)] if single else [list(prompt) + list(c) for c in continuations]
+    width = max(len(r) for r in rows)
+    device = next(model.parameters()).device
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    keep = width - len(prompt) + 1  # logits from the prompt's last token on
+    kwargs = {"use_cache": False} if use_memory is None else {"past_key_values": model.new_memory(len(rows), use_memory)}
+    logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep, **kwargs).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    if single:
+        return [float(logp[0, 0, c[0]]) for c in continuations]
+    return [float(sum(logp[i, t, tok] for t, tok in enumerate(c))) for i, c in enumerate(continuations)]

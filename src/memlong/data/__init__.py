@@ -5,6 +5,7 @@
     split.py    deterministic train/validation/test split by a hash of the document id
     corpus.py   writes {split}.jsonl + summary.json, streams splits, lists long documents
     packing.py  token streams packed into fixed-length training windows (resumable)
+    icl.py      labelled examples and prompts for in-context learning (paper tasks, JSONL, corpus source)
 """
 
 from memlong.data.corpus import build_corpus, iter_split, long_documents, write_corpus

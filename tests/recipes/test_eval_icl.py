@@ -1,0 +1,174 @@
+"""`memlong eval icl`: demonstrations in memory, classification by scoring, on a tiny model."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import memlong
+from memlong.cli import main
+from memlong.data.icl import (
+    ICL_TASKS,
+    Example,
+    corpus_source_examples,
+    demo_text,
+    find_task,
+    hub_examples,
+    jsonl_examples,
+    query_text,
+)
+from memlong.evaluation import continuation_logprobs
+from memlong.tokenizer import train_and_save
+
+from conftest import set_gates, small_memlong_config
+
+LIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny MemLong model (open gates, chunk 16, window 64) and a two-source corpus."""
+    root = tmp_path_factory.mktemp("icl")
+    sources = {"stdlib": ["argparse.py", "textwrap.py"], "man": ["typing.py", "shutil.py"]}
+    texts = {s: [(LIB / n).read_text()[:6000] for n in names] for s, names in sources.items()}
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for split, part in (("validation", slice(0, 3000)), ("test", slice(3000, 6000))):
+        with open(corpus / f"{split}.jsonl", "w") as f:
+            for s, docs in texts.items():
+                for i, t in enumerate(docs):
+                    f.write(json.dumps({"id": f"{s}/{i}", "source": s, "text": t[part]}) + "\n")
+    tok = train_and_save([t for docs in texts.values() for t in docs], 512, root / "model")
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024))
+    m = memlong.wrap(lm, small_memlong_config(chunk_size=16, local_window=64, memory_capacity=1024),
+                     retriever=memlong.HashingRetriever(dim=32))
+    set_gates(m)
+    m.save_pretrained(root / "model")
+    return root
+
+
+def icl(setup, *extra):
+    return main(["eval", "icl", "--model", str(setup / "model"), "--data", f"corpus-source:{setup / 'corpus'}",
+                 "--retriever", "hashing", "--max-examples", "2", *extra])
+
+
+def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
+    out = tmp_path / "icl.json"
+    assert icl(setup, "--shots-context", "1", "--shots-memory", "4", "--set", "local_window=48", "--trials", "2",
+               "--json", str(out), "--plot", str(tmp_path / "icl.png")) == 0
+    report = json.loads(out.read_text())
+    rows = {r["method"]: r for r in report["results"]}
+    assert set(rows) == {"memlong", "memlong_no_memory", "in_context"}
+    for r in rows.values():
+        assert {"method", "task", "shots_context", "shots_memory", "accuracy", "examples"} <= set(r)
+        assert r["task"] == "corpus-source" and (r["shots_context"], r["shots_memory"], r["examples"]) == (1, 4, 2)
+        assert 0 <= r["accuracy"] <= 1 and len(r["accuracy_per_trial"]) == 2
+        assert sum(r["predicted"].values()) == 2 * 2 and set(r["predicted"]) <= {"manual", "python"}
+    assert rows["memlong"]["memory_tokens_banked"] > 0.5
+    assert report["config"]["memlong"]["local_window"] == 48
+    assert (tmp_path / "icl.png").stat().st_size > 1000
+    assert "memlong_no_memory" in capsys.readouterr().out  # the table
+
+    # More demonstrations than the base model's 1024 positions: in_context is skipped, not made up.
+    assert icl(setup, "--shots-context", "1", "--shots-memory", "9", "--trials", "1", "--json", str(out)) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["in_context"]["accuracy"] is None and "skipped" in rows["in_context"]["note"]
+    assert "1024" in rows["in_context"]["note"] and rows["memlong"]["accuracy"] is not None
+
+
+def test_memory_demonstrations_reach_the_bank_and_change_scores(memlong_model):
+    model, _ = memlong_model  # chunk 8, window 32, gates open
+    cfg = model.memlong_config
+    prompt = torch.randint(0, 101, (60,)).tolist()  # 4 chunks leave the window; the bank holds 6
+    memory = model.ingest(torch.tensor([prompt]))
+    expected_chunks = (len(prompt) - 1) // cfg.chunk_size - cfg.window_chunks  # the recipe's "banked" rule
+    assert len(memory.bank(0)) == expected_chunks > 0
+    cands = [[5], [17], [42, 3]]
+    with_mem = continuation_logprobs(model, prompt, cands, use_memory=True)
+    without = continuation_logprobs(model, prompt, cands, use_memory=False)
+    assert max(abs(a - b) for a, b in zip(with_mem, without)) > 1e-4
+
+
+def test_scores_are_continuation_log_probabilities(memlong_model):
+    _, ref = memlong_model  # the stock model
+    prompt = [3, 14, 15, 92, 65, 35]
+    for cands in ([[7], [8], [9]], [[7, 1], [8], [9, 9, 2]]):
+        scores = continuation_logprobs(ref, prompt, cands)
+        for c, s in zip(cands, scores):
+            with torch.no_grad():
+                logp = torch.log_softmax(ref(torch.tensor([prompt + c])).logits[0].float(), -1)
+            manual = sum(float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(c))
+            assert s == pytest.approx(manual, abs=1e-4)
+    # the prediction is the argmax: make one label word far more likely than the others
+    with torch.no_grad():
+        ref.lm_head.weight[8] += 5 * ref.model.norm.weight.sign()
+    scores = continuation_logprobs(ref, prompt, [[7], [8], [9]])
+    assert max(range(3), key=scores.__getitem__) == 1
+
+
+def test_memory_that_never_leaves_the_window_is_an_error(setup):
+    with pytest.raises(SystemExit, match="never leave the local window"):
+        icl(setup, "--shots-context", "0", "--shots-memory", "1", "--set", "local_window=512")
+
+
+@pytest.mark.parametrize("extra, option", [
+    (["--data", "not-a-task"], "--data"),
+    (["--shots-context", "-1"], "--shots-context"),
+    (["--shots-memory", "-2"], "--shots-memory"),
+    (["--methods", "memlong,base_full"], "--methods"),
+])
+def test_bad_options_name_the_option(setup, extra, option):
+    argv = ["eval", "icl", "--model", str(setup / "model"), "--data", f"corpus-source:{setup / 'corpus'}", *extra]
+    with pytest.raises(SystemExit, match=option):
+        main(argv)
+
+
+def test_local_jsonl_labels(tmp_path):
+    words = tmp_path / "words.jsonl"
+    words.write_text("".join(json.dumps({"text": f"t{i}", "label": lab}) + "\n"
+                             for i, lab in enumerate(["spam", "ham", "spam"])))
+    examples, labels = jsonl_examples(words)
+    assert labels == ("ham", "spam") and [e.label for e in examples] == [1, 0, 1]
+    with pytest.raises(ValueError, match="--labels"):
+        jsonl_examples(words, ["spam"])  # "ham" has no word
+    ints = tmp_path / "ints.jsonl"
+    ints.write_text(json.dumps({"text": "a", "label": 1}) + "\n")
+    with pytest.raises(ValueError, match="--labels"):
+        jsonl_examples(ints)
+    assert jsonl_examples(ints, ["no", "yes"]) == ([Example("a", 1)], ("no", "yes"))
+    with pytest.raises(SystemExit, match="--labels"):
+        main(["eval", "icl", "--model", "unused", "--data", str(ints)])
+
+
+def test_hub_tasks_map_labels_to_words():
+    import datasets
+
+    assert find_task("SetFit/sst5") is ICL_TASKS["sst5"] and find_task("rotten_tomatoes") is ICL_TASKS["mr"]
+    assert {t.hub_path for t in ICL_TASKS.values()} == {"SetFit/sst2", "rotten_tomatoes", "SetFit/subj", "SetFit/sst5",
+                                                       "SetFit/mpqa"}
+    sst5 = datasets.Dataset.from_dict({"text": ["awful", "fine", "superb"], "label": [0, 2, 4],
+                                       "label_text": ["very negative", "neutral", "very positive"]})
+    examples = hub_examples(ICL_TASKS["sst5"], "test", sst5)
+    assert [ICL_TASKS["sst5"].label_words[e.label] for e in examples] == ["terrible", "okay", "great"]
+    assert query_text(ICL_TASKS["sst5"], examples[0]) == "Review: awful\nSentiment:"
+    assert demo_text(ICL_TASKS["sst5"], examples[2]) == "Review: superb\nSentiment: great\n\n"
+    swapped = datasets.Dataset.from_dict({"text": ["x"], "label": [0], "label_text": ["subjective"]})
+    with pytest.raises(ValueError, match="expected 'objective'"):
+        hub_examples(ICL_TASKS["subj"], "test", swapped)
+    mr = datasets.Dataset.from_dict({"text": ["good film"], "label": [1]},
+                                    features=datasets.Features({"text": datasets.Value("string"),
+                                                                "label": datasets.ClassLabel(names=["neg", "pos"])}))
+    assert hub_examples(ICL_TASKS["mr"], "test", mr) == [Example("good film", 1)]
+
+
+def test_corpus_source_set_is_balanced_and_deterministic(setup):
+    a, words = corpus_source_examples(setup / "corpus", "test", 5, seed=3)
+    b, _ = corpus_source_examples(setup / "corpus", "test", 5, seed=3)
+    assert a == b and words == ("manual", "python")  # sorted sources: man, stdlib
+    assert [e.label for e in a] == [0, 1] * 5 and all(len(e.text.split()) == 24 for e in a)
+    assert corpus_source_examples(setup / "corpus", "test", 5, seed=4)[0] != a
