@@ -149,6 +149,14 @@ def test_generate_equals_step_by_step_forward(memlong_model):
 
 
 @torch.no_grad()
+def test_ingest_reads_into_the_memory_it_is_given(memlong_model):
+    m, _ = memlong_model
+    given = m.new_memory(1, retrieval=False)  # empty, hence len() == 0: must not be replaced
+    assert m.ingest(rand_ids(1, 100, seed=5), given) is given
+    assert given.get_seq_length() == 100 and len(given.bank(0)) == 0
+
+
+@torch.no_grad()
 def test_generate_continues_from_ingested_memory_and_samples(memlong_model):
     m, _ = memlong_model
     doc = rand_ids(1, 200, seed=6)

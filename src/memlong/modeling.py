@@ -248,7 +248,7 @@ class MemLongMixin:
         """
         from tqdm.auto import tqdm
 
-        memory = memory or self.new_memory(input_ids.shape[0])
+        memory = memory if memory is not None else self.new_memory(input_ids.shape[0])  # an empty cache is falsy
         step = self.memlong_config.local_window
         S = input_ids.shape[1]
         for s in tqdm(range(0, S, step), disable=not progress, unit="win", desc="ingest"):
