@@ -10,13 +10,14 @@ import torch
 
 @torch.no_grad()
 def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memory: bool = True,
-               batch_size: int = 1) -> tuple[float, int]:
+               batch_size: int = 1, progress: bool = False) -> tuple[float, int]:
     """Sum of next-token NLL over the last ``score_last`` tokens of each window, and their count.
 
     Each window (``[L]`` token ids, all the same length) is read from a fresh memory, so no
     window sees another's text. The prefix before the scored part goes through the local window
     and into memory exactly as in streaming. ``use_memory=False``: the same model and window with
-    retrieval off.
+    retrieval off. ``progress=True``: the unscored prefix is read with ``model.ingest`` (a
+    progress bar per window), then the scored part continues from that memory (the same stream).
     """
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
@@ -24,7 +25,11 @@ def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memo
         L = ids.shape[1]
         n = min(score_last, L - 1)
         memory = model.new_memory(ids.shape[0], retrieval=use_memory)
-        logits = model(ids, past_key_values=memory, logits_to_keep=n + 1).logits[:, :-1].float()
+        start = 0
+        if progress and L - n - 1 > 0:
+            start = L - n - 1
+            model.ingest(ids[:, :start], memory, progress=True)
+        logits = model(ids[:, start:], past_key_values=memory, logits_to_keep=n + 1).logits[:, :-1].float()
         targets = ids[:, L - n :]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
         total += float(nll)
