@@ -123,9 +123,11 @@ def _passkey_pool(tok, need: int, exclude: str | None) -> tuple[list[int], list[
 
 def _ingest(model, ids, memory, label: str) -> tuple[object, float]:
     """Reads ``ids`` ``[1, S]`` into ``memory`` with a progress bar; (memory, seconds)."""
+    from memlong.evaluation import read
+
     print(f"  {label}: {ids.shape[1]:,} tokens", flush=True)
     t0 = time.perf_counter()
-    memory = model.ingest(ids, memory, progress=True)
+    read(model, ids, memory, progress=True, desc="ingest")
     return memory, time.perf_counter() - t0
 
 
@@ -210,7 +212,7 @@ def run(args) -> int:
         return span[0] < fact_span[1] and fact_span[0] < span[1]
 
     with profiling.record() as timings:
-        memory, secs = _ingest(model, torch.tensor([planted]), None, "reading the document with the fact")
+        memory, secs = _ingest(model, torch.tensor([planted]), model.new_memory(1), "reading the document with the fact")
     ingest_tokens, ingest_seconds = ingest_tokens + len(planted), ingest_seconds + secs
     bank = memory.bank(0)
     q_ids = tok(QUESTION, add_special_tokens=False)["input_ids"]
