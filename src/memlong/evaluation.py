@@ -10,13 +10,15 @@ import torch
 
 @torch.no_grad()
 def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memory: bool = True,
-               batch_size: int = 1) -> tuple[float, int]:
+               batch_size: int = 1, progress: bool = False) -> tuple[float, int]:
     """Sum of next-token NLL over the last ``score_last`` tokens of each window, and their count.
 
     Each window (``[L]`` token ids, all the same length) is read from a fresh memory, so no
     window sees another's text. The prefix before the scored part goes through the local window
     and into memory exactly as in streaming. ``use_memory=False``: the same model and window with
-    retrieval off.
+    retrieval off. ``progress=True``: the unscored prefix is read first with :func:`read` (a
+    progress bar per window), then the scored part continues from that memory: the same stream,
+    the same numbers (call boundaries do not change a MemLong model's output).
     """
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
@@ -24,12 +26,36 @@ def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memo
         L = ids.shape[1]
         n = min(score_last, L - 1)
         memory = model.new_memory(ids.shape[0], retrieval=use_memory)
-        logits = model(ids, past_key_values=memory, logits_to_keep=n + 1).logits[:, :-1].float()
+        start = 0
+        if progress and L - n - 1 > 0:
+            start = L - n - 1
+            read(model, ids[:, :start], memory, progress=True)
+        logits = model(ids[:, start:], past_key_values=memory, logits_to_keep=n + 1).logits[:, :-1].float()
         targets = ids[:, L - n :]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
         total += float(nll)
         count += targets.numel()
     return total, count
+
+
+@torch.no_grad()
+def read(model, ids: torch.Tensor, memory, progress: bool = False, desc: str = "read"):
+    """Reads ``ids`` ``[B, S]`` into ``memory`` (a MemLongCache, used even when empty) in calls of
+    ``local_window`` tokens, keeping no logits; a progress bar with ``progress=True``. Returns it.
+
+    Like ``model.ingest``, except that ``ingest`` replaces an EMPTY memory passed to it by a new
+    one with retrieval on (an empty cache is falsy), which would turn a no-memory baseline
+    (``new_memory(retrieval=False)``) into a memory run.
+    """
+    from tqdm.auto import tqdm
+
+    step = model.memlong_config.local_window
+    S = ids.shape[1]
+    with tqdm(total=S, disable=not progress, unit="tok", unit_scale=True, desc=desc) as bar:
+        for s in range(0, S, step):
+            model(ids[:, s : s + step], past_key_values=memory, logits_to_keep=1)
+            bar.update(min(step, S - s))
+    return memory
 
 
 def perplexity(nll_sum: float, count: int) -> float:

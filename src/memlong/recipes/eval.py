@@ -257,9 +257,15 @@ def passkey_prompt(tok, pool: list[int], key: str, length: int, depth: float, of
     return hay[:at] + s_ids + hay[at:] + q_ids
 
 
+def passkey_digits(answer: str, n: int = 5) -> str:
+    """The first ``n`` digits of a generated answer (compared with the key for exact match)."""
+    import re
+
+    return "".join(re.findall(r"\d", answer))[:n]
+
+
 def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[dict]:
     import random
-    import re
 
     import torch
 
@@ -302,8 +308,7 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
                                 out = base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                                     do_sample=False, pad_token_id=tok.pad_token_id)
                         answer = tok.decode(out[0, ids.shape[1]:])
-                        digits = "".join(re.findall(r"\d", answer))[:5]
-                        hits += int(digits == key)
+                        hits += int(passkey_digits(answer) == key)
                     row.update(accuracy=hits / len(cases))
                 except _Skip as e:
                     row.update(accuracy=None, note=f"skipped: {e}")

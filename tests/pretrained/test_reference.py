@@ -1,0 +1,91 @@
+"""The reference MemLong model loader, on a fake reference directory laid out as `memlong train`'s
+final/ (trained tensors + gates + config + memlong_base.json pointing to a local base), and the
+demo running on it."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+import memlong
+from memlong.modeling import BASE_NAME, save_trained
+from memlong.pretrained import DEFAULT_BASE_MODEL, load_default_base_model
+from memlong.pretrained.reference import (
+    DEFAULT_REFERENCE_MODEL,
+    ENV_VAR,
+    load_reference_model,
+    reference_model_path,
+)
+
+shipped_base = (DEFAULT_BASE_MODEL / "model.safetensors").is_file()
+pytestmark = pytest.mark.skipif(not shipped_base, reason="the shipped base model is missing")
+
+TRAINED = "model.layers.7.mlp.down_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def fake_reference(tmp_path_factory):
+    """What `memlong train` would write: only the upper layer it trained, open gates, config."""
+    ref = tmp_path_factory.mktemp("ref") / "memlong"
+    base, tok = load_default_base_model()
+    cfg = memlong.MemLongConfig.for_num_layers(8, chunk_size=64, top_k=2, local_window=256, memory_capacity=4096)
+    model = memlong.wrap(base, cfg, retriever=memlong.HashingRetriever(), tokenizer=tok)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name == TRAINED or "memlong_gate" in name)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        dict(model.named_parameters())[TRAINED].add_(0.01 * torch.randn_like(dict(model.named_parameters())[TRAINED]))
+        for gate in model.memlong_gates().values():
+            gate.fill_(1.0)
+    save_trained(model, model, ref, base_model=str(DEFAULT_BASE_MODEL))
+    expected = dict(model.named_parameters())[TRAINED].detach().clone()
+    return ref, expected
+
+
+def test_missing_reference_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="memlong train"):
+        reference_model_path()
+    with pytest.raises(FileNotFoundError, match="given"):
+        reference_model_path(tmp_path)
+    monkeypatch.delenv(ENV_VAR)
+    if not (DEFAULT_REFERENCE_MODEL / "memlong_config.json").is_file():
+        with pytest.raises(FileNotFoundError, match=str(DEFAULT_REFERENCE_MODEL)):
+            reference_model_path()
+
+
+def test_loads_fake_reference_with_the_base_tokenizer(fake_reference, monkeypatch):
+    ref, expected = fake_reference
+    info = json.loads((ref / BASE_NAME).read_text())
+    assert info["local"] and not Path(info["base_model"]).is_absolute()  # moves with its base
+    assert not (ref / "tokenizer.json").exists()
+    monkeypatch.setenv(ENV_VAR, str(ref))
+    assert reference_model_path() == str(ref)
+    model, tok = load_reference_model(retriever=memlong.HashingRetriever())
+    assert not model.training and model.memlong_config.local_window == 256
+    assert tok.model_max_length >= 10**9 and len(tok) == model.config.vocab_size  # the base's tokenizer
+    assert torch.equal(dict(model.named_parameters())[TRAINED], expected)
+    assert all(torch.all(g == 1.0) for g in model.memlong_gates().values())
+
+
+def test_demo_uses_the_reference_model(fake_reference, tmp_path):
+    from memlong.cli import main
+
+    ref, _ = fake_reference
+    doc = tmp_path / "doc.txt"
+    doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:9000])
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--model", str(ref), "--retriever", "hashing", "--doc", str(doc), "--passkey-length", "4096",
+                 "--passkey-trials", "1", "--no-passkey-baseline", "--max-new-tokens", "4", "--threads", "1",
+                 "--json", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert s["reference_model"] is True and str(ref) in s["model"]
+    assert s["memlong_config"]["local_window"] == 256 and s["memlong_config"]["chunk_size"] == 64
+    assert all(v > 0.7 for v in s["gates_mean_abs_tanh"].values())  # tanh(1)
+    assert s["ppl"]["with_memory"] != s["ppl"]["without_memory"]  # open gates: memory changes predictions
+    assert "accuracy_memory" in s["passkey"] and "accuracy_no_memory" not in s["passkey"]
+    assert s["fact"]["fact_chunk_in_memory"] is True
+    with pytest.raises(SystemExit, match="no MemLong model"):
+        main(["demo", "--model", str(tmp_path), "--json", str(out)])
