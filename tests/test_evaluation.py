@@ -16,12 +16,3 @@ def test_window_nll_progress_path_matches(memlong_model, use_memory):
     assert shown[1] == plain[1] == 80
     assert shown[0] == pytest.approx(plain[0], rel=1e-5)
     assert window_nll(m, windows, 40)[0] != pytest.approx(window_nll(m, windows, 40, use_memory=False)[0])
-
-
-def test_read_uses_the_empty_memory_it_is_given(memlong_model):
-    from memlong.evaluation import read
-
-    m, _ = memlong_model
-    mem = m.new_memory(1, retrieval=False)
-    assert read(m, torch.randint(0, 100, (1, 70)), mem) is mem
-    assert mem.get_seq_length() == 70 and mem.retrieval is False

@@ -16,7 +16,7 @@ def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memo
     Each window (``[L]`` token ids, all the same length) is read from a fresh memory, so no
     window sees another's text. The prefix before the scored part goes through the local window
     and into memory exactly as in streaming. ``use_memory=False``: the same model and window with
-    retrieval off. ``progress=True``: the unscored prefix is read first with :func:`read` (a
+    retrieval off. ``progress=True``: the unscored prefix is read first with ``model.ingest`` (a
     progress bar per window), then the scored part continues from that memory: the same stream,
     the same numbers (call boundaries do not change a MemLong model's output).
     """
@@ -29,7 +29,7 @@ def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memo
         start = 0
         if progress and L - n - 1 > 0:
             start = L - n - 1
-            read(model, ids[:, :start], memory, progress=True)
+            model.ingest(ids[:, :start], memory, progress=True, desc="read")
         logits = model(ids[:, start:], past_key_values=memory, logits_to_keep=n + 1).logits[:, :-1].float()
         targets = ids[:, L - n :]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
@@ -39,25 +39,6 @@ def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memo
 
 
 @torch.no_grad()
-def read(model, ids: torch.Tensor, memory, progress: bool = False, desc: str = "read"):
-    """Reads ``ids`` ``[B, S]`` into ``memory`` (a MemLongCache, used even when empty) in calls of
-    ``local_window`` tokens, keeping no logits; a progress bar with ``progress=True``. Returns it.
-
-    Like ``model.ingest``, except that ``ingest`` replaces an EMPTY memory passed to it by a new
-    one with retrieval on (an empty cache is falsy), which would turn a no-memory baseline
-    (``new_memory(retrieval=False)``) into a memory run.
-    """
-    from tqdm.auto import tqdm
-
-    step = model.memlong_config.local_window
-    S = ids.shape[1]
-    with tqdm(total=S, disable=not progress, unit="tok", unit_scale=True, desc=desc) as bar:
-        for s in range(0, S, step):
-            model(ids[:, s : s + step], past_key_values=memory, logits_to_keep=1)
-            bar.update(min(step, S - s))
-    return memory
-
-
 def perplexity(nll_sum: float, count: int) -> float:
     return math.exp(nll_sum / max(1, count))
 

@@ -241,21 +241,22 @@ class MemLongMixin:
 
     @torch.no_grad()
     def ingest(self, input_ids: torch.LongTensor, memory: MemLongCache | None = None, attention_mask=None,
-               progress: bool = False, char_offsets: torch.Tensor | None = None) -> MemLongCache:
-        """Reads a long input into memory without keeping logits; returns the memory.
-
-        Feeds ``local_window`` tokens per call (a progress bar with ``progress=True``).
-        """
+               progress: bool = False, char_offsets: torch.Tensor | None = None, desc: str = "ingest") -> MemLongCache:
+        """Reads a long input into ``memory`` (a new one if ``None``) without keeping logits;
+        returns the memory. Feeds ``local_window`` tokens per call (a progress bar in tokens
+        with ``progress=True``)."""
         from tqdm.auto import tqdm
 
         memory = memory if memory is not None else self.new_memory(input_ids.shape[0])  # an empty cache is falsy
         step = self.memlong_config.local_window
         S = input_ids.shape[1]
-        for s in tqdm(range(0, S, step), disable=not progress, unit="win", desc="ingest"):
-            am = None if attention_mask is None else attention_mask[:, s : s + step]
-            co = None if char_offsets is None else char_offsets[:, s : s + step]
-            self(input_ids[:, s : s + step], attention_mask=am, past_key_values=memory, logits_to_keep=1,
-                 char_offsets=co)
+        with tqdm(total=S, disable=not progress, unit="tok", unit_scale=True, desc=desc) as bar:
+            for s in range(0, S, step):
+                am = None if attention_mask is None else attention_mask[:, s : s + step]
+                co = None if char_offsets is None else char_offsets[:, s : s + step]
+                self(input_ids[:, s : s + step], attention_mask=am, past_key_values=memory, logits_to_keep=1,
+                     char_offsets=co)
+                bar.update(min(step, S - s))
         return memory
 
     # ------------------------------------------------------------------ generation

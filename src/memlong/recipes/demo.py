@@ -123,11 +123,9 @@ def _passkey_pool(tok, need: int, exclude: str | None) -> tuple[list[int], list[
 
 def _ingest(model, ids, memory, label: str) -> tuple[object, float]:
     """Reads ``ids`` ``[1, S]`` into ``memory`` with a progress bar; (memory, seconds)."""
-    from memlong.evaluation import read
-
     print(f"  {label}: {ids.shape[1]:,} tokens", flush=True)
     t0 = time.perf_counter()
-    read(model, ids, memory, progress=True, desc="ingest")
+    model.ingest(ids, memory, progress=True)
     return memory, time.perf_counter() - t0
 
 
