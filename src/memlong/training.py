@@ -96,6 +96,23 @@ def plant_passkey(text: str, rng: random.Random, min_gap_chars: int) -> str:
     )
 
 
+def plant_recall(ids: list[int], rng: random.Random, span: int, gap: int) -> list[int]:
+    """Copies of earlier passages of the document itself, ``span`` tokens each, inserted after
+    every ``2 * span`` tokens once ``gap`` tokens have been read, each copied from at least
+    ``gap`` tokens back (beyond the local window, so only memory can supply it). A dense
+    retrieval signal: every token of a copy is predictable from memory, as in documents that
+    quote themselves (code, manuals)."""
+    out, pos, every = list(ids[:gap]), gap, 2 * span
+    while pos < len(ids):
+        out += ids[pos : pos + every]
+        pos += every
+        latest = len(out) - gap - span  # a source must end at least ``gap`` tokens back
+        if latest >= 0 and pos < len(ids):
+            at = rng.randrange(0, latest + 1)
+            out += out[at : at + span]
+    return out
+
+
 def document_texts(spec: str, split: str) -> Callable[[], Iterator[str]]:
     """A restartable source of texts: a corpus folder from `memlong data` (its ``split``), a
     ``.jsonl`` file, a folder of ``.txt`` files, or a datasets name (``split``)."""
@@ -131,7 +148,10 @@ class SegmentStream:
         min_tokens: documents shorter than this are skipped (memory needs length to matter).
         rank, world: this process takes documents ``i`` with ``i % world == rank``.
         passkey_rate: probability that a document gets a planted passkey.
-        seed: for the passkey task.
+        recall_rate: probability that a document gets copies of its own earlier passages
+            (:func:`plant_recall`, ``recall_span`` tokens each, copied from at least two
+            segments back).
+        seed: for the synthetic tasks.
     """
 
     documents: Callable[[], Iterator[str]]
@@ -143,6 +163,8 @@ class SegmentStream:
     world: int = 1
     passkey_rate: float = 0.0
     passkey_gap_chars: int = 4000
+    recall_rate: float = 0.0
+    recall_span: int = 512
     seed: int = 0
     next_doc: int = 0  # documents consumed (global index): the resumable position
     epoch: int = 0
@@ -173,6 +195,8 @@ class SegmentStream:
                 text = plant_passkey(text, rng, self.passkey_gap_chars)
             ids = self.tokenize(text)
             if len(ids) >= max(1, self.min_tokens):
+                if self.recall_rate and rng.random() < self.recall_rate:
+                    ids = plant_recall(ids, rng, self.recall_span, 2 * self.segment)
                 return ids
         raise ValueError(f"no training document has at least {self.min_tokens} tokens")
 

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-doc-tokens", type=int, default=None, help="skip shorter documents (default: 2 windows)")
     g.add_argument("--passkey-rate", type=float, default=0.0,
                    help="fraction of documents with a planted passkey asked for later (synthetic retrieval task)")
+    g.add_argument("--recall-rate", type=float, default=0.0,
+                   help="fraction of documents that get copies of their own earlier passages (a dense retrieval signal)")
+    g.add_argument("--recall-span", type=int, default=512, help="tokens per copied passage")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=400)
     g.add_argument("--batch-size", type=int, default=4, help="documents read in parallel per process")
@@ -80,6 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-score", type=int, default=1024, help="score the last N tokens of each window")
     g.add_argument("--save-every", type=int, default=100)
     g.add_argument("--log-every", type=int, default=10)
+
+
+def _check_args(args) -> None:
+    for name in ("passkey_rate", "recall_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise SystemExit(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(args, name)}")
+    if args.recall_span < 1 or args.recall_span > args.window:
+        raise SystemExit(f"--recall-span must be in [1, --window={args.window}], got {args.recall_span}")
 
 
 def _build(args):
@@ -136,6 +147,7 @@ def run(args) -> int:
     from memlong.modeling import save_trained
     from memlong.training import LoraSpec, SegmentStream, document_texts, freeze_for_memlong, gate_parameters
 
+    _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     # Gates of a row without memory yet get no gradient in that step: DDP must allow it.
@@ -175,7 +187,7 @@ def run(args) -> int:
         batch_size=args.batch_size, segment=cfg.local_window,
         min_tokens=args.min_doc_tokens if args.min_doc_tokens is not None else 2 * cfg.local_window,
         rank=accelerator.process_index, world=accelerator.num_processes,
-        passkey_rate=args.passkey_rate, seed=args.seed,
+        passkey_rate=args.passkey_rate, recall_rate=args.recall_rate, recall_span=args.recall_span, seed=args.seed,
     )
     step = 0
     ckpt_root = out / "checkpoints"
