@@ -193,6 +193,37 @@ def test_planted_chunk_is_retrieved_from_far_back(offsets):
     assert int(cache.bank(0).chunk_ids[slots[0]]) == 2
 
 
+@torch.no_grad()
+def test_requery_retrieves_with_the_question():
+    model, _ = tiny_model("llama")
+    cfg = small_memlong_config(memory_capacity=400, top_k=1)
+    m = memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=128))
+    set_gates(m)
+    doc = rand_ids(1, 296, seed=8)
+    needle = torch.arange(90, 98)
+    doc[0, 16:24] = needle  # chunk 2
+    question = torch.cat([rand_ids(1, 3, seed=9), needle[None, :4]], 1)  # tokens 296..302: chunk 37
+    memory = m.ingest(torch.cat([doc, question[:, :-1]], 1))
+    before = memory.chunk_mem[0][37]
+    assert memory.requery(m.memlong_retriever) == [0]
+    k, _ = memory.chunk_mem[0][37]
+    assert torch.equal(k, memory.bank(0).gather(torch.tensor([memory.bank(0).entries()[2]["slot"]]))[0])
+    assert before is None or not torch.equal(before[0], k)
+    # generate(requery=True) does exactly that: read the prompt, re-query, continue
+    prompt = torch.cat([doc, question], 1)
+    plain = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=False,
+                       pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    asked = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=False,
+                       pad_token_id=0, output_scores=True, return_dict_in_generate=True, requery=True)
+    assert torch.equal(asked.sequences[:, : prompt.shape[1]], prompt) and asked.sequences.shape == (1, 306)
+    first = m(question[:, -1:], past_key_values=memory).logits[:, -1]
+    torch.testing.assert_close(asked.scores[0], first, atol=ATOL, rtol=0)
+    assert not torch.allclose(plain.scores[0], asked.scores[0])
+    # at a chunk boundary there is nothing to redo: the next chunk retrieves with those tokens
+    at_boundary = m.ingest(rand_ids(1, 304, seed=10))
+    assert at_boundary.requery(m.memlong_retriever) == []
+
+
 def test_unsupported_model_names_supported_families():
     from transformers import GPT2Config, GPT2LMHeadModel
 

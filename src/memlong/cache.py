@@ -452,6 +452,30 @@ class MemLongCache(Cache):
         with phase("retriever"):
             return retriever.embed([self.chunk_tokens[b][j]])[0]  # partial chunk ("chunk" mode only)
 
+    @torch.no_grad()
+    def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
+        """Retrieves again for each row's chunk in progress, with the embedding of the last
+        ``chunk_size`` tokens read (they may span two chunks). Tokens read after this call see
+        the new retrieval; tokens already read keep what they saw: still causal. Use it after
+        a question so that the answer reads what the question asks for (by default the chunk
+        holding the question retrieved with the text before it). A row whose next token starts
+        a chunk needs nothing: that chunk will retrieve with exactly those tokens. Returns the
+        rows that were re-queried."""
+        tau = self.config.chunk_size
+        done = []
+        if not self.retrieval:
+            return done
+        for b in range(self.batch_size_) if rows is None else rows:
+            c, off = divmod(self.seen[b], tau)
+            if off == 0:
+                continue
+            recent = (self.chunk_tokens[b].get(c - 1, []) + self.chunk_tokens[b][c])[-tau:]
+            with phase("retriever"):
+                query = retriever.embed([recent])[0]
+            self.chunk_mem[b][c] = self._retrieve(b, query)
+            done.append(b)
+        return done
+
     def _depart(self, b: int, c: int) -> None:
         """Chunk ``c`` of row ``b`` leaves the window: write it to the bank."""
         tau, m = self.config.chunk_size, self.config.memory_layer_index

@@ -265,13 +265,18 @@ class MemLongMixin:
             return None  # forward() creates a MemLongCache on the first step
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
-    def generate(self, *args, memory: MemLongCache | None = None, **kwargs):
+    def generate(self, *args, memory: MemLongCache | None = None, requery: bool = False, **kwargs):
         """transformers' ``generate`` with MemLong memory.
 
         ``memory=``: continue from a memory that has already read earlier text (e.g. from
-        :meth:`ingest`); ``input_ids`` then hold only the new tokens. Beam search and
-        ``num_return_sequences > 1`` are not supported (memory is per sequence).
+        :meth:`ingest`); ``input_ids`` then hold only the new tokens. ``requery=True``: read
+        the prompt, then retrieve again with its last ``chunk_size`` tokens
+        (:meth:`MemLongCache.requery`) before generating, so that the answer to a question sees
+        the chunks the question is about (causal: the prompt's own tokens are read as usual).
+        Beam search and ``num_return_sequences > 1`` are not supported (memory is per sequence).
         """
+        if requery:
+            return self._generate_requeried(*args, memory=memory, **kwargs)
         if memory is not None:
             if kwargs.get("past_key_values") is not None:
                 raise ValueError("pass either memory= or past_key_values=, not both")
@@ -280,6 +285,26 @@ class MemLongMixin:
         if kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1:
             MemLongCache._unsupported(None)
         return super().generate(*args, **kwargs)
+
+    def _generate_requeried(self, input_ids=None, memory=None, attention_mask=None, **kwargs):
+        if input_ids is None:
+            input_ids = kwargs.pop("inputs", None)
+        if input_ids is None or input_ids.shape[1] < 1:
+            raise ValueError("generate(requery=True) needs input_ids (the prompt to read before re-querying)")
+        if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+            raise ValueError("generate(requery=True) needs the prompt's last column to be real in every row "
+                             "(use left padding)")
+        memory = memory if memory is not None else self.new_memory(input_ids.shape[0])
+        head = input_ids[:, :-1]
+        if head.shape[1]:
+            self.ingest(head, memory, attention_mask=None if attention_mask is None else attention_mask[:, :-1])
+        memory.requery(self.memlong_retriever)
+        last = input_ids[:, -1:]
+        out = self.generate(last, memory=memory, attention_mask=torch.ones_like(last), **kwargs)
+        if isinstance(out, torch.Tensor):
+            return torch.cat([head, out], dim=1)
+        out.sequences = torch.cat([head, out.sequences], dim=1)  # return_dict_in_generate=True
+        return out
 
     # ------------------------------------------------------------------ persistence
     def memlong_gates(self) -> dict[str, torch.Tensor]:

@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="memory capacity in tokens (default: enough for the passkey prompt and the document)")
     p.add_argument("--retriever", default="minilm", help="minilm (default), hashing, or a sentence-transformers path")
     p.add_argument("--max-new-tokens", type=int, default=16, help="(c): tokens generated after the question")
+    p.add_argument("--no-requery", dest="requery", action="store_false",
+                   help="answer with the memory the question's chunk retrieved with the text before it, instead "
+                        "of retrieving again with the question (generate(requery=True))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     p.add_argument("--json", default=None, help="also write everything here")
@@ -225,7 +228,7 @@ def run(args) -> int:
         print(f"    chunk {int(bank.chunk_ids[s]):>4}  cos={sc:.3f}  {'[FACT] ' if has_fact else ''}{chunk_text[:80]!r}")
     question = torch.tensor([q_ids])
     t0 = time.perf_counter()
-    out = model.generate(question, memory=memory, attention_mask=torch.ones_like(question),
+    out = model.generate(question, memory=memory, attention_mask=torch.ones_like(question), requery=args.requery,
                          max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     gen_s = time.perf_counter() - t0
     answer = tok.decode(out[0, len(q_ids):])
@@ -273,6 +276,7 @@ def run(args) -> int:
                     ingest_tokens, ingest_seconds = ingest_tokens + L - tail, ingest_seconds + secs
                 ids = torch.tensor([prompt[-tail:]])
                 out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                     requery=args.requery,
                                      do_sample=False, pad_token_id=tok.pad_token_id)
                 answer = tok.decode(out[0, ids.shape[1]:])
                 case[name] = {"generated": answer, "correct": passkey_digits(answer) == key,

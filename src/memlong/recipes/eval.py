@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=3,
                    help="passkey: trials per length and depth; icl: demonstration samples (accuracy is their mean)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-requery", dest="requery", action="store_false",
+                   help="passkey: answer with the memory retrieved before the question instead of retrieving "
+                        "again with it (generate(requery=True), the default)")
     p.add_argument("--score", type=int, default=2048, help="score the last N tokens of each window")
     p.add_argument("--methods", default=None, help=f"default: ppl/passkey {','.join(METHODS)}; icl {','.join(ICL_METHODS)}")
     p.add_argument("--max-documents", type=int, default=8, help="documents per length (the longest first)")
@@ -299,7 +302,7 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
                         if method in ("memlong", "memlong_no_memory"):
                             memory = model.new_memory(1, retrieval=method == "memlong")
                             out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids),
-                                                 max_new_tokens=new_tokens, do_sample=False,
+                                                 max_new_tokens=new_tokens, do_sample=False, requery=args.requery,
                                                  pad_token_id=tok.pad_token_id)
                         else:
                             if method == "base_truncated":
