@@ -269,6 +269,21 @@ def test_bank_save_load_through_cache(memlong_model, tmp_path):
 
 
 @torch.no_grad()
+def test_saved_memory_refuses_another_retriever(memlong_model, tmp_path):
+    m, _ = memlong_model
+    cache = m(rand_ids(1, 200, seed=11)).past_key_values
+    cache.save_bank(tmp_path / "bank")
+    cache.save(tmp_path / "memory")
+    model, _ = tiny_model("llama")
+    other = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32, seed=5))
+    with pytest.raises(memlong.BankFileError, match="indexed by the retriever"):
+        other.new_memory().load_bank(tmp_path / "bank")
+    with pytest.raises(memlong.BankFileError, match="indexed by the retriever"):
+        other.load_memory(tmp_path / "memory")
+    assert len(m.load_memory(tmp_path / "memory").bank(0)) == len(cache.bank(0))  # its own retriever: fine
+
+
+@torch.no_grad()
 def test_reset_rows_forgets_only_those_rows(memlong_model):
     m, _ = memlong_model
     ids = rand_ids(2, 120, seed=12)

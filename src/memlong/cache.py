@@ -29,6 +29,7 @@ from memlong.attention import CallContext
 from memlong.profiling import phase
 from memlong.config import MemLongConfig
 from memlong.memory import BankLayout, MemoryBank
+from memlong.memory.bank import check_retriever
 from memlong.retriever import Retriever
 
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
@@ -57,6 +58,7 @@ class MemLongCache(Cache):
         self.broken: str | None = None  # set when a forward failed mid-segment (see prepare)
         self.columns = 0  # input columns consumed (padding included), for transformers' generate
         self.origin = 0  # columns that generate() should treat as already outside input_ids
+        self.retriever_info: dict | None = None  # the model's retriever.describe(), saved with banks
         self._clear_rows(range(batch_size), init=True)
 
     def _new_bank(self) -> MemoryBank:
@@ -110,12 +112,13 @@ class MemLongCache(Cache):
 
     def save_bank(self, directory: str | os.PathLike, row: int = 0, metadata: dict | None = None) -> str:
         """Saves row ``row``'s bank (see :meth:`MemoryBank.save`)."""
-        return self.banks[row].save(directory, metadata)
+        return self.banks[row].save(directory, {**(metadata or {}), "retriever": self.retriever_info})
 
     def load_bank(self, directory: str | os.PathLike, row: int = 0) -> None:
         """Replaces row ``row``'s bank with a saved one. The file is fully checked first; on any
         error the bank in memory is left untouched."""
         bank = MemoryBank.load(directory, expected=self.layout)
+        check_retriever(bank.metadata.get("retriever"), self.retriever_info, directory)
         self.banks[row] = bank
 
     # ------------------------------------------------------------------ whole-memory persistence
@@ -143,7 +146,7 @@ class MemLongCache(Cache):
         vdir = os.path.join(directory, version)
         os.makedirs(vdir)
         for b, bank in enumerate(self.banks):
-            bank.save(os.path.join(vdir, f"row-{b}"))
+            bank.save(os.path.join(vdir, f"row-{b}"), {"retriever": self.retriever_info})
         tensors: dict[str, torch.Tensor] = {}
         for layer in range(self.num_layers):
             if self.win_k[layer] is not None:
@@ -173,6 +176,7 @@ class MemLongCache(Cache):
             "seen": self.seen,
             "columns": self.columns,
             "retrieval": self.retrieval,
+            "retriever": self.retriever_info,
             "chunk_tokens": [{str(c): t for c, t in d.items()} for d in self.chunk_tokens],
             "chunk_chars": [{str(c): t for c, t in d.items()} for d in self.chunk_chars],
             "mem_none": mem_none,
@@ -189,7 +193,7 @@ class MemLongCache(Cache):
 
     @classmethod
     def load(cls, directory: str | os.PathLike, config: MemLongConfig, layout: BankLayout, num_layers: int,
-             device: str | torch.device | None = None):
+             device: str | torch.device | None = None, retriever_info: dict | None = None):
         """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``
         (window K/V go to ``device``, the model's; the banks to their tier). Everything is
         checked before anything is returned; errors say which file and why."""
@@ -208,6 +212,7 @@ class MemLongCache(Cache):
                 f"memory in {directory!s} was saved by a model with another MemLong config (differs in {diff}) "
                 f"or depth ({meta['num_layers']} layers); load it into the model that wrote it"
             )
+        check_retriever(meta.get("retriever"), retriever_info, directory)
         vdir = os.path.join(directory, meta["version"])
         wfile = os.path.join(vdir, "window.safetensors")
         if not os.path.isfile(wfile) or _sha256(wfile) != meta["window_sha256"]:
@@ -219,6 +224,7 @@ class MemLongCache(Cache):
         B = int(meta["batch_size"])
         banks = [MemoryBank.load(os.path.join(vdir, f"row-{b}"), expected=layout) for b in range(B)]
         cache = cls(config, layout, num_layers, B, retrieval=bool(meta["retrieval"]))
+        cache.retriever_info = retriever_info
         dev = layout.device if device is None else device
         cache.banks = banks
         cache.seen = [int(x) for x in meta["seen"]]

@@ -90,15 +90,17 @@ class MemLongMixin:
     def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:
         """An empty memory (window + bank per row) for ``batch_size`` sequences.
         ``retrieval=False`` gives the no-memory baseline: same model, same local window."""
-        return MemLongCache(
+        memory = MemLongCache(
             self.memlong_config, self._bank_layout(), self.config.num_hidden_layers, batch_size, retrieval=retrieval
         )
+        memory.retriever_info = self.memlong_retriever.describe()
+        return memory
 
     def load_memory(self, directory: str | os.PathLike) -> MemLongCache:
         """A memory saved with ``memory.save(directory)`` by this model (same MemLong config,
         retriever dimension and K/V shapes); reading continues exactly where it stopped."""
         return MemLongCache.load(directory, self.memlong_config, self._bank_layout(), self.config.num_hidden_layers,
-                                 device=self.device)
+                                 device=self.device, retriever_info=self.memlong_retriever.describe())
 
     def _rotary_table(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin ``[P, D]`` for positions ``0..P-1`` from the model's own rotary module,

@@ -112,6 +112,7 @@ class MemoryBank:
         self.target = target
         self.search_backend = search_backend
         self.evictions = 0  # number of eviction rounds, for logs and tests
+        self.metadata: dict = {}  # what a loaded bank was saved with
         self._allocate(0)
 
     # ------------------------------------------------------------------ storage
@@ -499,6 +500,7 @@ class MemoryBank:
         keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
         bank = cls(layout, meta.get("eviction", "counter"), keep, drop, target, meta.get("search_backend", "faiss"))
         bank.evictions = int(meta.get("evictions", 0))
+        bank.metadata = dict(meta.get("metadata") or {})
         while bank.num_slots < n:
             bank._grow()
         if t["keys"].dtype != layout.dtype or t["values"].dtype != layout.dtype:
@@ -521,6 +523,26 @@ BANK_JSON = "bank.json"
 
 class BankFileError(ValueError):
     """A saved bank cannot be loaded; the message says which file and why."""
+
+
+def check_retriever(saved: dict | None, ours: dict | None, where) -> None:
+    """Raises :class:`BankFileError` if a bank indexed by retriever ``saved`` (its ``describe()``)
+    is loaded for retriever ``ours``: its embeddings would be compared with incompatible queries.
+    Model paths are compared by their last component, so a moved model still matches."""
+    if not saved or not ours:
+        return
+
+    def key(d: dict) -> dict:
+        d = dict(d)
+        if d.get("model") not in (None, "None"):
+            d["model"] = os.path.basename(os.path.normpath(str(d["model"])))
+        return d
+
+    if key(saved) != key(ours):
+        raise BankFileError(
+            f"{where!s} was indexed by the retriever {saved} but this model retrieves with {ours}; "
+            "load it with the retriever it was built with (memlong.from_pretrained(..., retriever=...))"
+        )
 
 
 def _sha256(path: str) -> str:
