@@ -85,3 +85,119 @@ def test_ingest_text_records_character_spans(minilm):
         lo, hi = e["text_span"]
         ids = bank.token_ids[e["slot"]].tolist()
         assert tok.decode(ids) == tok.decode(tok(text[lo:hi], add_special_tokens=False)["input_ids"])
+
+
+# --- EmbeddingRetriever: the LM's own pooled input embeddings ------------------------------------
+
+
+def _emb_retriever(seed=0, vocab=101, dim=32, **kw):
+    g = torch.Generator().manual_seed(seed)
+    return memlong.EmbeddingRetriever(torch.randn(vocab, dim, generator=g), **kw)
+
+
+def test_embedding_retriever_is_deterministic_unit_norm_and_batch_equals_single():
+    g = torch.Generator().manual_seed(1)
+    chunks = [torch.randint(0, 101, (n,), generator=g).tolist() for n in (8, 8, 5, 8)]
+    for kw in ({}, {"whiten": False}, {"center": False, "whiten": False},
+               {"token_weights": torch.rand(101, generator=g)}):
+        r = _emb_retriever(**kw)
+        e = r.embed(chunks)
+        assert e.shape == (4, 32) and e.dtype == torch.float32
+        torch.testing.assert_close(e.norm(dim=-1), torch.ones(4))
+        assert torch.equal(e, _emb_retriever(**kw).embed(chunks))  # a fresh instance agrees exactly
+        single = torch.cat([r.embed([c]) for c in chunks])
+        torch.testing.assert_close(e, single, rtol=0, atol=1e-6)
+    assert r.embed([]).shape == (0, 32)
+    with pytest.raises(ValueError, match="token ids"):
+        r.embed([[0, 101]])
+
+
+def test_embedding_retriever_finds_a_planted_near_duplicate():
+    r = _emb_retriever()
+    g = torch.Generator().manual_seed(2)
+    bank = [torch.randint(0, 101, (16,), generator=g).tolist() for _ in range(40)]
+    query = list(bank[17])
+    query[3], query[11] = (query[3] + 1) % 101, (query[11] + 5) % 101  # two tokens changed
+    sims = r.embed(bank) @ r.embed([query])[0]
+    assert int(sims.argmax()) == 17
+
+
+def test_embedding_retriever_describe_tracks_the_weights_and_options():
+    model, _ = tiny_model_pair()
+    r = memlong.EmbeddingRetriever.from_model(model)
+    d = r.describe()
+    assert d["class"] == "EmbeddingRetriever" and d["dim"] == 64 and d["weights"]
+    assert memlong.EmbeddingRetriever.from_model(model).describe() == d
+    assert memlong.EmbeddingRetriever.from_model(model, whiten=False).describe() != d
+    with torch.no_grad():
+        model.get_input_embeddings().weight[5, 0] += 1e-3
+    assert memlong.EmbeddingRetriever.from_model(model).describe()["weights"] != d["weights"]
+    # a detached copy: changing the model afterwards does not change the retriever
+    assert r.describe() == d and not r.table.requires_grad
+
+
+def test_retriever_from_name_embedding_needs_the_model():
+    from memlong.retriever import retriever_from_name
+
+    with pytest.raises(ValueError, match="model="):
+        retriever_from_name("embedding", None)
+    model, _ = tiny_model_pair()
+    r = retriever_from_name("embedding", None, model=model)
+    assert isinstance(r, memlong.EmbeddingRetriever) and r.dim == model.config.hidden_size
+
+
+def tiny_model_pair():
+    from conftest import tiny_model
+
+    return tiny_model("llama")
+
+
+@torch.no_grad()
+def test_embedding_retriever_through_wrap_end_to_end():
+    """Wrapped tiny model: a repeated passage retrieves its first occurrence; bank saves with describe()."""
+    from conftest import set_gates, small_memlong_config
+
+    model, _ = tiny_model_pair()
+    r = memlong.EmbeddingRetriever.from_model(model)
+    m = memlong.wrap(model, small_memlong_config(top_k=1), retriever=r)
+    set_gates(m)
+    g = torch.Generator().manual_seed(3)
+    tau = m.memlong_config.chunk_size
+    chunks = [torch.randint(1, 101, (tau,), generator=g).tolist() for _ in range(12)]
+    chunks[10] = list(chunks[1])  # chunk 10 repeats chunk 1: it is the query of chunk 11
+    ids = torch.tensor([sum(chunks, [])])
+    memory = m.ingest(ids)
+    counts = {e["chunk_id"]: e["count"] for e in memory.bank(0).entries()}
+    assert counts.get(1, 0) >= 1, counts
+    assert memory.retriever_info == r.describe()
+    out = m(ids[:, :40]).logits
+    assert torch.isfinite(out).all()
+
+
+def test_bench_retriever_runs_end_to_end(tmp_path):
+    import json
+    import sysconfig
+    from pathlib import Path
+
+    from memlong.cli import main
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs = [{"id": f"stdlib/{n}", "source": "stdlib", "text": (stdlib / n).read_text()[:800] * 4}
+            for n in ("argparse.py", "textwrap.py")]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "retriever", "--corpus", str(corpus), "--sample-corpus", str(corpus), "--chunks", "24",
+               "--chunk-size", "32", "--max-doc-chunks", "12", "--sample-tokens", "500", "--threads", "1",
+               "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    rows = {r["retriever"]: r for r in report["results"]}
+    assert set(rows) == {"minilm", "hashing", "embedding_mean", "embedding_centered", "embedding",
+                         "embedding_sif", "embedding_sif_self", "random"}
+    assert rows["minilm"]["recall_at_k"] == 1.0
+    for name, r in rows.items():
+        assert 0.0 <= r["recall_at_k"] <= 1.0 and 0.0 <= r["next_hit_at_k"] <= 1.0, name
+        if name != "random":
+            assert r["chunks_per_s"] > 0 and r["describe"]["dim"] == r["dim"]
+    assert report["protocol"]["queries_with_target"] > 0 and report["command"].startswith("memlong bench retriever")

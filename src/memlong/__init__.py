@@ -10,13 +10,14 @@ from memlong.cache import MemLongCache
 from memlong.config import MemLongConfig, MemLongConfigError
 from memlong.memory import BankFileError, BankLayout, MemoryBank
 from memlong.modeling import SUPPORTED_FAMILIES, UnsupportedModelError, from_pretrained, wrap
-from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRetriever
+from memlong.retriever import EmbeddingRetriever, HashingRetriever, Retriever, SentenceTransformerRetriever
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BankFileError",
     "BankLayout",
+    "EmbeddingRetriever",
     "HashingRetriever",
     "MemLongCache",
     "MemLongConfig",

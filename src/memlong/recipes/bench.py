@@ -19,6 +19,11 @@ with the approximate indexes' recall@k measured against exact. Vectors are rando
 (the hardest case for approximate indexes: no cluster structure to exploit).
 
     memlong bench search --sizes 1000,10000,100000,1000000 --json search.json
+
+`memlong bench retriever`: cost and retrieval quality of the cheap retrievers against MiniLM
+(see :mod:`memlong.recipes.bench_retriever` for the protocol).
+
+    memlong bench retriever --chunks 3000 --json docs/results/bench_retriever.json
 """
 
 from __future__ import annotations
@@ -33,15 +38,16 @@ import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["ingest", "search"], help="what to benchmark")
+    p.add_argument("what", choices=["ingest", "search", "retriever"], help="what to benchmark")
     p.add_argument("--sizes", default="1000,10000,100000", help="search: bank sizes in chunks")
     p.add_argument("--dim", type=int, default=384, help="search: embedding dimension (MiniLM: 384)")
     p.add_argument("--queries", type=int, default=200, help="search: queries per size")
     p.add_argument("--indexes", default="torch,faiss_flat,faiss_hnsw,faiss_ivf", help="search: which indexes")
     p.add_argument("--tokens", default="16384,65536,262144", help="comma-separated token counts")
     p.add_argument("--methods", default="memlong,base_windows", help="comma-separated: memlong, base_windows")
-    p.add_argument("--retriever", default="minilm", choices=["minilm", "hashing"],
-                   help="minilm: the default all-MiniLM-L6-v2; hashing: the cheap lexical retriever")
+    p.add_argument("--retriever", default="minilm", choices=["minilm", "hashing", "embedding"],
+                   help="minilm: the default all-MiniLM-L6-v2; hashing: the cheap lexical retriever; "
+                        "embedding: the LM's own pooled input embeddings")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--heads", type=int, default=8)
@@ -53,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    from memlong.recipes import bench_retriever
+
+    bench_retriever.add_arguments(p)
 
 
 def _text_tokens(tokenizer, n: int) -> list[int]:
@@ -103,7 +112,7 @@ def _worker(args) -> dict:
         seconds = time.perf_counter() - t0
         bank_bytes = 0
     elif method == "memlong":
-        retriever = retriever_from_name(args.retriever, tok)
+        retriever = retriever_from_name(args.retriever, tok, model=model)
         mcfg = memlong.MemLongConfig.for_num_layers(
             args.layers, chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window,
             memory_capacity=args.capacity,
@@ -190,6 +199,10 @@ def _search(args) -> list[dict]:
 
 
 def run(args) -> int:
+    if args.what == "retriever":
+        from memlong.recipes import bench_retriever
+
+        return bench_retriever.run(args)
     if args.what == "search":
         results = _search(args)
         if args.json:

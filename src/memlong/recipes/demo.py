@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="(b): skip the no-memory passkey baseline (saves about a third of the demo's time)")
     p.add_argument("--capacity", type=int, default=None,
                    help="memory capacity in tokens (default: enough for the passkey prompt and the document)")
-    p.add_argument("--retriever", default="minilm", help="minilm (default), hashing, or a sentence-transformers path")
+    p.add_argument("--retriever", default="minilm", help="minilm (default), hashing, embedding (the LM's own pooled input embeddings), or a sentence-transformers path")
     p.add_argument("--max-new-tokens", type=int, default=16, help="(c): tokens generated after the question")
     p.add_argument("--no-requery", dest="requery", action="store_false",
                    help="answer with the memory the question's chunk retrieved with the text before it, instead "
@@ -82,13 +82,17 @@ def _load_model(args):
         missing = str(e)
     else:
         tok = load_reference_tokenizer(path)
-        model, tok = load_reference_model(retriever_from_name(args.retriever, tok), path=path)
+        if args.retriever == "embedding":  # pools the model's own embeddings: attach it once loaded
+            model, tok = load_reference_model(memlong.HashingRetriever(), path=path)
+            model.memlong_retriever = retriever_from_name("embedding", tok, model=model)
+        else:
+            model, tok = load_reference_model(retriever_from_name(args.retriever, tok), path=path)
         return model, tok, True, f"reference MemLong model {path}"
     base, tok = load_default_base_model(dtype=torch.float32)
     tok.model_max_length = 10**9
     cfg = memlong.MemLongConfig.for_num_layers(base.config.num_hidden_layers, chunk_size=128, top_k=4,
                                                local_window=1024, memory_capacity=65536)
-    model = memlong.wrap(base, cfg, retriever=retriever_from_name(args.retriever, tok), tokenizer=tok).eval()
+    model = memlong.wrap(base, cfg, retriever=retriever_from_name(args.retriever, tok, model=base), tokenizer=tok).eval()
     print(RULE)
     print("NO TRAINED MEMLONG MODEL: " + missing.split(". ")[0] + ".")
     print(f"Falling back to the shipped base LM ({default_base_model_path()}) wrapped with MemLong,")

@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     icl.add_argument("--labels", default=None, help="comma-separated label words (local data; replaces a task's own)")
     icl.add_argument("--demo-split", default=None,
                      help="split the demonstrations come from (default: train; corpus-source: validation)")
-    p.add_argument("--retriever", default="minilm", help="minilm, hashing, or a sentence-transformers name/path")
+    p.add_argument("--retriever", default="minilm", help="minilm, hashing, embedding (the LM's own pooled input embeddings), or a sentence-transformers name/path")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
                    help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
                         "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8 (a bare word is a string)")
@@ -144,8 +144,12 @@ def _load(args):
     model_dir = Path(args.model)
     tok = AutoTokenizer.from_pretrained(args.model)
     tok.model_max_length = 10**9
-    retriever = retriever_from_name(args.retriever, tok)
+    # "embedding" pools the model's own input embeddings, so it is attached once the model is loaded
+    embedding = args.retriever == "embedding"
+    retriever = memlong.HashingRetriever() if embedding else retriever_from_name(args.retriever, tok)
     model = memlong.from_pretrained(args.model, retriever=retriever, tokenizer=tok, dtype=torch.float32).eval()
+    if embedding:
+        model.memlong_retriever = retriever_from_name("embedding", tok, model=model)
     if args.overrides:
         model.memlong_config = reading_overrides(model.memlong_config, args.overrides)
         model.memlong_config.validate_for_model(model.config.num_hidden_layers,

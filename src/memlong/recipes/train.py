@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chunks each hit brings, relative to it: 0 (the paper), 0,1 (hit and continuation)")
     g.add_argument("--window", type=int, default=1024, help="local window (and training segment) in tokens")
     g.add_argument("--retriever", default="minilm",
-                   help="minilm (offline default), hashing, or a sentence-transformers name/path")
+                   help="minilm (offline default), hashing, embedding (the LM's own pooled input embeddings), "
+                        "or a sentence-transformers name/path")
     g = p.add_argument_group("what trains")
     g.add_argument("--lora-r", type=int, default=0, help="LoRA rank on the upper layers; 0 trains them fully")
     g.add_argument("--lora-alpha", type=int, default=32)
@@ -119,7 +120,7 @@ def _build(args):
             cfg = memlong.MemLongConfig(memory_layer=args.memory_layer, retrieval_layers=layers, **kw)
         else:
             cfg = memlong.MemLongConfig.for_num_layers(model.config.num_hidden_layers, **kw)
-    retriever = retriever_from_name(args.retriever, tok)
+    retriever = retriever_from_name(args.retriever, tok, model=model)
     model = memlong.wrap(model, cfg, retriever=retriever, tokenizer=tok)
     return model, tok
 
