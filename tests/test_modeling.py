@@ -62,11 +62,13 @@ def test_memory_changes_output_when_gates_open(memlong_model):
     assert (got[:, w + cfg.chunk_size :] - expected[:, w + cfg.chunk_size :]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family, fusion", [("llama", "separate"), ("qwen3", "separate"), ("llama", "joint")])
+@pytest.mark.parametrize("family, fusion, positions", [("llama", "separate", "paper"), ("qwen3", "separate", "paper"),
+                                                      ("llama", "joint", "paper"), ("llama", "separate", "none")])
 @torch.no_grad()
-def test_no_dependence_on_future_tokens(family, fusion):
+def test_no_dependence_on_future_tokens(family, fusion, positions):
     model, _ = tiny_model(family)
-    m = memlong.wrap(model, small_memlong_config(fusion=fusion), retriever=memlong.HashingRetriever(dim=32))
+    m = memlong.wrap(model, small_memlong_config(fusion=fusion, memory_positions=positions),
+                     retriever=memlong.HashingRetriever(dim=32))
     set_gates(m)
     ids = rand_ids(1, 140, seed=3)
     base = m(ids).logits
@@ -76,6 +78,20 @@ def test_no_dependence_on_future_tokens(family, fusion):
         changed[:, t + 1 :] = rand_ids(1, 140 - t - 1, seed=100 + t)
         other = m(changed).logits
         torch.testing.assert_close(other[:, : t + 1], base[:, : t + 1], atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_memory_positions_none_changes_only_memory_attention():
+    ids = rand_ids(1, 140, seed=3)
+    out = {}
+    for positions in ("paper", "none"):
+        model, _ = tiny_model("llama")
+        m = memlong.wrap(model, small_memlong_config(memory_positions=positions), retriever=memlong.HashingRetriever(dim=32))
+        set_gates(m)
+        out[positions] = m(ids).logits
+    w = m.memlong_config.local_window  # nothing is in memory before the first departure
+    torch.testing.assert_close(out["none"][:, :w], out["paper"][:, :w], atol=ATOL, rtol=0)
+    assert (out["none"][:, w + 8 :] - out["paper"][:, w + 8 :]).abs().max() > 1e-4
 
 
 @torch.no_grad()

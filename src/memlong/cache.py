@@ -376,6 +376,8 @@ class MemLongCache(Cache):
         qrel = (qpos - base).clamp_min(0)
         krel = (kpos - base).clamp_min(0)
         qmem = (qpos - (qchunk - w).clamp_min(0) * tau).clamp_min(0)
+        if cfg.memory_positions == "none":  # memory attention without positions: content only
+            qmem = torch.zeros_like(qmem)
         P = int(max(qrel.max(), krel.max(), qmem.max())) + 1
         cos, sin = rotary(P)
 

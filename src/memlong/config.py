@@ -26,6 +26,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "gate_activation": ("tanh", "identity"),
     "fusion": ("separate", "joint"),
     "retrieval_query": ("causal", "chunk"),
+    "memory_positions": ("paper", "none"),
     "search_backend": ("torch", "faiss"),
 }
 
@@ -76,6 +77,11 @@ class MemLongConfig:
             each hit and its continuation (RETRO's neighbour + continuation). With causal
             retrieval the query is the previous chunk, so the hit resembles text the local
             window already holds and its continuation is what predicts the chunk being read.
+        memory_positions: RoPE in memory attention. ``"paper"``: memory keys at position 0 and
+            each query at its position in the local window (as in the paper and the Focused
+            Transformer), so a query-memory score depends on where the query sits in the window.
+            ``"none"``: neither side rotated; memory attention matches content only (retrieved
+            chunks have no meaningful distance to the query). Both equal the base at gate 0.
         bank_dtype: dtype of stored keys/values (``None``: the model's dtype): ``"float32"``,
             ``"float16"``, ``"bfloat16"``, or compressed ``"int8"`` / ``"float8_e4m3fn"`` (one
             float32 scale per head and token; dequantized when retrieved).
@@ -101,6 +107,7 @@ class MemLongConfig:
     retrieval_query: QueryMode = "causal"
     search_backend: SearchBackend = "faiss"
     retrieval_offsets: tuple[int, ...] = (0,)
+    memory_positions: str = "paper"
     bank_dtype: str | None = None
     bank_device: str = "model"
     bank_mmap_dir: str | None = None

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=int, default=128)
     g.add_argument("--top-k", type=int, default=4)
     g.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
+    g.add_argument("--memory-positions", choices=["paper", "none"], default="paper",
+                   help="RoPE in memory attention: paper (query at its window position, keys at 0) or none")
     g.add_argument("--retrieval-offsets", type=int_tuple, default=(0,),
                    help="chunks each hit brings, relative to it: 0 (the paper), 0,1 (hit and continuation)")
     g.add_argument("--window", type=int, default=1024, help="local window (and training segment) in tokens")
@@ -112,7 +114,7 @@ def _build(args):
         cfg = memlong.MemLongConfig.from_pretrained(os.path.dirname(os.path.abspath(args.memlong_config)))
     else:
         kw = dict(chunk_size=args.chunk_size, top_k=args.top_k, memory_capacity=args.capacity, local_window=args.window,
-                  retrieval_offsets=args.retrieval_offsets)
+                  retrieval_offsets=args.retrieval_offsets, memory_positions=args.memory_positions)
         if args.memory_layer is not None:
             layers = tuple(int(x) for x in (args.retrieval_layers or "").split(",") if x)
             if not layers:
