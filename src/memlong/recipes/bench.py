@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default="1000,10000,100000", help="search: bank sizes in chunks")
     p.add_argument("--dim", type=int, default=384, help="search: embedding dimension (MiniLM: 384)")
     p.add_argument("--queries", type=int, default=200, help="search: queries per size")
+    p.add_argument("--vectors", default="random", choices=["random", "minilm"],
+                   help="search: random unit vectors, or MiniLM embeddings of --chunk-size-token chunks of real text")
+    p.add_argument("--embeddings-cache", default=None, help="search: .npy file caching the MiniLM embeddings")
     p.add_argument("--indexes", default="torch,faiss_flat,faiss_hnsw,faiss_ivf", help="search: which indexes")
     p.add_argument("--tokens", default="16384,65536,262144", help="comma-separated token counts")
     p.add_argument("--methods", default="memlong,base_windows", help=f"comma-separated: {', '.join(METHODS)}")
@@ -261,6 +264,31 @@ def _worker(args) -> dict:
     return result
 
 
+def _real_vectors(args, count: int):
+    """``count`` unit-norm MiniLM embeddings of consecutive ``--chunk-size``-token chunks of the
+    text (``--text``, default the stdlib's sources), the way a bank embeds its chunks; cached in
+    ``--embeddings-cache`` (.npy) when given, since embedding is the slow part."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from memlong.retriever import SentenceTransformerRetriever, default_retriever_path
+
+    cache = args.embeddings_cache
+    if cache and os.path.exists(cache):
+        E = np.load(cache)
+        if len(E) >= count:
+            return E[:count]
+    tok = AutoTokenizer.from_pretrained(default_retriever_path())
+    ids = _text_tokens(tok, count * args.chunk_size, args.text)
+    chunks = [ids[i : i + args.chunk_size] for i in range(0, len(ids), args.chunk_size)]
+    retriever = SentenceTransformerRetriever(tok)
+    E = retriever.embed(chunks).numpy().astype("float32")
+    if cache:
+        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        np.save(cache, E)
+    return E
+
+
 def _search(args) -> list[dict]:
     import faiss
     import numpy as np
@@ -272,11 +300,22 @@ def _search(args) -> list[dict]:
     rng = np.random.default_rng(0)
     k, d = args.top_k, args.dim
     results, keepalive = [], []
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    if args.vectors == "minilm":
+        # Banks are prefixes of the text; queries are the chunks that follow the largest bank
+        # (MemLong queries with the newest chunk, which is never in the bank yet).
+        E = _real_vectors(args, max(sizes) + args.queries)
+        d = E.shape[1]
+    elif args.vectors != "random":
+        raise SystemExit(f"--vectors {args.vectors!r}: choose random or minilm")
     for n in [int(x) for x in args.sizes.split(",") if x]:
-        X = rng.standard_normal((n, d), dtype=np.float32)
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
-        Q = rng.standard_normal((args.queries, d), dtype=np.float32)
-        Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+        if args.vectors == "minilm":
+            X, Q = np.ascontiguousarray(E[:n]), np.ascontiguousarray(E[max(sizes):])
+        else:
+            X = rng.standard_normal((n, d), dtype=np.float32)
+            X /= np.linalg.norm(X, axis=1, keepdims=True)
+            Q = rng.standard_normal((args.queries, d), dtype=np.float32)
+            Q /= np.linalg.norm(Q, axis=1, keepdims=True)
         Xt, Qt = torch.from_numpy(X), torch.from_numpy(Q)
         truth = torch.topk(Qt @ Xt.T, k, dim=1).indices.numpy()
         for name in [x for x in args.indexes.split(",") if x]:
@@ -309,7 +348,7 @@ def _search(args) -> list[dict]:
                 found.append(search(Q[i : i + 1])[0])
             latency = (time.perf_counter() - t1) / args.queries
             recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
-            r = {"index": name, "chunks": n, "build_s": round(build, 3), "query_ms": round(1000 * latency, 4),
+            r = {"index": name, "vectors": args.vectors, "chunks": n, "build_s": round(build, 3), "query_ms": round(1000 * latency, 4),
                  "recall_at_k": round(recall, 4), "k": k, "dim": d}
             results.append(r)
             print(f"{name:>11} {n:>9} chunks  build {build:7.2f} s  query {1000 * latency:8.3f} ms  "
