@@ -81,8 +81,9 @@ def million_section(path: Path) -> str:
                 key=lambda r: r["tokens"])
     out = [
         (f"MemLong with the shipped base model reading up to a million tokens of the stdlib's sources, "
-        f"{_machine(data, path)}. Another job (a training run) shared the CPU throughout, so tokens/s are "
-        "lower bounds; memory figures are unaffected. The capacity holds every chunk of the longest input, "
+        f"{_machine(data, path)}. Other jobs (a training run, other sessions' tests and this session's other benchmarks) "
+        "shared the 2 cores throughout, so tokens/s are lower bounds that vary with the load; memory figures "
+        "are unaffected. The capacity holds every chunk of the longest input, "
         "so the bank grows with the text by design; everything else should not: compare peak RSS minus the bank."),
         "",
         ("| tokens | tokens/s | peak RSS (MiB) | RSS before ingest (MiB) | bank (MiB) | peak RSS − bank (MiB) "
@@ -131,10 +132,10 @@ SECTIONS = {"bench": (RESULTS / "bench_ingest.json", bench_section),
 
 def render(text: str) -> str:
     for name, (path, section) in SECTIONS.items():
-        marker = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", flags=re.DOTALL)
+        marker = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
         if marker.search(text) and path.exists():
             body = section(path)
-            text = marker.sub(lambda mt, body=body: mt.group(1) + body + mt.group(2), text)
+            text = marker.sub(lambda mt, body=body: mt.group(1) + body + "\n" + mt.group(2), text)
     return text
 
 
@@ -142,10 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     readme = ROOT / "README.md"
     text = readme.read_text()
-    missing = [str(p) for p, _ in SECTIONS.values() if not p.exists()]
-    if missing:
-        print(f"not found: {missing}; run the `memlong bench ingest` commands in them first", file=sys.stderr)
-        return 1
+    for name, (path, _) in SECTIONS.items():
+        if not path.exists():
+            print(f"{path} not found: section {name!r} left as it is (the commands above write it)", file=sys.stderr)
     new = render(text)
     if "--check" in argv:
         if new != text:

@@ -4,6 +4,7 @@ and memory guards report errors, never numbers."""
 import json
 import sys
 
+import pytest
 import torch
 from conftest import VOCAB, tiny_model
 from transformers import DynamicCache
@@ -60,3 +61,16 @@ def test_bench_baselines_end_to_end(tmp_path):
     assert rows[0]["error"].startswith("out of time") and "tokens_per_s" not in rows[0]
     assert rows[1]["error"] == "not run: out of time at 512 tokens"
     plot_ingest(rows, tmp_path / "empty.png")  # failed points are left out, not drawn as zeros
+
+
+@pytest.mark.slow
+def test_bench_search_real_embeddings(tmp_path):
+    out, cache = tmp_path / "search.json", tmp_path / "emb.npy"
+    argv = ["bench", "search", "--vectors", "minilm", "--sizes", "40,80", "--queries", "10", "--chunk-size", "64",
+            "--indexes", "faiss_flat,faiss_hnsw", "--threads", "1", "--embeddings-cache", str(cache), "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {r["vectors"] for r in rows} == {"minilm"} and rows[0]["dim"] == 384
+    assert all(r["recall_at_k"] == 1.0 for r in rows if r["index"] == "faiss_flat")
+    assert cache.exists()
+    assert main(argv) == 0  # from the cache

@@ -274,15 +274,14 @@ def _real_vectors(args, count: int):
     from memlong.retriever import SentenceTransformerRetriever, default_retriever_path
 
     cache = args.embeddings_cache
-    if cache and os.path.exists(cache):
-        E = np.load(cache)
-        if len(E) >= count:
-            return E[:count]
+    E = np.load(cache) if cache and os.path.exists(cache) else np.zeros((0, 0), dtype="float32")
+    if len(E) >= count:
+        return E[:count]
     tok = AutoTokenizer.from_pretrained(default_retriever_path())
     ids = _text_tokens(tok, count * args.chunk_size, args.text)
-    chunks = [ids[i : i + args.chunk_size] for i in range(0, len(ids), args.chunk_size)]
-    retriever = SentenceTransformerRetriever(tok)
-    E = retriever.embed(chunks).numpy().astype("float32")
+    chunks = [ids[i : i + args.chunk_size] for i in range(len(E) * args.chunk_size, len(ids), args.chunk_size)]
+    new = SentenceTransformerRetriever(tok).embed(chunks).numpy().astype("float32")
+    E = np.concatenate([E, new]) if len(E) else new  # the cache holds a prefix of the same chunks
     if cache:
         os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
         np.save(cache, E)
@@ -500,5 +499,6 @@ def _machine() -> dict:
 
     import torch
 
+    # The load average says how much other work shared the CPU (timings are lower bounds then).
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available()}
+            "cuda": torch.cuda.is_available(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
