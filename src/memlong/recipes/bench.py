@@ -35,9 +35,12 @@ memory layer's K/V alone (``2 * num_kv_heads * head_dim * dtype bytes``).
 `memlong bench search`: latency of one top-k query (MemLong searches once per chunk) against
 bank size, for exact search (torch, faiss flat) and approximate search (faiss HNSW and IVF),
 with the approximate indexes' recall@k measured against exact. Vectors are random unit vectors
-(the hardest case for approximate indexes: no cluster structure to exploit).
+(the hardest case for approximate indexes: no cluster structure to exploit), or with
+``--vectors minilm`` MiniLM embeddings of consecutive chunks of real text (banks are prefixes,
+queries the chunks that follow the largest one).
 
     memlong bench search --sizes 1000,10000,100000,1000000 --json search.json
+    memlong bench search --vectors minilm --sizes 1000,3000,10000 --embeddings-cache emb.npy --json s.json
 """
 
 from __future__ import annotations
