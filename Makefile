@@ -22,7 +22,9 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_ingest.py
+	$(PY) -m memlong bench ingest --model shipped --methods memlong,base_full,base_sliding,base_windows \
+		--threads 1 --json docs/results/bench_ingest.json --plot docs/results/bench_ingest.png
+	$(PY) scripts/render_readme.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -20,3 +20,13 @@ def test_readme_example_runs(tmp_path, capsys):
     assert "chunks in memory" in out and "MemLongCache" in out
     assert (tmp_path / "argparse-bank" / "bank.json").exists()
     assert (tmp_path / "argparse-memory" / "memory.json").exists()
+
+
+def test_readme_generated_sections_in_sync():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_readme", README.parent / "scripts" / "render_readme.py")
+    render_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_readme)
+    text = README.read_text()
+    assert render_readme.render(text) == text, "README.md is out of date: run python scripts/render_readme.py"

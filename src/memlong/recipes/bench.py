@@ -4,21 +4,43 @@ Methods, measured side by side in one run, each (method, N) in a fresh process s
 RSS is its own:
 
 * ``memlong``: the MemLong model reads the text through its memory (``model.ingest``);
-* ``base_windows``: the same base model's plain forward over the same tokens in consecutive
-  windows of ``local_window`` tokens (no memory, no cache): the cost floor of the LM itself.
+* ``base_full``: the same base model with full causal attention over all N tokens, read the
+  way a serving stack reads a long prompt (chunked prefill): ``local_window`` tokens per
+  forward into a growing ``DynamicCache``, logits for the last position only. Same attention
+  FLOPs as one N-token forward, and it ends holding the KV cache a user needs to continue
+  (one forward of N tokens would additionally hold N-token activations and keep nothing);
+* ``base_sliding``: the same weights as a sliding-window model without memory (every token
+  sees the previous ``--window`` tokens, itself included): loaded into transformers' Mistral
+  (Llama plus a sliding window) and fed ``--window`` tokens per forward through a rolling
+  ``DynamicCache`` that keeps the last ``window - 1`` keys/values of every layer;
+* ``base_windows``: the base model's plain forward over consecutive *disjoint* windows of
+  ``--window`` tokens (no memory, no cache): the cost floor of the LM itself.
 
-The model is a small Llama with random weights (speed does not depend on the weights); the
-text is the Python standard library's sources, tokenized with the retriever's tokenizer.
-Also reports where MemLong's time goes (retriever, search, bank writes, attention, rest).
+The baselines (every method but ``memlong``) run under ``--base-timeout`` seconds; every
+method runs under a memory guard (``--max-rss-gb``: the worker is killed when its RSS passes
+it). A method that hits either is reported as ``"error": "out of time ..."`` / ``"out of
+memory ..."``, never as a number, and is not run at larger N.
 
-    memlong bench ingest --tokens 16384,65536,262144 --json bench.json
+The model is a small Llama with random weights (speed does not depend on the weights) and the
+retriever's tokenizer, or with ``--model shipped`` the package's trained base model (or any
+local causal LM path) with its own tokenizer. The text is the Python standard library's
+sources (``--text`` for other local files). Also reports where MemLong's time goes
+(retriever, search, bank writes, attention, rest) and the bank's bytes per token against the
+memory layer's K/V alone (``2 * num_kv_heads * head_dim * dtype bytes``).
+
+    memlong bench ingest --tokens 16384,65536,262144 --json bench.json --plot bench.png
+    memlong bench ingest --model shipped --tokens 131072,262144,1048576 --methods memlong \\
+        --capacity 1048576 --threads 1 --json docs/results/bench_million.json
 
 `memlong bench search`: latency of one top-k query (MemLong searches once per chunk) against
 bank size, for exact search (torch, faiss flat) and approximate search (faiss HNSW and IVF),
 with the approximate indexes' recall@k measured against exact. Vectors are random unit vectors
-(the hardest case for approximate indexes: no cluster structure to exploit).
+(the hardest case for approximate indexes: no cluster structure to exploit), or with
+``--vectors minilm`` MiniLM embeddings of consecutive chunks of real text (banks are prefixes,
+queries the chunks that follow the largest one).
 
     memlong bench search --sizes 1000,10000,100000,1000000 --json search.json
+    memlong bench search --vectors minilm --sizes 1000,3000,10000 --embeddings-cache emb.npy --json s.json
 
 `memlong bench retriever`: cost and retrieval quality of the cheap retrievers against MiniLM
 (see :mod:`memlong.recipes.bench_retriever` for the protocol).
@@ -36,15 +58,26 @@ import subprocess
 import sys
 import time
 
+METHODS = ("memlong", "base_full", "base_sliding", "base_windows")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=["ingest", "search", "retriever"], help="what to benchmark")
     p.add_argument("--sizes", default="1000,10000,100000", help="search: bank sizes in chunks")
     p.add_argument("--dim", type=int, default=384, help="search: embedding dimension (MiniLM: 384)")
     p.add_argument("--queries", type=int, default=200, help="search: queries per size")
+    p.add_argument("--vectors", default="random", choices=["random", "minilm"],
+                   help="search: random unit vectors, or MiniLM embeddings of --chunk-size-token chunks of real text")
+    p.add_argument("--embeddings-cache", default=None, help="search: .npy file caching the MiniLM embeddings")
     p.add_argument("--indexes", default="torch,faiss_flat,faiss_hnsw,faiss_ivf", help="search: which indexes")
     p.add_argument("--tokens", default="16384,65536,262144", help="comma-separated token counts")
-    p.add_argument("--methods", default="memlong,base_windows", help="comma-separated: memlong, base_windows")
+    p.add_argument("--methods", default="memlong,base_windows", help=f"comma-separated: {', '.join(METHODS)}")
+    p.add_argument("--model", default=None,
+                   help="ingest: 'shipped' (the package's trained base model) or a local causal LM path, "
+                        "with its own tokenizer; default: a random-weight Llama of the shape below")
+    p.add_argument("--text", default=None,
+                   help="ingest: a text file or a directory (its *.py, *.txt, *.md files, recursively, sorted); "
+                        "default: the Python standard library's sources")
     p.add_argument("--retriever", default="minilm", choices=["minilm", "hashing", "embedding"],
                    help="minilm: the default all-MiniLM-L6-v2; hashing: the cheap lexical retriever; "
                         "embedding: the LM's own pooled input embeddings")
@@ -56,90 +89,215 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
+    p.add_argument("--base-timeout", type=float, default=600.0,
+                   help="ingest: seconds a baseline may run at one N before it is reported as out of time")
+    p.add_argument("--max-rss-gb", type=float, default=0.0,
+                   help="ingest: kill a worker whose RSS passes this many GiB and report it as out of memory "
+                        "(0: 85%% of the memory available at start)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--plot", default=None, help="ingest: PNG of tokens/s and peak RSS against tokens")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     from memlong.recipes import bench_retriever
 
     bench_retriever.add_arguments(p)
 
 
-def _text_tokens(tokenizer, n: int) -> list[int]:
-    """At least ``n`` tokens of the stdlib's sources, in a fixed order."""
+def _text_files(text: str | None):
+    """The files ``_text_tokens`` reads, in order."""
     import sysconfig
     from pathlib import Path
 
+    if text is not None:
+        root = Path(text)
+        if root.is_file():
+            return [root]
+        if not root.is_dir():
+            raise SystemExit(f"--text {text!r}: no such file or directory")
+        return sorted(p for ext in ("py", "txt", "md") for p in root.rglob(f"*.{ext}"))
     root = Path(sysconfig.get_paths()["stdlib"])
+    # Top-level modules first (the text earlier results were measured on), then subpackages;
+    # never installed packages, which differ between machines.
+    sub = [p for p in sorted(root.rglob("*.py"))
+           if p.parent != root and not {"site-packages", "dist-packages"} & set(p.parts)]
+    return sorted(root.glob("*.py")) + sub
+
+
+def _text_tokens(tokenizer, n: int, text: str | None = None) -> list[int]:
+    """At least ``n`` tokens of ``text`` (default: the stdlib's sources), in a fixed order."""
     ids: list[int] = []
-    for path in sorted(root.glob("*.py")):
+    files = _text_files(text)
+    for path in files:
         try:
-            text = path.read_text(encoding="utf-8")
+            chunk = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.extend(tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"])
         if len(ids) >= n:
             return ids[:n]
-    raise RuntimeError(f"the standard library holds fewer than {n} tokens")
+    raise SystemExit(f"{text or 'the standard library'} holds {len(ids)} tokens, fewer than the {n} asked for; "
+                     "pass --text with more local text")
+
+
+def _load_model(args):
+    """``(model, tokenizer, description)`` for ``--model``."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    from memlong.retriever import default_retriever_path
+
+    if args.model is None:
+        tok = AutoTokenizer.from_pretrained(default_retriever_path())
+        cfg = LlamaConfig(
+            vocab_size=tok.vocab_size, hidden_size=args.hidden,
+            intermediate_size=int(args.hidden * 8 / 3) // 8 * 8, num_hidden_layers=args.layers,
+            num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+            max_position_embeddings=max(2048, args.window),
+        )
+        torch.manual_seed(0)
+        return LlamaForCausalLM(cfg).eval(), tok, "random-weight Llama"
+    if args.model == "shipped":
+        from memlong.pretrained import load_default_base_model
+
+        model, tok = load_default_base_model()
+        return model.eval(), tok, "shipped base model"
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(args.model), args.model
+
+
+def sliding_window_model(model, window: int):
+    """The Llama ``model``'s weights in transformers' Mistral with ``sliding_window=window``
+    (the same architecture plus a sliding-window mask and rolling cache); shares no storage."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    d = model.config.to_dict()
+    for k in ("model_type", "architectures", "transformers_version", "attention_bias", "mlp_bias",
+              "pretraining_tp"):
+        d.pop(k, None)
+    if model.config.attention_bias or getattr(model.config, "mlp_bias", False):
+        raise SystemExit("base_sliding needs a Llama without attention/MLP biases")
+    cfg = MistralConfig(**{**d, "sliding_window": window, "max_position_embeddings": 1 << 30})
+    sliding = MistralForCausalLM(cfg).to(next(model.parameters()).dtype).eval()
+    missing, unexpected = sliding.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k or not cfg.tie_word_embeddings]:
+        raise SystemExit(f"base_sliding: weights do not map onto Mistral (missing {missing}, unexpected {unexpected})")
+    if cfg.tie_word_embeddings:
+        sliding.tie_weights()
+    return sliding
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _worker(args) -> dict:
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import DynamicCache
 
     import memlong
     from memlong import profiling
-    from memlong.retriever import default_retriever_path, retriever_from_name
+    from memlong.retriever import retriever_from_name
 
     if args.threads:
         torch.set_num_threads(args.threads)
     method, n = args.worker[0], int(args.worker[1])
-    tok = AutoTokenizer.from_pretrained(default_retriever_path())
-    ids = torch.tensor([_text_tokens(tok, n)])
-    cfg = LlamaConfig(
-        vocab_size=tok.vocab_size, hidden_size=args.hidden, intermediate_size=int(args.hidden * 8 / 3) // 8 * 8,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=max(2048, args.window),
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
+    model, tok, described = _load_model(args)
+    ids = torch.tensor([_text_tokens(tok, n, args.text)])
     params = sum(p.numel() for p in model.parameters())
-    result = {"method": method, "tokens": n, "params": params, "threads": torch.get_num_threads()}
+    result = {"method": method, "tokens": n, "params": params, "model": described,
+              "threads": torch.get_num_threads()}
+    step = args.window
+    bank_bytes = 0
     if method == "base_windows":
+        rss_before = _rss_bytes()
         t0 = time.perf_counter()
         with torch.no_grad():
-            for s in range(0, n, args.window):
-                model(ids[:, s : s + args.window], logits_to_keep=1, use_cache=False)
+            for s in range(0, n, step):
+                model(ids[:, s : s + step], logits_to_keep=1, use_cache=False)
         seconds = time.perf_counter() - t0
-        bank_bytes = 0
+    elif method in ("base_full", "base_sliding"):
+        if method == "base_sliding":
+            model = sliding_window_model(model, args.window)
+        cache = DynamicCache(config=model.config)
+        rss_before = _rss_bytes()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, n, step):
+                model(ids[:, s : s + step], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        seconds = time.perf_counter() - t0
+        result["kv_cache_bytes"] = sum(t.numel() * t.element_size() for layer in cache.layers
+                                       for t in (layer.keys, layer.values))
+        result["kv_cache_tokens"] = cache.layers[0].keys.shape[-2]
     elif method == "memlong":
         retriever = retriever_from_name(args.retriever, tok, model=model)
         mcfg = memlong.MemLongConfig.for_num_layers(
-            args.layers, chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window,
-            memory_capacity=args.capacity,
+            model.config.num_hidden_layers, chunk_size=args.chunk_size, top_k=args.top_k,
+            local_window=args.window, memory_capacity=args.capacity,
         )
         m = memlong.wrap(model, mcfg, retriever=retriever, tokenizer=tok)
+        rss_before = _rss_bytes()
         with profiling.record() as timings:
             t0 = time.perf_counter()
             memory = m.ingest(ids)
             seconds = time.perf_counter() - t0
-        bank_bytes = memory.bank(0).nbytes()
+        bank = memory.bank(0)
+        bank_bytes = bank.nbytes()
         split = dict(timings.seconds)
         inner = sum(split.get(k, 0.0) for k in ("retriever", "search", "bank_write"))
         split["plan"] = split.pop("prepare", 0.0) - inner
         split["rest"] = seconds - sum(split.values())
+        lay = bank.layout
         result["time_split_s"] = {k: round(v, 3) for k, v in sorted(split.items())}
-        result["bank_chunks"] = len(memory.bank(0))
+        result["bank_chunks"] = len(bank)
+        result["bank_slots"] = bank.num_slots
+        # Per stored token (allocated slots x chunk): K/V plus embedding, token id, span, counter.
+        result["bank_bytes_per_token"] = round(bank_bytes / max(1, bank.num_slots * lay.chunk_size), 2)
+        result["kv_bytes_per_token"] = 2 * lay.num_kv_heads * lay.head_dim * torch.empty((), dtype=lay.dtype).element_size()
         result["retriever"] = retriever.describe()
         result["config"] = mcfg.to_dict()
     else:
-        raise SystemExit(f"unknown method {method!r}; choose memlong or base_windows")
+        raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     result.update(
         seconds=round(seconds, 3),
         tokens_per_s=round(n / seconds, 1),
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        rss_before_bytes=rss_before,
         bank_bytes=bank_bytes,
     )
     return result
+
+
+def _real_vectors(args, count: int):
+    """``count`` unit-norm MiniLM embeddings of consecutive ``--chunk-size``-token chunks of the
+    text (``--text``, default the stdlib's sources), the way a bank embeds its chunks; cached in
+    ``--embeddings-cache`` (.npy) when given, since embedding is the slow part."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from memlong.retriever import SentenceTransformerRetriever, default_retriever_path
+
+    cache = args.embeddings_cache
+    E = np.load(cache) if cache and os.path.exists(cache) else np.zeros((0, 0), dtype="float32")
+    if len(E) >= count:
+        return E[:count]
+    tok = AutoTokenizer.from_pretrained(default_retriever_path())
+    ids = _text_tokens(tok, count * args.chunk_size, args.text)
+    chunks = [ids[i : i + args.chunk_size] for i in range(len(E) * args.chunk_size, len(ids), args.chunk_size)]
+    new = SentenceTransformerRetriever(tok).embed(chunks).numpy().astype("float32")
+    E = np.concatenate([E, new]) if len(E) else new  # the cache holds a prefix of the same chunks
+    if cache:
+        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        np.save(cache, E)
+    return E
 
 
 def _search(args) -> list[dict]:
@@ -153,17 +311,28 @@ def _search(args) -> list[dict]:
     rng = np.random.default_rng(0)
     k, d = args.top_k, args.dim
     results, keepalive = [], []
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    if args.vectors == "minilm":
+        # Banks are prefixes of the text; queries are the chunks that follow the largest bank
+        # (MemLong queries with the newest chunk, which is never in the bank yet).
+        E = _real_vectors(args, max(sizes) + args.queries)
+        d = E.shape[1]
+    elif args.vectors != "random":
+        raise SystemExit(f"--vectors {args.vectors!r}: choose random or minilm")
     for n in [int(x) for x in args.sizes.split(",") if x]:
-        X = rng.standard_normal((n, d), dtype=np.float32)
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
-        Q = rng.standard_normal((args.queries, d), dtype=np.float32)
-        Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+        if args.vectors == "minilm":
+            X, Q = np.ascontiguousarray(E[:n]), np.ascontiguousarray(E[max(sizes):])
+        else:
+            X = rng.standard_normal((n, d), dtype=np.float32)
+            X /= np.linalg.norm(X, axis=1, keepdims=True)
+            Q = rng.standard_normal((args.queries, d), dtype=np.float32)
+            Q /= np.linalg.norm(Q, axis=1, keepdims=True)
         Xt, Qt = torch.from_numpy(X), torch.from_numpy(Q)
         truth = torch.topk(Qt @ Xt.T, k, dim=1).indices.numpy()
         for name in [x for x in args.indexes.split(",") if x]:
             t0 = time.perf_counter()
             if name == "torch":
-                def search(q):
+                def search(q, Xt=Xt):
                     return torch.topk(Xt @ torch.from_numpy(q[0]), k).indices.numpy()[None]
             else:
                 if name == "faiss_flat":
@@ -190,12 +359,67 @@ def _search(args) -> list[dict]:
                 found.append(search(Q[i : i + 1])[0])
             latency = (time.perf_counter() - t1) / args.queries
             recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
-            r = {"index": name, "chunks": n, "build_s": round(build, 3), "query_ms": round(1000 * latency, 4),
+            r = {"index": name, "vectors": args.vectors, "chunks": n, "build_s": round(build, 3), "query_ms": round(1000 * latency, 4),
                  "recall_at_k": round(recall, 4), "k": k, "dim": d}
             results.append(r)
             print(f"{name:>11} {n:>9} chunks  build {build:7.2f} s  query {1000 * latency:8.3f} ms  "
                   f"recall@{k} {recall:.3f}", flush=True)
     return results
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _proc_rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _run_worker(cmd: list[str], timeout: float | None, max_rss: int) -> dict:
+    """Runs one worker under a time limit and a memory guard; returns its result or ``{"error": ...}``."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        t0, peak, why = time.monotonic(), 0, None
+        while proc.poll() is None:
+            peak = max(peak, _proc_rss(proc.pid))
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                why = f"out of time: did not finish in {timeout:g} s (--base-timeout)"
+            elif peak > max_rss:
+                why = f"out of memory: RSS passed {max_rss / 2**30:.1f} GiB (--max-rss-gb)"
+            if why:
+                proc.kill()
+                proc.wait()
+                return {"error": why}
+            time.sleep(0.2)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode == 0:
+        return json.loads(stdout.strip().splitlines()[-1])
+    if proc.returncode == -9:
+        return {"error": "out of memory: killed by the system (SIGKILL)"}
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {proc.returncode}"
+    if "can't allocate memory" in last or "MemoryError" in last:
+        return {"error": f"out of memory: {last}"}
+    return {"error": last}
+
+
+def _write_json(path: str, report: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
 
 
 def run(args) -> int:
@@ -206,10 +430,8 @@ def run(args) -> int:
     if args.what == "search":
         results = _search(args)
         if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump({"results": results, "machine": _machine(),
-                           "command": " ".join(["memlong", "bench", *sys.argv[2:]])}, f, indent=2)
+            _write_json(args.json, {"results": results, "machine": _machine(),
+                                    "command": " ".join(["memlong", "bench", *sys.argv[2:]])})
             print(f"wrote {args.json}")
         return 0
     if args.worker:
@@ -219,27 +441,65 @@ def run(args) -> int:
     methods = [m for m in args.methods.split(",") if m]
     if not tokens or min(tokens) < 1:
         raise SystemExit(f"--tokens needs positive integers, got {args.tokens!r}")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise SystemExit(f"--methods: unknown {unknown or methods}; choose from {', '.join(METHODS)}")
+    max_rss = int(args.max_rss_gb * 2**30) if args.max_rss_gb > 0 else int(0.85 * _available_bytes())
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k not in ("what", "tokens", "methods", "json", "worker") and v is not None]
-    results = []
-    for n in tokens:
+                   if k not in ("what", "tokens", "methods", "json", "plot", "worker") and v is not None]
+    command = " ".join(["memlong", "bench", *sys.argv[2:]])
+    results, failed = [], {}
+    for n in sorted(tokens):
         for method in methods:
-            cmd = [sys.executable, "-m", "memlong", "bench", "ingest", "--worker", method, str(n), *passthrough]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                err = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
-                results.append({"method": method, "tokens": n, "error": err})
+            if method in failed:
+                r = {"method": method, "tokens": n, "error": f"not run: {failed[method]}"}
             else:
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            r = results[-1]
+                cmd = [sys.executable, "-m", "memlong", "bench", "ingest", "--worker", method, str(n), *passthrough]
+                timeout = None if method == "memlong" else args.base_timeout
+                r = _run_worker(cmd, timeout, max_rss)
+                if "error" in r:
+                    r = {"method": method, "tokens": n, **r}
+                    if r["error"].startswith("out of"):
+                        failed[method] = f"{r['error'].split(':')[0]} at {n} tokens"
+            results.append(r)
             print(_row(r), flush=True)
-    report = {"results": results, "machine": _machine(), "command": " ".join(["memlong", "bench", *sys.argv[2:]])}
+            if args.json:  # after every row: a long run leaves what it measured so far
+                _write_json(args.json, {"results": results, "machine": _machine(), "command": command})
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
+    if args.plot:
+        plot_ingest(results, args.plot)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def plot_ingest(results: list[dict], path: str) -> None:
+    """Two panels, tokens/s and peak RSS against tokens (log x), one line per method; failed
+    points are left out (the JSON says why)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for method in [m for m in METHODS if any(r["method"] == m for r in results)]:
+        ok = sorted((r["tokens"], r) for r in results if r["method"] == method and "error" not in r)
+        if not ok:
+            continue
+        xs = [n for n, _ in ok]
+        a.plot(xs, [r["tokens_per_s"] for _, r in ok], marker="o", label=method)
+        b.plot(xs, [r["peak_rss_bytes"] / 2**30 for _, r in ok], marker="o", label=method)
+    for ax, ylabel in ((a, "tokens / s"), (b, "peak RSS (GiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens ingested")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    if a.get_legend_handles_labels()[0]:
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def _row(r: dict) -> str:
@@ -255,5 +515,6 @@ def _machine() -> dict:
 
     import torch
 
+    # The load average says how much other work shared the CPU (timings are lower bounds then).
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available()}
+            "cuda": torch.cuda.is_available(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
