@@ -125,7 +125,69 @@ def search_section(path: Path) -> str:
     return "\n".join(out)
 
 
+def retriever_section(path: Path) -> str:
+    data = json.loads(path.read_text())
+    m = data["machine"]
+    out = [
+        f"Retriever cost and quality, measured by `{data['command']}` on {m['cpu_count']} CPU cores; JSON: "
+        f"`{path.relative_to(ROOT)}`. Recall@k: share of MiniLM's top-k among the retriever's top-k (each chunk "
+        "queries the earlier chunks of its document); next-chunk hit@k: how often the top-k holds the earlier "
+        "chunk sharing the most 8-grams with the query's next chunk (retriever-independent).",
+        "",
+        "| retriever | chunks/s | ms per chunk | recall@k vs MiniLM | next-chunk hit@k |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in data["results"]:
+        cost = (f"{r['chunks_per_s']:,.0f} | {r['ms_per_chunk']:.3f}" if r.get("chunks_per_s") is not None
+                else "- | -")
+        out.append(f"| {r['retriever']} | {cost} | {r['recall_at_k']:.3f} | {r['next_hit_at_k']:.3f} |")
+    return "\n".join(out)
+
+
+def _eval_command(c: dict, path: Path) -> str:
+    keys = {"ppl": ("split", "lengths", "score", "methods", "max_documents", "retriever"),
+            "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
+            "icl": ("shots_context", "shots_memory", "trials", "max_examples", "methods", "retriever")}[c["task"]]
+    args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
+    sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
+    return f"memlong eval {c['task']} --model {c['model']} --data {c['data']}{args}{sets} --json {path.relative_to(ROOT)}"
+
+
+def results_section(paths: list[Path]) -> str:
+    """Tables of the reference model's evaluation JSONs (eval ppl / passkey / icl)."""
+    out = []
+    for path in paths:
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        c = data["config"]
+        out += [f"`{_eval_command(c, path)}`", ""]
+        if c["task"] == "ppl":
+            out += ["| length | method | ppl of the last tokens | tokens scored | documents |", "|---:|---|---:|---:|---:|"]
+            for r in data["results"]:
+                ppl = f"{r['ppl']:.3f}" if r.get("ppl") is not None else r.get("note", "-")
+                out.append(f"| {r['length']:,} | {r['method']} | {ppl} | {r['tokens_scored']:,} | {r['documents']} |")
+        elif c["task"] == "passkey":
+            out += ["| length | depth | method | accuracy | trials |", "|---:|---:|---|---:|---:|"]
+            for r in data["results"]:
+                acc = f"{r['accuracy']:.2f}" if r.get("accuracy") is not None else r.get("note", "-")
+                out.append(f"| {r['length']:,} | {r['depth']} | {r['method']} | {acc} | {r.get('trials', '')} |")
+        else:
+            out += ["| task | method | K in context | M in memory | accuracy | examples |", "|---|---|---:|---:|---:|---:|"]
+            for r in data["results"]:
+                acc = f"{r['accuracy']:.3f}" if r.get("accuracy") is not None else r.get("note", "-")
+                out.append(f"| {r['task']} | {r['method']} | {r['shots_context']} | {r['shots_memory']} | {acc} | "
+                           f"{r.get('examples', '')} |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+REFERENCE_RESULTS = [RESULTS / f"reference_{name}.json" for name in
+                     ("ppl_validation", "ppl_test", "ppl_test_int8", "ppl_test_fp8", "passkey", "icl")]
+
 SECTIONS = {"bench": (RESULTS / "bench_ingest.json", bench_section),
+            "retriever": (RESULTS / "bench_retriever.json", retriever_section),
+            "results": (RESULTS / "reference_ppl_test.json", lambda _: results_section(REFERENCE_RESULTS)),
             "million": (RESULTS / "bench_million.json", million_section),
             "search": (RESULTS / "bench_search_minilm.json", search_section)}
 
