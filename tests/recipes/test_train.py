@@ -214,3 +214,14 @@ def test_accelerate_config_files_parse(name, kind):
     cfg = load_config_from_file(str(path))
     assert cfg.distributed_type.name == kind and cfg.num_processes > 1
     assert "accelerate launch --config_file configs/accelerate/" in path.read_text()
+
+
+def test_eval_ppl_copy_probe(setup, short_run, tmp_path):
+    out = tmp_path / "copy.json"
+    common = ["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"), "--split",
+              "train", "--score", "64", "--retriever", "hashing", "--max-documents", "2"]
+    assert main([*common, "--lengths", "512", "--repeat", "48", "--json", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["memlong"]["tokens_scored"] == 2 * 48 and rows["base_full"]["tokens_scored"] == 2 * 48
+    with pytest.raises(SystemExit, match="--repeat"):
+        main([*common, "--lengths", "512", "--repeat", "512"])

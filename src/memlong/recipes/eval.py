@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="passkey: answer with the memory retrieved before the question instead of retrieving "
                         "again with it (generate(requery=True), the default)")
     p.add_argument("--score", type=int, default=2048, help="score the last N tokens of each window")
+    p.add_argument("--repeat", type=int, default=0,
+                   help="ppl copy probe: each window ends with a copy of its own first N tokens and only the copy "
+                        "is scored: with memory the copy's source is retrievable, without it (and for the base "
+                        "truncated to its window) it is out of reach; base_full sees both copies. Measures whether "
+                        "a model can use what it reads, apart from how often real text repeats itself")
     p.add_argument("--methods", default=None, help=f"default: ppl/passkey {','.join(METHODS)}; icl {','.join(ICL_METHODS)}")
     p.add_argument("--max-documents", type=int, default=8, help="documents per length (the longest first)")
     p.add_argument("--max-base-length", type=int, default=16384,
@@ -209,8 +214,13 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
             docs.append(ids)
     docs.sort(key=len, reverse=True)
     results = []
+    score = min(args.score, args.repeat) if args.repeat else args.score
     for L in lengths:
         windows = [torch.tensor(d[:L]) for d in docs if len(d) >= L][: args.max_documents]
+        if args.repeat:  # copy probe: the window ends with a copy of its own first `repeat` tokens
+            if not 0 < args.repeat < L:
+                raise SystemExit(f"--repeat must be in (0, length); got {args.repeat} for length {L}")
+            windows = [torch.cat([w[: L - args.repeat], w[: args.repeat]]) for w in windows]
         for method in methods:
             row = {"method": method, "length": L, "documents": len(windows)}
             if not windows:
@@ -221,7 +231,7 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
             t0 = time.perf_counter()
             try:
                 if method in ("memlong", "memlong_no_memory"):
-                    s, n = window_nll(model, windows, args.score, use_memory=method == "memlong")
+                    s, n = window_nll(model, windows, score, use_memory=method == "memlong")
                 elif method == "base_full" and L > args.max_base_length:
                     raise _Skip(f"not attempted above --max-base-length={args.max_base_length}")
                 else:
@@ -230,7 +240,7 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
                         ids = w[None]
                         if method == "base_truncated":
                             ids = ids[:, -base_window:]
-                        a, b = _nll_plain(base, ids, args.score)
+                        a, b = _nll_plain(base, ids, score)
                         s, n = s + a, n + b
                 row.update(ppl=round(math.exp(s / n), 4), tokens_scored=n)
             except _Skip as e:
