@@ -47,6 +47,7 @@ labelled ``python`` / ``manual`` / ``java`` by their source (see :mod:`memlong.d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -228,8 +229,7 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
                 results.append(row)
                 print(_fmt(row), flush=True)
                 continue
-            t0 = time.perf_counter()
-            try:
+            with _measured(row, "ppl", tokens_scored=0):
                 if method in ("memlong", "memlong_no_memory"):
                     s, n = window_nll(model, windows, score, use_memory=method == "memlong")
                 elif method == "base_full" and L > args.max_base_length:
@@ -243,11 +243,6 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
                         a, b = _nll_plain(base, ids, score)
                         s, n = s + a, n + b
                 row.update(ppl=round(math.exp(s / n), 4), tokens_scored=n)
-            except _Skip as e:
-                row.update(ppl=None, tokens_scored=0, note=f"skipped: {e}")
-            except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-                row.update(ppl=None, tokens_scored=0, note=f"failed: {type(e).__name__}: {str(e)[:200]}")
-            row["seconds"] = round(time.perf_counter() - t0, 2)
             results.append(row)
             print(_fmt(row), flush=True)
     return results
@@ -255,6 +250,22 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
 
 class _Skip(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _measured(row: dict, key: str, **on_failure):
+    """Runs one measurement of ``row``: a skip or a failure (out of memory, a runtime error)
+    becomes ``row[key] = None`` with a note saying why, never a made-up number; records seconds."""
+    import torch
+
+    t0 = time.perf_counter()
+    try:
+        yield
+    except _Skip as e:
+        row.update({key: None, "note": f"skipped: {e}", **on_failure})
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        row.update({key: None, "note": f"failed: {type(e).__name__}: {str(e)[:200]}", **on_failure})
+    row["seconds"] = round(time.perf_counter() - t0, 2)
 
 
 def passkey_prompt(tok, pool: list[int], key: str, length: int, depth: float, offset: int = 0) -> list[int]:
@@ -307,8 +318,7 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
                 cases.append((key, torch.tensor([passkey_prompt(tok, pool, key, L, depth, offset=t * 997)])))
             for method in methods:
                 row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
-                t0 = time.perf_counter()
-                try:
+                with _measured(row, "accuracy"):
                     if method == "base_full" and L > args.max_base_length:
                         raise _Skip(f"not attempted above --max-base-length={args.max_base_length}")
                     hits = 0
@@ -327,11 +337,6 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
                         answer = tok.decode(out[0, ids.shape[1]:])
                         hits += int(passkey_digits(answer) == key)
                     row.update(accuracy=hits / len(cases))
-                except _Skip as e:
-                    row.update(accuracy=None, note=f"skipped: {e}")
-                except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-                    row.update(accuracy=None, note=f"failed: {type(e).__name__}: {str(e)[:200]}")
-                row["seconds"] = round(time.perf_counter() - t0, 2)
                 results.append(row)
                 acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
                 print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  ({row['trials']} trials) "
@@ -467,8 +472,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
             row["memory_tokens_banked"] = round(sum(share) / len(share), 4) if M else None
         if method != "in_context":
             row["context_tokens_in_window"] = round(sum(local) / len(local), 4) if K else None
-        t0 = time.perf_counter()
-        try:
+        with _measured(row, "accuracy"):
             if method == "in_context" and longest > base_window:
                 raise _Skip(f"prompts of up to {longest} tokens do not fit the base model's window ({base_window})")
             per_trial, predicted = [], Counter()
@@ -485,11 +489,6 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
                 per_trial.append(hits / len(tests))
             row.update(accuracy=sum(per_trial) / len(per_trial), accuracy_per_trial=per_trial,
                        predicted=dict(sorted(predicted.items())))  # a model stuck on one label shows here
-        except _Skip as e:
-            row.update(accuracy=None, note=f"skipped: {e}")
-        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-            row.update(accuracy=None, note=f"failed: {type(e).__name__}: {str(e)[:200]}")
-        row["seconds"] = round(time.perf_counter() - t0, 2)
         results.append(row)
         acc = f"{row['accuracy']:.3f}" if row["accuracy"] is not None else "-"
         per = ",".join(f"{a:.2f}" for a in row.get("accuracy_per_trial", [])) or "-"
