@@ -75,10 +75,15 @@ def set_gates(model, value: float = 0.7, seed: int = 1) -> None:
             p.copy_(value + 0.3 * torch.rand(p.shape, generator=g))
 
 
-@pytest.fixture
-def memlong_model():
-    """A tiny wrapped Llama with active gates and a hashing retriever, plus its stock twin."""
+def gated_llama(**config_kw):
+    """A tiny wrapped Llama (``small_memlong_config(**config_kw)``) with active gates and a
+    hashing retriever, plus its stock twin."""
     model, ref = tiny_model("llama")
-    m = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
+    m = memlong.wrap(model, small_memlong_config(**config_kw), retriever=memlong.HashingRetriever(dim=32))
     set_gates(m)
     return m, ref
+
+
+@pytest.fixture
+def memlong_model():
+    return gated_llama()

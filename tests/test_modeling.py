@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import memlong
-from conftest import VOCAB, set_gates, small_memlong_config, tiny_model
+from conftest import VOCAB, gated_llama, set_gates, small_memlong_config, tiny_model
 
 ATOL = 1e-5
 
@@ -85,9 +85,7 @@ def test_memory_positions_none_changes_only_memory_attention():
     ids = rand_ids(1, 140, seed=3)
     out = {}
     for positions in ("paper", "none"):
-        model, _ = tiny_model("llama")
-        m = memlong.wrap(model, small_memlong_config(memory_positions=positions), retriever=memlong.HashingRetriever(dim=32))
-        set_gates(m)
+        m, _ = gated_llama(memory_positions=positions)
         out[positions] = m(ids).logits
     w = m.memlong_config.local_window  # nothing is in memory before the first departure
     torch.testing.assert_close(out["none"][:, :w], out["paper"][:, :w], atol=ATOL, rtol=0)
@@ -97,9 +95,7 @@ def test_memory_positions_none_changes_only_memory_attention():
 @torch.no_grad()
 def test_paper_chunk_query_mode_leaks_future_tokens():
     """The documented reason the paper's same-chunk query is opt-in: it is not causal."""
-    model, _ = tiny_model("llama")
-    m = memlong.wrap(model, small_memlong_config(retrieval_query="chunk"), retriever=memlong.HashingRetriever(dim=32))
-    set_gates(m)
+    m, _ = gated_llama(retrieval_query="chunk")
     ids = rand_ids(1, 140, seed=3)
     base = m(ids).logits
     leaks = 0
@@ -360,10 +356,7 @@ def test_faiss_backend_and_fifo_run_through_the_model():
     ids = rand_ids(1, 160, seed=17)
     outs = {}
     for backend in ("torch", "faiss"):
-        model, _ = tiny_model("llama")
-        m = memlong.wrap(model, small_memlong_config(search_backend=backend), retriever=memlong.HashingRetriever(dim=32))
-        set_gates(m)
-        outs[backend] = m(ids)
+        outs[backend] = gated_llama(search_backend=backend)[0](ids)
     torch.testing.assert_close(outs["faiss"].logits, outs["torch"].logits, atol=ATOL, rtol=0)
     model, _ = tiny_model("llama")
     m = memlong.wrap(model, small_memlong_config(eviction="fifo"), retriever=memlong.HashingRetriever(dim=32))
@@ -379,10 +372,7 @@ def test_bank_tiers_and_compression_through_the_model(tmp_path):
     for name, kw in {"plain": {}, "cpu": dict(bank_device="cpu"),
                      "mmap": dict(bank_device="mmap", bank_mmap_dir=str(tmp_path)),
                      "int8": dict(bank_dtype="int8"), "fp8": dict(bank_dtype="float8_e4m3fn")}.items():
-        model, _ = tiny_model("llama")
-        m = memlong.wrap(model, small_memlong_config(**kw), retriever=memlong.HashingRetriever(dim=32))
-        set_gates(m)
-        outs[name] = m(ids)
+        outs[name] = gated_llama(**kw)[0](ids)
         assert len(outs[name].past_key_values.bank(0)) > 0
     for tier in ("cpu", "mmap"):  # where K/V are stored changes nothing
         torch.testing.assert_close(outs[tier].logits, outs["plain"].logits, atol=0, rtol=0)

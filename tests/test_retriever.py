@@ -159,7 +159,8 @@ def test_embedding_retriever_through_wrap_end_to_end():
 
     model, _ = tiny_model_pair()
     r = memlong.EmbeddingRetriever.from_model(model)
-    m = memlong.wrap(model, small_memlong_config(top_k=1), retriever=r)
+    m = memlong.wrap(model, small_memlong_config(top_k=1), retriever="embedding")  # a name resolves on this model
+    assert isinstance(m.memlong_retriever, memlong.EmbeddingRetriever) and m.memlong_retriever.describe() == r.describe()
     set_gates(m)
     g = torch.Generator().manual_seed(3)
     tau = m.memlong_config.chunk_size

@@ -44,7 +44,8 @@ class MemLongCache(Cache):
     """
 
     def __init__(
-        self, config: MemLongConfig, layout: BankLayout, num_layers: int, batch_size: int = 1, retrieval: bool = True
+        self, config: MemLongConfig, layout: BankLayout, num_layers: int, batch_size: int = 1, retrieval: bool = True,
+        retriever_info: dict | None = None,
     ):
         super().__init__(layers=[])
         self.config = config
@@ -58,7 +59,7 @@ class MemLongCache(Cache):
         self.broken: str | None = None  # set when a forward failed mid-segment (see prepare)
         self.columns = 0  # input columns consumed (padding included), for transformers' generate
         self.origin = 0  # columns that generate() should treat as already outside input_ids
-        self.retriever_info: dict | None = None  # the model's retriever.describe(), saved with banks
+        self.retriever_info = retriever_info  # the model's retriever.describe(), saved with banks
         self._clear_rows(range(batch_size), init=True)
 
     def _new_bank(self) -> MemoryBank:
@@ -223,8 +224,7 @@ class MemLongCache(Cache):
             raise BankFileError(f"{wfile} cannot be read ({e})") from e
         B = int(meta["batch_size"])
         banks = [MemoryBank.load(os.path.join(vdir, f"row-{b}"), expected=layout) for b in range(B)]
-        cache = cls(config, layout, num_layers, B, retrieval=bool(meta["retrieval"]))
-        cache.retriever_info = retriever_info
+        cache = cls(config, layout, num_layers, B, retrieval=bool(meta["retrieval"]), retriever_info=retriever_info)
         dev = layout.device if device is None else device
         cache.banks = banks
         cache.seen = [int(x) for x in meta["seen"]]
@@ -470,19 +470,18 @@ class MemLongCache(Cache):
         a chunk needs nothing: that chunk will retrieve with exactly those tokens. Returns the
         rows that were re-queried."""
         tau = self.config.chunk_size
-        done = []
         if not self.retrieval:
-            return done
-        for b in range(self.batch_size_) if rows is None else rows:
-            c, off = divmod(self.seen[b], tau)
-            if off == 0:
-                continue
-            recent = (self.chunk_tokens[b].get(c - 1, []) + self.chunk_tokens[b][c])[-tau:]
-            with phase("retriever"):
-                query = retriever.embed([recent])[0]
+            return []
+        rows = [b for b in (range(self.batch_size_) if rows is None else rows) if self.seen[b] % tau]
+        if not rows:
+            return []
+        chunks = [self.seen[b] // tau for b in rows]
+        recent = [(self.chunk_tokens[b].get(c - 1, []) + self.chunk_tokens[b][c])[-tau:] for b, c in zip(rows, chunks)]
+        with phase("retriever"):
+            queries = retriever.embed(recent)  # one batch, as in prepare()
+        for b, c, query in zip(rows, chunks, queries):
             self.chunk_mem[b][c] = self._retrieve(b, query)
-            done.append(b)
-        return done
+        return rows
 
     def _depart(self, b: int, c: int) -> None:
         """Chunk ``c`` of row ``b`` leaves the window: write it to the bank."""

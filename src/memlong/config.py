@@ -86,7 +86,7 @@ class MemLongConfig:
             ``"float16"``, ``"bfloat16"``, or compressed ``"int8"`` / ``"float8_e4m3fn"`` (one
             float32 scale per head and token; dequantized when retrieved).
         bank_device: where the bank's K/V live: ``"model"`` (the model's device), ``"cpu"``
-            (host memory, pinned when CUDA is present; only retrieved chunks are copied to the
+            (host memory, pinned when the model is on a GPU; only retrieved chunks are copied to the
             model's device) or ``"mmap"`` (a memory-mapped file in ``bank_mmap_dir``, the system
             temporary folder when ``None``; the OS pages it in and out).
     """

@@ -29,7 +29,7 @@ from memlong.cache import MemLongCache
 from memlong.config import CONFIG_NAME, MemLongConfig
 from memlong.memory import BankLayout
 from memlong.profiling import phase
-from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRetriever
+from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRetriever, retriever_from_name
 
 #: model_type -> family name. Llama-style decoders whose attention applies RoPE to q/k (after
 #: an optional q/k norm) and then calls the attention interface.
@@ -82,6 +82,7 @@ class MemLongMixin:
             embed_dim=self.memlong_retriever.dim,
             dtype=bank_dtype,
             device=self.device if self.memlong_config.bank_device == "model" else "cpu",
+            pin_memory=self.memlong_config.bank_device == "cpu" and self.device.type == "cuda",
             compute_dtype=self.dtype,
             mmap_dir=(self.memlong_config.bank_mmap_dir or tempfile.gettempdir())
             if self.memlong_config.bank_device == "mmap" else None,
@@ -90,11 +91,8 @@ class MemLongMixin:
     def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:
         """An empty memory (window + bank per row) for ``batch_size`` sequences.
         ``retrieval=False`` gives the no-memory baseline: same model, same local window."""
-        memory = MemLongCache(
-            self.memlong_config, self._bank_layout(), self.config.num_hidden_layers, batch_size, retrieval=retrieval
-        )
-        memory.retriever_info = self.memlong_retriever.describe()
-        return memory
+        return MemLongCache(self.memlong_config, self._bank_layout(), self.config.num_hidden_layers, batch_size,
+                            retrieval=retrieval, retriever_info=self.memlong_retriever.describe())
 
     def load_memory(self, directory: str | os.PathLike) -> MemLongCache:
         """A memory saved with ``memory.save(directory)`` by this model (same MemLong config,
@@ -350,7 +348,7 @@ def default_retriever(tokenizer=None) -> Retriever:
 def wrap(
     model: nn.Module,
     config: MemLongConfig | None = None,
-    retriever: Retriever | None = None,
+    retriever: Retriever | str | None = None,
     tokenizer=None,
 ) -> nn.Module:
     """Makes ``model`` (a supported ``*ForCausalLM``) a MemLong model, in place, and returns it.
@@ -359,7 +357,9 @@ def wrap(
         model: a loaded causal LM (Llama, Mistral, Qwen2, Qwen3 families).
         config: the MemLong config (default: the paper's layout scaled to the model's depth).
         retriever: the frozen chunk embedder (default: all-MiniLM-L6-v2 if ``tokenizer`` is
-            given, else :class:`HashingRetriever`).
+            given, else :class:`HashingRetriever`), or a name for
+            :func:`~memlong.retriever.retriever_from_name` (``"minilm"``, ``"hashing"``,
+            ``"embedding"``: this model's own input embeddings, ...).
         tokenizer: the LM's tokenizer (needed by text retrievers).
     """
     sliding = _check_family(model)
@@ -383,6 +383,8 @@ def wrap(
         attn.register_parameter(attention.GATE_NAME, nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=ref.device)))
     model.__class__ = _memlong_class(type(model))
     model.memlong_config = config
+    if isinstance(retriever, str):
+        retriever = retriever_from_name(retriever, tokenizer, model=model)
     model.memlong_retriever = retriever or default_retriever(tokenizer)
     model.memlong_tokenizer = tokenizer
     return model
@@ -447,7 +449,7 @@ def _load_gates(model: nn.Module, gates_path: str) -> None:
 def from_pretrained(
     name_or_path: str | os.PathLike,
     config: MemLongConfig | None = None,
-    retriever: Retriever | None = None,
+    retriever: Retriever | str | None = None,
     tokenizer=None,
     base_model: str | None = None,
     **hf_kwargs,

@@ -16,7 +16,7 @@ tensors (so they cannot get out of step):
 K/V storage (``BankLayout.dtype``) is float32/float16/bfloat16, or compressed: ``int8`` or
 ``float8_e4m3fn`` with one float32 scale per (chunk, head, token) (absmax scaling), dequantized
 to ``compute_dtype`` when gathered. Tiers (``BankLayout.device``/``mmap_dir``): K/V live on the
-model's device, in host memory (pinned when CUDA is present, so retrieved chunks are copied to
+model's device, in host memory (pinned when the model is on a GPU, so retrieved chunks are copied to
 the GPU asynchronously), or in a memory-mapped file; only the retrieved chunks go to the model.
 
 Eviction frees slots in place; new chunks take free slots, so nothing large is ever copied.
@@ -50,6 +50,7 @@ class BankLayout:
     device: str | torch.device = "cpu"  # where K/V and embeddings are stored
     compute_dtype: torch.dtype | None = None  # dtype gathered K/V come back in (None: ``dtype``)
     mmap_dir: str | None = None  # K/V in memory-mapped files in this folder (host tier)
+    pin_memory: bool = False  # host tier feeding a GPU model: page-locked, for asynchronous copies
 
     @property
     def quantized(self) -> bool:
@@ -134,9 +135,7 @@ class MemoryBank:
             finally:
                 os.unlink(path)
         else:
-            t = torch.zeros(shape, dtype=dtype, device=L.device)
-            if torch.device(L.device).type == "cpu" and torch.cuda.is_available():
-                t = t.pin_memory()
+            t = torch.zeros(shape, dtype=dtype, device=L.device, pin_memory=L.pin_memory)
         if old is not None and old.shape[0]:
             t[: old.shape[0]] = old
         return t
@@ -463,6 +462,7 @@ class MemoryBank:
                 device=device if device is not None else (expected.device if expected else "cpu"),
                 compute_dtype=expected.compute_dtype if expected else None,
                 mmap_dir=expected.mmap_dir if expected else None,
+                pin_memory=expected.pin_memory if expected else False,
             )
             tpath = os.path.join(directory, meta["tensors"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -495,6 +495,8 @@ class MemoryBank:
             if key not in t or tuple(t[key].shape) != shape:
                 got = tuple(t[key].shape) if key in t else "missing"
                 raise BankFileError(f"{tpath}: tensor {key!r} should be {shape}, got {got}")
+        if t["keys"].dtype != layout.dtype or t["values"].dtype != layout.dtype:
+            raise BankFileError(f"{tpath}: K/V are {t['keys'].dtype}, the metadata says {layout.dtype}")
         if n > layout.capacity:
             raise BankFileError(f"{tpath}: {n} chunks exceed the saved capacity {layout.capacity}")
         keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
@@ -503,8 +505,6 @@ class MemoryBank:
         bank.metadata = dict(meta.get("metadata") or {})
         while bank.num_slots < n:
             bank._grow()
-        if t["keys"].dtype != layout.dtype or t["values"].dtype != layout.dtype:
-            raise BankFileError(f"{tpath}: K/V are {t['keys'].dtype}, the metadata says {layout.dtype}")
         bank._store(slice(0, n), t["keys"], t["values"], t.get("key_scales"), t.get("value_scales"))
         bank.embeddings[:n] = t["embeddings"].to(layout.device)
         bank.chunk_ids[:n] = t["chunk_ids"]

@@ -76,17 +76,16 @@ def load_reference_tokenizer(path: str | os.PathLike | None = None):
 def load_reference_model(retriever=None, dtype=None, path: str | os.PathLike | None = None):
     """``(model, tokenizer)``: the reference MemLong model (eval mode) and its tokenizer, offline.
 
-    ``retriever``: the frozen chunk embedder (default: all-MiniLM-L6-v2 over decoded text, the
-    retriever ``memlong train`` uses by default). ``dtype``: default float32. ``path``: another
+    ``retriever``: the frozen chunk embedder or its name (default: ``"minilm"``,
+    all-MiniLM-L6-v2 over decoded text, the retriever ``memlong train`` uses by default). ``dtype``: default float32. ``path``: another
     MemLong directory than :func:`reference_model_path`'s.
     """
     import torch
 
     import memlong
-    from memlong.retriever import retriever_from_name
 
     model_dir = reference_model_path(path)
     tok = load_reference_tokenizer(model_dir)
-    retriever = retriever or retriever_from_name("minilm", tok)
+    retriever = retriever or "minilm"
     model = memlong.from_pretrained(model_dir, retriever=retriever, tokenizer=tok, dtype=dtype or torch.float32)
     return model.eval(), tok

@@ -205,7 +205,6 @@ def _worker(args) -> dict:
 
     import memlong
     from memlong import profiling
-    from memlong.retriever import retriever_from_name
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,12 +237,11 @@ def _worker(args) -> dict:
                                        for t in (layer.keys, layer.values))
         result["kv_cache_tokens"] = cache.layers[0].keys.shape[-2]
     elif method == "memlong":
-        retriever = retriever_from_name(args.retriever, tok, model=model)
         mcfg = memlong.MemLongConfig.for_num_layers(
             model.config.num_hidden_layers, chunk_size=args.chunk_size, top_k=args.top_k,
             local_window=args.window, memory_capacity=args.capacity,
         )
-        m = memlong.wrap(model, mcfg, retriever=retriever, tokenizer=tok)
+        m = memlong.wrap(model, mcfg, retriever=args.retriever, tokenizer=tok)
         rss_before = _rss_bytes()
         with profiling.record() as timings:
             t0 = time.perf_counter()
@@ -261,8 +259,8 @@ def _worker(args) -> dict:
         result["bank_slots"] = bank.num_slots
         # Per stored token (allocated slots x chunk): K/V plus embedding, token id, span, counter.
         result["bank_bytes_per_token"] = round(bank_bytes / max(1, bank.num_slots * lay.chunk_size), 2)
-        result["kv_bytes_per_token"] = 2 * lay.num_kv_heads * lay.head_dim * torch.empty((), dtype=lay.dtype).element_size()
-        result["retriever"] = retriever.describe()
+        result["kv_bytes_per_token"] = lay.kv_bytes_per_token()
+        result["retriever"] = m.memlong_retriever.describe()
         result["config"] = mcfg.to_dict()
     else:
         raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")

@@ -71,8 +71,7 @@ def _load_model(args):
 
     import memlong
     from memlong.pretrained import default_base_model_path, load_default_base_model
-    from memlong.pretrained.reference import load_reference_model, load_reference_tokenizer, reference_model_path
-    from memlong.retriever import retriever_from_name
+    from memlong.pretrained.reference import load_reference_model, reference_model_path
 
     try:
         path = reference_model_path(args.model)
@@ -81,18 +80,13 @@ def _load_model(args):
             raise SystemExit(str(e)) from None
         missing = str(e)
     else:
-        tok = load_reference_tokenizer(path)
-        if args.retriever == "embedding":  # pools the model's own embeddings: attach it once loaded
-            model, tok = load_reference_model(memlong.HashingRetriever(), path=path)
-            model.memlong_retriever = retriever_from_name("embedding", tok, model=model)
-        else:
-            model, tok = load_reference_model(retriever_from_name(args.retriever, tok), path=path)
+        model, tok = load_reference_model(args.retriever, path=path)
         return model, tok, True, f"reference MemLong model {path}"
     base, tok = load_default_base_model(dtype=torch.float32)
     tok.model_max_length = 10**9
     cfg = memlong.MemLongConfig.for_num_layers(base.config.num_hidden_layers, chunk_size=128, top_k=4,
                                                local_window=1024, memory_capacity=65536)
-    model = memlong.wrap(base, cfg, retriever=retriever_from_name(args.retriever, tok, model=base), tokenizer=tok).eval()
+    model = memlong.wrap(base, cfg, retriever=args.retriever, tokenizer=tok).eval()
     print(RULE)
     print("NO TRAINED MEMLONG MODEL: " + missing.split(". ")[0] + ".")
     print(f"Falling back to the shipped base LM ({default_base_model_path()}) wrapped with MemLong,")

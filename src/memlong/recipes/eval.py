@@ -145,17 +145,11 @@ def _load(args):
 
     import memlong
     from memlong.modeling import BASE_NAME
-    from memlong.retriever import retriever_from_name
 
     model_dir = Path(args.model)
     tok = AutoTokenizer.from_pretrained(args.model)
     tok.model_max_length = 10**9
-    # "embedding" pools the model's own input embeddings, so it is attached once the model is loaded
-    embedding = args.retriever == "embedding"
-    retriever = memlong.HashingRetriever() if embedding else retriever_from_name(args.retriever, tok)
-    model = memlong.from_pretrained(args.model, retriever=retriever, tokenizer=tok, dtype=torch.float32).eval()
-    if embedding:
-        model.memlong_retriever = retriever_from_name("embedding", tok, model=model)
+    model = memlong.from_pretrained(args.model, retriever=args.retriever, tokenizer=tok, dtype=torch.float32).eval()
     if args.overrides:
         model.memlong_config = reading_overrides(model.memlong_config, args.overrides)
         model.memlong_config.validate_for_model(model.config.num_hidden_layers,
@@ -418,8 +412,6 @@ def _icl_data(args):
 def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
     import random
     from collections import Counter
-
-    import torch
 
     from memlong.data.icl import demo_text, query_text
     from memlong.evaluation import continuation_logprobs

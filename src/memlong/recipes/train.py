@@ -101,7 +101,6 @@ def _build(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import memlong
-    from memlong.retriever import retriever_from_name
 
     if args.model is None:
         from memlong.pretrained import default_base_model_path
@@ -122,8 +121,7 @@ def _build(args):
             cfg = memlong.MemLongConfig(memory_layer=args.memory_layer, retrieval_layers=layers, **kw)
         else:
             cfg = memlong.MemLongConfig.for_num_layers(model.config.num_hidden_layers, **kw)
-    retriever = retriever_from_name(args.retriever, tok, model=model)
-    model = memlong.wrap(model, cfg, retriever=retriever, tokenizer=tok)
+    model = memlong.wrap(model, cfg, retriever=args.retriever, tokenizer=tok)
     return model, tok
 
 
