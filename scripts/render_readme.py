@@ -149,8 +149,13 @@ def _eval_command(c: dict, path: Path) -> str:
             "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
             "icl": ("shots_context", "shots_memory", "trials", "max_examples", "methods", "retriever")}[c["task"]]
     args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
+    if c["task"] == "ppl" and c.get("repeat"):
+        args += f" --repeat {c['repeat']}"
+    if c["task"] == "passkey" and c.get("requery") is False:
+        args += " --no-requery"
     sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
-    return f"memlong eval {c['task']} --model {c['model']} --data {c['data']}{args}{sets} --json {path.relative_to(ROOT)}"
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    return f"memlong eval {c['task']} --model {c['model']} --data {c['data']}{args}{sets} --json {shown}"
 
 
 def results_section(paths: list[Path]) -> str:

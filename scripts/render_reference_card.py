@@ -17,6 +17,8 @@ import platform
 import shlex
 from pathlib import Path
 
+from render_readme import results_section  # scripts/ is on sys.path when run as a script
+
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -68,29 +70,7 @@ def main() -> int:
         "## Evaluation",
         "",
     ]
-    for path in a.eval:
-        data = json.loads(Path(path).read_text())
-        c = data["config"]
-        sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
-        if c["task"] == "ppl":
-            ecmd = (f"memlong eval ppl --model {c['model']} --data {c['data']} --split {c['split']} "
-                    f"--lengths {c['lengths']} --score {c['score']} --methods {c['methods']} "
-                    f"--max-documents {c['max_documents']} --retriever {c['retriever']}{sets} --json {path}")
-            out += [f"`{ecmd}`", "", "| split | length | method | ppl of the last tokens | tokens scored | documents |",
-                    "|---|---:|---|---:|---:|---:|"]
-            for r in data["results"]:
-                ppl = f"{r['ppl']:.3f}" if r.get("ppl") is not None else r.get("note", "-")
-                out.append(f"| {c['split']} | {r['length']:,} | {r['method']} | {ppl} | {r['tokens_scored']:,} | "
-                           f"{r['documents']} |")
-        else:
-            ecmd = (f"memlong eval passkey --model {c['model']} --data {c['data']} --split {c['split']} "
-                    f"--lengths {c['lengths']} --depths {c['depths']} --trials {c['trials']} --methods {c['methods']} "
-                    f"--retriever {c['retriever']}{'' if c.get('requery', True) else ' --no-requery'}{sets} --json {path}")
-            out += [f"`{ecmd}`", "", "| length | depth | method | accuracy | trials |", "|---:|---:|---|---:|---:|"]
-            for r in data["results"]:
-                acc = f"{r['accuracy']:.2f}" if r.get("accuracy") is not None else r.get("note", "-")
-                out.append(f"| {r['length']:,} | {r['depth']} | {r['method']} | {acc} | {r.get('trials', '')} |")
-        out.append("")
+    out += [results_section([Path(path) for path in a.eval]), ""]  # the README's tables, one renderer
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(out) + "\n")
     print(f"wrote {a.out}")

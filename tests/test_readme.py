@@ -30,3 +30,17 @@ def test_readme_generated_sections_in_sync():
     spec.loader.exec_module(render_readme)
     text = README.read_text()
     assert render_readme.render(text) == text, "README.md is out of date: run python scripts/render_readme.py"
+
+
+def test_results_tables_name_their_commands():
+    """The results renderer (README and model card) rebuilds each eval command from its JSON."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_readme", README.parent / "scripts" / "render_readme.py")
+    render_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_readme)
+    results = README.parent / "docs" / "results"
+    text = render_readme.results_section([results / "adaptation_cpu_copy_probe.json"])
+    assert "memlong eval ppl --model " in text and "--retriever minilm" in text and "--repeat 1024" in text
+    assert "| 4,096 | memlong |" in text
+

@@ -199,7 +199,9 @@ def test_eval_reading_time_overrides(setup, short_run, tmp_path):
     assert main(["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"),
                  "--split", "train", "--lengths", "256", "--score", "64", "--retriever", "hashing",
                  "--max-documents", "1", "--methods", "memlong", "--set", "bank_dtype=int8", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["config"]["memlong"]["bank_dtype"] == "int8"
+    config = json.loads(out.read_text())["config"]
+    assert config["memlong"]["bank_dtype"] == "int8"
+    assert config["retriever"] == "hashing" and config["retriever_info"]["class"] == "HashingRetriever"
     with pytest.raises(SystemExit):  # a usage error naming the field, not a traceback
         main(["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"),
               "--set", "bank_device=gpu"])

@@ -186,7 +186,7 @@ def run(args) -> int:
         results = task(args, tok, model, base, base_window, lengths, methods)
     report = {"results": results, "config": {**vars(args), "memlong": model.memlong_config.to_dict(),
                                              "base_model": base_path, "base_window": base_window,
-                                             "retriever": model.memlong_retriever.describe()}}
+                                             "retriever_info": model.memlong_retriever.describe()}}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
