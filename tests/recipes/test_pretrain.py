@@ -9,7 +9,9 @@ from safetensors.torch import load_file
 from memlong.cli import main
 from memlong.data.corpus import iter_split, write_corpus
 from memlong.data.sources import SkipCounter, stdlib_documents, stdlib_root
-from memlong.recipes.pretrain import lr_lambda
+import random
+
+from memlong.recipes.pretrain import lr_lambda, mean_nll, plant_copies
 from memlong.tokenizer import train_and_save
 
 TINY = ["--layers", "2", "--hidden", "64", "--heads", "8", "--kv-heads", "4", "--seq-len", "32",
@@ -68,6 +70,59 @@ def test_pretrain_end_to_end_with_resume(corpus, tmp_path):
     for L in ("16", "32", "64"):
         r = res["results"][L]
         assert r["tokens"] > 0 and 1 < r["ppl"] < 1e4
+
+
+def test_plant_copies_marks_exact_copies():
+    x = torch.arange(4 * 64).reshape(4, 64)  # every token distinct: a copy is recognisable
+    y, copied = plant_copies(x, random.Random(3), 1.0, 16)
+    assert not copied[:, 0].any() and y.shape == x.shape
+    for row in range(4):
+        changed = (y[row] != x[row]).nonzero().flatten()
+        assert 4 <= len(changed) <= 16 and (changed.diff() == 1).all()  # one contiguous span
+        dst, n = changed[0].item(), len(changed)
+        src = y[row, dst].item() - x[row, 0].item()
+        assert src + n <= dst  # copied from before itself, whole
+        assert torch.equal(y[row, dst : dst + n], x[row, src : src + n])
+        assert copied[row].nonzero().flatten().tolist() == list(range(dst + 1, dst + n))
+    untouched, none = plant_copies(x, random.Random(3), 0.0, 16)
+    assert torch.equal(untouched, x) and not none.any()
+
+
+def test_mean_nll_scores_only_the_marked_tokens(corpus):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    x = torch.randint(0, 50, (2, 12))
+    marked = torch.zeros_like(x, dtype=torch.bool)
+    marked[0, 5] = True
+    nll, n = mean_nll(model, x, scored=marked)
+    logp = torch.log_softmax(model(input_ids=x[:1]).logits[0, 4].float(), -1)
+    assert n == 1 and nll == pytest.approx(-logp[x[0, 5]].item(), rel=1e-5)
+    assert mean_nll(model, x)[1] == 2 * 11
+
+
+def test_continued_pretraining_with_copies(corpus, tmp_path):
+    """--init-from starts from a model folder's weights (its architecture, a fresh schedule);
+    --copy-rate plants copies in the training windows; the copy probe is logged."""
+    base = tmp_path / "base"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(base), *TINY]) == 0
+    out = tmp_path / "cont"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(out), *TINY, "--layers", "3",
+                 "--init-from", str(base / "final"), "--copy-rate", "1.0", "--copy-span", "8"]) == 0
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 2  # the init model's architecture, not --layers
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["val_copy_loss"] > 0 for m in metrics if "val_loss" in m)
+    a = load_file(str(base / "final" / "model.safetensors"))
+    b = load_file(str(out / "final" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # it trained from there
+    with pytest.raises(SystemExit, match="--seq-len"):
+        main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "c2"), *TINY,
+              "--init-from", str(base / "final"), "--seq-len", "16"])
+    with pytest.raises(SystemExit, match="--copy-rate"):
+        main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "c3"), *TINY, "--copy-rate", "2"])
 
 
 def test_pretrain_bad_flags(corpus, tmp_path):

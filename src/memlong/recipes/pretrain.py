@@ -12,6 +12,15 @@ Re-running the same command resumes from ``runs/base/checkpoint``. Outputs in ``
 ``checkpoint/`` (weights + optimizer + data-stream position), ``metrics.jsonl``, ``loss.png``,
 and ``final/``, a ``from_pretrained`` folder with the tokenizer and ``train_summary.json``.
 
+Continue from a model folder with planted in-context copies (how the shipped base learned to copy
+from its context, which MemLong's memory relies on; see :func:`plant_copies`)::
+
+    memlong pretrain --corpus runs/corpus --out runs/base-copy --init-from src/memlong/pretrained/base \
+        --tokenizer src/memlong/pretrained/base --copy-rate 0.5 --copy-span 256 --lr 1e-3 --warmup 50 --max-steps 3000
+
+Every evaluation also logs ``val_copy_loss``: the loss on planted copies in the validation windows
+(a model that copies drives it far below ``val_loss``).
+
 Evaluate perplexity at several context lengths (prints a table, writes JSON)::
 
     memlong pretrain --eval-only --model runs/base/final --corpus runs/corpus \\
@@ -29,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -42,7 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="e.g. stdlib=1,man=1,jdk=1 (default: equal weight per source)")
     g.add_argument("--streams", type=int, default=32,
                    help="open document streams each batch's rows are drawn from (decorrelates steps)")
+    g.add_argument("--copy-rate", type=float, default=0.0,
+                   help="probability that a training window gets a verbatim copy of one of its own earlier "
+                        "passages written over a later part (teaches in-context copying; see plant_copies)")
+    g.add_argument("--copy-span", type=int, default=256, help="longest planted copy, in tokens (shortest: a quarter)")
     g = p.add_argument_group("model (LlamaConfig)")
+    g.add_argument("--init-from", default=None,
+                   help="start from this model folder's weights (continued pretraining, fresh optimizer and "
+                        "schedule); its architecture replaces the model flags")
     g.add_argument("--layers", type=int, default=8)
     g.add_argument("--hidden", type=int, default=256)
     g.add_argument("--intermediate", type=int, default=None, help="MLP width (default: ~8/3 * hidden, multiple of 16)")
@@ -147,10 +164,38 @@ def validation_windows(corpus: str | os.PathLike, tokenizer, seq_len: int, per_s
     return torch.tensor(rows, dtype=torch.long)
 
 
-def mean_nll(model, windows, batch_size: int = 1) -> tuple[float, int]:
+def plant_copies(x, rng: random.Random, rate: float, span: int):
+    """In-context copying for pretraining: each row of ``x`` (``LongTensor[B, L]``), with
+    probability ``rate``, gets a verbatim copy of one of its own earlier passages (``span // 4``
+    to ``span`` tokens, at most ``L // 2``) written over a later part of the same window.
+
+    Real text repeats itself too rarely for a small model trained on a few million tokens to learn
+    to copy from its context (induction); without that skill in the lower layers the keys a MemLong
+    memory stores carry nothing an upper layer could copy from. Returns ``(x_new, copied)``:
+    ``copied[b, t]`` is True where token ``t`` is a copy that its predecessor already predicts
+    (every copied token but the first), the positions a copy probe scores.
+    """
+    import torch
+
+    x = x.clone()
+    copied = torch.zeros_like(x, dtype=torch.bool)
+    length = x.shape[1]
+    for row in range(x.shape[0]):
+        if rng.random() >= rate:
+            continue
+        n = min(rng.randint(max(2, span // 4), max(2, span)), length // 2)
+        dst = rng.randint(n, length - n)  # the copy starts after its source ends
+        src = rng.randint(0, dst - n)
+        x[row, dst : dst + n] = x[row, src : src + n].clone()
+        copied[row, dst + 1 : dst + n] = True
+    return x, copied
+
+
+def mean_nll(model, windows, batch_size: int = 1, scored=None) -> tuple[float, int]:
     """Mean next-token NLL (nats) over ``windows`` ``LongTensor[N, L]``; returns (nll, tokens).
 
-    Each window is scored on its own, from position 0: ``L - 1`` predicted tokens per window.
+    Each window is scored on its own, from position 0: ``L - 1`` predicted tokens per window, or
+    only the tokens where ``scored`` (``BoolTensor[N, L]``, by target position) is True.
     """
     import torch
     import torch.nn.functional as F
@@ -162,10 +207,13 @@ def mean_nll(model, windows, batch_size: int = 1) -> tuple[float, int]:
             x = windows[i : i + batch_size]
             logits = model(input_ids=x).logits  # [B, L, V]
             loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1), reduction="sum"
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1), reduction="none"
             )
-            total += loss.item()
-            count += x[:, 1:].numel()
+            if scored is not None:
+                keep = scored[i : i + batch_size, 1:].reshape(-1)
+                loss = loss[keep]
+            total += loss.sum().item()
+            count += loss.numel()
     return total / count, count
 
 
@@ -346,6 +394,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"{corpus}/train.jsonl not found: run `memlong data --out {corpus}` first")
     if args.max_steps < 1 or args.warmup < 0 or args.batch_size < 1:
         raise SystemExit("--max-steps and --batch-size must be >= 1, --warmup >= 0")
+    if not 0.0 <= args.copy_rate <= 1.0 or args.copy_span < 2:
+        raise SystemExit(f"--copy-rate must be in [0, 1] (got {args.copy_rate}) and --copy-span >= 2 (got {args.copy_span})")
     tokenizer = load_tokenizer(args.tokenizer or corpus / "tokenizer")
     weights = None
     if args.source_weights:
@@ -360,11 +410,19 @@ def run_train(args: argparse.Namespace) -> int:
                           streams=max(args.streams, args.batch_size))
     if resume:
         model = LlamaForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
+    elif args.init_from:
+        model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        if model.config.vocab_size != len(tokenizer):
+            raise SystemExit(f"--init-from {args.init_from} has a vocabulary of {model.config.vocab_size}, "
+                             f"the tokenizer {len(tokenizer)}: use the tokenizer it was trained with (--tokenizer)")
     else:
         model = LlamaForCausalLM(build_config(args, tokenizer))
     cfg = model.config
-    if cfg.max_position_embeddings != args.seq_len or cfg.num_hidden_layers != args.layers or cfg.hidden_size != args.hidden:
-        raise SystemExit(f"checkpoint in {ckpt} has a different model/context than the flags; use --no-resume or a new --out")
+    same_shape = args.init_from or (cfg.num_hidden_layers == args.layers and cfg.hidden_size == args.hidden)
+    if cfg.max_position_embeddings != args.seq_len or not same_shape:
+        what = args.init_from if args.init_from and not resume else f"checkpoint in {ckpt}"
+        raise SystemExit(f"{what} has a different model/context than the flags (context "
+                         f"{cfg.max_position_embeddings} vs --seq-len {args.seq_len}); use matching flags or a new --out")
     n_params = sum(p.numel() for p in model.parameters())
     # No weight decay on norms (1-D tensors): decaying a gain towards 0 only hurts.
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -393,6 +451,8 @@ def run_train(args: argparse.Namespace) -> int:
         kept = [l for l in (metrics_path.read_text().splitlines() if metrics_path.exists() else []) if json.loads(l)["step"] <= step]
         metrics_path.write_text("".join(l + "\n" for l in kept))
     val = validation_windows(corpus, tokenizer, args.seq_len, args.eval_windows_per_source)
+    # The copy probe: the same windows, each with a copy of one of its own passages planted.
+    val_copy, val_copied = plant_copies(val, random.Random(args.seed), 1.0, args.copy_span)
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
           f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows")
@@ -401,19 +461,22 @@ def run_train(args: argparse.Namespace) -> int:
     def state() -> dict:
         return {"step": step, "tokens_seen": tokens_seen, "train_seconds": elapsed_before + (time.perf_counter() - t_start)}
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, float]:
         nll, _ = mean_nll(model, val)
+        copy_nll, _ = mean_nll(model, val_copy, scored=val_copied)
         model.train()
-        return nll
+        return nll, copy_nll
 
     t_start = time.perf_counter()
     start_step = step
-    last_val = None
+    last_val = last_copy = None
     bar = tqdm(total=args.max_steps, initial=step, disable=args.no_progress, dynamic_ncols=True, mininterval=5)
     model.train()
     with metrics_path.open("a") as log:
         while step < args.max_steps:
             x = stream.next_batch()  # [B, seq_len]
+            if args.copy_rate > 0:
+                x, _ = plant_copies(x, random.Random(f"{args.seed}-{step}"), args.copy_rate, args.copy_span)
             loss = model(input_ids=x, labels=x).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -431,10 +494,12 @@ def run_train(args: argparse.Namespace) -> int:
                 args.stop_after is not None and step - start_step >= args.stop_after
             )
             if step % args.eval_every == 0 or step == args.max_steps or timed_out:
-                last_val = evaluate()
+                last_val, last_copy = evaluate()
                 log.write(json.dumps({"step": step, "val_loss": round(last_val, 5), "val_ppl": round(math.exp(last_val), 3),
+                                      "val_copy_loss": round(last_copy, 5),
                                       "tokens": tokens_seen, "seconds": round(state()["train_seconds"], 1)}) + "\n")
-                print(f"\nstep {step}: val loss {last_val:.4f} (ppl {math.exp(last_val):.2f})", flush=True)
+                print(f"\nstep {step}: val loss {last_val:.4f} (ppl {math.exp(last_val):.2f}), "
+                      f"copy probe loss {last_copy:.4f}", flush=True)
             if step % args.save_every == 0 or step == args.max_steps or timed_out:
                 log.flush()
                 _save_checkpoint(out, model, optimizer, scheduler, stream, state())
@@ -461,6 +526,7 @@ def run_train(args: argparse.Namespace) -> int:
         "parameters": n_params,
         "final_val_loss": last_val,
         "final_val_ppl": math.exp(last_val) if last_val is not None else None,
+        "final_val_copy_loss": last_copy if last_val is not None else None,
         "validation_windows": len(val),
         "threads": torch.get_num_threads(),
         "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
