@@ -279,11 +279,11 @@ def test_compressed_kv_round_trip(dtype, tol, tmp_path):
 
 
 def test_mmap_tier_matches_memory_and_leaves_no_files(tmp_path):
-    plain = random_bank(BankLayout(10, TAU, H, D, E), n=9)  # grows 4 -> 8 -> 10 slots, evicts once
+    plain = random_bank(BankLayout(10, TAU, H, D, E), n=9)  # grows 4 -> 8 -> 10 slots (3 pages), evicts once
     mapped = random_bank(BankLayout(10, TAU, H, D, E, mmap_dir=str(tmp_path / "kv")), n=9)
     assert ids(plain) == ids(mapped)
     slots = mapped.valid.nonzero().flatten()
     for a, b in zip(plain.gather(slots), mapped.gather(slots)):
         assert torch.equal(a, b)
-    assert mapped.keys.untyped_storage().filename is not None  # really file-backed
+    assert all(page.untyped_storage().filename is not None for page in mapped.keys.pages)  # really file-backed
     assert list((tmp_path / "kv").iterdir()) == []  # unlinked at once: nothing to clean up

@@ -20,7 +20,9 @@ model's device, in host memory (pinned when the model is on a GPU, so retrieved 
 the GPU asynchronously), or in a memory-mapped file; only the retrieved chunks go to the model.
 
 Eviction frees slots in place; new chunks take free slots, so nothing large is ever copied.
-Storage grows by doubling up to the capacity, so a large capacity costs nothing until used.
+Storage grows with use up to the capacity (so a large capacity costs nothing until used): K/V in
+pages (:class:`~memlong.memory.paged.PagedTensor`) that are added, never reallocated, so growing
+the bank does not hold its old and new storage at once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from dataclasses import dataclass
 import torch
 
 from memlong.memory.index import make_index
+from memlong.memory.paged import PagedTensor
+
+# Largest K/V page (per tensor): growth adds pages of at most this size.
+PAGE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -117,13 +123,15 @@ class MemoryBank:
         self._allocate(0)
 
     # ------------------------------------------------------------------ storage
-    def _kv_tensor(self, n: int, old: torch.Tensor | None = None, scales: bool = False) -> torch.Tensor:
-        """Zeroed K/V storage (or its scales) for ``n`` slots on the bank's tier, holding ``old``
-        in its first rows. Memory-mapped files are unlinked at once: the mapping keeps them
-        alive and nothing is left on disk when the bank goes away."""
+    def _kv_page(self, n: int, scales: bool = False) -> torch.Tensor:
+        """A zeroed page of K/V storage (or of their scales) for ``n`` slots on the bank's tier.
+        Memory-mapped files are unlinked at once: the mapping keeps them alive and nothing is
+        left on disk when the bank goes away."""
         L = self.layout
         shape = (n, L.num_kv_heads, L.chunk_size) + (() if scales else (L.head_dim,))
         dtype = torch.float32 if scales else L.dtype
+        if n == 0:
+            return torch.zeros(shape, dtype=dtype, device="cpu" if L.mmap_dir is not None else L.device)
         if L.mmap_dir is not None:
             import tempfile
 
@@ -131,20 +139,18 @@ class MemoryBank:
             fd, path = tempfile.mkstemp(prefix="memlong-kv-", dir=L.mmap_dir)
             os.close(fd)
             try:
-                t = torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+                return torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
             finally:
                 os.unlink(path)
-        else:
-            t = torch.zeros(shape, dtype=dtype, device=L.device, pin_memory=L.pin_memory)
-        if old is not None and old.shape[0]:
-            t[: old.shape[0]] = old
-        return t
+        return torch.zeros(shape, dtype=dtype, device=L.device, pin_memory=L.pin_memory)
 
     def _allocate(self, n: int) -> None:
         L = self.layout
-        self.keys, self.values = self._kv_tensor(n), self._kv_tensor(n)
-        self.key_scales = self._kv_tensor(n, scales=True) if L.quantized else None
-        self.value_scales = self._kv_tensor(n, scales=True) if L.quantized else None
+        self.keys, self.values = PagedTensor(self._kv_page), PagedTensor(self._kv_page)
+        self.key_scales = PagedTensor(lambda m: self._kv_page(m, scales=True)) if L.quantized else None
+        self.value_scales = PagedTensor(lambda m: self._kv_page(m, scales=True)) if L.quantized else None
+        for t in self._kv_storage():
+            t.extend(n)
         self.embeddings = torch.zeros(n, L.embed_dim, dtype=torch.float32, device=L.device)
         self.chunk_ids = torch.full((n,), -1, dtype=torch.long)
         self.spans = torch.zeros(n, 2, dtype=torch.long)
@@ -153,19 +159,24 @@ class MemoryBank:
         self.counts = torch.zeros(n, dtype=torch.long)
         self.index = make_index(self.search_backend, L.embed_dim)
 
+    def _kv_storage(self) -> list[PagedTensor]:
+        return [t for t in (self.keys, self.values, self.key_scales, self.value_scales) if t is not None]
+
     def _grow(self) -> None:
+        """More slots: as many again as there are (at least 4), at most a page of
+        :data:`PAGE_BYTES` of K/V, never past the capacity. K/V get a new page (nothing stored
+        is copied); the small per-slot tensors are reallocated."""
+        L = self.layout
         old = self.num_slots
-        new = min(self.layout.capacity, max(4, 2 * old))
-        pad = new - old
+        per_slot = L.num_kv_heads * L.chunk_size * L.head_dim * torch.empty(0, dtype=L.dtype).element_size()
+        pad = min(L.capacity - old, max(4, old), max(1, PAGE_BYTES // per_slot))
 
         def grow(t: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
             extra = torch.full((pad, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)
             return torch.cat([t, extra])
 
-        self.keys, self.values = self._kv_tensor(new, self.keys), self._kv_tensor(new, self.values)
-        if self.layout.quantized:
-            self.key_scales = self._kv_tensor(new, self.key_scales, scales=True)
-            self.value_scales = self._kv_tensor(new, self.value_scales, scales=True)
+        for t in self._kv_storage():
+            t.extend(pad)
         self.embeddings = grow(self.embeddings)
         self.chunk_ids = grow(self.chunk_ids, -1)
         self.spans, self.token_ids, self.counts = grow(self.spans), grow(self.token_ids), grow(self.counts)
