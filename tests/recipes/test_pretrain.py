@@ -86,6 +86,14 @@ def test_plant_copies_marks_exact_copies():
         assert copied[row].nonzero().flatten().tolist() == list(range(dst + 1, dst + n))
     untouched, none = plant_copies(x, random.Random(3), 0.0, 16)
     assert torch.equal(untouched, x) and not none.any()
+    # random sources: the source passage is replaced by random ids, and the copy repeats them
+    z, zc = plant_copies(x, random.Random(3), 1.0, 16, random_share=1.0, vocab=7)
+    for row in range(4):
+        pos = zc[row].nonzero().flatten()
+        dst, n = pos[0].item() - 1, len(pos) + 1
+        assert bool((z[row, dst : dst + n] < 7).all())  # ids from the random vocabulary
+        src = [s for s in range(0, dst - n + 1) if torch.equal(z[row, s : s + n], z[row, dst : dst + n])]
+        assert src and (z[row] != x[row]).sum() >= n  # source overwritten, then copied
 
 
 def test_mean_nll_scores_only_the_marked_tokens(corpus):

@@ -15,8 +15,9 @@ and ``final/``, a ``from_pretrained`` folder with the tokenizer and ``train_summ
 Continue from a model folder with planted in-context copies (how the shipped base learned to copy
 from its context, which MemLong's memory relies on; see :func:`plant_copies`)::
 
-    memlong pretrain --corpus runs/corpus --out runs/base-copy --init-from src/memlong/pretrained/base \
-        --tokenizer src/memlong/pretrained/base --copy-rate 0.5 --copy-span 256 --lr 1e-3 --warmup 50 --max-steps 3000
+    memlong pretrain --corpus runs/corpus --out runs/base-copy --init-from src/memlong/pretrained/base \\
+        --tokenizer src/memlong/pretrained/base --copy-rate 0.5 --copy-span 256 --copy-random 0.5 \\
+        --lr 1e-3 --warmup 50 --max-steps 3000
 
 Every evaluation also logs ``val_copy_loss``: the loss on planted copies in the validation windows
 (a model that copies drives it far below ``val_loss``).
@@ -56,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probability that a training window gets a verbatim copy of one of its own earlier "
                         "passages written over a later part (teaches in-context copying; see plant_copies)")
     g.add_argument("--copy-span", type=int, default=256, help="longest planted copy, in tokens (shortest: a quarter)")
+    g.add_argument("--copy-random", type=float, default=0.0,
+                   help="share of the planted copies whose source passage is random tokens (pure copying signal)")
     g = p.add_argument_group("model (LlamaConfig)")
     g.add_argument("--init-from", default=None,
                    help="start from this model folder's weights (continued pretraining, fresh optimizer and "
@@ -164,7 +167,7 @@ def validation_windows(corpus: str | os.PathLike, tokenizer, seq_len: int, per_s
     return torch.tensor(rows, dtype=torch.long)
 
 
-def plant_copies(x, rng: random.Random, rate: float, span: int):
+def plant_copies(x, rng: random.Random, rate: float, span: int, random_share: float = 0.0, vocab: int = 0):
     """In-context copying for pretraining: each row of ``x`` (``LongTensor[B, L]``), with
     probability ``rate``, gets a verbatim copy of one of its own earlier passages (``span // 4``
     to ``span`` tokens, at most ``L // 2``) written over a later part of the same window.
@@ -174,6 +177,10 @@ def plant_copies(x, rng: random.Random, rate: float, span: int):
     memory stores carry nothing an upper layer could copy from. Returns ``(x_new, copied)``:
     ``copied[b, t]`` is True where token ``t`` is a copy that its predecessor already predicts
     (every copied token but the first), the positions a copy probe scores.
+
+    With ``random_share`` > 0, that share of the copies first overwrite their source passage with
+    uniformly random tokens (ids below ``vocab``): such a passage is predictable only by copying,
+    with no n-gram statistics to fall back on, the signal under which induction heads form fastest.
     """
     import torch
 
@@ -186,6 +193,9 @@ def plant_copies(x, rng: random.Random, rate: float, span: int):
         n = min(rng.randint(max(2, span // 4), max(2, span)), length // 2)
         dst = rng.randint(n, length - n)  # the copy starts after its source ends
         src = rng.randint(0, dst - n)
+        if random_share and rng.random() < random_share:
+            g = torch.Generator().manual_seed(rng.getrandbits(63))
+            x[row, src : src + n] = torch.randint(0, vocab, (n,), generator=g)
         x[row, dst : dst + n] = x[row, src : src + n].clone()
         copied[row, dst + 1 : dst + n] = True
     return x, copied
@@ -394,8 +404,9 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"{corpus}/train.jsonl not found: run `memlong data --out {corpus}` first")
     if args.max_steps < 1 or args.warmup < 0 or args.batch_size < 1:
         raise SystemExit("--max-steps and --batch-size must be >= 1, --warmup >= 0")
-    if not 0.0 <= args.copy_rate <= 1.0 or args.copy_span < 2:
-        raise SystemExit(f"--copy-rate must be in [0, 1] (got {args.copy_rate}) and --copy-span >= 2 (got {args.copy_span})")
+    if not 0.0 <= args.copy_rate <= 1.0 or not 0.0 <= args.copy_random <= 1.0 or args.copy_span < 2:
+        raise SystemExit(f"--copy-rate and --copy-random must be in [0, 1] (got {args.copy_rate}, {args.copy_random}) "
+                         f"and --copy-span >= 2 (got {args.copy_span})")
     tokenizer = load_tokenizer(args.tokenizer or corpus / "tokenizer")
     weights = None
     if args.source_weights:
@@ -476,7 +487,8 @@ def run_train(args: argparse.Namespace) -> int:
         while step < args.max_steps:
             x = stream.next_batch()  # [B, seq_len]
             if args.copy_rate > 0:
-                x, _ = plant_copies(x, random.Random(f"{args.seed}-{step}"), args.copy_rate, args.copy_span)
+                x, _ = plant_copies(x, random.Random(f"{args.seed}-{step}"), args.copy_rate, args.copy_span,
+                                    args.copy_random, cfg.vocab_size)
             loss = model(input_ids=x, labels=x).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
