@@ -160,3 +160,21 @@ def test_export_and_model_card(corpus, tmp_path):
     ppl64 = json.loads((ship / "ppl_test.json").read_text())["results"]["64"]["ppl"]
     assert f"| 64 (past training context) | {ppl64:.2f} |" in text
     assert "2 of a 2-step schedule" in text
+
+    # Continued pretraining from the shipped folder into itself, resumed once with other flags:
+    # the card lists both stages and both phases of the last one, from the records.
+    cont = tmp_path / "cont"
+    flags = [*TINY, "--init-from", str(ship), "--tokenizer", str(corpus / "tokenizer"), "--copy-rate", "0.5"]
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(cont), *flags, "--stop-after", "1"]) == 0
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(cont), *flags, "--copy-random", "0.5"]) == 0
+    history = json.loads((cont / "run_args_history.json").read_text())
+    assert [h["from_step"] for h in history] == [0, 1]
+    assert [h["args"]["copy_random"] for h in history] == [0.0, 0.5]
+    assert card.main(["--run", str(cont), "--corpus", str(corpus), "--out", str(ship)]) == 0
+    summary = json.loads((ship / "train_summary.json").read_text())
+    assert [st["steps"] for st in summary["previous_stages"]] == [2] and summary["steps"] == 4
+    assert card.main(["--run", str(cont), "--corpus", str(corpus), "--out", str(ship), "--card-only"]) == 0
+    text = (ship / "README.md").read_text()
+    assert "| 1 (from scratch) | 2 |" in text and "| 2 (continued) | 4 |" in text
+    assert "stage 2, steps 1-1:" in text and "stage 2, steps 2-4:" in text and "--copy-random 0.5" in text
+    assert f"{(2 + 4) * 2 * 32:,} (2 windows" in text

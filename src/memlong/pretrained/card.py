@@ -25,6 +25,50 @@ COPY_FROM_FINAL = ("model.safetensors", "config.json", "generation_config.json",
                    "tokenizer_config.json", "special_tokens_map.json", "loss.png", "train_summary.json")
 
 
+# Written by `memlong pretrain` when a run is resumed with different flags: what each phase ran with.
+PHASES = "run_args_history.json"
+
+
+def train_command(a: dict) -> str:
+    """The `memlong pretrain` command of a run, from its recorded arguments."""
+    cmd = f"memlong pretrain --corpus {a['corpus']} --out {a['out']}"
+    if a.get("init_from"):
+        cmd += f" --init-from {a['init_from']}" + (f" --tokenizer {a['tokenizer']}" if a.get("tokenizer") else "")
+    else:
+        cmd += (f" --layers {a['layers']} --hidden {a['hidden']} --heads {a['heads']} --kv-heads {a['kv_heads']}")
+    if a.get("copy_rate"):
+        cmd += f" --copy-rate {a['copy_rate']} --copy-span {a['copy_span']}"
+        if a.get("copy_random"):
+            cmd += f" --copy-random {a['copy_random']}"
+    return (cmd + f" --seq-len {a['seq_len']} --batch-size {a['batch_size']} --lr {a['lr']} --warmup {a['warmup']} "
+            f"--max-steps {a['max_steps']} --eval-every {a['eval_every']} --save-every {a['save_every']} --threads {a['threads']}")
+
+
+def _stages_md(ts: dict, phases: list[dict]) -> str:
+    """A table of the training stages (earlier runs this one continued from, then this run)."""
+    stages = ts.get("previous_stages", []) + [ts]
+    if len(stages) == 1 and len(phases) <= 1:
+        return ""
+    rows = ["| stage | steps | tokens | wall time | final validation loss | copy-probe loss |", "|---|---:|---:|---:|---:|---:|"]
+    for i, st in enumerate(stages, 1):
+        copy = st.get("final_val_copy_loss")
+        rows.append(f"| {i}{' (from scratch)' if not st['args'].get('init_from') else ' (continued)'} | {st['steps']:,} | "
+                    f"{st['tokens_seen']:,} | {st['train_seconds'] / 60:.1f} min | {st['final_val_loss']:.4f} | "
+                    f"{'' if copy is None else f'{copy:.4f}'} |")
+    cmds = [f"stage {i}: `{train_command(st['args'])}`" for i, st in enumerate(stages[:-1], 1)]
+    if len(phases) > 1:
+        for j, ph in enumerate(phases):
+            end = phases[j + 1]["from_step"] if j + 1 < len(phases) else ts["steps"]
+            cmds.append(f"stage {len(stages)}, steps {ph['from_step'] + 1}-{end}: `{train_command(ph['args'])}`")
+    else:
+        cmds.append(f"stage {len(stages)}: `{train_command(ts['args'])}`")
+    return ("\nTraining ran in stages, each continuing from the weights of the one before (fresh optimizer and "
+            "schedule; a run resumed with different flags is listed by phase). The copy-probe loss is the loss on "
+            "planted verbatim copies of earlier passages in the same validation windows (blank where the stage did "
+            "not measure it); a model that copies from its context drives it far below the validation loss.\n\n"
+            + "\n".join(rows) + "\n\n" + "\n".join(f"- {c}" for c in cmds) + "\n")
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,10 +83,23 @@ def export(run: Path, corpus: Path, vocab_sweep: Path | None, out: Path) -> None
     final = run / "final"
     if not (final / "model.safetensors").is_file():
         raise SystemExit(f"{final} has no model.safetensors: the run has not finished")
+    ts = json.loads((final / "train_summary.json").read_text())
+    init = ts["args"].get("init_from")
+    prior = None
+    if init:  # continued pretraining: read the earlier stages now (``init`` may be ``out`` itself)
+        path = Path(init) / "train_summary.json"
+        if not path.is_file():
+            raise SystemExit(f"the run continued from {init}, which has no train_summary.json to record its earlier training")
+        prior = json.loads(path.read_text())
     out.mkdir(parents=True, exist_ok=True)
     for name in COPY_FROM_FINAL:
         if (final / name).is_file():
             shutil.copy2(final / name, out / name)
+    if prior is not None:
+        ts["previous_stages"] = prior.pop("previous_stages", []) + [prior]
+        (out / "train_summary.json").write_text(json.dumps(ts, indent=2) + "\n")
+    if (run / PHASES).is_file():
+        shutil.copy2(run / PHASES, out / PHASES)
     shutil.copy2(run / "metrics.jsonl", out / "metrics.jsonl")
     shutil.copy2(corpus / "summary.json", out / "corpus_summary.json")
     shutil.copy2(corpus / "long_documents.json", out / "long_documents.json")
@@ -82,10 +139,14 @@ def render(out: Path) -> str:
     weights_mb = (out / "model.safetensors").stat().st_size / 2**20
     finished = ts["steps"] >= a["max_steps"]
 
-    train_cmd = (f"memlong pretrain --corpus {a['corpus']} --out {a['out']} --layers {a['layers']} --hidden {a['hidden']} "
-                 f"--heads {a['heads']} --kv-heads {a['kv_heads']} --seq-len {a['seq_len']} --batch-size {a['batch_size']} "
-                 f"--lr {a['lr']} --warmup {a['warmup']} --max-steps {a['max_steps']} --eval-every {a['eval_every']} "
-                 f"--save-every {a['save_every']} --threads {a['threads']}")
+    phases = json.loads((out / PHASES).read_text()) if (out / PHASES).is_file() else []
+    stages = ts.get("previous_stages", []) + [ts]
+    train_cmd = "\n".join(train_command(st["args"]) for st in stages[:-1])
+    train_cmd += ("\n" if train_cmd else "") + ("\n".join(train_command(ph["args"]) for ph in phases) if phases
+                                                 else train_command(a))
+    total_tokens = sum(st["tokens_seen"] for st in stages)
+    total_seconds = sum(st["train_seconds"] for st in stages)
+    stages_md = _stages_md(ts, phases)
     data_rows = []
     for split, st in corpus["splits"].items():
         by = ", ".join(f"{k} {v['documents']:,} docs / {v['bytes'] / 1e6:.1f} MB" for k, v in st["by_source"].items())
@@ -131,7 +192,7 @@ human-written text at a {ctx}-token context and never beyond it. It plays the ro
 the MemLong paper (Table 1): a model whose perplexity degrades past its training window. Users with a
 model hub pass any Hugging Face causal LM name instead.
 
-It is a tiny model trained on a CPU for about {ts['train_seconds'] / 60:.0f} minutes: useful to exercise
+It is a tiny model trained on a CPU for about {total_seconds / 60:.0f} minutes: useful to exercise
 and measure MemLong end to end, not as a general-purpose language model.
 
 ```python
@@ -189,15 +250,15 @@ memlong data --out {a['corpus']}
 
 | | |
 |---|---|
-| steps | {ts['steps']:,} of a {a['max_steps']:,}-step schedule |
-| tokens seen | {ts['tokens_seen']:,} ({a['batch_size']} windows x {a['seq_len']} tokens per step) |
-| wall time (training loop) | {ts['train_seconds']:,.0f} s ({ts['train_seconds'] / 60:.1f} min) |
+| steps | {ts['steps']:,} of a {a['max_steps']:,}-step schedule{' (last stage)' if len(stages) > 1 else ''} |
+| tokens seen | {total_tokens:,} ({a['batch_size']} windows x {a['seq_len']} tokens per step) |
+| wall time (training loop) | {total_seconds:,.0f} s ({total_seconds / 60:.1f} min) |
 | hardware | {_cpu_name()} ({os.cpu_count()} cores visible), no GPU; torch threads: {ts['threads']} (the other core ran other work) |
 | optimiser | AdamW (betas 0.9/0.95, weight decay {a['weight_decay']}, no decay on norms), peak lr {a['lr']}, {a['warmup']} warm-up steps, cosine to {a['min_lr_ratio']} x peak, grad clip {a['grad_clip']}, fp32 |
 | final validation loss | {ts['final_val_loss']:.4f} nats/token (perplexity {ts['final_val_ppl']:.2f}) on {ts['validation_windows']} fixed validation windows of {a['seq_len']} tokens |
 
-{status} Per-step records: `metrics.jsonl`; the run's summary: `train_summary.json`.
-
+{status} Per-step records: `metrics.jsonl`{' (last stage)' if len(stages) > 1 else ''}; the run's summary: `train_summary.json`.
+{stages_md}
 ![training and validation loss](loss.png)
 
 ## Perplexity by context length
@@ -236,7 +297,7 @@ deterministic for a given seed and thread count, but wall time depends on the ma
 
 ## Limitations
 
-- {ts['parameters'] / 1e6:.1f}M parameters and {ts['tokens_seen'] / 1e6:.1f}M training tokens: far below any useful general LM; its text is
+- {ts['parameters'] / 1e6:.1f}M parameters and {total_tokens / 1e6:.1f}M training tokens: far below any useful general LM; its text is
   mostly code and manual-page English.
 - Trained at {ctx} tokens only; beyond that its perplexity degrades by design (see above).
 - No safety tuning, no instruction following.

@@ -390,6 +390,26 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, stream, state: dict
         shutil.rmtree(old)
 
 
+# Flags that do not change what is trained (how a process runs or stops).
+_RUN_ONLY = ("no_progress", "stop_after", "max_minutes", "no_resume")
+
+
+def _record_phase(out: Path, run_args: dict, step: int, resume: bool) -> None:
+    """Keeps ``run_args_history.json``: ``[{"from_step", "args"}, ...]``, a new entry whenever a
+    run is resumed with flags that change training, so the record says what every step ran with."""
+    path = out / "run_args_history.json"
+    history = json.loads(path.read_text()) if resume and path.is_file() else []
+    if resume and not history and (out / "run_args.json").is_file():
+        history = [{"from_step": 0, "args": json.loads((out / "run_args.json").read_text())}]
+
+    def trained(a: dict) -> dict:
+        return {k: v for k, v in a.items() if k not in _RUN_ONLY}
+
+    if not history or trained(history[-1]["args"]) != trained(run_args):
+        history.append({"from_step": step, "args": run_args})
+    path.write_text(json.dumps(history, indent=2) + "\n")
+
+
 def run_train(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -467,7 +487,9 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
           f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows")
-    (out / "run_args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if not k.startswith("_")}, indent=2) + "\n")
+    run_args = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    _record_phase(out, run_args, step, resume)
+    (out / "run_args.json").write_text(json.dumps(run_args, indent=2) + "\n")
 
     def state() -> dict:
         return {"step": step, "tokens_seen": tokens_seen, "train_seconds": elapsed_before + (time.perf_counter() - t_start)}
