@@ -11,7 +11,7 @@ from memlong.data.corpus import iter_split, write_corpus
 from memlong.data.sources import SkipCounter, stdlib_documents, stdlib_root
 import random
 
-from memlong.recipes.pretrain import lr_lambda, mean_nll, plant_copies
+from memlong.recipes.pretrain import lr_lambda, mean_nll, plant_copies, tile_shuffled
 from memlong.tokenizer import train_and_save
 
 TINY = ["--layers", "2", "--hidden", "64", "--heads", "8", "--kv-heads", "4", "--seq-len", "32",
@@ -94,6 +94,20 @@ def test_plant_copies_marks_exact_copies():
         assert bool((z[row, dst : dst + n] < 7).all())  # ids from the random vocabulary
         src = [s for s in range(0, dst - n + 1) if torch.equal(z[row, s : s + n], z[row, dst : dst + n])]
         assert src and (z[row] != x[row]).sum() >= n  # source overwritten, then copied
+
+
+def test_tile_shuffled_repeats_a_shuffled_passage_of_the_row():
+    x = torch.arange(3 * 50).reshape(3, 50)
+    y, copied = tile_shuffled(x, random.Random(1), 1.0, 12)
+    for row in range(3):
+        n = int((~copied[row]).sum())
+        assert 3 <= n <= 12
+        passage = y[row, :n]
+        assert sorted(passage.tolist()) == list(range(passage.min().item(), passage.min().item() + n))  # a passage
+        assert passage.min() >= x[row, 0] and passage.max() <= x[row, -1]  # of this row
+        assert torch.equal(y[row], passage.repeat(50 // n + 1)[:50])  # repeated to the end
+    same, none = tile_shuffled(x, random.Random(1), 0.0, 12)
+    assert torch.equal(same, x) and not none.any()
 
 
 def test_mean_nll_scores_only_the_marked_tokens(corpus):

@@ -40,6 +40,8 @@ def train_command(a: dict) -> str:
         cmd += f" --copy-rate {a['copy_rate']} --copy-span {a['copy_span']}"
         if a.get("copy_random"):
             cmd += f" --copy-random {a['copy_random']}"
+    if a.get("repeat_rate"):
+        cmd += f" --repeat-rate {a['repeat_rate']} --repeat-span {a['repeat_span']}"
     return (cmd + f" --seq-len {a['seq_len']} --batch-size {a['batch_size']} --lr {a['lr']} --warmup {a['warmup']} "
             f"--max-steps {a['max_steps']} --eval-every {a['eval_every']} --save-every {a['save_every']} --threads {a['threads']}")
 

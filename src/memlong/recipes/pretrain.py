@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probability that a training window gets a verbatim copy of one of its own earlier "
                         "passages written over a later part (teaches in-context copying; see plant_copies)")
     g.add_argument("--copy-span", type=int, default=256, help="longest planted copy, in tokens (shortest: a quarter)")
+    g.add_argument("--repeat-rate", type=float, default=0.0,
+                   help="probability that a training window is replaced by a shuffled passage of itself, repeated "
+                        "(the plainest copying task; see tile_shuffled)")
+    g.add_argument("--repeat-span", type=int, default=128, help="longest repeated passage, in tokens (shortest: a quarter)")
     g.add_argument("--copy-random", type=float, default=0.0,
                    help="share of the planted copies whose source passage is random tokens (pure copying signal)")
     g = p.add_argument_group("model (LlamaConfig)")
@@ -198,6 +202,30 @@ def plant_copies(x, rng: random.Random, rate: float, span: int, random_share: fl
             x[row, src : src + n] = torch.randint(0, vocab, (n,), generator=g)
         x[row, dst : dst + n] = x[row, src : src + n].clone()
         copied[row, dst + 1 : dst + n] = True
+    return x, copied
+
+
+def tile_shuffled(x, rng: random.Random, rate: float, span: int):
+    """The plainest copying task, from real tokens: each row of ``x`` (``LongTensor[B, L]``), with
+    probability ``rate``, becomes one of its own passages (``span // 4`` to ``span`` tokens) with
+    its tokens shuffled, repeated until the window is full. The shuffle keeps the text's token
+    frequencies but removes anything but copying that could predict the repeats, the setting in
+    which induction heads form within a few hundred steps. Returns ``(x_new, copied)`` as
+    :func:`plant_copies` (``copied``: every token of the repeats)."""
+    import torch
+
+    x = x.clone()
+    copied = torch.zeros_like(x, dtype=torch.bool)
+    length = x.shape[1]
+    for row in range(x.shape[0]):
+        if rng.random() >= rate:
+            continue
+        n = min(rng.randint(max(2, span // 4), max(2, span)), length // 2)
+        start = rng.randint(0, length - n)
+        passage = x[row, start : start + n].tolist()
+        rng.shuffle(passage)
+        x[row] = torch.tensor(passage * (length // n + 1))[:length]
+        copied[row, n:] = True
     return x, copied
 
 
@@ -424,6 +452,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"{corpus}/train.jsonl not found: run `memlong data --out {corpus}` first")
     if args.max_steps < 1 or args.warmup < 0 or args.batch_size < 1:
         raise SystemExit("--max-steps and --batch-size must be >= 1, --warmup >= 0")
+    if not 0.0 <= args.repeat_rate <= 1.0 or args.repeat_span < 2:
+        raise SystemExit(f"--repeat-rate must be in [0, 1] (got {args.repeat_rate}) and --repeat-span >= 2 (got {args.repeat_span})")
     if not 0.0 <= args.copy_rate <= 1.0 or not 0.0 <= args.copy_random <= 1.0 or args.copy_span < 2:
         raise SystemExit(f"--copy-rate and --copy-random must be in [0, 1] (got {args.copy_rate}, {args.copy_random}) "
                          f"and --copy-span >= 2 (got {args.copy_span})")
@@ -511,6 +541,8 @@ def run_train(args: argparse.Namespace) -> int:
             if args.copy_rate > 0:
                 x, _ = plant_copies(x, random.Random(f"{args.seed}-{step}"), args.copy_rate, args.copy_span,
                                     args.copy_random, cfg.vocab_size)
+            if args.repeat_rate > 0:
+                x, _ = tile_shuffled(x, random.Random(f"{args.seed}-repeat-{step}"), args.repeat_rate, args.repeat_span)
             loss = model(input_ids=x, labels=x).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
