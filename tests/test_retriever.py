@@ -146,6 +146,52 @@ def test_retriever_from_name_embedding_needs_the_model():
     assert isinstance(r, memlong.EmbeddingRetriever) and r.dim == model.config.hidden_size
 
 
+def test_embedding_retriever_uses_the_token_counts_shipped_in_the_model_folder(tmp_path):
+    from memlong.retriever import (
+        EmbeddingRetriever,
+        count_tokens,
+        load_token_counts,
+        retriever_from_name,
+        save_token_counts,
+    )
+
+    model, _ = tiny_model_pair()
+    vocab = model.config.vocab_size
+    model.save_pretrained(tmp_path)
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path)
+    plain = retriever_from_name("embedding", None, model=loaded)
+    assert plain.describe()["token_weights"] is None and load_token_counts(tmp_path) is None
+
+    counts = count_tokens([[1, 2, 2, 3], [3, 3, 5]], vocab)
+    assert counts[:6].tolist() == [0, 1, 2, 3, 0, 1] and int(counts.sum()) == 7
+    save_token_counts(tmp_path, counts, {"split": "train"})
+    assert torch.equal(load_token_counts(tmp_path), counts)
+    sif = retriever_from_name("embedding", None, model=LlamaForCausalLM.from_pretrained(tmp_path))
+    want = EmbeddingRetriever.sif_from_counts(counts)
+    assert torch.equal(sif.token_weights, want) and sif.describe()["token_weights"] is not None
+    assert want[3] < want[1] < want[0]  # frequent tokens weigh less
+    assert torch.allclose(EmbeddingRetriever.sif_weights([[1, 2, 2, 3], [3, 3, 5]], vocab), want)
+    chunk = [[1, 3, 3, 4]]
+    assert not torch.allclose(sif.embed(chunk), plain.embed(chunk))
+
+    (tmp_path / "token_counts.json").write_text('{"counts": "oops"}')
+    with pytest.raises(ValueError, match="token-count file"):
+        load_token_counts(tmp_path)
+    with pytest.raises(ValueError, match="token ids"):
+        count_tokens([[vocab]], vocab)
+
+
+def test_shipped_base_ships_token_counts_for_its_vocabulary():
+    from memlong.pretrained import DEFAULT_BASE_MODEL
+    from memlong.retriever import load_token_counts
+
+    counts = load_token_counts(DEFAULT_BASE_MODEL)
+    if counts is None:
+        pytest.skip("no base model committed")
+    cfg = LlamaConfig.from_pretrained(DEFAULT_BASE_MODEL)
+    assert counts.shape == (cfg.vocab_size,) and int(counts.sum()) > 100_000
+
+
 def tiny_model_pair():
     from conftest import tiny_model
 

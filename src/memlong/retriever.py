@@ -101,10 +101,55 @@ class SentenceTransformerRetriever(Retriever):
         return {"class": type(self).__name__, "dim": self.dim, "model": str(self.name)}
 
 
+TOKEN_COUNTS = "token_counts.json"
+
+
+def count_tokens(sequences: Sequence[Sequence[int]], vocab: int) -> torch.Tensor:
+    """Unigram counts ``LongTensor[vocab]`` of the token ids in ``sequences``."""
+    ids = torch.tensor([int(t) for seq in sequences for t in seq], dtype=torch.long)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"token ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
+    return torch.bincount(ids, minlength=vocab)
+
+
+def save_token_counts(folder, counts: torch.Tensor, about: dict) -> str:
+    """Writes ``folder/token_counts.json``: ``{"counts": [...], "tokens": N, **about}``."""
+    import json
+    import os
+
+    path = os.path.join(str(folder), TOKEN_COUNTS)
+    record = {"counts": [int(c) for c in counts.tolist()], "tokens": int(counts.sum()), **about}
+    with open(path, "w") as f:
+        json.dump(record, f)
+        f.write("\n")
+    return path
+
+
+def load_token_counts(folder) -> torch.Tensor | None:
+    """The token counts shipped in a model folder (``None`` when ``folder`` is not a local folder
+    or has no :data:`TOKEN_COUNTS`). Raises ``ValueError`` for a malformed file."""
+    import json
+    import os
+
+    if not folder or not os.path.isfile(os.path.join(str(folder), TOKEN_COUNTS)):
+        return None
+    path = os.path.join(str(folder), TOKEN_COUNTS)
+    try:
+        counts = json.loads(open(path).read())["counts"]
+        t = torch.tensor(counts, dtype=torch.long)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a token-count file ({e}); delete it or rewrite it with save_token_counts") from e
+    if t.dim() != 1 or bool((t < 0).any()):
+        raise ValueError(f"{path}: 'counts' must be a list of non-negative integers")
+    return t
+
+
 def retriever_from_name(name: str, tokenizer=None, model=None) -> Retriever:
     """The CLI's ``--retriever`` values: ``minilm`` (the offline default all-MiniLM-L6-v2),
     ``hashing`` (:class:`HashingRetriever`), ``embedding`` (:class:`EmbeddingRetriever` over
-    ``model``'s input embeddings; needs ``model``), or any sentence-transformers name/path."""
+    ``model``'s input embeddings, SIF-weighted when the model's folder has a
+    :data:`TOKEN_COUNTS` file, as the shipped base model does; needs ``model``), or any
+    sentence-transformers name/path."""
     if name == "hashing":
         return HashingRetriever()
     if name == "embedding":
@@ -113,7 +158,9 @@ def retriever_from_name(name: str, tokenizer=None, model=None) -> Retriever:
                 "the 'embedding' retriever pools the LM's own input embeddings: pass model=... "
                 "(the causal LM that MemLong wraps) to retriever_from_name"
             )
-        return EmbeddingRetriever.from_model(model)
+        counts = load_token_counts(getattr(model, "name_or_path", None))
+        weights = None if counts is None else EmbeddingRetriever.sif_from_counts(counts)
+        return EmbeddingRetriever.from_model(model, token_weights=weights)
     return SentenceTransformerRetriever(tokenizer, None if name == "minilm" else name)
 
 
@@ -226,9 +273,13 @@ class EmbeddingRetriever(Retriever):
     @staticmethod
     def sif_weights(sample: Sequence[Sequence[int]], vocab: int, a: float = 1e-3) -> torch.Tensor:
         """SIF weights ``a / (a + p(t))``, ``p`` the unigram frequencies of ``sample`` (add-one)."""
-        ids = torch.tensor([int(t) for seq in sample for t in seq], dtype=torch.long)
-        counts = torch.bincount(ids, minlength=vocab)[:vocab].float() + 1.0
-        return a / (a + counts / counts.sum())
+        return EmbeddingRetriever.sif_from_counts(count_tokens(sample, vocab), a)
+
+    @staticmethod
+    def sif_from_counts(counts: torch.Tensor, a: float = 1e-3) -> torch.Tensor:
+        """SIF weights ``a / (a + p(t))`` from unigram ``counts`` (add-one smoothed)."""
+        p = counts.double() + 1.0
+        return (a / (a + p / p.sum())).float()
 
     @torch.no_grad()
     def embed(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor:

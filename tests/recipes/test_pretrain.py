@@ -192,3 +192,11 @@ def test_export_and_model_card(corpus, tmp_path):
     assert "| 1 (from scratch) | 2 |" in text and "| 2 (continued) | 4 |" in text
     assert "stage 2, steps 1-1:" in text and "stage 2, steps 2-4:" in text and "--copy-random 0.5" in text
     assert f"{(2 + 4) * 2 * 32:,} (2 windows" in text
+
+    # Token counts for the embedding retriever's SIF weights, balanced by source, in the card.
+    assert card.main(["--corpus", str(corpus), "--out", str(ship), "--card-only", "--token-counts", "300"]) == 0
+    tc = json.loads((ship / "token_counts.json").read_text())
+    assert tc["tokens"] == sum(tc["tokens_per_source"].values()) <= 300 and len(tc["counts"]) == 600
+    assert "`token_counts.json`: unigram counts of" in (ship / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        card.main(["--corpus", str(corpus), "--out", str(ship)])  # exporting needs --run

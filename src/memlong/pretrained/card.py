@@ -109,6 +109,36 @@ def export(run: Path, corpus: Path, vocab_sweep: Path | None, out: Path) -> None
         shutil.copy2(vocab_sweep, out / "vocab_sweep.json")
 
 
+def write_token_counts(corpus: Path, out: Path, n: int) -> None:
+    """Counts the first ``n / len(sources)`` tokens of each source's train documents (file order)
+    with the tokenizer in ``out``; writes ``out/token_counts.json``."""
+    from memlong.data.corpus import iter_split
+    from memlong.retriever import count_tokens, save_token_counts
+    from memlong.tokenizer import load_tokenizer
+
+    if n < 1:
+        raise SystemExit(f"--token-counts must be >= 1, got {n}")
+    tok = load_tokenizer(out)
+    sources = list(json.loads((corpus / "summary.json").read_text())["splits"]["train"]["by_source"])
+    per = n // len(sources)
+    taken = {s: 0 for s in sources}
+    seqs = []
+    for doc in iter_split(corpus, "train"):
+        left = per - taken.get(doc.source, per)
+        if left <= 0:
+            if all(v >= per for v in taken.values()):
+                break
+            continue
+        ids = tok.encode(doc.text, add_special_tokens=False)[:left]
+        taken[doc.source] += len(ids)
+        seqs.append(ids)
+    counts = count_tokens(seqs, len(tok))
+    path = save_token_counts(out, counts, {"split": "train", "tokens_per_source": taken,
+                                           "command": f"python -m memlong.pretrained.card --corpus {corpus} --out {out} "
+                                                      f"--card-only --token-counts {n}"})
+    print(f"wrote {path}: {int(counts.sum()):,} tokens ({taken})")
+
+
 def _ppl_table(ppl: dict, train_ctx: int) -> str:
     sources = list(ppl["documents"])
     head = "| context L | perplexity | tokens scored | " + " | ".join(f"{s} ppl" for s in sources) + " |"
@@ -149,6 +179,13 @@ def render(out: Path) -> str:
     total_tokens = sum(st["tokens_seen"] for st in stages)
     total_seconds = sum(st["train_seconds"] for st in stages)
     stages_md = _stages_md(ts, phases)
+    counts_md = ""
+    if (out / "token_counts.json").is_file():
+        tc = json.loads((out / "token_counts.json").read_text())
+        per = ", ".join(f"{k} {v:,}" for k, v in tc["tokens_per_source"].items())
+        counts_md = (f"\n`token_counts.json`: unigram counts of {tc['tokens']:,} tokens of the train split ({per}; "
+                     f"`{tc['command']}`). The `embedding` retriever (`retriever=\"embedding\"`) weighs tokens by "
+                     "SIF, `a / (a + p(t))`, from these counts.\n")
     data_rows = []
     for split, st in corpus["splits"].items():
         by = ", ".join(f"{k} {v['documents']:,} docs / {v['bytes'] / 1e6:.1f} MB" for k, v in st["by_source"].items())
@@ -242,7 +279,7 @@ Held-out documents of at least {longd['min_tokens']:,} tokens (for long-context 
 Byte-level BPE trained with `tokenizers` on the train split ({tok_cap}, so the
 JDK does not own the merges); lossless: `memlong data` checks `decode(encode(text)) == text` on
 every validation and test document.
-{sweep_md}
+{counts_md}{sweep_md}
 ## Training
 
 ```
@@ -308,13 +345,20 @@ deterministic for a given seed and thread count, but wall time depends on the ma
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="`memlong pretrain --out` directory")
+    p.add_argument("--run", default=None, help="`memlong pretrain --out` directory (not needed with --card-only)")
     p.add_argument("--corpus", required=True, help="`memlong data --out` directory")
     p.add_argument("--vocab-sweep", default=None, help="JSON from `memlong data --sweep ... --json`")
     p.add_argument("--out", required=True, help="shipped model folder")
     p.add_argument("--card-only", action="store_true", help="only re-render README.md in --out")
+    p.add_argument("--token-counts", type=int, default=None, metavar="N",
+                   help="also write token_counts.json (unigram counts of the first N/sources tokens of each "
+                        "source's train split, the `embedding` retriever's SIF weights)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if not args.card_only and not args.run:
+        p.error("--run is required unless --card-only")
+    if args.token_counts is not None:
+        write_token_counts(Path(args.corpus), out, args.token_counts)
     if not args.card_only:
         export(Path(args.run), Path(args.corpus), Path(args.vocab_sweep) if args.vocab_sweep else None, out)
     missing = [f"ppl_{s}.json" for s in ("validation", "test") if not (out / f"ppl_{s}.json").is_file()]
