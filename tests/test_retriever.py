@@ -240,8 +240,11 @@ def test_bench_retriever_runs_end_to_end(tmp_path):
     assert rc == 0
     report = json.loads(out.read_text())
     rows = {r["retriever"]: r for r in report["results"]}
-    assert set(rows) == {"minilm", "hashing", "embedding_mean", "embedding_centered", "embedding",
-                         "embedding_sif", "embedding_sif_self", "random"}
+    assert set(rows) == {"minilm", "hashing", "embedding_mean", "embedding_centered", "embedding_whitened",
+                         "embedding", "embedding_sif", "embedding_sif_self", "random"}
+    # the shipped base folder has token counts: `embedding` is SIF-weighted, `embedding_whitened` not
+    assert rows["embedding"]["describe"]["token_weights"] is not None
+    assert rows["embedding_whitened"]["describe"]["token_weights"] is None
     assert rows["minilm"]["recall_at_k"] == 1.0
     for name, r in rows.items():
         assert 0.0 <= r["recall_at_k"] <= 1.0 and 0.0 <= r["next_hit_at_k"] <= 1.0, name

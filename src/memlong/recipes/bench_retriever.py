@@ -12,9 +12,11 @@ Protocol (all at one torch thread, on the CPU):
   ``hashing`` (:class:`~memlong.retriever.HashingRetriever`, token 1-2-gram feature hashing);
   ``embedding*``, variants of :class:`~memlong.retriever.EmbeddingRetriever` over the base
   model's own input-embedding matrix: ``embedding_mean`` (plain mean), ``embedding_centered``
-  (minus the matrix's mean row), ``embedding`` (centered and whitened by the matrix rows'
-  covariance: data-free, what ``--retriever embedding`` builds), ``embedding_sif`` (the same
-  with SIF token weights ``a/(a+p(t))``, ``p`` estimated from the first ``--sample-tokens``
+  (minus the matrix's mean row), ``embedding_whitened`` (centered and whitened by the matrix
+  rows' covariance: data-free), ``embedding`` (what ``--retriever embedding`` builds: whitened,
+  with SIF token weights ``a/(a+p(t))`` from the ``token_counts.json`` shipped in the model
+  folder, 1M training tokens balanced by source; data-free where the folder has none),
+  ``embedding_sif`` (whitened, SIF with ``p`` estimated from the first ``--sample-tokens``
   tokens of ``--sample-corpus``, default the training split) and ``embedding_sif_self`` (``p``
   from the evaluated chunks themselves: what a retriever that learned frequencies from
   everything it read would approach; transductive, an optimistic bound for that idea).
@@ -42,7 +44,8 @@ import os
 import time
 from pathlib import Path
 
-VARIANTS = ("minilm", "hashing", "embedding_mean", "embedding_centered", "embedding", "embedding_sif", "embedding_sif_self")
+VARIANTS = ("minilm", "hashing", "embedding_mean", "embedding_centered", "embedding_whitened", "embedding", "embedding_sif",
+            "embedding_sif_self")
 
 
 def add_arguments(p) -> None:
@@ -119,6 +122,8 @@ def build(name: str, tokenizer, model, docs: list[dict], args):
         return EmbeddingRetriever.from_model(model, center=False, whiten=False)
     if name == "embedding_centered":
         return EmbeddingRetriever.from_model(model, whiten=False)
+    if name == "embedding_whitened":
+        return EmbeddingRetriever.from_model(model)
     if name == "embedding":
         return retriever_from_name("embedding", tokenizer, model=model)
     vocab = model.get_input_embeddings().weight.shape[0]
