@@ -81,8 +81,8 @@ def million_section(path: Path) -> str:
                 key=lambda r: r["tokens"])
     out = [
         (f"MemLong with the shipped base model reading up to a million tokens of the stdlib's sources, "
-        f"{_machine(data, path)}. Other jobs (a training run, other sessions' tests and this session's other benchmarks) "
-        "shared the 2 cores throughout, so tokens/s are lower bounds that vary with the load; memory figures "
+        f"{_machine(data, path)}. Other jobs (tests, other benchmarks, a training experiment) "
+        "shared the 2 cores, so tokens/s are lower bounds that vary with the load; memory figures "
         "are unaffected. The capacity holds every chunk of the longest input, "
         "so the bank grows with the text by design; everything else should not: compare peak RSS minus the bank."),
         "",
