@@ -37,6 +37,8 @@ def test_paged_tensor_matches_a_plain_tensor():
         paged[torch.tensor([len(plain)])]
     with pytest.raises(IndexError, match="out of range"):
         paged[len(plain)]
+    with pytest.raises(IndexError, match="integer row indices"):
+        paged[torch.ones(len(plain), dtype=torch.bool)]
 
 
 def test_bank_growth_adds_pages_and_never_moves_stored_chunks(monkeypatch):

@@ -67,7 +67,10 @@ class PagedTensor:
     def _rows(self, index) -> torch.Tensor:
         if isinstance(index, slice):
             return torch.arange(self._size)[index]
-        index = torch.as_tensor(index, dtype=torch.long).cpu()
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool or index.is_floating_point():
+            raise IndexError(f"PagedTensor takes integer row indices, not a {index.dtype} tensor")
+        index = index.to(device="cpu", dtype=torch.long)
         if index.dim() != 1:
             raise IndexError(f"PagedTensor takes an int, a slice or a 1-D index; got shape {tuple(index.shape)}")
         if index.numel() and (index.min() < -self._size or index.max() >= self._size):
