@@ -12,8 +12,9 @@ Re-running the same command resumes from ``runs/base/checkpoint``. Outputs in ``
 ``checkpoint/`` (weights + optimizer + data-stream position), ``metrics.jsonl``, ``loss.png``,
 and ``final/``, a ``from_pretrained`` folder with the tokenizer and ``train_summary.json``.
 
-Continue from a model folder with planted in-context copies (how the shipped base learned to copy
-from its context, which MemLong's memory relies on; see :func:`plant_copies`)::
+Continue from a model folder with planted in-context copies, to teach a base model to copy from its
+context, which MemLong's memory relies on (see :func:`plant_copies`, :func:`tile_shuffled`; 2,000
+such steps on a CPU were not enough for the shipped base: ``docs/results/base_copy_pretrain_*``)::
 
     memlong pretrain --corpus runs/corpus --out runs/base-copy --init-from src/memlong/pretrained/base \\
         --tokenizer src/memlong/pretrained/base --copy-rate 0.5 --copy-span 256 --copy-random 0.5 \\
