@@ -11,7 +11,7 @@ from memlong.data.corpus import iter_split, write_corpus
 from memlong.data.sources import SkipCounter, stdlib_documents, stdlib_root
 import random
 
-from memlong.recipes.pretrain import lr_lambda, mean_nll, plant_copies, tile_shuffled
+from memlong.recipes.pretrain import induction_probe, lr_lambda, mean_nll, plant_copies, tile_shuffled
 from memlong.tokenizer import train_and_save
 
 TINY = ["--layers", "2", "--hidden", "64", "--heads", "8", "--kv-heads", "4", "--seq-len", "32",
@@ -110,6 +110,13 @@ def test_tile_shuffled_repeats_a_shuffled_passage_of_the_row():
     assert torch.equal(same, x) and not none.any()
 
 
+def test_induction_probe_is_a_repeated_random_sequence():
+    ids, scored = induction_probe(50, seed=2, rows=3, length=10)
+    assert ids.shape == (3, 20) and torch.equal(ids[:, :10], ids[:, 10:])
+    assert scored.sum() == 3 * 9 and not scored[:, :11].any()
+    assert torch.equal(induction_probe(50, seed=2, rows=3, length=10)[0], ids)  # fixed by the seed
+
+
 def test_mean_nll_scores_only_the_marked_tokens(corpus):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -136,7 +143,7 @@ def test_continued_pretraining_with_copies(corpus, tmp_path):
     cfg = json.loads((out / "final" / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 2  # the init model's architecture, not --layers
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(m["val_copy_loss"] > 0 for m in metrics if "val_loss" in m)
+    assert all(m["val_copy_loss"] > 0 and m["induction_loss"] > 0 for m in metrics if "val_loss" in m)
     a = load_file(str(base / "final" / "model.safetensors"))
     b = load_file(str(out / "final" / "model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # it trained from there

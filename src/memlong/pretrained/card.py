@@ -51,12 +51,16 @@ def _stages_md(ts: dict, phases: list[dict]) -> str:
     stages = ts.get("previous_stages", []) + [ts]
     if len(stages) == 1 and len(phases) <= 1:
         return ""
-    rows = ["| stage | steps | tokens | wall time | final validation loss | copy-probe loss |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| stage | steps | tokens | wall time | final validation loss | copy-probe loss | induction-probe loss |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def num(v) -> str:
+        return "" if v is None else f"{v:.4f}"
+
     for i, st in enumerate(stages, 1):
-        copy = st.get("final_val_copy_loss")
         rows.append(f"| {i}{' (from scratch)' if not st['args'].get('init_from') else ' (continued)'} | {st['steps']:,} | "
                     f"{st['tokens_seen']:,} | {st['train_seconds'] / 60:.1f} min | {st['final_val_loss']:.4f} | "
-                    f"{'' if copy is None else f'{copy:.4f}'} |")
+                    f"{num(st.get('final_val_copy_loss'))} | {num(st.get('final_induction_loss'))} |")
     cmds = [f"stage {i}: `{train_command(st['args'])}`" for i, st in enumerate(stages[:-1], 1)]
     if len(phases) > 1:
         for j, ph in enumerate(phases):
@@ -66,8 +70,9 @@ def _stages_md(ts: dict, phases: list[dict]) -> str:
         cmds.append(f"stage {len(stages)}: `{train_command(ts['args'])}`")
     return ("\nTraining ran in stages, each continuing from the weights of the one before (fresh optimizer and "
             "schedule; a run resumed with different flags is listed by phase). The copy-probe loss is the loss on "
-            "planted verbatim copies of earlier passages in the same validation windows (blank where the stage did "
-            "not measure it); a model that copies from its context drives it far below the validation loss.\n\n"
+            "planted verbatim copies of earlier passages in the same validation windows, the induction-probe loss "
+            "the loss on random token sequences repeated once (blank where the stage did not measure them); a model "
+            "that copies from its context drives both far down (the induction probe from about log(vocab)).\n\n"
             + "\n".join(rows) + "\n\n" + "\n".join(f"- {c}" for c in cmds) + "\n")
 
 

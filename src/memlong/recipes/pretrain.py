@@ -20,8 +20,10 @@ such steps on a CPU were not enough for the shipped base: ``docs/results/base_co
         --tokenizer src/memlong/pretrained/base --copy-rate 0.5 --copy-span 256 --copy-random 0.5 \\
         --lr 1e-3 --warmup 50 --max-steps 3000
 
-Every evaluation also logs ``val_copy_loss``: the loss on planted copies in the validation windows
-(a model that copies drives it far below ``val_loss``).
+Every evaluation also logs ``val_copy_loss``, the loss on planted copies in the validation windows
+(a model that copies drives it far below ``val_loss``), and ``induction_loss``, the loss on the
+second half of random token sequences repeated once (:func:`induction_probe`; near ``log(vocab)``
+without induction heads).
 
 Evaluate perplexity at several context lengths (prints a table, writes JSON)::
 
@@ -228,6 +230,21 @@ def tile_shuffled(x, rng: random.Random, rate: float, span: int):
         x[row] = torch.tensor(passage * (length // n + 1))[:length]
         copied[row, n:] = True
     return x, copied
+
+
+def induction_probe(vocab: int, seed: int = 0, rows: int = 8, length: int = 100):
+    """``rows`` sequences of ``length`` uniformly random token ids, each followed by itself.
+    Returns ``(ids [rows, 2 * length], scored)``, ``scored`` marking the repeat but its first
+    token. Only copying predicts the repeat: a model without induction heads scores it near
+    ``log(vocab)`` nats, one with them far below (the clearest sign of in-context copying)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randint(0, vocab, (rows, length), generator=g)
+    ids = torch.cat([r, r], 1)
+    scored = torch.zeros_like(ids, dtype=torch.bool)
+    scored[:, length + 1 :] = True
+    return ids, scored
 
 
 def mean_nll(model, windows, batch_size: int = 1, scored=None) -> tuple[float, int]:
@@ -515,6 +532,7 @@ def run_train(args: argparse.Namespace) -> int:
     val = validation_windows(corpus, tokenizer, args.seq_len, args.eval_windows_per_source)
     # The copy probe: the same windows, each with a copy of one of its own passages planted.
     val_copy, val_copied = plant_copies(val, random.Random(args.seed), 1.0, args.copy_span)
+    induction, induction_scored = induction_probe(cfg.vocab_size, args.seed)
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
           f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows")
@@ -525,15 +543,16 @@ def run_train(args: argparse.Namespace) -> int:
     def state() -> dict:
         return {"step": step, "tokens_seen": tokens_seen, "train_seconds": elapsed_before + (time.perf_counter() - t_start)}
 
-    def evaluate() -> tuple[float, float]:
+    def evaluate() -> tuple[float, float, float]:
         nll, _ = mean_nll(model, val)
         copy_nll, _ = mean_nll(model, val_copy, scored=val_copied)
+        induction_nll, _ = mean_nll(model, induction, batch_size=len(induction), scored=induction_scored)
         model.train()
-        return nll, copy_nll
+        return nll, copy_nll, induction_nll
 
     t_start = time.perf_counter()
     start_step = step
-    last_val = last_copy = None
+    last_val = last_copy = last_induction = None
     bar = tqdm(total=args.max_steps, initial=step, disable=args.no_progress, dynamic_ncols=True, mininterval=5)
     model.train()
     with metrics_path.open("a") as log:
@@ -561,12 +580,12 @@ def run_train(args: argparse.Namespace) -> int:
                 args.stop_after is not None and step - start_step >= args.stop_after
             )
             if step % args.eval_every == 0 or step == args.max_steps or timed_out:
-                last_val, last_copy = evaluate()
+                last_val, last_copy, last_induction = evaluate()
                 log.write(json.dumps({"step": step, "val_loss": round(last_val, 5), "val_ppl": round(math.exp(last_val), 3),
-                                      "val_copy_loss": round(last_copy, 5),
+                                      "val_copy_loss": round(last_copy, 5), "induction_loss": round(last_induction, 5),
                                       "tokens": tokens_seen, "seconds": round(state()["train_seconds"], 1)}) + "\n")
                 print(f"\nstep {step}: val loss {last_val:.4f} (ppl {math.exp(last_val):.2f}), "
-                      f"copy probe loss {last_copy:.4f}", flush=True)
+                      f"copy probe loss {last_copy:.4f}, induction probe loss {last_induction:.4f}", flush=True)
             if step % args.save_every == 0 or step == args.max_steps or timed_out:
                 log.flush()
                 _save_checkpoint(out, model, optimizer, scheduler, stream, state())
@@ -594,6 +613,7 @@ def run_train(args: argparse.Namespace) -> int:
         "final_val_loss": last_val,
         "final_val_ppl": math.exp(last_val) if last_val is not None else None,
         "final_val_copy_loss": last_copy if last_val is not None else None,
+        "final_induction_loss": last_induction if last_val is not None else None,
         "validation_windows": len(val),
         "threads": torch.get_num_threads(),
         "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
