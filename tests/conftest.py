@@ -12,14 +12,30 @@ import copy
 import pytest
 import torch
 from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
+    GraniteConfig,
+    GraniteForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    OlmoConfig,
+    OlmoForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+    Starcoder2Config,
+    Starcoder2ForCausalLM,
 )
 
 import memlong
@@ -31,6 +47,19 @@ FAMILIES = {
     "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 4096}),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 8}),
+    "mixtral": (MixtralConfig, MixtralForCausalLM, {"sliding_window": 4096, "num_local_experts": 2,
+                                                    "num_experts_per_tok": 1}),
+    "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM, {"head_dim": 8, "num_experts": 2, "num_experts_per_tok": 1,
+                                                        "moe_intermediate_size": 32}),
+    "gemma": (GemmaConfig, GemmaForCausalLM, {"head_dim": 8}),
+    "olmo": (OlmoConfig, OlmoForCausalLM, {}),
+    "olmo2": (Olmo2Config, Olmo2ForCausalLM, {}),
+    # attention_multiplier: a non-default attention scale, passed to the attention as `scaling`
+    "granite": (GraniteConfig, GraniteForCausalLM, {"attention_multiplier": 0.3, "embedding_multiplier": 2.0,
+                                                    "residual_multiplier": 0.5, "logits_scaling": 2.0}),
+    "phi3": (Phi3Config, Phi3ForCausalLM, {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
+    "starcoder2": (Starcoder2Config, Starcoder2ForCausalLM, {"sliding_window": 4096, "bos_token_id": 1,
+                                                            "eos_token_id": 2}),
 }
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import memlong
-from conftest import VOCAB, gated_llama, set_gates, small_memlong_config, tiny_model
+from conftest import FAMILIES, VOCAB, gated_llama, set_gates, small_memlong_config, tiny_model
 
 ATOL = 1e-5
 
@@ -26,7 +26,7 @@ def windowed_reference(ref, ids, tau, window):
     return ref(ids, attention_mask=mask).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 @torch.no_grad()
 def test_parity_with_empty_memory(family):
     model, ref = tiny_model(family)
@@ -36,8 +36,7 @@ def test_parity_with_empty_memory(family):
     torch.testing.assert_close(m(ids).logits, ref(ids).logits, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
-@pytest.mark.parametrize("fusion", ["separate", "joint"])
+@pytest.mark.parametrize("family, fusion", [(f, "separate") for f in FAMILIES] + [("llama", "joint"), ("qwen3", "joint")])
 @torch.no_grad()
 def test_gate_at_initial_value_equals_base_on_its_window(family, fusion):
     model, ref = tiny_model(family)
@@ -63,7 +62,9 @@ def test_memory_changes_output_when_gates_open(memlong_model):
 
 
 @pytest.mark.parametrize("family, fusion, positions", [("llama", "separate", "paper"), ("qwen3", "separate", "paper"),
-                                                      ("llama", "joint", "paper"), ("llama", "separate", "none")])
+                                                      ("llama", "joint", "paper"), ("llama", "separate", "none"),
+                                                      ("gemma", "separate", "paper"), ("phi3", "separate", "paper"),
+                                                      ("granite", "separate", "paper"), ("olmo2", "separate", "paper")])
 @torch.no_grad()
 def test_no_dependence_on_future_tokens(family, fusion, positions):
     model, _ = tiny_model(family)
@@ -240,8 +241,17 @@ def test_unsupported_model_names_supported_families():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
-    with pytest.raises(memlong.UnsupportedModelError, match="Llama, Mistral, Qwen2, Qwen3"):
+    with pytest.raises(memlong.UnsupportedModelError, match="Llama, Mistral, Mixtral, Qwen2, Qwen3"):
         memlong.wrap(model, small_memlong_config(retrieval_layers=(2,), memory_layer=1))
+
+
+def test_partial_rotary_models_are_refused():
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    cfg = Phi3Config(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=4, pad_token_id=0, partial_rotary_factor=0.5)
+    with pytest.raises(memlong.UnsupportedModelError, match="partial_rotary_factor=0.5"):
+        memlong.wrap(Phi3ForCausalLM(cfg), small_memlong_config())
 
 
 def test_wrap_rejects_config_that_does_not_fit_the_model():

@@ -31,9 +31,18 @@ from memlong.memory import BankLayout
 from memlong.profiling import phase
 from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRetriever, retriever_from_name
 
-#: model_type -> family name. Llama-style decoders whose attention applies RoPE to q/k (after
-#: an optional q/k norm) and then calls the attention interface.
-SUPPORTED_FAMILIES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+#: model_type -> family name. Llama-style decoders whose attention applies RoPE (rotate-half, over
+#: the whole head) to q/k, after an optional q/k norm, and then calls the attention interface;
+#: each is checked by the parity, causality and window tests (tests/test_modeling.py). Not
+#: included, because their attention differs: Gemma 2/3 (logit soft-capping), Cohere
+#: (interleaved RoPE), Phi/StableLM and other partial-rotary models.
+SUPPORTED_FAMILIES = {
+    "llama": "Llama", "mistral": "Mistral", "mixtral": "Mixtral", "qwen2": "Qwen2", "qwen3": "Qwen3",
+    "qwen3_moe": "Qwen3-MoE", "gemma": "Gemma", "olmo": "OLMo", "olmo2": "OLMo-2", "granite": "Granite",
+    "phi3": "Phi-3", "starcoder2": "Starcoder2",
+}
+#: Families whose stock mask is a sliding window whenever ``config.sliding_window`` is set.
+_SLIDING_WHEN_SET = ("mistral", "mixtral", "starcoder2")
 GATES_NAME = "memlong_gates.safetensors"
 
 
@@ -54,9 +63,16 @@ def _check_family(model: nn.Module) -> int | None:
             f"{type(model).__name__} has no .model.layers/.model.rotary_emb; MemLong wraps the "
             "*ForCausalLM class of a supported family"
         )
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    partial = rope.get("partial_rotary_factor", getattr(model.config, "partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} rotates only part of each head (partial_rotary_factor={partial}); "
+            "MemLong's attention applies RoPE to the whole head and supports only fully rotary models"
+        )
     sliding = getattr(model.config, "sliding_window", None)
     layer_types = getattr(model.config, "layer_types", None) or []
-    uses_sliding = model_type == "mistral" or "sliding_attention" in layer_types
+    uses_sliding = model_type in _SLIDING_WHEN_SET or "sliding_attention" in layer_types
     return sliding if (uses_sliding and sliding) else None
 
 
@@ -354,7 +370,8 @@ def wrap(
     """Makes ``model`` (a supported ``*ForCausalLM``) a MemLong model, in place, and returns it.
 
     Args:
-        model: a loaded causal LM (Llama, Mistral, Qwen2, Qwen3 families).
+        model: a loaded causal LM of a family in :data:`SUPPORTED_FAMILIES` (Llama, Mistral,
+            Qwen2/3, Gemma, OLMo, Granite, Phi-3, ... ).
         config: the MemLong config (default: the paper's layout scaled to the model's depth).
         retriever: the frozen chunk embedder (default: all-MiniLM-L6-v2 if ``tokenizer`` is
             given, else :class:`HashingRetriever`), or a name for
