@@ -430,3 +430,20 @@ def test_memory_from_another_config_is_refused(memlong_model, tmp_path):
     other = memlong.wrap(model, small_memlong_config(top_k=3), retriever=memlong.HashingRetriever(dim=32))
     with pytest.raises(memlong.BankFileError, match="another MemLong config"):
         other.load_memory(tmp_path / "mem")
+
+
+@pytest.mark.parametrize("family", ["mistral", "mixtral", "phi3", "starcoder2"])
+def test_local_window_must_fit_a_sliding_window_model(family):
+    """These families' stock attention slides whenever config.sliding_window is set: a MemLong
+    local window wider than it would show the model more context than it was trained with."""
+    import copy
+
+    from conftest import tiny_config
+
+    cfg = copy.deepcopy(tiny_config(family))
+    cfg.sliding_window = 16
+    model = FAMILIES[family][1](cfg)
+    with pytest.raises(memlong.MemLongConfigError, match="sliding window"):
+        memlong.wrap(model, small_memlong_config(local_window=32), retriever=memlong.HashingRetriever(dim=32))
+    memlong.wrap(model, small_memlong_config(local_window=16, chunk_size=8, memory_capacity=48),
+                 retriever=memlong.HashingRetriever(dim=32))  # fits

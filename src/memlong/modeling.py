@@ -26,7 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memlong import attention
 from memlong.cache import MemLongCache
-from memlong.config import CONFIG_NAME, MemLongConfig
+from memlong.config import CONFIG_NAME, MemLongConfig, MemLongConfigError
 from memlong.memory import BankLayout
 from memlong.profiling import phase
 from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRetriever, retriever_from_name
@@ -42,7 +42,7 @@ SUPPORTED_FAMILIES = {
     "phi3": "Phi-3", "starcoder2": "Starcoder2",
 }
 #: Families whose stock mask is a sliding window whenever ``config.sliding_window`` is set.
-_SLIDING_WHEN_SET = ("mistral", "mixtral", "starcoder2")
+_SLIDING_WHEN_SET = ("mistral", "mixtral", "starcoder2", "phi3", "qwen3_moe")
 GATES_NAME = "memlong_gates.safetensors"
 
 
@@ -386,7 +386,7 @@ def wrap(
     config = config or MemLongConfig.for_num_layers(n_layers)
     config.validate_for_model(n_layers, getattr(model.config, "max_position_embeddings", None))
     if sliding is not None and config.local_window > sliding:
-        raise ValueError(
+        raise MemLongConfigError(
             f"MemLongConfig.local_window={config.local_window} exceeds the model's sliding window "
             f"({sliding}); use a local window no larger than it"
         )
