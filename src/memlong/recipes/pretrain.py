@@ -174,6 +174,15 @@ def validation_windows(corpus: str | os.PathLike, tokenizer, seq_len: int, per_s
     return torch.tensor(rows, dtype=torch.long)
 
 
+def _picked_rows(x, rng: random.Random, rate: float, span: int):
+    """Yields ``(row, n)`` for each row of ``x`` picked with probability ``rate``, with a passage
+    length ``n`` from ``span // 4`` to ``span`` tokens, at most half the window."""
+    length = x.shape[1]
+    for row in range(x.shape[0]):
+        if rng.random() < rate:
+            yield row, min(rng.randint(max(2, span // 4), max(2, span)), length // 2)
+
+
 def plant_copies(x, rng: random.Random, rate: float, span: int, random_share: float = 0.0, vocab: int = 0):
     """In-context copying for pretraining: each row of ``x`` (``LongTensor[B, L]``), with
     probability ``rate``, gets a verbatim copy of one of its own earlier passages (``span // 4``
@@ -187,17 +196,14 @@ def plant_copies(x, rng: random.Random, rate: float, span: int, random_share: fl
 
     With ``random_share`` > 0, that share of the copies first overwrite their source passage with
     uniformly random tokens (ids below ``vocab``): such a passage is predictable only by copying,
-    with no n-gram statistics to fall back on, the signal under which induction heads form fastest.
+    with no n-gram statistics to fall back on.
     """
     import torch
 
     x = x.clone()
     copied = torch.zeros_like(x, dtype=torch.bool)
     length = x.shape[1]
-    for row in range(x.shape[0]):
-        if rng.random() >= rate:
-            continue
-        n = min(rng.randint(max(2, span // 4), max(2, span)), length // 2)
+    for row, n in _picked_rows(x, rng, rate, span):
         dst = rng.randint(n, length - n)  # the copy starts after its source ends
         src = rng.randint(0, dst - n)
         if random_share and rng.random() < random_share:
@@ -212,18 +218,14 @@ def tile_shuffled(x, rng: random.Random, rate: float, span: int):
     """The plainest copying task, from real tokens: each row of ``x`` (``LongTensor[B, L]``), with
     probability ``rate``, becomes one of its own passages (``span // 4`` to ``span`` tokens) with
     its tokens shuffled, repeated until the window is full. The shuffle keeps the text's token
-    frequencies but removes anything but copying that could predict the repeats, the setting in
-    which induction heads form within a few hundred steps. Returns ``(x_new, copied)`` as
-    :func:`plant_copies` (``copied``: every token of the repeats)."""
+    frequencies but removes anything but copying that could predict the repeats. Returns
+    ``(x_new, copied)`` as :func:`plant_copies` (``copied``: every token of the repeats)."""
     import torch
 
     x = x.clone()
     copied = torch.zeros_like(x, dtype=torch.bool)
     length = x.shape[1]
-    for row in range(x.shape[0]):
-        if rng.random() >= rate:
-            continue
-        n = min(rng.randint(max(2, span // 4), max(2, span)), length // 2)
+    for row, n in _picked_rows(x, rng, rate, span):
         start = rng.randint(0, length - n)
         passage = x[row, start : start + n].tolist()
         rng.shuffle(passage)
