@@ -191,12 +191,18 @@ def sliding_window_model(model, window: int):
     return sliding
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
+def _proc_kib_field(path: str, key: str) -> int:
+    """Bytes of a ``key: N kB`` line of a /proc file (``/proc/PID/status``, ``/proc/meminfo``);
+    0 when the line is missing."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _rss_bytes() -> int:
+    return _proc_kib_field("/proc/self/status", "VmRSS")
 
 
 def _worker(args) -> dict:
@@ -366,22 +372,14 @@ def _search(args) -> list[dict]:
 
 
 def _available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _proc_kib_field("/proc/meminfo", "MemAvailable")
 
 
 def _proc_rss(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        return _proc_kib_field(f"/proc/{pid}/status", "VmRSS")
+    except OSError:  # the worker has exited
+        return 0
 
 
 def _run_worker(cmd: list[str], timeout: float | None, max_rss: int) -> dict:
