@@ -154,6 +154,19 @@ def test_continued_pretraining_with_copies(corpus, tmp_path):
         main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "c3"), *TINY, "--copy-rate", "2"])
 
 
+def test_pretrain_bf16_autocast_keeps_float32_weights(corpus, tmp_path):
+    """--bf16 runs the forward pass under bfloat16 autocast; weights and checkpoint stay float32
+    and the logged losses are finite."""
+    out = tmp_path / "bf16"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(out), *TINY, "--bf16"]) == 0
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses) == 4 and all(0 < l < 20 for l in losses)
+    assert json.loads((out / "run_args.json").read_text())["bf16"] is True
+
+
 def test_pretrain_bad_flags(corpus, tmp_path):
     with pytest.raises(SystemExit, match="divisible"):
         main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "x"), *TINY, "--kv-heads", "3"])

