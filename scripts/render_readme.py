@@ -5,7 +5,7 @@
 
 Figures are never typed by hand: every number between the markers comes from the JSON.
 Sections: ``bench`` (docs/results/bench_ingest.json, plot bench_ingest.png), ``million``
-(docs/results/bench_million.json) and ``search`` (docs/results/bench_search_minilm.json beside
+(docs/results/bench_million.json beside bench_million_mmap.json) and ``search`` (docs/results/bench_search_minilm.json beside
 bench_search.json).
 """
 
@@ -75,31 +75,45 @@ def bench_section(path: Path) -> str:
     return "\n".join(out)
 
 
+def _allocator(r: dict) -> str:
+    t = r.get("malloc_mmap_threshold", 0)
+    return f"`MALLOC_MMAP_THRESHOLD_={t}`" if t else "glibc default"
+
+
 def million_section(path: Path) -> str:
-    data = json.loads(path.read_text())
-    ok = sorted((r for r in data["results"] if r["method"] == "memlong" and "error" not in r),
-                key=lambda r: r["tokens"])
+    """The million-token run (this JSON) and, when present, the same run with a fixed glibc mmap
+    threshold (bench_million_mmap.json)."""
+    runs = [path] + [p for p in (RESULTS / "bench_million_mmap.json",) if p.exists()]
+    datas = [json.loads(p.read_text()) for p in runs]
     out = [
-        (f"MemLong with the shipped base model reading up to a million tokens of the stdlib's sources, "
-        f"{_machine(data, path)}. Other jobs (tests, other benchmarks, a training experiment) "
-        "shared the 2 cores, so tokens/s are lower bounds that vary with the load; memory figures "
-        "are unaffected. The capacity holds every chunk of the longest input, "
-        "so the bank grows with the text by design; everything else should not: compare peak RSS minus the bank."),
+        "MemLong with the shipped base model reading up to a million tokens of the stdlib's sources:",
         "",
-        ("| tokens | tokens/s | peak RSS (MiB) | RSS before ingest (MiB) | bank (MiB) | peak RSS − bank (MiB) "
-        "| bank chunks | bank bytes/token | one-layer K/V bytes/token |"),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"- {_machine(d, p)}" for d, p in zip(datas, runs)],
+        "",
+        ("Other jobs (tests, other benchmarks, a training experiment) "
+         "shared the 2 cores, so tokens/s are lower bounds that vary with the load; memory figures "
+         "are unaffected. The capacity holds every chunk of the longest input, "
+         "so the bank grows with the text by design; everything else should not: compare peak RSS minus the bank."),
+        "",
+        ("| allocator | tokens | tokens/s | peak RSS (MiB) | RSS before ingest (MiB) | bank (MiB) | peak RSS − bank (MiB) "
+         "| bank chunks | bank bytes/token | one-layer K/V bytes/token |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in ok:
-        out.append(
-            f"| {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {r['peak_rss_bytes'] / MIB:,.0f} | "
-            f"{r['rss_before_bytes'] / MIB:,.0f} | {r['bank_bytes'] / MIB:,.1f} | "
-            f"{(r['peak_rss_bytes'] - r['bank_bytes']) / MIB:,.0f} | {r['bank_chunks']:,} | "
-            f"{r['bank_bytes_per_token']:,.1f} | {r['kv_bytes_per_token']} |"
-        )
-    for r in data["results"]:
-        if "error" in r:
-            out.append(f"| {r['tokens']:,} | {r['error']} | | | | | | | |")
+    ok = []
+    for data in datas:
+        rows = sorted((r for r in data["results"] if r["method"] == "memlong" and "error" not in r),
+                      key=lambda r: r["tokens"])
+        ok += rows
+        for r in rows:
+            out.append(
+                f"| {_allocator(r)} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {r['peak_rss_bytes'] / MIB:,.0f} | "
+                f"{r['rss_before_bytes'] / MIB:,.0f} | {r['bank_bytes'] / MIB:,.1f} | "
+                f"{(r['peak_rss_bytes'] - r['bank_bytes']) / MIB:,.0f} | {r['bank_chunks']:,} | "
+                f"{r['bank_bytes_per_token']:,.1f} | {r['kv_bytes_per_token']} |"
+            )
+        for r in data["results"]:
+            if "error" in r:
+                out.append(f"| {_allocator(r)} | {r['tokens']:,} | {r['error']} | | | | | | | |")
     if ok:
         r = ok[-1]
         extra = r["bank_bytes_per_token"] - r["kv_bytes_per_token"]

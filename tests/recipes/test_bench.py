@@ -2,6 +2,7 @@
 and memory guards report errors, never numbers."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -50,6 +51,7 @@ def test_bench_baselines_end_to_end(tmp_path):
     for r in rows.values():
         assert r["tokens"] == 512 and r["tokens_per_s"] > 0 and r["peak_rss_bytes"] > 0 and r["bank_bytes"] == 0
         assert r["seconds"] > 0
+        assert r["malloc_mmap_threshold"] == int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 0))
     assert rows["base_full"]["kv_cache_tokens"] == 512 and rows["base_sliding"]["kv_cache_tokens"] == 255
     assert png.stat().st_size > 1000
 
@@ -61,6 +63,20 @@ def test_bench_baselines_end_to_end(tmp_path):
     assert rows[0]["error"].startswith("out of time") and "tokens_per_s" not in rows[0]
     assert rows[1]["error"] == "not run: out of time at 512 tokens"
     plot_ingest(rows, tmp_path / "empty.png")  # failed points are left out, not drawn as zeros
+
+    # A fixed glibc mmap threshold reaches the workers and is recorded with their results.
+    assert main(["bench", "ingest", "--tokens", "512", "--methods", "memlong", "--malloc-mmap-threshold", "131072",
+                 *tiny, "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["malloc_mmap_threshold"] == 131072
+    assert row["bank_chunks"] == (512 - 256) // 64  # the last window's chunks are still in the local window
+    with pytest.raises(SystemExit, match="malloc-mmap-threshold"):
+        main(["bench", "ingest", "--tokens", "512", "--malloc-mmap-threshold", "-1", *tiny])
+
+
+def test_worker_gets_its_environment():
+    show = [sys.executable, "-c", "import json, os; print(json.dumps({'v': os.environ['MEMLONG_BENCH_PROBE']}))"]
+    assert _run_worker(show, timeout=None, max_rss=1 << 40, env={"MEMLONG_BENCH_PROBE": "7"}) == {"v": "7"}
 
 
 @pytest.mark.slow

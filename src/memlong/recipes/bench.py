@@ -95,6 +95,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ingest: kill a worker whose RSS passes this many GiB and report it as out of memory "
                         "(0: 85%% of the memory available at start)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=0, metavar="BYTES",
+                   help="ingest: run the workers with MALLOC_MMAP_THRESHOLD_=BYTES (glibc): a fixed threshold "
+                        "stops glibc raising it as large blocks are freed, which lets freed tensor memory pile up "
+                        "in the heap as the input grows (0: glibc's default, a dynamic threshold)")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--plot", default=None, help="ingest: PNG of tokens/s and peak RSS against tokens")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
@@ -276,6 +280,8 @@ def _worker(args) -> dict:
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         rss_before_bytes=rss_before,
         bank_bytes=bank_bytes,
+        # The allocator setting in force: it decides whether freed memory piles up (see --malloc-mmap-threshold).
+        malloc_mmap_threshold=int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 0)),
     )
     return result
 
@@ -382,12 +388,13 @@ def _proc_rss(pid: int) -> int:
         return 0
 
 
-def _run_worker(cmd: list[str], timeout: float | None, max_rss: int) -> dict:
-    """Runs one worker under a time limit and a memory guard; returns its result or ``{"error": ...}``."""
+def _run_worker(cmd: list[str], timeout: float | None, max_rss: int, env: dict | None = None) -> dict:
+    """Runs one worker (with ``env`` added to this process's environment) under a time limit and
+    a memory guard; returns its result or ``{"error": ...}``."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {})})
         t0, peak, why = time.monotonic(), 0, None
         while proc.poll() is None:
             peak = max(peak, _proc_rss(proc.pid))
@@ -444,6 +451,9 @@ def run(args) -> int:
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                    if k not in ("what", "tokens", "methods", "json", "plot", "worker") and v is not None]
     command = " ".join(["memlong", "bench", *sys.argv[2:]])
+    if args.malloc_mmap_threshold < 0:
+        raise SystemExit(f"--malloc-mmap-threshold must be >= 0 bytes, got {args.malloc_mmap_threshold}")
+    worker_env = {"MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)} if args.malloc_mmap_threshold else {}
     results, failed = [], {}
     for n in sorted(tokens):
         for method in methods:
@@ -452,7 +462,7 @@ def run(args) -> int:
             else:
                 cmd = [sys.executable, "-m", "memlong", "bench", "ingest", "--worker", method, str(n), *passthrough]
                 timeout = None if method == "memlong" else args.base_timeout
-                r = _run_worker(cmd, timeout, max_rss)
+                r = _run_worker(cmd, timeout, max_rss, worker_env)
                 if "error" in r:
                     r = {"method": method, "tokens": n, **r}
                     if r["error"].startswith("out of"):
