@@ -36,6 +36,7 @@ def test_json_round_trip(tmp_path):
         (dict(fusion="mixed"), "fusion"),
         (dict(retrieval_query="future"), "retrieval_query"),
         (dict(search_backend="annoy"), "search_backend"),
+        (dict(approximate_above=0), "approximate_above"),
         (dict(memory_layer=0, retrieval_layers=(1,)), "memory_layer"),
         (dict(chunk_size="8"), "chunk_size"),
         (dict(evict_target=1.5), "evict_target"),

@@ -367,7 +367,10 @@ def test_faiss_backend_and_fifo_run_through_the_model():
     outs = {}
     for backend in ("torch", "faiss"):
         outs[backend] = gated_llama(search_backend=backend)[0](ids)
+    # "auto" past its switch point: HNSW over a few chunks finds the exact top-k
+    outs["auto"] = gated_llama(search_backend="auto", approximate_above=2)[0](ids)
     torch.testing.assert_close(outs["faiss"].logits, outs["torch"].logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(outs["auto"].logits, outs["torch"].logits, atol=ATOL, rtol=0)
     model, _ = tiny_model("llama")
     m = memlong.wrap(model, small_memlong_config(eviction="fifo"), retriever=memlong.HashingRetriever(dim=32))
     bank = m(ids).past_key_values.bank(0)

@@ -65,7 +65,8 @@ class MemLongCache(Cache):
     def _new_bank(self) -> MemoryBank:
         c = self.config
         return MemoryBank(
-            self.layout, c.eviction, c.evict_keep_newest, c.evict_drop_oldest, c.evict_target, c.search_backend
+            self.layout, c.eviction, c.evict_keep_newest, c.evict_drop_oldest, c.evict_target, c.search_backend,
+            c.approximate_above
         )
 
     def _clear_rows(self, rows, init: bool = False) -> None:

@@ -18,7 +18,7 @@ GateMode = Literal["head", "layer"]
 GateActivation = Literal["tanh", "identity"]
 Fusion = Literal["separate", "joint"]
 QueryMode = Literal["causal", "chunk"]
-SearchBackend = Literal["torch", "faiss"]
+SearchBackend = Literal["torch", "faiss", "auto"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "eviction": ("counter", "fifo"),
@@ -27,7 +27,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "fusion": ("separate", "joint"),
     "retrieval_query": ("causal", "chunk"),
     "memory_positions": ("paper", "none"),
-    "search_backend": ("torch", "faiss"),
+    "search_backend": ("torch", "faiss", "auto"),
 }
 
 CONFIG_NAME = "memlong_config.json"
@@ -70,8 +70,12 @@ class MemLongConfig:
             is kept only for replication.
         search_backend: exact cosine top-k with faiss ``IndexFlatIP`` (``"faiss"``, default: for
             the one query per chunk MemLong makes, it measured faster than a torch scan at every
-            size from 1k to 100k chunks, docs/results/bench_search.json) or a torch scan
-            (``"torch"``).
+            size from 1k to 100k chunks, docs/results/bench_search.json), a torch scan
+            (``"torch"``), or ``"auto"``: exact up to ``approximate_above`` chunks, faiss HNSW
+            above (rebuilt after evictions; :class:`memlong.memory.index.AutoIndex`).
+        approximate_above: the ``"auto"`` backend's switch point in chunks (default 3000: where
+            HNSW became faster than exact search on MiniLM embeddings with recall@k 1.0,
+            docs/results/bench_search_minilm.json).
         retrieval_offsets: which chunks each hit brings: for a hit with chunk id ``j``, the
             stored chunks ``j + o``. ``(0,)`` (default): the hits, as in the paper. ``(0, 1)``:
             each hit and its continuation (RETRO's neighbour + continuation). With causal
@@ -106,6 +110,7 @@ class MemLongConfig:
     fusion: Fusion = "separate"
     retrieval_query: QueryMode = "causal"
     search_backend: SearchBackend = "faiss"
+    approximate_above: int = 3000
     retrieval_offsets: tuple[int, ...] = (0,)
     memory_positions: str = "paper"
     bank_dtype: str | None = None
@@ -124,7 +129,7 @@ class MemLongConfig:
         def bad(name: str, msg: str) -> None:
             raise MemLongConfigError(f"MemLongConfig.{name}: {msg}")
 
-        for name in ("memory_layer", "chunk_size", "top_k", "memory_capacity", "local_window"):
+        for name in ("memory_layer", "chunk_size", "top_k", "memory_capacity", "local_window", "approximate_above"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(name, f"must be an int, got {v!r}")
@@ -156,6 +161,8 @@ class MemLongConfig:
             )
         if self.top_k < 1:
             bad("top_k", f"must be >= 1, got {self.top_k}")
+        if self.approximate_above < 1:
+            bad("approximate_above", f"must be >= 1 chunk, got {self.approximate_above}")
         if self.memory_capacity < self.top_k * self.chunk_size:
             bad(
                 "memory_capacity",

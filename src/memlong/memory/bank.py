@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memlong.memory.index import make_index
+from memlong.memory.index import APPROXIMATE_ABOVE, make_index
 from memlong.memory.paged import PagedTensor
 
 # Largest K/V page (per tensor): growth adds pages of at most this size.
@@ -98,7 +98,9 @@ class MemoryBank:
         layout: shapes/dtypes.
         eviction: ``"counter"`` (paper) or ``"fifo"``.
         keep_newest, drop_oldest, target: fractions of the counter rule.
-        search_backend: ``"faiss"`` or ``"torch"`` (both exact cosine).
+        search_backend: ``"faiss"`` or ``"torch"`` (both exact cosine), or ``"auto"`` (exact up to
+            ``approximate_above`` chunks, HNSW above: :class:`~memlong.memory.index.AutoIndex`).
+        approximate_above: the ``"auto"`` backend's switch point, in chunks.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class MemoryBank:
         drop_oldest: float = 0.1,
         target: float = 0.5,
         search_backend: str = "faiss",
+        approximate_above: int = APPROXIMATE_ABOVE,
     ):
         if eviction not in ("counter", "fifo"):
             raise ValueError(f"unknown eviction policy {eviction!r}; choose 'counter' or 'fifo'")
@@ -118,6 +121,7 @@ class MemoryBank:
         self.drop_oldest = drop_oldest
         self.target = target
         self.search_backend = search_backend
+        self.approximate_above = approximate_above
         self.evictions = 0  # number of eviction rounds, for logs and tests
         self.metadata: dict = {}  # what a loaded bank was saved with
         self._allocate(0)
@@ -157,7 +161,7 @@ class MemoryBank:
         self.token_ids = torch.zeros(n, L.chunk_size, dtype=torch.int32)
         self.text_spans = torch.full((n, 2), -1, dtype=torch.long)
         self.counts = torch.zeros(n, dtype=torch.long)
-        self.index = make_index(self.search_backend, L.embed_dim)
+        self.index = make_index(self.search_backend, L.embed_dim, self.approximate_above)
 
     def _kv_storage(self) -> list[PagedTensor]:
         return [t for t in (self.keys, self.values, self.key_scales, self.value_scales) if t is not None]
@@ -431,6 +435,7 @@ class MemoryBank:
             "eviction": self.eviction,
             "fractions": [self.keep_newest, self.drop_oldest, self.target],
             "search_backend": self.search_backend,
+            "approximate_above": self.approximate_above,
             "evictions": self.evictions,
             "metadata": metadata or {},
         }
@@ -511,7 +516,8 @@ class MemoryBank:
         if n > layout.capacity:
             raise BankFileError(f"{tpath}: {n} chunks exceed the saved capacity {layout.capacity}")
         keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
-        bank = cls(layout, meta.get("eviction", "counter"), keep, drop, target, meta.get("search_backend", "faiss"))
+        bank = cls(layout, meta.get("eviction", "counter"), keep, drop, target, meta.get("search_backend", "faiss"),
+                  meta.get("approximate_above", APPROXIMATE_ABOVE))
         bank.evictions = int(meta.get("evictions", 0))
         bank.metadata = dict(meta.get("metadata") or {})
         while bank.num_slots < n:
