@@ -5,7 +5,7 @@
 
 Figures are never typed by hand: every number between the markers comes from the JSON.
 Sections: ``bench`` (docs/results/bench_ingest.json, plot bench_ingest.png), ``million``
-(docs/results/bench_million.json beside bench_million_mmap.json) and ``search`` (docs/results/bench_search_minilm.json beside
+(docs/results/bench_million.json beside the other bench_million_*.json) and ``search`` (docs/results/bench_search_minilm.json beside
 bench_search.json).
 """
 
@@ -81,39 +81,40 @@ def _allocator(r: dict) -> str:
 
 
 def million_section(path: Path) -> str:
-    """The million-token run (this JSON) and, when present, the same run with a fixed glibc mmap
-    threshold (bench_million_mmap.json)."""
-    runs = [path] + [p for p in (RESULTS / "bench_million_mmap.json",) if p.exists()]
+    """The million-token run (this JSON) and the other ``bench_million_*.json`` runs beside it (the
+    same run with a fixed glibc mmap threshold; short runs on an idle machine for speed)."""
+    runs = [path] + sorted(p for p in RESULTS.glob("bench_million_*.json") if p != path)
     datas = [json.loads(p.read_text()) for p in runs]
     out = [
         "MemLong with the shipped base model reading up to a million tokens of the stdlib's sources:",
         "",
         *[f"- {_machine(d, p)}" for d, p in zip(datas, runs)],
         "",
-        ("Other jobs (tests, other benchmarks, a training experiment) "
-         "shared the 2 cores, so tokens/s are lower bounds that vary with the load; memory figures "
-         "are unaffected. The capacity holds every chunk of the longest input, "
+        ("Other jobs (tests, other benchmarks, a training experiment) often "
+         "shared the 2 cores, so tokens/s are lower bounds that vary with the load (load: the 1-minute load "
+         "average when the run ended; 1 is this run alone); memory figures are unaffected. The capacity holds every chunk of the longest input, "
          "so the bank grows with the text by design; everything else should not: compare peak RSS minus the bank."),
         "",
-        ("| allocator | tokens | tokens/s | peak RSS (MiB) | RSS before ingest (MiB) | bank (MiB) | peak RSS − bank (MiB) "
+        ("| allocator | load | tokens | tokens/s | peak RSS (MiB) | RSS before ingest (MiB) | bank (MiB) | peak RSS − bank (MiB) "
          "| bank chunks | bank bytes/token | one-layer K/V bytes/token |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ok = []
     for data in datas:
+        load = data["machine"]["load_avg_1_5_15"][0]  # at the end of the run: what else shared the CPU
         rows = sorted((r for r in data["results"] if r["method"] == "memlong" and "error" not in r),
                       key=lambda r: r["tokens"])
         ok += rows
         for r in rows:
             out.append(
-                f"| {_allocator(r)} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {r['peak_rss_bytes'] / MIB:,.0f} | "
+                f"| {_allocator(r)} | {load:.1f} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | {r['peak_rss_bytes'] / MIB:,.0f} | "
                 f"{r['rss_before_bytes'] / MIB:,.0f} | {r['bank_bytes'] / MIB:,.1f} | "
                 f"{(r['peak_rss_bytes'] - r['bank_bytes']) / MIB:,.0f} | {r['bank_chunks']:,} | "
                 f"{r['bank_bytes_per_token']:,.1f} | {r['kv_bytes_per_token']} |"
             )
         for r in data["results"]:
             if "error" in r:
-                out.append(f"| {_allocator(r)} | {r['tokens']:,} | {r['error']} | | | | | | | |")
+                out.append(f"| {_allocator(r)} | {load:.1f} | {r['tokens']:,} | {r['error']} | | | | | | | |")
     if ok:
         r = ok[-1]
         extra = r["bank_bytes_per_token"] - r["kv_bytes_per_token"]
