@@ -11,7 +11,14 @@ from memlong.data.corpus import iter_split, write_corpus
 from memlong.data.sources import SkipCounter, stdlib_documents, stdlib_root
 import random
 
-from memlong.recipes.pretrain import induction_probe, lr_lambda, mean_nll, plant_copies, tile_shuffled
+from memlong.recipes.pretrain import (
+    induction_probe,
+    induction_rows,
+    lr_lambda,
+    mean_nll,
+    plant_copies,
+    tile_shuffled,
+)
 from memlong.tokenizer import train_and_save
 
 TINY = ["--layers", "2", "--hidden", "64", "--heads", "8", "--kv-heads", "4", "--seq-len", "32",
@@ -108,6 +115,37 @@ def test_tile_shuffled_repeats_a_shuffled_passage_of_the_row():
         assert torch.equal(y[row], passage.repeat(50 // n + 1)[:50])  # repeated to the end
     same, none = tile_shuffled(x, random.Random(1), 0.0, 12)
     assert torch.equal(same, x) and not none.any()
+
+
+def test_induction_rows_copy_pool_tokens_at_a_random_distance():
+    x = torch.arange(10_000, 10_000 + 6 * 64).view(6, 64)
+    pool = torch.tensor([3, 5, 7, 11])
+    new, copied, labels = induction_rows(x, random.Random(0), 0.5, 16, pool)
+    synthetic = (new != x).any(1)
+    assert 0 < int(synthetic.sum()) < 6
+    for b in range(6):
+        if not synthetic[b]:
+            assert torch.equal(new[b], x[b]) and not copied[b].any() and torch.equal(labels[b], x[b])
+            continue
+        assert set(new[b].tolist()) <= set(pool.tolist())
+        assert torch.equal(labels[b] != -100, copied[b])  # the loss counts only the copy
+        assert torch.equal(labels[b][copied[b]], new[b][copied[b]])
+        pos = copied[b].nonzero().flatten()
+        n = len(pos) + 1  # every copied token but the first is marked
+        dst = int(pos[0]) - 1
+        assert 4 <= n <= 16 and torch.equal(pos, torch.arange(dst + 1, dst + n))
+        # some earlier passage of n tokens equals the copy
+        assert any(torch.equal(new[b, s : s + n], new[b, dst : dst + n]) for s in range(0, dst - n + 1))
+
+
+def test_pretrain_with_induction_rows(corpus, tmp_path):
+    out = tmp_path / "ind"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(out), *TINY, "--induction-rate", "0.5",
+                 "--induction-span", "8", "--induction-pool", "20"]) == 0
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len([m for m in metrics if "loss" in m]) == 4 and all(0 < m["loss"] < 20 for m in metrics if "loss" in m)
+    with pytest.raises(SystemExit, match="--induction-rate"):
+        main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "bad"), *TINY, "--induction-rate", "1.5"])
 
 
 def test_induction_probe_is_a_repeated_random_sequence():

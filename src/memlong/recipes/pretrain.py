@@ -64,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probability that a training window is replaced by a shuffled passage of itself, repeated "
                         "(the plainest copying task; see tile_shuffled)")
     g.add_argument("--repeat-span", type=int, default=128, help="longest repeated passage, in tokens (shortest: a quarter)")
+    g.add_argument("--induction-rate", type=float, default=0.0,
+                   help="probability that a training window is replaced by random frequent tokens with one passage "
+                        "copied at a random distance, its loss counted only on the copy (see induction_rows)")
+    g.add_argument("--induction-span", type=int, default=128, help="longest passage of --induction-rate rows")
+    g.add_argument("--induction-pool", type=int, default=256,
+                   help="--induction-rate rows draw from this many most frequent tokens of the validation windows")
     g.add_argument("--copy-random", type=float, default=0.0,
                    help="share of the planted copies whose source passage is random tokens (pure copying signal)")
     g = p.add_argument_group("model (LlamaConfig)")
@@ -235,6 +241,32 @@ def tile_shuffled(x, rng: random.Random, rate: float, span: int):
         x[row] = torch.tensor(passage * (length // n + 1))[:length]
         copied[row, n:] = True
     return x, copied
+
+
+def induction_rows(x, rng: random.Random, rate: float, span: int, pool):
+    """Pure copying rows: each row of ``x`` (``LongTensor[B, L]``), with probability ``rate``,
+    becomes random tokens drawn from ``pool`` (``LongTensor`` of token ids, e.g. the most frequent
+    ones, whose embeddings are well trained) with one passage (``span // 4`` to ``span`` tokens)
+    copied once at a random distance. Unlike :func:`tile_shuffled` there is no fixed period, so
+    only an induction circuit (match the current token earlier, copy what followed it) predicts
+    the copy. Returns ``(x_new, copied, labels)``: ``copied`` as :func:`plant_copies`;
+    ``labels`` is ``x_new`` with -100 (ignored by the loss) on the replaced rows except where
+    ``copied``: the rest of those rows is noise by construction."""
+    import torch
+
+    x = x.clone()
+    copied = torch.zeros_like(x, dtype=torch.bool)
+    synthetic = torch.zeros(x.shape[0], dtype=torch.bool)
+    length = x.shape[1]
+    for row, n in _picked_rows(x, rng, rate, span):
+        g = torch.Generator().manual_seed(rng.getrandbits(63))
+        x[row] = pool[torch.randint(0, len(pool), (length,), generator=g)]
+        dst = rng.randint(n, length - n)
+        src = rng.randint(0, dst - n)
+        x[row, dst : dst + n] = x[row, src : src + n].clone()
+        copied[row, dst + 1 : dst + n] = True
+        synthetic[row] = True
+    return x, copied, x.masked_fill(synthetic[:, None] & ~copied, -100)
 
 
 def induction_probe(vocab: int, seed: int = 0, rows: int = 8, length: int = 100):
@@ -480,6 +512,9 @@ def run_train(args: argparse.Namespace) -> int:
     if not 0.0 <= args.copy_rate <= 1.0 or not 0.0 <= args.copy_random <= 1.0 or args.copy_span < 2:
         raise SystemExit(f"--copy-rate and --copy-random must be in [0, 1] (got {args.copy_rate}, {args.copy_random}) "
                          f"and --copy-span >= 2 (got {args.copy_span})")
+    if not 0.0 <= args.induction_rate <= 1.0 or args.induction_span < 2 or args.induction_pool < 2:
+        raise SystemExit(f"--induction-rate must be in [0, 1] (got {args.induction_rate}), --induction-span >= 2 "
+                         f"(got {args.induction_span}) and --induction-pool >= 2 (got {args.induction_pool})")
     tokenizer = load_tokenizer(args.tokenizer or corpus / "tokenizer")
     weights = None
     if args.source_weights:
@@ -538,6 +573,8 @@ def run_train(args: argparse.Namespace) -> int:
     # The copy probe: the same windows, each with a copy of one of its own passages planted.
     val_copy, val_copied = plant_copies(val, random.Random(args.seed), 1.0, args.copy_span)
     induction, induction_scored = induction_probe(cfg.vocab_size, args.seed)
+    # The --induction-rate rows' tokens: the most frequent ones of the validation windows.
+    pool = torch.bincount(val.flatten(), minlength=cfg.vocab_size).argsort(descending=True)[: args.induction_pool]
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
           f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows")
@@ -568,8 +605,12 @@ def run_train(args: argparse.Namespace) -> int:
                                     args.copy_random, cfg.vocab_size)
             if args.repeat_rate > 0:
                 x, _ = tile_shuffled(x, random.Random(f"{args.seed}-repeat-{step}"), args.repeat_rate, args.repeat_span)
+            labels = x
+            if args.induction_rate > 0:
+                x, _, labels = induction_rows(x, random.Random(f"{args.seed}-induction-{step}"),
+                                              args.induction_rate, args.induction_span, pool)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                loss = model(input_ids=x, labels=x).loss
+                loss = model(input_ids=x, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
