@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "copied at a random distance, its loss counted only on the copy (see induction_rows)")
     g.add_argument("--induction-span", type=int, default=128, help="longest passage of --induction-rate rows")
     g.add_argument("--induction-pool", type=int, default=256,
-                   help="--induction-rate rows draw from this many most frequent tokens of the validation windows")
+                   help="--induction-rate rows draw from this many most frequent tokens of a sample of the training split")
     g.add_argument("--copy-random", type=float, default=0.0,
                    help="share of the planted copies whose source passage is random tokens (pure copying signal)")
     g = p.add_argument_group("model (LlamaConfig)")
@@ -573,8 +573,12 @@ def run_train(args: argparse.Namespace) -> int:
     # The copy probe: the same windows, each with a copy of one of its own passages planted.
     val_copy, val_copied = plant_copies(val, random.Random(args.seed), 1.0, args.copy_span)
     induction, induction_scored = induction_probe(cfg.vocab_size, args.seed)
-    # The --induction-rate rows' tokens: the most frequent ones of the validation windows.
-    pool = torch.bincount(val.flatten(), minlength=cfg.vocab_size).argsort(descending=True)[: args.induction_pool]
+    pool = None
+    if args.induction_rate > 0:  # the --induction-rate rows' tokens: the most frequent of 32 training windows
+        sample = PackedStream(corpus_file(corpus, "train"), tokenizer, args.seq_len, 8, args.seed + 1, weights)
+        counts = torch.bincount(torch.cat([sample.next_batch() for _ in range(4)]).flatten(), minlength=cfg.vocab_size)
+        sample.close()
+        pool = counts.argsort(descending=True)[: args.induction_pool]
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
           f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows")
