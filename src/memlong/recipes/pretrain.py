@@ -192,6 +192,20 @@ def _picked_rows(x, rng: random.Random, rate: float, span: int):
             yield row, min(rng.randint(max(2, span // 4), max(2, span)), length // 2)
 
 
+def _passage_places(rng: random.Random, n: int, length: int) -> tuple[int, int]:
+    """``(src, dst)`` for copying an ``n``-token passage within a window of ``length``: the copy
+    starts after its source ends, at a random distance."""
+    dst = rng.randint(n, length - n)
+    return rng.randint(0, dst - n), dst
+
+
+def _copy_passage(x, copied, row: int, src: int, dst: int, n: int) -> None:
+    """Copies ``x[row, src:src+n]`` over ``x[row, dst:dst+n]`` and marks the copied tokens a copy
+    predicts (all but the first) in ``copied``."""
+    x[row, dst : dst + n] = x[row, src : src + n].clone()
+    copied[row, dst + 1 : dst + n] = True
+
+
 def plant_copies(x, rng: random.Random, rate: float, span: int, random_share: float = 0.0, vocab: int = 0):
     """In-context copying for pretraining: each row of ``x`` (``LongTensor[B, L]``), with
     probability ``rate``, gets a verbatim copy of one of its own earlier passages (``span // 4``
@@ -213,13 +227,11 @@ def plant_copies(x, rng: random.Random, rate: float, span: int, random_share: fl
     copied = torch.zeros_like(x, dtype=torch.bool)
     length = x.shape[1]
     for row, n in _picked_rows(x, rng, rate, span):
-        dst = rng.randint(n, length - n)  # the copy starts after its source ends
-        src = rng.randint(0, dst - n)
+        src, dst = _passage_places(rng, n, length)
         if random_share and rng.random() < random_share:
             g = torch.Generator().manual_seed(rng.getrandbits(63))
             x[row, src : src + n] = torch.randint(0, vocab, (n,), generator=g)
-        x[row, dst : dst + n] = x[row, src : src + n].clone()
-        copied[row, dst + 1 : dst + n] = True
+        _copy_passage(x, copied, row, src, dst, n)
     return x, copied
 
 
@@ -261,10 +273,7 @@ def induction_rows(x, rng: random.Random, rate: float, span: int, pool):
     for row, n in _picked_rows(x, rng, rate, span):
         g = torch.Generator().manual_seed(rng.getrandbits(63))
         x[row] = pool[torch.randint(0, len(pool), (length,), generator=g)]
-        dst = rng.randint(n, length - n)
-        src = rng.randint(0, dst - n)
-        x[row, dst : dst + n] = x[row, src : src + n].clone()
-        copied[row, dst + 1 : dst + n] = True
+        _copy_passage(x, copied, row, *_passage_places(rng, n, length), n)
         synthetic[row] = True
     return x, copied, x.masked_fill(synthetic[:, None] & ~copied, -100)
 
