@@ -56,16 +56,22 @@ class TorchIndex:
 
 
 class FaissIndex:
-    def __init__(self, dim: int):
+    """Exact cosine search in a faiss ``IndexIDMap2(IndexFlatIP)`` keyed by slot, or in the
+    ID-mapped faiss ``index`` given (:class:`AutoIndex` passes an HNSW one)."""
+
+    def __init__(self, dim: int, index=None):
         import faiss
 
         self.dim = dim
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
     def add(self, slot: int, vector: torch.Tensor) -> None:
-        import numpy as np
+        self.add_many(torch.tensor([slot]), vector[None])
 
-        self.index.add_with_ids(vector.detach().float().cpu().numpy()[None], np.array([slot], dtype="int64"))
+    def add_many(self, slots: torch.Tensor, vectors: torch.Tensor) -> None:
+        if slots.numel():
+            self.index.add_with_ids(vectors.detach().float().cpu().contiguous().numpy(),
+                                    slots.cpu().numpy().astype("int64"))
 
     def remove(self, slots: torch.Tensor) -> None:
         if slots.numel():
@@ -76,7 +82,8 @@ class FaissIndex:
 
     def search(self, query: torch.Tensor, k: int, embeddings: torch.Tensor, valid: torch.Tensor):
         scores, ids = self.index.search(query.detach().float().cpu().numpy()[None], k)
-        return torch.from_numpy(scores[0]), torch.from_numpy(ids[0]).long()
+        found = ids[0] >= 0  # an approximate index may find fewer than k
+        return torch.from_numpy(scores[0][found]), torch.from_numpy(ids[0][found]).long()
 
 
 # Where HNSW starts to pay, on MiniLM embeddings of real text (docs/results/bench_search_minilm.json):
@@ -85,9 +92,19 @@ class FaissIndex:
 APPROXIMATE_ABOVE = 3000
 
 
+def hnsw_index(dim: int):
+    """The HNSW graph :class:`AutoIndex` uses and ``memlong bench search`` measures (``faiss_hnsw``):
+    ``IndexHNSWFlat`` over inner products, M=32, efConstruction 80, efSearch 64."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction, index.hnsw.efSearch = 80, 64
+    return index
+
+
 class AutoIndex:
     """Exact search (faiss ``IndexFlatIP``) up to ``approximate_above`` chunks, HNSW
-    (``IndexHNSWFlat``, M=32, efConstruction 80, efSearch 64, as measured) above.
+    (:func:`hnsw_index`, as measured) above.
 
     HNSW cannot remove entries, so an eviction marks the graph stale and the next search rebuilds
     it from the bank's live embeddings (the counter rule frees half the bank at once, so that is
@@ -98,30 +115,25 @@ class AutoIndex:
     def __init__(self, dim: int, approximate_above: int = APPROXIMATE_ABOVE):
         self.dim = dim
         self.approximate_above = approximate_above
-        self.exact = FaissIndex(dim)
-        self.hnsw = None  # faiss.IndexIDMap over an IndexHNSWFlat, once the bank is big enough
-        self._inner = None  # keeps the wrapped index alive beside its IDMap
+        self.current = FaissIndex(dim)  # exact, or wrapping the HNSW graph once the bank is big enough
+        self._hnsw = None  # the IndexHNSWFlat inside current's IDMap (kept alive beside it)
         self._stale = False
         self._n = 0
         self.rebuilds = 0  # for tests and logs
 
     @property
     def approximate(self) -> bool:
-        return self.hnsw is not None
+        return self._hnsw is not None
 
     def add(self, slot: int, vector: torch.Tensor) -> None:
-        import numpy as np
-
         self._n += 1
-        if self.hnsw is None:
-            self.exact.add(slot, vector)
-        elif not self._stale:
-            self.hnsw.add_with_ids(vector.detach().float().cpu().numpy()[None], np.array([slot], dtype="int64"))
+        if not self._stale:
+            self.current.add(slot, vector)
 
     def remove(self, slots: torch.Tensor) -> None:
         self._n -= int(slots.numel())
-        if self.hnsw is None:
-            self.exact.remove(slots)
+        if not self.approximate:
+            self.current.remove(slots)
         elif slots.numel():
             self._stale = True
 
@@ -130,33 +142,18 @@ class AutoIndex:
 
     def _rebuild(self, embeddings: torch.Tensor, valid: torch.Tensor) -> None:
         import faiss
-        import numpy as np
 
         slots = valid.nonzero().flatten().cpu()
-        vectors = embeddings[slots.to(embeddings.device)].detach().float().cpu().numpy()
-        ids = slots.numpy().astype("int64")
-        if len(slots) > self.approximate_above:
-            inner = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction, inner.hnsw.efSearch = 80, 64
-            self._inner, self.hnsw = inner, faiss.IndexIDMap(inner)
-            self.hnsw.add_with_ids(np.ascontiguousarray(vectors), ids)
-            self.exact = FaissIndex(self.dim)  # empty: HNSW holds the vectors now
-        else:
-            self._inner = self.hnsw = None
-            self.exact = FaissIndex(self.dim)
-            if len(ids):
-                self.exact.index.add_with_ids(np.ascontiguousarray(vectors), ids)
+        self._hnsw = hnsw_index(self.dim) if len(slots) > self.approximate_above else None
+        self.current = FaissIndex(self.dim, None if self._hnsw is None else faiss.IndexIDMap(self._hnsw))
+        self.current.add_many(slots, embeddings[slots.to(embeddings.device)])
         self._stale = False
         self.rebuilds += 1
 
     def search(self, query: torch.Tensor, k: int, embeddings: torch.Tensor, valid: torch.Tensor):
-        if self._stale or (self.hnsw is None and self._n > self.approximate_above):
+        if self._stale or (not self.approximate and self._n > self.approximate_above):
             self._rebuild(embeddings, valid)
-        if self.hnsw is None:
-            return self.exact.search(query, k, embeddings, valid)
-        scores, ids = self.hnsw.search(query.detach().float().cpu().numpy()[None], k)
-        found = ids[0] >= 0  # HNSW may find fewer than k
-        return torch.from_numpy(scores[0][found]), torch.from_numpy(ids[0][found]).long()
+        return self.current.search(query, k, embeddings, valid)
 
 
 def make_index(backend: str, dim: int, approximate_above: int = APPROXIMATE_ABOVE):

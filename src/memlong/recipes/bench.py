@@ -315,6 +315,8 @@ def _search(args) -> list[dict]:
     import numpy as np
     import torch
 
+    from memlong.memory.index import hnsw_index
+
     if args.threads:
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
@@ -348,8 +350,7 @@ def _search(args) -> list[dict]:
                 if name == "faiss_flat":
                     index = faiss.IndexFlatIP(d)
                 elif name == "faiss_hnsw":
-                    index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-                    index.hnsw.efConstruction, index.hnsw.efSearch = 80, 64
+                    index = hnsw_index(d)  # the graph search_backend="auto" builds
                 elif name == "faiss_ivf":
                     nlist = max(1, int(4 * n**0.5))
                     quantizer = faiss.IndexFlatIP(d)  # must outlive the index (faiss does not own it)
