@@ -251,6 +251,34 @@ def test_export_and_model_card(corpus, tmp_path):
     assert "stage 2, steps 1-1:" in text and "stage 2, steps 2-4:" in text and "--copy-random 0.5" in text
     assert f"{(2 + 4) * 2 * 32:,} (2 windows" in text
 
+    # A run stopped early (--stop-after) is ended where it is with --finish; its checkpoint records
+    # it, so a third stage continued from that checkpoint lists stage 2's phases and stage 3.
+    stopped = tmp_path / "stopped"
+    with pytest.raises(SystemExit, match="--finish"):
+        main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *TINY, "--finish"])
+    flags2 = [*TINY, "--init-from", str(ship), "--tokenizer", str(corpus / "tokenizer"), "--repeat-rate", "0.5"]
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *flags2, "--stop-after", "1"]) == 0
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *flags2, "--induction-rate", "0.5",
+                 "--stop-after", "1"]) == 0
+    assert not (stopped / "final").exists()
+    before = load_file(str(stopped / "checkpoint" / "model.safetensors"))
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *flags2, "--induction-rate", "0.5",
+                 "--finish"]) == 0
+    done = json.loads((stopped / "final" / "train_summary.json").read_text())
+    assert done["steps"] == 2 and done["validated_at_step"] == 2 and done["final_val_loss"] > 0
+    assert [p["from_step"] for p in done["phases"]] == [0, 1]  # --finish adds no phase
+    after = load_file(str(stopped / "final" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no training step taken
+    assert json.loads((stopped / "checkpoint" / "train_summary.json").read_text())["steps"] == 2
+    third = tmp_path / "third"
+    assert main(["pretrain", "--corpus", str(corpus), "--out", str(third), *TINY, "--init-from",
+                 str(stopped / "checkpoint"), "--tokenizer", str(corpus / "tokenizer")]) == 0
+    assert card.main(["--run", str(third), "--corpus", str(corpus), "--out", str(ship)]) == 0
+    assert card.main(["--run", str(third), "--corpus", str(corpus), "--out", str(ship), "--card-only"]) == 0
+    text = (ship / "README.md").read_text()
+    assert "| 1 (from scratch) | 2 |" in text and "| 3 (continued) | 2 of 4 |" in text and "| 4 (continued) | 4 |" in text
+    assert "stage 3, steps 1-1:" in text and "stage 3, steps 2-2:" in text and "--induction-rate 0.5" in text
+
     # Token counts for the embedding retriever's SIF weights, balanced by source, in the card.
     assert card.main(["--corpus", str(corpus), "--out", str(ship), "--card-only", "--token-counts", "300"]) == 0
     tc = json.loads((ship / "token_counts.json").read_text())

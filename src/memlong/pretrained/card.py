@@ -42,8 +42,11 @@ def train_command(a: dict) -> str:
             cmd += f" --copy-random {a['copy_random']}"
     if a.get("repeat_rate"):
         cmd += f" --repeat-rate {a['repeat_rate']} --repeat-span {a['repeat_span']}"
+    if a.get("induction_rate"):
+        cmd += f" --induction-rate {a['induction_rate']} --induction-span {a['induction_span']} --induction-pool {a['induction_pool']}"
     return (cmd + f" --seq-len {a['seq_len']} --batch-size {a['batch_size']} --lr {a['lr']} --warmup {a['warmup']} "
-            f"--max-steps {a['max_steps']} --eval-every {a['eval_every']} --save-every {a['save_every']} --threads {a['threads']}")
+            f"--max-steps {a['max_steps']} --eval-every {a['eval_every']} --save-every {a['save_every']} --threads {a['threads']}"
+            + (" --bf16" if a.get("bf16") else ""))
 
 
 def _stages_md(ts: dict, phases: list[dict]) -> str:
@@ -58,18 +61,21 @@ def _stages_md(ts: dict, phases: list[dict]) -> str:
         return "" if v is None else f"{v:.4f}"
 
     for i, st in enumerate(stages, 1):
-        rows.append(f"| {i}{' (from scratch)' if not st['args'].get('init_from') else ' (continued)'} | {st['steps']:,} | "
+        stopped = f" of {st['args']['max_steps']:,}" if st["steps"] < st["args"]["max_steps"] else ""
+        rows.append(f"| {i}{' (from scratch)' if not st['args'].get('init_from') else ' (continued)'} | {st['steps']:,}{stopped} | "
                     f"{st['tokens_seen']:,} | {st['train_seconds'] / 60:.1f} min | {st['final_val_loss']:.4f} | "
                     f"{num(st.get('final_val_copy_loss'))} | {num(st.get('final_induction_loss'))} |")
-    cmds = [f"stage {i}: `{train_command(st['args'])}`" for i, st in enumerate(stages[:-1], 1)]
-    if len(phases) > 1:
-        for j, ph in enumerate(phases):
-            end = phases[j + 1]["from_step"] if j + 1 < len(phases) else ts["steps"]
-            cmds.append(f"stage {len(stages)}, steps {ph['from_step'] + 1}-{end}: `{train_command(ph['args'])}`")
-    else:
-        cmds.append(f"stage {len(stages)}: `{train_command(ts['args'])}`")
+    cmds = []
+    for i, st in enumerate(stages, 1):
+        ph_list = phases if i == len(stages) else st.get("phases", [])
+        if len(ph_list) > 1:
+            for j, ph in enumerate(ph_list):
+                end = ph_list[j + 1]["from_step"] if j + 1 < len(ph_list) else st["steps"]
+                cmds.append(f"stage {i}, steps {ph['from_step'] + 1}-{end}: `{train_command(ph['args'])}`")
+        else:
+            cmds.append(f"stage {i}: `{train_command(st['args'])}`")
     return ("\nTraining ran in stages, each continuing from the weights of the one before (fresh optimizer and "
-            "schedule; a run resumed with different flags is listed by phase). The copy-probe loss is the loss on "
+            "schedule; a run resumed with different flags is listed by phase; \"N of M\" steps: stopped before its schedule ended). The copy-probe loss is the loss on "
             "planted verbatim copies of earlier passages in the same validation windows, the induction-probe loss "
             "the loss on random token sequences repeated once (blank where the stage did not measure them); a model "
             "that copies from its context drives both far down (the induction probe from about log(vocab)).\n\n"
@@ -93,7 +99,8 @@ def export(run: Path, corpus: Path, vocab_sweep: Path | None, out: Path) -> None
     ts = json.loads((final / "train_summary.json").read_text())
     init = ts["args"].get("init_from")
     prior = None
-    if init:  # continued pretraining: read the earlier stages now (``init`` may be ``out`` itself)
+    if init and "previous_stages" not in ts:  # a run from before pretrain recorded its earlier stages itself:
+        # read them from the folder it continued from now (``init`` may be ``out`` itself)
         path = Path(init) / "train_summary.json"
         if not path.is_file():
             raise SystemExit(f"the run continued from {init}, which has no train_summary.json to record its earlier training")
@@ -178,7 +185,7 @@ def render(out: Path) -> str:
 
     phases = json.loads((out / PHASES).read_text()) if (out / PHASES).is_file() else []
     stages = ts.get("previous_stages", []) + [ts]
-    train_cmd = "\n".join(train_command(st["args"]) for st in stages[:-1])
+    train_cmd = "\n".join(train_command(ph["args"]) for st in stages[:-1] for ph in st.get("phases") or [st])
     train_cmd += ("\n" if train_cmd else "") + ("\n".join(train_command(ph["args"]) for ph in phases) if phases
                                                  else train_command(a))
     total_tokens = sum(st["tokens_seen"] for st in stages)
@@ -224,8 +231,8 @@ def render(out: Path) -> str:
 
     degrade = " ".join(d for d in (_degrade("test"), _degrade("validation")) if d)
     status = ("The run completed its full cosine schedule." if finished else
-              f"**The run was stopped at step {ts['steps']} of {a['max_steps']} (time budget); these weights are that "
-              "checkpoint, before the learning rate finished decaying.**")
+              f"**The run was stopped at step {ts['steps']} of {a['max_steps']} (time budget or `--finish`); these weights "
+              "are that checkpoint, before the learning rate finished decaying.**")
 
     return f"""# memlong base: a {ts['parameters'] / 1e6:.1f}M-parameter Llama trained from scratch at a {ctx}-token context
 

@@ -106,6 +106,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop (after saving) once this process has run this many steps; re-run to resume")
     g.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    g.add_argument("--finish", action="store_true",
+                   help="end the run at its checkpoint: validate it and write final/ without training further, so a "
+                        "run stopped before --max-steps becomes a finished stage (the card says it stopped early)")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("evaluation only")
@@ -455,14 +458,16 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def _save_checkpoint(out: Path, model, optimizer, scheduler, stream, state: dict) -> None:
-    """Atomically replace ``out/checkpoint`` (weights, optimizer, schedule, data position)."""
+def _save_checkpoint(out: Path, model, optimizer, scheduler, stream, state: dict, summary: dict) -> None:
+    """Atomically replace ``out/checkpoint`` (weights, optimizer, schedule, data position, and the
+    run's ``train_summary.json`` so far, so another run can continue from the checkpoint as a stage)."""
     import torch
 
     tmp = out / "checkpoint.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(str(tmp))
+    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -483,7 +488,7 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, stream, state: dict
 
 
 # Flags that do not change what is trained (how a process runs or stops).
-_RUN_ONLY = ("no_progress", "stop_after", "max_minutes", "no_resume")
+_RUN_ONLY = ("no_progress", "stop_after", "max_minutes", "no_resume", "finish")
 
 
 def _record_phase(out: Path, run_args: dict, step: int, resume: bool) -> None:
@@ -532,6 +537,8 @@ def run_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
     resume = ckpt.is_dir() and not args.no_resume
+    if args.finish and not resume:
+        raise SystemExit(f"--finish ends a run at its checkpoint, and {ckpt} does not exist (or --no-resume was given)")
 
     torch.manual_seed(args.seed)
     stream = PackedStream(corpus_file(corpus, "train"), tokenizer, args.seq_len, args.batch_size, args.seed, weights,
@@ -598,6 +605,32 @@ def run_train(args: argparse.Namespace) -> int:
     def state() -> dict:
         return {"step": step, "tokens_seen": tokens_seen, "train_seconds": elapsed_before + (time.perf_counter() - t_start)}
 
+    # The stages the model went through before this run (its --init-from folder's record), if recorded.
+    init_summary = Path(args.init_from or "") / "train_summary.json"
+    previous_stages = []
+    if args.init_from and init_summary.is_file():
+        prior = json.loads(init_summary.read_text())
+        previous_stages = prior.pop("previous_stages", []) + [prior]
+
+    def summary() -> dict:
+        st = state()
+        return {
+            "steps": step,
+            "tokens_seen": tokens_seen,
+            "train_seconds": round(st["train_seconds"], 1),
+            "parameters": n_params,
+            "final_val_loss": last_val,
+            "final_val_ppl": math.exp(last_val) if last_val is not None else None,
+            "final_val_copy_loss": last_copy,
+            "final_induction_loss": last_induction,
+            "validated_at_step": validated_at,
+            "validation_windows": len(val),
+            "threads": torch.get_num_threads(),
+            "args": run_args,
+            "phases": json.loads((out / "run_args_history.json").read_text()),
+            "previous_stages": previous_stages,
+        }
+
     def evaluate() -> tuple[float, float, float]:
         nll, _ = mean_nll(model, val)
         copy_nll, _ = mean_nll(model, val_copy, scored=val_copied)
@@ -607,11 +640,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     start_step = step
-    last_val = last_copy = last_induction = None
+    last_val = last_copy = last_induction = validated_at = None
     bar = tqdm(total=args.max_steps, initial=step, disable=args.no_progress, dynamic_ncols=True, mininterval=5)
     model.train()
     with metrics_path.open("a") as log:
-        while step < args.max_steps:
+        while step < args.max_steps and not args.finish:
             x = stream.next_batch()  # [B, seq_len]
             if args.copy_rate > 0:
                 x, _ = plant_copies(x, random.Random(f"{args.seed}-{step}"), args.copy_rate, args.copy_span,
@@ -641,6 +674,7 @@ def run_train(args: argparse.Namespace) -> int:
             )
             if step % args.eval_every == 0 or step == args.max_steps or timed_out:
                 last_val, last_copy, last_induction = evaluate()
+                validated_at = step
                 log.write(json.dumps({"step": step, "val_loss": round(last_val, 5), "val_ppl": round(math.exp(last_val), 3),
                                       "val_copy_loss": round(last_copy, 5), "induction_loss": round(last_induction, 5),
                                       "tokens": tokens_seen, "seconds": round(state()["train_seconds"], 1)}) + "\n")
@@ -648,15 +682,19 @@ def run_train(args: argparse.Namespace) -> int:
                       f"copy probe loss {last_copy:.4f}, induction probe loss {last_induction:.4f}", flush=True)
             if step % args.save_every == 0 or step == args.max_steps or timed_out:
                 log.flush()
-                _save_checkpoint(out, model, optimizer, scheduler, stream, state())
+                _save_checkpoint(out, model, optimizer, scheduler, stream, state(), summary())
                 plot_metrics(metrics_path, out / "loss.png")
             if timed_out:
                 print(f"stopping at step {step} (--max-minutes/--stop-after); re-run the same command to resume")
                 break
     bar.close()
     stream.close()
-    if step < args.max_steps:
+    if step < args.max_steps and not args.finish:
         return 0
+    if validated_at != step:  # --finish: validate the checkpoint as it stands, and record it there too
+        last_val, last_copy, last_induction = evaluate()
+        validated_at = step
+        _save_checkpoint(out, model, optimizer, scheduler, stream, state(), summary())
 
     final = out / "final"
     model.save_pretrained(str(final))
@@ -665,20 +703,7 @@ def run_train(args: argparse.Namespace) -> int:
                      pad_token_id=tokenizer.pad_token_id, max_new_tokens=128, do_sample=False).save_pretrained(str(final))
     plot_metrics(metrics_path, final / "loss.png")
     st = state()
-    summary = {
-        "steps": step,
-        "tokens_seen": tokens_seen,
-        "train_seconds": round(st["train_seconds"], 1),
-        "parameters": n_params,
-        "final_val_loss": last_val,
-        "final_val_ppl": math.exp(last_val) if last_val is not None else None,
-        "final_val_copy_loss": last_copy if last_val is not None else None,
-        "final_induction_loss": last_induction if last_val is not None else None,
-        "validation_windows": len(val),
-        "threads": torch.get_num_threads(),
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-    }
-    (final / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (final / "train_summary.json").write_text(json.dumps(summary(), indent=2) + "\n")
     print(f"done: {step} steps, {tokens_seen} tokens, {st['train_seconds'] / 60:.1f} min; final model in {final}")
     return 0
 
