@@ -12,6 +12,7 @@ from memlong.data.sources import SkipCounter, stdlib_documents, stdlib_root
 import random
 
 from memlong.recipes.pretrain import (
+    _record_phase,
     induction_probe,
     induction_rows,
     lr_lambda,
@@ -286,3 +287,15 @@ def test_export_and_model_card(corpus, tmp_path):
     assert "`token_counts.json`: unigram counts of" in (ship / "README.md").read_text()
     with pytest.raises(SystemExit):
         card.main(["--corpus", str(corpus), "--out", str(ship)])  # exporting needs --run
+
+
+def test_record_phase_reads_old_records_with_defaults(tmp_path):
+    """A phase recorded before a flag existed ran with its default: resuming with that default
+    (and other run-only flags such as --finish) adds no phase; another value does."""
+    old = {"corpus": "c", "copy_rate": 0.5, "lr": 0.001, "no_progress": True}  # no induction_rate, no finish
+    (tmp_path / "run_args_history.json").write_text(json.dumps([{"from_step": 0, "args": old}]))
+    _record_phase(tmp_path, {**old, "induction_rate": 0.0, "finish": True, "no_progress": False}, 10, resume=True)
+    assert len(json.loads((tmp_path / "run_args_history.json").read_text())) == 1
+    _record_phase(tmp_path, {**old, "induction_rate": 0.5}, 20, resume=True)
+    history = json.loads((tmp_path / "run_args_history.json").read_text())
+    assert [h["from_step"] for h in history] == [0, 20]

@@ -499,8 +499,13 @@ def _record_phase(out: Path, run_args: dict, step: int, resume: bool) -> None:
     if resume and not history and (out / "run_args.json").is_file():
         history = [{"from_step": 0, "args": json.loads((out / "run_args.json").read_text())}]
 
+    # A record written before a flag existed lacks it: it ran with that flag's default.
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    keys = set(run_args) | set(history[-1]["args"] if history else ())
+
     def trained(a: dict) -> dict:
-        return {k: v for k, v in a.items() if k not in _RUN_ONLY}
+        return {k: a.get(k, parser.get_default(k)) for k in keys if k not in _RUN_ONLY}
 
     if not history or trained(history[-1]["args"]) != trained(run_args):
         history.append({"from_step": step, "args": run_args})
