@@ -299,3 +299,5 @@ def test_record_phase_reads_old_records_with_defaults(tmp_path):
     _record_phase(tmp_path, {**old, "induction_rate": 0.5}, 20, resume=True)
     history = json.loads((tmp_path / "run_args_history.json").read_text())
     assert [h["from_step"] for h in history] == [0, 20]
+    _record_phase(tmp_path, {**old, "induction_rate": 0.0, "threads": 3}, 20, resume=True)  # phase 20 ran no step
+    assert [h["from_step"] for h in json.loads((tmp_path / "run_args_history.json").read_text())] == [0]

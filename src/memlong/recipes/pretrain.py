@@ -488,7 +488,7 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, stream, state: dict
 
 
 # Flags that do not change what is trained (how a process runs or stops).
-_RUN_ONLY = ("no_progress", "stop_after", "max_minutes", "no_resume", "finish")
+_RUN_ONLY = ("no_progress", "stop_after", "max_minutes", "no_resume", "finish", "threads")
 
 
 def _record_phase(out: Path, run_args: dict, step: int, resume: bool) -> None:
@@ -502,11 +502,13 @@ def _record_phase(out: Path, run_args: dict, step: int, resume: bool) -> None:
     # A record written before a flag existed lacks it: it ran with that flag's default.
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    keys = set(run_args) | set(history[-1]["args"] if history else ())
 
     def trained(a: dict) -> dict:
+        keys = set(run_args) | set(history[-1]["args"])
         return {k: a.get(k, parser.get_default(k)) for k in keys if k not in _RUN_ONLY}
 
+    if history and history[-1]["from_step"] == step:  # a phase no step ran in: this one replaces it
+        history.pop()
     if not history or trained(history[-1]["args"]) != trained(run_args):
         history.append({"from_step": step, "args": run_args})
     path.write_text(json.dumps(history, indent=2) + "\n")
