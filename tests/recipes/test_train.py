@@ -92,12 +92,16 @@ def bp_names(m, layers, suffix=""):
 
 
 def test_lora_saves_only_the_adapter(setup):
+    """LoRA, trained under bf16 autocast (accelerate's mixed precision): the adapter is saved in float32."""
+    from safetensors.torch import load_file
+
     run = setup / "lora"
     assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(run),
                  "--steps", "6", "--lora-r", "4", "--lr", "1e-2", "--eval-every", "0", "--save-every", "0",
-                 *COMMON]) == 0
+                 "--mixed-precision", "bf16", *COMMON]) == 0
     files = set(os.listdir(run / "final"))
     assert "adapter_model.safetensors" in files and "memlong_trained.safetensors" not in files
+    assert {t.dtype for t in load_file(str(run / "final" / "adapter_model.safetensors")).values()} == {torch.float32}
     m, frozen, changed = frozen_and_trained(setup / "model", run / "final")
     assert all(n in frozen for n in bp_names(m, [0, 1]))
     assert any(n in changed for n in bp_names(m, [2, 3]))  # merged LoRA deltas

@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+                   help="accelerate's mixed precision (autocast; trained weights and optimizer stay float32); bf16 "
+                        "also works on CPUs with bfloat16 support")
     g.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
     g.add_argument("--max-minutes", type=float, default=None,
                    help="stop (validate, checkpoint, save) after this much wall time, whatever --steps says")
@@ -155,7 +158,7 @@ def run(args) -> int:
     # cpu=True on a machine without CUDA: accelerate then treats torchrun/accelerate-launch
     # processes as MULTI_CPU (gloo) instead of independent single processes.
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(args.seed)
