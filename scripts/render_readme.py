@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from memlong.recipes.eval import eval_command
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 METHODS = ("memlong", "base_full", "base_sliding", "base_windows")
@@ -160,17 +162,8 @@ def retriever_section(path: Path) -> str:
 
 
 def _eval_command(c: dict, path: Path) -> str:
-    keys = {"ppl": ("split", "lengths", "score", "methods", "max_documents", "retriever"),
-            "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
-            "icl": ("shots_context", "shots_memory", "trials", "max_examples", "methods", "retriever")}[c["task"]]
-    args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
-    if c["task"] == "ppl" and c.get("repeat"):
-        args += f" --repeat {c['repeat']}"
-    if c["task"] == "passkey" and c.get("requery") is False:
-        args += " --no-requery"
-    sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
     shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
-    return f"memlong eval {c['task']} --model {c['model']} --data {c['data']}{args}{sets} --json {shown}"
+    return eval_command(c, shown)
 
 
 def results_section(paths: list[Path]) -> str:

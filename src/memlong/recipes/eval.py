@@ -103,6 +103,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, help="write a PNG (ppl against length; passkey heatmaps; icl accuracy bars)")
 
 
+def eval_command(c: dict, json_path) -> str:
+    """The ``memlong eval`` command line that wrote a result JSON, from its ``config`` record."""
+    keys = {"ppl": ("split", "lengths", "score", "methods", "max_documents", "retriever"),
+            "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
+            "icl": ("shots_context", "shots_memory", "trials", "max_examples", "methods", "retriever")}[c["task"]]
+    args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
+    if c["task"] == "ppl" and c.get("repeat"):
+        args += f" --repeat {c['repeat']}"
+    if c["task"] == "passkey" and c.get("requery") is False:
+        args += " --no-requery"
+    sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
+    return f"memlong eval {c['task']} --model {c['model']} --data {c['data']}{args}{sets} --json {json_path}"
+
+
 def _nll_plain(model, ids, score: int) -> tuple[float, int]:
     """Stock forward over ``ids`` ``[1, L]``; NLL of the last ``score`` tokens."""
     import torch

@@ -128,6 +128,28 @@ def _build(args):
     return model, tok
 
 
+def _summary(args, rows: list[dict], step: int, tokens: int, seconds: float, accelerator) -> dict:
+    """What the run was: the record a model card is written from (``final/train_summary.json``)."""
+    import platform
+
+    import torch
+    import transformers
+
+    from memlong.pretrained.card import cpu_name
+
+    last_val = next((r for r in reversed(rows) if r.get("val_loss_memory") not in (None, "")), None)
+    return {
+        "steps": step, "tokens": tokens, "train_seconds": seconds,
+        "processes": accelerator.num_processes, "threads_per_process": torch.get_num_threads(),
+        "device": str(accelerator.device), "mixed_precision": args.mixed_precision,
+        "hardware": torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_name()} ({os.cpu_count()} cores)",
+        "platform": platform.platform(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "last_validation": {k: float(v) for k, v in last_val.items() if k == "step" or k.startswith("val_")} if last_val else None,
+        "validation": {"windows": args.eval_windows, "length": args.eval_length, "scored": args.eval_score},
+        "args": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items()},
+    }
+
+
 def _plot(rows: list[dict], path: Path) -> None:
     from memlong.plotting import figure
 
@@ -144,6 +166,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 def run(args) -> int:
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from tqdm.auto import tqdm
 
@@ -157,6 +180,9 @@ def run(args) -> int:
     # Gates of a row without memory yet get no gradient in that step: DDP must allow it.
     # cpu=True on a machine without CUDA: accelerate then treats torchrun/accelerate-launch
     # processes as MULTI_CPU (gloo) instead of independent single processes.
+    # A second run in the same process (a notebook, tests) may ask for another mixed precision:
+    # forget the previous run's settings (the distributed state itself is kept).
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -193,7 +219,7 @@ def run(args) -> int:
         rank=accelerator.process_index, world=accelerator.num_processes,
         passkey_rate=args.passkey_rate, recall_rate=args.recall_rate, recall_span=args.recall_span, seed=args.seed,
     )
-    step = 0
+    step, tokens_before, seconds_before = 0, 0, 0.0
     ckpt_root = out / "checkpoints"
     if args.resume:
         ckpts = sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -202,6 +228,7 @@ def run(args) -> int:
         accelerator.load_state(str(ckpts[-1]))
         state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
         step = state["step"]
+        tokens_before, seconds_before = state.get("tokens", 0), state.get("seconds", 0.0)
         stream.load_state_dict(state["streams"][accelerator.process_index])
         accelerator.print(f"resumed from {ckpts[-1]} at step {step}")
 
@@ -247,7 +274,10 @@ def run(args) -> int:
                           f"{accelerator.num_processes} process(es)")
     memory = memlong_model.new_memory(args.batch_size)
     trained.train()
-    t0, tokens = time.perf_counter(), 0
+    t0, tokens = time.perf_counter(), tokens_before  # tokens and seconds count from the start of the run
+
+    def seconds() -> float:
+        return round(seconds_before + time.perf_counter() - t0, 1)
     bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
 
     def time_up() -> bool:
@@ -277,7 +307,7 @@ def run(args) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
         row = {"step": step, "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0], "tokens": tokens,
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "seconds": seconds()}
         stopping = time_up()
         at_end = step == args.steps or stopping
         if args.eval_every and (step % args.eval_every == 0 or at_end) and accelerator.is_main_process:
@@ -296,7 +326,8 @@ def run(args) -> int:
             streams = accelerator.gather_for_metrics([stream.state_dict()], use_gather_object=True) \
                 if accelerator.num_processes > 1 else [stream.state_dict()]
             if accelerator.is_main_process:
-                (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "streams": streams}))
+                (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "tokens": tokens,
+                                                                     "seconds": seconds(), "streams": streams}))
         accelerator.wait_for_everyone()
         if stopping:
             accelerator.print(f"--max-minutes={args.max_minutes} reached at step {step}")
@@ -306,6 +337,8 @@ def run(args) -> int:
         final = out / "final"
         save_trained(accelerator.unwrap_model(trained), memlong_model, final, base_model=args.model)
         tok.save_pretrained(final)
+        (final / "train_summary.json").write_text(json.dumps(_summary(args, rows, step, tokens, seconds(),
+                                                                       accelerator), indent=2) + "\n")
         _plot(rows, out / "loss.png")
         accelerator.print(f"saved {final} (log {log_path}, plot {out / 'loss.png'})")
     accelerator.end_training()
