@@ -304,8 +304,8 @@ memlong data --out {a['corpus']}
 | steps | {ts['steps']:,} of a {a['max_steps']:,}-step schedule{' (last stage)' if len(stages) > 1 else ''} |
 | tokens seen | {total_tokens:,} ({a['batch_size']} windows x {a['seq_len']} tokens per step) |
 | wall time (training loop) | {total_seconds:,.0f} s ({total_seconds / 60:.1f} min) |
-| hardware | {cpu_name()} ({os.cpu_count()} cores visible), no GPU; torch threads: {ts['threads']} (the other core ran other work) |
-| optimiser | AdamW (betas 0.9/0.95, weight decay {a['weight_decay']}, no decay on norms), peak lr {a['lr']}, {a['warmup']} warm-up steps, cosine to {a['min_lr_ratio']} x peak, grad clip {a['grad_clip']}, fp32 |
+| hardware | {cpu_name()} ({os.cpu_count()} cores visible), no GPU; torch threads: {ts['threads']}{' (the other core ran other work)' if ts['threads'] == 1 else ''} |
+| optimiser | AdamW (betas 0.9/0.95, weight decay {a['weight_decay']}, no decay on norms), peak lr {a['lr']}, {a['warmup']} warm-up steps, cosine to {a['min_lr_ratio']} x peak, grad clip {a['grad_clip']}, {'bfloat16 autocast (float32 weights and optimizer)' if a.get('bf16') else 'fp32'} |
 | final validation loss | {ts['final_val_loss']:.4f} nats/token (perplexity {ts['final_val_ppl']:.2f}) on {ts['validation_windows']} fixed validation windows of {a['seq_len']} tokens |
 
 {status} Per-step records: `metrics.jsonl`{' (last stage)' if len(stages) > 1 else ''}; the run's summary: `train_summary.json`.
