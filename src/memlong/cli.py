@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("memlong.recipes.train", "MemLong adaptation training: frozen lower stack, trained upper layers + gates"),
     "eval": ("memlong.recipes.eval", "evaluation: `memlong eval ppl|passkey|icl` (perplexity by length, passkey retrieval, in-context learning)"),
     "bench": ("memlong.recipes.bench", "benchmarks: `memlong bench ingest` (tokens/s, peak memory)"),
+    "heads": ("memlong.recipes.heads", "previous-token and induction heads of a base model, and the memory layer they suggest"),
 }
 
 
