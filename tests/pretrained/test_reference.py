@@ -89,3 +89,22 @@ def test_demo_uses_the_reference_model(fake_reference, tmp_path):
     assert s["fact"]["fact_chunk_in_memory"] is True
     with pytest.raises(SystemExit, match="no MemLong model"):
         main(["demo", "--model", str(tmp_path), "--json", str(out)])
+
+
+@pytest.mark.skipif(not (DEFAULT_REFERENCE_MODEL / "memlong_config.json").is_file(), reason="no shipped reference model")
+def test_shipped_reference_loads_offline_in_one_call(monkeypatch):
+    """The shipped reference: one call, offline, on top of the shipped base; frozen layers are
+    the base's, the gates were trained open, and its card's record matches its config."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    model, tok = load_reference_model()
+    cfg = model.memlong_config
+    base, _ = load_default_base_model()
+    frozen = dict(base.named_parameters())
+    params = dict(model.named_parameters())
+    for i in range(cfg.memory_layer):  # layers up to the memory layer: bit-identical to the base
+        name = f"model.layers.{i}.self_attn.k_proj.weight"
+        assert torch.equal(params[name], frozen[name])
+    assert any(float(g.abs().max()) > 0 for g in model.memlong_gates().values())
+    summary = json.loads((DEFAULT_REFERENCE_MODEL / "train_summary.json").read_text())
+    assert summary["args"]["memory_layer"] == cfg.memory_layer and summary["steps"] > 0
+    assert len(tok) == model.config.vocab_size

@@ -176,7 +176,10 @@ that long form a window; only its last {c0['score']:,} tokens are scored; the to
 ## Limitations
 
 - A small model trained briefly on a CPU (see Training): it demonstrates MemLong's machinery and measures what
-  memory changes; it is not a capable language model.
+  memory changes; it is not a capable language model. The gain from memory above is what a short adaptation
+  gives it; the paper adapts for far more tokens.
+- The memory layer is where `memlong heads` finds the base's induction heads: memory can only be copied from
+  when the stored keys say which token came before each position.
 """
 
 
