@@ -196,7 +196,7 @@ def results_section(paths: list[Path]) -> str:
 
 
 REFERENCE_RESULTS = [RESULTS / f"reference_{name}.json" for name in
-                     ("ppl_validation", "ppl_test", "ppl_test_int8", "ppl_test_fp8", "passkey", "icl")]
+                     ("ppl_validation", "ppl_test", "copy_probe", "ppl_test_int8", "ppl_test_fp8", "passkey", "icl")]
 
 SECTIONS = {"bench": (RESULTS / "bench_ingest.json", bench_section),
             "retriever": (RESULTS / "bench_retriever.json", retriever_section),
