@@ -93,24 +93,25 @@ def cpu_name() -> str:
 
 
 def export(run: Path, corpus: Path, vocab_sweep: Path | None, out: Path) -> None:
+    from memlong.recipes.pretrain import training_stages
+
     final = run / "final"
     if not (final / "model.safetensors").is_file():
         raise SystemExit(f"{final} has no model.safetensors: the run has not finished")
     ts = json.loads((final / "train_summary.json").read_text())
     init = ts["args"].get("init_from")
-    prior = None
+    earlier = None
     if init and "previous_stages" not in ts:  # a run from before pretrain recorded its earlier stages itself:
         # read them from the folder it continued from now (``init`` may be ``out`` itself)
-        path = Path(init) / "train_summary.json"
-        if not path.is_file():
+        earlier = training_stages(init)
+        if earlier is None:
             raise SystemExit(f"the run continued from {init}, which has no train_summary.json to record its earlier training")
-        prior = json.loads(path.read_text())
     out.mkdir(parents=True, exist_ok=True)
     for name in COPY_FROM_FINAL:
         if (final / name).is_file():
             shutil.copy2(final / name, out / name)
-    if prior is not None:
-        ts["previous_stages"] = prior.pop("previous_stages", []) + [prior]
+    if earlier is not None:
+        ts["previous_stages"] = earlier
         (out / "train_summary.json").write_text(json.dumps(ts, indent=2) + "\n")
     if (run / PHASES).is_file():
         shutil.copy2(run / PHASES, out / PHASES)

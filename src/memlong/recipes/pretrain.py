@@ -491,7 +491,17 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, stream, state: dict
 _RUN_ONLY = ("no_progress", "stop_after", "max_minutes", "no_resume", "finish", "threads")
 
 
-def _record_phase(out: Path, run_args: dict, step: int, resume: bool) -> None:
+def training_stages(folder) -> list[dict] | None:
+    """The training record of the model in ``folder``: its earlier stages, then the run that wrote
+    it (``train_summary.json``, in a ``final/`` or a checkpoint); None when it has no record."""
+    path = Path(folder) / "train_summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary.pop("previous_stages", []) + [summary]
+
+
+def _record_phase(out: Path, run_args: dict, step: int, resume: bool) -> list[dict]:
     """Keeps ``run_args_history.json``: ``[{"from_step", "args"}, ...]``, a new entry whenever a
     run is resumed with flags that change training, so the record says what every step ran with."""
     path = out / "run_args_history.json"
@@ -512,6 +522,7 @@ def _record_phase(out: Path, run_args: dict, step: int, resume: bool) -> None:
     if not history or trained(history[-1]["args"]) != trained(run_args):
         history.append({"from_step": step, "args": run_args})
     path.write_text(json.dumps(history, indent=2) + "\n")
+    return history
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -606,18 +617,14 @@ def run_train(args: argparse.Namespace) -> int:
           f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
           f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows")
     run_args = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    _record_phase(out, run_args, step, resume)
+    phases = _record_phase(out, run_args, step, resume)
     (out / "run_args.json").write_text(json.dumps(run_args, indent=2) + "\n")
 
     def state() -> dict:
         return {"step": step, "tokens_seen": tokens_seen, "train_seconds": elapsed_before + (time.perf_counter() - t_start)}
 
     # The stages the model went through before this run (its --init-from folder's record), if recorded.
-    init_summary = Path(args.init_from or "") / "train_summary.json"
-    previous_stages = []
-    if args.init_from and init_summary.is_file():
-        prior = json.loads(init_summary.read_text())
-        previous_stages = prior.pop("previous_stages", []) + [prior]
+    previous_stages = (training_stages(args.init_from) if args.init_from else None) or []
 
     def summary() -> dict:
         st = state()
@@ -634,7 +641,7 @@ def run_train(args: argparse.Namespace) -> int:
             "validation_windows": len(val),
             "threads": torch.get_num_threads(),
             "args": run_args,
-            "phases": json.loads((out / "run_args_history.json").read_text()),
+            "phases": phases,
             "previous_stages": previous_stages,
         }
 
