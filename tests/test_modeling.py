@@ -44,7 +44,7 @@ def test_gate_at_initial_value_equals_base_on_its_window(family, fusion):
     m = memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=32))
     ids = rand_ids(2, 130, seed=1)  # 17 chunks: memory fills and evicts, gates stay at 0
     out = m(ids)
-    assert out.past_key_values.bank(0).evictions > 0
+    assert out.memory.bank(0).evictions > 0
     expected = windowed_reference(ref, ids, cfg.chunk_size, cfg.local_window)
     torch.testing.assert_close(out.logits, expected, atol=ATOL, rtol=0)
 
@@ -114,8 +114,8 @@ def test_call_boundaries_do_not_matter(memlong_model):
     whole = m(ids).logits
     cache, pieces, s = None, [], 0
     for n in [1, 3, 8, 13, 40, 2, 33, 50]:
-        out = m(ids[:, s : s + n], past_key_values=cache)
-        cache = out.past_key_values
+        out = m(ids[:, s : s + n], cache=cache)
+        cache = out.memory
         pieces.append(out.logits)
         s += n
     assert s == 150
@@ -140,7 +140,7 @@ def test_padded_batch_equals_each_sequence_alone(memlong_model, side):
     out = m(ids, attention_mask=mask)
     for b, (cols, logits) in enumerate(alone):
         torch.testing.assert_close(out.logits[b, cols], logits, atol=ATOL, rtol=0)
-    assert [len(out.past_key_values.bank(b)) for b in range(3)][2] == 0
+    assert [len(out.memory.bank(b)) for b in range(3)][2] == 0
 
 
 @torch.no_grad()
@@ -151,14 +151,67 @@ def test_generate_equals_step_by_step_forward(memlong_model):
     assert gen.shape == (1, 130)
     # by hand: one forward over the prompt, then one token per call with the same memory
     out = m(prompt)
-    cache, tokens = out.past_key_values, []
+    cache, tokens = out.memory, []
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     for _ in range(40):
         tokens.append(nxt)
-        out = m(nxt, past_key_values=cache)
+        out = m(nxt, cache=cache)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     assert torch.equal(gen[:, 90:], torch.cat(tokens, 1))
     assert len(cache.bank(0)) > 0  # generated tokens went to memory too
+
+
+@torch.no_grad()
+def test_memory_is_accepted_as_cache_or_past_key_values_and_returned(memlong_model):
+    from memlong.modeling import CACHE_ARG
+
+    m, _ = memlong_model
+    doc, more = rand_ids(1, 150, seed=3), rand_ids(1, 20, seed=4)
+    outs = [m(more, **{name: m.ingest(doc)}) for name in ("cache", "past_key_values")]
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=0, rtol=0)
+    out = outs[0]
+    assert isinstance(out.memory, memlong.MemLongCache) and out[CACHE_ARG] is out.memory
+    assert out.memory.get_seq_length() == 170
+    memory = out.memory
+    with pytest.raises(ValueError, match="not both"):
+        m(more, cache=memory, past_key_values=m.new_memory())
+    from transformers import DynamicCache
+
+    with pytest.raises(TypeError, match="not a DynamicCache"):
+        m(more, cache=DynamicCache(config=m.config))
+    with pytest.raises(TypeError, match="not a DynamicCache"):
+        m.generate(more, cache=DynamicCache(config=m.config), max_new_tokens=2)
+
+
+def test_memory_describes_itself_to_transformers(memlong_model):
+    m, _ = memlong_model
+    memory = m.new_memory(2)
+    n = m.config.num_hidden_layers
+    assert len(memory) == n and bool(memory)  # an empty memory is not falsy
+    assert memory.is_linear == [False] * n and memory.is_sliding == [False] * n
+    assert memory.is_croppable is False and memory.is_compileable is False
+    with pytest.raises(NotImplementedError, match="not a per-layer KV cache"):
+        memory.update(torch.zeros(1), torch.zeros(1), 0)
+    with pytest.raises(NotImplementedError, match="per sequence"):
+        memory.crop(3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["memory", "cache", "past_key_values"])
+def test_generate_takes_the_memory_under_each_name(memlong_model, name):
+    m, _ = memlong_model
+    doc, question = rand_ids(1, 150, seed=6), rand_ids(1, 5, seed=7)
+    memory = m.ingest(doc)
+    out = m.generate(question, **{name: memory}, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    # the same as reading doc + question + the tokens generated so far, step by step
+    again = m.ingest(doc)
+    step = m(question, cache=again).logits[:, -1].argmax(-1, keepdim=True)
+    tokens = [step]
+    for _ in range(5):
+        step = m(step, cache=again).logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(step)
+    assert torch.equal(out[:, 5:], torch.cat(tokens, 1))
+    assert memory.columns == again.columns == 150 + 5 + 5  # the prompt and the tokens fed back
 
 
 @torch.no_grad()
@@ -182,7 +235,7 @@ def test_generate_continues_from_ingested_memory_and_samples(memlong_model):
     assert out.shape == (1, 17) and torch.equal(out[:, :5], question)
     # same as reading doc + question in one stream
     again = m.ingest(doc)
-    logits_mem = m(question, past_key_values=again).logits
+    logits_mem = m(question, cache=again).logits
     full = m(torch.cat([doc, question], 1)).logits[:, 200:]
     torch.testing.assert_close(logits_mem, full, atol=ATOL, rtol=0)
 
@@ -197,7 +250,7 @@ def test_planted_chunk_is_retrieved_from_far_back(offsets):
     needle = torch.arange(90, 98)  # a distinctive chunk
     ids[0, 16:24] = needle  # chunk 2
     ids[0, 296:304] = needle  # chunk 37: the causal query of chunk 38
-    cache = m(ids).past_key_values
+    cache = m(ids).memory
     counts = {e["chunk_id"]: e["count"] for e in cache.bank(0).entries()}
     assert counts[2] >= 1
     if offsets == (0, 1):  # the hit's continuation came with it
@@ -229,7 +282,7 @@ def test_requery_retrieves_with_the_question():
     asked = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=False,
                        pad_token_id=0, output_scores=True, return_dict_in_generate=True, requery=True)
     assert torch.equal(asked.sequences[:, : prompt.shape[1]], prompt) and asked.sequences.shape == (1, 306)
-    first = m(question[:, -1:], past_key_values=memory).logits[:, -1]
+    first = m(question[:, -1:], cache=memory).logits[:, -1]
     torch.testing.assert_close(asked.scores[0], first, atol=ATOL, rtol=0)
     assert not torch.allclose(plain.scores[0], asked.scores[0])
     # at a chunk boundary there is nothing to redo: the next chunk retrieves with those tokens
@@ -273,7 +326,7 @@ def test_save_pretrained_round_trip(memlong_model, tmp_path):
 @torch.no_grad()
 def test_bank_save_load_through_cache(memlong_model, tmp_path):
     m, _ = memlong_model
-    cache = m(rand_ids(1, 200, seed=11)).past_key_values
+    cache = m(rand_ids(1, 200, seed=11)).memory
     cache.save_bank(tmp_path / "bank")
     fresh = m.new_memory()
     fresh.load_bank(tmp_path / "bank")
@@ -293,7 +346,7 @@ def test_bank_save_load_through_cache(memlong_model, tmp_path):
 @torch.no_grad()
 def test_saved_memory_refuses_another_retriever(memlong_model, tmp_path):
     m, _ = memlong_model
-    cache = m(rand_ids(1, 200, seed=11)).past_key_values
+    cache = m(rand_ids(1, 200, seed=11)).memory
     cache.save_bank(tmp_path / "bank")
     cache.save(tmp_path / "memory")
     model, _ = tiny_model("llama")
@@ -309,7 +362,7 @@ def test_saved_memory_refuses_another_retriever(memlong_model, tmp_path):
 def test_reset_rows_forgets_only_those_rows(memlong_model):
     m, _ = memlong_model
     ids = rand_ids(2, 120, seed=12)
-    cache = m(ids).past_key_values
+    cache = m(ids).memory
     cache.reset(rows=[1])
     assert len(cache.bank(1)) == 0 and len(cache.bank(0)) > 0 and cache.seen == [120, 0]
 
@@ -329,7 +382,7 @@ def test_training_gradients_reach_gates_and_survive_checkpointing(memlong_model)
     out2.loss.backward()  # recomputation must neither fail nor write memory twice
     torch.testing.assert_close(out2.loss, out.loss)
     torch.testing.assert_close(gate.grad, grad)
-    assert out2.past_key_values.seen == [100, 100]
+    assert out2.memory.seen == [100, 100]
 
 
 @torch.no_grad()
@@ -338,7 +391,7 @@ def test_bfloat16_runs_and_stores_bf16(memlong_model):
     m = m.to(torch.bfloat16)
     out = m(rand_ids(1, 120, seed=14))
     assert out.logits.dtype == torch.bfloat16 and bool(torch.isfinite(out.logits).all())
-    assert out.past_key_values.bank(0).keys.dtype == torch.bfloat16
+    assert out.memory.bank(0).keys.dtype == torch.bfloat16
 
 
 def test_failed_forward_leaves_memory_marked_not_silently_wrong(memlong_model):
@@ -353,12 +406,12 @@ def test_failed_forward_leaves_memory_marked_not_silently_wrong(memlong_model):
 
     handle = m.model.layers[3].register_forward_pre_hook(explode)
     with pytest.raises(Boom):
-        m(rand_ids(1, 20, seed=16), past_key_values=memory)
+        m(rand_ids(1, 20, seed=16), cache=memory)
     handle.remove()
     with pytest.raises(RuntimeError, match="left inconsistent"):
-        m(rand_ids(1, 20, seed=16), past_key_values=memory)
+        m(rand_ids(1, 20, seed=16), cache=memory)
     memory.reset()
-    assert m(rand_ids(1, 20, seed=16), past_key_values=memory).logits.shape == (1, 20, VOCAB)
+    assert m(rand_ids(1, 20, seed=16), cache=memory).logits.shape == (1, 20, VOCAB)
 
 
 @torch.no_grad()
@@ -373,7 +426,7 @@ def test_faiss_backend_and_fifo_run_through_the_model():
     torch.testing.assert_close(outs["auto"].logits, outs["torch"].logits, atol=ATOL, rtol=0)
     model, _ = tiny_model("llama")
     m = memlong.wrap(model, small_memlong_config(eviction="fifo"), retriever=memlong.HashingRetriever(dim=32))
-    bank = m(ids).past_key_values.bank(0)
+    bank = m(ids).memory.bank(0)
     # 20 chunks, 4 in the window at the end -> chunks 0..15 departed; FIFO keeps the newest 6
     assert [e["chunk_id"] for e in bank.entries()] == list(range(10, 16))
 
@@ -386,14 +439,14 @@ def test_bank_tiers_and_compression_through_the_model(tmp_path):
                      "mmap": dict(bank_device="mmap", bank_mmap_dir=str(tmp_path)),
                      "int8": dict(bank_dtype="int8"), "fp8": dict(bank_dtype="float8_e4m3fn")}.items():
         outs[name] = gated_llama(**kw)[0](ids)
-        assert len(outs[name].past_key_values.bank(0)) > 0
+        assert len(outs[name].memory.bank(0)) > 0
     for tier in ("cpu", "mmap"):  # where K/V are stored changes nothing
         torch.testing.assert_close(outs[tier].logits, outs["plain"].logits, atol=0, rtol=0)
     # compressed K/V: close to exact, but not identical (the test would notice a no-op)
     for name, tol in (("int8", 0.05), ("fp8", 0.3)):
         diff = (outs[name].logits - outs["plain"].logits).abs().max()
         assert 0 < diff < tol, (name, diff)
-    assert outs["int8"].past_key_values.bank(0).keys.dtype == torch.int8
+    assert outs["int8"].memory.bank(0).keys.dtype == torch.int8
 
 
 @torch.no_grad()
@@ -401,8 +454,8 @@ def test_retrieval_off_is_the_windowed_base_even_with_open_gates(memlong_model):
     m, ref = memlong_model
     cfg = m.memlong_config
     ids = rand_ids(1, 100, seed=18)
-    out = m(ids, past_key_values=m.new_memory(1, retrieval=False))
-    assert len(out.past_key_values.bank(0)) == 0
+    out = m(ids, cache=m.new_memory(1, retrieval=False))
+    assert len(out.memory.bank(0)) == 0
     torch.testing.assert_close(out.logits, windowed_reference(ref, ids, cfg.chunk_size, cfg.local_window), atol=ATOL, rtol=0)
 
 
@@ -412,7 +465,7 @@ def test_whole_memory_save_load_continues_exactly(memlong_model, tmp_path):
     ids = rand_ids(2, 230, seed=19)  # stops mid-chunk, with evictions behind it
     cut = 203
     whole = m(ids).logits
-    memory = m(ids[:, :cut]).past_key_values
+    memory = m(ids[:, :cut]).memory
     memory.save(tmp_path / "mem")
     memory.save(tmp_path / "mem")  # re-save replaces the previous version
     assert len([p for p in (tmp_path / "mem").iterdir() if p.name.startswith("v-")]) == 1
@@ -428,7 +481,7 @@ def test_whole_memory_save_load_continues_exactly(memlong_model, tmp_path):
 
 def test_memory_from_another_config_is_refused(memlong_model, tmp_path):
     m, _ = memlong_model
-    m(rand_ids(1, 80, seed=20)).past_key_values.save(tmp_path / "mem")
+    m(rand_ids(1, 80, seed=20)).memory.save(tmp_path / "mem")
     model, _ = tiny_model("llama")
     other = memlong.wrap(model, small_memlong_config(top_k=3), retriever=memlong.HashingRetriever(dim=32))
     with pytest.raises(memlong.BankFileError, match="another MemLong config"):

@@ -257,8 +257,43 @@ class MemLongCache(Cache):
         return win + sum(b.nbytes() for b in self.banks)
 
     # ------------------------------------------------------------------ transformers Cache API
+    # generate() branches on these; the defaults inherited from Cache describe a per-layer KV
+    # cache built from ``layers`` (empty here), which would misdescribe the memory.
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Columns ``generate()`` should treat as already read (those since ``origin``)."""
         return self.columns - self.origin
+
+    def __len__(self) -> int:
+        """The model's number of layers, as for any transformers cache (the window holds one
+        K/V per layer). An empty memory is still a memory: see ``__bool__``."""
+        return self.num_layers
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(batch_size={self.batch_size_}, layers={self.num_layers}, "
+                f"chunks_in_banks={[len(b) for b in self.banks]}, retrieval={self.retrieval})")
+
+    @property
+    def is_linear(self) -> list[bool]:
+        """No layer is a recurrent (linear-attention) state: generate() slices prompts as usual."""
+        return [False] * self.num_layers
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * self.num_layers
+
+    @property
+    def is_croppable(self) -> bool:
+        """Memory cannot be rolled back (banks evict, counters count): no assisted decoding."""
+        return False
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        raise NotImplementedError(
+            "MemLongCache is a MemLong memory, not a per-layer KV cache: the stock attention cannot write to it. "
+            "Pass it to the MemLong model it came from (model(ids, cache=memory) / model.generate(..., memory=memory))"
+        )
 
     @property
     def is_compileable(self) -> bool:

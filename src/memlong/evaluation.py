@@ -30,7 +30,7 @@ def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memo
         if progress and L - n - 1 > 0:
             start = L - n - 1
             model.ingest(ids[:, :start], memory, progress=True, desc="read")
-        logits = model(ids[:, start:], past_key_values=memory, logits_to_keep=n + 1).logits[:, :-1].float()
+        logits = model(ids[:, start:], cache=memory, logits_to_keep=n + 1).logits[:, :-1].float()
         targets = ids[:, L - n :]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
         total += float(nll)
@@ -77,7 +77,7 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     keep = width - len(prompt) + 1  # logits from the prompt's last token on
-    kwargs = {"use_cache": False} if use_memory is None else {"past_key_values": model.new_memory(len(rows), use_memory)}
+    kwargs = {"use_cache": False} if use_memory is None else {"cache": model.new_memory(len(rows), use_memory)}
     logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep, **kwargs).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     if single:

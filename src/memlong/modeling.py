@@ -8,13 +8,18 @@ The stock modeling code runs unchanged; ``generate()`` is transformers' own.
 
     model = AutoModelForCausalLM.from_pretrained(...)
     model = memlong.wrap(model, MemLongConfig(...), retriever=...)
-    out = model(input_ids)                      # any length; out.past_key_values is the memory
-    out = model(more_ids, past_key_values=out.past_key_values)   # keeps reading
+    out = model(input_ids)                      # any length; out.memory is the memory
+    out = model(more_ids, cache=out.memory)     # keeps reading (past_key_values= works too)
     model.generate(ids, max_new_tokens=32)      # long prompt ingested, generation uses memory
+
+The memory travels the way transformers passes a cache: as ``cache=`` on transformers >= 5.24,
+``past_key_values=`` before (both are accepted); :data:`CACHE_ARG` is the name the installed
+release uses, and outputs carry it under that field as well as under ``memory``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -44,6 +49,19 @@ SUPPORTED_FAMILIES = {
 #: Families whose stock mask is a sliding window whenever ``config.sliding_window`` is set.
 _SLIDING_WHEN_SET = ("mistral", "mixtral", "starcoder2", "phi3", "qwen3_moe")
 GATES_NAME = "memlong_gates.safetensors"
+
+#: The keyword (and output field) under which the installed transformers passes a cache to a
+#: model's ``forward``: ``"cache"`` from 5.24 on, ``"past_key_values"`` before. Read from the
+#: output class's declared fields, the public contract ``generate()`` follows.
+CACHE_ARG = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+@dataclasses.dataclass
+class MemLongCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus ``memory``: the :class:`MemLongCache` the call read into
+    (also under the installed release's cache field, :data:`CACHE_ARG`, when ``use_cache``)."""
+
+    memory: MemLongCache | None = None
 
 
 class UnsupportedModelError(ValueError):
@@ -141,20 +159,23 @@ class MemLongMixin:
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: MemLongCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         char_offsets: torch.Tensor | None = None,
+        past_key_values: MemLongCache | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
-        """Reads ``input_ids`` ``[B, S]`` (any S) on top of the memory in ``past_key_values``.
+    ) -> MemLongCausalLMOutput:
+        """Reads ``input_ids`` ``[B, S]`` (any S) on top of the memory given as ``cache`` (or
+        ``past_key_values``, its name before transformers 5.24; a new memory when neither).
 
         ``attention_mask`` (``[B, S]`` or, as in ``generate``, ``[B, columns so far + S]``)
         marks padding; a padded column is skipped, so each row is read as its own sequence.
         ``position_ids`` are ignored: positions are the local window's. Returns the usual
-        output; ``past_key_values`` is the :class:`MemLongCache` to continue from.
+        output with ``memory``, the :class:`MemLongCache` to continue from (also under the
+        installed release's cache field unless ``use_cache=False``).
         ``logits_to_keep=k`` keeps only the last k positions' logits (0: all).
         ``char_offsets`` ``[B, S, 2]``: each token's character span in its source text (as a
         fast tokenizer's ``offset_mapping``); banked chunks then record their text span.
@@ -169,14 +190,9 @@ class MemLongMixin:
         kwargs.pop("return_dict", None)
         kwargs.pop("cache_position", None)
         B, S = input_ids.shape
-        cache = past_key_values
-        if cache is None or (not isinstance(cache, MemLongCache) and cache.get_seq_length() == 0):
+        cache = _memory_argument(cache, past_key_values)
+        if cache is None:
             cache = self.new_memory(B)
-        elif not isinstance(cache, MemLongCache):
-            raise TypeError(
-                f"past_key_values is a {type(cache).__name__} that already holds tokens; a MemLong model "
-                "continues only from the MemLongCache it returned (or model.new_memory())"
-            )
         if cache.batch_size != B:
             raise ValueError(f"memory holds {cache.batch_size} sequences but input_ids has batch size {B}")
 
@@ -217,7 +233,6 @@ class MemLongMixin:
                 input_ids=seg,
                 position_ids=torch.zeros_like(seg),
                 attention_mask=None,
-                past_key_values=None,
                 use_cache=False,
                 memlong=ctx,
                 logits_to_keep=want.to(dev),
@@ -241,8 +256,8 @@ class MemLongMixin:
         if labels is not None:
             labels = labels.masked_fill(~real.to(labels.device), -100)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=V)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=cache if use_cache is not False else None
+        return MemLongCausalLMOutput(
+            loss=loss, logits=logits, memory=cache, **{CACHE_ARG: cache if use_cache is not False else None}
         )
 
     @torch.no_grad()
@@ -270,41 +285,46 @@ class MemLongMixin:
             for s in range(0, S, step):
                 am = None if attention_mask is None else attention_mask[:, s : s + step]
                 co = None if char_offsets is None else char_offsets[:, s : s + step]
-                self(input_ids[:, s : s + step], attention_mask=am, past_key_values=memory, logits_to_keep=1,
-                     char_offsets=co)
+                self(input_ids[:, s : s + step], attention_mask=am, cache=memory, logits_to_keep=1, char_offsets=co)
                 bar.update(min(step, S - s))
         return memory
 
     # ------------------------------------------------------------------ generation
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        if model_kwargs.get("past_key_values") is None:
-            return None  # forward() creates a MemLongCache on the first step
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-
-    def generate(self, *args, memory: MemLongCache | None = None, requery: bool = False, **kwargs):
+    def generate(self, inputs: torch.Tensor | None = None, *args, memory: MemLongCache | None = None,
+                 requery: bool = False, **kwargs):
         """transformers' ``generate`` with MemLong memory.
 
-        ``memory=``: continue from a memory that has already read earlier text (e.g. from
-        :meth:`ingest`); ``input_ids`` then hold only the new tokens. ``requery=True``: read
-        the prompt, then retrieve again with its last ``chunk_size`` tokens
+        ``memory=`` (or ``cache=`` / ``past_key_values=``): continue from a memory that has
+        already read earlier text (e.g. from :meth:`ingest`); ``inputs`` then hold only the new
+        tokens. Without one, a new memory is made for the prompt, so generation always runs on
+        a memory given to transformers as a user-defined cache (no private hook). ``requery=True``:
+        read the prompt, then retrieve again with its last ``chunk_size`` tokens
         (:meth:`MemLongCache.requery`) before generating, so that the answer to a question sees
         the chunks the question is about (causal: the prompt's own tokens are read as usual).
         Beam search and ``num_return_sequences > 1`` are not supported (memory is per sequence).
         """
+        if inputs is None:
+            inputs = kwargs.pop("input_ids", None)
+        given = [v for v in (kwargs.pop("cache", None), kwargs.pop("past_key_values", None)) if v is not None]
+        if len(given) + (memory is not None) > 1:
+            raise ValueError("pass the memory once: memory=, cache= or past_key_values=")
+        memory = _memory_argument(memory if memory is not None else (given[0] if given else None), None)
         if requery:
-            return self._generate_requeried(*args, memory=memory, **kwargs)
-        if memory is not None:
-            if kwargs.get("past_key_values") is not None:
-                raise ValueError("pass either memory= or past_key_values=, not both")
-            memory.origin = memory.columns
-            kwargs["past_key_values"] = memory
+            if args:
+                raise TypeError("generate(requery=True) takes the prompt as its only positional argument")
+            return self._generate_requeried(inputs, memory=memory, **kwargs)
         if kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1:
             MemLongCache._unsupported(None)
-        return super().generate(*args, **kwargs)
+        if kwargs.get("use_cache") is False:
+            raise ValueError("MemLong generation reads through its memory: use_cache=False is not supported")
+        if inputs is None:
+            raise ValueError("MemLong generate needs input_ids (the prompt, or the new tokens after a memory)")
+        if memory is None:
+            memory = self.new_memory(inputs.shape[0])
+        memory.origin = memory.columns
+        return super().generate(inputs, *args, **{CACHE_ARG: memory}, **kwargs)
 
     def _generate_requeried(self, input_ids=None, memory=None, attention_mask=None, **kwargs):
-        if input_ids is None:
-            input_ids = kwargs.pop("inputs", None)
         if input_ids is None or input_ids.shape[1] < 1:
             raise ValueError("generate(requery=True) needs input_ids (the prompt to read before re-querying)")
         if attention_mask is not None and not bool(attention_mask[:, -1].all()):
@@ -340,6 +360,19 @@ class MemLongMixin:
         self.config.architectures = [self._memlong_base_class.__name__]
         self.config.save_pretrained(save_directory)
         return out
+
+
+def _memory_argument(cache: Any, past_key_values: Any) -> MemLongCache | None:
+    """The memory given to ``forward``/``generate`` under either cache name, checked."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the memory once, as cache= or as past_key_values=, not both")
+    memory = cache if cache is not None else past_key_values
+    if memory is not None and not isinstance(memory, MemLongCache):
+        raise TypeError(
+            f"a MemLong model reads and writes its own memory, not a {type(memory).__name__}: pass a "
+            "MemLongCache from model.new_memory(), model.ingest() or an earlier output's .memory, or no cache at all"
+        )
+    return memory
 
 
 _CLASSES: dict[type, type] = {}

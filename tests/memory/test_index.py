@@ -83,3 +83,23 @@ def test_auto_bank_survives_save_and_load(tmp_path):
     assert back.search_backend == "auto" and back.approximate_above == 20
     slots, _ = back.search(unit(7), 1, count=False)
     assert int(back.chunk_ids[slots[0]]) == 7 and back.index.approximate
+
+
+def test_every_backend_breaks_ties_by_score_then_chunk_id():
+    """Equal scores (here: chunks with the same embedding) come out oldest first, the same in
+    every backend (HNSW found others before), and a tie straddling the k-th place is settled by
+    chunk id, not by the index."""
+    twins = unit(1)
+    picked = {}
+    for backend in ("torch", "faiss", "auto"):
+        bank = MemoryBank(BankLayout(200, TAU, H, D, E), search_backend=backend, approximate_above=5)
+        # 40 chunks; chunk ids 3, 7, 11, ..., 39 share one embedding
+        for cid in range(40):
+            kv = torch.full((H, TAU, D), float(cid))
+            bank.add(kv, kv, twins if cid % 4 == 3 else unit(100 + cid), chunk_id=cid,
+                     span=(cid * TAU, (cid + 1) * TAU))
+        slots, scores = bank.search(twins, 4, count=False)
+        picked[backend] = [int(bank.chunk_ids[s]) for s in slots]
+        assert torch.allclose(scores, torch.ones(4), atol=1e-5)
+        assert bank.index.size() == 40
+    assert picked["torch"] == picked["faiss"] == picked["auto"] == [3, 7, 11, 15]

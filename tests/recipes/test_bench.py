@@ -11,6 +11,7 @@ from conftest import VOCAB, tiny_model
 from transformers import DynamicCache
 
 from memlong.cli import main
+from memlong.modeling import CACHE_ARG
 from memlong.recipes.bench import _run_worker, plot_ingest, sliding_window_model
 
 
@@ -25,7 +26,7 @@ def test_sliding_window_model_slides():
         sliding = sliding_window_model(model, window)
         oneshot = sliding(ids).logits
         cache = DynamicCache(config=sliding.config)
-        fed = torch.cat([sliding(ids[:, s : s + window], past_key_values=cache, use_cache=True).logits
+        fed = torch.cat([sliding(ids[:, s : s + window], **{CACHE_ARG: cache}, use_cache=True).logits
                          for s in range(0, n, window)], dim=1)
     assert torch.allclose(fed, oneshot, atol=1e-5)  # the rolling cache is the sliding mask
     assert torch.allclose(oneshot[:, :window], full[:, :window], atol=1e-5)

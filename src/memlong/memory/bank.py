@@ -41,6 +41,11 @@ from memlong.memory.paged import PagedTensor
 
 # Largest K/V page (per tensor): growth adds pages of at most this size.
 PAGE_BYTES = 64 * 2**20
+# Search: candidates fetched beyond k (at least k more), re-ranked exactly; and how close a
+# backend's score may come to the k-th best before more candidates are fetched (float32
+# inner products of unit vectors differ between backends in the last bits).
+TIE_CANDIDATES = 8
+TIE_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -321,14 +326,35 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ search
     def search(self, query: torch.Tensor, k: int, count: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact cosine top-k. ``query`` ``[dim]`` unit norm.
+        """Cosine top-k, deterministic. ``query`` ``[dim]`` unit norm.
+
+        The index proposes candidates (a few more than ``k``); their scores are recomputed here
+        from the stored embeddings, the same arithmetic for every backend, and ordered by score,
+        then by chunk id (older first) among equal scores. While the last candidate could still
+        tie with the k-th, more candidates are fetched. So the same bank retrieves the same
+        chunks whatever the backend (torch scan, faiss flat, HNSW) or faiss version orders ties.
 
         Returns ``(slots, scores)``, at most ``k`` each, best first. ``count`` bumps the
         retrieval counter of every returned chunk (the paper's counter).
         """
-        if len(self) == 0:
+        n = len(self)
+        if n == 0:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0)
-        scores, slots = self.index.search(query.float(), min(k, len(self)), self.embeddings, self.valid)
+        k = min(k, n)
+        want = min(n, k + max(TIE_CANDIDATES, k))
+        q = query.detach().float()
+        while True:
+            _, cand = self.index.search(q, want, self.embeddings, self.valid)
+            emb = self.embeddings[cand.to(self.embeddings.device)].float()
+            scores = (emb * q.to(emb.device)).sum(-1).cpu()  # row by row: no batch-size-dependent blocking
+            by_id = torch.argsort(self.chunk_ids[cand], stable=True)
+            order = by_id[torch.argsort(scores[by_id], descending=True, stable=True)]
+            top = order[:k]
+            done = want >= n or len(cand) < want or bool(scores[order[-1]] < scores[top[-1]] - TIE_TOLERANCE)
+            if done:
+                break
+            want = min(n, 2 * want)
+        slots, scores = cand[top], scores[top]
         if count:
             self.counts[slots] += 1
         return slots, scores

@@ -215,6 +215,7 @@ def _worker(args) -> dict:
 
     import memlong
     from memlong import profiling
+    from memlong.modeling import CACHE_ARG
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -241,7 +242,7 @@ def _worker(args) -> dict:
         t0 = time.perf_counter()
         with torch.no_grad():
             for s in range(0, n, step):
-                model(ids[:, s : s + step], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                model(ids[:, s : s + step], **{CACHE_ARG: cache}, use_cache=True, logits_to_keep=1)
         seconds = time.perf_counter() - t0
         result["kv_cache_bytes"] = sum(t.numel() * t.element_size() for layer in cache.layers
                                        for t in (layer.keys, layer.values))

@@ -294,7 +294,7 @@ def run(args) -> int:
             memory.reset(rows=batch.new_document)
         ids = batch.input_ids.to(accelerator.device)
         mask = batch.attention_mask.to(accelerator.device)
-        outp = trained(input_ids=ids, attention_mask=mask, labels=ids, past_key_values=memory)
+        outp = trained(input_ids=ids, attention_mask=mask, labels=ids, cache=memory)
         accelerator.backward(outp.loss)
         if args.grad_clip:
             accelerator.clip_grad_norm_(params, args.grad_clip)
