@@ -182,13 +182,13 @@ def test_embedding_retriever_uses_the_token_counts_shipped_in_the_model_folder(t
 
 
 def test_shipped_base_ships_token_counts_for_its_vocabulary():
-    from memlong.pretrained import DEFAULT_BASE_MODEL
+    from memlong.pretrained import toy_base_model_path
     from memlong.retriever import load_token_counts
 
-    counts = load_token_counts(DEFAULT_BASE_MODEL)
+    counts = load_token_counts(toy_base_model_path())
     if counts is None:
         pytest.skip("no base model committed")
-    cfg = LlamaConfig.from_pretrained(DEFAULT_BASE_MODEL)
+    cfg = LlamaConfig.from_pretrained(toy_base_model_path())
     assert counts.shape == (cfg.vocab_size,) and int(counts.sum()) > 100_000
 
 
@@ -221,12 +221,15 @@ def test_embedding_retriever_through_wrap_end_to_end():
     assert torch.isfinite(out).all()
 
 
-def test_bench_retriever_runs_end_to_end(tmp_path):
+def test_bench_retriever_runs_end_to_end(tmp_path, monkeypatch):
     import json
     import sysconfig
     from pathlib import Path
 
     from memlong.cli import main
+    from memlong.pretrained import ENV_VAR, toy_base_model_path
+
+    monkeypatch.setenv(ENV_VAR, str(toy_base_model_path()))  # the toy base: small, and ships token counts
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     docs = [{"id": f"stdlib/{n}", "source": "stdlib", "text": (stdlib / n).read_text()[:800] * 4}

@@ -1,20 +1,16 @@
-"""The shipped base model loads offline with one call, through the package's default path."""
+"""The toy base model shipped in the package (``base/``) loads offline with one call, through
+``$MEMLONG_BASE_MODEL`` (it is no longer the default: see test_default_model.py)."""
 
 import json
 
 import pytest
 import torch
 
-from memlong.pretrained import DEFAULT_BASE_MODEL, ENV_VAR, default_base_model_path, load_default_base_model
+from memlong.pretrained import ENV_VAR, default_base_model_path, load_default_base_model, toy_base_model_path
 
-shipped = (DEFAULT_BASE_MODEL / "model.safetensors").is_file()
-needs_checkpoint = pytest.mark.skipif(not shipped, reason=f"no checkpoint committed yet in {DEFAULT_BASE_MODEL}")
-
-
-@needs_checkpoint
-def test_default_path_resolves_to_the_shipped_model(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    assert default_base_model_path() == str(DEFAULT_BASE_MODEL)
+TOY = toy_base_model_path()
+shipped = (TOY / "model.safetensors").is_file()
+needs_checkpoint = pytest.mark.skipif(not shipped, reason=f"no checkpoint committed yet in {TOY}")
 
 
 def test_env_override(monkeypatch):
@@ -24,7 +20,7 @@ def test_env_override(monkeypatch):
 
 @needs_checkpoint
 def test_loads_offline_and_generates(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv(ENV_VAR, str(TOY))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, tok = load_default_base_model()
     cfg = model.config
@@ -42,9 +38,9 @@ def test_loads_offline_and_generates(monkeypatch):
 
 @needs_checkpoint
 def test_shipped_directory_is_complete_and_small():
-    files = {p.name for p in DEFAULT_BASE_MODEL.iterdir()}
+    files = {p.name for p in TOY.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= files
-    total = sum(p.stat().st_size for p in DEFAULT_BASE_MODEL.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in TOY.rglob("*") if p.is_file())
     assert total <= 40 * 2**20
-    ppl = json.loads((DEFAULT_BASE_MODEL / "ppl_test.json").read_text())
+    ppl = json.loads((TOY / "ppl_test.json").read_text())
     assert ppl["lengths"] == [256, 512, 1024, 2048, 4096]

@@ -11,7 +11,7 @@ import torch
 
 import memlong
 from memlong.modeling import BASE_NAME, save_trained
-from memlong.pretrained import DEFAULT_BASE_MODEL, load_default_base_model
+from memlong.pretrained import toy_base_model_path
 from memlong.pretrained.reference import (
     DEFAULT_REFERENCE_MODEL,
     ENV_VAR,
@@ -19,17 +19,25 @@ from memlong.pretrained.reference import (
     reference_model_path,
 )
 
-shipped_base = (DEFAULT_BASE_MODEL / "model.safetensors").is_file()
+TOY = toy_base_model_path()  # the base the shipped reference model was trained on
+shipped_base = (TOY / "model.safetensors").is_file()
 pytestmark = pytest.mark.skipif(not shipped_base, reason="the shipped base model is missing")
 
 TRAINED = "model.layers.7.mlp.down_proj.weight"
+
+
+def load_toy_base():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(TOY), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(TOY))
 
 
 @pytest.fixture(scope="module")
 def fake_reference(tmp_path_factory):
     """What `memlong train` would write: only the upper layer it trained, open gates, config."""
     ref = tmp_path_factory.mktemp("ref") / "memlong"
-    base, tok = load_default_base_model()
+    base, tok = load_toy_base()
     cfg = memlong.MemLongConfig.for_num_layers(8, chunk_size=64, top_k=2, local_window=256, memory_capacity=4096)
     model = memlong.wrap(base, cfg, retriever=memlong.HashingRetriever(), tokenizer=tok)
     for name, p in model.named_parameters():
@@ -39,7 +47,7 @@ def fake_reference(tmp_path_factory):
         dict(model.named_parameters())[TRAINED].add_(0.01 * torch.randn_like(dict(model.named_parameters())[TRAINED]))
         for gate in model.memlong_gates().values():
             gate.fill_(1.0)
-    save_trained(model, model, ref, base_model=str(DEFAULT_BASE_MODEL))
+    save_trained(model, model, ref, base_model=str(TOY))
     expected = dict(model.named_parameters())[TRAINED].detach().clone()
     return ref, expected
 
@@ -98,7 +106,7 @@ def test_shipped_reference_loads_offline_in_one_call(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     model, tok = load_reference_model()
     cfg = model.memlong_config
-    base, _ = load_default_base_model()
+    base, _ = load_toy_base()
     frozen = dict(base.named_parameters())
     params = dict(model.named_parameters())
     for i in range(cfg.memory_layer):  # layers up to the memory layer: bit-identical to the base

@@ -22,7 +22,10 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     import sysconfig
     from pathlib import Path
 
+    from memlong.pretrained import ENV_VAR, toy_base_model_path
+
     monkeypatch.setenv("MEMLONG_REFERENCE_MODEL", str(tmp_path / "no-reference-here"))
+    monkeypatch.setenv(ENV_VAR, str(toy_base_model_path()))  # the small toy base keeps this test fast
     doc = tmp_path / "doc.txt"
     doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:9000])
     out = tmp_path / "demo.json"

