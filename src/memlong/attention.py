@@ -61,7 +61,13 @@ class CallContext:
     sin_qm: torch.Tensor
     gate_activation: str = "tanh"
     fusion: str = "separate"
-    mem_k: torch.Tensor | None = None  # [B*n, H_kv, M, D]
+    # training_free mode: one softmax over [retrieved; local], no gate; memory keys rotated at
+    # positions just before the window (cos_mk/sin_mk), each layer reading its own heads of the bank
+    training_free: bool = False
+    bank_heads: dict[int, slice] = field(default_factory=dict)  # layer -> its heads in mem_k/mem_v
+    cos_mk: torch.Tensor | None = None  # [B*n, 1, M, D]
+    sin_mk: torch.Tensor | None = None
+    mem_k: torch.Tensor | None = None  # [B*n, H_bank, M, D] (H_bank: H_kv per stored layer)
     mem_v: torch.Tensor | None = None
     mem_valid: torch.Tensor | None = None  # [B*n, 1, 1, M] bool
     grid_index: torch.Tensor | None = None  # [B, S] long: slot*tau + offset, pads -> n*tau
@@ -176,8 +182,14 @@ def _memlong_attention(
         return out.transpose(1, 2).contiguous(), None
 
     S = query.shape[2]
-    g = gate_value(module, ctx.gate_activation, query.dtype)
     q_mem = _to_grid(apply_rope(query, ctx.cos_qm, ctx.sin_qm), ctx)
+    if ctx.training_free:
+        heads = ctx.bank_heads[layer]
+        mem_k = apply_rope(ctx.mem_k[:, heads].to(query.dtype), ctx.cos_mk, ctx.sin_mk)
+        joint, _ = _joint_attention(q_local, k_local, values, q_mem, mem_k, ctx.mem_v[:, heads].to(query.dtype), ctx,
+                                    scale, S)
+        return joint.transpose(1, 2).contiguous(), None
+    g = gate_value(module, ctx.gate_activation, query.dtype)
     if ctx.fusion == "separate":
         local = _local_attention(q_local, k_local, values, ctx, p, scale)
         mem = F.scaled_dot_product_attention(
@@ -186,16 +198,25 @@ def _memlong_attention(
         )
         out = local + g * _from_grid(mem, ctx, S) * ctx.has_mem
     else:  # joint: one softmax over [memory; local], mixed in by the gate
-        local, lse_l = _attend_with_lse(q_local, k_local, values, ctx.local_mask, scale)
-        mem, lse_m = _attend_with_lse(q_mem, ctx.mem_k.to(query.dtype), ctx.mem_v.to(query.dtype), ctx.mem_valid, scale)
-        mem = _from_grid(mem, ctx, S)
-        lse_m = _from_grid(lse_m, ctx, S).masked_fill(ctx.has_mem[:, :, :, 0] == 0, float("-inf"))
-        top = torch.maximum(lse_l, lse_m)
-        w_l = torch.exp(lse_l - top).unsqueeze(-1)
-        w_m = torch.exp(lse_m - top).unsqueeze(-1)
-        joint = ((w_l * local.float() + w_m * mem.float()) / (w_l + w_m)).to(query.dtype)
+        joint, local = _joint_attention(q_local, k_local, values, q_mem, ctx.mem_k.to(query.dtype),
+                                        ctx.mem_v.to(query.dtype), ctx, scale, S)
         out = local + g * (joint - local)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _joint_attention(q_local, k_local, values, q_mem, mem_k, mem_v, ctx: CallContext, scale: float, S: int):
+    """One softmax over each query's retrieved tokens and its local window, and the local-only
+    attention: both ``[B, H, S, D]``. Computed as two partial softmaxes joined by their
+    log-sum-exps (the retrieved tokens differ per chunk slot: they cannot share one masked call
+    with the window)."""
+    local, lse_l = _attend_with_lse(q_local, k_local, values, ctx.local_mask, scale)
+    mem, lse_m = _attend_with_lse(q_mem, mem_k, mem_v, ctx.mem_valid, scale)
+    mem = _from_grid(mem, ctx, S)
+    lse_m = _from_grid(lse_m, ctx, S).masked_fill(ctx.has_mem[:, :, :, 0] == 0, float("-inf"))
+    top = torch.maximum(lse_l, lse_m)
+    w_l = torch.exp(lse_l - top).unsqueeze(-1)
+    w_m = torch.exp(lse_m - top).unsqueeze(-1)
+    return ((w_l * local.float() + w_m * mem.float()) / (w_l + w_m)).to(q_local.dtype), local
 
 
 def register() -> None:

@@ -353,6 +353,7 @@ class MemLongCache(Cache):
         B, S = ids.shape
         device = ids.device
         starts = list(self.seen)
+        H_kv = self.layout.num_kv_heads // len(cfg.bank_layers)  # the model's KV heads
 
         # 1. chunk tokens, and embeddings of the chunks this segment completes (one batch)
         todo: list[tuple[int, int]] = []
@@ -412,7 +413,18 @@ class MemLongCache(Cache):
         qrel = (qpos - base).clamp_min(0)
         krel = (kpos - base).clamp_min(0)
         qmem = (qpos - (qchunk - w).clamp_min(0) * tau).clamp_min(0)
-        if cfg.memory_positions == "none":  # memory attention without positions: content only
+        training_free = cfg.mode == "training_free"
+        # retrieved memory, grouped by the chunk slot (of this segment) each query belongs to
+        first_chunk = torch.tensor([s // tau for s in starts]).view(B, 1)
+        slot = (qchunk - first_chunk).clamp_min(0)
+        n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
+        entries = [[self.chunk_mem[b].get(starts[b] // tau + t) for t in range(n)] for b in range(B)]
+        M = max((e[0].shape[1] for row in entries for e in row if e is not None), default=0)
+        if training_free:
+            # Retrieved tokens sit just before the window: the query is M positions further on,
+            # and a slot's m retrieved tokens take positions M-m .. M-1, in stream order.
+            qmem = qmem + M
+        elif cfg.memory_positions == "none":  # memory attention without positions: content only
             qmem = torch.zeros_like(qmem)
         P = int(max(qrel.max(), krel.max(), qmem.max())) + 1
         cos, sin = rotary(P)
@@ -431,14 +443,12 @@ class MemLongCache(Cache):
             cos_qm=pick(cos, qmem), sin_qm=pick(sin, qmem),
             gate_activation=gate_activation,
             fusion=cfg.fusion,
+            training_free=training_free,
+            bank_heads={layer: slice(r * H_kv, (r + 1) * H_kv) for r, layer in enumerate(cfg.bank_layers)}
+            if training_free else {},
         )
 
         # 4. retrieved memory grouped by chunk slot
-        first_chunk = torch.tensor([s // tau for s in starts]).view(B, 1)
-        slot = (qchunk - first_chunk).clamp_min(0)
-        n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
-        entries = [[self.chunk_mem[b].get(starts[b] // tau + t) for t in range(n)] for b in range(B)]
-        M = max((e[0].shape[1] for row in entries for e in row if e is not None), default=0)
         if M > 0:
             L_ = self.layout
             # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
@@ -463,6 +473,10 @@ class MemLongCache(Cache):
             ctx.grid_index = grid.to(device)
             ctx.num_slots = n
             ctx.has_mem = has_mem[:, None, :, None].to(device=device, dtype=cos.dtype)
+            if training_free:
+                m = valid.sum(-1, keepdim=True)  # [B, n, 1] retrieved tokens per slot
+                kpos_mem = (M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
+                ctx.cos_mk, ctx.sin_mk = pick(cos, kpos_mem), pick(sin, kpos_mem)
         if B == 1 or (len(set(starts)) == 1 and min(counts) == S):
             ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0])
         self._pending = (qpos, kpos, counts)
@@ -521,14 +535,17 @@ class MemLongCache(Cache):
 
     def _depart(self, b: int, c: int) -> None:
         """Chunk ``c`` of row ``b`` leaves the window: write it to the bank."""
-        tau, m = self.config.chunk_size, self.config.memory_layer_index
+        tau = self.config.chunk_size
         pos = self.win_pos[b]
         idx = (pos == c * tau).nonzero().flatten()
         if idx.numel() != 1 or int(pos[int(idx[0]) + tau - 1]) != (c + 1) * tau - 1:
             raise RuntimeError(f"chunk {c} of row {b} is not whole in the window; state is inconsistent")
         i = int(idx[0])
-        k = self.win_k[m][b, :, i : i + tau]
-        v = self.win_v[m][b, :, i : i + tau]
+        layers = self.config.bank_layers  # training_free: every retrieval layer's K/V, heads stacked
+        k = torch.cat([self.win_k[layer][b, :, i : i + tau] for layer in layers]) if len(layers) > 1 \
+            else self.win_k[layers[0]][b, :, i : i + tau]
+        v = torch.cat([self.win_v[layer][b, :, i : i + tau] for layer in layers]) if len(layers) > 1 \
+            else self.win_v[layers[0]][b, :, i : i + tau]
         tokens = torch.tensor(self.chunk_tokens[b].pop(c), dtype=torch.int32)
         emb = self.chunk_emb[b].pop(c)
         chars = self.chunk_chars[b].pop(c, None)

@@ -19,8 +19,10 @@ GateActivation = Literal["tanh", "identity"]
 Fusion = Literal["separate", "joint"]
 QueryMode = Literal["causal", "chunk"]
 SearchBackend = Literal["torch", "faiss", "auto"]
+Mode = Literal["memlong", "training_free"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("memlong", "training_free"),
     "eviction": ("counter", "fifo"),
     "gate_mode": ("head", "layer"),
     "gate_activation": ("tanh", "identity"),
@@ -42,6 +44,15 @@ class MemLongConfig:
     """Everything that defines a MemLong model on top of a base causal LM.
 
     Attributes:
+        mode: ``"memlong"`` (the paper, default): the bank stores the memory layer's K/V and the
+            retrieval layers mix memory in through gates that start closed, so memory helps only
+            after adaptation training (``memlong train``). ``"training_free"`` (what InfLLM and
+            EM-LLM do, for a pretrained model as it is): each retrieval layer stores its own K/V
+            of every chunk, and attends to the retrieved chunks and its local window in one
+            softmax with no gate, the retrieved chunks placed just before the local window in
+            their original order (positions the model was trained on). ``memory_layer``, the
+            gates, ``fusion`` and ``memory_positions`` are not used in that mode; the bank holds
+            one K/V per retrieval layer (``len(retrieval_layers)`` times the bytes per token).
         memory_layer: 1-based index of the memory layer. Layers 1..memory_layer are the frozen
             lower stack; this layer's keys and values are what the memory bank stores.
         retrieval_layers: 1-based indices of the layers that attend to retrieved chunks; each
@@ -95,6 +106,7 @@ class MemLongConfig:
             temporary folder when ``None``; the OS pages it in and out).
     """
 
+    mode: Mode = "memlong"
     memory_layer: int = 13
     retrieval_layers: tuple[int, ...] = (14, 18, 22, 26)
     chunk_size: int = 128
@@ -140,7 +152,9 @@ class MemLongConfig:
         if len(set(self.retrieval_layers)) != len(self.retrieval_layers):
             bad("retrieval_layers", f"has duplicates: {list(self.retrieval_layers)}")
         for layer in self.retrieval_layers:
-            if layer <= self.memory_layer:
+            if layer < 1:
+                bad("retrieval_layers", f"layer numbers are 1-based and must be >= 1, got {layer}")
+            if layer <= self.memory_layer and self.mode == "memlong":
                 bad(
                     "retrieval_layers",
                     f"layer {layer} is at or below memory_layer={self.memory_layer}; retrieval "
@@ -199,7 +213,7 @@ class MemLongConfig:
 
     def validate_for_model(self, num_layers: int, max_positions: int | None = None) -> None:
         """Checks that depend on the base model (raised when wrapping)."""
-        if self.memory_layer >= num_layers:
+        if self.memory_layer >= num_layers and self.mode == "memlong":
             raise MemLongConfigError(
                 f"MemLongConfig.memory_layer: {self.memory_layer} leaves no layer above it in a "
                 f"{num_layers}-layer model (1-based); choose at most {num_layers - 1}"
@@ -215,6 +229,12 @@ class MemLongConfig:
                 f"MemLongConfig.local_window: {self.local_window} exceeds the model's "
                 f"max_position_embeddings={max_positions}; the window must fit what the model was trained on"
             )
+        if max_positions is not None and self.mode == "training_free" and self.span_tokens > max_positions:
+            raise MemLongConfigError(
+                f"MemLongConfig.top_k: in training_free mode the retrieved chunks sit before the local window, "
+                f"{self.retrieved_tokens} + {self.local_window} = {self.span_tokens} positions, beyond the model's "
+                f"max_position_embeddings={max_positions}; lower top_k, chunk_size or local_window"
+            )
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -226,6 +246,21 @@ class MemLongConfig:
     def retrieval_layer_indices(self) -> tuple[int, ...]:
         """0-based indices of the retrieval layers."""
         return tuple(layer - 1 for layer in self.retrieval_layers)
+
+    @property
+    def retrieved_tokens(self) -> int:
+        """Most tokens retrieved for one chunk: ``top_k`` hits, each with its offsets."""
+        return self.top_k * len(self.retrieval_offsets) * self.chunk_size
+
+    @property
+    def span_tokens(self) -> int:
+        """Positions a query's attention spans in training_free mode: retrieved + local window."""
+        return self.retrieved_tokens + self.local_window
+
+    @property
+    def bank_layers(self) -> tuple[int, ...]:
+        """0-based layers whose K/V the bank stores for each chunk."""
+        return self.retrieval_layer_indices if self.mode == "training_free" else (self.memory_layer_index,)
 
     @property
     def capacity_chunks(self) -> int:

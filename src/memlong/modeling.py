@@ -111,7 +111,8 @@ class MemLongMixin:
         return BankLayout(
             capacity=self.memlong_config.capacity_chunks,
             chunk_size=self.memlong_config.chunk_size,
-            num_kv_heads=cfg.num_key_value_heads,
+            # training_free: one K/V per retrieval layer, stacked along the heads
+            num_kv_heads=cfg.num_key_value_heads * len(self.memlong_config.bank_layers),
             head_dim=head_dim,
             embed_dim=self.memlong_retriever.dim,
             dtype=bank_dtype,
@@ -344,6 +345,8 @@ class MemLongMixin:
 
     # ------------------------------------------------------------------ persistence
     def memlong_gates(self) -> dict[str, torch.Tensor]:
+        if self.memlong_config.mode == "training_free":
+            return {}  # no gates: memory joins the window's softmax as it is
         return {
             f"layers.{i}": getattr(self.model.layers[i].self_attn, attention.GATE_NAME).detach()
             for i in self.memlong_config.retrieval_layer_indices
@@ -427,7 +430,7 @@ def wrap(
     model.set_attn_implementation(attention.ATTN_NAME)
     heads = model.config.num_attention_heads
     ref = next(model.parameters())
-    for i in config.retrieval_layer_indices:
+    for i in config.retrieval_layer_indices if config.mode == "memlong" else ():
         attn = model.model.layers[i].self_attn
         shape = (heads,) if config.gate_mode == "head" else (1,)
         attn.register_parameter(attention.GATE_NAME, nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=ref.device)))
@@ -487,7 +490,7 @@ def _load_gates(model: nn.Module, gates_path: str) -> None:
     from safetensors.torch import load_file
 
     gates = load_file(gates_path)
-    for i in model.memlong_config.retrieval_layer_indices:
+    for i in model.memlong_config.retrieval_layer_indices if model.memlong_config.mode == "memlong" else ():
         param = getattr(model.model.layers[i].self_attn, attention.GATE_NAME)
         key = f"layers.{i}"
         if key not in gates or gates[key].shape != param.shape:

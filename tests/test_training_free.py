@@ -1,0 +1,136 @@
+"""The training-free mode (``MemLongConfig(mode="training_free")``): the same properties as
+MemLong mode (parity with an empty memory, causality, batch equivalence, call boundaries,
+generate, save/load, compressed banks), plus its own exactness: when every chunk that left the
+window is retrieved, in every layer, it is the stock model with full attention."""
+
+import pytest
+import torch
+from conftest import VOCAB, small_memlong_config, tiny_model
+
+import memlong
+
+ATOL = 1e-5
+
+
+def rand_ids(B, S, seed=0):
+    return torch.randint(0, VOCAB, (B, S), generator=torch.Generator().manual_seed(seed))
+
+
+def free_model(family="llama", layers=4, **kw):
+    model, ref = tiny_model(family, layers=layers)
+    base = dict(mode="training_free", retrieval_layers=(2, 3, 4), memory_layer=1)
+    base.update(kw)
+    return memlong.wrap(model, small_memlong_config(**base), retriever=memlong.HashingRetriever(dim=32)), ref
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma", "mistral"])
+@torch.no_grad()
+def test_every_departed_chunk_retrieved_in_every_layer_is_full_attention(family):
+    """tau 8, window 32: chunk 4 has chunk 0 behind its window, chunk 5 chunks 0-1. With top_k 2
+    both are always retrieved, in stream order, just before the window: where they were."""
+    m, ref = free_model(family, retrieval_layers=(1, 2, 3, 4), top_k=2, memory_capacity=400)
+    ids = rand_ids(2, 48, seed=1)
+    out = m(ids)
+    assert len(out.memory.bank(0)) == 2
+    torch.testing.assert_close(out.logits, ref(ids).logits, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_memory_changes_the_output_and_retrieval_off_is_the_window():
+    m, ref = free_model()
+    ids = rand_ids(1, 100, seed=2)
+    with_memory = m(ids).logits
+    without = m(ids, cache=m.new_memory(1, retrieval=False)).logits
+    w = m.memlong_config.local_window
+    torch.testing.assert_close(with_memory[:, :w], ref(ids[:, :w]).logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(with_memory[:, :w], without[:, :w], atol=ATOL, rtol=0)
+    assert (with_memory[:, w + 8 :] - without[:, w + 8 :]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@torch.no_grad()
+def test_empty_memory_is_the_base_model(family):
+    m, ref = free_model(family)
+    ids = rand_ids(2, 32)
+    torch.testing.assert_close(m(ids).logits, ref(ids).logits, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_no_dependence_on_future_tokens():
+    m, _ = free_model()
+    ids = rand_ids(1, 140, seed=3)
+    base = m(ids).logits
+    assert m.memlong_config.capacity_chunks < 140 // 8 - 4  # the run evicts
+    for t in [7, 40, 64, 65, 120]:
+        changed = ids.clone()
+        changed[:, t + 1 :] = rand_ids(1, 140 - t - 1, seed=100 + t)
+        torch.testing.assert_close(m(changed).logits[:, : t + 1], base[:, : t + 1], atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_padded_batch_and_call_boundaries():
+    m, _ = free_model()
+    lengths = [130, 77, 9]
+    S = max(lengths)
+    ids = torch.zeros(len(lengths), S, dtype=torch.long)
+    mask = torch.zeros(len(lengths), S, dtype=torch.long)
+    alone = []
+    for b, n in enumerate(lengths):
+        seq = rand_ids(1, n, seed=10 + b)
+        ids[b, S - n :], mask[b, S - n :] = seq[0], 1
+        alone.append(m(seq).logits[0])
+    out = m(ids, attention_mask=mask)
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(out.logits[b, S - n :], alone[b], atol=ATOL, rtol=0)
+    seq = rand_ids(1, 150, seed=4)
+    whole = m(seq).logits
+    memory, pieces, s = m.new_memory(), [], 0
+    for n in [1, 3, 8, 13, 40, 2, 33, 50]:
+        pieces.append(m(seq[:, s : s + n], cache=memory).logits)
+        s += n
+    torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_generate_equals_step_by_step_forward():
+    m, _ = free_model()
+    prompt = rand_ids(1, 90, seed=5)
+    gen = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=30, do_sample=False, pad_token_id=0)
+    out = m(prompt)
+    memory, tokens = out.memory, []
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    for _ in range(30):
+        tokens.append(nxt)
+        nxt = m(nxt, cache=memory).logits[:, -1].argmax(-1, keepdim=True)
+    assert torch.equal(gen[:, 90:], torch.cat(tokens, 1))
+
+
+@torch.no_grad()
+def test_bank_holds_each_retrieval_layers_kv_and_saves(tmp_path):
+    m, _ = free_model()
+    memlong_mode, _ = tiny_model("llama")
+    plain = memlong.wrap(memlong_mode, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
+    assert m.new_memory().layout.kv_bytes_per_token() == 3 * plain.new_memory().layout.kv_bytes_per_token()
+    assert m.memlong_gates() == {}  # no gates in this mode
+    ids = rand_ids(2, 230, seed=19)
+    whole = m(ids).logits
+    memory = m(ids[:, :203]).memory
+    memory.save(tmp_path / "mem")
+    rest = m(ids[:, 203:], cache=m.load_memory(tmp_path / "mem")).logits
+    torch.testing.assert_close(rest, whole[:, 203:], atol=ATOL, rtol=0)
+    # a compressed bank: close to the exact one, not identical
+    m8, _ = free_model(bank_dtype="int8")
+    diff = (m8(ids).logits - whole).abs().max()
+    assert 0 < diff < 0.05
+
+
+def test_config_checks_for_training_free_mode():
+    # retrieval layers need not be above the memory layer; positions must fit the model
+    memlong.MemLongConfig(mode="training_free", memory_layer=13, retrieval_layers=(1, 2, 3))
+    cfg = small_memlong_config(mode="training_free", memory_layer=1, retrieval_layers=(1, 2), top_k=60,
+                               memory_capacity=4000, local_window=64)
+    model, _ = tiny_model("llama")  # max_position_embeddings 512 < 60 * 8 + 64
+    with pytest.raises(memlong.MemLongConfigError, match="max_position_embeddings"):
+        memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=32))
+    with pytest.raises(memlong.MemLongConfigError, match="mode"):
+        memlong.MemLongConfig(mode="free")
