@@ -275,16 +275,29 @@ def test_requery_retrieves_with_the_question():
     k, _ = memory.chunk_mem[0][37]
     assert torch.equal(k, memory.bank(0).gather(torch.tensor([memory.bank(0).entries()[2]["slot"]]))[0])
     assert before is None or not torch.equal(before[0], k)
-    # generate(requery=True) does exactly that: read the prompt, re-query, continue
+    # generate(requery=True): the prompt's last chunk_size tokens are the question; it is read
+    # (and answered) retrieving with the question's own embedding (focus_on), the rest as usual
     prompt = torch.cat([doc, question], 1)
     plain = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=False,
                        pad_token_id=0, output_scores=True, return_dict_in_generate=True)
     asked = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=False,
                        pad_token_id=0, output_scores=True, return_dict_in_generate=True, requery=True)
     assert torch.equal(asked.sequences[:, : prompt.shape[1]], prompt) and asked.sequences.shape == (1, 306)
-    first = m(question[:, -1:], cache=memory).logits[:, -1]
+    by_hand = m.ingest(prompt[:, :-8])
+    by_hand.focus_on(m.memlong_retriever, [prompt[0, -8:].tolist()])
+    first = m(prompt[:, -8:], cache=by_hand).logits[:, -1]
     torch.testing.assert_close(asked.scores[0], first, atol=ATOL, rtol=0)
     assert not torch.allclose(plain.scores[0], asked.scores[0])
+    counts = {e["chunk_id"]: e["count"] for e in by_hand.bank(0).entries()}
+    assert counts[2] >= 1  # the needle's chunk, found by the question
+    # with a memory, the whole prompt is the question; requery=N takes its last N tokens
+    mem_a, mem_b = m.ingest(doc), m.ingest(doc)
+    a = m.generate(question, memory=mem_a, max_new_tokens=2, do_sample=False, pad_token_id=0, requery=True)
+    b = m.generate(question, memory=mem_b, max_new_tokens=2, do_sample=False, pad_token_id=0,
+                   requery=question.shape[1])
+    assert torch.equal(a, b) and mem_a.focus == [None]  # focus ends with the answer
+    with pytest.raises(ValueError, match="1..7"):
+        m.generate(question, memory=mem_a, max_new_tokens=2, requery=9)
     # at a chunk boundary there is nothing to redo: the next chunk retrieves with those tokens
     at_boundary = m.ingest(rand_ids(1, 304, seed=10))
     assert at_boundary.requery(m.memlong_retriever) == []

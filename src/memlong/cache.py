@@ -81,9 +81,11 @@ class MemLongCache(Cache):
             self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [
                 {} for _ in range(self.batch_size_)
             ]
+            self.focus: list[torch.Tensor | None] = [None] * self.batch_size_  # see focus_on()
             return
         for b in rows:
             self.seen[b] = 0
+            self.focus[b] = None
             self.chunk_tokens[b].clear()
             self.chunk_chars[b].clear()
             self.chunk_emb[b].clear()
@@ -143,6 +145,8 @@ class MemLongCache(Cache):
 
         if self.broken:
             raise RuntimeError(f"refusing to save a memory left inconsistent ({self.broken}); reset it first")
+        if any(f is not None for f in self.focus):
+            raise RuntimeError("refusing to save a memory focused on a question (focus_on); call memory.unfocus() first")
         os.makedirs(directory, exist_ok=True)
         version = f"v-{uuid.uuid4().hex[:12]}"
         vdir = os.path.join(directory, version)
@@ -503,12 +507,40 @@ class MemLongCache(Cache):
 
     def _query(self, b: int, j: int, retriever: Retriever) -> torch.Tensor | None:
         """Retrieval query for chunk ``j`` of row ``b`` (None: nothing to retrieve with)."""
+        if self.focus[b] is not None:
+            return self.focus[b]
         if self.config.retrieval_query == "causal":
             return self.chunk_emb[b].get(j - 1)
         if j in self.chunk_emb[b]:
             return self.chunk_emb[b][j]
         with phase("retriever"):
             return retriever.embed([self.chunk_tokens[b][j]])[0]  # partial chunk ("chunk" mode only)
+
+    @torch.no_grad()
+    def focus_on(self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None) -> None:
+        """Retrieves with a given text (a question) until :meth:`unfocus`: row ``rows[i]``'s
+        query becomes the embedding of ``tokens[i]``, the chunk in progress retrieves again
+        with it, and so does every chunk that starts meanwhile. For answering: read the
+        question after this call and every token of it, and of the answer, attends to the
+        chunks the question is about. The question's own tokens then depend on its end (the
+        paper's same-chunk query): use it to answer, not to score the question."""
+        rows = list(range(self.batch_size_)) if rows is None else list(rows)
+        if len(tokens) != len(rows):
+            raise ValueError(f"focus_on: {len(tokens)} token lists for {len(rows)} rows")
+        if not self.retrieval:
+            return
+        with phase("retriever"):
+            queries = retriever.embed([list(t) for t in tokens])
+        tau = self.config.chunk_size
+        for b, query in zip(rows, queries):
+            self.focus[b] = query
+            if self.seen[b] % tau:
+                self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query)
+
+    def unfocus(self, rows: list[int] | None = None) -> None:
+        """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""
+        for b in range(self.batch_size_) if rows is None else rows:
+            self.focus[b] = None
 
     @torch.no_grad()
     def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:

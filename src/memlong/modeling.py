@@ -292,16 +292,20 @@ class MemLongMixin:
 
     # ------------------------------------------------------------------ generation
     def generate(self, inputs: torch.Tensor | None = None, *args, memory: MemLongCache | None = None,
-                 requery: bool = False, **kwargs):
+                 requery: bool | int = False, **kwargs):
         """transformers' ``generate`` with MemLong memory.
 
         ``memory=`` (or ``cache=`` / ``past_key_values=``): continue from a memory that has
         already read earlier text (e.g. from :meth:`ingest`); ``inputs`` then hold only the new
         tokens. Without one, a new memory is made for the prompt, so generation always runs on
-        a memory given to transformers as a user-defined cache (no private hook). ``requery=True``:
-        read the prompt, then retrieve again with its last ``chunk_size`` tokens
-        (:meth:`MemLongCache.requery`) before generating, so that the answer to a question sees
-        the chunks the question is about (causal: the prompt's own tokens are read as usual).
+        a memory given to transformers as a user-defined cache (no private hook).
+
+        ``requery``: answer a question with the chunks it is about. The question (the whole
+        prompt when ``memory`` is given, else the prompt's last ``chunk_size`` tokens; or its last
+        ``requery=N`` tokens) is embedded first, and the question and the answer are read
+        retrieving with that embedding (:meth:`MemLongCache.focus_on`); what comes before the
+        question is read as usual. The question's tokens then depend on its end: for answering,
+        not for scoring the question.
         Beam search and ``num_return_sequences > 1`` are not supported (memory is per sequence).
         """
         if inputs is None:
@@ -310,10 +314,10 @@ class MemLongMixin:
         if len(given) + (memory is not None) > 1:
             raise ValueError("pass the memory once: memory=, cache= or past_key_values=")
         memory = _memory_argument(memory if memory is not None else (given[0] if given else None), None)
-        if requery:
+        if requery is not False:
             if args:
                 raise TypeError("generate(requery=True) takes the prompt as its only positional argument")
-            return self._generate_requeried(inputs, memory=memory, **kwargs)
+            return self._generate_requeried(inputs, memory=memory, requery=requery, **kwargs)
         if kwargs.get("num_beams", 1) > 1 or kwargs.get("num_return_sequences", 1) > 1:
             MemLongCache._unsupported(None)
         if kwargs.get("use_cache") is False:
@@ -325,19 +329,33 @@ class MemLongMixin:
         memory.origin = memory.columns
         return super().generate(inputs, *args, **{CACHE_ARG: memory}, **kwargs)
 
-    def _generate_requeried(self, input_ids=None, memory=None, attention_mask=None, **kwargs):
+    def _generate_requeried(self, input_ids=None, memory=None, attention_mask=None, requery: bool | int = True,
+                            **kwargs):
         if input_ids is None or input_ids.shape[1] < 1:
-            raise ValueError("generate(requery=True) needs input_ids (the prompt to read before re-querying)")
+            raise ValueError("generate(requery=...) needs input_ids (the question to read and retrieve with)")
         if attention_mask is not None and not bool(attention_mask[:, -1].all()):
-            raise ValueError("generate(requery=True) needs the prompt's last column to be real in every row "
+            raise ValueError("generate(requery=...) needs the prompt's last column to be real in every row "
                              "(use left padding)")
+        S = input_ids.shape[1]
+        if requery is True:  # with a memory the prompt is the question; alone, its last chunk is
+            n = S if memory is not None else min(S, self.memlong_config.chunk_size)
+        else:
+            n = int(requery)
+            if not 1 <= n <= S:
+                raise ValueError(f"generate(requery={requery}): the question must be 1..{S} tokens of the prompt")
         memory = memory if memory is not None else self.new_memory(input_ids.shape[0])
-        head = input_ids[:, :-1]
+        head, question = input_ids[:, : S - n], input_ids[:, S - n :]
+        mask_head = None if attention_mask is None else attention_mask[:, : S - n]
+        mask_q = torch.ones_like(question) if attention_mask is None else attention_mask[:, S - n :]
         if head.shape[1]:
-            self.ingest(head, memory, attention_mask=None if attention_mask is None else attention_mask[:, :-1])
-        memory.requery(self.memlong_retriever)
-        last = input_ids[:, -1:]
-        out = self.generate(last, memory=memory, attention_mask=torch.ones_like(last), **kwargs)
+            self.ingest(head, memory, attention_mask=mask_head)
+        tau = self.memlong_config.chunk_size
+        real = [question[b][mask_q[b].bool()].tolist()[-tau:] for b in range(question.shape[0])]
+        memory.focus_on(self.memlong_retriever, real)
+        try:
+            out = self.generate(question, memory=memory, attention_mask=mask_q, **kwargs)
+        finally:
+            memory.unfocus()
         if isinstance(out, torch.Tensor):
             return torch.cat([head, out], dim=1)
         out.sequences = torch.cat([head, out.sequences], dim=1)  # return_dict_in_generate=True
