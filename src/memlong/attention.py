@@ -67,6 +67,8 @@ class CallContext:
     bank_heads: dict[int, slice] = field(default_factory=dict)  # layer -> its heads in mem_k/mem_v
     cos_mk: torch.Tensor | None = None  # [B*n, 1, M, D]
     sin_mk: torch.Tensor | None = None
+    slot_has: torch.Tensor | None = None  # [B, n] bool: the slot retrieved something
+    block_slots: list[int] | None = None  # the chunk slot of each local block (one chunk per block)
     mem_k: torch.Tensor | None = None  # [B*n, H_bank, M, D] (H_bank: H_kv per stored layer)
     mem_v: torch.Tensor | None = None
     mem_valid: torch.Tensor | None = None  # [B*n, 1, 1, M] bool
@@ -182,13 +184,16 @@ def _memlong_attention(
         return out.transpose(1, 2).contiguous(), None
 
     S = query.shape[2]
-    q_mem = _to_grid(apply_rope(query, ctx.cos_qm, ctx.sin_qm), ctx)
     if ctx.training_free:
         heads = ctx.bank_heads[layer]
         mem_k = apply_rope(ctx.mem_k[:, heads].to(query.dtype), ctx.cos_mk, ctx.sin_mk)
-        joint, _ = _joint_attention(q_local, k_local, values, q_mem, mem_k, ctx.mem_v[:, heads].to(query.dtype), ctx,
-                                    scale, S)
-        return joint.transpose(1, 2).contiguous(), None
+        mem_v = ctx.mem_v[:, heads].to(query.dtype)
+        if ctx.local_blocks is not None:
+            out = _blocked_joint_attention(q_local, k_local, values, mem_k, mem_v, ctx, p, scale)
+        else:  # rows not aligned (padding): two partial softmaxes, joined
+            out, _ = _joint_attention(q_local, k_local, values, _to_grid(q_local, ctx), mem_k, mem_v, ctx, scale, S)
+        return out.transpose(1, 2).contiguous(), None
+    q_mem = _to_grid(apply_rope(query, ctx.cos_qm, ctx.sin_qm), ctx)
     g = gate_value(module, ctx.gate_activation, query.dtype)
     if ctx.fusion == "separate":
         local = _local_attention(q_local, k_local, values, ctx, p, scale)
@@ -202,6 +207,25 @@ def _memlong_attention(
                                         ctx.mem_v.to(query.dtype), ctx, scale, S)
         out = local + g * (joint - local)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _blocked_joint_attention(q, k, v, mem_k, mem_v, ctx: CallContext, p: float, scale: float) -> torch.Tensor:
+    """training_free attention with rows aligned: for each chunk (a local block), one SDPA call
+    over ``[its slot's retrieved keys; its local keys]``, all in one position frame (the
+    retrieved keys rotated just before the chunk's window): ``[B, H, S, D]``."""
+    B = q.shape[0]
+    n, M = ctx.num_slots, mem_k.shape[2]
+    mk = mem_k.view(B, n, *mem_k.shape[1:])
+    mv = mem_v.view(B, n, *mem_v.shape[1:])
+    mvalid = ctx.mem_valid.view(B, n, 1, 1, M) & ctx.slot_has.view(B, n, 1, 1, 1)
+    outs = []
+    for (ql, qh, kl, kh, mask), t in zip(ctx.local_blocks, ctx.block_slots):
+        keys = torch.cat([mk[:, t], k[:, :, kl:kh]], dim=2)
+        vals = torch.cat([mv[:, t], v[:, :, kl:kh]], dim=2)
+        full = torch.cat([mvalid[:, t].expand(B, 1, qh - ql, M), mask.expand(B, 1, qh - ql, kh - kl)], dim=-1)
+        outs.append(F.scaled_dot_product_attention(q[:, :, ql:qh], keys, vals, attn_mask=full, dropout_p=p,
+                                                   scale=scale, enable_gqa=True))
+    return torch.cat(outs, dim=2)
 
 
 def _joint_attention(q_local, k_local, values, q_mem, mem_k, mem_v, ctx: CallContext, scale: float, S: int):

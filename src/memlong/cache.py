@@ -425,9 +425,11 @@ class MemLongCache(Cache):
         entries = [[self.chunk_mem[b].get(starts[b] // tau + t) for t in range(n)] for b in range(B)]
         M = max((e[0].shape[1] for row in entries for e in row if e is not None), default=0)
         if training_free:
-            # Retrieved tokens sit just before the window: the query is M positions further on,
-            # and a slot's m retrieved tokens take positions M-m .. M-1, in stream order.
-            qmem = qmem + M
+            # Retrieved tokens sit just before each query's window: every local position moves M
+            # further on (relative positions, so local scores are unchanged), and a slot's m
+            # retrieved tokens take the m positions before its window's start, in stream order.
+            qrel, krel = qrel + M, krel + M
+            qmem = qrel
         elif cfg.memory_positions == "none":  # memory attention without positions: content only
             qmem = torch.zeros_like(qmem)
         P = int(max(qrel.max(), krel.max(), qmem.max())) + 1
@@ -479,19 +481,24 @@ class MemLongCache(Cache):
             ctx.has_mem = has_mem[:, None, :, None].to(device=device, dtype=cos.dtype)
             if training_free:
                 m = valid.sum(-1, keepdim=True)  # [B, n, 1] retrieved tokens per slot
-                kpos_mem = (M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
+                chunk_t = first_chunk[:, :, None] + torch.arange(n)[None, :, None]  # [B, n, 1]
+                window_t = (chunk_t - w).clamp_min(0) * tau - base[:, :, None]  # slot's window start, local frame
+                kpos_mem = (window_t + M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
                 ctx.cos_mk, ctx.sin_mk = pick(cos, kpos_mem), pick(sin, kpos_mem)
+                ctx.slot_has = slot_has.to(device)
         if B == 1 or (len(set(starts)) == 1 and min(counts) == S):
-            ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0])
+            # training_free: one block per chunk, so each block reads one slot's memory
+            ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0], per=1 if training_free else None)
+            ctx.block_slots = [int(qchunk[0, ql]) - starts[0] // tau for ql, *_ in ctx.local_blocks]
         self._pending = (qpos, kpos, counts)
         return ctx
 
-    def _blocks(self, mask: torch.Tensor, qchunk: torch.Tensor):
-        """Splits the queries (rows aligned) into groups of whole chunks, each with the
+    def _blocks(self, mask: torch.Tensor, qchunk: torch.Tensor, per: int | None = None):
+        """Splits the queries (rows aligned) into groups of ``per`` whole chunks, each with the
         contiguous key range its mask allows: local attention then costs about S x window
-        instead of S x (window + S). Groups hold >= 128 queries to keep calls efficient."""
+        instead of S x (window + S). By default groups hold >= 128 queries to keep calls efficient."""
         S = mask.shape[2]
-        per = max(1, -(-128 // self.config.chunk_size))
+        per = per or max(1, -(-128 // self.config.chunk_size))
         bounds = [0]
         chunks = qchunk.tolist()
         for i in range(1, S):
