@@ -82,10 +82,11 @@ class MemLongCache(Cache):
                 {} for _ in range(self.batch_size_)
             ]
             self.focus: list[torch.Tensor | None] = [None] * self.batch_size_  # see focus_on()
+            self.focus_rescore: list = [None] * self.batch_size_
             return
         for b in rows:
             self.seen[b] = 0
-            self.focus[b] = None
+            self.focus[b] = self.focus_rescore[b] = None
             self.chunk_tokens[b].clear()
             self.chunk_chars[b].clear()
             self.chunk_emb[b].clear()
@@ -396,7 +397,7 @@ class MemLongCache(Cache):
                     with phase("bank_write"):
                         self._depart(b, j - w - 1)
                 with phase("search"):
-                    self.chunk_mem[b][j] = self._retrieve(b, query)
+                    self.chunk_mem[b][j] = self._retrieve(b, query, self.focus_rescore[b])
 
         # 3. local mask and RoPE positions
         qpos = torch.full((B, S), -1, dtype=torch.long)
@@ -541,13 +542,34 @@ class MemLongCache(Cache):
         tau = self.config.chunk_size
         for b, query in zip(rows, queries):
             self.focus[b] = query
+            self.focus_rescore[b] = self._window_rescore(b, query, retriever)
             if self.seen[b] % tau:
-                self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query)
+                self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query, self.focus_rescore[b])
+
+    def _window_rescore(self, b: int, query: torch.Tensor, retriever: Retriever):
+        """A chunk's score for a question: the best of its own and its windows' of
+        ``rerank_window`` tokens (half-overlapping). A short fact inside a long chunk of other
+        text matches its window far better than the whole chunk's embedding."""
+        cfg = self.config
+        W = cfg.rerank_window
+        if not cfg.rerank_candidates or W >= cfg.chunk_size:
+            return None
+        bank = self.banks[b]
+        starts = list(range(0, cfg.chunk_size - W + 1, max(1, W // 2)))
+
+        def rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            toks = bank.token_ids[slots]
+            with phase("retriever"):
+                e = retriever.embed([toks[i, s : s + W].tolist() for i in range(len(slots)) for s in starts])
+            best = (e.float() @ query.float().to(e.device)).view(len(slots), len(starts)).amax(1).cpu()
+            return torch.maximum(best, scores.float().cpu())
+
+        return rescore
 
     def unfocus(self, rows: list[int] | None = None) -> None:
         """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""
         for b in range(self.batch_size_) if rows is None else rows:
-            self.focus[b] = None
+            self.focus[b] = self.focus_rescore[b] = None
 
     @torch.no_grad()
     def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
@@ -591,11 +613,12 @@ class MemLongCache(Cache):
         self.banks[b].add(k, v, emb, chunk_id=c, span=(c * tau, (c + 1) * tau), token_ids=tokens,
                           text_span=tuple(chars) if chars else None)
 
-    def _retrieve(self, b: int, query: torch.Tensor | None):
+    def _retrieve(self, b: int, query: torch.Tensor | None, rescore=None):
         bank = self.banks[b]
         if query is None or len(bank) == 0:
             return None
-        slots = bank.retrieve(query, self.config.top_k, self.config.retrieval_offsets)
+        slots = bank.retrieve(query, self.config.top_k, self.config.retrieval_offsets, rescore=rescore,
+                              candidates=self.config.rerank_candidates)
         return bank.gather(slots) if slots.numel() else None
 
     @torch.no_grad()

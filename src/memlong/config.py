@@ -97,6 +97,12 @@ class MemLongConfig:
             Transformer), so a query-memory score depends on where the query sits in the window.
             ``"none"``: neither side rotated; memory attention matches content only (retrieved
             chunks have no meaningful distance to the query). Both equal the base at gate 0.
+        rerank_candidates, rerank_window: when a question is asked (``generate(requery=...)``,
+            :meth:`~memlong.cache.MemLongCache.focus_on`), the top ``rerank_candidates`` chunks are
+            scored again by their best window of ``rerank_window`` tokens (half-overlapping) and
+            the best ``top_k`` kept: a short fact inside a chunk of other text matches its window
+            far better than the whole chunk. ``rerank_candidates=0`` turns it off. Reading is
+            not affected.
         bank_dtype: dtype of stored keys/values (``None``: the model's dtype): ``"float32"``,
             ``"float16"``, ``"bfloat16"``, or compressed ``"int8"`` / ``"float8_e4m3fn"`` (one
             float32 scale per head and token; dequantized when retrieved).
@@ -125,6 +131,8 @@ class MemLongConfig:
     approximate_above: int = 3000
     retrieval_offsets: tuple[int, ...] = (0,)
     memory_positions: str = "paper"
+    rerank_candidates: int = 32
+    rerank_window: int = 32
     bank_dtype: str | None = None
     bank_device: str = "model"
     bank_mmap_dir: str | None = None
@@ -141,7 +149,8 @@ class MemLongConfig:
         def bad(name: str, msg: str) -> None:
             raise MemLongConfigError(f"MemLongConfig.{name}: {msg}")
 
-        for name in ("memory_layer", "chunk_size", "top_k", "memory_capacity", "local_window", "approximate_above"):
+        for name in ("memory_layer", "chunk_size", "top_k", "memory_capacity", "local_window", "approximate_above",
+                     "rerank_candidates", "rerank_window"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(name, f"must be an int, got {v!r}")
@@ -175,6 +184,9 @@ class MemLongConfig:
             )
         if self.top_k < 1:
             bad("top_k", f"must be >= 1, got {self.top_k}")
+        if self.rerank_candidates < 0 or self.rerank_window < 1:
+            bad("rerank_candidates", f"rerank_candidates must be >= 0 and rerank_window >= 1, got "
+                                     f"{self.rerank_candidates} and {self.rerank_window}")
         if self.approximate_above < 1:
             bad("approximate_above", f"must be >= 1 chunk, got {self.approximate_above}")
         if self.memory_capacity < self.top_k * self.chunk_size:

@@ -546,6 +546,9 @@ def from_pretrained(
         base = base_model or info["base_model"]
         if base_model is None and info.get("local"):
             base = os.path.normpath(os.path.join(path, base))
+        from memlong.pretrained import resolve_base
+
+        base = resolve_base(base)
         model = AutoModelForCausalLM.from_pretrained(base, **hf_kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs)
@@ -553,7 +556,7 @@ def from_pretrained(
     if saved and config is None:
         config = MemLongConfig.from_pretrained(path)
     model = wrap(model, config, retriever=retriever, tokenizer=tokenizer)
-    if trained_delta:
+    if trained_delta and info.get("mode") != "none":  # "none": a config on a base, nothing trained
         if info.get("mode") == "lora":
             from peft import PeftModel
 

