@@ -97,6 +97,24 @@ def tiny_model(family: str = "llama", layers: int = 4, seed: int = 0):
     return model, ref
 
 
+def assert_padded_batch_equals_each_sequence_alone(m, lengths=(130, 77, 9), side="left", atol=1e-5):
+    """A padded batch of random sequences gives each row the logits it gets alone; returns the
+    batch's output."""
+    S = max(lengths)
+    ids = torch.zeros(len(lengths), S, dtype=torch.long)
+    mask = torch.zeros(len(lengths), S, dtype=torch.long)
+    alone = []
+    for b, n in enumerate(lengths):
+        seq = torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(10 + b))
+        cols = slice(S - n, S) if side == "left" else slice(0, n)
+        ids[b, cols], mask[b, cols] = seq[0], 1
+        alone.append((cols, m(seq).logits[0]))
+    out = m(ids, attention_mask=mask)
+    for b, (cols, logits) in enumerate(alone):
+        torch.testing.assert_close(out.logits[b, cols], logits, atol=atol, rtol=0)
+    return out
+
+
 def small_memlong_config(**kw) -> memlong.MemLongConfig:
     base = dict(memory_layer=2, retrieval_layers=(3, 4), chunk_size=8, top_k=2, memory_capacity=48, local_window=32)
     base.update(kw)

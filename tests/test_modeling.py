@@ -4,7 +4,15 @@ import pytest
 import torch
 
 import memlong
-from conftest import FAMILIES, VOCAB, gated_llama, set_gates, small_memlong_config, tiny_model
+from conftest import (
+    FAMILIES,
+    VOCAB,
+    assert_padded_batch_equals_each_sequence_alone,
+    gated_llama,
+    set_gates,
+    small_memlong_config,
+    tiny_model,
+)
 
 ATOL = 1e-5
 
@@ -126,20 +134,7 @@ def test_call_boundaries_do_not_matter(memlong_model):
 @pytest.mark.parametrize("side", ["left", "right"])
 @torch.no_grad()
 def test_padded_batch_equals_each_sequence_alone(memlong_model, side):
-    m, _ = memlong_model
-    lengths = [130, 77, 9]
-    S = max(lengths)
-    ids = torch.zeros(len(lengths), S, dtype=torch.long)
-    mask = torch.zeros(len(lengths), S, dtype=torch.long)
-    alone = []
-    for b, n in enumerate(lengths):
-        seq = rand_ids(1, n, seed=10 + b)
-        cols = slice(S - n, S) if side == "left" else slice(0, n)
-        ids[b, cols], mask[b, cols] = seq[0], 1
-        alone.append((cols, m(seq).logits[0]))
-    out = m(ids, attention_mask=mask)
-    for b, (cols, logits) in enumerate(alone):
-        torch.testing.assert_close(out.logits[b, cols], logits, atol=ATOL, rtol=0)
+    out = assert_padded_batch_equals_each_sequence_alone(memlong_model[0], side=side, atol=ATOL)
     assert [len(out.memory.bank(b)) for b in range(3)][2] == 0
 
 

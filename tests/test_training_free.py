@@ -5,7 +5,7 @@ window is retrieved, in every layer, it is the stock model with full attention."
 
 import pytest
 import torch
-from conftest import VOCAB, small_memlong_config, tiny_model
+from conftest import VOCAB, assert_padded_batch_equals_each_sequence_alone, small_memlong_config, tiny_model
 
 import memlong
 
@@ -70,18 +70,7 @@ def test_no_dependence_on_future_tokens():
 @torch.no_grad()
 def test_padded_batch_and_call_boundaries():
     m, _ = free_model()
-    lengths = [130, 77, 9]
-    S = max(lengths)
-    ids = torch.zeros(len(lengths), S, dtype=torch.long)
-    mask = torch.zeros(len(lengths), S, dtype=torch.long)
-    alone = []
-    for b, n in enumerate(lengths):
-        seq = rand_ids(1, n, seed=10 + b)
-        ids[b, S - n :], mask[b, S - n :] = seq[0], 1
-        alone.append(m(seq).logits[0])
-    out = m(ids, attention_mask=mask)
-    for b, n in enumerate(lengths):
-        torch.testing.assert_close(out.logits[b, S - n :], alone[b], atol=ATOL, rtol=0)
+    assert_padded_batch_equals_each_sequence_alone(m, side="left", atol=ATOL)
     seq = rand_ids(1, 150, seed=4)
     whole = m(seq).logits
     memory, pieces, s = m.new_memory(), [], 0
