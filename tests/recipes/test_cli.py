@@ -16,36 +16,129 @@ def test_help_and_unknown_verb(capsys):
         main(["frobnicate"])
 
 
-def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
-    """Without a reference model the demo falls back to the shipped base with closed gates, says so,
-    and runs every part: (a) ppl with/without memory, (b) passkey, (c) planted fact, (d) speed."""
+def _tiny_memlong_dir(tmp_path):
+    """A MemLong directory on the toy base (8 layers), training_free like the default model, small sizes."""
+    from memlong.config import MemLongConfig
+    from memlong.pretrained import toy_base_model_path
+
+    d = tmp_path / "tiny-memlong"
+    MemLongConfig(mode="training_free", memory_layer=1, retrieval_layers=tuple(range(1, 9)), chunk_size=64, top_k=2,
+                  local_window=256, memory_capacity=8192, bank_dtype="bfloat16").save_pretrained(d)
+    (d / "memlong_base.json").write_text(json.dumps({"base_model": str(toy_base_model_path()), "local": False,
+                                                     "mode": "none"}))
+    return d
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    """The demo on a tiny training_free model: a short document with three planted facts, read with and
+    without memory; every question answered from both, the chunks it retrieves, ppl, speed, bank size."""
     import sysconfig
     from pathlib import Path
 
-    from memlong.pretrained import ENV_VAR, toy_base_model_path
-
-    monkeypatch.setenv("MEMLONG_REFERENCE_MODEL", str(tmp_path / "no-reference-here"))
-    monkeypatch.setenv(ENV_VAR, str(toy_base_model_path()))  # the small toy base keeps this test fast
     doc = tmp_path / "doc.txt"
-    doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:9000])
+    doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:12000])
     out = tmp_path / "demo.json"
-    assert main(["demo", "--doc", str(doc), "--passkey-length", "4096", "--passkey-trials", "1",
-                 "--max-new-tokens", "4", "--threads", "1", "--json", str(out)]) == 0
-    assert "gates CLOSED" in capsys.readouterr().out
+    assert main(["demo", "--model", str(_tiny_memlong_dir(tmp_path)), "--doc", str(doc), "--min-tokens", "0",
+                 "--score", "256", "--retriever", "hashing", "--max-new-tokens", "4", "--threads", "1",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "SUMMARY" in printed and "without memory" in printed
     s = json.loads(out.read_text())
-    assert s["reference_model"] is False and s["gates_mean_abs_tanh"] and not any(s["gates_mean_abs_tanh"].values())
-    assert s["document"]["split"] is None and s["document"]["tokens"] > 2000  # not a stdlib path
-    ppl = s["ppl"]
-    assert ppl["tokens_scored"] == 2048 and ppl["with_memory"] > 1
-    assert ppl["with_memory"] == pytest.approx(ppl["without_memory"], rel=1e-5)  # closed gates: memory is inert
-    pk = s["passkey"]
-    assert pk["length"] == 4096 and len(pk["cases"]) == 1 and set(pk["cases"][0]) >= {"key", "memory", "no_memory"}
-    assert 0 <= pk["accuracy_memory"] <= 1 and 0 <= pk["accuracy_no_memory"] <= 1
-    f = s["fact"]
-    assert f["bank_chunks"] > 0 and f["fact_chunk_in_memory"] is True
-    assert f["fact_retrieved_for_question"] is True  # the frozen retriever finds the planted fact
-    assert isinstance(f["generated"], str) and f["generated"]
-    assert s["ingest_tokens"] > 6000 and s["ingest_tokens_per_s"] > 0 and s["peak_rss_bytes"] > 0
+    assert s["model"]["mode"] == "training_free" and s["model"]["layers"] == 8 and s["model"]["top_k"] == 2
+    d = s["document"]
+    assert len(d["parts"]) == 1 and d["parts"][0]["split"] is None and d["tokens"] > 2000  # not a stdlib path
+    assert s["ppl"]["tokens_scored"] == 256 and s["ppl"]["with_memory"] > 1 and s["ppl"]["without_memory"] > 1
+    assert len(s["facts"]) == 3
+    for f in s["facts"]:
+        assert f["expected"] in f["fact"] and f["expected"] not in f["question"]
+        assert f["token"] < d["tokens"] - 256 - 256  # far back: out of the local window when asked
+        assert f["fact_chunks"], "the fact's chunk is in the bank (character spans recorded)"
+        mem, no = f["memory"], f["no_memory"]
+        assert len(mem["retrieved"]) == 2 and isinstance(mem["fact_retrieved"], bool)
+        assert mem["fact_chunk_rank_by_embedding"] >= 1 and mem["bank_chunks"] > 0 and mem["reranked_candidates"] > 2
+        assert "retrieved" not in no  # retrieval off: nothing to retrieve from
+        assert mem["prompt"] == no["prompt"] == f"\n\nQuestion: {f['question']}\nAnswer:"  # toy: no chat template
+        assert isinstance(mem["answer"], str) and isinstance(no["correct"], bool)
+    assert s["accuracy"]["memory"] in (0, 1 / 3, 2 / 3, 1) and 0 <= s["facts_retrieved"] <= 3
+    r = s["reading"]
+    assert r["memory"]["tokens"] == r["no_memory"]["tokens"] == d["tokens"] and r["memory"]["tokens_per_s"] > 0
+    assert s["bank"]["chunks"] > 0 and s["bank"]["bytes"] > 0 and s["bank"]["bytes_per_token"] > 0
+    assert s["peak_rss_bytes"] >= s["peak_rss_bytes_reading_with_memory"] > 0
+
+
+def test_demo_document_is_extended_with_held_out_files():
+    """--min-tokens appends held-out stdlib files; the facts land where they say."""
+    import sysconfig
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from memlong.data.split import split_of
+    from memlong.pretrained import toy_base_model_path
+    from memlong.recipes.demo import DEFAULT_DOC, build_document, plant_facts
+
+    tok = AutoTokenizer.from_pretrained(str(toy_base_model_path()))
+    text, parts = build_document(tok, Path(sysconfig.get_paths()["stdlib"]) / DEFAULT_DOC, 40_000)
+    assert len(parts) >= 2 and all(split_of(p["doc_id"]) == "test" for p in parts)
+    assert len(tok(text, add_special_tokens=False)["input_ids"]) >= 40_000
+    planted, facts = plant_facts(text, parts, seed=1)
+    assert len(planted) == len(text) + sum(len(f["fact"]) + 1 for f in facts)
+    for f in facts:
+        assert planted[f["chars"][0] : f["chars"][1]] == f["fact"]
+        assert planted[f["chars"][0] - 1] == "\n" and planted[f["chars"][1]] == "\n"  # on its own line
+        assert abs(f["chars"][0] / len(planted) - f["depth"]) < 0.01
+    for p in parts:  # the parts still delimit the original files, facts aside
+        part = planted[p["start"] : p["end"]]
+        for f in facts:
+            part = part.replace(f["fact"] + "\n", "")
+        assert part == Path(p["path"]).read_text()
+
+
+def test_demo_shows_the_chunks_generate_reads(tmp_path):
+    """The chunks the demo lists for a question are those generate(requery=True) retrieves (re-ranked)."""
+    import sysconfig
+    from pathlib import Path
+
+    import torch
+
+    from memlong.pretrained import load_memlong_model
+    from memlong.recipes.demo import _question_retrieval
+
+    model, tok = load_memlong_model(_tiny_memlong_dir(tmp_path), retriever="hashing")
+    text = Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:8000]
+    memory = model.ingest_text(text)
+    cfg, bank = model.memlong_config, memory.bank(0)
+    for question in ("What does the parser do with optional arguments?", "Who wrote this module?"):
+        q_ids = tok("\n\nQuestion: " + question + "\nAnswer:", add_special_tokens=False)["input_ids"]
+        shown = _question_retrieval(model, tok, memory, q_ids, {"chars": [0, 1]}, text)
+        assert shown["reranked_candidates"] == cfg.rerank_candidates and len(shown["retrieved"]) == cfg.top_k
+        q = model.memlong_retriever.embed([q_ids[-cfg.chunk_size :]])[0]
+        counts = bank.counts.clone()
+        rescore = memory._window_rescore(0, q, model.memlong_retriever)
+        slots = bank.retrieve(q, cfg.top_k, cfg.retrieval_offsets, rescore=rescore, candidates=cfg.rerank_candidates)
+        bank.counts.copy_(counts)
+        assert sorted(h["chunk_id"] for h in shown["retrieved"]) == sorted(bank.chunk_ids[slots].tolist())
+        assert torch.equal(bank.counts, counts)
+
+
+def test_demo_question_prompt():
+    """A user turn of the chat template (ChatML's default system turn left out), else Question/Answer."""
+    from memlong.recipes.demo import ANSWER_HINT, question_prompt
+
+    class ChatML:
+        chat_template = "chatml"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return ("<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n<|im_start|>user\n"
+                    f"{messages[0]['content']}<|im_end|>\n<|im_start|>assistant\n")
+
+    class Plain:
+        chat_template = None
+
+    want = f"\n<|im_start|>user\nWho? {ANSWER_HINT}<|im_end|>\n<|im_start|>assistant\n"
+    assert question_prompt(ChatML(), "Who?") == want
+    assert question_prompt(Plain(), "Who?") == "\n\nQuestion: Who?\nAnswer:"
 
 
 def test_demo_default_document_is_held_out():

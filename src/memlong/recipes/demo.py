@@ -1,58 +1,76 @@
-"""`memlong demo`: the shipped model on a long held-out document, offline, on a CPU.
+"""`memlong demo`: the default MemLong model on a long held-out document, offline, on a CPU.
 
-1. loads the reference MemLong model shipped in ``memlong/pretrained/memlong`` (or ``--model``,
-   or ``$MEMLONG_REFERENCE_MODEL``); when there is none, the shipped base LM wrapped with
-   MemLong and its gates CLOSED (untrained), announced by a banner: memory cannot change that
-   model's output, and the demo then shows the machinery, not a gain;
-2. (a) reads a long document held out from training (the stdlib's ``unittest/mock.py``, in the
-   corpus' test split) in order and scores its last 2048 tokens with memory and without
-   (the same model and local window, retrieval off), as ``memlong eval ppl`` does;
-3. (c) plants a fact near the start of the document, reads it all into memory, asks for the
-   fact at the end, shows which chunks the retriever fetches, and generates an answer;
-4. (b) passkey retrieval at 64k tokens: a key stated once in a haystack of held-out stdlib text,
-   asked for at the end, greedy digits, exact match, with memory and without;
-5. (d) ingestion tokens/s and peak memory; a summary table (and ``--json OUT``).
+1. loads the default MemLong model (``memlong.pretrained.load_memlong_model``: SmolLM2-135M-Instruct
+   in ``training_free`` mode, no training), or ``--model NAME_OR_PATH``, and says what it is;
+2. builds one long document from the corpus' test split (held out from any training): the
+   stdlib's ``unittest/mock.py``, followed by further test-split stdlib files until it holds
+   ``--min-tokens`` tokens, with three short made-up facts planted far back (at 5%, 15% and 30%
+   of the text);
+3. reads it twice: WITH memory (every 128-token chunk leaving the 1024-token local window goes to
+   the bank; later tokens attend to the top-k retrieved chunks) and WITHOUT memory (the same model
+   and local window, retrieval off). Each read takes all but the last ``--score`` tokens with
+   ``model.ingest`` and then one forward over those last tokens, whose logits give the perplexity;
+4. after each read, asks about each fact in other words than the fact's sentence (a user turn
+   of the model's chat template, the same prompt with and without memory), each question from a
+   copy of the memory as the read left it (so no question sees another's answer):
+   ``generate(requery=True)``, greedy; shows which chunks the question retrieves, whether the
+   fact's chunk is among them, the answer and whether it contains the expected value;
+5. reading speed, peak memory (RSS), the bank's size; a summary table (and ``--json OUT``).
 
-    memlong demo [--model DIR] [--doc PATH] [--passkey-length 65536] [--passkey-trials 2] [--json OUT]
+It shows what the model does; no number here is adjusted or selected.
+
+    memlong demo [--model NAME_OR_PATH] [--doc PATH] [--min-tokens 32768] [--score 2048] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
+import os
 import random
+import re
 import resource
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
-FACT = "Note for maintainers: the secret passkey of the release vault is 48213, keep it safe."
-QUESTION = "What is the secret passkey of the release vault? The secret passkey of the release vault is"
 DEFAULT_DOC = "unittest/mock.py"  # relative to the stdlib; document id stdlib/unittest/mock.py (test split)
+# appended whole, in this order, while the document is shorter than --min-tokens (all in the test split)
+EXTRA_DOCS = ("test/test_support.py", "socketserver.py", "weakref.py")
+SEPARATOR = "\n\n"
 RULE = "=" * 78
+
+# (depth, fact sentence, question in other words); the {value} in braces, drawn with --seed, is the expected answer
+FACTS = (
+    (0.05, "The release vault passkey is {number}.", "What is the passkey of the release vault?"),
+    (0.15, "Captain Orla {name} commands the supply ship Halcyon Drift.",
+     "Who is the captain of the supply ship Halcyon Drift?"),
+    (0.30, "The ferry to Korvath Island departs from pier {pier}.",
+     "From which pier does the Korvath Island ferry leave?"),
+)
+ANSWER_HINT = "Answer briefly from the text above."
+SURNAMES = ("Venmire", "Quillacre", "Dorrowind", "Tallisker", "Brackenholt", "Marrowgate")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="a MemLong directory (memlong train's final/); default: $MEMLONG_REFERENCE_MODEL or the "
-                        "shipped reference model, else the shipped base with closed (untrained) gates")
-    p.add_argument("--doc", default=None, help=f"text file to read (default: the stdlib's {DEFAULT_DOC}, held out)")
-    p.add_argument("--score", type=int, default=2048, help="(a): score the document's last N tokens")
-    p.add_argument("--passkey-length", type=int, default=65536, help="(b): prompt length in tokens (0: skip)")
-    p.add_argument("--passkey-trials", type=int, default=2)
-    p.add_argument("--no-passkey-baseline", dest="passkey_baseline", action="store_false",
-                   help="(b): skip the no-memory passkey baseline (saves about a third of the demo's time)")
-    p.add_argument("--capacity", type=int, default=None,
-                   help="memory capacity in tokens (default: enough for the passkey prompt and the document)")
-    p.add_argument("--retriever", default="minilm", help="minilm (default), hashing, embedding (the LM's own pooled input embeddings), or a sentence-transformers path")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="(c): tokens generated after the question")
-    p.add_argument("--no-requery", dest="requery", action="store_false",
-                   help="answer with the memory the question's chunk retrieved with the text before it, instead "
-                        "of retrieving again with the question (generate(requery=True))")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
+                   help="a MemLong directory or base model name/path for memlong.pretrained.load_memlong_model "
+                        "(default: the shipped default MemLong model, SmolLM2-135M-Instruct, training_free)")
+    p.add_argument("--doc", default=None,
+                   help=f"text file to read (default: the stdlib's {DEFAULT_DOC}, held out); extended with "
+                        f"held-out stdlib files while shorter than --min-tokens")
+    p.add_argument("--min-tokens", type=int, default=32768,
+                   help="append held-out stdlib files (whole) while the document is shorter (0: never)")
+    p.add_argument("--score", type=int, default=2048, help="perplexity of the document's last N tokens")
+    p.add_argument("--retriever", default="minilm",
+                   help="minilm (default), hashing, embedding (the LM's own pooled input embeddings), "
+                        "or a sentence-transformers path")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated after each question")
+    p.add_argument("--seed", type=int, default=0, help="draws the planted facts' numbers and name")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default, or 1 when other processes already load the CPU)")
     p.add_argument("--json", default=None, help="also write everything here")
 
 
@@ -65,261 +83,382 @@ def _doc_id(path: Path) -> str | None:
         return None
 
 
-def _load_model(args):
-    """(model, tokenizer, is_reference, description)."""
-    import torch
-
-    import memlong
-    from memlong.pretrained import default_base_model_path, load_default_base_model
-    from memlong.pretrained.reference import load_reference_model, reference_model_path
-
+def _read(path: Path) -> str:
     try:
-        path = reference_model_path(args.model)
-    except FileNotFoundError as e:
-        if args.model is not None:
-            raise SystemExit(str(e)) from None
-        missing = str(e)
-    else:
-        model, tok = load_reference_model(args.retriever, path=path)
-        return model, tok, True, f"reference MemLong model {path}"
-    base, tok = load_default_base_model(dtype=torch.float32)
-    tok.model_max_length = 10**9
-    cfg = memlong.MemLongConfig.for_num_layers(base.config.num_hidden_layers, chunk_size=128, top_k=4,
-                                               local_window=1024, memory_capacity=65536)
-    model = memlong.wrap(base, cfg, retriever=args.retriever, tokenizer=tok).eval()
-    print(RULE)
-    print("NO TRAINED MEMLONG MODEL: " + missing.split(". ")[0] + ".")
-    print(f"Falling back to the shipped base LM ({default_base_model_path()}) wrapped with MemLong,")
-    print("with its gates CLOSED (untrained, tanh(0) = 0): memory CANNOT change this model's output, so")
-    print("every with-memory number below equals its no-memory twin by construction. What is real here:")
-    print("the base LM, the retriever, ingestion, memory writes, retrieval, generation, speed and memory.")
-    print(RULE)
-    return model, tok, False, f"shipped base LM + MemLong, gates closed (untrained) [{default_base_model_path()}]"
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"cannot read {path}: {e}") from e
 
 
-def _gate_summary(model) -> dict[str, float]:
-    """Mean |tanh(gate)| per retrieval layer (1-based): how open each layer's memory gate is."""
-    import torch
-
-    return {str(int(k.split(".")[1]) + 1): round(float(torch.tanh(v.float()).abs().mean()), 4)
-            for k, v in model.memlong_gates().items()}
-
-
-def _passkey_pool(tok, need: int, exclude: str | None) -> tuple[list[int], list[str]]:
-    """Token ids of held-out (test split) stdlib documents back to back, at least ``need`` of them."""
-    from memlong.data.sources import stdlib_documents
+def build_document(tok, doc_path: Path, min_tokens: int) -> tuple[str, list[dict]]:
+    """``doc_path``'s text, followed (``SEPARATOR`` between) by :data:`EXTRA_DOCS` while it is
+    shorter than ``min_tokens`` tokens; and the parts: ``{path, doc_id, split, start, end}``
+    (character range in the text)."""
     from memlong.data.split import split_of
 
-    pool: list[int] = []
-    used: list[str] = []
-    for doc in stdlib_documents():
-        if doc.id == exclude or split_of(doc.id) != "test":
-            continue
-        pool.extend(tok(doc.text + "\n\n", add_special_tokens=False)["input_ids"])
-        used.append(doc.id)
-        if len(pool) >= need:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = [doc_path] + [root / rel for rel in EXTRA_DOCS if (root / rel).resolve() != doc_path.resolve()]
+    text, parts = "", []
+    for i, path in enumerate(paths):
+        if i and len(tok(text, add_special_tokens=False)["input_ids"]) >= min_tokens:
             break
-    return pool, used
+        if i and not path.is_file():
+            continue
+        doc_id = _doc_id(path)
+        split = split_of(doc_id) if doc_id else None
+        if i and split != "test":  # the extras must be held out too; split_of is deterministic
+            raise SystemExit(f"internal error: {doc_id} is in the {split} split, not test")
+        if i:
+            text += SEPARATOR
+        start = len(text)
+        text += _read(path)
+        parts.append({"path": str(path), "doc_id": doc_id, "split": split, "start": start, "end": len(text)})
+    return text, parts
 
 
-def _ingest(model, ids, memory, label: str) -> tuple[object, float]:
-    """Reads ``ids`` ``[1, S]`` into ``memory`` with a progress bar; (memory, seconds)."""
-    print(f"  {label}: {ids.shape[1]:,} tokens", flush=True)
+def plant_facts(text: str, parts: list[dict], seed: int) -> tuple[str, list[dict]]:
+    """Inserts each of :data:`FACTS` on its own line at the line start nearest before its depth
+    (a fraction of the characters); returns the new text (``parts`` shifted in place) and the
+    facts: sentence, question, expected value, depth, character span."""
+    rng = random.Random(seed)
+    values = {"number": str(rng.randrange(10_000, 100_000)), "name": rng.choice(SURNAMES),
+              "pier": str(rng.randrange(11, 100))}
+    facts = []
+    for depth, sentence, question in FACTS:
+        key = re.search(r"\{(\w+)\}", sentence).group(1)
+        facts.append({"depth": depth, "fact": sentence.format(**values), "question": question,
+                      "expected": values[key], "at": text.rfind("\n", 0, int(depth * len(text))) + 1})
+    for f in sorted(facts, key=lambda f: -f["at"]):  # back to front: earlier insertion points stay valid
+        line = f["fact"] + "\n"
+        text = text[: f["at"]] + line + text[f["at"] :]
+        for p in parts:
+            p["start"] += len(line) if p["start"] > f["at"] else 0
+            p["end"] += len(line) if p["end"] >= f["at"] else 0
+    for f in facts:
+        del f["at"]
+        start = text.index(f["fact"])
+        f["chars"] = [start, start + len(f["fact"])]
+        f["in_document"] = next((p["doc_id"] or p["path"] for p in parts if p["start"] <= start < p["end"]), None)
+    return text, facts
+
+
+def _contains(answer: str, expected: str) -> bool:
+    """Whether ``answer`` states ``expected`` (a whole number / word, case-insensitive)."""
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(expected)}(?![0-9A-Za-z])", answer, re.IGNORECASE) is not None
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def _describe(model, name) -> dict:
+    from memlong.pretrained import DEFAULT_MEMLONG_MODEL
+
+    cfg = model.memlong_config
+    return {
+        "model": "default" if name in (None, "default") else str(name),
+        "model_path": str(DEFAULT_MEMLONG_MODEL) if name in (None, "default") else str(name),
+        "base_model": str(getattr(model.config, "_name_or_path", "") or model.config.model_type),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "layers": model.config.num_hidden_layers,
+        "max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
+        "mode": cfg.mode,
+        "bank_layers": [i + 1 for i in cfg.bank_layers],
+        "chunk_size": cfg.chunk_size, "top_k": cfg.top_k, "local_window": cfg.local_window,
+        "memory_capacity": cfg.memory_capacity, "bank_dtype": cfg.bank_dtype,
+        "retriever": model.memlong_retriever.describe(),
+    }
+
+
+def _retriever_name(info: dict) -> str:
+    extra = info.get("model") or info.get("name")
+    return f"{info.get('class', '?')} ({Path(str(extra)).name}, dim {info.get('dim')})" if extra else \
+        f"{info.get('class', '?')} (dim {info.get('dim')})"
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process so far, bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _read_document(model, ids, offsets, score: int, use_memory: bool, label: str) -> tuple[object, dict]:
+    """Reads ``ids`` ``[1, L]`` into a fresh memory: all but the last ``score`` tokens with
+    ``ingest``, then one forward over the rest whose logits score them. (memory, record)."""
+    import torch
+
+    L = ids.shape[1]
+    n = min(score, L - 1)
+    start = L - n - 1
+    memory = model.new_memory(1, retrieval=use_memory)
+    print(f"  reading {label}: {start:,} tokens with ingest, then {n + 1:,} in one forward scoring the last {n:,}",
+          flush=True)
     t0 = time.perf_counter()
-    model.ingest(ids, memory, progress=True)
-    return memory, time.perf_counter() - t0
+    if start:
+        model.ingest(ids[:, :start], memory, progress=True, char_offsets=offsets[:, :start], desc="read")
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        logits = model(ids[:, start:], cache=memory, logits_to_keep=n + 1,
+                       char_offsets=offsets[:, start:]).logits[0, :-1].float()
+    nll = float(torch.nn.functional.cross_entropy(logits, ids[0, L - n :], reduction="sum"))
+    del logits
+    t2 = time.perf_counter()
+    rec = {"tokens": L, "tokens_scored": n, "ppl": round(math.exp(nll / n), 4),
+           "ingest_seconds": round(t1 - t0, 2), "scored_forward_seconds": round(t2 - t1, 2),
+           "seconds": round(t2 - t0, 2), "tokens_per_s": round(L / (t2 - t0), 1),
+           "peak_rss_bytes_after_read": _peak_rss()}
+    print(f"  read {L:,} tokens in {rec['seconds']:.0f} s ({rec['tokens_per_s']:.0f} tokens/s); "
+          f"ppl of the last {n:,}: {rec['ppl']:.3f}", flush=True)
+    return memory, rec
+
+
+def question_prompt(tok, question: str) -> str:
+    """The text that asks ``question`` after the document: a user turn of the model's chat
+    template when it has one (an instruct model answers in its own format; a default system
+    turn the template would prepend is left out), else ``Question: ... Answer:``."""
+    if getattr(tok, "chat_template", None):
+        turn = tok.apply_chat_template([{"role": "user", "content": f"{question} {ANSWER_HINT}"}], tokenize=False,
+                                       add_generation_prompt=True)
+        user = turn.find("<|im_start|>user")  # ChatML (SmolLM2, Qwen): drop the default system turn
+        return "\n" + (turn[user:] if user >= 0 else turn)
+    return f"\n\nQuestion: {question}\nAnswer:"
+
+
+def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: str) -> dict:
+    """The chunks ``generate(requery=True)`` gives the question and its answer: the question's
+    embedding searches the bank; when the config re-ranks (``rerank_candidates``), the top
+    candidates are scored again by their best ``rerank_window``-token window, as
+    :meth:`MemLongCache.focus_on` does, and the best ``top_k`` kept. Counters are not touched."""
+    import torch
+
+    cfg = model.memlong_config
+    bank = memory.bank(0)
+    q_emb = model.memlong_retriever.embed([q_ids[-cfg.chunk_size :]])[0]  # what focus_on embeds
+    make_rescore = getattr(memory, "_window_rescore", None)  # the cache's own re-ranker, when it has one
+    rescore = make_rescore(0, q_emb, model.memlong_retriever) if make_rescore is not None else None
+    candidates = getattr(cfg, "rerank_candidates", 0) if rescore is not None else 0
+    all_slots, cos = bank.search(q_emb, len(bank), count=False)  # every chunk by its embedding, best first
+    cos_of = dict(zip(all_slots.tolist(), cos.tolist()))
+    if candidates > cfg.top_k:
+        cand = all_slots[:candidates]
+        scores = rescore(cand, cos[:candidates]).float().cpu()
+        by_id = torch.argsort(bank.chunk_ids[cand], stable=True)  # ties: older chunk first, as bank.retrieve
+        order = by_id[torch.argsort(scores[by_id], descending=True, stable=True)]
+        slots, final = cand[order][: cfg.top_k].tolist(), scores[order][: cfg.top_k].tolist()
+    else:
+        slots, final = all_slots[: cfg.top_k].tolist(), cos[: cfg.top_k].tolist()
+
+    def has_fact(s: int) -> bool:
+        return bool(bank.text_spans[s, 0] >= 0) and _overlaps(tuple(bank.text_spans[s].tolist()), fact["chars"])
+
+    hits = []
+    for s, sc in zip(slots, final):
+        span = tuple(bank.text_spans[s].tolist())
+        chunk_text = text[span[0] : span[1]] if span[0] >= 0 else tok.decode(bank.token_ids[s].tolist())
+        hits.append({"chunk_id": int(bank.chunk_ids[s]), "score": round(sc, 4), "cosine": round(cos_of[s], 4),
+                     "text_span": list(span), "has_fact": has_fact(s), "text_start": chunk_text[:100]})
+    ranks = [r + 1 for r, s in enumerate(all_slots.tolist()) if has_fact(s)]
+    return {"retrieved": hits, "fact_retrieved": any(h["has_fact"] for h in hits),
+            "fact_chunk_rank_by_embedding": min(ranks) if ranks else None,  # among all chunks, 1 = best
+            "reranked_candidates": candidates if candidates > cfg.top_k else 0, "bank_chunks": len(bank)}
+
+
+def _ask(model, tok, memory, fact: dict, text: str, max_new_tokens: int) -> dict:
+    """One question on ``memory`` (consumed): the chunks it retrieves, the greedy answer."""
+    import torch
+
+    prompt = question_prompt(tok, fact["question"])
+    q_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    rec: dict = {"prompt": prompt}
+    if memory.retrieval:
+        rec.update(_question_retrieval(model, tok, memory, q_ids, fact, text))
+    ids = torch.tensor([q_ids])
+    t0 = time.perf_counter()
+    out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), requery=True,
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    rec["answer"] = tok.decode(out[0, len(q_ids) :], skip_special_tokens=True)
+    rec["correct"] = _contains(rec["answer"], fact["expected"])
+    rec["generate_seconds"] = round(time.perf_counter() - t0, 2)
+    return rec
+
+
+def _print_answer(name: str, rec: dict, fact: dict) -> None:
+    if "retrieved" in rec:
+        how = (f"re-ranked from the top {rec['reranked_candidates']} by embedding" if rec["reranked_candidates"]
+               else "by embedding")
+        print(f"    retrieved for the answer: top-{len(rec['retrieved'])} of {rec['bank_chunks']} chunks, {how}; "
+              f"the fact's chunk ranks {rec['fact_chunk_rank_by_embedding']} by embedding")
+        for h in rec["retrieved"]:
+            start = h["text_start"][:64].replace("\n", " ")
+            print(f"      chunk {h['chunk_id']:>4}  score={h['score']:.3f} cos={h['cosine']:.3f}  "
+                  f"{'[FACT] ' if h['has_fact'] else '       '}{start!r}")
+    verdict = "contains" if rec["correct"] else "does NOT contain"
+    print(f"    {name:>14}: {rec['answer'].strip()[:80]!r}  -> {verdict} {fact['expected']!r}", flush=True)
 
 
 def run(args) -> int:
     import torch
 
-    from memlong import profiling
-    from memlong.data.split import split_of
-    from memlong.evaluation import window_nll
-    from memlong.recipes.eval import passkey_digits, passkey_prompt
+    from memlong.pretrained import load_memlong_model
 
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.passkey_length < 0 or args.passkey_trials < 1 or args.score < 1:
-        raise SystemExit("--passkey-length must be >= 0, --passkey-trials and --score >= 1")
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    busy = load > cores / 2  # other processes use the CPU: threads fighting them slow every step several-fold
+    if args.threads or busy:
+        torch.set_num_threads(args.threads or 1)
+    if args.score < 1 or args.min_tokens < 0 or args.max_new_tokens < 1:
+        raise SystemExit("--score and --max-new-tokens must be >= 1, --min-tokens >= 0")
     doc_path = Path(args.doc) if args.doc else Path(sysconfig.get_paths()["stdlib"]) / DEFAULT_DOC
-    try:
-        text = doc_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"cannot read --doc {doc_path}: {e}") from e
-    doc_id = _doc_id(doc_path)
-    split = split_of(doc_id) if doc_id else None
-    if args.doc is None and split != "test":  # the default must be held out; split_of is deterministic
-        raise SystemExit(f"internal error: the default document {doc_id} is in the {split} split, not test")
+    if not doc_path.is_file():
+        raise SystemExit(f"--doc {doc_path}: no such file")
 
-    print("MemLong demo: a long held-out document through MemLong's memory, on this machine's CPU.")
-    model, tok, is_reference, model_desc = _load_model(args)
-    cfg = model.memlong_config
-    doc_ids = tok(text, add_special_tokens=False)["input_ids"]
-    need = max(cfg.memory_capacity, args.passkey_length, len(doc_ids) + 64)
-    capacity = args.capacity or -(-need // cfg.chunk_size) * cfg.chunk_size
-    model.memlong_config = cfg = dataclasses.replace(cfg, memory_capacity=capacity)  # reading-time field
-    gates = _gate_summary(model)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {model_desc}")
-    print(f"  {model.config.num_hidden_layers} layers, {n_params / 1e6:.1f}M parameters, local window "
-          f"{cfg.local_window}, memory layer {cfg.memory_layer}, retrieval layers {list(cfg.retrieval_layers)}, "
-          f"chunk {cfg.chunk_size}, top-k {cfg.top_k}, capacity {cfg.memory_capacity:,} tokens")
-    print(f"  retriever: {model.memlong_retriever.describe()}; gates mean |tanh| by layer: {gates}")
-    where = f"{doc_id}, {split} split" + (" (held out from training)" if split == "test" else "") if doc_id \
-        else "not from the training corpus"
-    print(f"document: {doc_path} ({where}), {len(text):,} characters, {len(doc_ids):,} tokens")
-    summary: dict = {
-        "reference_model": is_reference,
-        "model": model_desc,
-        "memlong_config": cfg.to_dict(),
-        "gates_mean_abs_tanh": gates,
-        "retriever": model.memlong_retriever.describe(),
-        "document": {"path": str(doc_path), "doc_id": doc_id, "split": split, "characters": len(text),
-                     "tokens": len(doc_ids)},
-    }
-    ingest_tokens, ingest_seconds = 0, 0.0
-
-    # (a) perplexity of the last tokens, the whole document read in order, with and without memory
-    print(f"\n(a) perplexity of the document's last {min(args.score, len(doc_ids) - 1):,} tokens")
-    window = torch.tensor(doc_ids)
-    ppl = {}
-    for name, use in (("with_memory", True), ("without_memory", False)):
-        print(f"  reading {'with memory' if use else 'without memory (retrieval off, same local window)'}",
-              flush=True)
-        t0 = time.perf_counter()
-        s, n = window_nll(model, [window], args.score, use_memory=use, progress=True)
-        ppl[name] = round(math.exp(s / n), 4)
-        ppl[f"{name}_seconds"] = round(time.perf_counter() - t0, 2)
-        ppl["tokens_scored"] = n
-        print(f"  ppl {name.replace('_', ' ')}: {ppl[name]:.3f}", flush=True)
-    summary["ppl"] = ppl
-
-    # (c) a fact planted near the start, asked for at the end
-    print("\n(c) a fact planted near the start of the document, asked for at the end")
-    cut = text.rfind("\n", 0, len(text) // 40) + 1  # ~2.5% into the document, at a line start
-    planted = tok(text[:cut] + FACT + "\n" + text[cut:], add_special_tokens=False)["input_ids"]
-    fact_ids = tok(FACT, add_special_tokens=False)["input_ids"]
-    fact_at = next((i for i in range(len(planted)) if planted[i : i + len(fact_ids)] == fact_ids), None)
-    if fact_at is None:  # the fact tokenized differently in context: locate it by its first characters
-        fact_at = len(tok(text[:cut], add_special_tokens=False)["input_ids"])
-    fact_span = (fact_at, fact_at + len(fact_ids))
-    print(f"  fact: {FACT!r} at tokens {fact_span[0]:,}-{fact_span[1]:,} of {len(planted):,}")
-
-    def overlaps_fact(span) -> bool:
-        return span[0] < fact_span[1] and fact_span[0] < span[1]
-
-    with profiling.record() as timings:
-        memory, secs = _ingest(model, torch.tensor([planted]), model.new_memory(1), "reading the document with the fact")
-    ingest_tokens, ingest_seconds = ingest_tokens + len(planted), ingest_seconds + secs
-    bank = memory.bank(0)
-    q_ids = tok(QUESTION, add_special_tokens=False)["input_ids"]
-    q_emb = model.memlong_retriever.embed([q_ids])[0]
-    slots, scores = bank.search(q_emb, cfg.top_k, count=False)  # the search the model runs for the question
-    print("  chunks the retriever fetches from memory for the question:")
-    hits = []
-    for s, sc in zip(slots.tolist(), scores.tolist()):
-        chunk_text = tok.decode(bank.token_ids[s].tolist()).replace("\n", " ")
-        has_fact = overlaps_fact(tuple(bank.spans[s].tolist()))
-        hits.append({"chunk_id": int(bank.chunk_ids[s]), "score": round(sc, 4), "has_fact": has_fact})
-        print(f"    chunk {int(bank.chunk_ids[s]):>4}  cos={sc:.3f}  {'[FACT] ' if has_fact else ''}{chunk_text[:80]!r}")
-    question = torch.tensor([q_ids])
+    print("MemLong demo: a long held-out document read with and without MemLong's memory, on this CPU.")
+    print(f"  {torch.get_num_threads()} torch threads, {cores} cores, load average {load:.1f} at start"
+          + (" (other processes are using the CPU: 1 thread, which competes least; --threads N to choose)"
+             if busy and not args.threads else ""), flush=True)
+    if busy:
+        print("  NOTE: the CPU is shared with other processes; times and speeds below are slower than on an idle "
+              "machine", flush=True)
+    print("\n[1/4] loading the model", flush=True)
     t0 = time.perf_counter()
-    out = model.generate(question, memory=memory, attention_mask=torch.ones_like(question), requery=args.requery,
-                         max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    gen_s = time.perf_counter() - t0
-    answer = tok.decode(out[0, len(q_ids):])
-    fact_chunks = [e for e in bank.entries() if overlaps_fact(e["span"])]
-    summary["fact"] = {
-        "fact": FACT, "question": QUESTION, "expected": "48213", "fact_tokens": list(fact_span),
-        "tokens_ingested": len(planted), "ingest_seconds": round(secs, 2),
-        "time_split_s": {k: round(v, 2) for k, v in timings.seconds.items()},
-        "bank_chunks": len(bank), "bank_capacity_chunks": bank.capacity, "evictions": bank.evictions,
-        "bank_bytes": bank.nbytes(),
-        "fact_chunk_in_memory": bool(fact_chunks),
-        "fact_chunk_retrievals": [e["count"] for e in fact_chunks],
-        "question_top_hits": hits,
-        "fact_retrieved_for_question": any(h["has_fact"] for h in hits),
-        "generated": answer,
-        "answer_correct": "48213" in answer,
-        "generate_seconds": round(gen_s, 2),
+    model, tok = load_memlong_model(args.model, retriever=args.retriever)
+    model_info = _describe(model, args.model)
+    model_info["load_seconds"] = round(time.perf_counter() - t0, 1)
+    m = model_info
+    layers = m["bank_layers"]
+    contiguous = layers == list(range(layers[0], layers[-1] + 1))
+    print(f"  {'the default MemLong model' if m['model'] == 'default' else 'MemLong model'} ({m['model_path']})\n"
+          f"  base {m['base_model']}: {m['parameters'] / 1e6:.1f}M parameters, {m['layers']} layers, "
+          f"{m['max_position_embeddings']} positions\n  mode {m['mode']}: banks the K/V of "
+          f"{f'layers {layers[0]}..{layers[-1]}' if contiguous else f'layers {layers}'} for every "
+          f"{m['chunk_size']}-token chunk; top-{m['top_k']} chunks retrieved beside a {m['local_window']}-token "
+          f"local window (bank dtype {m['bank_dtype'] or 'model'}, capacity {m['memory_capacity']:,} tokens)\n"
+          f"  retriever: {_retriever_name(m['retriever'])}; loaded in {m['load_seconds']:.0f} s", flush=True)
+
+    print("\n[2/4] the document", flush=True)
+    text, parts = build_document(tok, doc_path, args.min_tokens)
+    if args.doc is None and parts[0]["split"] != "test":  # the default must be held out; split_of is deterministic
+        raise SystemExit(f"internal error: the default document {parts[0]['doc_id']} is not in the test split")
+    text, facts = plant_facts(text, parts, args.seed)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    L = ids.shape[1]
+    starts = offsets[0, :, 0].tolist()
+    for p in parts:
+        p["tokens_from"] = next((i for i, s in enumerate(starts) if s >= p["start"]), L)
+        p["characters"] = p["end"] - p["start"]
+        held = "test split, held out" if p["split"] == "test" else (f"{p['split']} split" if p["split"] else
+                                                                    "not from the corpus")
+        print(f"  {p['doc_id'] or p['path']} ({held}): {p['characters']:,} characters, from token "
+              f"{p['tokens_from']:,}")
+    for i, p in enumerate(parts):
+        p["tokens"] = (parts[i + 1]["tokens_from"] if i + 1 < len(parts) else L) - p["tokens_from"]
+    if L < args.min_tokens:
+        print(f"  NOTE: {L:,} tokens, fewer than --min-tokens {args.min_tokens:,} (no more documents to append)")
+    print(f"  in all {len(text):,} characters, {L:,} tokens (this model's tokenizer)")
+    for f in facts:
+        f["token"] = next((i for i, s in enumerate(starts) if s >= f["chars"][0]), L)
+        print(f"  planted at {f['depth']:.0%} (token {f['token']:,}): {f['fact']!r}")
+    score = min(args.score, L - 1)
+    print(f"  the local window holds {model.memlong_config.local_window:,} tokens; every fact lies "
+          f"{min(L - f['token'] for f in facts):,}+ tokens before the questions")
+
+    results: dict = {"memory": {}, "no_memory": {}}
+    answers: dict = {"memory": [], "no_memory": []}
+    bank_info: dict = {}
+    for step, (name, use) in enumerate((("memory", True), ("no_memory", False))):
+        what = "WITH memory" if use else "WITHOUT memory (retrieval off: the same model and local window)"
+        print(f"\n[{3 + step}/4] reading {what}", flush=True)
+        memory, rec = _read_document(model, ids, offsets, score, use, "with memory" if use else "without memory")
+        results[name] = rec
+        if use:
+            bank = memory.bank(0)
+            banked = len(bank) * bank.layout.chunk_size
+            bank_info = {
+                "chunks": len(bank), "tokens": banked, "capacity_chunks": bank.capacity, "evictions": bank.evictions,
+                "bytes": bank.nbytes(), "bytes_per_token": round(bank.nbytes() / max(1, banked), 1),
+                "kv_bytes_per_token": bank.layout.kv_bytes_per_token(),
+                "memory_bytes_with_window": memory.nbytes(),
+            }
+            in_bank = [e for e in bank.entries() if e["text_span"][0] >= 0]
+            for f in facts:
+                f["fact_chunks"] = [e["chunk_id"] for e in in_bank if _overlaps(e["text_span"], f["chars"])]
+            print(f"  bank: {bank_info['chunks']:,} chunks ({banked:,} tokens), {bank_info['bytes'] / 2**20:,.1f} MiB, "
+                  f"{bank_info['bytes_per_token']:,.0f} bytes per token, {bank.evictions} evictions", flush=True)
+        print(f"  asking the {len(facts)} questions, each from a copy of this memory "
+              f"(greedy, {args.max_new_tokens} new tokens, requery=True)", flush=True)
+        with tempfile.TemporaryDirectory(prefix="memlong-demo-") as tmp:
+            t0 = time.perf_counter()
+            memory.save(tmp)
+            del memory
+            rec["memory_copy_seconds"] = round(time.perf_counter() - t0, 2)
+            for i, f in enumerate(facts):
+                print(f"  Q{i + 1} ({f['depth']:.0%}): {f['question']!r}  expected {f['expected']!r}", flush=True)
+                t0 = time.perf_counter()
+                copy = model.load_memory(tmp)
+                rec["memory_copy_seconds"] = round(rec["memory_copy_seconds"] + time.perf_counter() - t0, 2)
+                a = _ask(model, tok, copy, f, text, args.max_new_tokens)
+                del copy
+                answers[name].append(a)
+                _print_answer("with memory" if use else "without memory", a, f)
+
+    summary: dict = {
+        "model": model_info,
+        "document": {"parts": parts, "characters": len(text), "tokens": L, "min_tokens": args.min_tokens},
+        "facts": [{**f, "memory": a, "no_memory": b}
+                  for f, a, b in zip(facts, answers["memory"], answers["no_memory"])],
+        "ppl": {"tokens_scored": score, "with_memory": results["memory"]["ppl"],
+                "without_memory": results["no_memory"]["ppl"]},
+        "reading": results,
+        "bank": bank_info,
+        "torch_threads": torch.get_num_threads(), "cpu_cores": cores, "load_average_at_start": round(load, 2),
+        "peak_rss_bytes": _peak_rss(),  # overall, including the memory copies made for the questions
+        "peak_rss_bytes_reading_with_memory": results["memory"]["peak_rss_bytes_after_read"],
+        "seed": args.seed, "max_new_tokens": args.max_new_tokens,
     }
-    print(f"  generated after the question: {answer!r}")
-    del memory, bank
-
-    # (b) passkey retrieval at --passkey-length tokens
-    passkey: dict = {"length": args.passkey_length, "trials": args.passkey_trials, "cases": []}
-    if args.passkey_length:
-        L = args.passkey_length
-        print(f"\n(b) passkey retrieval at {L:,} tokens, {args.passkey_trials} trial(s)")
-        pool, used = _passkey_pool(tok, L + args.passkey_trials * 997, doc_id)
-        print(f"  haystack: {len(pool):,} tokens from {len(used)} held-out (test split) stdlib documents")
-        rng = random.Random(args.seed)
-        methods = [("memory", True)] + ([("no_memory", False)] if args.passkey_baseline else [])
-        for t in range(args.passkey_trials):
-            key = str(rng.randrange(10_000, 100_000))
-            depth = round((t + 0.5) / args.passkey_trials, 3)
-            try:
-                prompt = passkey_prompt(tok, pool, key, L, depth, offset=t * 997)
-            except ValueError as e:
-                raise SystemExit(f"--passkey-length {L}: {e}") from None
-            tail = min(32, L)  # the question (and a little haystack) goes through generate()
-            case = {"key": key, "depth": depth}
-            for name, use in methods:
-                memory = model.new_memory(1, retrieval=use)
-                memory, secs = _ingest(model, torch.tensor([prompt[:-tail]]), memory,
-                                       f"trial {t + 1}, key at {depth:.0%} depth, {name.replace('_', ' ')}")
-                if use:
-                    ingest_tokens, ingest_seconds = ingest_tokens + L - tail, ingest_seconds + secs
-                ids = torch.tensor([prompt[-tail:]])
-                out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                                     requery=args.requery,
-                                     do_sample=False, pad_token_id=tok.pad_token_id)
-                answer = tok.decode(out[0, ids.shape[1]:])
-                case[name] = {"generated": answer, "correct": passkey_digits(answer) == key,
-                              "seconds": round(secs, 2)}
-                print(f"    {name.replace('_', ' '):>9}: generated {answer!r} -> "
-                      f"{'correct' if case[name]['correct'] else 'wrong'} (key {key})", flush=True)
-                del memory
-            passkey["cases"].append(case)
-        for name, _ in methods:
-            passkey[f"accuracy_{name}"] = sum(c[name]["correct"] for c in passkey["cases"]) / len(passkey["cases"])
-    summary["passkey"] = passkey
-
-    # (d) speed and memory; the summary
-    summary["ingest_tokens_per_s"] = round(ingest_tokens / max(ingest_seconds, 1e-9), 1)
-    summary["ingest_tokens"] = ingest_tokens
-    summary["torch_threads"] = torch.get_num_threads()
-    summary["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    summary["answered"] = {k: sum(a["correct"] for a in answers[k]) for k in answers}
+    summary["accuracy"] = {k: v / len(facts) for k, v in summary["answered"].items()}
+    summary["facts_retrieved"] = sum(bool(a.get("fact_retrieved")) for a in answers["memory"])
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-
-    f = summary["fact"]
-    acc = lambda k: "-" if k not in passkey else f"{passkey[k]:.0%}"  # noqa: E731
-    rows = [
-        ("model", model_desc),
-        ("document", f"{doc_id or doc_path} ({split or 'outside the corpus'}), {len(doc_ids):,} tokens"),
-        (f"(a) ppl, last {ppl['tokens_scored']:,} tokens", f"with memory {ppl['with_memory']:.3f}   "
-                                                           f"without memory {ppl['without_memory']:.3f}"),
-        (f"(b) passkey @ {args.passkey_length:,}", "skipped" if not args.passkey_length else
-         f"with memory {acc('accuracy_memory')}   without memory {acc('accuracy_no_memory')}   "
-         f"({args.passkey_trials} trial(s), exact match)"),
-        ("(c) fact: generated", repr(f["generated"])),
-        ("(c) fact chunk", f"in memory: {f['fact_chunk_in_memory']}, fetched for the question: "
-                           f"{f['fact_retrieved_for_question']}, answer has 48213: {f['answer_correct']}"),
-        ("(d) ingestion", f"{summary['ingest_tokens_per_s']:,} tokens/s over {ingest_tokens:,} tokens "
-                          f"({summary['torch_threads']} torch threads)"),
-        ("(d) peak RSS", f"{summary['peak_rss_bytes'] / 2**20:,.0f} MiB"),
-        ("wall time", f"{summary['wall_seconds']:.0f} s"),
-    ]
-    print("\n" + RULE + "\nSUMMARY" + ("" if is_reference else
-                                        "  (untrained gates: memory cannot change the output)"))
-    print("-" * 78)
-    for k, v in rows:
-        print(f"{k:>28}  {v}")
-    print(RULE)
+    _print_summary(summary)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _print_summary(s: dict) -> None:
+    m, d, ppl, r, b = s["model"], s["document"], s["ppl"], s["reading"], s["bank"]
+    yes = lambda v: "yes" if v else "no"  # noqa: E731
+    docs = " + ".join(f"{p['doc_id'] or Path(p['path']).name} ({p['tokens']:,})" for p in d["parts"])
+    rows = [
+        ("model", f"{Path(m['base_model']).name}, {m['parameters'] / 1e6:.1f}M params, {m['layers']} layers, "
+                  f"{m['mode']}"),
+        ("memory layout", f"chunk {m['chunk_size']}, top-{m['top_k']}, local window {m['local_window']}"),
+        ("document", f"{d['tokens']:,} tokens: {docs}"),
+    ]
+    for i, f in enumerate(s["facts"]):
+        mem, no = f["memory"], f["no_memory"]
+        rows.append((f"Q{i + 1} fact at {f['depth']:.0%} (tok {f['token']:,})",
+                     f"expected {f['expected']!r}; fact chunk retrieved: {yes(mem.get('fact_retrieved'))} "
+                     f"(rank by embedding {mem.get('fact_chunk_rank_by_embedding')})"))
+        rows.append(("  with memory", f"{'RIGHT' if mem['correct'] else 'wrong'}  {mem['answer'].strip()[:50]!r}"))
+        rows.append(("  without memory", f"{'RIGHT' if no['correct'] else 'wrong'}  {no['answer'].strip()[:50]!r}"))
+    n, got = len(s["facts"]), s["answered"]
+    change = (ppl["with_memory"] / ppl["without_memory"] - 1) * 100
+    rows += [
+        ("facts answered", f"with memory {got['memory']}/{n}, without memory {got['no_memory']}/{n}; "
+                           f"fact chunk retrieved {s['facts_retrieved']}/{n}"),
+        (f"ppl, last {ppl['tokens_scored']:,} tokens",
+         f"with memory {ppl['with_memory']:.3f}, without memory {ppl['without_memory']:.3f} ({change:+.1f}%)"),
+        ("reading speed", f"with memory {r['memory']['tokens_per_s']:,.0f} tokens/s, without memory "
+                          f"{r['no_memory']['tokens_per_s']:,.0f} tokens/s ({s['torch_threads']} threads)"),
+        ("bank", f"{b['chunks']:,} chunks, {b['bytes'] / 2**20:,.1f} MiB, {b['bytes_per_token']:,.0f} bytes/token"),
+        ("peak RSS", f"{s['peak_rss_bytes_reading_with_memory'] / 2**20:,.0f} MiB after reading with memory; "
+                     f"{s['peak_rss_bytes'] / 2**20:,.0f} MiB in all (with the memory copies for the questions)"),
+        ("wall time", f"{s['wall_seconds']:.0f} s"),
+    ]
+    print("\n" + RULE + "\nSUMMARY\n" + "-" * 78)
+    for k, v in rows:
+        print(f"{k:>28}  {v}")
+    print(RULE)
