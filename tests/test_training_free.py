@@ -123,3 +123,23 @@ def test_config_checks_for_training_free_mode():
         memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=32))
     with pytest.raises(memlong.MemLongConfigError, match="mode"):
         memlong.MemLongConfig(mode="free")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@torch.no_grad()
+def test_full_attention_holds_over_many_chunks_call_boundaries_and_a_question(family):
+    """128 tokens, 12 chunks leave the window; top_k 12 retrieves them all: full attention again,
+    read in one call, in pieces, and after focusing on a question (whose retrieval then changes
+    nothing, since everything is retrieved)."""
+    m, ref = free_model(family, retrieval_layers=(1, 2, 3, 4), top_k=12, memory_capacity=400)
+    ids = rand_ids(1, 128, seed=3)
+    full = ref(ids).logits
+    torch.testing.assert_close(m(ids).logits, full, atol=1e-4, rtol=0)
+    memory, outs, s = m.new_memory(), [], 0
+    for n in [5, 30, 1, 40, 52]:
+        outs.append(m(ids[:, s : s + n], cache=memory).logits)
+        s += n
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-4, rtol=0)
+    memory = m.ingest(ids[:, :101])
+    memory.focus_on(m.memlong_retriever, [ids[0, 95:101].tolist()])
+    torch.testing.assert_close(m(ids[:, 101:], cache=memory).logits, full[:, 101:], atol=1e-4, rtol=0)
