@@ -198,7 +198,34 @@ def results_section(paths: list[Path]) -> str:
 REFERENCE_RESULTS = [RESULTS / f"reference_{name}.json" for name in
                      ("ppl_validation", "ppl_test", "copy_probe", "ppl_test_int8", "ppl_test_fp8", "passkey", "icl")]
 
-SECTIONS = {"bench": (RESULTS / "bench_ingest.json", bench_section),
+def demo_section(path: Path) -> str:
+    """The default model's `memlong demo` run: facts asked with and without memory, ppl, speed."""
+    d = json.loads(path.read_text())
+    doc = d["document"]
+    parts = " + ".join(f"{p['doc_id']} ({p['tokens']:,})" for p in doc["parts"])
+    out = [f"`memlong demo --json {path.relative_to(ROOT)}` on {doc['tokens']:,} tokens of held-out text ({parts}), "
+           f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:", "",
+           "| fact (depth) | expected | fact's chunk retrieved | with memory | without memory |", "|---|---|---|---|---|"]
+    for f in d["facts"]:
+        hit = "yes" if any(r.get("has_fact") for r in f["memory"]["retrieved"]) else "no"
+        ans = {k: ("right" if f[k]["correct"] else "wrong") + f": {f[k]['answer'][:40]!r}" for k in ("memory", "no_memory")}
+        out.append(f"| {f['question']} ({f['depth']:.0%}) | {f['expected']} | {hit} | {ans['memory']} | {ans['no_memory']} |")
+    ppl, rd, bank = d["ppl"], d["reading"], d["bank"]
+    out += ["", "| measure | with memory | without memory |", "|---|---:|---:|",
+            f"| ppl of the last {ppl['tokens_scored']:,} tokens | {ppl['with_memory']:.3f} | {ppl['without_memory']:.3f} |",
+            f"| reading speed (tokens/s) | {rd['memory']['tokens_per_s']:.0f} | {rd['no_memory']['tokens_per_s']:.0f} |",
+            f"| peak RSS after reading (MiB) | {rd['memory']['peak_rss_bytes_after_read'] / 2**20:,.0f} | "
+            f"{rd['no_memory']['peak_rss_bytes_after_read'] / 2**20:,.0f} |",
+            f"| bank | {bank['chunks']} chunks, {bank['bytes'] / 2**20:,.0f} MiB, {bank['kv_bytes_per_token']:,} bytes/token of K/V | - |"]
+    return "\n".join(out)
+
+
+# The default model (SmolLM2-135M, training_free): README's headline table and docs/RESULTS.md.
+DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in ("passkey", "ppl_test", "icl")]
+
+SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
+            "default": (RESULTS / "default_passkey.json", lambda _: results_section(DEFAULT_RESULTS)),
+            "bench": (RESULTS / "bench_ingest.json", bench_section),
             "retriever": (RESULTS / "bench_retriever.json", retriever_section),
             "results": (RESULTS / "reference_ppl_test.json", lambda _: results_section(REFERENCE_RESULTS)),
             "million": (RESULTS / "bench_million.json", million_section),
