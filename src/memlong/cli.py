@@ -13,6 +13,7 @@ import sys
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("memlong.recipes.demo", "end-to-end run: ingest a long input, retrieve, generate"),
+    "ask": ("memlong.recipes.ask", "read text files into memory, then answer questions about them (default model)"),
     "data": ("memlong.recipes.data", "build the local corpus, train the BPE tokenizer, list long documents"),
     "pretrain": ("memlong.recipes.pretrain", "train a small base LM from scratch, or evaluate its perplexity"),
     "train": ("memlong.recipes.train", "MemLong adaptation training: frozen lower stack, trained upper layers + gates"),

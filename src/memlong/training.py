@@ -115,7 +115,8 @@ def plant_recall(ids: list[int], rng: random.Random, span: int, gap: int) -> lis
 
 def document_texts(spec: str, split: str) -> Callable[[], Iterator[str]]:
     """A restartable source of texts: a corpus folder from `memlong data` (its ``split``), a
-    ``.jsonl`` file, a folder of ``.txt`` files, or a datasets name (``split``)."""
+    ``.jsonl`` file, a text file (one document, the same for every split), a folder of ``.txt``
+    files, or a datasets name (``split``)."""
     from pathlib import Path
 
     from memlong.data import load_documents

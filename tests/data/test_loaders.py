@@ -85,3 +85,22 @@ def test_load_documents_dispatch(jsonl_file, tmp_path):
     assert [d.text for d in load_documents(str(folder))] == ["hello"]
     with pytest.raises(FileNotFoundError):
         load_documents(str(tmp_path / "missing" / "file.jsonl"))
+
+
+def test_a_single_text_file_is_one_document(tmp_path, monkeypatch):
+    from memlong.data.loaders import text_file_documents
+    from memlong.training import document_texts
+
+    book = tmp_path / "book.md"
+    book.write_text("Chapter one.\n\nIt was a long text.\n")
+    assert [(d.id, d.source, d.text) for d in load_documents(str(book))] == [("book/book.md", "book", book.read_text())]
+    # every split of a single file is that file (eval reads "test", train "train" and "validation")
+    for split in ("train", "validation", "test"):
+        assert list(document_texts(str(book), split)()) == [book.read_text()]
+    monkeypatch.chdir(tmp_path)
+    assert [d.text for d in load_documents("book.md")] == [book.read_text()]  # a bare file name, not a dataset name
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert list(load_documents(str(empty))) == []  # counted as skipped, as in a folder
+    with pytest.raises(FileNotFoundError):
+        list(text_file_documents(tmp_path / "missing.txt"))

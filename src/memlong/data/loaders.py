@@ -3,8 +3,8 @@
 * :func:`hf_documents` loads a dataset by name or alias (``pg19``, ``proof-pile``,
   ``wikitext-103``, ``bookcorpus``) or any ``datasets`` builder (``"json"``, ``"text"`` with
   ``data_files=``), streaming by default so a large corpus is never materialised.
-* :func:`folder_documents` reads a folder of text files; :func:`jsonl_documents` reads a JSONL
-  file with a ``text`` field.
+* :func:`folder_documents` reads a folder of text files, :func:`text_file_documents` one text
+  file (one document); :func:`jsonl_documents` reads a JSONL file with a ``text`` field.
 
 All loaders yield :class:`~memlong.data.sources.Document` and count bad records (invalid UTF-8,
 unreadable file, bad JSON, empty text) in a :class:`~memlong.data.sources.SkipCounter` instead
@@ -157,11 +157,32 @@ def jsonl_documents(
             yield Document(doc_id, source or row.get("source") or default_source, text)
 
 
+def text_file_documents(
+    path: str | os.PathLike,
+    source: str | None = None,
+    skipped: SkipCounter | None = None,
+) -> Iterator[Document]:
+    """Yield one text file (strict UTF-8) as one document, ``<source>/<file name>``; an
+    unreadable, invalid or empty file is counted as skipped and yields nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"not a file: {path}")
+    skipped = skipped if skipped is not None else SkipCounter()
+    source = source or path.stem
+    doc_id = f"{source}/{path.name}"
+    text = read_text_file(path, doc_id, skipped)
+    if text is not None:
+        yield Document(doc_id, source, text)
+
+
 def load_documents(spec: str, split: str = "test", **kwargs) -> Iterator[Document]:
-    """One entry point: a ``.jsonl`` file, a folder of ``.txt`` files, or a dataset name."""
+    """One entry point: a ``.jsonl`` file, a text file (one document, whatever ``split``), a
+    folder of ``.txt`` files, or a dataset name."""
     p = Path(spec)
     if p.is_file() and p.suffix in (".jsonl", ".json"):
         return jsonl_documents(p, **kwargs)
+    if p.is_file():
+        return text_file_documents(p, **kwargs)
     if p.is_dir():
         return folder_documents(p, **kwargs)
     if os.sep in spec and not p.exists():

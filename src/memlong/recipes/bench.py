@@ -22,8 +22,10 @@ it). A method that hits either is reported as ``"error": "out of time ..."`` / `
 memory ..."``, never as a number, and is not run at larger N.
 
 The model is a small Llama with random weights (speed does not depend on the weights) and the
-retriever's tokenizer, or with ``--model shipped`` the package's trained base model (or any
-local causal LM path) with its own tokenizer. The text is the Python standard library's
+retriever's tokenizer, or with ``--model shipped`` (or ``default``) the default model,
+SmolLM2-135M-Instruct, whose ``memlong`` method reads with the default MemLong model's
+training-free config (``--chunk-size``, ``--top-k``, ``--window`` and ``--capacity`` applied),
+or any local causal LM path with its own tokenizer. The text is the Python standard library's
 sources (``--text`` for other local files). Also reports where MemLong's time goes
 (retriever, search, bank writes, attention, rest) and the bank's bytes per token against the
 memory layer's K/V alone (``2 * num_kv_heads * head_dim * dtype bytes``).
@@ -59,6 +61,8 @@ import sys
 import time
 
 METHODS = ("memlong", "base_full", "base_sliding", "base_windows")
+#: --model values meaning the default model (SmolLM2-135M-Instruct with the default MemLong config)
+DEFAULT_NAMES = ("shipped", "default")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,8 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="16384,65536,262144", help="comma-separated token counts")
     p.add_argument("--methods", default="memlong,base_windows", help=f"comma-separated: {', '.join(METHODS)}")
     p.add_argument("--model", default=None,
-                   help="ingest: 'shipped' (the package's trained base model) or a local causal LM path, "
-                        "with its own tokenizer; default: a random-weight Llama of the shape below")
+                   help="ingest: 'shipped' or 'default' (the default model, SmolLM2-135M-Instruct; memlong reads "
+                        "with the default MemLong model's training-free config), or a local causal LM path, with "
+                        "its own tokenizer; default: a random-weight Llama of the shape below")
     p.add_argument("--text", default=None,
                    help="ingest: a text file or a directory (its *.py, *.txt, *.md files, recursively, sorted); "
                         "default: the Python standard library's sources")
@@ -165,11 +170,12 @@ def _load_model(args):
         )
         torch.manual_seed(0)
         return LlamaForCausalLM(cfg).eval(), tok, "random-weight Llama"
-    if args.model == "shipped":
-        from memlong.pretrained import load_default_base_model
+    if args.model in DEFAULT_NAMES:
+        from memlong.pretrained import ENV_VAR, default_base_model_path, load_default_base_model
 
         model, tok = load_default_base_model()
-        return model.eval(), tok, "shipped base model"
+        name = f"${ENV_VAR}={default_base_model_path()}" if os.environ.get(ENV_VAR) else "SmolLM2-135M-Instruct"
+        return model.eval(), tok, f"default model ({name})"
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     return model.eval(), AutoTokenizer.from_pretrained(args.model), args.model
 
@@ -248,10 +254,16 @@ def _worker(args) -> dict:
                                        for t in (layer.keys, layer.values))
         result["kv_cache_tokens"] = cache.layers[0].keys.shape[-2]
     elif method == "memlong":
-        mcfg = memlong.MemLongConfig.for_num_layers(
-            model.config.num_hidden_layers, chunk_size=args.chunk_size, top_k=args.top_k,
-            local_window=args.window, memory_capacity=args.capacity,
-        )
+        sizes = dict(chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window,
+                     memory_capacity=args.capacity)
+        if args.model in DEFAULT_NAMES:  # the default MemLong model's config (training-free), resized
+            import dataclasses
+
+            from memlong.pretrained import DEFAULT_MEMLONG_MODEL
+
+            mcfg = dataclasses.replace(memlong.MemLongConfig.from_pretrained(DEFAULT_MEMLONG_MODEL), **sizes)
+        else:
+            mcfg = memlong.MemLongConfig.for_num_layers(model.config.num_hidden_layers, **sizes)
         m = memlong.wrap(model, mcfg, retriever=args.retriever, tokenizer=tok)
         rss_before = _rss_bytes()
         with profiling.record() as timings:

@@ -12,6 +12,10 @@ to memory. Methods, side by side in one run:
 
     memlong eval ppl --model PATH --data PATH_OR_NAME --lengths 4096,16384 --json OUT.json
 
+Without ``--model`` every task evaluates the default MemLong model (SmolLM2-135M-Instruct in
+training-free mode, :func:`memlong.pretrained.load_memlong_model`); its base methods run its base.
+``--data`` may also be a single text file (one document).
+
 `memlong eval passkey`: a passkey (random digits) is stated once inside a haystack of real text
 (held-out documents) at a given depth and asked for at the end; accuracy is the exact match of
 the greedily generated digits, over several trials per length and depth, for the same methods.
@@ -61,10 +65,15 @@ ICL_METHODS = ("memlong", "memlong_no_memory", "in_context")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", choices=["ppl", "passkey", "icl"], help="what to evaluate")
-    p.add_argument("--model", required=True, help="a MemLong directory (memlong train / save_pretrained) or a base LM")
-    p.add_argument("--base-model", default=None, help="base LM for the base_* methods (default: the model's base)")
+    p.add_argument("--model", default=None,
+                   help="a MemLong directory (memlong train / save_pretrained) or a base LM (default: the default "
+                        "MemLong model, SmolLM2-135M-Instruct in training-free mode)")
+    p.add_argument("--base-model", default=None,
+                   help="base LM for the base_* methods (default: the model's base, from its memlong_base.json; "
+                        "for the default model, SmolLM2-135M-Instruct)")
     p.add_argument("--data", required=True,
-                   help="a corpus folder (test split), a .jsonl file, a folder of .txt files, or a datasets name; "
+                   help="a corpus folder (test split), a .jsonl file, a text file (one document), a folder of .txt "
+                        "files, or a datasets name; "
                         "icl: sst2, mr, subj, sst5, mpqa (datasets), a .jsonl file / folder of {text, label} lines, "
                         "or corpus-source:CORPUS_DIR (passages labelled by source)")
     p.add_argument("--split", default="test")
@@ -114,7 +123,9 @@ def eval_command(c: dict, json_path) -> str:
     if c["task"] == "passkey" and c.get("requery") is False:
         args += " --no-requery"
     sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
-    return f"memlong eval {c['task']} --model {c['model']} --data {c['data']}{args}{sets} --json {json_path}"
+    # the default model is what a command without --model evaluates
+    model = "" if c.get("model") in (None, "default") else f" --model {c['model']}"
+    return f"memlong eval {c['task']}{model} --data {c['data']}{args}{sets} --json {json_path}"
 
 
 def _nll_plain(model, ids, score: int) -> tuple[float, int]:
@@ -152,28 +163,40 @@ def reading_overrides(config, overrides: list[str]):
     return dataclasses.replace(config, **changes)
 
 
-def _load(args):
-    """(tokenizer, MemLong model, base model, base window, base path)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import memlong
+def base_model_of(model_path) -> str:
+    """The base LM of a MemLong model (``--model``; ``None``/``"default"``: the default model): the
+    base named in its ``memlong_base.json`` (a local one relative to the directory;
+    ``memlong:default`` resolved to the default base's path), else the model itself (a
+    ``save_pretrained`` directory or a base model)."""
     from memlong.modeling import BASE_NAME
+    from memlong.pretrained import DEFAULT_MEMLONG_MODEL, resolve_base
 
-    model_dir = Path(args.model)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    tok.model_max_length = 10**9
-    model = memlong.from_pretrained(args.model, retriever=args.retriever, tokenizer=tok, dtype=torch.float32).eval()
+    model_dir = DEFAULT_MEMLONG_MODEL if model_path in (None, "default") else Path(model_path)
+    if (model_dir / BASE_NAME).is_file():
+        info = json.loads((model_dir / BASE_NAME).read_text())
+        if info.get("local"):
+            return str((model_dir / info["base_model"]).resolve())
+        return resolve_base(info["base_model"])
+    return str(model_dir)
+
+
+def _load(args, need_base: bool = True):
+    """(tokenizer, MemLong model, base model or None, base window, base path). The base model is
+    loaded only when a base_*/in_context method needs it (``need_base``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from memlong.pretrained import load_memlong_model
+
+    model, tok = load_memlong_model(args.model, retriever=args.retriever)
     if args.overrides:
         model.memlong_config = reading_overrides(model.memlong_config, args.overrides)
         model.memlong_config.validate_for_model(model.config.num_hidden_layers,
                                                 getattr(model.config, "max_position_embeddings", None))
-    base_path = args.base_model
-    if base_path is None and (model_dir / BASE_NAME).is_file():
-        info = json.loads((model_dir / BASE_NAME).read_text())
-        base_path = str((model_dir / info["base_model"]).resolve()) if info.get("local") else info["base_model"]
-    base = AutoModelForCausalLM.from_pretrained(base_path or args.model, dtype=torch.float32).eval()
-    return tok, model, base, int(getattr(base.config, "max_position_embeddings", 2048)), base_path or args.model
+    base_path = args.base_model or base_model_of(args.model)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval() if need_base else None
+    window = int(getattr((base or model).config, "max_position_embeddings", 2048))
+    return tok, model, base, window, base_path
 
 
 def run(args) -> int:
@@ -188,14 +211,14 @@ def run(args) -> int:
         raise SystemExit(f"--methods must be among {allowed} for eval {args.task}; got {bad}")
     if args.task == "icl":
         data = _icl_data(args)  # bad options and data fail before any model is loaded
-        tok, model, base, base_window, base_path = _load(args)
+        tok, model, base, base_window, base_path = _load(args, need_base="in_context" in methods)
         results = _run_icl(args, data, tok, model, base, base_window, methods)
     else:
         default = "1024,2048,4096,8192,16384,32768" if args.task == "ppl" else "4096,8192,16384,32768,65536"
         lengths = sorted(int(x) for x in (args.lengths or default).split(",") if x)
         if not lengths or min(lengths) < 2:
             raise SystemExit(f"--lengths must be integers >= 2; got {args.lengths}")
-        tok, model, base, base_window, base_path = _load(args)
+        tok, model, base, base_window, base_path = _load(args, need_base=any(m.startswith("base_") for m in methods))
         task = _run_ppl if args.task == "ppl" else _run_passkey
         results = task(args, tok, model, base, base_window, lengths, methods)
     report = {"results": results, "config": {**vars(args), "memlong": model.memlong_config.to_dict(),

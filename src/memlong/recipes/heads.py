@@ -23,7 +23,9 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="causal LM name or path (default: the shipped base model)")
+    p.add_argument("--model", default=None,
+                   help="causal LM name or path (default: the default base model, SmolLM2-135M-Instruct; "
+                        "$MEMLONG_BASE_MODEL replaces it)")
     p.add_argument("--length", type=int, default=100, help="tokens per random sequence (repeated once)")
     p.add_argument("--rows", type=int, default=4, help="random sequences")
     p.add_argument("--pool", type=int, default=2000,
@@ -98,7 +100,7 @@ def run(args) -> int:
             "previous_token": [[round(v, 4) for v in row] for row in prev.tolist()],
             "induction": [[round(v, 4) for v in row] for row in ind.tolist()],
             "suggestion": suggestion,
-            "config": {"model": given or "the shipped base model", "length": args.length, "rows": args.rows, "pool": args.pool,
+            "config": {"model": given or "the default base model", "length": args.length, "rows": args.rows, "pool": args.pool,
                        "seed": args.seed, "token_counts": counts is not None,
                        "command": f"memlong heads{f' --model {given}' if given else ''} --length {args.length} --rows {args.rows} "
                                   f"--pool {args.pool} --seed {args.seed} --json {args.json}"},

@@ -6,7 +6,7 @@ documents are read in order, one per batch row, in segments of the local window;
 retrieves from the memory its document's earlier segments built; memory is reset at every
 document boundary.
 
-One process:
+One process (without ``--model``: the default base model, SmolLM2-135M-Instruct):
     memlong train --data runs/corpus --output runs/memlong --steps 400
 Several processes (each reads its own share of the documents; gloo on CPUs, NCCL on GPUs):
     torchrun --nproc_per_node 2 -m memlong train --data runs/corpus --output runs/memlong
@@ -32,7 +32,9 @@ from memlong.cli import int_tuple
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help="base causal LM name or path (default: the shipped base model)")
+    g.add_argument("--model", default=None,
+                   help="base causal LM name or path (default: the default base model, SmolLM2-135M-Instruct, "
+                        "converted once into the memlong cache; $MEMLONG_BASE_MODEL replaces it)")
     g.add_argument("--tokenizer", default=None, help="tokenizer name or path (default: --model)")
     g.add_argument("--memlong-config", default=None, help="memlong_config.json to use (else the flags below)")
     g.add_argument("--memory-layer", type=int, default=None, help="1-based (default: the paper's layout scaled)")
@@ -100,15 +102,21 @@ def _check_args(args) -> None:
 
 
 def _build(args):
+    """(MemLong model, tokenizer, the base's name for memlong_base.json). Without ``--model``: the
+    default base (:func:`memlong.pretrained.default_base_model_path`), recorded as
+    ``memlong:default`` so the trained directory finds it on any machine (its converted path is
+    per machine); with ``$MEMLONG_BASE_MODEL`` set, that model's name or path."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import memlong
 
+    base_name = args.model
     if args.model is None:
-        from memlong.pretrained import default_base_model_path
+        from memlong.pretrained import DEFAULT_BASE, ENV_VAR, default_base_model_path
 
         args.model = default_base_model_path()
+        base_name = args.model if os.environ.get(ENV_VAR) else DEFAULT_BASE
     tok = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     tok.model_max_length = 10**9
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -125,7 +133,7 @@ def _build(args):
         else:
             cfg = memlong.MemLongConfig.for_num_layers(model.config.num_hidden_layers, **kw)
     model = memlong.wrap(model, cfg, retriever=args.retriever, tokenizer=tok)
-    return model, tok
+    return model, tok, base_name
 
 
 def _summary(args, rows: list[dict], step: int, tokens: int, seconds: float, accelerator) -> dict:
@@ -189,7 +197,7 @@ def run(args) -> int:
     )
     set_seed(args.seed)
     out = Path(args.output)
-    model, tok = _build(args)
+    model, tok, base_name = _build(args)
     memlong_model = model
     lora = LoraSpec(r=args.lora_r, alpha=args.lora_alpha, targets=tuple(args.lora_targets.split(","))) if args.lora_r else None
     trained = freeze_for_memlong(model, lora)
@@ -335,7 +343,7 @@ def run(args) -> int:
     bar.close()
     if accelerator.is_main_process:
         final = out / "final"
-        save_trained(accelerator.unwrap_model(trained), memlong_model, final, base_model=args.model)
+        save_trained(accelerator.unwrap_model(trained), memlong_model, final, base_model=base_name)
         tok.save_pretrained(final)
         (final / "train_summary.json").write_text(json.dumps(_summary(args, rows, step, tokens, seconds(),
                                                                        accelerator), indent=2) + "\n")

@@ -1,0 +1,471 @@
+"""`memlong ask`: read text files into memory, then answer questions about them.
+
+The files are read in order, one blank line between them, into a MemLong memory (a progress
+bar counts tokens); each question is then answered from that memory, greedily: it is put to the
+model as ``Question: ...`` / ``Answer:`` after the text (``--format chat``: in the tokenizer's chat
+template instead; on the default model the plain form answers a planted fact that the chat form
+misses) and retrieves the chunks it is about with its own embedding (``generate(requery=True)``),
+beside the local window that still holds the end of the text. Every question is answered from
+the same memory (the text alone, not earlier questions and answers: each reads into a copy).
+
+    memlong ask book.txt notes.txt --question "Who wrote the letter?"
+    memlong ask book.txt                      # interactive: one question per line, empty line or EOF ends
+    echo "Who wrote the letter?" | memlong ask book.txt
+    memlong ask book.txt --memory runs/book-memory --question "..."   # read once, reuse after
+
+``--memory DIR`` saves the memory after reading, with a manifest (``ask_manifest.json``: each
+file's path, size and sha256, the model, its MemLong config, the retriever, the memlong
+version). A later call with the same files and model loads it instead of reading again; when a
+file changed it says which and reads again, replacing the saved memory only once the new one is
+complete. A memory that cannot be loaded (corrupted, or written by another model, config or
+retriever) is refused with what was wrong, never used and never deleted.
+
+The model is the default MemLong model (SmolLM2-135M-Instruct, training-free) unless ``--model``
+names another (a MemLong directory or a base model). ``--show-retrieved`` prints the chunks a
+question retrieves from memory, with their text as it stands in the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "ask_manifest.json"
+MANIFEST_FORMAT = "memlong-ask-v1"
+SEPARATOR = "\n\n"  # between files: one blank line
+PREVIEW_CHARS = 200
+STOPS = ("\nQuestion:", "\n\n")  # where a plain answer ends: the model tends to go on with more text
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="text files (UTF-8) to read, in this order")
+    p.add_argument("--question", "-q", action="append", default=None,
+                   help="a question to answer (repeatable); without it, questions are read from stdin, one per "
+                        "line, until an empty line or EOF")
+    p.add_argument("--model", default=None,
+                   help="a MemLong directory (save_pretrained / memlong train) or a base model name or path "
+                        "(default: the default MemLong model, SmolLM2-135M-Instruct in training-free mode)")
+    p.add_argument("--retriever", default="minilm",
+                   help="minilm (default), hashing, embedding, or a sentence-transformers name/path")
+    p.add_argument("--memory", default=None, metavar="DIR",
+                   help="save the memory here after reading; reuse it on later calls while the files and the "
+                        "model are unchanged")
+    p.add_argument("--format", choices=["plain", "chat"], default="plain",
+                   help="how a question is put to the model: plain (the default: 'Question: ...' and 'Answer:' as "
+                        "text after the files; retrieval embeds that prompt) or chat (the tokenizer's chat template, "
+                        "the question as the user's turn; retrieval embeds the question alone). On the default "
+                        "model plain answers a planted fact that chat does not")
+    p.add_argument("--show-retrieved", action="store_true",
+                   help="also print the chunks each question retrieves (chunk id, token span, score, text)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write everything printed here, as JSON")
+
+
+# ---------------------------------------------------------------------------------------------
+# input files
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceFile:
+    path: Path  # absolute
+    given: str  # as given on the command line
+    text: str
+    size: int  # bytes
+    sha256: str
+    start: int = 0  # character offset of the file in the joined text
+
+    def record(self) -> dict:
+        return {"path": str(self.path), "size": self.size, "sha256": self.sha256}
+
+
+def read_source(given: str) -> SourceFile:
+    """One FILE argument, read and checked; a bad one exits naming the path and what to do."""
+    path = Path(given)
+    if not path.exists():
+        raise SystemExit(f"memlong ask: no such file: {given} (check the path)")
+    if path.is_dir():
+        raise SystemExit(f"memlong ask: {given} is a directory, not a text file; give the files inside it "
+                         f"(e.g. {os.path.join(given, '*.txt')})")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"memlong ask: cannot read {given} ({e.strerror or e}); check that it is a readable file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"memlong ask: {given} is not UTF-8 text (invalid byte at offset {e.start}); "
+                         "convert it to UTF-8 (e.g. iconv -t utf-8) or give another file") from None
+    if not text.strip():
+        raise SystemExit(f"memlong ask: {given} is empty: there is nothing to read in it; give a file with text")
+    return SourceFile(path.resolve(), given, text, len(data), hashlib.sha256(data).hexdigest())
+
+
+def join_sources(files: list[SourceFile]) -> str:
+    """The text the model reads: the files in order, each followed by one blank line before the
+    next; sets each file's ``start``."""
+    parts, at = [], 0
+    for i, f in enumerate(files):
+        body = f.text.rstrip("\n")
+        f.start = at
+        parts.append(body)
+        at += len(body) + (len(SEPARATOR) if i < len(files) - 1 else 0)
+    return SEPARATOR.join(parts)
+
+
+def locate(files: list[SourceFile], char: int) -> tuple[SourceFile, int]:
+    """(file, 1-based line) of character ``char`` of the joined text."""
+    where = files[0]
+    for f in files:
+        if f.start <= char:
+            where = f
+    return where, where.text.count("\n", 0, max(0, char - where.start)) + 1
+
+
+def check_memory_dir(memory: str | None) -> Path | None:
+    if memory is None:
+        return None
+    d = Path(memory)
+    if d.exists() and not d.is_dir():
+        raise SystemExit(f"memlong ask: --memory {memory} is a file, not a directory; pass a folder for the memory "
+                         "(it is created if needed)")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest: what a saved memory was read from, by which model
+# ---------------------------------------------------------------------------------------------
+
+
+def model_identity(name: str | None) -> str:
+    """The model as the manifest records it: ``default``, an absolute local path, or a hub name."""
+    if name in (None, "default"):
+        return "default"
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
+
+
+def _memory_version(directory: Path) -> str | None:
+    from memlong.cache import MEMORY_JSON
+
+    try:
+        return json.loads((directory / MEMORY_JSON).read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def manifest_for(files: list[SourceFile], model, args, tokens: int, directory: Path) -> dict:
+    import memlong
+
+    return {
+        "format": MANIFEST_FORMAT,
+        "files": [f.record() for f in files],
+        "separator": SEPARATOR,
+        "model": model_identity(args.model),
+        "memlong_config": model.memlong_config.to_dict(),
+        "retriever": model.memlong_retriever.describe(),
+        "memlong_version": memlong.__version__,
+        "memory_version": _memory_version(directory),  # which save of memory.json this manifest describes
+        "tokens": tokens,
+    }
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Atomic: a temporary file, flushed to disk, then renamed over the old manifest."""
+    path = directory / MANIFEST
+    tmp = directory / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _refuse(directory: Path, what: str) -> SystemExit:
+    return SystemExit(
+        f"memlong ask: the memory in {directory} cannot be used: {what}. It was left as it is. To read the files "
+        f"again into it, delete it (rm -r {directory}); or pass another --memory DIR"
+    )
+
+
+def changed_files(saved: list[dict], files: list[SourceFile]) -> list[str]:
+    """What differs between the manifest's files and these (empty: unchanged), one line each."""
+    old = {r["path"]: r for r in saved}
+    new = {str(f.path): f for f in files}
+    out = []
+    for f in files:
+        r = old.get(str(f.path))
+        if r is None:
+            out.append(f"{f.given}: not in the saved memory")
+        elif r.get("sha256") != f.sha256:
+            out.append(f"{f.given}: content changed ({r.get('size')} -> {f.size} bytes)")
+    out += [f"{p}: in the saved memory, not given now" for p in old if p not in new]
+    if not out and [r["path"] for r in saved] != [str(f.path) for f in files]:
+        out.append("the same files in another order")
+    return out
+
+
+def plan_reuse(directory: Path | None, files: list[SourceFile], model, args) -> tuple[str, list[str]]:
+    """What to do with ``--memory``: ``("read", [])`` (nothing saved yet), ``("reuse", [])``, or
+    ``("reread", reasons)``. Exits (refuses) when the folder holds a memory this call must not use
+    or replace: not written by ``memlong ask``, written by another model, config or retriever, or
+    with an unreadable manifest."""
+    import memlong
+    from memlong.cache import MEMORY_JSON
+    from memlong.memory.bank import BankFileError, check_retriever
+
+    if directory is None or not directory.exists():
+        return "read", []
+    manifest_path = directory / MANIFEST
+    has_memory = (directory / MEMORY_JSON).exists()
+    if not manifest_path.exists():
+        if has_memory:
+            raise _refuse(directory, f"it holds a memory but no {MANIFEST}, so which files it was read from is "
+                                     "unknown (it was not saved by `memlong ask`)")
+        if any(directory.iterdir()):
+            raise _refuse(directory, "it is a folder with other files in it, not a memory saved by `memlong ask`")
+        return "read", []
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        saved_files = list(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _refuse(directory, f"its {MANIFEST} is unreadable or corrupted ({e})") from None
+    if not has_memory:
+        raise _refuse(directory, f"it has {MANIFEST} but no {MEMORY_JSON}: the memory itself is missing")
+    mine = model_identity(args.model)
+    if manifest.get("model") != mine:
+        raise _refuse(directory, f"it was read by the model {manifest.get('model')!r}, and this call uses {mine!r}")
+    saved_cfg, cfg = manifest.get("memlong_config") or {}, model.memlong_config.to_dict()
+    diff = sorted(k for k in set(saved_cfg) | set(cfg) if saved_cfg.get(k) != cfg.get(k))
+    if diff:
+        raise _refuse(directory, f"it was read with another MemLong config (differs in {diff})")
+    try:
+        check_retriever(manifest.get("retriever"), model.memlong_retriever.describe(), directory)
+    except BankFileError as e:
+        raise _refuse(directory, str(e).split(";")[0]) from None
+    reasons = changed_files(saved_files, files)
+    if manifest.get("memlong_version") != memlong.__version__:
+        reasons.append(f"saved by memlong {manifest.get('memlong_version')}, this is {memlong.__version__}")
+    saved_version = _memory_version(directory)  # None when memory.json is unreadable: loading it says why
+    if not reasons and saved_version is not None and manifest.get("memory_version") != saved_version:
+        reasons.append("the memory is not the one its manifest describes (an interrupted save)")
+    return ("reread", reasons) if reasons else ("reuse", [])
+
+
+# ---------------------------------------------------------------------------------------------
+# questions
+# ---------------------------------------------------------------------------------------------
+
+
+def uses_chat(tok, fmt: str) -> bool:
+    if fmt == "chat" and not getattr(tok, "chat_template", None):
+        raise SystemExit("memlong ask: --format chat: this model's tokenizer has no chat template; use --format plain")
+    return fmt == "chat"
+
+
+def question_ids(tok, question: str, chat: bool) -> tuple[list[int], list[int]]:
+    """(prompt ids, the ids retrieval embeds). plain: the prompt ``Question: ...`` / ``Answer:``
+    after a blank line, embedded whole (``generate(requery=True)``); chat: the chat template
+    around the question, retrieval on the question alone (the template's system prompt would
+    blur its embedding)."""
+    if chat:
+        text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True)
+        prompt = tok(SEPARATOR + text, add_special_tokens=False)["input_ids"]
+        return prompt, tok(question, add_special_tokens=False)["input_ids"]
+    prompt = tok(f"{SEPARATOR}Question: {question}\nAnswer:", add_special_tokens=False)["input_ids"]
+    return prompt, prompt
+
+
+def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list[SourceFile]) -> list[dict]:
+    """The chunks of the bank a question retrieves (the search the model runs for it, with the
+    embedding of ``query_ids``), best first; their text from the files via their text spans."""
+    bank = memory.bank(0)
+    query = model.memlong_retriever.embed([query_ids[-model.memlong_config.chunk_size:]])[0]
+    slots, scores = bank.search(query, model.memlong_config.top_k, count=False)
+    out = []
+    for s, score in zip(slots.tolist(), scores.tolist()):
+        a, b = (int(x) for x in bank.text_spans[s].tolist())
+        row = {"chunk_id": int(bank.chunk_ids[s]), "tokens": [int(x) for x in bank.spans[s].tolist()],
+               "score": round(float(score), 4)}
+        if 0 <= a < b:
+            f, line = locate(files, a)
+            row.update(file=f.given, line=line, chars=[a, b], text=text[a:b][:PREVIEW_CHARS])
+        else:  # no text span recorded: the chunk's tokens, decoded
+            row["text"] = model.memlong_tokenizer.decode(bank.token_ids[s].tolist())[:PREVIEW_CHARS]
+        out.append(row)
+    return out
+
+
+def answer_end(tok, start: int):
+    """A stopping criterion: a plain answer (generated from column ``start`` on) ends once its text,
+    leading blank lines aside, holds one of :data:`STOPS`."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class AnswerEnd(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            text = tok.decode(input_ids[0, start:], skip_special_tokens=True).lstrip()
+            done = any(stop in text for stop in STOPS)
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    return AnswerEnd()
+
+
+def answer(model, tok, memory, question: str, chat: bool, max_new_tokens: int) -> tuple[str, float]:
+    """Greedy answer to ``question`` from ``memory`` (which the answer reads into: pass a copy to
+    keep it), and its seconds. Retrieval is focused on the question (``generate(requery=True)``;
+    with the chat template, on the question without the template around it)."""
+    import torch
+
+    prompt, query = question_ids(tok, question, chat)
+    ids = torch.tensor([prompt], device=model.device)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    t0 = time.perf_counter()
+    if chat:
+        memory.focus_on(model.memlong_retriever, [query[-model.memlong_config.chunk_size:]])
+        try:
+            out = model.generate(ids, memory=memory, **kw)
+        finally:
+            memory.unfocus()
+    else:  # one paragraph: stop at a blank line or another "Question:"
+        from transformers import StoppingCriteriaList
+
+        out = model.generate(ids, memory=memory, requery=True,
+                             stopping_criteria=StoppingCriteriaList([answer_end(tok, len(prompt))]), **kw)
+    seconds = time.perf_counter() - t0
+    text = tok.decode(out[0, len(prompt):], skip_special_tokens=True)
+    if not chat:
+        text = text.lstrip()
+        for stop in STOPS:
+            text = text.split(stop)[0]
+    return text.strip(), seconds
+
+
+def stdin_questions(stream=None):
+    """Questions from stdin, one per line, until an empty line or EOF (a TTY gets a prompt)."""
+    stream = stream or sys.stdin
+    tty = stream.isatty()
+    while True:
+        if tty:
+            print("question> ", end="", flush=True, file=sys.stderr)
+        try:
+            line = stream.readline()
+        except KeyboardInterrupt:
+            return
+        if not line.strip():
+            return
+        yield line.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_model(args):
+    """(model, tokenizer): the one place ``ask`` loads a model."""
+    from memlong.pretrained import DefaultModelUnavailable, load_memlong_model
+
+    try:
+        return load_memlong_model(args.model, retriever=args.retriever)
+    except DefaultModelUnavailable as e:
+        raise SystemExit(f"memlong ask: {e}") from None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"memlong ask: cannot load the model {args.model!r} ({e}); pass --model with a MemLong "
+                         "directory or a base model name or path") from None
+
+
+def run(args) -> int:
+    import torch
+
+    if args.max_new_tokens < 1:
+        raise SystemExit(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
+    if args.question is not None and not all(q.strip() for q in args.question):
+        raise SystemExit("--question must not be empty")
+    files = [read_source(f) for f in args.files]  # bad input fails before any model is loaded
+    memory_dir = check_memory_dir(args.memory)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report: dict = {"files": [{**f.record(), "given": f.given} for f in files], "model": model_identity(args.model)}
+    text = join_sources(files)
+    model, tok = _load_model(args)
+    report.update(retriever=model.memlong_retriever.describe(), memlong_config=model.memlong_config.to_dict())
+
+    action, reasons = plan_reuse(memory_dir, files, model, args)
+    memory = None
+    if action == "reuse":
+        from memlong.memory.bank import BankFileError
+
+        t0 = time.perf_counter()
+        try:
+            memory = model.load_memory(memory_dir)
+        except (BankFileError, OSError, ValueError, KeyError, RuntimeError) as e:
+            raise _refuse(memory_dir, f"loading it failed: {e}") from None
+        tokens, load_s = memory.seen[0], time.perf_counter() - t0
+        print(f"memory: {memory_dir} holds these files, unchanged: loaded {tokens:,} tokens in {load_s:.1f} s; "
+              "nothing read", flush=True)
+        report.update(memory={"dir": str(memory_dir), "reused": True, "load_seconds": round(load_s, 3)},
+                      tokens_in_memory=tokens, tokens_read=0, seconds=0.0, tokens_per_s=None)
+        print("tokens read: 0", flush=True)
+    else:
+        if reasons:
+            print(f"memory: {memory_dir} is out of date, reading again:", flush=True)
+            for r in reasons:
+                print(f"  {r}", flush=True)
+        names = ", ".join(f.given for f in files)
+        print(f"reading {len(files)} file(s) ({names}): {len(text):,} characters", flush=True)
+        t0 = time.perf_counter()
+        memory = model.ingest_text(text, progress=True)
+        seconds = time.perf_counter() - t0
+        tokens = memory.seen[0]
+        print(f"tokens read: {tokens:,} in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s)", flush=True)
+        report.update(tokens_in_memory=tokens, tokens_read=tokens, seconds=round(seconds, 3),
+                      tokens_per_s=round(tokens / seconds, 1))
+        report["memory"] = {"dir": str(memory_dir) if memory_dir else None, "reused": False, "changed": reasons}
+        if memory_dir is not None:
+            try:
+                memory_dir.mkdir(parents=True, exist_ok=True)
+                memory.save(memory_dir)  # atomic: the previous memory stays loadable until this completes
+                write_manifest(memory_dir, manifest_for(files, model, args, tokens, memory_dir))
+            except OSError as e:
+                raise SystemExit(f"memlong ask: could not save the memory to {memory_dir} ({e}); a memory saved "
+                                 "there before is unchanged") from None
+            print(f"saved the memory to {memory_dir}", flush=True)
+
+    chat = uses_chat(tok, args.format)
+    report["question_format"] = "chat" if chat else "plain"
+    report["questions"] = []
+    questions = list(args.question) if args.question is not None else None
+    source = questions if questions is not None else stdin_questions()
+    for i, question in enumerate(source):
+        last = questions is not None and i == len(questions) - 1
+        row: dict = {"question": question}
+        if args.show_retrieved:
+            row["retrieved"] = retrieved_chunks(model, memory, question_ids(tok, question, chat)[1], text, files)
+        # Each question reads into its own copy, so every answer comes from the text alone.
+        work = memory if last else copy.deepcopy(memory)
+        row["answer"], secs = answer(model, tok, work, question, chat, args.max_new_tokens)
+        row["seconds"] = round(secs, 3)
+        report["questions"].append(row)
+        print(f"\nQ: {question}\nA: {row['answer']}", flush=True)
+        for r in row.get("retrieved", []):
+            where = f"{r['file']}:{r['line']}" if "file" in r else "(no text span)"
+            snippet = r["text"].replace("\n", " ")
+            print(f"   chunk {r['chunk_id']:>5}  tokens {r['tokens'][0]:,}-{r['tokens'][1]:,}  score {r['score']:.3f}  "
+                  f"{where}  {snippet!r}", flush=True)
+    if not report["questions"]:
+        print("no question asked", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}", flush=True)
+    return 0

@@ -1,0 +1,279 @@
+"""`memlong ask`: files read into memory, questions answered from it, the memory saved and reused
+while the files are unchanged; on a tiny MemLong model (training-free mode, hashing retriever)
+saved as a directory with the toy base's tokenizer, so `--model DIR` loads it as a user would."""
+
+import io
+import json
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import memlong
+from memlong.cli import main
+from memlong.pretrained import toy_base_model_path
+from memlong.recipes.ask import MANIFEST
+
+from conftest import small_memlong_config
+
+LIB = Path(sysconfig.get_paths()["stdlib"])
+QUESTION = "What does the parser do with the arguments?"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ask_model")
+    tok = AutoTokenizer.from_pretrained(toy_base_model_path())
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512))
+    cfg = small_memlong_config(mode="training_free", memory_layer=1, retrieval_layers=(1, 2, 3, 4), chunk_size=16,
+                               top_k=2, memory_capacity=4096, local_window=64)
+    m = memlong.wrap(lm, cfg, retriever=memlong.HashingRetriever())
+    m.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.fixture
+def files(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text((LIB / "argparse.py").read_text()[:2500])
+    b.write_text((LIB / "textwrap.py").read_text()[:2000])
+    return a, b
+
+
+def ask(model_dir, *argv):
+    return main(["ask", *map(str, argv), "--model", str(model_dir), "--retriever", "hashing", "--max-new-tokens", "4",
+                 "--threads", "1"])
+
+
+def report(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def test_answer_printed_and_json(model_dir, files, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert ask(model_dir, *files, "--question", QUESTION, "--json", out) == 0
+    printed = capsys.readouterr().out
+    r = report(out)
+    assert r["tokens_read"] > 500 and r["tokens_read"] == r["tokens_in_memory"] and r["tokens_per_s"] > 0
+    assert f"tokens read: {r['tokens_read']:,} in" in printed and "tokens/s" in printed
+    (q,) = r["questions"]
+    assert q["question"] == QUESTION and isinstance(q["answer"], str)
+    assert f"Q: {QUESTION}\nA: {q['answer']}" in printed
+    assert r["question_format"] == "plain" and r["memory"]["reused"] is False
+    assert [f["path"] for f in r["files"]] == [str(f.resolve()) for f in files]
+
+
+def test_memory_saved_then_reused_then_reread_when_a_file_changes(model_dir, files, tmp_path, capsys):
+    mem = tmp_path / "mem"
+    first, second, third = (tmp_path / f"{n}.json" for n in ("first", "second", "third"))
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem, "--json", first) == 0
+    assert f"saved the memory to {mem}" in capsys.readouterr().out
+    manifest = json.loads((mem / MANIFEST).read_text())
+    assert [f["path"] for f in manifest["files"]] == [str(f.resolve()) for f in files]
+    assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in manifest["files"])
+    assert manifest["model"] == str(model_dir.resolve()) and manifest["memlong_version"] == memlong.__version__
+    assert manifest["retriever"]["class"] == "HashingRetriever" and manifest["memlong_config"]["mode"] == "training_free"
+
+    # Unchanged files: the memory is loaded, nothing is read, and the answer is the same.
+    from memlong.modeling import MemLongMixin
+
+    calls, real = [], MemLongMixin.ingest_text
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MemLongMixin, "ingest_text", counting)
+        assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem, "--show-retrieved", "--json", second) == 0
+    printed = capsys.readouterr().out
+    assert calls == [] and "nothing read" in printed and "tokens read: 0" in printed
+    texts = {str(f): f.read_text() for f in files}  # the loaded bank still maps chunks to the files' text
+    assert all(c["text"] in texts[c["file"]] for c in report(second)["questions"][0]["retrieved"])
+    assert report(second)["memory"]["reused"] is True and report(second)["tokens_read"] == 0
+    assert report(second)["tokens_in_memory"] == report(first)["tokens_read"]
+    assert report(second)["questions"][0]["answer"] == report(first)["questions"][0]["answer"]
+
+    # A changed file: named, read again, the saved memory and manifest replaced.
+    files[1].write_text(files[1].read_text() + "\nOne more line at the end.\n")
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem, "--json", third) == 0
+    printed = capsys.readouterr().out
+    assert "out of date" in printed and f"{files[1]}: content changed" in printed and str(files[0]) + ":" not in printed
+    assert report(third)["tokens_read"] > report(first)["tokens_read"]
+    new = json.loads((mem / MANIFEST).read_text())
+    assert new["files"][0] == manifest["files"][0] and new["files"][1]["sha256"] != manifest["files"][1]["sha256"]
+    assert len([p for p in mem.iterdir() if p.name.startswith("v-")]) == 1  # the old version was replaced
+    # ... and reused after that.
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert "nothing read" in capsys.readouterr().out
+    # A save interrupted between memory.json and the manifest: that memory is not trusted, it is read again.
+    (mem / MANIFEST).write_text(json.dumps({**new, "memory_version": "v-interrupted"}))
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert "an interrupted save" in capsys.readouterr().out
+    assert json.loads((mem / MANIFEST).read_text())["memory_version"] == json.loads((mem / "memory.json").read_text())["version"]
+
+
+def test_a_file_given_or_dropped_counts_as_a_change(model_dir, files, tmp_path, capsys):
+    mem = tmp_path / "mem"
+    assert ask(model_dir, files[0], "-q", QUESTION, "--memory", mem) == 0
+    capsys.readouterr()
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert f"{files[1]}: not in the saved memory" in capsys.readouterr().out
+
+
+def test_corrupted_or_foreign_memory_is_refused_and_kept(model_dir, files, tmp_path, capsys):
+    mem = tmp_path / "mem"
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    before = sorted(p.relative_to(mem) for p in mem.rglob("*"))
+
+    # memory.json truncated: the load error is shown with what to do; nothing is deleted.
+    good = (mem / "memory.json").read_text()
+    (mem / "memory.json").write_text(good[: len(good) // 2])
+    with pytest.raises(SystemExit) as e:
+        ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
+    msg = str(e.value)
+    assert f"the memory in {mem} cannot be used" in msg and "memory.json" in msg and "not valid JSON" in msg
+    assert f"rm -r {mem}" in msg and "another --memory" in msg
+    assert sorted(p.relative_to(mem) for p in mem.rglob("*")) == before and all(f.is_file() for f in files)
+    (mem / "memory.json").write_text(good)
+
+    # the window file corrupted
+    (window,) = mem.glob("v-*/window.safetensors")
+    data = window.read_bytes()
+    window.write_bytes(data[:-10])
+    with pytest.raises(SystemExit, match="truncated or corrupted"):
+        ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
+    window.write_bytes(data)
+
+    # a manifest saying another model read it
+    manifest = json.loads((mem / MANIFEST).read_text())
+    (mem / MANIFEST).write_text(json.dumps({**manifest, "model": "someone/else"}))
+    with pytest.raises(SystemExit, match="read by the model 'someone/else'"):
+        ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
+    (mem / MANIFEST).write_text("{")
+    with pytest.raises(SystemExit, match="ask_manifest.json is unreadable or corrupted"):
+        ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
+
+    # a memory saved without `memlong ask` (no manifest): which files it holds is unknown
+    (mem / MANIFEST).unlink()
+    with pytest.raises(SystemExit, match="not saved by `memlong ask`"):
+        ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
+    assert (mem / "memory.json").read_text() == good
+
+    (mem / MANIFEST).write_text(json.dumps(manifest))  # restored: usable again
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert "nothing read" in capsys.readouterr().out
+
+
+def test_interactive_mode_answers_piped_questions_independently(model_dir, files, tmp_path, monkeypatch, capsys):
+    out, alone = tmp_path / "out.json", tmp_path / "alone.json"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTION}\nWhat is wrapped?\n\nnot asked: after the empty line\n"))
+    assert ask(model_dir, *files, "--json", out) == 0
+    printed = capsys.readouterr().out
+    qs = report(out)["questions"]
+    assert [q["question"] for q in qs] == [QUESTION, "What is wrapped?"]
+    assert all(f"Q: {q['question']}\nA: {q['answer']}" in printed for q in qs)
+    # each answer comes from the text alone: the second is what it is when asked on its own
+    assert ask(model_dir, *files, "-q", "What is wrapped?", "--json", alone) == 0
+    assert report(alone)["questions"][0]["answer"] == qs[1]["answer"]
+    # the same two questions given with --question
+    assert ask(model_dir, *files, "-q", QUESTION, "-q", "What is wrapped?", "--json", alone) == 0
+    assert [q["answer"] for q in report(alone)["questions"]] == [q["answer"] for q in qs]
+
+
+def test_show_retrieved_prints_chunk_text_from_the_files(model_dir, files, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert ask(model_dir, *files, "-q", "How is the text wrapped into lines?", "--show-retrieved", "--json", out) == 0
+    printed = capsys.readouterr().out
+    (q,) = report(out)["questions"]
+    assert len(q["retrieved"]) == 2  # top_k
+    texts = {str(f): f.read_text() for f in files}
+    for r in q["retrieved"]:
+        assert r["file"] in texts and r["text"] and r["text"] in texts[r["file"]]
+        assert len(r["text"]) <= 200 and r["tokens"][1] - r["tokens"][0] == 16
+        line = texts[r["file"]].count("\n", 0, texts[r["file"]].index(r["text"])) + 1
+        assert r["line"] == line
+        assert f"chunk {r['chunk_id']:>5}  tokens {r['tokens'][0]:,}-{r['tokens'][1]:,}  score {r['score']:.3f}" \
+               f"  {r['file']}:{r['line']}" in printed
+        assert repr(r["text"].replace("\n", " ")) in printed
+
+
+def test_a_plain_answer_ends_at_a_blank_line_or_the_next_question():
+    from memlong.recipes.ask import answer_end
+
+    tok = AutoTokenizer.from_pretrained(toy_base_model_path())
+    prompt = tok("\n\nQuestion: What is the code?\nAnswer:", add_special_tokens=False)["input_ids"]
+    end = answer_end(tok, len(prompt))
+
+    def stops(generated: str) -> bool:
+        ids = torch.tensor([prompt + tok(generated, add_special_tokens=False)["input_ids"]])
+        return bool(end(ids, None)[0])
+
+    assert not stops("\n\nThe code is 48213.")  # leading blank lines are not an end
+    assert stops("\n\nThe code is 48213.\n\nThe code") and stops(" 48213.\nQuestion: and")
+    assert not stops(" 48213.\nIt opens the vault.")
+
+
+def test_bad_inputs_give_clear_errors(model_dir, files, tmp_path):
+    empty, folder, latin = tmp_path / "empty.txt", tmp_path / "folder", tmp_path / "latin1.txt"
+    empty.write_text("  \n")
+    folder.mkdir()
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    cases = [
+        ([tmp_path / "missing.txt"], f"no such file: {tmp_path / 'missing.txt'}"),
+        ([files[0], empty], f"{empty} is empty"),
+        ([folder], f"{folder} is a directory, not a text file"),
+        ([latin], f"{latin} is not UTF-8 text"),
+        ([*files, "--memory", files[0]], f"--memory {files[0]} is a file, not a directory"),
+        ([*files, "--question", " "], "--question must not be empty"),
+        ([*files, "--format", "chat", "-q", QUESTION], "no chat template"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            ask(model_dir, *argv)
+        assert message in str(e.value), (argv, str(e.value))
+    with pytest.raises(SystemExit, match="cannot load the model"):
+        main(["ask", str(files[0]), "--model", str(tmp_path / "no-model-here"), "-q", QUESTION])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="other files in it"):
+        ask(model_dir, *files, "-q", QUESTION, "--memory", other)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_default_model_finds_a_fact_planted_near_the_start_of_32k_tokens(tmp_path):
+    """The real default model (SmolLM2-135M-Instruct, training-free, MiniLM retriever) reads more
+    than 32k tokens of stdlib sources and answers a question about a fact stated near the start."""
+    from memlong.pretrained import default_base_model_path
+
+    tok = AutoTokenizer.from_pretrained(default_base_model_path())
+    parts, chars = [], 0
+    for path in sorted(LIB.glob("*.py")):
+        parts.append(path.read_text(encoding="utf-8", errors="replace"))
+        chars += len(parts[-1])
+        if chars > 200_000:
+            break
+    text = "\n\n".join(parts)
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    text = text[: offsets[34_000][0]]  # 34k tokens: past 32k, and the run stays a few minutes
+    cut = text.index("\n", 3000) + 1  # about 1k tokens in: long gone from the 1024-token window at the end
+    doc = tmp_path / "long.txt"
+    doc.write_text(text[:cut] + "The secret code of the vault is 48213.\n" + text[cut:])
+    out = tmp_path / "ask.json"
+    t0 = time.perf_counter()
+    assert main(["ask", str(doc), "--question", "What is the secret code of the vault?", "--max-new-tokens", "20",
+                 "--show-retrieved", "--threads", "2", "--json", str(out)]) == 0
+    r = report(out)
+    print(f"{r['tokens_read']} tokens, {r['tokens_per_s']} tokens/s, {time.perf_counter() - t0:.0f} s in all; "
+          f"answer {r['questions'][0]['answer']!r}; retrieved {[(c['chunk_id'], c['score']) for c in r['questions'][0]['retrieved']]}")
+    assert r["tokens_read"] > 32_768
+    assert "48213" in r["questions"][0]["answer"]
