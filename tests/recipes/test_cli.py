@@ -121,26 +121,6 @@ def test_demo_shows_the_chunks_generate_reads(tmp_path):
         assert torch.equal(bank.counts, counts)
 
 
-def test_demo_question_prompt():
-    """A user turn of the chat template (ChatML's default system turn left out), else Question/Answer."""
-    from memlong.recipes.demo import ANSWER_HINT, question_prompt
-
-    class ChatML:
-        chat_template = "chatml"
-
-        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-            assert not tokenize and add_generation_prompt
-            return ("<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n<|im_start|>user\n"
-                    f"{messages[0]['content']}<|im_end|>\n<|im_start|>assistant\n")
-
-    class Plain:
-        chat_template = None
-
-    want = f"\n<|im_start|>user\nWho? {ANSWER_HINT}<|im_end|>\n<|im_start|>assistant\n"
-    assert question_prompt(ChatML(), "Who?") == want
-    assert question_prompt(Plain(), "Who?") == "\n\nQuestion: Who?\nAnswer:"
-
-
 def test_demo_default_document_is_held_out():
     import sysconfig
     from pathlib import Path

@@ -10,8 +10,8 @@
    the bank; later tokens attend to the top-k retrieved chunks) and WITHOUT memory (the same model
    and local window, retrieval off). Each read takes all but the last ``--score`` tokens with
    ``model.ingest`` and then one forward over those last tokens, whose logits give the perplexity;
-4. after each read, asks about each fact in other words than the fact's sentence (a user turn
-   of the model's chat template, the same prompt with and without memory), each question from a
+4. after each read, asks about each fact in other words than the fact's sentence (as ``memlong
+   ask`` does: ``Question: ...`` / ``Answer:``, the same prompt with and without memory), each question from a
    copy of the memory as the read left it (so no question sees another's answer):
    ``generate(requery=True)``, greedy; shows which chunks the question retrieves, whether the
    fact's chunk is among them, the answer and whether it contains the expected value;
@@ -50,7 +50,6 @@ FACTS = (
     (0.30, "The ferry to Korvath Island departs from pier {pier}.",
      "From which pier does the Korvath Island ferry leave?"),
 )
-ANSWER_HINT = "Answer briefly from the text above."
 SURNAMES = ("Venmire", "Quillacre", "Dorrowind", "Tallisker", "Brackenholt", "Marrowgate")
 
 
@@ -211,18 +210,6 @@ def _read_document(model, ids, offsets, score: int, use_memory: bool, label: str
     return memory, rec
 
 
-def question_prompt(tok, question: str) -> str:
-    """The text that asks ``question`` after the document: a user turn of the model's chat
-    template when it has one (an instruct model answers in its own format; a default system
-    turn the template would prepend is left out), else ``Question: ... Answer:``."""
-    if getattr(tok, "chat_template", None):
-        turn = tok.apply_chat_template([{"role": "user", "content": f"{question} {ANSWER_HINT}"}], tokenize=False,
-                                       add_generation_prompt=True)
-        user = turn.find("<|im_start|>user")  # ChatML (SmolLM2, Qwen): drop the default system turn
-        return "\n" + (turn[user:] if user >= 0 else turn)
-    return f"\n\nQuestion: {question}\nAnswer:"
-
-
 def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: str) -> dict:
     """The chunks ``generate(requery=True)`` gives the question and its answer: the question's
     embedding searches the bank; when the config re-ranks (``rerank_candidates``), the top
@@ -263,21 +250,17 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
 
 
 def _ask(model, tok, memory, fact: dict, text: str, max_new_tokens: int) -> dict:
-    """One question on ``memory`` (consumed): the chunks it retrieves, the greedy answer."""
-    import torch
+    """One question on ``memory`` (consumed), put as ``memlong ask`` puts it (``Question: ...`` /
+    ``Answer:``, retrieval focused on it): the chunks it retrieves, the greedy answer."""
+    from memlong.recipes.ask import answer, question_ids
 
-    prompt = question_prompt(tok, fact["question"])
-    q_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    rec: dict = {"prompt": prompt}
+    prompt, query = question_ids(tok, fact["question"], chat=False)
+    rec: dict = {"prompt": tok.decode(prompt)}
     if memory.retrieval:
-        rec.update(_question_retrieval(model, tok, memory, q_ids, fact, text))
-    ids = torch.tensor([q_ids])
-    t0 = time.perf_counter()
-    out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), requery=True,
-                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    rec["answer"] = tok.decode(out[0, len(q_ids) :], skip_special_tokens=True)
+        rec.update(_question_retrieval(model, tok, memory, query, fact, text))
+    rec["answer"], seconds = answer(model, tok, memory, fact["question"], chat=False, max_new_tokens=max_new_tokens)
     rec["correct"] = _contains(rec["answer"], fact["expected"])
-    rec["generate_seconds"] = round(time.perf_counter() - t0, 2)
+    rec["generate_seconds"] = round(seconds, 2)
     return rec
 
 
