@@ -3,7 +3,6 @@ final/ (trained tensors + gates + config + memlong_base.json pointing to a local
 demo running on it."""
 
 import json
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -76,27 +75,6 @@ def test_loads_fake_reference_with_the_base_tokenizer(fake_reference, monkeypatc
     assert tok.model_max_length >= 10**9 and len(tok) == model.config.vocab_size  # the base's tokenizer
     assert torch.equal(dict(model.named_parameters())[TRAINED], expected)
     assert all(torch.all(g == 1.0) for g in model.memlong_gates().values())
-
-
-def test_demo_uses_the_reference_model(fake_reference, tmp_path):
-    from memlong.cli import main
-
-    ref, _ = fake_reference
-    doc = tmp_path / "doc.txt"
-    doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:9000])
-    out = tmp_path / "demo.json"
-    assert main(["demo", "--model", str(ref), "--retriever", "hashing", "--doc", str(doc), "--passkey-length", "4096",
-                 "--passkey-trials", "1", "--no-passkey-baseline", "--max-new-tokens", "4", "--threads", "1",
-                 "--json", str(out)]) == 0
-    s = json.loads(out.read_text())
-    assert s["reference_model"] is True and str(ref) in s["model"]
-    assert s["memlong_config"]["local_window"] == 256 and s["memlong_config"]["chunk_size"] == 64
-    assert all(v > 0.7 for v in s["gates_mean_abs_tanh"].values())  # tanh(1)
-    assert s["ppl"]["with_memory"] != s["ppl"]["without_memory"]  # open gates: memory changes predictions
-    assert "accuracy_memory" in s["passkey"] and "accuracy_no_memory" not in s["passkey"]
-    assert s["fact"]["fact_chunk_in_memory"] is True
-    with pytest.raises(SystemExit, match="no MemLong model"):
-        main(["demo", "--model", str(tmp_path), "--json", str(out)])
 
 
 @pytest.mark.skipif(not (DEFAULT_REFERENCE_MODEL / "memlong_config.json").is_file(), reason="no shipped reference model")
