@@ -301,8 +301,8 @@ class MemLongMixin:
         a memory given to transformers as a user-defined cache (no private hook).
 
         ``requery``: answer a question with the chunks it is about. The question (the whole
-        prompt when ``memory`` is given, else the prompt's last ``chunk_size`` tokens; or its last
-        ``requery=N`` tokens) is embedded first, and the question and the answer are read
+        prompt when ``memory`` has already read text, else the prompt's last ``chunk_size`` tokens;
+        or its last ``requery=N`` tokens) is embedded first, and the question and the answer are read
         retrieving with that embedding (:meth:`MemLongCache.focus_on`); what comes before the
         question is read as usual. The question's tokens then depend on its end: for answering,
         not for scoring the question.
@@ -337,8 +337,8 @@ class MemLongMixin:
             raise ValueError("generate(requery=...) needs the prompt's last column to be real in every row "
                              "(use left padding)")
         S = input_ids.shape[1]
-        if requery is True:  # with a memory the prompt is the question; alone, its last chunk is
-            n = S if memory is not None else min(S, self.memlong_config.chunk_size)
+        if requery is True:  # after a memory that has read text the prompt is the question; else its last chunk
+            n = S if memory is not None and memory.columns > 0 else min(S, self.memlong_config.chunk_size)
         else:
             n = int(requery)
             if not 1 <= n <= S:

@@ -299,13 +299,19 @@ def _measured(row: dict, key: str, **on_failure):
     row["seconds"] = round(time.perf_counter() - t0, 2)
 
 
+def passkey_question_ids(tok) -> list[int]:
+    """The tokens that end every passkey prompt: the question, "What is the pass key? The pass key is"."""
+    from memlong.training import PASSKEY_QUESTION
+
+    return tok("\n" + PASSKEY_QUESTION.split("{key}")[0].rstrip(), add_special_tokens=False)["input_ids"]
+
+
 def passkey_prompt(tok, pool: list[int], key: str, length: int, depth: float, offset: int = 0) -> list[int]:
     """``length`` tokens: haystack from ``pool`` (starting at ``offset``) with the passkey statement
     at ``depth`` of it, ending with the question whose answer is ``key``."""
-    from memlong.training import PASSKEY_QUESTION, PASSKEY_STATEMENT
+    from memlong.training import PASSKEY_STATEMENT
 
-    question = PASSKEY_QUESTION.split("{key}")[0].rstrip()  # "What is the pass key? The pass key is"
-    q_ids = tok("\n" + question, add_special_tokens=False)["input_ids"]
+    q_ids = passkey_question_ids(tok)
     s_ids = tok("\n" + PASSKEY_STATEMENT.format(key=key) + "\n", add_special_tokens=False)["input_ids"]
     budget = length - len(s_ids) - len(q_ids)
     if budget < 0 or len(pool) < budget:
@@ -357,7 +363,8 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
                         if method in ("memlong", "memlong_no_memory"):
                             memory = model.new_memory(1, retrieval=method == "memlong")
                             out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids),
-                                                 max_new_tokens=new_tokens, do_sample=False, requery=args.requery,
+                                                 max_new_tokens=new_tokens, do_sample=False,
+                                                 requery=len(passkey_question_ids(tok)) if args.requery else False,
                                                  pad_token_id=tok.pad_token_id)
                         else:
                             if method == "base_truncated":
