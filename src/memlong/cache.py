@@ -542,11 +542,11 @@ class MemLongCache(Cache):
         tau = self.config.chunk_size
         for b, query in zip(rows, queries):
             self.focus[b] = query
-            self.focus_rescore[b] = self._window_rescore(b, query, retriever)
+            self.focus_rescore[b] = self.window_rescore(b, query, retriever)
             if self.seen[b] % tau:
                 self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query, self.focus_rescore[b])
 
-    def _window_rescore(self, b: int, query: torch.Tensor, retriever: Retriever):
+    def window_rescore(self, b: int, query: torch.Tensor, retriever: Retriever):
         """A chunk's score for a question: the best of its own and its windows' of
         ``rerank_window`` tokens (half-overlapping). A short fact inside a long chunk of other
         text matches its window far better than the whole chunk's embedding."""

@@ -114,7 +114,7 @@ def test_demo_shows_the_chunks_generate_reads(tmp_path):
         assert shown["reranked_candidates"] == cfg.rerank_candidates and len(shown["retrieved"]) == cfg.top_k
         q = model.memlong_retriever.embed([q_ids[-cfg.chunk_size :]])[0]
         counts = bank.counts.clone()
-        rescore = memory._window_rescore(0, q, model.memlong_retriever)
+        rescore = memory.window_rescore(0, q, model.memlong_retriever)
         slots = bank.retrieve(q, cfg.top_k, cfg.retrieval_offsets, rescore=rescore, candidates=cfg.rerank_candidates)
         bank.counts.copy_(counts)
         assert sorted(h["chunk_id"] for h in shown["retrieved"]) == sorted(bank.chunk_ids[slots].tolist())

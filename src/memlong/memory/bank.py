@@ -347,8 +347,7 @@ class MemoryBank:
             _, cand = self.index.search(q, want, self.embeddings, self.valid)
             emb = self.embeddings[cand.to(self.embeddings.device)].float()
             scores = (emb * q.to(emb.device)).sum(-1).cpu()  # row by row: no batch-size-dependent blocking
-            by_id = torch.argsort(self.chunk_ids[cand], stable=True)
-            order = by_id[torch.argsort(scores[by_id], descending=True, stable=True)]
+            order = self.rank(cand, scores)
             top = order[:k]
             done = want >= n or len(cand) < want or bool(scores[order[-1]] < scores[top[-1]] - TIE_TOLERANCE)
             if done:
@@ -358,6 +357,12 @@ class MemoryBank:
         if count:
             self.counts[slots] += 1
         return slots, scores
+
+    def rank(self, slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The order of ``slots`` by ``scores``, best first, older chunk first among equal scores:
+        the one ordering every search and re-ranking uses, so ties never depend on a backend."""
+        by_id = torch.argsort(self.chunk_ids[slots], stable=True)
+        return by_id[torch.argsort(scores[by_id], descending=True, stable=True)]
 
     def retrieve(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,), rescore=None,
                  candidates: int = 0) -> torch.Tensor:
@@ -372,8 +377,7 @@ class MemoryBank:
         if rescore is not None and candidates > k:
             slots, scores = self.search(query, candidates, count=False)
             scores = rescore(slots, scores).float().cpu()
-            by_id = torch.argsort(self.chunk_ids[slots], stable=True)
-            slots = slots[by_id[torch.argsort(scores[by_id], descending=True, stable=True)]][:k]
+            slots = slots[self.rank(slots, scores)][:k]
         else:
             slots, _ = self.search(query, k, count=False)
         if tuple(offsets) != (0,) and slots.numel():

@@ -215,21 +215,17 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
     embedding searches the bank; when the config re-ranks (``rerank_candidates``), the top
     candidates are scored again by their best ``rerank_window``-token window, as
     :meth:`MemLongCache.focus_on` does, and the best ``top_k`` kept. Counters are not touched."""
-    import torch
-
     cfg = model.memlong_config
     bank = memory.bank(0)
     q_emb = model.memlong_retriever.embed([q_ids[-cfg.chunk_size :]])[0]  # what focus_on embeds
-    make_rescore = getattr(memory, "_window_rescore", None)  # the cache's own re-ranker, when it has one
-    rescore = make_rescore(0, q_emb, model.memlong_retriever) if make_rescore is not None else None
-    candidates = getattr(cfg, "rerank_candidates", 0) if rescore is not None else 0
+    rescore = memory.window_rescore(0, q_emb, model.memlong_retriever)  # the cache's own re-ranker (None: off)
+    candidates = cfg.rerank_candidates if rescore is not None else 0
     all_slots, cos = bank.search(q_emb, len(bank), count=False)  # every chunk by its embedding, best first
     cos_of = dict(zip(all_slots.tolist(), cos.tolist()))
     if candidates > cfg.top_k:
         cand = all_slots[:candidates]
         scores = rescore(cand, cos[:candidates]).float().cpu()
-        by_id = torch.argsort(bank.chunk_ids[cand], stable=True)  # ties: older chunk first, as bank.retrieve
-        order = by_id[torch.argsort(scores[by_id], descending=True, stable=True)]
+        order = bank.rank(cand, scores)  # the order bank.retrieve keeps
         slots, final = cand[order][: cfg.top_k].tolist(), scores[order][: cfg.top_k].tolist()
     else:
         slots, final = all_slots[: cfg.top_k].tolist(), cos[: cfg.top_k].tolist()
