@@ -1,17 +1,23 @@
-"""Rewrites the README's generated sections from the JSON the benchmark commands wrote.
+"""Rewrites the generated sections of the README and docs/*.md from the JSON the commands wrote.
 
-    python scripts/render_readme.py            # after: memlong bench ingest --json docs/results/bench_ingest.json
-    python scripts/render_readme.py --check    # exit 1 if README.md is out of date (tests/test_readme.py)
+    python scripts/render_readme.py            # after: make bench (docs/results/bench_ingest_default.json)
+    python scripts/render_readme.py --check    # exit 1 if a file is out of date (tests/test_readme.py)
+    python scripts/render_readme.py docs/HISTORY.md   # only the files named
 
-Figures are never typed by hand: every number between the markers comes from the JSON.
-Sections: ``bench`` (docs/results/bench_ingest.json, plot bench_ingest.png), ``million``
-(docs/results/bench_million.json beside the other bench_million_*.json) and ``search`` (docs/results/bench_search_minilm.json beside
-bench_search.json).
+Figures are never typed by hand: every number between a section's markers
+(``<!-- name:start -->`` ... ``<!-- name:end -->``) comes from the JSON :data:`SECTIONS` names
+for it; a section whose JSON is missing is left as it is. README.md: ``demo`` (the default
+model's `memlong demo`), ``bench_default`` (`make bench`). docs/HISTORY.md, the earlier 7.5M
+model: ``results`` (its evaluations), ``bench`` (docs/results/bench_ingest.json, plot
+bench_ingest.png), ``million`` (docs/results/bench_million.json beside the other
+bench_million_*.json), ``search`` (bench_search_minilm.json beside bench_search.json) and
+``retriever`` (bench_retriever.json).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -88,7 +94,7 @@ def million_section(path: Path) -> str:
     runs = [path] + sorted(p for p in RESULTS.glob("bench_million_*.json") if p != path)
     datas = [json.loads(p.read_text()) for p in runs]
     out = [
-        "MemLong with the shipped base model reading up to a million tokens of the stdlib's sources:",
+        "MemLong reading up to a million tokens of the stdlib's sources (the model: below the table):",
         "",
         *[f"- {_machine(d, p)}" for d, p in zip(datas, runs)],
         "",
@@ -195,6 +201,7 @@ def results_section(paths: list[Path]) -> str:
     return "\n".join(out).rstrip()
 
 
+# The earlier 7.5M reference model's evaluations (docs/HISTORY.md).
 REFERENCE_RESULTS = [RESULTS / f"reference_{name}.json" for name in
                      ("ppl_validation", "ppl_test", "copy_probe", "ppl_test_int8", "ppl_test_fp8", "passkey", "icl")]
 
@@ -225,6 +232,7 @@ DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in ("passkey", "ppl
 
 SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
             "default": (RESULTS / "default_passkey.json", lambda _: results_section(DEFAULT_RESULTS)),
+            "bench_default": (RESULTS / "bench_ingest_default.json", bench_section),
             "bench": (RESULTS / "bench_ingest.json", bench_section),
             "retriever": (RESULTS / "bench_retriever.json", retriever_section),
             "results": (RESULTS / "reference_ppl_test.json", lambda _: results_section(REFERENCE_RESULTS)),
@@ -232,30 +240,50 @@ SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
             "search": (RESULTS / "bench_search_minilm.json", search_section)}
 
 
-def render(text: str) -> str:
+def render(text: str, page: Path = ROOT / "README.md") -> str:
+    """``text`` (the contents of ``page``) with every section between its markers rebuilt."""
     for name, (path, section) in SECTIONS.items():
         marker = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", flags=re.DOTALL)
         if marker.search(text) and path.exists():
-            body = section(path)
+            body = _relative_links(section(path), page)
             text = marker.sub(lambda mt, body=body: mt.group(1) + body + "\n" + mt.group(2), text)
     return text
 
 
+def _relative_links(body: str, page: Path) -> str:
+    """Markdown link targets under docs/ (sections write them from the repository root) made
+    relative to the folder of ``page``, where the reader's viewer resolves them."""
+    return re.sub(r"\]\((docs/[^)\s]+)\)",
+                  lambda m: "](" + os.path.relpath(ROOT / m.group(1), page.resolve().parent) + ")", body)
+
+
+def rendered_files() -> list[Path]:
+    """The files whose sections are rendered: README.md and every docs/*.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    check = "--check" in argv
+    files = [Path(a).resolve() for a in argv if a != "--check"] or rendered_files()
     for name, (path, _) in SECTIONS.items():
         if not path.exists():
             print(f"{path} not found: section {name!r} left as it is (the commands above write it)", file=sys.stderr)
-    new = render(text)
-    if "--check" in argv:
-        if new != text:
-            print("README.md is out of date: run python scripts/render_readme.py", file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(new)
-    print(f"updated {readme}")
+    stale = []
+    for f in files:
+        text = f.read_text()
+        new = render(text, f)
+        if new == text:
+            continue
+        if check:
+            stale.append(f)
+        else:
+            f.write_text(new)
+            print(f"updated {f}")
+    if stale:
+        print(f"out of date: {', '.join(str(f.relative_to(ROOT)) for f in stale)}: run python scripts/render_readme.py",
+              file=sys.stderr)
+        return 1
     return 0
 
 

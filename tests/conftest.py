@@ -3,6 +3,8 @@
 Markers: ``slow`` tests (real sentence-transformers retriever on long inputs, benchmarks) are
 skipped by plain ``pytest`` (see pyproject addopts); run them with ``pytest -m slow``.
 Tiny models use 8 query heads over 4 KV heads so grouped-query code paths really run.
+Verbs that load a model folder get one from :func:`save_tiny_lm`: a tiny random Llama saved with
+the ``bpe_tokenizer_dir`` fixture's tokenizer, trained here in a second (no download, no real model).
 
 Deprecations: a FutureWarning/DeprecationWarning attributed to memlong's own code (the frame its
 ``stacklevel`` names, looking through torch's ``nn.Module.__call__``) fails the test
@@ -137,6 +139,42 @@ def gated_llama(**config_kw):
     m = memlong.wrap(model, small_memlong_config(**config_kw), retriever=memlong.HashingRetriever(dim=32))
     set_gates(m)
     return m, ref
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_dir(tmp_path_factory):
+    """Folder of a 512-entry byte-level BPE (``memlong.tokenizer``: what ``memlong data`` trains)
+    fitted on a few stdlib modules: an offline tokenizer for real text."""
+    import sysconfig
+    from pathlib import Path
+
+    from memlong.tokenizer import train_and_save
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [(lib / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "inspect.py", "textwrap.py",
+                                                     "shutil.py", "tempfile.py")]
+    folder = tmp_path_factory.mktemp("bpe_tokenizer")
+    train_and_save(texts, 512, folder)
+    return folder
+
+
+def save_tiny_lm(folder, tokenizer_dir, layers: int = 4, seed: int = 0, **config):
+    """Saves a tiny random Llama with ``tokenizer_dir``'s vocabulary and that tokenizer into
+    ``folder`` (a ``from_pretrained`` folder, as a user's model would be); returns ``folder``.
+    ``config``: LlamaConfig fields to change (default: hidden 64, 8 heads / 4 KV heads, 1024 positions)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    cfg = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+               num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg.update(config)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(LlamaConfig(**cfg)).eval().save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return Path(folder)
 
 
 def _package(frame) -> str:

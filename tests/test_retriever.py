@@ -181,17 +181,6 @@ def test_embedding_retriever_uses_the_token_counts_shipped_in_the_model_folder(t
         count_tokens([[vocab]], vocab)
 
 
-def test_shipped_base_ships_token_counts_for_its_vocabulary():
-    from memlong.pretrained import toy_base_model_path
-    from memlong.retriever import load_token_counts
-
-    counts = load_token_counts(toy_base_model_path())
-    if counts is None:
-        pytest.skip("no base model committed")
-    cfg = LlamaConfig.from_pretrained(toy_base_model_path())
-    assert counts.shape == (cfg.vocab_size,) and int(counts.sum()) > 100_000
-
-
 def tiny_model_pair():
     from conftest import tiny_model
 
@@ -221,19 +210,28 @@ def test_embedding_retriever_through_wrap_end_to_end():
     assert torch.isfinite(out).all()
 
 
-def test_bench_retriever_runs_end_to_end(tmp_path, monkeypatch):
+def test_bench_retriever_runs_end_to_end(tmp_path, monkeypatch, bpe_tokenizer_dir):
     import json
     import sysconfig
     from pathlib import Path
 
-    from memlong.cli import main
-    from memlong.pretrained import ENV_VAR, toy_base_model_path
+    from conftest import save_tiny_lm
+    from transformers import AutoTokenizer
 
-    monkeypatch.setenv(ENV_VAR, str(toy_base_model_path()))  # the toy base: small, and ships token counts
+    from memlong.cli import main
+    from memlong.pretrained import ENV_VAR
+    from memlong.retriever import count_tokens, save_token_counts
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    docs = [{"id": f"stdlib/{n}", "source": "stdlib", "text": (stdlib / n).read_text()[:800] * 4}
+    # each text repeats every ~6 chunks, so the next chunk often copies an earlier one
+    docs = [{"id": f"stdlib/{n}", "source": "stdlib", "text": (stdlib / n).read_text()[:400] * 8}
             for n in ("argparse.py", "textwrap.py")]
+    # The default base replaced by a tiny model folder that ships token counts (SIF weights).
+    base = save_tiny_lm(tmp_path / "base", bpe_tokenizer_dir)
+    tok = AutoTokenizer.from_pretrained(str(base))
+    seqs = [tok((stdlib / n).read_text()[:4000], add_special_tokens=False)["input_ids"] for n in ("shutil.py", "typing.py")]
+    save_token_counts(base, count_tokens(seqs, len(tok)), {"split": "test"})
+    monkeypatch.setenv(ENV_VAR, str(base))
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
     out = tmp_path / "bench.json"
@@ -245,7 +243,7 @@ def test_bench_retriever_runs_end_to_end(tmp_path, monkeypatch):
     rows = {r["retriever"]: r for r in report["results"]}
     assert set(rows) == {"minilm", "hashing", "embedding_mean", "embedding_centered", "embedding_whitened",
                          "embedding", "embedding_sif", "embedding_sif_self", "random"}
-    # the shipped base folder has token counts: `embedding` is SIF-weighted, `embedding_whitened` not
+    # the base folder has token counts: `embedding` is SIF-weighted, `embedding_whitened` not
     assert rows["embedding"]["describe"]["token_weights"] is not None
     assert rows["embedding_whitened"]["describe"]["token_weights"] is None
     assert rows["minilm"]["recall_at_k"] == 1.0

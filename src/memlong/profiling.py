@@ -1,4 +1,4 @@
-"""Where the time goes: an opt-in accumulator of wall time per phase.
+"""Where the time goes: an opt-in accumulator of wall time per phase, and the machine it ran on.
 
     with memlong.profiling.record() as t:
         model.ingest(ids)
@@ -6,10 +6,15 @@
 
 Off by default (one boolean check per phase). On a GPU, phases are timed without
 synchronising, so device work may be attributed to the next phase that waits for it.
+
+:func:`machine` and :func:`cpu_name` describe the hardware a measurement ran on, for the records
+the benchmarks and training runs write beside their numbers.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -47,3 +52,24 @@ def record():
         yield _active
     finally:
         _active = prev
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> dict:
+    """Cores, platform, torch version, CUDA and the load average: what a timing depends on."""
+    import torch
+
+    # The load average says how much other work shared the CPU (timings are lower bounds then).
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}

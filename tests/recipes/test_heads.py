@@ -7,7 +7,6 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from memlong.cli import main
-from memlong.pretrained import toy_base_model_path
 from memlong.recipes.heads import head_scores
 
 
@@ -42,13 +41,3 @@ def test_verb_on_a_tiny_model(tmp_path, capsys):
     assert "barely copies" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--length"):
         main(["heads", "--model", str(tmp_path / "m"), "--length", "1"])
-
-
-@pytest.mark.skipif(not (toy_base_model_path() / "model.safetensors").is_file(), reason="no shipped base model")
-def test_shipped_base_has_induction_heads_in_layer_6(tmp_path):
-    """What the README and the base card say: induction heads in layer 6 of the shipped base."""
-    out = tmp_path / "heads.json"
-    assert main(["heads", "--model", str(toy_base_model_path()), "--json", str(out)]) == 0
-    data = json.loads(out.read_text())
-    assert data["suggestion"] == {"memory_layer": 6, "retrieval_layers": [7, 8]}
-    assert max(data["induction"][5]) > 0.5 and max(data["previous_token"][1]) > 0.5

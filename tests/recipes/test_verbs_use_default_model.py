@@ -13,14 +13,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import memlong
 from memlong.cli import main
-from memlong.pretrained import DEFAULT_BASE, ENV_VAR, toy_base_model_path
+from memlong.pretrained import DEFAULT_BASE, ENV_VAR
 from memlong.recipes.eval import base_model_of, eval_command
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
+def tiny_base(tmp_path_factory, bpe_tokenizer_dir):
     root = tmp_path_factory.mktemp("tiny_default_base")
-    tok = AutoTokenizer.from_pretrained(toy_base_model_path())
+    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=30,
                                  num_attention_heads=4, num_key_value_heads=2,

@@ -11,9 +11,6 @@ it in ``training_free`` mode: every layer banks its own K/V and attends to the r
 beside its local window, no training needed. :func:`load_memlong_model` loads it, or any MemLong
 directory or base model name, the same way for every verb.
 
-``base/`` is the 7.5M-parameter toy Llama trained from scratch here with ``memlong pretrain`` (see
-its README); the shipped reference MemLong model is built on it: :func:`toy_base_model_path`.
-
     from memlong.pretrained import load_default_base_model, load_memlong_model
     model, tokenizer = load_default_base_model()   # float32, eval mode, offline
     model, tokenizer = load_memlong_model()        # the default MemLong model
@@ -35,12 +32,7 @@ DEFAULT_MEMLONG_MODEL: Path = Path(__file__).resolve().parent / "default"
 DEFAULT_BASE = "memlong:default"
 
 __all__ = ["ENV_VAR", "DEFAULT_BASE", "DEFAULT_MEMLONG_MODEL", "DefaultModelUnavailable", "default_base_model_path",
-           "load_default_base_model", "load_memlong_model", "resolve_base", "toy_base_model_path"]
-
-
-def toy_base_model_path() -> Path:
-    """Folder of the toy base shipped in the package (``base/``); not checked for existence."""
-    return Path(__file__).resolve().parent / "base"
+           "load_default_base_model", "load_memlong_model", "resolve_base"]
 
 
 def default_base_model_path() -> str:

@@ -60,6 +60,8 @@ import subprocess
 import sys
 import time
 
+from memlong.profiling import machine
+
 METHODS = ("memlong", "base_full", "base_sliding", "base_windows")
 #: --model values meaning the default model (SmolLM2-135M-Instruct with the default MemLong config)
 DEFAULT_NAMES = ("shipped", "default")
@@ -447,7 +449,7 @@ def run(args) -> int:
     if args.what == "search":
         results = _search(args)
         if args.json:
-            _write_json(args.json, {"results": results, "machine": _machine(),
+            _write_json(args.json, {"results": results, "machine": machine(),
                                     "command": " ".join(["memlong", "bench", *sys.argv[2:]])})
             print(f"wrote {args.json}")
         return 0
@@ -484,7 +486,7 @@ def run(args) -> int:
             results.append(r)
             print(_row(r), flush=True)
             if args.json:  # after every row: a long run leaves what it measured so far
-                _write_json(args.json, {"results": results, "machine": _machine(), "command": command})
+                _write_json(args.json, {"results": results, "machine": machine(), "command": command})
     if args.json:
         print(f"wrote {args.json}")
     if args.plot:
@@ -528,13 +530,3 @@ def _row(r: dict) -> str:
     split = " ".join(f"{k}={v:.1f}s" for k, v in r.get("time_split_s", {}).items())
     return (f"{r['method']:>13} {r['tokens']:>9} tok  {r['tokens_per_s']:>9.1f} tok/s  "
             f"peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB  bank {r['bank_bytes'] / 2**20:7.1f} MiB  {split}")
-
-
-def _machine() -> dict:
-    import platform
-
-    import torch
-
-    # The load average says how much other work shared the CPU (timings are lower bounds then).
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}

@@ -14,8 +14,8 @@ Protocol (all at one torch thread, on the CPU):
   model's own input-embedding matrix: ``embedding_mean`` (plain mean), ``embedding_centered``
   (minus the matrix's mean row), ``embedding_whitened`` (centered and whitened by the matrix
   rows' covariance: data-free), ``embedding`` (what ``--retriever embedding`` builds: whitened,
-  with SIF token weights ``a/(a+p(t))`` from the ``token_counts.json`` shipped in the model
-  folder, 1M training tokens balanced by source; data-free where the folder has none),
+  with SIF token weights ``a/(a+p(t))`` from the ``token_counts.json`` in the model folder,
+  written with :func:`memlong.retriever.save_token_counts`; data-free where the folder has none),
   ``embedding_sif`` (whitened, SIF with ``p`` estimated from the first ``--sample-tokens``
   tokens of ``--sample-corpus``, default the training split) and ``embedding_sif_self`` (``p``
   from the evaluated chunks themselves: what a retriever that learned frequencies from
@@ -268,9 +268,9 @@ def run(args) -> int:
         "command": _command(args),
     }
     if args.json:
-        from memlong.recipes.bench import _machine
+        from memlong.profiling import machine
 
-        report["machine"] = _machine()
+        report["machine"] = machine()
         Path(os.path.abspath(args.json)).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -9,11 +9,12 @@ This verb measures, per layer and head, on random token sequences repeated once:
 * induction score: attention from each position of the repeat to the token after the earlier
   occurrence of the current token.
 
-    memlong heads --model src/memlong/pretrained/base --json heads.json
+    memlong heads --json heads.json                  # the default base model
+    memlong heads --model runs/base/final --json heads.json
 
 It suggests the layer with the strongest induction head as the memory layer (retrieval layers:
 the ones above it) when that score clears ``--min-score``; a base without one has little to copy
-from memory with (see the base model card).
+from memory with (``docs/HISTORY.md``: the small base trained here).
 """
 
 from __future__ import annotations

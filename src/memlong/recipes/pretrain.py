@@ -1,9 +1,11 @@
 """`memlong pretrain`: train a small Llama (grouped-query attention) from scratch, or score one.
 
-The shipped base model plays OpenLLaMA's role in the paper: a causal LM trained at a fixed
-context (1024 tokens here) and never beyond it, so its perplexity degrades past that window.
+A tool for a base model that plays OpenLLaMA's role in the paper when no pretrained model can be
+downloaded: a causal LM trained at a fixed context (``--seq-len``) and never beyond it, so its
+perplexity degrades past that window, the gap MemLong's memory is meant to close. The default
+model (SmolLM2-135M-Instruct, :mod:`memlong.pretrained`) needs none of this.
 
-Train (the shipped model's exact command is in ``src/memlong/pretrained/base/README.md``)::
+Train::
 
     memlong data --out runs/corpus                    # corpus + tokenizer, once
     memlong pretrain --corpus runs/corpus --out runs/base --max-steps 1600 --threads 1
@@ -11,19 +13,9 @@ Train (the shipped model's exact command is in ``src/memlong/pretrained/base/REA
 Re-running the same command resumes from ``runs/base/checkpoint``. Outputs in ``--out``:
 ``checkpoint/`` (weights + optimizer + data-stream position), ``metrics.jsonl``, ``loss.png``,
 and ``final/``, a ``from_pretrained`` folder with the tokenizer and ``train_summary.json``.
-
-Continue from a model folder with planted in-context copies, to teach a base model to copy from its
-context, which MemLong's memory relies on (see :func:`plant_copies`, :func:`tile_shuffled`; 2,000
-such steps on a CPU were not enough for the shipped base: ``docs/results/base_copy_pretrain_*``)::
-
-    memlong pretrain --corpus runs/corpus --out runs/base-copy --init-from src/memlong/pretrained/base \\
-        --tokenizer src/memlong/pretrained/base --copy-rate 0.5 --copy-span 256 --copy-random 0.5 \\
-        --lr 1e-3 --warmup 50 --max-steps 3000
-
-Every evaluation also logs ``val_copy_loss``, the loss on planted copies in the validation windows
-(a model that copies drives it far below ``val_loss``), and ``induction_loss``, the loss on the
-second half of random token sequences repeated once (:func:`induction_probe`; near ``log(vocab)``
-without induction heads).
+``--init-from FOLDER`` continues from a model folder's weights (a new stage: fresh optimizer and
+schedule; the summary keeps the earlier stages' records); ``--finish`` ends a stopped run at its
+checkpoint.
 
 Evaluate perplexity at several context lengths (prints a table, writes JSON)::
 
@@ -42,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -56,22 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="e.g. stdlib=1,man=1,jdk=1 (default: equal weight per source)")
     g.add_argument("--streams", type=int, default=32,
                    help="open document streams each batch's rows are drawn from (decorrelates steps)")
-    g.add_argument("--copy-rate", type=float, default=0.0,
-                   help="probability that a training window gets a verbatim copy of one of its own earlier "
-                        "passages written over a later part (teaches in-context copying; see plant_copies)")
-    g.add_argument("--copy-span", type=int, default=256, help="longest planted copy, in tokens (shortest: a quarter)")
-    g.add_argument("--repeat-rate", type=float, default=0.0,
-                   help="probability that a training window is replaced by a shuffled passage of itself, repeated "
-                        "(the plainest copying task; see tile_shuffled)")
-    g.add_argument("--repeat-span", type=int, default=128, help="longest repeated passage, in tokens (shortest: a quarter)")
-    g.add_argument("--induction-rate", type=float, default=0.0,
-                   help="probability that a training window is replaced by random frequent tokens with one passage "
-                        "copied at a random distance, its loss counted only on the copy (see induction_rows)")
-    g.add_argument("--induction-span", type=int, default=128, help="longest passage of --induction-rate rows")
-    g.add_argument("--induction-pool", type=int, default=256,
-                   help="--induction-rate rows draw from this many most frequent tokens of a sample of the training split")
-    g.add_argument("--copy-random", type=float, default=0.0,
-                   help="share of the planted copies whose source passage is random tokens (pure copying signal)")
     g = p.add_argument_group("model (LlamaConfig)")
     g.add_argument("--init-from", default=None,
                    help="start from this model folder's weights (continued pretraining, fresh optimizer and "
@@ -186,121 +161,10 @@ def validation_windows(corpus: str | os.PathLike, tokenizer, seq_len: int, per_s
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _picked_rows(x, rng: random.Random, rate: float, span: int):
-    """Yields ``(row, n)`` for each row of ``x`` picked with probability ``rate``, with a passage
-    length ``n`` from ``span // 4`` to ``span`` tokens, at most half the window."""
-    length = x.shape[1]
-    for row in range(x.shape[0]):
-        if rng.random() < rate:
-            yield row, min(rng.randint(max(2, span // 4), max(2, span)), length // 2)
-
-
-def _passage_places(rng: random.Random, n: int, length: int) -> tuple[int, int]:
-    """``(src, dst)`` for copying an ``n``-token passage within a window of ``length``: the copy
-    starts after its source ends, at a random distance."""
-    dst = rng.randint(n, length - n)
-    return rng.randint(0, dst - n), dst
-
-
-def _copy_passage(x, copied, row: int, src: int, dst: int, n: int) -> None:
-    """Copies ``x[row, src:src+n]`` over ``x[row, dst:dst+n]`` and marks the copied tokens a copy
-    predicts (all but the first) in ``copied``."""
-    x[row, dst : dst + n] = x[row, src : src + n].clone()
-    copied[row, dst + 1 : dst + n] = True
-
-
-def plant_copies(x, rng: random.Random, rate: float, span: int, random_share: float = 0.0, vocab: int = 0):
-    """In-context copying for pretraining: each row of ``x`` (``LongTensor[B, L]``), with
-    probability ``rate``, gets a verbatim copy of one of its own earlier passages (``span // 4``
-    to ``span`` tokens, at most ``L // 2``) written over a later part of the same window.
-
-    Real text repeats itself too rarely for a small model trained on a few million tokens to learn
-    to copy from its context (induction); without that skill in the lower layers the keys a MemLong
-    memory stores carry nothing an upper layer could copy from. Returns ``(x_new, copied)``:
-    ``copied[b, t]`` is True where token ``t`` is a copy that its predecessor already predicts
-    (every copied token but the first), the positions a copy probe scores.
-
-    With ``random_share`` > 0, that share of the copies first overwrite their source passage with
-    uniformly random tokens (ids below ``vocab``): such a passage is predictable only by copying,
-    with no n-gram statistics to fall back on.
-    """
-    import torch
-
-    x = x.clone()
-    copied = torch.zeros_like(x, dtype=torch.bool)
-    length = x.shape[1]
-    for row, n in _picked_rows(x, rng, rate, span):
-        src, dst = _passage_places(rng, n, length)
-        if random_share and rng.random() < random_share:
-            g = torch.Generator().manual_seed(rng.getrandbits(63))
-            x[row, src : src + n] = torch.randint(0, vocab, (n,), generator=g)
-        _copy_passage(x, copied, row, src, dst, n)
-    return x, copied
-
-
-def tile_shuffled(x, rng: random.Random, rate: float, span: int):
-    """The plainest copying task, from real tokens: each row of ``x`` (``LongTensor[B, L]``), with
-    probability ``rate``, becomes one of its own passages (``span // 4`` to ``span`` tokens) with
-    its tokens shuffled, repeated until the window is full. The shuffle keeps the text's token
-    frequencies but removes anything but copying that could predict the repeats. Returns
-    ``(x_new, copied)`` as :func:`plant_copies` (``copied``: every token of the repeats)."""
-    import torch
-
-    x = x.clone()
-    copied = torch.zeros_like(x, dtype=torch.bool)
-    length = x.shape[1]
-    for row, n in _picked_rows(x, rng, rate, span):
-        start = rng.randint(0, length - n)
-        passage = x[row, start : start + n].tolist()
-        rng.shuffle(passage)
-        x[row] = torch.tensor(passage * (length // n + 1))[:length]
-        copied[row, n:] = True
-    return x, copied
-
-
-def induction_rows(x, rng: random.Random, rate: float, span: int, pool):
-    """Pure copying rows: each row of ``x`` (``LongTensor[B, L]``), with probability ``rate``,
-    becomes random tokens drawn from ``pool`` (``LongTensor`` of token ids, e.g. the most frequent
-    ones, whose embeddings are well trained) with one passage (``span // 4`` to ``span`` tokens)
-    copied once at a random distance. Unlike :func:`tile_shuffled` there is no fixed period, so
-    only an induction circuit (match the current token earlier, copy what followed it) predicts
-    the copy. Returns ``(x_new, copied, labels)``: ``copied`` as :func:`plant_copies`;
-    ``labels`` is ``x_new`` with -100 (ignored by the loss) on the replaced rows except where
-    ``copied``: the rest of those rows is noise by construction."""
-    import torch
-
-    x = x.clone()
-    copied = torch.zeros_like(x, dtype=torch.bool)
-    synthetic = torch.zeros(x.shape[0], dtype=torch.bool)
-    length = x.shape[1]
-    for row, n in _picked_rows(x, rng, rate, span):
-        g = torch.Generator().manual_seed(rng.getrandbits(63))
-        x[row] = pool[torch.randint(0, len(pool), (length,), generator=g)]
-        _copy_passage(x, copied, row, *_passage_places(rng, n, length), n)
-        synthetic[row] = True
-    return x, copied, x.masked_fill(synthetic[:, None] & ~copied, -100)
-
-
-def induction_probe(vocab: int, seed: int = 0, rows: int = 8, length: int = 100):
-    """``rows`` sequences of ``length`` uniformly random token ids, each followed by itself.
-    Returns ``(ids [rows, 2 * length], scored)``, ``scored`` marking the repeat but its first
-    token. Only copying predicts the repeat: a model without induction heads scores it near
-    ``log(vocab)`` nats, one with them far below (the clearest sign of in-context copying)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randint(0, vocab, (rows, length), generator=g)
-    ids = torch.cat([r, r], 1)
-    scored = torch.zeros_like(ids, dtype=torch.bool)
-    scored[:, length + 1 :] = True
-    return ids, scored
-
-
-def mean_nll(model, windows, batch_size: int = 1, scored=None) -> tuple[float, int]:
+def mean_nll(model, windows, batch_size: int = 1) -> tuple[float, int]:
     """Mean next-token NLL (nats) over ``windows`` ``LongTensor[N, L]``; returns (nll, tokens).
 
-    Each window is scored on its own, from position 0: ``L - 1`` predicted tokens per window, or
-    only the tokens where ``scored`` (``BoolTensor[N, L]``, by target position) is True.
+    Each window is scored on its own, from position 0: ``L - 1`` predicted tokens per window.
     """
     import torch
     import torch.nn.functional as F
@@ -312,13 +176,10 @@ def mean_nll(model, windows, batch_size: int = 1, scored=None) -> tuple[float, i
             x = windows[i : i + batch_size]
             logits = model(input_ids=x).logits  # [B, L, V]
             loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1), reduction="none"
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1), reduction="sum"
             )
-            if scored is not None:
-                keep = scored[i : i + batch_size, 1:].reshape(-1)
-                loss = loss[keep]
-            total += loss.sum().item()
-            count += loss.numel()
+            total += loss.item()
+            count += x[:, 1:].numel()
     return total / count, count
 
 
@@ -539,14 +400,6 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"{corpus}/train.jsonl not found: run `memlong data --out {corpus}` first")
     if args.max_steps < 1 or args.warmup < 0 or args.batch_size < 1:
         raise SystemExit("--max-steps and --batch-size must be >= 1, --warmup >= 0")
-    if not 0.0 <= args.repeat_rate <= 1.0 or args.repeat_span < 2:
-        raise SystemExit(f"--repeat-rate must be in [0, 1] (got {args.repeat_rate}) and --repeat-span >= 2 (got {args.repeat_span})")
-    if not 0.0 <= args.copy_rate <= 1.0 or not 0.0 <= args.copy_random <= 1.0 or args.copy_span < 2:
-        raise SystemExit(f"--copy-rate and --copy-random must be in [0, 1] (got {args.copy_rate}, {args.copy_random}) "
-                         f"and --copy-span >= 2 (got {args.copy_span})")
-    if not 0.0 <= args.induction_rate <= 1.0 or args.induction_span < 2 or args.induction_pool < 2:
-        raise SystemExit(f"--induction-rate must be in [0, 1] (got {args.induction_rate}), --induction-span >= 2 "
-                         f"(got {args.induction_span}) and --induction-pool >= 2 (got {args.induction_pool})")
     tokenizer = load_tokenizer(args.tokenizer or corpus / "tokenizer")
     weights = None
     if args.source_weights:
@@ -604,15 +457,6 @@ def run_train(args: argparse.Namespace) -> int:
         kept = [l for l in (metrics_path.read_text().splitlines() if metrics_path.exists() else []) if json.loads(l)["step"] <= step]
         metrics_path.write_text("".join(l + "\n" for l in kept))
     val = validation_windows(corpus, tokenizer, args.seq_len, args.eval_windows_per_source)
-    # The copy probe: the same windows, each with a copy of one of its own passages planted.
-    val_copy, val_copied = plant_copies(val, random.Random(args.seed), 1.0, args.copy_span)
-    induction, induction_scored = induction_probe(cfg.vocab_size, args.seed)
-    pool = None
-    if args.induction_rate > 0:  # the --induction-rate rows' tokens: the most frequent of 32 training windows
-        sample = PackedStream(corpus_file(corpus, "train"), tokenizer, args.seq_len, 8, args.seed + 1, weights)
-        counts = torch.bincount(torch.cat([sample.next_batch() for _ in range(4)]).flatten(), minlength=cfg.vocab_size)
-        sample.close()
-        pool = counts.argsort(descending=True)[: args.induction_pool]
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
           f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
           f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows")
@@ -635,8 +479,6 @@ def run_train(args: argparse.Namespace) -> int:
             "parameters": n_params,
             "final_val_loss": last_val,
             "final_val_ppl": math.exp(last_val) if last_val is not None else None,
-            "final_val_copy_loss": last_copy,
-            "final_induction_loss": last_induction,
             "validated_at_step": validated_at,
             "validation_windows": len(val),
             "threads": torch.get_num_threads(),
@@ -645,32 +487,21 @@ def run_train(args: argparse.Namespace) -> int:
             "previous_stages": previous_stages,
         }
 
-    def evaluate() -> tuple[float, float, float]:
+    def evaluate() -> float:
         nll, _ = mean_nll(model, val)
-        copy_nll, _ = mean_nll(model, val_copy, scored=val_copied)
-        induction_nll, _ = mean_nll(model, induction, batch_size=len(induction), scored=induction_scored)
         model.train()
-        return nll, copy_nll, induction_nll
+        return nll
 
     t_start = time.perf_counter()
     start_step = step
-    last_val = last_copy = last_induction = validated_at = None
+    last_val = validated_at = None
     bar = tqdm(total=args.max_steps, initial=step, disable=args.no_progress, dynamic_ncols=True, mininterval=5)
     model.train()
     with metrics_path.open("a") as log:
         while step < args.max_steps and not args.finish:
             x = stream.next_batch()  # [B, seq_len]
-            if args.copy_rate > 0:
-                x, _ = plant_copies(x, random.Random(f"{args.seed}-{step}"), args.copy_rate, args.copy_span,
-                                    args.copy_random, cfg.vocab_size)
-            if args.repeat_rate > 0:
-                x, _ = tile_shuffled(x, random.Random(f"{args.seed}-repeat-{step}"), args.repeat_rate, args.repeat_span)
-            labels = x
-            if args.induction_rate > 0:
-                x, _, labels = induction_rows(x, random.Random(f"{args.seed}-induction-{step}"),
-                                              args.induction_rate, args.induction_span, pool)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                loss = model(input_ids=x, labels=labels).loss
+                loss = model(input_ids=x, labels=x).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
@@ -687,13 +518,11 @@ def run_train(args: argparse.Namespace) -> int:
                 args.stop_after is not None and step - start_step >= args.stop_after
             )
             if step % args.eval_every == 0 or step == args.max_steps or timed_out:
-                last_val, last_copy, last_induction = evaluate()
+                last_val = evaluate()
                 validated_at = step
                 log.write(json.dumps({"step": step, "val_loss": round(last_val, 5), "val_ppl": round(math.exp(last_val), 3),
-                                      "val_copy_loss": round(last_copy, 5), "induction_loss": round(last_induction, 5),
                                       "tokens": tokens_seen, "seconds": round(state()["train_seconds"], 1)}) + "\n")
-                print(f"\nstep {step}: val loss {last_val:.4f} (ppl {math.exp(last_val):.2f}), "
-                      f"copy probe loss {last_copy:.4f}, induction probe loss {last_induction:.4f}", flush=True)
+                print(f"\nstep {step}: val loss {last_val:.4f} (ppl {math.exp(last_val):.2f})", flush=True)
             if step % args.save_every == 0 or step == args.max_steps or timed_out:
                 log.flush()
                 _save_checkpoint(out, model, optimizer, scheduler, stream, state(), summary())
@@ -706,7 +535,7 @@ def run_train(args: argparse.Namespace) -> int:
     if step < args.max_steps and not args.finish:
         return 0
     if validated_at != step:  # --finish: validate the checkpoint as it stands, and record it there too
-        last_val, last_copy, last_induction = evaluate()
+        last_val = evaluate()
         validated_at = step
         _save_checkpoint(out, model, optimizer, scheduler, stream, state(), summary())
 

@@ -143,7 +143,7 @@ def _summary(args, rows: list[dict], step: int, tokens: int, seconds: float, acc
     import torch
     import transformers
 
-    from memlong.pretrained.card import cpu_name
+    from memlong.profiling import cpu_name
 
     last_val = next((r for r in reversed(rows) if r.get("val_loss_memory") not in (None, "")), None)
     return {
