@@ -55,9 +55,10 @@ def test_empty_memory_is_the_base_model(family):
     torch.testing.assert_close(m(ids).logits, ref(ids).logits, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("sink", [0, 3])
 @torch.no_grad()
-def test_no_dependence_on_future_tokens():
-    m, _ = free_model()
+def test_no_dependence_on_future_tokens(sink):
+    m, _ = free_model(sink_tokens=sink)
     ids = rand_ids(1, 140, seed=3)
     base = m(ids).logits
     assert m.memlong_config.capacity_chunks < 140 // 8 - 4  # the run evicts
@@ -67,9 +68,10 @@ def test_no_dependence_on_future_tokens():
         torch.testing.assert_close(m(changed).logits[:, : t + 1], base[:, : t + 1], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("sink", [0, 3])
 @torch.no_grad()
-def test_padded_batch_and_call_boundaries():
-    m, _ = free_model()
+def test_padded_batch_and_call_boundaries(sink):
+    m, _ = free_model(sink_tokens=sink)
     assert_padded_batch_equals_each_sequence_alone(m, side="left", atol=ATOL)
     seq = rand_ids(1, 150, seed=4)
     whole = m(seq).logits
@@ -80,9 +82,10 @@ def test_padded_batch_and_call_boundaries():
     torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("sink", [0, 3])
 @torch.no_grad()
-def test_generate_equals_step_by_step_forward():
-    m, _ = free_model()
+def test_generate_equals_step_by_step_forward(sink):
+    m, _ = free_model(sink_tokens=sink)
     prompt = rand_ids(1, 90, seed=5)
     gen = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=30, do_sample=False, pad_token_id=0)
     out = m(prompt)
@@ -94,9 +97,10 @@ def test_generate_equals_step_by_step_forward():
     assert torch.equal(gen[:, 90:], torch.cat(tokens, 1))
 
 
+@pytest.mark.parametrize("sink", [0, 3])
 @torch.no_grad()
-def test_bank_holds_each_retrieval_layers_kv_and_saves(tmp_path):
-    m, _ = free_model()
+def test_bank_holds_each_retrieval_layers_kv_and_saves(tmp_path, sink):
+    m, _ = free_model(sink_tokens=sink)
     memlong_mode, _ = tiny_model("llama")
     plain = memlong.wrap(memlong_mode, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
     assert m.new_memory().layout.kv_bytes_per_token() == 3 * plain.new_memory().layout.kv_bytes_per_token()
@@ -108,7 +112,7 @@ def test_bank_holds_each_retrieval_layers_kv_and_saves(tmp_path):
     rest = m(ids[:, 203:], cache=m.load_memory(tmp_path / "mem")).logits
     torch.testing.assert_close(rest, whole[:, 203:], atol=ATOL, rtol=0)
     # a compressed bank: close to the exact one, not identical
-    m8, _ = free_model(bank_dtype="int8")
+    m8, _ = free_model(bank_dtype="int8", sink_tokens=sink)
     diff = (m8(ids).logits - whole).abs().max()
     assert 0 < diff < 0.05
 
@@ -123,6 +127,35 @@ def test_config_checks_for_training_free_mode():
         memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=32))
     with pytest.raises(memlong.MemLongConfigError, match="mode"):
         memlong.MemLongConfig(mode="free")
+    with pytest.raises(memlong.MemLongConfigError, match="sink_tokens.*training_free"):
+        memlong.MemLongConfig(sink_tokens=4)  # MemLong mode has no sink
+    with pytest.raises(memlong.MemLongConfigError, match="sink_tokens.*0..chunk_size=8"):
+        small_memlong_config(mode="training_free", sink_tokens=9)
+    cfg = small_memlong_config(mode="training_free", memory_layer=1, retrieval_layers=(1, 2), top_k=56,
+                               memory_capacity=4000, local_window=64, sink_tokens=8)  # 8 + 448 + 64 > 512
+    with pytest.raises(memlong.MemLongConfigError, match="8 \\+ 448 \\+ 64"):
+        memlong.wrap(tiny_model("llama")[0], cfg, retriever=memlong.HashingRetriever(dim=32))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@torch.no_grad()
+def test_sink_tokens_stay_where_they_were_for_the_first_chunk_past_the_window(family):
+    """tau 8, window 32: chunk 0 leaves the window when chunk 4 starts. With sink_tokens=8 (all of
+    chunk 0) and no retrieval, chunk 4 reads the sink just before its window, where chunk 0 was:
+    full attention. Before that nothing changes; after it, the sink is really read."""
+    m, ref = free_model(family, retrieval_layers=(1, 2, 3, 4), sink_tokens=8)
+    plain, _ = free_model(family, retrieval_layers=(1, 2, 3, 4))
+    plain.load_state_dict(m.state_dict())
+    ids = rand_ids(1, 56, seed=7)
+    memory = m.new_memory(1, retrieval=False)
+    out = m(ids, cache=memory).logits
+    window_only = plain(ids, cache=plain.new_memory(1, retrieval=False)).logits
+    torch.testing.assert_close(out[:, :40], ref(ids[:, :40]).logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out[:, :32], window_only[:, :32], atol=ATOL, rtol=0)
+    assert (out[:, 40:] - window_only[:, 40:]).abs().max() > 1e-3
+    assert memory.sink[0][0].shape[1] == 8 and len(memory.bank(0)) == 0
+    memory.reset()
+    assert memory.sink == [None]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

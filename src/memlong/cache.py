@@ -83,10 +83,13 @@ class MemLongCache(Cache):
             ]
             self.focus: list[torch.Tensor | None] = [None] * self.batch_size_  # see focus_on()
             self.focus_rescore: list = [None] * self.batch_size_
+            # training_free sink (config.sink_tokens): the first tokens' K/V in every bank layer,
+            # [H_bank, s, D] each, kept from when chunk 0 leaves the window
+            self.sink: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.batch_size_
             return
         for b in rows:
             self.seen[b] = 0
-            self.focus[b] = self.focus_rescore[b] = None
+            self.focus[b] = self.focus_rescore[b] = self.sink[b] = None
             self.chunk_tokens[b].clear()
             self.chunk_chars[b].clear()
             self.chunk_emb[b].clear()
@@ -170,6 +173,8 @@ class MemLongCache(Cache):
                     mem_none.append([b, j])
                 else:
                     tensors[f"mem_k.{b}.{j}"], tensors[f"mem_v.{b}.{j}"] = (t.contiguous().cpu() for t in m)
+            if self.sink[b] is not None:
+                tensors[f"sink_k.{b}"], tensors[f"sink_v.{b}"] = (t.contiguous().cpu() for t in self.sink[b])
         wfile = os.path.join(vdir, "window.safetensors")
         save_file(tensors, wfile)
         _fsync(wfile)
@@ -249,6 +254,9 @@ class MemLongCache(Cache):
             elif kind == "mem_k":
                 b, j = int(rest[0]), int(rest[1])
                 cache.chunk_mem[b][j] = (value.to(dev), t[f"mem_v.{b}.{j}"].to(dev))
+            elif kind == "sink_k":
+                b = int(rest[0])
+                cache.sink[b] = (value.to(dev), t[f"sink_v.{b}"].to(dev))
         for b, j in meta["mem_none"]:
             cache.chunk_mem[b][j] = None
         return cache
@@ -388,6 +396,8 @@ class MemLongCache(Cache):
         for b in range(B):
             first = -(-starts[b] // tau)  # first chunk starting at or after the segment start
             for j in range(first, (starts[b] + counts[b] - 1) // tau + 1):  # empty when counts[b] == 0
+                if j - w - 1 == 0 and cfg.sink_tokens:
+                    self._keep_sink(b)
                 if not self.retrieval:
                     self.chunk_tokens[b].pop(j - w - 1, None)
                     self.chunk_chars[b].pop(j - w - 1, None)
@@ -423,7 +433,7 @@ class MemLongCache(Cache):
         first_chunk = torch.tensor([s // tau for s in starts]).view(B, 1)
         slot = (qchunk - first_chunk).clamp_min(0)
         n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
-        entries = [[self.chunk_mem[b].get(starts[b] // tau + t) for t in range(n)] for b in range(B)]
+        entries = [[self._memory_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)]
         M = max((e[0].shape[1] for row in entries for e in row if e is not None), default=0)
         if training_free:
             # Retrieved tokens sit just before each query's window: every local position moves M
@@ -512,6 +522,26 @@ class MemLongCache(Cache):
             kl, kh = int(cols[0]), int(cols[-1]) + 1
             blocks.append((ql, qh, kl, kh, mask[:, :, ql:qh, kl:kh]))
         return blocks
+
+    def _memory_of(self, b: int, j: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What chunk ``j`` of row ``b`` reads besides its window: the sink (once chunk 0 has left
+        the window) and then the chunks retrieved for it, K/V ``[H_bank, m, D]`` each."""
+        mem = self.chunk_mem[b].get(j)
+        sink = self.sink[b] if j > self.config.window_chunks else None
+        if sink is None or mem is None:
+            return mem if sink is None else sink
+        return torch.cat([sink[0], mem[0]], dim=1), torch.cat([sink[1], mem[1]], dim=1)
+
+    def _keep_sink(self, b: int) -> None:
+        """Chunk 0 of row ``b`` leaves the window: keep its first ``sink_tokens`` tokens' K/V."""
+        s, layers = self.config.sink_tokens, self.config.bank_layers
+        idx = (self.win_pos[b] == 0).nonzero().flatten()
+        if idx.numel() != 1:
+            raise RuntimeError(f"the first chunk of row {b} is not in the window; state is inconsistent")
+        i = int(idx[0])
+        dtype = self.layout.out_dtype
+        self.sink[b] = tuple(torch.cat([t[layer][b, :, i : i + s] for layer in layers]).to(dtype)
+                             for t in (self.win_k, self.win_v))
 
     def _query(self, b: int, j: int, retriever: Retriever) -> torch.Tensor | None:
         """Retrieval query for chunk ``j`` of row ``b`` (None: nothing to retrieve with)."""

@@ -103,6 +103,13 @@ class MemLongConfig:
             the best ``top_k`` kept: a short fact inside a chunk of other text matches its window
             far better than the whole chunk. ``rerank_candidates=0`` turns it off. Reading is
             not affected.
+        sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
+            visible to every later query in every retrieval layer once the local window has slid
+            past them, placed first, before the retrieved chunks (the attention sinks of
+            StreamingLLM, InfLLM's initial tokens). A pretrained model puts much of its attention
+            on the first tokens it saw; without them a slid window reads badly (on the default
+            model a passkey 430 tokens back, inside the window, was missed). ``0`` (default) keeps
+            none; at most ``chunk_size``. Must be 0 in ``"memlong"`` mode.
         bank_dtype: dtype of stored keys/values (``None``: the model's dtype): ``"float32"``,
             ``"float16"``, ``"bfloat16"``, or compressed ``"int8"`` / ``"float8_e4m3fn"`` (one
             float32 scale per head and token; dequantized when retrieved).
@@ -133,6 +140,7 @@ class MemLongConfig:
     memory_positions: str = "paper"
     rerank_candidates: int = 32
     rerank_window: int = 32
+    sink_tokens: int = 0
     bank_dtype: str | None = None
     bank_device: str = "model"
     bank_mmap_dir: str | None = None
@@ -187,6 +195,11 @@ class MemLongConfig:
         if self.rerank_candidates < 0 or self.rerank_window < 1:
             bad("rerank_candidates", f"rerank_candidates must be >= 0 and rerank_window >= 1, got "
                                      f"{self.rerank_candidates} and {self.rerank_window}")
+        if not 0 <= self.sink_tokens <= self.chunk_size:
+            bad("sink_tokens", f"must be in 0..chunk_size={self.chunk_size}, got {self.sink_tokens}")
+        if self.sink_tokens and self.mode != "training_free":
+            bad("sink_tokens", f"is a training_free setting; mode is {self.mode!r}: set sink_tokens=0 or "
+                               "mode='training_free'")
         if self.approximate_above < 1:
             bad("approximate_above", f"must be >= 1 chunk, got {self.approximate_above}")
         if self.memory_capacity < self.top_k * self.chunk_size:
@@ -243,8 +256,8 @@ class MemLongConfig:
             )
         if max_positions is not None and self.mode == "training_free" and self.span_tokens > max_positions:
             raise MemLongConfigError(
-                f"MemLongConfig.top_k: in training_free mode the retrieved chunks sit before the local window, "
-                f"{self.retrieved_tokens} + {self.local_window} = {self.span_tokens} positions, beyond the model's "
+                f"MemLongConfig.top_k: in training_free mode the sink and retrieved tokens sit before the local "
+                f"window, {self.sink_tokens} + {self.retrieved_tokens} + {self.local_window} = {self.span_tokens} positions, beyond the model's "
                 f"max_position_embeddings={max_positions}; lower top_k, chunk_size or local_window"
             )
 
@@ -266,8 +279,8 @@ class MemLongConfig:
 
     @property
     def span_tokens(self) -> int:
-        """Positions a query's attention spans in training_free mode: retrieved + local window."""
-        return self.retrieved_tokens + self.local_window
+        """Positions a query's attention spans in training_free mode: sink + retrieved + local window."""
+        return self.sink_tokens + self.retrieved_tokens + self.local_window
 
     @property
     def bank_layers(self) -> tuple[int, ...]:
