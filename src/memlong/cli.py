@@ -17,7 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("memlong.recipes.data", "build the local corpus, train the BPE tokenizer, list long documents"),
     "pretrain": ("memlong.recipes.pretrain", "train a small base LM from scratch, or evaluate its perplexity"),
     "train": ("memlong.recipes.train", "MemLong adaptation training: frozen lower stack, trained upper layers + gates"),
-    "eval": ("memlong.recipes.eval", "evaluation: `memlong eval ppl|passkey|icl` (perplexity by length, passkey retrieval, in-context learning)"),
+    "eval": ("memlong.recipes.eval", "evaluation: `memlong eval ppl|passkey|icl|ruler` (perplexity by length, passkey retrieval, in-context learning, RULER's synthetic tasks)"),
     "bench": ("memlong.recipes.bench", "benchmarks: `memlong bench ingest` (tokens/s, peak memory)"),
     "heads": ("memlong.recipes.heads", "previous-token and induction heads of a base model, and the memory layer they suggest"),
 }
@@ -59,7 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except MemLongConfigError as e:
-        verb_parser.error(str(e))
+        _invoked(verb_parser, args).error(str(e))
+
+
+def _invoked(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The sub-command's parser when the verb has sub-commands (``memlong eval ppl``), else ``parser``:
+    a usage error shows the usage of what was run."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(args, action.dest, None), parser)
+    return parser
 
 
 if __name__ == "__main__":

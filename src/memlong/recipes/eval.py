@@ -46,6 +46,12 @@ labelled ``python`` / ``manual`` / ``java`` by their source (see :mod:`memlong.d
 
     memlong eval icl --model PATH --data corpus-source:runs/corpus --shots-context 4 --shots-memory 18 \
         --set local_window=512 --max-examples 60 --trials 3 --json icl.json --plot icl.png
+
+`memlong eval ruler`: RULER's synthetic tasks (needles in a haystack, variable tracking, common
+and frequent words) by length, for the same methods as ppl: see :mod:`memlong.recipes.eval_ruler`.
+
+Each task is a sub-command with its own flags and ``--help``; the flags they share
+(``--model``, ``--data``, ``--methods``, ``--seed``, ``--json``, ``--plot``, ...) mean the same in all.
 """
 
 from __future__ import annotations
@@ -64,68 +70,98 @@ ICL_METHODS = ("memlong", "memlong_no_memory", "in_context")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task", choices=["ppl", "passkey", "icl"], help="what to evaluate")
-    p.add_argument("--model", default=None,
-                   help="a MemLong directory (memlong train / save_pretrained) or a base LM (default: the default "
-                        "MemLong model, SmolLM2-135M-Instruct in training-free mode)")
-    p.add_argument("--base-model", default=None,
-                   help="base LM for the base_* methods (default: the model's base, from its memlong_base.json; "
-                        "for the default model, SmolLM2-135M-Instruct)")
-    p.add_argument("--data", required=True,
-                   help="a corpus folder (test split), a .jsonl file, a text file (one document), a folder of .txt "
-                        "files, or a datasets name; "
-                        "icl: sst2, mr, subj, sst5, mpqa (datasets), a .jsonl file / folder of {text, label} lines, "
-                        "or corpus-source:CORPUS_DIR (passages labelled by source)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--lengths", default=None,
-                   help="comma-separated input lengths (default: ppl 1k..32k, passkey 4k..64k)")
-    p.add_argument("--depths", default="0.1,0.5,0.9", help="passkey: where the key is stated (fraction)")
-    p.add_argument("--trials", type=int, default=3,
-                   help="passkey: trials per length and depth; icl: demonstration samples (accuracy is their mean)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-requery", dest="requery", action="store_false",
-                   help="passkey: answer with the memory retrieved before the question instead of retrieving "
-                        "again with it (generate(requery=True), the default)")
-    p.add_argument("--score", type=int, default=2048, help="score the last N tokens of each window")
-    p.add_argument("--repeat", type=int, default=0,
-                   help="ppl copy probe: each window ends with a copy of its own first N tokens and only the copy "
-                        "is scored: with memory the copy's source is retrievable, without it (and for the base "
-                        "truncated to its window) it is out of reach; base_full sees both copies. Measures whether "
-                        "a model can use what it reads, apart from how often real text repeats itself")
-    p.add_argument("--methods", default=None, help=f"default: ppl/passkey {','.join(METHODS)}; icl {','.join(ICL_METHODS)}")
-    p.add_argument("--max-documents", type=int, default=8, help="documents per length (the longest first)")
-    p.add_argument("--max-base-length", type=int, default=16384,
-                   help="base_full is not attempted above this length (reported as skipped)")
-    icl = p.add_argument_group("icl")
+    """One sub-command per task (``memlong eval ppl|passkey|icl|ruler``), each with its own flags;
+    the flags they share come from one parent parser, so they are spelled the same everywhere."""
+    from memlong.recipes import eval_ruler
+
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--model", default=None,
+                        help="a MemLong directory (memlong train / save_pretrained) or a base LM (default: the default "
+                             "MemLong model, SmolLM2-135M-Instruct in training-free mode)")
+    shared.add_argument("--base-model", default=None,
+                        help="base LM for the base methods (default: the model's base, from its memlong_base.json; "
+                             "for the default model, SmolLM2-135M-Instruct)")
+    shared.add_argument("--split", default="test", help="the split of --data to evaluate on")
+    shared.add_argument("--seed", type=int, default=0)
+    shared.add_argument("--methods", default=None, help="comma-separated methods (default: all of the task's)")
+    shared.add_argument("--retriever", default="minilm",
+                        help="minilm, hashing, embedding (the LM's own pooled input embeddings), or a "
+                             "sentence-transformers name/path")
+    shared.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                        help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
+                             "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8 (a bare word is a string)")
+    shared.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    shared.add_argument("--json", default=None, metavar="OUT", help="write the results and the config here")
+    shared.add_argument("--plot", default=None, metavar="PNG", help="write a plot of the results here")
+    by_length = argparse.ArgumentParser(add_help=False)  # the tasks measured at input lengths
+    by_length.add_argument("--lengths", default=None, help="comma-separated input lengths in tokens")
+    by_length.add_argument("--max-base-length", type=int, default=16384,
+                           help="base_full is not attempted above this length (reported as skipped)")
+
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    data_help = ("a corpus folder (its --split), a .jsonl file, a text file (one document), a folder of .txt files, "
+                 "or a datasets name")
+
+    def task(name: str, summary: str, doc: str, *parents):
+        return tasks.add_parser(name, parents=[shared, *parents], help=summary, description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    ppl = task("ppl", "perplexity by input length (the paper's Table 1)", _section("ppl"), by_length)
+    ppl.add_argument("--data", required=True, help=data_help)
+    ppl.add_argument("--score", type=int, default=2048, help="score the last N tokens of each window")
+    ppl.add_argument("--repeat", type=int, default=0,
+                     help="copy probe: each window ends with a copy of its own first N tokens and only the copy is "
+                          "scored: with memory the copy's source is retrievable, without it (and for the base "
+                          "truncated to its window) it is out of reach; base_full sees both copies. Measures whether "
+                          "a model can use what it reads, apart from how often real text repeats itself")
+    ppl.add_argument("--max-documents", type=int, default=8, help="documents per length (the longest first)")
+
+    passkey = task("passkey", "passkey retrieval by length and depth", _section("passkey"), by_length)
+    passkey.add_argument("--data", required=True, help=f"the haystack's text: {data_help}")
+    passkey.add_argument("--depths", default="0.1,0.5,0.9", help="where the key is stated (fractions)")
+    passkey.add_argument("--trials", type=int, default=3, help="trials per length and depth")
+    passkey.add_argument("--no-requery", dest="requery", action="store_false",
+                         help="answer with the memory retrieved before the question instead of retrieving again "
+                              "with it (generate(requery=N), the default)")
+
+    icl = task("icl", "in-context learning, demonstrations in memory (the paper's Table 2)", _section("icl"))
+    icl.add_argument("--data", required=True,
+                     help="sst2, mr, subj, sst5, mpqa (datasets), a .jsonl file / folder of {text, label} lines, or "
+                          "corpus-source:CORPUS_DIR (passages labelled by source)")
     icl.add_argument("--shots-context", type=int, default=4, help="K demonstrations right before the test input")
     icl.add_argument("--shots-memory", type=int, default=18, help="M demonstrations read first, into memory")
+    icl.add_argument("--trials", type=int, default=3, help="demonstration samples (accuracy is their mean)")
     icl.add_argument("--max-examples", type=int, default=100, help="test examples per trial")
     icl.add_argument("--labels", default=None, help="comma-separated label words (local data; replaces a task's own)")
     icl.add_argument("--demo-split", default=None,
                      help="split the demonstrations come from (default: train; corpus-source: validation)")
-    p.add_argument("--retriever", default="minilm", help="minilm, hashing, embedding (the LM's own pooled input embeddings), or a sentence-transformers name/path")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
-                   help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
-                        "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8 (a bare word is a string)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json", default=None)
-    p.add_argument("--plot", default=None, help="write a PNG (ppl against length; passkey heatmaps; icl accuracy bars)")
+
+    eval_ruler.add_arguments(task("ruler", "RULER's synthetic tasks by length: needles, variable tracking, common and "
+                                           "frequent words", eval_ruler.__doc__, by_length))
+
+
+def _section(name: str) -> str:
+    """The part of this module's docstring about ``memlong eval NAME`` (its --help description)."""
+    parts = __doc__.split("`memlong eval ")
+    return "`memlong eval " + next(part for part in parts if part.startswith(f"{name}`")).strip()
 
 
 def eval_command(c: dict, json_path) -> str:
     """The ``memlong eval`` command line that wrote a result JSON, from its ``config`` record."""
     keys = {"ppl": ("split", "lengths", "score", "methods", "max_documents", "retriever"),
             "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
-            "icl": ("shots_context", "shots_memory", "trials", "max_examples", "methods", "retriever")}[c["task"]]
+            "icl": ("shots_context", "shots_memory", "trials", "max_examples", "methods", "retriever"),
+            "ruler": ("split", "lengths", "tasks", "haystacks", "samples", "seed", "methods", "retriever")}[c["task"]]
     args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
     if c["task"] == "ppl" and c.get("repeat"):
         args += f" --repeat {c['repeat']}"
-    if c["task"] == "passkey" and c.get("requery") is False:
+    if c["task"] in ("passkey", "ruler") and c.get("requery") is False:
         args += " --no-requery"
     sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
     # the default model is what a command without --model evaluates
     model = "" if c.get("model") in (None, "default") else f" --model {c['model']}"
-    return f"memlong eval {c['task']}{model} --data {c['data']}{args}{sets} --json {json_path}"
+    data = "" if c.get("data") is None else f" --data {c['data']}"  # ruler on noise alone reads no data
+    return f"memlong eval {c['task']}{model}{data}{args}{sets} --json {json_path}"
 
 
 def _nll_plain(model, ids, score: int) -> tuple[float, int]:
@@ -209,18 +245,40 @@ def run(args) -> int:
     bad = [m for m in methods if m not in allowed]
     if bad:
         raise SystemExit(f"--methods must be among {allowed} for eval {args.task}; got {bad}")
+    if args.task == "ruler":
+        from memlong.recipes.eval_ruler import run_ruler
+
+        return run_ruler(args, methods)
     if args.task == "icl":
         data = _icl_data(args)  # bad options and data fail before any model is loaded
         tok, model, base, base_window, base_path = _load(args, need_base="in_context" in methods)
         results = _run_icl(args, data, tok, model, base, base_window, methods)
     else:
         default = "1024,2048,4096,8192,16384,32768" if args.task == "ppl" else "4096,8192,16384,32768,65536"
-        lengths = sorted(int(x) for x in (args.lengths or default).split(",") if x)
-        if not lengths or min(lengths) < 2:
-            raise SystemExit(f"--lengths must be integers >= 2; got {args.lengths}")
+        lengths = parse_lengths(args.lengths or default)
         tok, model, base, base_window, base_path = _load(args, need_base=any(m.startswith("base_") for m in methods))
         task = _run_ppl if args.task == "ppl" else _run_passkey
         results = task(args, tok, model, base, base_window, lengths, methods)
+    write_report(args, results, model, base_path, base_window)
+    if args.plot:
+        {"ppl": _plot, "passkey": _plot_passkey, "icl": _plot_icl}[args.task](results, args.plot)
+    return 0
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``--lengths``: comma-separated integers >= 2, sorted."""
+    try:
+        lengths = sorted(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 2:
+        raise SystemExit(f"--lengths must be comma-separated integers >= 2; got {text}")
+    return lengths
+
+
+def write_report(args, results: list[dict], model, base_path, base_window) -> dict:
+    """The run's JSON (``--json``): its results and config (every flag, the MemLong config as run,
+    the base model and the retriever), from which :func:`eval_command` rebuilds the command."""
     report = {"results": results, "config": {**vars(args), "memlong": model.memlong_config.to_dict(),
                                              "base_model": base_path, "base_window": base_window,
                                              "retriever_info": model.memlong_retriever.describe()}}
@@ -228,9 +286,7 @@ def run(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
-    if args.plot:
-        {"ppl": _plot, "passkey": _plot_passkey, "icl": _plot_icl}[args.task](results, args.plot)
-    return 0
+    return report
 
 
 def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict]:
@@ -329,6 +385,32 @@ def passkey_digits(answer: str, n: int = 5) -> str:
     return "".join(re.findall(r"\d", answer))[:n]
 
 
+def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery, base_window: int,
+                    stop=None) -> str:
+    """The greedy continuation of ``ids`` ``[1, L]`` by ``method``, decoded: the MemLong model with a
+    fresh memory (retrieval on for ``memlong``, off for ``memlong_no_memory``), retrieving again with
+    the prompt's last ``requery`` tokens (the question; ``False``: not); or the base model over the
+    whole prompt (``base_full``) or its last ``base_window - new_tokens`` tokens (``base_truncated``).
+    ``stop``: a stopping criterion factory ``(tok, start) -> StoppingCriteria``."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    kw = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    if method in ("memlong", "memlong_no_memory"):
+        if stop is not None:
+            kw["stopping_criteria"] = StoppingCriteriaList([stop(tok, ids.shape[1])])
+        memory = model.new_memory(1, retrieval=method == "memlong")
+        out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), requery=requery, **kw)
+    else:
+        if method == "base_truncated":
+            ids = ids[:, -(base_window - new_tokens):]
+        if stop is not None:
+            kw["stopping_criteria"] = StoppingCriteriaList([stop(tok, ids.shape[1])])
+        with torch.no_grad():
+            out = base.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
 def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[dict]:
     import random
 
@@ -360,19 +442,8 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
                         raise _Skip(f"not attempted above --max-base-length={args.max_base_length}")
                     hits = 0
                     for key, ids in cases:
-                        if method in ("memlong", "memlong_no_memory"):
-                            memory = model.new_memory(1, retrieval=method == "memlong")
-                            out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids),
-                                                 max_new_tokens=new_tokens, do_sample=False,
-                                                 requery=len(passkey_question_ids(tok)) if args.requery else False,
-                                                 pad_token_id=tok.pad_token_id)
-                        else:
-                            if method == "base_truncated":
-                                ids = ids[:, -(base_window - new_tokens):]
-                            with torch.no_grad():
-                                out = base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                                    do_sample=False, pad_token_id=tok.pad_token_id)
-                        answer = tok.decode(out[0, ids.shape[1]:])
+                        q = len(passkey_question_ids(tok)) if args.requery else False
+                        answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window)
                         hits += int(passkey_digits(answer) == key)
                     row.update(accuracy=hits / len(cases))
                 results.append(row)
