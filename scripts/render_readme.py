@@ -172,8 +172,82 @@ def _eval_command(c: dict, path: Path) -> str:
     return eval_command(c, shown)
 
 
+def _cell(r: dict, key: str, fmt: str = "{:.2f}") -> str:
+    """A measured value, or what happened instead (skipped, out of memory, ...)."""
+    return fmt.format(r[key]) if r.get(key) is not None else r.get("note", "-")
+
+
+def _passkey_table(results: list[dict]) -> list[str]:
+    """Accuracy by length and method, a column per depth and their mean."""
+    depths = sorted({r["depth"] for r in results})
+    out = ["| length | method | " + " | ".join(f"depth {d}" for d in depths) + " | mean | trials per depth |",
+           "|---:|---|" + "---:|" * (len(depths) + 2)]
+    for key in dict.fromkeys((r["length"], r["method"]) for r in results):
+        rows = {r["depth"]: r for r in results if (r["length"], r["method"]) == key}
+        accs = [rows[d]["accuracy"] for d in depths if d in rows and rows[d].get("accuracy") is not None]
+        mean = f"{sum(accs) / len(accs):.2f}" if accs else "-"
+        cells = " | ".join(_cell(rows[d], "accuracy") if d in rows else "" for d in depths)
+        trials = max(r.get("trials", 0) for r in rows.values())
+        out.append(f"| {key[0]:,} | {key[1]} | {cells} | {mean} | {trials} |")
+    return out
+
+
+def _ruler_label(r: dict) -> str:
+    return f"{r['task']}/{r['haystack']}" if r.get("haystack") else r["task"]
+
+
+def _ruler_table(results: list[dict]) -> list[str]:
+    """Score by task (and haystack), a column per length and method."""
+    cols = list(dict.fromkeys((r["length"], r["method"]) for r in results))
+    out = ["| task | " + " | ".join(f"{L:,} {m}" for L, m in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for label in dict.fromkeys(_ruler_label(r) for r in results):
+        rows = {(r["length"], r["method"]): r for r in results if _ruler_label(r) == label}
+        out.append(f"| {label} | " + " | ".join(_cell(rows[c], "score") if c in rows else "" for c in cols) + " |")
+    samples = max(r.get("samples", 0) for r in results)
+    out.append(f"| mean ({samples} sample(s) per cell) | " + " | ".join(_mean_score(results, *c) for c in cols) + " |")
+    return out
+
+
+def _mean_score(results: list[dict], length: int, method: str, key: str = "score") -> str:
+    vals = [r[key] for r in results if (r["length"], r["method"]) == (length, method) and r.get(key) is not None]
+    return f"{sum(vals) / len(vals):.2f}" if vals else "-"
+
+
+def headline_section(paths: list[Path]) -> str:
+    """One row per method, one column per measurement, from the default model's evaluation JSONs:
+    ppl by length, passkey accuracy (mean over depths) by length, RULER mean score by length."""
+    cols: dict[str, dict[str, str]] = {}  # column -> method -> cell
+    sources = []
+    for path in paths:
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        task, res = data["config"]["task"], data["results"]
+        sources.append(f"`{path.relative_to(ROOT)}`")
+        for r in res:
+            if task == "ppl":
+                col = f"ppl, last {r['tokens_scored'] // max(1, r['documents']):,} of {r['length']:,}"
+                cols.setdefault(col, {})[r["method"]] = _cell(r, "ppl", "{:.3f}")
+            elif task in ("passkey", "ruler"):
+                key = "accuracy" if task == "passkey" else "score"
+                col = f"{task} {r['length'] // 1024}k"
+                cols.setdefault(col, {})[r["method"]] = _mean_score(res, r["length"], r["method"], key)
+    if not cols:
+        return "Not measured yet: run the commands in docs/RESULTS.md."
+    methods = [m for m in ("memlong", "memlong_no_memory", "base_full", "base_truncated")
+               if any(m in c for c in cols.values())]
+    out = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for m in methods:
+        out.append(f"| {m} | " + " | ".join(c.get(m, "not run") for c in cols.values()) + " |")
+    out += ["", "From " + ", ".join(sources) + " (commands and per-depth/per-task tables: "
+            "[docs/RESULTS.md](docs/RESULTS.md))."]
+    return "\n".join(out)
+
+
+
 def results_section(paths: list[Path]) -> str:
-    """Tables of the reference model's evaluation JSONs (eval ppl / passkey / icl)."""
+    """Tables of evaluation JSONs (eval ppl / passkey / icl / ruler), each under the command that
+    wrote it, and its plot when the command wrote one."""
     out = []
     for path in paths:
         if not path.exists():
@@ -187,16 +261,17 @@ def results_section(paths: list[Path]) -> str:
                 ppl = f"{r['ppl']:.3f}" if r.get("ppl") is not None else r.get("note", "-")
                 out.append(f"| {r['length']:,} | {r['method']} | {ppl} | {r['tokens_scored']:,} | {r['documents']} |")
         elif c["task"] == "passkey":
-            out += ["| length | depth | method | accuracy | trials |", "|---:|---:|---|---:|---:|"]
-            for r in data["results"]:
-                acc = f"{r['accuracy']:.2f}" if r.get("accuracy") is not None else r.get("note", "-")
-                out.append(f"| {r['length']:,} | {r['depth']} | {r['method']} | {acc} | {r.get('trials', '')} |")
+            out += _passkey_table(data["results"])
+        elif c["task"] == "ruler":
+            out += _ruler_table(data["results"])
         else:
             out += ["| task | method | K in context | M in memory | accuracy | examples |", "|---|---|---:|---:|---:|---:|"]
             for r in data["results"]:
                 acc = f"{r['accuracy']:.3f}" if r.get("accuracy") is not None else r.get("note", "-")
                 out.append(f"| {r['task']} | {r['method']} | {r['shots_context']} | {r['shots_memory']} | {acc} | "
                            f"{r.get('examples', '')} |")
+        if c.get("plot") and (ROOT / c["plot"]).exists():
+            out += ["", f"![{c['task']}]({c['plot']})"]
         out.append("")
     return "\n".join(out).rstrip()
 
@@ -228,10 +303,12 @@ def demo_section(path: Path) -> str:
 
 
 # The default model (SmolLM2-135M, training_free): README's headline table and docs/RESULTS.md.
-DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in ("passkey", "ppl_test", "icl")]
+DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in
+                   ("ppl_test", "passkey", "passkey_32k", "ruler", "icl")]
 
 SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
-            "default": (RESULTS / "default_passkey.json", lambda _: results_section(DEFAULT_RESULTS)),
+            "default_headline": (RESULTS / "default_passkey.json", lambda _: headline_section(DEFAULT_RESULTS)),
+            "default_results": (RESULTS / "default_passkey.json", lambda _: results_section(DEFAULT_RESULTS)),
             "bench_default": (RESULTS / "bench_ingest_default.json", bench_section),
             "bench": (RESULTS / "bench_ingest.json", bench_section),
             "retriever": (RESULTS / "bench_retriever.json", retriever_section),
