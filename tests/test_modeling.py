@@ -511,3 +511,24 @@ def test_local_window_must_fit_a_sliding_window_model(family):
         memlong.wrap(model, small_memlong_config(local_window=32), retriever=memlong.HashingRetriever(dim=32))
     memlong.wrap(model, small_memlong_config(local_window=16, chunk_size=8, memory_capacity=48),
                  retriever=memlong.HashingRetriever(dim=32))  # fits
+
+
+@torch.no_grad()
+def test_question_hits_are_what_a_focused_question_reads():
+    """memory.question_hits (what `memlong ask --show-retrieved` and the demo list) returns the
+    chunks focus_on() then retrieves for the question, best first, without bumping counters."""
+    model, _ = tiny_model("llama")
+    m = memlong.wrap(model, small_memlong_config(rerank_candidates=6, rerank_window=4, memory_capacity=400),
+                     retriever=memlong.HashingRetriever(dim=32))
+    ids = torch.randint(0, VOCAB, (1, 203), generator=torch.Generator().manual_seed(3))
+    memory = m.ingest(ids)
+    bank = memory.bank(0)
+    question = ids[0, 40:46].tolist()  # a passage from far back
+    counts = bank.counts.clone()
+    slots, scores = memory.question_hits(m.memlong_retriever, question)
+    assert len(slots) == m.memlong_config.top_k and torch.equal(bank.counts, counts)
+    assert bool((scores[:-1] >= scores[1:]).all())
+    memory.focus_on(m.memlong_retriever, [question])
+    k, v = memory.chunk_mem[0][memory.seen[0] // 8]
+    want_k, want_v = bank.gather(slots)
+    assert torch.equal(k, want_k) and torch.equal(v, want_v)

@@ -596,6 +596,21 @@ class MemLongCache(Cache):
 
         return rescore
 
+    @torch.no_grad()
+    def question_hits(self, retriever: Retriever, tokens: list[int], row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bank slots a question of ``tokens`` retrieves once :meth:`focus_on` is given them
+        (``generate(requery=...)``, ``memlong ask``), best first, with their scores: the search
+        and the window re-ranking the model runs, counters untouched. For showing a user what
+        an answer reads (``bank.entries()``, ``bank.text_spans[slot]``). ``retrieval_offsets``
+        other than ``(0,)`` also bring each hit's neighbours, not listed here."""
+        bank = self.banks[row]
+        if len(bank) == 0:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        with phase("retriever"):
+            query = retriever.embed([list(tokens)])[0]
+        cfg = self.config
+        return bank.best(query, cfg.top_k, self.window_rescore(row, query, retriever), cfg.rerank_candidates)
+
     def unfocus(self, rows: list[int] | None = None) -> None:
         """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""
         for b in range(self.batch_size_) if rows is None else rows:

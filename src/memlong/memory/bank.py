@@ -364,6 +364,17 @@ class MemoryBank:
         by_id = torch.argsort(self.chunk_ids[slots], stable=True)
         return by_id[torch.argsort(scores[by_id], descending=True, stable=True)]
 
+    def best(self, query: torch.Tensor, k: int, rescore=None, candidates: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best slots for ``query`` and their scores, best first, counters untouched:
+        cosine search, or, with ``rescore`` and ``candidates > k``, the top ``candidates`` scored
+        again by ``rescore(slots, scores)`` (see :meth:`retrieve`)."""
+        if rescore is not None and candidates > k:
+            slots, scores = self.search(query, candidates, count=False)
+            scores = rescore(slots, scores).float().cpu()
+            order = self.rank(slots, scores)[:k]
+            return slots[order], scores[order]
+        return self.search(query, k, count=False)
+
     def retrieve(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,), rescore=None,
                  candidates: int = 0) -> torch.Tensor:
         """Slots to read for ``query``: for each of the top-``k`` chunks (chunk id ``j``), the
@@ -374,12 +385,7 @@ class MemoryBank:
 
         ``rescore(slots, scores) -> scores``: the top-``candidates`` chunks are scored again by
         it and the best ``k`` kept (ties by chunk id), e.g. a finer look at their text."""
-        if rescore is not None and candidates > k:
-            slots, scores = self.search(query, candidates, count=False)
-            scores = rescore(slots, scores).float().cpu()
-            slots = slots[self.rank(slots, scores)][:k]
-        else:
-            slots, _ = self.search(query, k, count=False)
+        slots, _ = self.best(query, k, rescore, candidates)
         if tuple(offsets) != (0,) and slots.numel():
             wanted = (self.chunk_ids[slots].unsqueeze(1) + torch.tensor(offsets).unsqueeze(0)).flatten()
             slots = (torch.isin(self.chunk_ids, wanted) & self.valid).nonzero().flatten()

@@ -287,11 +287,11 @@ def question_ids(tok, question: str, chat: bool) -> tuple[list[int], list[int]]:
 
 
 def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list[SourceFile]) -> list[dict]:
-    """The chunks of the bank a question retrieves (the search the model runs for it, with the
-    embedding of ``query_ids``), best first; their text from the files via their text spans."""
+    """The chunks of the bank a question retrieves for its answer (the search and re-ranking the
+    model runs, :meth:`MemLongCache.question_hits`), best first; their text from the files via
+    their text spans."""
     bank = memory.bank(0)
-    query = model.memlong_retriever.embed([query_ids[-model.memlong_config.chunk_size:]])[0]
-    slots, scores = bank.search(query, model.memlong_config.top_k, count=False)
+    slots, scores = memory.question_hits(model.memlong_retriever, query_ids[-model.memlong_config.chunk_size:])
     out = []
     for s, score in zip(slots.tolist(), scores.tolist()):
         a, b = (int(x) for x in bank.text_spans[s].tolist())

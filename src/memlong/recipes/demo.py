@@ -217,18 +217,12 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
     :meth:`MemLongCache.focus_on` does, and the best ``top_k`` kept. Counters are not touched."""
     cfg = model.memlong_config
     bank = memory.bank(0)
-    q_emb = model.memlong_retriever.embed([q_ids[-cfg.chunk_size :]])[0]  # what focus_on embeds
-    rescore = memory.window_rescore(0, q_emb, model.memlong_retriever)  # the cache's own re-ranker (None: off)
-    candidates = cfg.rerank_candidates if rescore is not None else 0
+    q_tokens = q_ids[-cfg.chunk_size :]  # what focus_on embeds
+    slots, final = (t.tolist() for t in memory.question_hits(model.memlong_retriever, q_tokens))
+    q_emb = model.memlong_retriever.embed([q_tokens])[0]
     all_slots, cos = bank.search(q_emb, len(bank), count=False)  # every chunk by its embedding, best first
     cos_of = dict(zip(all_slots.tolist(), cos.tolist()))
-    if candidates > cfg.top_k:
-        cand = all_slots[:candidates]
-        scores = rescore(cand, cos[:candidates]).float().cpu()
-        order = bank.rank(cand, scores)  # the order bank.retrieve keeps
-        slots, final = cand[order][: cfg.top_k].tolist(), scores[order][: cfg.top_k].tolist()
-    else:
-        slots, final = all_slots[: cfg.top_k].tolist(), cos[: cfg.top_k].tolist()
+    reranked = cfg.rerank_candidates > cfg.top_k and cfg.rerank_window < cfg.chunk_size  # as window_rescore decides
 
     def has_fact(s: int) -> bool:
         return bool(bank.text_spans[s, 0] >= 0) and _overlaps(tuple(bank.text_spans[s].tolist()), fact["chars"])
@@ -242,7 +236,7 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
     ranks = [r + 1 for r, s in enumerate(all_slots.tolist()) if has_fact(s)]
     return {"retrieved": hits, "fact_retrieved": any(h["has_fact"] for h in hits),
             "fact_chunk_rank_by_embedding": min(ranks) if ranks else None,  # among all chunks, 1 = best
-            "reranked_candidates": candidates if candidates > cfg.top_k else 0, "bank_chunks": len(bank)}
+            "reranked_candidates": cfg.rerank_candidates if reranked else 0, "bank_chunks": len(bank)}
 
 
 def _ask(model, tok, memory, fact: dict, text: str, max_new_tokens: int) -> dict:
