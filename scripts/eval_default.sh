@@ -1,13 +1,13 @@
 #!/bin/bash
 # The default model's evaluation JSONs (docs/results/default_*.json), rendered into docs/RESULTS.md
 # and the README by scripts/render_readme.py. Run from the repository root after `make test` (the
-# venv) and `memlong data --out runs/corpus`; one stream, 2 threads (about 2 hours on 2 cores).
+# venv) and `memlong data --out runs/corpus`; one stream, 2 threads (about 90 minutes on 2 idle cores).
 set -ex
 M="${PYTHON:-.venv/bin/python} -m memlong"
 $M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_passkey.json --plot docs/results/default_passkey.png
-$M eval ppl --data runs/corpus --lengths 16384 --max-documents 4 --methods memlong,memlong_no_memory,base_truncated --threads 2 --json docs/results/default_ppl_test.json
+$M eval ppl --data runs/corpus --lengths 16384 --max-documents 3 --methods memlong,memlong_no_memory,base_truncated --threads 2 --json docs/results/default_ppl_test.json
 $M eval ruler --data runs/corpus --lengths 4096 --samples 1 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_ruler.json --plot docs/results/default_ruler.png
-$M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768 --max-base-length 16384 --max-documents 2 --methods memlong,base_full --threads 2 --json docs/results/default_ppl_by_length.json --plot docs/results/default_ppl_by_length.png
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 2 --json docs/results/default_passkey_32k.json
-$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 30 --threads 2 --json docs/results/default_icl.json
+$M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --methods memlong,base_full --threads 2 --json docs/results/default_ppl_by_length.json --plot docs/results/default_ppl_by_length.png
+$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --threads 2 --json docs/results/default_icl.json
 ${PYTHON:-.venv/bin/python} scripts/render_readme.py
