@@ -3,7 +3,7 @@
 Protocol (all at one torch thread, on the CPU):
 
 * **Chunks.** Real documents from a corpus JSONL (records ``{"id", "source", "text"}``; default
-  ``runs/corpus/validation.jsonl``, held out from the base model's training) are tokenized with
+  ``runs/corpus/validation.jsonl``, the corpus's held-out validation split) are tokenized with
   the default base model's tokenizer and cut into consecutive full chunks of ``--chunk-size``
   (128) tokens. Documents are taken longest first, round-robin over sources (so Python, man
   pages and Java all appear), at most ``--max-doc-chunks`` chunks from the start of each, until
