@@ -530,12 +530,9 @@ def run(args) -> int:
 def plot_ingest(results: list[dict], path: str) -> None:
     """Two panels, tokens/s and peak RSS against tokens (log x), one line per method; failed
     points are left out (the JSON says why)."""
-    import matplotlib
+    from memlong.plotting import finish, pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3.6))
     for method in [m for m in METHODS if any(r["method"] == m for r in results)]:
         ok = sorted((r["tokens"], r) for r in results if r["method"] == method and "error" not in r)
         if not ok:
@@ -545,15 +542,9 @@ def plot_ingest(results: list[dict], path: str) -> None:
         b.plot(xs, [r["peak_rss_bytes"] / 2**30 for _, r in ok], marker="o", label=method)
     for ax, ylabel in ((a, "tokens / s"), (b, "peak RSS (GiB)")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("tokens ingested")
-        ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    if a.get_legend_handles_labels()[0]:
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        finish(ax, "tokens ingested", ylabel, legend_size=8, legend=ax is a)
+    save(fig, path, dpi=80)
 
 
 def _row(r: dict) -> str:

@@ -65,6 +65,17 @@ def load_models(args, methods):
     return tok, model, base, window, base_path
 
 
+def run_by_length(args, methods: list[str], default_lengths: str, measure, plot) -> int:
+    """A task measured at ``--lengths`` (default: ``default_lengths``): loads the models, runs
+    ``measure(args, tok, model, base, base_window, lengths, methods) -> results`` and writes the
+    report (``--json``) and ``plot`` (``--plot``)."""
+    lengths = parse_lengths(args.lengths or default_lengths)
+    tok, model, base, base_window, base_path = load_models(args, methods)
+    results = measure(args, tok, model, base, base_window, lengths, methods)
+    write_report(args, results, model, base_path, base_window, plot)
+    return 0
+
+
 def parse_lengths(text: str) -> list[int]:
     """``--lengths``: comma-separated integers >= 2, sorted."""
     try:

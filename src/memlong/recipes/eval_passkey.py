@@ -10,16 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from memlong.recipes.eval_common import (
-    DATA_HELP,
-    METHODS,
-    Skip,
-    generate_answer,
-    load_models,
-    measured,
-    parse_lengths,
-    write_report,
-)
+from memlong.recipes.eval_common import DATA_HELP, METHODS, Skip, generate_answer, measured, run_by_length
 
 DEFAULT_LENGTHS = "4096,8192,16384,32768,65536"
 
@@ -35,11 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args, methods: list[str]) -> int:
-    lengths = parse_lengths(args.lengths or DEFAULT_LENGTHS)
-    tok, model, base, base_window, base_path = load_models(args, methods)
-    results = _run_passkey(args, tok, model, base, base_window, lengths, methods)
-    write_report(args, results, model, base_path, base_window, plot)
-    return 0
+    return run_by_length(args, methods, DEFAULT_LENGTHS, _run_passkey, plot)
 
 
 def passkey_question_ids(tok) -> list[int]:
@@ -115,29 +102,20 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
 
 
 def plot(results: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A heatmap of accuracy per method (depth by length; '-' where skipped or failed)."""
+    from memlong.plotting import pyplot, save, score_grid
 
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     lengths = sorted({r["length"] for r in results})
     depths = sorted({r["depth"] for r in results})
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
     for ax, method in zip(axes[0], methods):
         grid = [[float("nan")] * len(lengths) for _ in depths]
         for r in results:
             if r["method"] == method and r.get("accuracy") is not None:
                 grid[depths.index(r["depth"])][lengths.index(r["length"])] = r["accuracy"]
-        ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_title(method, fontsize=9)
-        ax.set_xticks(range(len(lengths)), [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths], fontsize=7)
-        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+        score_grid(ax, grid, [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths],
+                   [f"{d:.0%}" for d in depths], method)
         ax.set_xlabel("length")
-        for i, row in enumerate(grid):
-            for j, v in enumerate(row):
-                ax.text(j, i, "-" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=7)
     axes[0][0].set_ylabel("depth")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

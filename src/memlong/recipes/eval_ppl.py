@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from memlong.recipes.eval_common import DATA_HELP, METHODS, Skip, load_models, measured, parse_lengths, write_report
+from memlong.recipes.eval_common import DATA_HELP, METHODS, Skip, measured, run_by_length
 
 DEFAULT_LENGTHS = "1024,2048,4096,8192,16384,32768"
 
@@ -39,11 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args, methods: list[str]) -> int:
-    lengths = parse_lengths(args.lengths or DEFAULT_LENGTHS)
-    tok, model, base, base_window, base_path = load_models(args, methods)
-    results = _run_ppl(args, tok, model, base, base_window, lengths, methods)
-    write_report(args, results, model, base_path, base_window, plot)
-    return 0
+    return run_by_length(args, methods, DEFAULT_LENGTHS, _run_ppl, plot)
 
 
 def _nll_plain(model, ids, score: int) -> tuple[float, int]:

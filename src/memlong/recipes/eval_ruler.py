@@ -197,16 +197,13 @@ def _averages(results: list[dict]) -> str:
 def plot(results: list[dict], path: str) -> None:
     """One PNG: a heatmap per method (task by length; '-' where skipped or failed) above the
     average score against length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from memlong.plotting import finish, pyplot, save, score_grid
 
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     rows = list(dict.fromkeys(label(r["task"], r["haystack"]) for r in results))
     lengths = sorted({r["length"] for r in results})
     ticks = [f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n) for n in lengths]
-    fig = plt.figure(figsize=(max(7.0, 3.4 * len(methods)), 0.32 * len(rows) + 6))
+    fig = pyplot().figure(figsize=(max(7.0, 3.4 * len(methods)), 0.32 * len(rows) + 6))
     grid = fig.add_gridspec(2, len(methods), height_ratios=[0.32 * len(rows) + 1, 3])
     for j, method in enumerate(methods):
         ax = fig.add_subplot(grid[0, j])
@@ -214,14 +211,8 @@ def plot(results: list[dict], path: str) -> None:
         for r in results:
             if r["method"] == method and r.get("score") is not None:
                 cells[rows.index(label(r["task"], r["haystack"]))][lengths.index(r["length"])] = r["score"]
-        ax.imshow(cells, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_title(method, fontsize=9)
-        ax.set_xticks(range(len(lengths)), ticks, fontsize=7)
-        ax.set_yticks(range(len(rows)), rows if j == 0 else [""] * len(rows), fontsize=7)
+        score_grid(ax, cells, ticks, rows if j == 0 else [""] * len(rows), method, fontsize=6)
         ax.set_xlabel("length", fontsize=8)
-        for i, line in enumerate(cells):
-            for k, v in enumerate(line):
-                ax.text(k, i, "-" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=6)
     ax = fig.add_subplot(grid[1, :])
     for method, by in averages(results).items():
         ax.plot(list(by), list(by.values()), "o-", label=method)
@@ -229,11 +220,5 @@ def plot(results: list[dict], path: str) -> None:
     ax.set_xticks(lengths, ticks)
     ax.minorticks_off()
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("input length (tokens)")
-    ax.set_ylabel("average score over the tasks")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(ax, "input length (tokens)", "average score over the tasks", legend_size=8)
+    save(fig, path)
