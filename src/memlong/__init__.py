@@ -12,7 +12,8 @@ from memlong.memory import BankFileError, BankLayout, MemoryBank
 from memlong.modeling import SUPPORTED_FAMILIES, UnsupportedModelError, from_pretrained, wrap
 from memlong.retriever import EmbeddingRetriever, HashingRetriever, Retriever, SentenceTransformerRetriever
 
-__version__ = "0.1.0"
+# The release (CHANGELOG.md); equal to pyproject.toml's version (tests/test_version.py).
+__version__ = "0.2.0"
 
 __all__ = [
     "BankFileError",

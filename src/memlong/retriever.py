@@ -148,7 +148,7 @@ def retriever_from_name(name: str, tokenizer=None, model=None) -> Retriever:
     """The CLI's ``--retriever`` values: ``minilm`` (the offline default all-MiniLM-L6-v2),
     ``hashing`` (:class:`HashingRetriever`), ``embedding`` (:class:`EmbeddingRetriever` over
     ``model``'s input embeddings, SIF-weighted when the model's folder has a
-    :data:`TOKEN_COUNTS` file, as the shipped base model does; needs ``model``), or any
+    :data:`TOKEN_COUNTS` file, written by :func:`save_token_counts`; needs ``model``), or any
     sentence-transformers name/path."""
     if name == "hashing":
         return HashingRetriever()

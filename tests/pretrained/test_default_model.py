@@ -366,3 +366,29 @@ def test_load_memlong_model_loads_a_trained_delta_with_its_local_base_and_tokeni
     frozen = dict(AutoModelForCausalLM.from_pretrained(str(tmp_path / "moved" / "base")).named_parameters())
     name = "model.layers.0.self_attn.k_proj.weight"
     assert torch.equal(dict(loaded.named_parameters())[name], frozen[name])  # the rest is the base's
+
+
+def test_load_tokenizer_finds_the_tokenizer_load_memlong_model_uses(tmp_path, bpe_tokenizer_dir, monkeypatch):
+    """A directory's own tokenizer, else its base's (memlong_base.json: a local base relative to the
+    directory, or memlong:default, the default base); the model is never loaded."""
+    from conftest import save_tiny_lm
+
+    from memlong.modeling import BASE_NAME
+    from memlong.pretrained import DEFAULT_BASE, base_model_of, load_tokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
+    text = "def main(argv=None):"
+    base = save_tiny_lm(tmp_path / "base", bpe_tokenizer_dir, layers=2)
+    monkeypatch.setenv(ENV_VAR, str(base))
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    (delta / BASE_NAME).write_text(json.dumps({"base_model": "../base", "local": True, "mode": "full"}))
+    on_default = tmp_path / "on_default"
+    on_default.mkdir()
+    (on_default / BASE_NAME).write_text(json.dumps({"base_model": DEFAULT_BASE, "local": False, "mode": "none"}))
+    assert base_model_of(None) == base_model_of("default") == base_model_of(on_default) == str(base)
+    assert base_model_of(delta) == str(base.resolve())
+    assert base_model_of(tmp_path / "saved") == str(tmp_path / "saved")  # save_pretrained dir or base model
+    for name in (None, "default", base, delta, on_default):
+        tok = load_tokenizer(name)
+        assert tok.model_max_length == 10**9 and tok(text).input_ids == reference(text).input_ids, name

@@ -166,7 +166,7 @@ def test_trained_directory_moves_with_its_local_base(setup, short_run, tmp_path)
 def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
     from transformers import AutoTokenizer
 
-    from memlong.recipes.eval import passkey_prompt
+    from memlong.recipes.eval_passkey import passkey_prompt
 
     tok = AutoTokenizer.from_pretrained(setup / "model")
     pool = tok((setup / "train.jsonl").read_text(), add_special_tokens=False)["input_ids"]
@@ -190,7 +190,7 @@ def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
 
 def test_eval_reading_time_overrides(setup, short_run, tmp_path):
     from memlong.config import MemLongConfig, MemLongConfigError
-    from memlong.recipes.eval import reading_overrides
+    from memlong.recipes.eval_common import reading_overrides
 
     cfg = MemLongConfig(memory_layer=2, retrieval_layers=(3,), chunk_size=8, memory_capacity=64, local_window=32)
     got = reading_overrides(cfg, ["bank_dtype=int8", "retrieval_offsets=[0,1]", "top_k=3"])

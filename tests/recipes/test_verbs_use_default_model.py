@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 import memlong
 from memlong.cli import main
 from memlong.pretrained import DEFAULT_BASE, ENV_VAR
-from memlong.recipes.eval import base_model_of, eval_command
+from memlong.recipes.eval import eval_command
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +67,6 @@ def test_eval_command_names_a_given_model():
     c = {"task": "passkey", "model": "runs/m/final", "data": "d", "lengths": "4096", "trials": 1}
     assert eval_command(c, "o.json").startswith("memlong eval passkey --model runs/m/final --data d")
     assert "--model" not in eval_command({**c, "model": "default"}, "o.json")
-
-
-def test_base_model_of(default_is_tiny, tmp_path):
-    assert base_model_of(None) == base_model_of("default") == str(default_is_tiny)  # memlong:default, resolved
-    delta = tmp_path / "delta"
-    delta.mkdir()
-    (delta / "memlong_base.json").write_text(json.dumps({"base_model": "../base", "local": True, "mode": "full"}))
-    assert base_model_of(str(delta)) == str((tmp_path / "base").resolve())
-    assert base_model_of(str(tmp_path / "saved")) == str(tmp_path / "saved")  # save_pretrained dir or base model
 
 
 def test_ask_without_model_uses_the_default_model(default_is_tiny, doc, tmp_path, capsys):

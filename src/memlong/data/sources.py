@@ -1,6 +1,7 @@
 """Local sources of real human-written text, each yielding :class:`Document` records.
 
-Three sources are used for training the shipped base model, and only these three:
+Three sources make the training corpus (``memlong data``, for ``memlong pretrain`` and
+``memlong train``), and only these three:
 
 * ``stdlib``: the Python standard library sources (``*.py``), found through ``sysconfig`` so the
   same code works on any Python installation; ``site-packages`` is excluded (third-party code).

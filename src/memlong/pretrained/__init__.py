@@ -14,6 +14,7 @@ directory or base model name, the same way for every verb.
     from memlong.pretrained import load_default_base_model, load_memlong_model
     model, tokenizer = load_default_base_model()   # float32, eval mode, offline
     model, tokenizer = load_memlong_model()        # the default MemLong model
+    tokenizer = load_tokenizer()                   # its tokenizer alone, without the model
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ DEFAULT_MEMLONG_MODEL: Path = Path(__file__).resolve().parent / "default"
 #: The name memlong_base.json uses for the default base model (resolved by :func:`resolve_base`).
 DEFAULT_BASE = "memlong:default"
 
-__all__ = ["ENV_VAR", "DEFAULT_BASE", "DEFAULT_MEMLONG_MODEL", "DefaultModelUnavailable", "default_base_model_path",
-           "load_default_base_model", "load_memlong_model", "resolve_base"]
+__all__ = ["ENV_VAR", "DEFAULT_BASE", "DEFAULT_MEMLONG_MODEL", "DefaultModelUnavailable", "base_model_of",
+           "default_base_model_path", "load_default_base_model", "load_memlong_model", "load_tokenizer", "resolve_base"]
 
 
 def default_base_model_path() -> str:
@@ -67,6 +68,44 @@ def resolve_base(name: str) -> str:
     return default_base_model_path() if name == DEFAULT_BASE else name
 
 
+def _model_dir(name_or_path) -> Path:
+    """``None``/``"default"``: the shipped default MemLong model's directory; else the path given."""
+    return DEFAULT_MEMLONG_MODEL if name_or_path in (None, "default") else Path(str(name_or_path))
+
+
+def base_model_of(name_or_path=None) -> str:
+    """The base LM of a MemLong model (``None``/``"default"``: the default model): the base named
+    in its ``memlong_base.json`` (a local one relative to the directory; :data:`DEFAULT_BASE`
+    resolved to the default base's path), else the model itself (a ``save_pretrained``
+    directory or a base model name or path)."""
+    import json
+
+    from memlong.modeling import BASE_NAME
+
+    path = _model_dir(name_or_path)
+    if (path / BASE_NAME).is_file():
+        info = json.loads((path / BASE_NAME).read_text())
+        if info.get("local"):
+            return str((path / info["base_model"]).resolve())
+        return resolve_base(info["base_model"])
+    return str(path)
+
+
+def load_tokenizer(name_or_path=None):
+    """The tokenizer of a MemLong model (as :func:`load_memlong_model`'s ``name_or_path``) without
+    loading the model: the directory's own tokenizer, else its base's (:func:`base_model_of`).
+    ``model_max_length`` is lifted to 10**9: MemLong reads inputs far longer than the model's window."""
+    from transformers import AutoTokenizer
+
+    path = _model_dir(name_or_path)
+    source = str(path)
+    if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        source = base_model_of(name_or_path)  # a delta on a base: the base's tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.model_max_length = 10**9
+    return tokenizer
+
+
 def load_memlong_model(name_or_path=None, retriever="minilm", dtype=None, overrides: dict | None = None):
     """``(model, tokenizer)``: a MemLong model in eval mode, loaded the way every verb does.
 
@@ -74,27 +113,17 @@ def load_memlong_model(name_or_path=None, retriever="minilm", dtype=None, overri
     base), a MemLong directory (``save_pretrained`` / ``memlong train``), or a base model name or
     path (wrapped with the paper's layout). ``retriever``: as :func:`memlong.wrap`. ``overrides``:
     MemLongConfig fields to replace (e.g. ``{"mode": "memlong"}``), validated against the model.
+    The tokenizer is :func:`load_tokenizer`'s.
     """
     import dataclasses
 
     import torch
-    from transformers import AutoTokenizer
 
     import memlong
     from memlong.config import CONFIG_NAME, MemLongConfig
-    from memlong.modeling import BASE_NAME
 
-    path = DEFAULT_MEMLONG_MODEL if name_or_path in (None, "default") else Path(str(name_or_path))
-    tok_source = str(path)
-    if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        if (path / BASE_NAME).is_file():  # a delta on a base: the base's tokenizer
-            import json
-
-            info = json.loads((path / BASE_NAME).read_text())
-            base = resolve_base(info["base_model"])
-            tok_source = str((path / base).resolve()) if info.get("local") else base
-    tokenizer = AutoTokenizer.from_pretrained(tok_source)
-    tokenizer.model_max_length = 10**9
+    path = _model_dir(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
     config = None
     if overrides:
         config = MemLongConfig.from_pretrained(path) if (path / CONFIG_NAME).is_file() else None

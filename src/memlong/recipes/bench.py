@@ -68,50 +68,77 @@ DEFAULT_NAMES = ("shipped", "default")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["ingest", "search", "retriever"], help="what to benchmark")
-    p.add_argument("--sizes", default="1000,10000,100000", help="search: bank sizes in chunks")
-    p.add_argument("--dim", type=int, default=384, help="search: embedding dimension (MiniLM: 384)")
-    p.add_argument("--queries", type=int, default=200, help="search: queries per size")
-    p.add_argument("--vectors", default="random", choices=["random", "minilm"],
-                   help="search: random unit vectors, or MiniLM embeddings of --chunk-size-token chunks of real text")
-    p.add_argument("--embeddings-cache", default=None, help="search: .npy file caching the MiniLM embeddings")
-    p.add_argument("--indexes", default="torch,faiss_flat,faiss_hnsw,faiss_ivf", help="search: which indexes")
-    p.add_argument("--tokens", default="16384,65536,262144", help="comma-separated token counts")
-    p.add_argument("--methods", default="memlong,base_windows", help=f"comma-separated: {', '.join(METHODS)}")
-    p.add_argument("--model", default=None,
-                   help="ingest: 'shipped' or 'default' (the default model, SmolLM2-135M-Instruct; memlong reads "
-                        "with the default MemLong model's training-free config), or a local causal LM path, with "
-                        "its own tokenizer; default: a random-weight Llama of the shape below")
-    p.add_argument("--text", default=None,
-                   help="ingest: a text file or a directory (its *.py, *.txt, *.md files, recursively, sorted); "
-                        "default: the Python standard library's sources")
-    p.add_argument("--retriever", default="minilm", choices=["minilm", "hashing", "embedding"],
-                   help="minilm: the default all-MiniLM-L6-v2; hashing: the cheap lexical retriever; "
-                        "embedding: the LM's own pooled input embeddings")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--chunk-size", type=int, default=128)
-    p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--window", type=int, default=1024)
-    p.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
-    p.add_argument("--base-timeout", type=float, default=600.0,
-                   help="ingest: seconds a baseline may run at one N before it is reported as out of time")
-    p.add_argument("--max-rss-gb", type=float, default=0.0,
-                   help="ingest: kill a worker whose RSS passes this many GiB and report it as out of memory "
-                        "(0: 85%% of the memory available at start)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--malloc-mmap-threshold", type=int, default=0, metavar="BYTES",
-                   help="ingest: run the workers with MALLOC_MMAP_THRESHOLD_=BYTES (glibc): a fixed threshold "
-                        "stops glibc raising it as large blocks are freed, which lets freed tensor memory pile up "
-                        "in the heap as the input grows (0: glibc's default, a dynamic threshold)")
-    p.add_argument("--json", default=None, help="write results here")
-    p.add_argument("--plot", default=None, help="ingest: PNG of tokens/s and peak RSS against tokens")
-    p.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    """One sub-command per benchmark (``memlong bench ingest|search|retriever``), each with its own
+    flags; the flags they share come from parent parsers, so they are spelled the same everywhere."""
     from memlong.recipes import bench_retriever
 
-    bench_retriever.add_arguments(p)
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default, all cores; bench retriever: 1)")
+    shared.add_argument("--json", default=None, metavar="OUT", help="write the results here")
+    shared.add_argument("--chunk-size", type=int, default=128, help="tokens per chunk (MemLong's tau)")
+    shared.add_argument("--top-k", type=int, default=4, help="chunks retrieved per query (k)")
+    text = argparse.ArgumentParser(add_help=False)  # the benchmarks that read local text
+    text.add_argument("--text", default=None,
+                      help="a text file or a directory (its *.py, *.txt, *.md files, recursively, sorted); "
+                           "default: the Python standard library's sources")
+
+    benches = p.add_subparsers(dest="what", metavar="BENCH", required=True)
+
+    def bench(name: str, summary: str, doc: str, *parents):
+        return benches.add_parser(name, parents=[shared, *parents], help=summary, description=doc,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    ingest = bench("ingest", "tokens/s and peak memory of reading N tokens, MemLong against the base model's "
+                             "baselines", _section("ingest"), text)
+    ingest.add_argument("--tokens", default="16384,65536,262144", help="comma-separated token counts")
+    ingest.add_argument("--methods", default="memlong,base_windows", help=f"comma-separated: {', '.join(METHODS)}")
+    ingest.add_argument("--model", default=None,
+                        help="'shipped' or 'default' (the default model, SmolLM2-135M-Instruct; memlong reads "
+                             "with the default MemLong model's training-free config), or a local causal LM path, "
+                             "with its own tokenizer; default: a random-weight Llama of the shape below")
+    ingest.add_argument("--retriever", default="minilm", choices=["minilm", "hashing", "embedding"],
+                        help="minilm: the default all-MiniLM-L6-v2; hashing: the cheap lexical retriever; "
+                             "embedding: the LM's own pooled input embeddings")
+    shape = ingest.add_argument_group("the random-weight Llama (without --model)")
+    shape.add_argument("--layers", type=int, default=8)
+    shape.add_argument("--hidden", type=int, default=256)
+    shape.add_argument("--heads", type=int, default=8)
+    shape.add_argument("--kv-heads", type=int, default=4)
+    ingest.add_argument("--window", type=int, default=1024,
+                        help="MemLong's local window; the tokens per forward of the baselines, and base_sliding's "
+                             "sliding window")
+    ingest.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
+    ingest.add_argument("--base-timeout", type=float, default=600.0,
+                        help="seconds a baseline may run at one N before it is reported as out of time")
+    ingest.add_argument("--max-rss-gb", type=float, default=0.0,
+                        help="kill a worker whose RSS passes this many GiB and report it as out of memory "
+                             "(0: 85%% of the memory available at start)")
+    ingest.add_argument("--malloc-mmap-threshold", type=int, default=0, metavar="BYTES",
+                        help="run the workers with MALLOC_MMAP_THRESHOLD_=BYTES (glibc): a fixed threshold stops "
+                             "glibc raising it as large blocks are freed, which lets freed tensor memory pile up in "
+                             "the heap as the input grows (0: glibc's default, a dynamic threshold)")
+    ingest.add_argument("--plot", default=None, metavar="PNG", help="PNG of tokens/s and peak RSS against tokens")
+    ingest.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+
+    search = bench("search", "latency and recall of one top-k query against bank size, exact and approximate "
+                             "indexes", _section("search"), text)
+    search.add_argument("--sizes", default="1000,10000,100000", help="bank sizes in chunks")
+    search.add_argument("--dim", type=int, default=384, help="embedding dimension of random vectors (MiniLM: 384)")
+    search.add_argument("--queries", type=int, default=200, help="queries per size")
+    search.add_argument("--vectors", default="random", choices=["random", "minilm"],
+                        help="random unit vectors, or MiniLM embeddings of --chunk-size-token chunks of --text")
+    search.add_argument("--embeddings-cache", default=None, help=".npy file caching the MiniLM embeddings")
+    search.add_argument("--indexes", default="torch,faiss_flat,faiss_hnsw,faiss_ivf", help="which indexes")
+
+    bench_retriever.add_arguments(bench("retriever", "cost and retrieval quality of the cheap retrievers against "
+                                                     "MiniLM", bench_retriever.__doc__))
+
+
+def _section(name: str) -> str:
+    """The part of this module's docstring about ``memlong bench NAME`` (its --help description)."""
+    parts = __doc__.split("`memlong bench ")
+    return "`memlong bench " + next(part for part in parts if part.startswith(f"{name}`")).strip()
 
 
 def _text_files(text: str | None):
@@ -435,6 +462,14 @@ def _run_worker(cmd: list[str], timeout: float | None, max_rss: int, env: dict |
     return {"error": last}
 
 
+def worker_command(args, method: str, n: int) -> list[str]:
+    """The process that measures ``method`` at ``n`` tokens: ``memlong bench ingest --worker METHOD N``
+    with every flag of ``args`` but the run's own (tokens, methods, outputs) passed through."""
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                   if k not in ("what", "tokens", "methods", "json", "plot", "worker") and v is not None]
+    return [sys.executable, "-m", "memlong", "bench", "ingest", "--worker", method, str(n), *passthrough]
+
+
 def _write_json(path: str, report: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -464,8 +499,6 @@ def run(args) -> int:
     if unknown or not methods:
         raise SystemExit(f"--methods: unknown {unknown or methods}; choose from {', '.join(METHODS)}")
     max_rss = int(args.max_rss_gb * 2**30) if args.max_rss_gb > 0 else int(0.85 * _available_bytes())
-    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k not in ("what", "tokens", "methods", "json", "plot", "worker") and v is not None]
     command = " ".join(["memlong", "bench", *sys.argv[2:]])
     if args.malloc_mmap_threshold < 0:
         raise SystemExit(f"--malloc-mmap-threshold must be >= 0 bytes, got {args.malloc_mmap_threshold}")
@@ -476,9 +509,8 @@ def run(args) -> int:
             if method in failed:
                 r = {"method": method, "tokens": n, "error": f"not run: {failed[method]}"}
             else:
-                cmd = [sys.executable, "-m", "memlong", "bench", "ingest", "--worker", method, str(n), *passthrough]
                 timeout = None if method == "memlong" else args.base_timeout
-                r = _run_worker(cmd, timeout, max_rss, worker_env)
+                r = _run_worker(worker_command(args, method, n), timeout, max_rss, worker_env)
                 if "error" in r:
                     r = {"method": method, "tokens": n, **r}
                     if r["error"].startswith("out of"):
@@ -498,12 +530,9 @@ def run(args) -> int:
 def plot_ingest(results: list[dict], path: str) -> None:
     """Two panels, tokens/s and peak RSS against tokens (log x), one line per method; failed
     points are left out (the JSON says why)."""
-    import matplotlib
+    from memlong.plotting import finish, pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3.6))
     for method in [m for m in METHODS if any(r["method"] == m for r in results)]:
         ok = sorted((r["tokens"], r) for r in results if r["method"] == method and "error" not in r)
         if not ok:
@@ -513,15 +542,9 @@ def plot_ingest(results: list[dict], path: str) -> None:
         b.plot(xs, [r["peak_rss_bytes"] / 2**30 for _, r in ok], marker="o", label=method)
     for ax, ylabel in ((a, "tokens / s"), (b, "peak RSS (GiB)")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("tokens ingested")
-        ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    if a.get_legend_handles_labels()[0]:
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        finish(ax, "tokens ingested", ylabel, legend_size=8, legend=ax is a)
+    save(fig, path, dpi=80)
 
 
 def _row(r: dict) -> str:

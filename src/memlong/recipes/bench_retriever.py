@@ -3,7 +3,7 @@
 Protocol (all at one torch thread, on the CPU):
 
 * **Chunks.** Real documents from a corpus JSONL (records ``{"id", "source", "text"}``; default
-  ``runs/corpus/validation.jsonl``, held out from the base model's training) are tokenized with
+  ``runs/corpus/validation.jsonl``, the corpus's held-out validation split) are tokenized with
   the default base model's tokenizer and cut into consecutive full chunks of ``--chunk-size``
   (128) tokens. Documents are taken longest first, round-robin over sources (so Python, man
   pages and Java all appear), at most ``--max-doc-chunks`` chunks from the start of each, until
@@ -49,16 +49,15 @@ VARIANTS = ("minilm", "hashing", "embedding_mean", "embedding_centered", "embedd
 
 
 def add_arguments(p) -> None:
-    """Arguments of ``memlong bench retriever`` (called by bench.py's add_arguments)."""
-    g = p.add_argument_group("retriever benchmark (memlong bench retriever)")
-    g.add_argument("--corpus", default="runs/corpus/validation.jsonl", help="retriever: documents to chunk (JSONL)")
-    g.add_argument("--sample-corpus", default="runs/corpus/train.jsonl",
-                   help="retriever: JSONL whose first --sample-tokens tokens give embedding_sif its frequencies")
-    g.add_argument("--sample-tokens", type=int, default=1_000_000)
-    g.add_argument("--chunks", type=int, default=3000, help="retriever: chunks in all")
-    g.add_argument("--max-doc-chunks", type=int, default=150, help="retriever: chunks per document at most")
-    g.add_argument("--batch", type=int, default=8, help="retriever: chunks per embed() call")
-    g.add_argument("--retrievers", default=",".join(VARIANTS), help="retriever: comma-separated, minilm first")
+    """The flags of ``memlong bench retriever`` beside the shared ones (:mod:`memlong.recipes.bench`)."""
+    p.add_argument("--corpus", default="runs/corpus/validation.jsonl", help="documents to chunk (JSONL)")
+    p.add_argument("--sample-corpus", default="runs/corpus/train.jsonl",
+                   help="JSONL whose first --sample-tokens tokens give embedding_sif its frequencies")
+    p.add_argument("--sample-tokens", type=int, default=1_000_000)
+    p.add_argument("--chunks", type=int, default=3000, help="chunks in all")
+    p.add_argument("--max-doc-chunks", type=int, default=150, help="chunks per document at most")
+    p.add_argument("--batch", type=int, default=8, help="chunks per embed() call")
+    p.add_argument("--retrievers", default=",".join(VARIANTS), help="comma-separated, minilm first")
 
 
 def _read_jsonl(path: str):

@@ -25,9 +25,17 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from pathlib import Path
 
 from memlong.data.ruler import HAYSTACKS, TASKS
+from memlong.recipes.eval_common import (
+    METHODS,
+    Skip,
+    generate_answer,
+    load_models,
+    measured,
+    parse_lengths,
+    write_report,
+)
 
 DEFAULT_LENGTHS = "4096,8192,16384,32768,65536,131072"
 
@@ -63,23 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def label(task: str, haystack: str | None) -> str:
     return f"{task}/{haystack}" if task.startswith("niah") else task
-
-
-def load_tokenizer(model_path):
-    """The tokenizer :func:`memlong.pretrained.load_memlong_model` gives ``model_path`` (its own,
-    else its base's), without loading the model: prompts are built and checked first."""
-    from transformers import AutoTokenizer
-
-    from memlong.pretrained import DEFAULT_MEMLONG_MODEL
-    from memlong.recipes.eval import base_model_of
-
-    path = DEFAULT_MEMLONG_MODEL if model_path in (None, "default") else Path(str(model_path))
-    source = str(path)
-    if path.is_dir() and not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        source = base_model_of(model_path)
-    tok = AutoTokenizer.from_pretrained(source)
-    tok.model_max_length = 10**9
-    return tok
 
 
 def build_prompts(args, tok, lengths: list[int]) -> dict:
@@ -142,22 +133,20 @@ def _text_haystack(args, tok, longest: int):
     return hay
 
 
-def run_ruler(args, methods: list[str]) -> int:
-    from memlong.recipes.eval import _load, parse_lengths, write_report
+def run(args, methods: list[str]) -> int:
+    from memlong.pretrained import load_tokenizer
 
     lengths = parse_lengths(args.lengths or DEFAULT_LENGTHS)
     t0 = time.perf_counter()
     prompts = build_prompts(args, load_tokenizer(args.model), lengths)
     print(f"{sum(map(len, prompts.values()))} prompts built in {time.perf_counter() - t0:.1f} s", flush=True)
-    tok, model, base, base_window, base_path = _load(args, need_base=any(m.startswith("base_") for m in methods))
+    tok, model, base, base_window, base_path = load_models(args, methods)
     results = []
     for (task, h, L), samples in prompts.items():
         for method in methods:
             results.append(_measure(args, task, h, L, samples, method, tok, model, base, base_window))
-    write_report(args, results, model, base_path, base_window)
+    write_report(args, results, model, base_path, base_window, plot)
     print(_averages(results))
-    if args.plot:
-        plot(results, args.plot)
     return 0
 
 
@@ -166,13 +155,12 @@ def _measure(args, task, haystack, L, samples, method, tok, model, base, base_wi
 
     from memlong.data.ruler import score
     from memlong.recipes.ask import STOPS, answer_end
-    from memlong.recipes.eval import _measured, _Skip, generate_answer
 
     row = {"task": task, "haystack": haystack, "length": L, "method": method, "samples": len(samples),
            "prompt_tokens": max(len(s.ids) for s in samples), "max_new_tokens": samples[0].max_new_tokens}
-    with _measured(row, "score"):
+    with measured(row, "score"):
         if method == "base_full" and L > args.max_base_length:
-            raise _Skip(f"not attempted above --max-base-length={args.max_base_length}")
+            raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
         examples = []
         for s in samples:
             ids = torch.tensor([s.ids])
@@ -209,18 +197,13 @@ def _averages(results: list[dict]) -> str:
 def plot(results: list[dict], path: str) -> None:
     """One PNG: a heatmap per method (task by length; '-' where skipped or failed) above the
     average score against length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from memlong.recipes.eval import METHODS
+    from memlong.plotting import finish, pyplot, save, score_grid
 
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     rows = list(dict.fromkeys(label(r["task"], r["haystack"]) for r in results))
     lengths = sorted({r["length"] for r in results})
     ticks = [f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n) for n in lengths]
-    fig = plt.figure(figsize=(max(7.0, 3.4 * len(methods)), 0.32 * len(rows) + 6))
+    fig = pyplot().figure(figsize=(max(7.0, 3.4 * len(methods)), 0.32 * len(rows) + 6))
     grid = fig.add_gridspec(2, len(methods), height_ratios=[0.32 * len(rows) + 1, 3])
     for j, method in enumerate(methods):
         ax = fig.add_subplot(grid[0, j])
@@ -228,14 +211,8 @@ def plot(results: list[dict], path: str) -> None:
         for r in results:
             if r["method"] == method and r.get("score") is not None:
                 cells[rows.index(label(r["task"], r["haystack"]))][lengths.index(r["length"])] = r["score"]
-        ax.imshow(cells, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_title(method, fontsize=9)
-        ax.set_xticks(range(len(lengths)), ticks, fontsize=7)
-        ax.set_yticks(range(len(rows)), rows if j == 0 else [""] * len(rows), fontsize=7)
+        score_grid(ax, cells, ticks, rows if j == 0 else [""] * len(rows), method, fontsize=6)
         ax.set_xlabel("length", fontsize=8)
-        for i, line in enumerate(cells):
-            for k, v in enumerate(line):
-                ax.text(k, i, "-" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=6)
     ax = fig.add_subplot(grid[1, :])
     for method, by in averages(results).items():
         ax.plot(list(by), list(by.values()), "o-", label=method)
@@ -243,11 +220,5 @@ def plot(results: list[dict], path: str) -> None:
     ax.set_xticks(lengths, ticks)
     ax.minorticks_off()
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("input length (tokens)")
-    ax.set_ylabel("average score over the tasks")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(ax, "input length (tokens)", "average score over the tasks", legend_size=8)
+    save(fig, path)

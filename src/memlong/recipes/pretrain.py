@@ -288,10 +288,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     """Training loss (raw and smoothed) and validation loss against tokens seen."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from memlong.plotting import finish, pyplot, save
 
     train, val = [], []
     for line in metrics_path.read_text().splitlines():
@@ -299,7 +296,7 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
         (val if "val_loss" in m else train).append(m)
     if not train:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     xs = [m["tokens"] / 1e6 for m in train]
     ys = [m["loss"] for m in train]
     ax.plot(xs, ys, color="tab:blue", alpha=0.25, lw=0.8, label="train loss (per step)")
@@ -309,14 +306,9 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     if val:
         ax.plot([m["tokens"] / 1e6 for m in val], [m["val_loss"] for m in val], "o-", color="tab:orange",
                 label="validation loss")
-    ax.set_xlabel("tokens seen (millions)")
-    ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_ylim(top=min(max(ys), 10.0))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    finish(ax, "tokens seen (millions)", "cross-entropy (nats/token)")
+    save(fig, png_path, dpi=100)
 
 
 def _save_checkpoint(out: Path, model, optimizer, scheduler, stream, state: dict, summary: dict) -> None:

@@ -1,0 +1,121 @@
+"""`memlong eval passkey`: a passkey (random digits) is stated once inside a haystack of real text
+(held-out documents) at a given depth and asked for at the end; accuracy is the exact match of
+the greedily generated digits, over several trials per length and depth, for the methods of
+``eval ppl``.
+
+    memlong eval passkey --model PATH --data PATH --lengths 4096,65536 --depths 0.1,0.5,0.9 --trials 3
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from memlong.recipes.eval_common import DATA_HELP, METHODS, Skip, generate_answer, measured, run_by_length
+
+DEFAULT_LENGTHS = "4096,8192,16384,32768,65536"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``memlong eval passkey`` beside the shared ones (:mod:`memlong.recipes.eval`)."""
+    p.add_argument("--data", required=True, help=f"the haystack's text: {DATA_HELP}")
+    p.add_argument("--depths", default="0.1,0.5,0.9", help="where the key is stated (fractions)")
+    p.add_argument("--trials", type=int, default=3, help="trials per length and depth")
+    p.add_argument("--no-requery", dest="requery", action="store_false",
+                   help="answer with the memory retrieved before the question instead of retrieving again "
+                        "with it (generate(requery=N), the default)")
+
+
+def run(args, methods: list[str]) -> int:
+    return run_by_length(args, methods, DEFAULT_LENGTHS, _run_passkey, plot)
+
+
+def passkey_question_ids(tok) -> list[int]:
+    """The tokens that end every passkey prompt: the question, "What is the pass key? The pass key is"."""
+    from memlong.training import PASSKEY_QUESTION
+
+    return tok("\n" + PASSKEY_QUESTION.split("{key}")[0].rstrip(), add_special_tokens=False)["input_ids"]
+
+
+def passkey_prompt(tok, pool: list[int], key: str, length: int, depth: float, offset: int = 0) -> list[int]:
+    """``length`` tokens: haystack from ``pool`` (starting at ``offset``) with the passkey statement
+    at ``depth`` of it, ending with the question whose answer is ``key``."""
+    from memlong.training import PASSKEY_STATEMENT
+
+    q_ids = passkey_question_ids(tok)
+    s_ids = tok("\n" + PASSKEY_STATEMENT.format(key=key) + "\n", add_special_tokens=False)["input_ids"]
+    budget = length - len(s_ids) - len(q_ids)
+    if budget < 0 or len(pool) < budget:
+        raise ValueError(f"cannot build a {length}-token passkey prompt from {len(pool)} haystack tokens")
+    start = offset % max(1, len(pool) - budget + 1)
+    hay = pool[start : start + budget]
+    at = int(depth * budget)
+    return hay[:at] + s_ids + hay[at:] + q_ids
+
+
+def passkey_digits(answer: str, n: int = 5) -> str:
+    """The first ``n`` digits of a generated answer (compared with the key for exact match)."""
+    import re
+
+    return "".join(re.findall(r"\d", answer))[:n]
+
+
+def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[dict]:
+    import random
+
+    import torch
+
+    from memlong.training import document_texts
+
+    pool: list[int] = []  # haystack: held-out documents back to back
+    for text in document_texts(args.data, args.split)():
+        pool.extend(tok(text + "\n\n", add_special_tokens=False)["input_ids"])
+        if len(pool) >= max(lengths) + args.trials * 997:
+            break
+    if len(pool) < max(lengths):
+        raise SystemExit(f"--data holds {len(pool)} tokens, fewer than the longest --lengths {max(lengths)}")
+    depths = [float(x) for x in args.depths.split(",") if x]
+    rng = random.Random(args.seed)
+    new_tokens = 8
+    results = []
+    for L in lengths:
+        for depth in depths:
+            cases = []
+            for t in range(args.trials):
+                key = str(rng.randrange(10_000, 100_000))
+                cases.append((key, torch.tensor([passkey_prompt(tok, pool, key, L, depth, offset=t * 997)])))
+            for method in methods:
+                row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
+                with measured(row, "accuracy"):
+                    if method == "base_full" and L > args.max_base_length:
+                        raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
+                    hits = 0
+                    for key, ids in cases:
+                        q = len(passkey_question_ids(tok)) if args.requery else False
+                        answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window)
+                        hits += int(passkey_digits(answer) == key)
+                    row.update(accuracy=hits / len(cases))
+                results.append(row)
+                acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
+                print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  ({row['trials']} trials) "
+                      f"{row.get('note', '')}", flush=True)
+    return results
+
+
+def plot(results: list[dict], path: str) -> None:
+    """A heatmap of accuracy per method (depth by length; '-' where skipped or failed)."""
+    from memlong.plotting import pyplot, save, score_grid
+
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    lengths = sorted({r["length"] for r in results})
+    depths = sorted({r["depth"] for r in results})
+    fig, axes = pyplot().subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        grid = [[float("nan")] * len(lengths) for _ in depths]
+        for r in results:
+            if r["method"] == method and r.get("accuracy") is not None:
+                grid[depths.index(r["depth"])][lengths.index(r["length"])] = r["accuracy"]
+        score_grid(ax, grid, [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths],
+                   [f"{d:.0%}" for d in depths], method)
+        ax.set_xlabel("length")
+    axes[0][0].set_ylabel("depth")
+    save(fig, path)
