@@ -10,4 +10,6 @@ $M eval ruler --data runs/corpus --lengths 4096 --samples 1 --methods memlong,me
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 2 --json docs/results/default_passkey_32k.json
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --methods memlong,base_full --threads 2 --json docs/results/default_ppl_by_length.json --plot docs/results/default_ppl_by_length.png
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --threads 2 --json docs/results/default_icl.json
+# why the default keeps 4 sink tokens: the same 4k passkey without them
+$M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set sink_tokens=0 --threads 2 --json docs/results/default_passkey_no_sink.json
 ${PYTHON:-.venv/bin/python} scripts/render_readme.py
