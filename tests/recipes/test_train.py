@@ -166,7 +166,7 @@ def test_trained_directory_moves_with_its_local_base(setup, short_run, tmp_path)
 def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
     from transformers import AutoTokenizer
 
-    from memlong.recipes.eval_passkey import passkey_prompt
+    from memlong.recipes.eval_passkey import passkey_digits, passkey_prompt
 
     tok = AutoTokenizer.from_pretrained(setup / "model")
     pool = tok((setup / "train.jsonl").read_text(), add_special_tokens=False)["input_ids"]
@@ -185,6 +185,10 @@ def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
     assert len(rows) == 2 * 2 * 4
     assert all(r["trials"] == 2 and (r["accuracy"] is None or 0 <= r["accuracy"] <= 1) for r in rows)
     assert [r["note"] for r in rows if r["accuracy"] is None][0].startswith("skipped")
+    for r in rows:  # each trial's key and generated answer, for finding out why one failed
+        if r["accuracy"] is not None:
+            assert len(r["answers"]) == 2 and all(len(a["key"]) == 5 and isinstance(a["answer"], str) for a in r["answers"])
+            assert r["accuracy"] == sum(passkey_digits(a["answer"]) == a["key"] for a in r["answers"]) / 2
     assert (tmp_path / "pk.png").stat().st_size > 1000
 
 

@@ -88,12 +88,13 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
                 with measured(row, "accuracy"):
                     if method == "base_full" and L > args.max_base_length:
                         raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
-                    hits = 0
+                    hits, answers = 0, []
                     for key, ids in cases:
                         q = len(passkey_question_ids(tok)) if args.requery else False
                         answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window)
                         hits += int(passkey_digits(answer) == key)
-                    row.update(accuracy=hits / len(cases))
+                        answers.append({"key": key, "answer": answer})
+                    row.update(accuracy=hits / len(cases), answers=answers)
                 results.append(row)
                 acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
                 print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  ({row['trials']} trials) "
