@@ -12,4 +12,6 @@ $M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --met
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --threads 2 --json docs/results/default_icl.json
 # why the default keeps 4 sink tokens: the same 4k passkey without them
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set sink_tokens=0 --threads 2 --json docs/results/default_passkey_no_sink.json
+# why the default banks every layer: the same 4k passkey banking only layers 17-30
+$M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set retrieval_layers=[17,18,19,20,21,22,23,24,25,26,27,28,29,30] --threads 2 --json docs/results/default_passkey_upper_layers.json
 ${PYTHON:-.venv/bin/python} scripts/render_readme.py

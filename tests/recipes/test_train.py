@@ -203,6 +203,11 @@ def test_eval_reading_time_overrides(setup, short_run, tmp_path):
                      ("top_k=0", "MemLongConfig.top_k")):
         with pytest.raises(MemLongConfigError, match=msg):
             reading_overrides(cfg, [bad])
+    free = MemLongConfig(mode="training_free", memory_layer=1, retrieval_layers=(1, 2, 3), chunk_size=8,
+                         memory_capacity=64, local_window=32)
+    assert reading_overrides(free, ["retrieval_layers=[2,3]"]).retrieval_layers == (2, 3)  # nothing trained
+    with pytest.raises(MemLongConfigError, match="trained weights depend"):
+        reading_overrides(cfg, ["retrieval_layers=[3]"])  # MemLong mode: the gates belong to these layers
     out = tmp_path / "ppl.json"
     assert main(["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"),
                  "--split", "train", "--lengths", "256", "--score", "64", "--retriever", "hashing",

@@ -36,7 +36,8 @@ def reading_overrides(config, overrides: list[str]):
         field = field.strip()
         if not sep or not hasattr(config, field):
             raise MemLongConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD a MemLongConfig field")
-        if field in _WEIGHT_FIELDS:
+        # training_free mode trains nothing: which layers bank and retrieve may change at reading time
+        if field in _WEIGHT_FIELDS and not (config.mode == "training_free" and field == "retrieval_layers"):
             raise MemLongConfigError(f"--set {field}: the trained weights depend on it; it cannot change at reading time")
         try:
             changes[field] = json.loads(raw)
