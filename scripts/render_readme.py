@@ -7,7 +7,8 @@
 Figures are never typed by hand: every number between a section's markers
 (``<!-- name:start -->`` ... ``<!-- name:end -->``) comes from the JSON :data:`SECTIONS` names
 for it; a section whose JSON is missing is left as it is. README.md: ``demo`` (the default
-model's `memlong demo`), ``bench_default`` (`make bench`). docs/HISTORY.md, the earlier 7.5M
+model's `memlong demo`), ``default_headline`` (scripts/eval_default.sh), ``bench_default`` (`make
+bench`). docs/RESULTS.md: ``default_results``. The default model's card: ``base_ppl``. docs/HISTORY.md, the earlier 7.5M
 model: ``results`` (its evaluations), ``bench`` (docs/results/bench_ingest.json, plot
 bench_ingest.png), ``million`` (docs/results/bench_million.json beside the other
 bench_million_*.json), ``search`` (bench_search_minilm.json beside bench_search.json) and
@@ -213,6 +214,24 @@ def _mean_score(results: list[dict], length: int, method: str, key: str = "score
     return f"{sum(vals) / len(vals):.2f}" if vals else "-"
 
 
+def base_ppl_section(paths: list[Path]) -> str:
+    """The default base model with full attention, perplexity by length, from every run listed
+    (their ``base_full`` rows), each run's command named."""
+    rows, commands = [], []
+    for path in paths:
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        commands.append(f"`{_eval_command(data['config'], path)}`")
+        rows += [r for r in data["results"] if r["method"] == "base_full"]
+    out = ["| length | ppl of the last tokens (base, full attention) | tokens scored | documents |",
+           "|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["length"]):
+        out.append(f"| {r['length']:,} | {_cell(r, 'ppl', '{:.3f}')} | {r['tokens_scored']:,} | {r['documents']} |")
+    return "\n".join(out + ["", "From " + "; ".join(commands) + "."])
+
+
+
 def headline_section(paths: list[Path]) -> str:
     """One row per method, one column per measurement, from the default model's evaluation JSONs:
     ppl by length, passkey accuracy (mean over depths) by length, RULER mean score by length."""
@@ -310,6 +329,8 @@ DEFAULT_HEADLINE = [RESULTS / f"default_{name}.json" for name in ("ppl_test", "p
 SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
             "default_headline": (RESULTS / "default_passkey.json", lambda _: headline_section(DEFAULT_HEADLINE)),
             "default_results": (RESULTS / "default_passkey.json", lambda _: results_section(DEFAULT_RESULTS)),
+            "base_ppl": (RESULTS / "default_ppl_by_length.json", lambda _: base_ppl_section(
+                [RESULTS / "default_base_ppl_short.json", RESULTS / "default_ppl_by_length.json"])),
             "bench_default": (RESULTS / "bench_ingest_default.json", bench_section),
             "bench": (RESULTS / "bench_ingest.json", bench_section),
             "retriever": (RESULTS / "bench_retriever.json", retriever_section),
@@ -335,9 +356,12 @@ def _relative_links(body: str, page: Path) -> str:
                   lambda m: "](" + os.path.relpath(ROOT / m.group(1), page.resolve().parent) + ")", body)
 
 
+DEFAULT_CARD = ROOT / "src" / "memlong" / "pretrained" / "default" / "README.md"
+
+
 def rendered_files() -> list[Path]:
-    """The files whose sections are rendered: README.md and every docs/*.md."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    """The files whose sections are rendered: README.md, every docs/*.md and the default model's card."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), DEFAULT_CARD]
 
 
 def main(argv: list[str] | None = None) -> int:
