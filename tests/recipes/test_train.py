@@ -199,7 +199,8 @@ def test_eval_reading_time_overrides(setup, short_run, tmp_path):
     cfg = MemLongConfig(memory_layer=2, retrieval_layers=(3,), chunk_size=8, memory_capacity=64, local_window=32)
     got = reading_overrides(cfg, ["bank_dtype=int8", "retrieval_offsets=[0,1]", "top_k=3"])
     assert (got.bank_dtype, got.retrieval_offsets, got.top_k) == ("int8", (0, 1), 3)
-    for bad, msg in (("memory_layer=1", "trained weights depend"), ("nonsense=1", "MemLongConfig field"),
+    for bad, msg in (("memory_layer=1", "trained weights depend"), ("mode=training_free", "trained weights depend"),
+                     ("nonsense=1", "MemLongConfig field"),
                      ("top_k=0", "MemLongConfig.top_k")):
         with pytest.raises(MemLongConfigError, match=msg):
             reading_overrides(cfg, [bad])

@@ -23,7 +23,7 @@ DATA_HELP = ("a corpus folder (its --split), a .jsonl file, a text file (one doc
 
 
 # fields whose value shapes the weights (gates, trained layers): not changeable at reading time
-_WEIGHT_FIELDS = ("memory_layer", "retrieval_layers", "gate_mode", "gate_activation")
+_WEIGHT_FIELDS = ("mode", "memory_layer", "retrieval_layers", "gate_mode", "gate_activation")
 
 
 def reading_overrides(config, overrides: list[str]):
