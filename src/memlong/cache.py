@@ -434,7 +434,7 @@ class MemLongCache(Cache):
         slot = (qchunk - first_chunk).clamp_min(0)
         n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
         entries = [[self._memory_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)]
-        M = max((e[0].shape[1] for row in entries for e in row if e is not None), default=0)
+        M = max((sum(k.shape[1] for k, _ in parts) for row in entries for parts in row), default=0)
         if training_free:
             # Retrieved tokens sit just before each query's window: every local position moves M
             # further on (relative positions, so local scores are unchanged), and a slot's m
@@ -475,11 +475,12 @@ class MemLongCache(Cache):
             mem_v = torch.zeros(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
             valid = torch.zeros(B, n, M, dtype=torch.bool)
             for b in range(B):
-                for t, e in enumerate(entries[b]):
-                    if e is not None:
-                        m = e[0].shape[1]
-                        mem_k[b, t, :, :m], mem_v[b, t, :, :m] = e
-                        valid[b, t, :m] = True
+                for t, parts in enumerate(entries[b]):
+                    m = 0
+                    for k, v in parts:  # written in place, one after the other: no concatenated copy
+                        mem_k[b, t, :, m : m + k.shape[1]], mem_v[b, t, :, m : m + k.shape[1]] = k, v
+                        m += k.shape[1]
+                    valid[b, t, :m] = True
             slot_has = valid.any(-1)  # [B, n]
             valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
             has_mem = slot_has.gather(1, slot) & qvalid
@@ -523,14 +524,12 @@ class MemLongCache(Cache):
             blocks.append((ql, qh, kl, kh, mask[:, :, ql:qh, kl:kh]))
         return blocks
 
-    def _memory_of(self, b: int, j: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """What chunk ``j`` of row ``b`` reads besides its window: the sink (once chunk 0 has left
-        the window) and then the chunks retrieved for it, K/V ``[H_bank, m, D]`` each."""
+    def _memory_of(self, b: int, j: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """What chunk ``j`` of row ``b`` reads besides its window, in order: the sink (once chunk 0
+        has left the window), then the chunks retrieved for it; K/V ``[H_bank, m, D]`` each."""
+        parts = [self.sink[b]] if self.sink[b] is not None and j > self.config.window_chunks else []
         mem = self.chunk_mem[b].get(j)
-        sink = self.sink[b] if j > self.config.window_chunks else None
-        if sink is None or mem is None:
-            return mem if sink is None else sink
-        return torch.cat([sink[0], mem[0]], dim=1), torch.cat([sink[1], mem[1]], dim=1)
+        return parts if mem is None else parts + [mem]
 
     def _keep_sink(self, b: int) -> None:
         """Chunk 0 of row ``b`` leaves the window: keep its first ``sink_tokens`` tokens' K/V."""
