@@ -56,7 +56,7 @@ def test_end_to_end_json_plot_and_skipped_base(setup, tmp_path, capsys):
     variants = [("niah_single", "noise"), ("niah_single", "text"), ("vt", "noise")]
     methods = ["memlong", "memlong_no_memory", "base_full", "base_truncated"]
     assert [(r["task"], r["haystack"], r["length"], r["method"]) for r in rows] == [
-        (t, h, L, m) for t, h in variants for L in (900, 1300) for m in methods]
+        (t, h, L, m) for L in (900, 1300) for m in methods for t, h in variants]  # a length, a method at a time
     for r in rows:
         assert r["samples"] == 2 and r["seconds"] >= 0 and r["prompt_tokens"] + r["max_new_tokens"] <= r["length"]
         if r["method"] == "base_full" and r["length"] == 1300:  # above --max-base-length: skipped, not made up
@@ -91,11 +91,31 @@ def test_aggregation_tasks_noise_only_without_data(setup, tmp_path):
                      "--haystacks", "noise", "--methods", "memlong,base_truncated", "--json", str(out)) == 0
     rows = json.loads(out.read_text())["results"]
     assert [(r["task"], r["haystack"], r["method"]) for r in rows] == [
-        ("cwe", None, "memlong"), ("cwe", None, "base_truncated"), ("fwe", None, "memlong"),
-        ("fwe", None, "base_truncated"), ("niah_multiquery", "noise", "memlong"),
+        ("cwe", None, "memlong"), ("fwe", None, "memlong"), ("niah_multiquery", "noise", "memlong"),
+        ("cwe", None, "base_truncated"), ("fwe", None, "base_truncated"),
         ("niah_multiquery", "noise", "base_truncated")]
     assert all(0 <= r["score"] <= 1 for r in rows)
-    assert len(rows[0]["examples"][0]["expected"]) == 10 and len(rows[2]["examples"][0]["expected"]) == 3
+    assert len(rows[0]["examples"][0]["expected"]) == 10 and len(rows[1]["examples"][0]["expected"]) == 3
+
+
+def test_a_run_cut_short_keeps_what_it_measured(setup, tmp_path, monkeypatch):
+    from memlong.recipes import eval_ruler
+
+    measure, calls = eval_ruler._measure, []
+
+    def measure_then_die(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a session's end, hours into a long run
+        calls.append(1)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(eval_ruler, "_measure", measure_then_die)
+    out = tmp_path / "cut.json"
+    with pytest.raises(KeyboardInterrupt):
+        ruler_cli(setup, "--lengths", "1600", "--samples", "1", "--tasks", "cwe,fwe,vt", "--methods", "memlong",
+                  "--json", str(out))
+    rows = json.loads(out.read_text())["results"]
+    assert [r["task"] for r in rows] == ["cwe", "fwe"] and all(0 <= r["score"] <= 1 for r in rows)
 
 
 @pytest.fixture(scope="module")

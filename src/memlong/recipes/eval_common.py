@@ -88,17 +88,19 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
-def write_report(args, results: list[dict], model, base_path, base_window, plot=None) -> dict:
+def write_report(args, results: list[dict], model, base_path, base_window, plot=None, quiet=False) -> dict:
     """The run's JSON (``--json``): its results and config (every flag, the MemLong config as run,
     the base model and the retriever), from which :func:`memlong.recipes.eval.eval_command`
-    rebuilds the command; and its plot (``--plot``), drawn by ``plot(results, path)``."""
+    rebuilds the command; and its plot (``--plot``), drawn by ``plot(results, path)``. ``quiet``: no
+    "wrote" line (a partial report, rewritten as a long run goes)."""
     report = {"results": results, "config": {**vars(args), "memlong": model.memlong_config.to_dict(),
                                              "base_model": base_path, "base_window": base_window,
                                              "retriever_info": model.memlong_retriever.describe()}}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+        if not quiet:
+            print(f"wrote {args.json}")
     if args.plot and plot is not None:
         plot(results, args.plot)
     return report

@@ -142,9 +142,14 @@ def run(args, methods: list[str]) -> int:
     print(f"{sum(map(len, prompts.values()))} prompts built in {time.perf_counter() - t0:.1f} s", flush=True)
     tok, model, base, base_window, base_path = load_models(args, methods)
     results = []
-    for (task, h, L), samples in prompts.items():
+    # shortest length first, one method at a time; the JSON is rewritten after every cell, so a run cut
+    # short (hours at 32k on a CPU) keeps what it measured
+    for L in lengths:
         for method in methods:
-            results.append(_measure(args, task, h, L, samples, method, tok, model, base, base_window))
+            for (task, h, length), samples in prompts.items():
+                if length == L:
+                    results.append(_measure(args, task, h, L, samples, method, tok, model, base, base_window))
+                    write_report(args, results, model, base_path, base_window, quiet=True)
     write_report(args, results, model, base_path, base_window, plot)
     print(_averages(results))
     return 0
