@@ -138,6 +138,24 @@ def test_padded_batch_equals_each_sequence_alone(memlong_model, side):
     assert [len(out.memory.bank(b)) for b in range(3)][2] == 0
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("keep", [1, 5, 60])
+@torch.no_grad()
+def test_logits_to_keep_are_the_last_columns_of_the_full_logits(memlong_model, side, keep):
+    m = memlong_model[0]
+    lengths = (130, 77, 9)
+    S = max(lengths)
+    ids = torch.zeros(len(lengths), S, dtype=torch.long)
+    mask = torch.zeros(len(lengths), S, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        cols = slice(S - n, S) if side == "left" else slice(0, n)
+        ids[b, cols], mask[b, cols] = rand_ids(1, n, seed=20 + b)[0], 1
+    full = m(ids, attention_mask=mask).logits
+    kept = m(ids, attention_mask=mask, logits_to_keep=keep).logits
+    assert kept.shape == (len(lengths), keep, full.shape[-1])
+    torch.testing.assert_close(kept, full[:, -keep:], atol=ATOL, rtol=0)  # padding columns: 0 in both
+
+
 @torch.no_grad()
 def test_generate_equals_step_by_step_forward(memlong_model):
     m, _ = memlong_model

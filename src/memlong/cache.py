@@ -470,9 +470,9 @@ class MemLongCache(Cache):
             L_ = self.layout
             # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
             pin = torch.device(device).type == "cuda" and torch.device(L_.device).type == "cpu"
-            mem_k = torch.zeros(B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device,
+            mem_k = torch.empty(B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device,
                                 pin_memory=pin)
-            mem_v = torch.zeros(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
+            mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
             valid = torch.zeros(B, n, M, dtype=torch.bool)
             for b in range(B):
                 for t, parts in enumerate(entries[b]):
@@ -481,6 +481,8 @@ class MemLongCache(Cache):
                         mem_k[b, t, :, m : m + k.shape[1]], mem_v[b, t, :, m : m + k.shape[1]] = k, v
                         m += k.shape[1]
                     valid[b, t, :m] = True
+                    # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
+                    mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
             slot_has = valid.any(-1)  # [B, n]
             valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
             has_mem = slot_has.gather(1, slot) & qvalid

@@ -216,7 +216,10 @@ class MemLongMixin:
         width = max(counts) if counts else 0
         needed = (torch.arange(width)[None] < torch.tensor(counts)[:, None]) & (order[:, :width].cpu() >= keep_from)
         V = self.config.vocab_size
-        logits_c = None  # [B, width, V], row-compact; filled where needed
+        # the compact positions some row keeps logits for, and each one's column in logits_c
+        kept = needed.any(0)
+        column = kept.cumsum(0) - 1
+        logits_c = None  # [B, kept positions, V], row-compact; filled where needed
         off = 0
         while off < width:
             remaining = [max(0, c - off) for c in counts]
@@ -243,8 +246,8 @@ class MemLongMixin:
                 cache.commit(ctx)
             if want.numel():
                 if logits_c is None:
-                    logits_c = out.logits.new_zeros(B, width, V)
-                logits_c[:, off + want.to(dev)] = out.logits
+                    logits_c = out.logits.new_zeros(B, int(kept.sum()), V)
+                logits_c[:, column[off + want].to(dev)] = out.logits
             off += n
         cache.columns += S
         # Back to the caller's column layout; padding columns (and skipped ones) stay zero.
@@ -252,7 +255,8 @@ class MemLongMixin:
         if logits_c is not None:
             sel = needed.to(dev)
             rows = torch.arange(B, device=dev)[:, None].expand(B, width)
-            logits[rows[sel], order[:, :width][sel] - keep_from] = logits_c[sel]
+            cols = column.to(dev)[None, :].expand(B, width)
+            logits[rows[sel], order[:, :width][sel] - keep_from] = logits_c[rows[sel], cols[sel]]
         loss = None
         if labels is not None:
             labels = labels.masked_fill(~real.to(labels.device), -100)
