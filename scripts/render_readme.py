@@ -57,24 +57,38 @@ def bench_section(path: Path) -> str:
         "and a rolling KV cache (no memory); `base_windows`: plain forwards over consecutive disjoint windows "
         "(the cost floor). State: MemLong's bank, or the baseline's KV cache at the end. "
         "A baseline that runs out of time or memory is reported as such."),
-        "",
-        "| tokens | method | tokens/s | peak RSS (MiB) | state (MiB) | bank chunks | MemLong time split (s) |",
-        "|---:|---|---:|---:|---:|---:|---|",
     ]
+    gen = any("generate_tokens_per_s" in r for r in data["results"])
+    if gen:
+        out[0] += (" Generate: greedy decoding with `generate()` after the read (`--generate`); `base_windows` "
+                   "decodes after a prompt of one window (its prefill not timed): the base at its own context.")
+    out += ["", "| tokens | method | tokens/s | " + ("generate tokens/s | " if gen else "")
+            + "peak RSS (MiB) | state (MiB) | bank chunks | MemLong time split (s) |",
+            "|---:|---|---:|" + ("---:|" if gen else "") + "---:|---:|---:|---|"]
+    ratios = []
     for n in sizes:
         for method in METHODS:
             r = rows.get((method, n))
             if r is None:
                 continue
             if "error" in r:
-                out.append(f"| {n:,} | {method} | {r['error']} | | | | |")
+                out.append(f"| {n:,} | {method} | {r['error']} | | | | |" + (" |" if gen else ""))
                 continue
             split = ", ".join(f"{k} {v:.1f}" for k, v in r.get("time_split_s", {}).items())
             state = r["bank_bytes"] if method == "memlong" else r.get("kv_cache_bytes", 0)
+            decode = f"{r['generate_tokens_per_s']:,.1f} | " if "generate_tokens_per_s" in r else ("| " if gen else "")
             out.append(
-                f"| {n:,} | {method} | {r['tokens_per_s']:,.0f} | {r['peak_rss_bytes'] / MIB:,.0f} | "
+                f"| {n:,} | {method} | {r['tokens_per_s']:,.0f} | {decode}{r['peak_rss_bytes'] / MIB:,.0f} | "
                 f"{state / MIB:,.1f} | {r.get('bank_chunks', '')} | {split} |"
             )
+        m, w = rows.get(("memlong", n), {}), rows.get(("base_windows", n), {})
+        if "tokens_per_s" in m and "tokens_per_s" in w:
+            line = f"{n:,} tokens: MemLong reads at {m['tokens_per_s'] / w['tokens_per_s']:.2f}x base_windows' tokens/s"
+            if "generate_tokens_per_s" in m and "generate_tokens_per_s" in w:
+                line += f", and generates at {m['generate_tokens_per_s'] / w['generate_tokens_per_s']:.2f}x its decoding"
+            ratios.append(line + ".")
+    if ratios:
+        out += [""] + [f"- {line}" for line in ratios]
     example = next((r for r in data["results"] if r.get("method") == "memlong" and "params" in r), None)
     if example:
         out += ["", _model_line(example)]

@@ -55,6 +55,16 @@ def test_bench_baselines_end_to_end(tmp_path):
         assert r["malloc_mmap_threshold"] == int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 0))
     assert rows["base_full"]["kv_cache_tokens"] == 512 and rows["base_sliding"]["kv_cache_tokens"] == 255
     assert png.stat().st_size > 1000
+    assert not any("generate_tokens" in r for r in rows.values())  # only when asked
+
+    # --generate: decoding speed after the read (base_windows: after a window-long prompt)
+    assert main(["bench", "ingest", "--tokens", "512", "--methods", "memlong,base_full,base_sliding,base_windows",
+                 "--generate", "5", *tiny, "--json", str(out)]) == 0
+    for r in json.loads(out.read_text())["results"]:
+        assert r["generate_tokens"] == 5 and r["generate_seconds"] > 0, r
+        assert r["generate_tokens_per_s"] == pytest.approx(5 / r["generate_seconds"], rel=0.05)  # (rounded)
+    with pytest.raises(SystemExit, match="--generate"):
+        main(["bench", "ingest", "--tokens", "512", "--generate", "-1", *tiny])
 
     # Out of time at the first size: an error entry, and the method is not run at larger sizes.
     assert main(["bench", "ingest", "--tokens", "512,1024", "--methods", "base_full", "--base-timeout", "0.01",

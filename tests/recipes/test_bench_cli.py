@@ -16,7 +16,7 @@ from memlong.recipes import bench
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = {"--threads", "--json", "--chunk-size", "--top-k"}
 OWN = {"ingest": {"--tokens", "--methods", "--model", "--retriever", "--layers", "--hidden", "--heads", "--kv-heads",
-                  "--window", "--capacity", "--base-timeout", "--max-rss-gb", "--malloc-mmap-threshold", "--plot",
+                  "--window", "--capacity", "--base-timeout", "--max-rss-gb", "--malloc-mmap-threshold", "--generate", "--plot",
                   "--worker", "--text"},
        "search": {"--sizes", "--dim", "--queries", "--vectors", "--embeddings-cache", "--indexes", "--text"},
        "retriever": {"--corpus", "--sample-corpus", "--sample-tokens", "--chunks", "--max-doc-chunks", "--batch",

@@ -118,6 +118,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="run the workers with MALLOC_MMAP_THRESHOLD_=BYTES (glibc): a fixed threshold stops "
                              "glibc raising it as large blocks are freed, which lets freed tensor memory pile up in "
                              "the heap as the input grows (0: glibc's default, a dynamic threshold)")
+    ingest.add_argument("--generate", type=int, default=0, metavar="T",
+                        help="after the read, time T greedy new tokens with generate(): memlong, base_full and "
+                             "base_sliding continue from what they read; base_windows generates after a --window "
+                             "token prompt (its prefill not timed): the base at its own window's context (0: off)")
     ingest.add_argument("--plot", default=None, metavar="PNG", help="PNG of tokens/s and peak RSS against tokens")
     ingest.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
 
@@ -256,7 +260,8 @@ def _worker(args) -> dict:
         torch.set_num_threads(args.threads)
     method, n = args.worker[0], int(args.worker[1])
     model, tok, described = _load_model(args)
-    ids = torch.tensor([_text_tokens(tok, n, args.text)])
+    ids = torch.tensor([_text_tokens(tok, n + 1, args.text)])  # the last token starts --generate
+    nxt, ids = ids[:, n:], ids[:, :n]
     params = sum(p.numel() for p in model.parameters())
     result = {"method": method, "tokens": n, "params": params, "model": described,
               "threads": torch.get_num_threads()}
@@ -282,6 +287,8 @@ def _worker(args) -> dict:
         result["kv_cache_bytes"] = sum(t.numel() * t.element_size() for layer in cache.layers
                                        for t in (layer.keys, layer.values))
         result["kv_cache_tokens"] = cache.layers[0].keys.shape[-2]
+        if args.generate:
+            result.update(_time_generate(model, torch.cat([ids, nxt], 1), args.generate, tok, past_key_values=cache))
     elif method == "memlong":
         sizes = dict(chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window,
                      memory_capacity=args.capacity)
@@ -314,8 +321,17 @@ def _worker(args) -> dict:
         result["kv_bytes_per_token"] = lay.kv_bytes_per_token()
         result["retriever"] = m.memlong_retriever.describe()
         result["config"] = mcfg.to_dict()
+        if args.generate:
+            result.update(_time_generate(m, nxt, args.generate, tok, memory=memory))
     else:
         raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "base_windows" and args.generate:
+        # the base as used without memory: a prompt of one window, prefilled (not timed), then decoding
+        prompt = torch.cat([ids, nxt], 1)[:, -step:]
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(prompt[:, :-1], **{CACHE_ARG: cache}, use_cache=True, logits_to_keep=1)
+        result.update(_time_generate(model, prompt, args.generate, tok, past_key_values=cache))
     result.update(
         seconds=round(seconds, 3),
         tokens_per_s=round(n / seconds, 1),
@@ -326,6 +342,22 @@ def _worker(args) -> dict:
         malloc_mmap_threshold=int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 0)),
     )
     return result
+
+
+def _time_generate(model, ids, new_tokens: int, tok, **state) -> dict:
+    """Seconds and tokens/s of ``new_tokens`` greedy tokens from ``model.generate`` continuing
+    ``state`` (``memory=`` for MemLong, whose ``ids`` are the new tokens only; ``past_key_values=``
+    for a base model, whose ``ids`` are everything read plus the new prompt token)."""
+    import torch
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    t0 = time.perf_counter()
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad, **state)
+    seconds = time.perf_counter() - t0
+    made = out.shape[1] - ids.shape[1]
+    return {"generate_tokens": made, "generate_seconds": round(seconds, 3),
+            "generate_tokens_per_s": round(made / seconds, 2)}
 
 
 def _real_vectors(args, count: int):
@@ -495,6 +527,8 @@ def run(args) -> int:
     methods = [m for m in args.methods.split(",") if m]
     if not tokens or min(tokens) < 1:
         raise SystemExit(f"--tokens needs positive integers, got {args.tokens!r}")
+    if args.generate < 0:
+        raise SystemExit(f"--generate needs a number of new tokens >= 0 (0: no generation), got {args.generate}")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         raise SystemExit(f"--methods: unknown {unknown or methods}; choose from {', '.join(METHODS)}")
@@ -551,5 +585,6 @@ def _row(r: dict) -> str:
     if "error" in r:
         return f"{r['method']:>13} {r['tokens']:>9}  FAILED: {r['error']}"
     split = " ".join(f"{k}={v:.1f}s" for k, v in r.get("time_split_s", {}).items())
-    return (f"{r['method']:>13} {r['tokens']:>9} tok  {r['tokens_per_s']:>9.1f} tok/s  "
+    gen = f"generate {r['generate_tokens_per_s']:.1f} tok/s  " if "generate_tokens_per_s" in r else ""
+    return (f"{r['method']:>13} {r['tokens']:>9} tok  {r['tokens_per_s']:>9.1f} tok/s  {gen}"
             f"peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB  bank {r['bank_bytes'] / 2**20:7.1f} MiB  {split}")
