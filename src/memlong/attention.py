@@ -4,8 +4,9 @@ The wrapped model calls its decoder with ``position_ids`` all zero, so the stock
 queries and keys unrotated (as if at position 0: exactly the form the memory bank stores).
 This function then, for every layer:
 
-1. records the layer's new keys/values (the caller commits them to the local window after
-   the forward, so a gradient-checkpointing recomputation cannot write twice);
+1. records the layer's window keys/values with the new ones appended (the caller commits them
+   to the local window after the forward, so a gradient-checkpointing recomputation cannot
+   write twice);
 2. applies RoPE at window-relative positions to the query and to ``[window keys; new keys]``
    and runs causal attention over the block-sliding local window (explicit boolean mask);
 3. in a retrieval layer, also attends to the chunks retrieved for each query's chunk
@@ -170,11 +171,10 @@ def _memlong_attention(
         )
     layer = module.layer_idx
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    ctx.recorded[layer] = (key, value)
-
     wk, wv = ctx.window_k[layer], ctx.window_v[layer]
     keys = key if wk is None else torch.cat([wk.to(key.dtype), key], dim=2)
     values = value if wv is None else torch.cat([wv.to(value.dtype), value], dim=2)
+    ctx.recorded[layer] = (keys, values)  # the window with the new tokens: commit keeps what stays
     q_local = apply_rope(query, ctx.cos_q, ctx.sin_q)
     k_local = apply_rope(keys, ctx.cos_k, ctx.sin_k)
     p = dropout if module.training else 0.0

@@ -683,13 +683,18 @@ class MemLongCache(Cache):
         Lnew = int(keep.sum(1).max())
         idx = order[:, :Lnew]
         self.win_pos = torch.where(keep.gather(1, idx), kpos.gather(1, idx), -1)
+        # Rows aligned (one sequence, or no padding): what stays is one contiguous range, a slice
+        first = int(idx[0, 0]) if Lnew else 0
+        contiguous = bool((idx == first + torch.arange(Lnew)).all())
         for layer in range(self.num_layers):
-            k_new, v_new = ctx.recorded[layer]
-            wk, wv = self.win_k[layer], self.win_v[layer]
-            kk = k_new.detach() if wk is None else torch.cat([wk, k_new.detach().to(wk.dtype)], dim=2)
-            vv = v_new.detach() if wv is None else torch.cat([wv, v_new.detach().to(wv.dtype)], dim=2)
-            g = idx.to(kk.device)[:, None, :, None].expand(B, kk.shape[1], Lnew, kk.shape[3])
-            self.win_k[layer], self.win_v[layer] = kk.gather(2, g), vv.gather(2, g)
+            kk, vv = ctx.recorded[layer]  # [window; new] as the attention saw it
+            dtype = kk.dtype if self.win_k[layer] is None else self.win_k[layer].dtype
+            kk, vv = kk.detach().to(dtype), vv.detach().to(dtype)
+            if contiguous:
+                self.win_k[layer], self.win_v[layer] = kk[:, :, first : first + Lnew], vv[:, :, first : first + Lnew]
+            else:
+                g = idx.to(kk.device)[:, None, :, None].expand(B, kk.shape[1], Lnew, kk.shape[3])
+                self.win_k[layer], self.win_v[layer] = kk.gather(2, g), vv.gather(2, g)
         for b in range(B):
             self.seen[b] = int(nxt[b])
             cur = self.seen[b] // tau

@@ -98,7 +98,7 @@ def test_aggregation_tasks_noise_only_without_data(setup, tmp_path):
     assert len(rows[0]["examples"][0]["expected"]) == 10 and len(rows[1]["examples"][0]["expected"]) == 3
 
 
-def test_a_run_cut_short_keeps_what_it_measured(setup, tmp_path, monkeypatch):
+def test_a_run_cut_short_keeps_what_it_measured_and_resumes(setup, tmp_path, monkeypatch, capsys):
     from memlong.recipes import eval_ruler
 
     measure, calls = eval_ruler._measure, []
@@ -116,6 +116,20 @@ def test_a_run_cut_short_keeps_what_it_measured(setup, tmp_path, monkeypatch):
                   "--json", str(out))
     rows = json.loads(out.read_text())["results"]
     assert [r["task"] for r in rows] == ["cwe", "fwe"] and all(0 <= r["score"] <= 1 for r in rows)
+
+    # --resume measures only what is missing and keeps the rest as it was
+    monkeypatch.setattr(eval_ruler, "_measure", measure)
+    assert ruler_cli(setup, "--lengths", "1600", "--samples", "1", "--tasks", "cwe,fwe,vt", "--methods", "memlong",
+                     "--json", str(out), "--resume") == 0
+    resumed = json.loads(out.read_text())["results"]
+    assert resumed[:2] == rows and [r["task"] for r in resumed] == ["cwe", "fwe", "vt"]
+    # ... and refuses a report measured with other prompts
+    for extra, says in ((["--json", str(out), "--seed", "3"], "--seed"), ([], "--resume needs --json")):
+        with pytest.raises(SystemExit) as e:
+            ruler_cli(setup, "--lengths", "1600", "--samples", "1", "--tasks", "cwe,fwe,vt", "--methods", "memlong",
+                      "--resume", *extra)
+        assert e.value.code != 0 and says in str(e.value.code) + capsys.readouterr().err
+    assert json.loads(out.read_text())["results"] == resumed  # a refused resume leaves the report as it was
 
 
 @pytest.fixture(scope="module")
