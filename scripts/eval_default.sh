@@ -7,6 +7,8 @@ M="${PYTHON:-.venv/bin/python} -m memlong"
 $M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_passkey.json --plot docs/results/default_passkey.png
 $M eval ppl --data runs/corpus --lengths 16384 --max-documents 3 --methods memlong,memlong_no_memory,base_truncated --threads 2 --json docs/results/default_ppl_test.json
 $M eval ruler --data runs/corpus --lengths 4096 --samples 1 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_ruler.json --plot docs/results/default_ruler.png
+# RULER at 16k and 32k: about 1.5 hours on 2 cores; --resume continues a run cut short
+$M eval ruler --data runs/corpus --lengths 16384,32768 --samples 1 --methods memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_long.json --plot docs/results/default_ruler_long.png
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 2 --json docs/results/default_passkey_32k.json
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --methods memlong,base_full --threads 2 --json docs/results/default_ppl_by_length.json --plot docs/results/default_ppl_by_length.png
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --threads 2 --json docs/results/default_icl.json

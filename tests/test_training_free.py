@@ -99,6 +99,29 @@ def test_generate_equals_step_by_step_forward(sink):
 
 @pytest.mark.parametrize("sink", [0, 3])
 @torch.no_grad()
+def test_decoding_reuses_the_chunks_memory_exactly(sink):
+    # one token per call: the retrieved memory (and each layer's rotated memory keys) is built once
+    # per chunk and reused; the logits are bitwise those of rebuilding it at every call
+    m, _ = free_model(sink_tokens=sink)
+    seq = rand_ids(1, 150, seed=6)
+
+    def decode(rebuild: bool):
+        memory, logits, reused = m(seq[:, :90]).memory, [], 0
+        for i in range(90, 150):
+            if rebuild:
+                memory._last_memory = None
+            elif memory._last_memory is not None and memory._last_memory["rotated"]:
+                reused += 1
+            logits.append(m(seq[:, i : i + 1], cache=memory).logits)
+        return torch.cat(logits, 1), reused
+
+    (fast, reused), (slow, _) = decode(False), decode(True)
+    assert reused > 40  # most steps continue a chunk whose memory is already built
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("sink", [0, 3])
+@torch.no_grad()
 def test_bank_holds_each_retrieval_layers_kv_and_saves(tmp_path, sink):
     m, _ = free_model(sink_tokens=sink)
     memlong_mode, _ = tiny_model("llama")

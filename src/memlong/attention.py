@@ -73,6 +73,9 @@ class CallContext:
     mem_k: torch.Tensor | None = None  # [B*n, H_bank, M, D] (H_bank: H_kv per stored layer)
     mem_v: torch.Tensor | None = None
     mem_valid: torch.Tensor | None = None  # [B*n, 1, 1, M] bool
+    # training_free, one slot: layer -> (rotated memory keys, memory values) in the query dtype,
+    # filled by the attention and kept by the cache while the memory and its positions stay the same
+    mem_rotated: dict | None = None
     grid_index: torch.Tensor | None = None  # [B, S] long: slot*tau + offset, pads -> n*tau
     num_slots: int = 0
     has_mem: torch.Tensor | None = None  # [B, 1, S, 1] query dtype: 1 where its chunk has memory
@@ -186,8 +189,13 @@ def _memlong_attention(
     S = query.shape[2]
     if ctx.training_free:
         heads = ctx.bank_heads[layer]
-        mem_k = apply_rope(ctx.mem_k[:, heads].to(query.dtype), ctx.cos_mk, ctx.sin_mk)
-        mem_v = ctx.mem_v[:, heads].to(query.dtype)
+        done = None if ctx.mem_rotated is None else ctx.mem_rotated.get((layer, query.dtype))
+        if done is None:
+            done = (apply_rope(ctx.mem_k[:, heads].to(query.dtype), ctx.cos_mk, ctx.sin_mk),
+                    ctx.mem_v[:, heads].to(query.dtype))
+            if ctx.mem_rotated is not None:
+                ctx.mem_rotated[(layer, query.dtype)] = done
+        mem_k, mem_v = done
         if ctx.local_blocks is not None:
             out = _blocked_joint_attention(q_local, k_local, values, mem_k, mem_v, ctx, p, scale)
         else:  # rows not aligned (padding): two partial softmaxes, joined

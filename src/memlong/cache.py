@@ -86,7 +86,9 @@ class MemLongCache(Cache):
             # training_free sink (config.sink_tokens): the first tokens' K/V in every bank layer,
             # [H_bank, s, D] each, kept from when chunk 0 leaves the window
             self.sink: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.batch_size_
+            self._last_memory: dict | None = None  # see prepare(): one slot's retrieved memory, reused
             return
+        self._last_memory = None
         for b in rows:
             self.seen[b] = 0
             self.focus[b] = self.focus_rescore[b] = self.sink[b] = None
@@ -466,23 +468,36 @@ class MemLongCache(Cache):
         )
 
         # 4. retrieved memory grouped by chunk slot
-        if M > 0:
+        if M == 0:
+            self._last_memory = None
+        else:
             L_ = self.layout
             # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
             pin = torch.device(device).type == "cuda" and torch.device(L_.device).type == "cpu"
-            mem_k = torch.empty(B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device,
-                                pin_memory=pin)
-            mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
-            valid = torch.zeros(B, n, M, dtype=torch.bool)
-            for b in range(B):
-                for t, parts in enumerate(entries[b]):
-                    m = 0
-                    for k, v in parts:  # written in place, one after the other: no concatenated copy
-                        mem_k[b, t, :, m : m + k.shape[1]], mem_v[b, t, :, m : m + k.shape[1]] = k, v
-                        m += k.shape[1]
-                    valid[b, t, :m] = True
-                    # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
-                    mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
+            sizes = torch.tensor([[sum(k.shape[1] for k, _ in parts) for parts in row] for row in entries])
+            valid = torch.arange(M) < sizes[..., None]  # [B, n, M]
+            # The same retrieved tensors as the previous call (decoding within a chunk, one slot):
+            # its buffers are reused, and its memory keys as each layer rotated them while the
+            # positions are the same (CallContext.mem_rotated). Holding the parts keeps ids unique.
+            parts_now = [p for row in entries for parts in row for p in parts]
+            sig = (B, n, M, str(device), tuple(id(k) for k, _ in parts_now))
+            last = self._last_memory if B * n == 1 else None
+            if last is not None and last["sig"] == sig:
+                mem_k, mem_v = last["mem_k"], last["mem_v"]
+            else:
+                mem_k = torch.empty(B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device,
+                                    pin_memory=pin)
+                mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
+                for b in range(B):
+                    for t, parts in enumerate(entries[b]):
+                        m = 0
+                        for k, v in parts:  # written in place, one after the other: no concatenated copy
+                            mem_k[b, t, :, m : m + k.shape[1]], mem_v[b, t, :, m : m + k.shape[1]] = k, v
+                            m += k.shape[1]
+                        # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
+                        mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
+                last = {"sig": sig, "parts": parts_now, "mem_k": mem_k, "mem_v": mem_v, "kpos": None, "rotated": {}}
+            self._last_memory = last if B * n == 1 else None
             slot_has = valid.any(-1)  # [B, n]
             valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
             has_mem = slot_has.gather(1, slot) & qvalid
@@ -500,6 +515,10 @@ class MemLongCache(Cache):
                 kpos_mem = (window_t + M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
                 ctx.cos_mk, ctx.sin_mk = pick(cos, kpos_mem), pick(sin, kpos_mem)
                 ctx.slot_has = slot_has.to(device)
+                if B * n == 1:
+                    if last["kpos"] is None or not torch.equal(last["kpos"], kpos_mem):
+                        last["kpos"], last["rotated"] = kpos_mem, {}
+                    ctx.mem_rotated = last["rotated"]
         if B == 1 or (len(set(starts)) == 1 and min(counts) == S):
             # training_free: one block per chunk, so each block reads one slot's memory
             ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0], per=1 if training_free else None)
