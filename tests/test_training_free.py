@@ -5,7 +5,13 @@ window is retrieved, in every layer, it is the stock model with full attention."
 
 import pytest
 import torch
-from conftest import VOCAB, assert_padded_batch_equals_each_sequence_alone, small_memlong_config, tiny_model
+from conftest import (
+    VOCAB,
+    assert_padded_batch_equals_each_sequence_alone,
+    set_gates,
+    small_memlong_config,
+    tiny_model,
+)
 
 import memlong
 
@@ -105,19 +111,43 @@ def test_decoding_reuses_the_chunks_memory_exactly(sink):
     m, _ = free_model(sink_tokens=sink)
     seq = rand_ids(1, 150, seed=6)
 
-    def decode(rebuild: bool):
-        memory, logits, reused = m(seq[:, :90]).memory, [], 0
-        for i in range(90, 150):
-            if rebuild:
-                memory._last_memory = None
-            elif memory._last_memory is not None and memory._last_memory["rotated"]:
-                reused += 1
-            logits.append(m(seq[:, i : i + 1], cache=memory).logits)
-        return torch.cat(logits, 1), reused
-
-    (fast, reused), (slow, _) = decode(False), decode(True)
-    assert reused > 40  # most steps continue a chunk whose memory is already built
+    (fast, reused, rotated), (slow, *_) = decode(m, seq), decode(m, seq, rebuild=True)
+    assert reused > 40 and rotated > 40  # most steps continue a chunk whose memory is already built
     assert torch.equal(fast, slow)
+
+
+def decode(m, seq, start=90, rebuild=False):
+    """Logits of ``seq[start:]`` read one token per call after ``seq[:start]``, and how many calls
+    reused the previous call's memory buffers / rotated window keys (``rebuild``: none may)."""
+    memory, logits, reused, rotated = m(seq[:, :start]).memory, [], 0, 0
+    prepare = memory.prepare
+
+    def spy(*args, **kwargs):
+        nonlocal rotated
+        ctx = prepare(*args, **kwargs)
+        rotated += ctx.window_k_rotated is not None
+        return ctx
+
+    memory.prepare = spy
+    for i in range(start, seq.shape[1]):
+        if rebuild:
+            memory._last_memory = memory.rot_frame = None
+        elif memory._last_memory is not None and memory._last_memory["rotated"]:
+            reused += 1
+        logits.append(m(seq[:, i : i + 1], cache=memory).logits)
+    if rebuild:
+        assert rotated == 0
+    return torch.cat(logits, 1), reused, rotated
+
+
+@torch.no_grad()
+def test_decoding_reuses_the_rotated_window_exactly_in_memlong_mode():
+    model, _ = tiny_model("llama", layers=4)
+    m = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
+    set_gates(m)
+    seq = rand_ids(1, 150, seed=7)
+    (fast, _, rotated), (slow, *_) = decode(m, seq), decode(m, seq, rebuild=True)
+    assert rotated > 40 and torch.equal(fast, slow)
 
 
 @pytest.mark.parametrize("sink", [0, 3])

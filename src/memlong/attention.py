@@ -53,6 +53,8 @@ class CallContext:
     chunk_size: int
     window_k: list[torch.Tensor | None]  # per layer [B, H_kv, L, D], unrotated
     window_v: list[torch.Tensor | None]
+    # per layer: the window keys already rotated with this call's cos_k (their first L rows), or None
+    window_k_rotated: list[torch.Tensor | None] | None
     local_mask: torch.Tensor  # [B, 1, S, L+S] bool, True = may attend
     cos_q: torch.Tensor  # [B, 1, S, D] local RoPE of the queries
     sin_q: torch.Tensor
@@ -83,6 +85,7 @@ class CallContext:
     # Lets local attention skip keys outside each block's window (None: one masked call).
     local_blocks: list[tuple[int, int, int, int, torch.Tensor]] | None = None
     recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    recorded_rotated: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> k_local
 
 
 def gate_value(module: torch.nn.Module, activation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -179,7 +182,14 @@ def _memlong_attention(
     values = value if wv is None else torch.cat([wv.to(value.dtype), value], dim=2)
     ctx.recorded[layer] = (keys, values)  # the window with the new tokens: commit keeps what stays
     q_local = apply_rope(query, ctx.cos_q, ctx.sin_q)
-    k_local = apply_rope(keys, ctx.cos_k, ctx.sin_k)
+    done = None if ctx.window_k_rotated is None or wk is None else ctx.window_k_rotated[layer]
+    if done is not None and done.dtype == key.dtype and done.shape[2] == wk.shape[2]:
+        # RoPE is elementwise: rotating only the new keys gives the same k_local, bit for bit
+        L = wk.shape[2]
+        k_local = torch.cat([done, apply_rope(key, ctx.cos_k[:, :, L:], ctx.sin_k[:, :, L:])], dim=2)
+    else:
+        k_local = apply_rope(keys, ctx.cos_k, ctx.sin_k)
+    ctx.recorded_rotated[layer] = k_local
     p = dropout if module.training else 0.0
 
     if layer not in ctx.retrieval_layers or ctx.mem_k is None:

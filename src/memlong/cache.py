@@ -75,6 +75,10 @@ class MemLongCache(Cache):
             self.win_k: list[torch.Tensor | None] = [None] * self.num_layers
             self.win_v: list[torch.Tensor | None] = [None] * self.num_layers
             self.win_pos: torch.Tensor | None = None  # [B, L] stream positions, -1 = empty
+            # the window keys as the last call rotated them (per layer), and that call's RoPE frame:
+            # the next call reuses them while its frame is the same (decoding within a chunk)
+            self.win_k_rot: list[torch.Tensor | None] = [None] * self.num_layers
+            self.rot_frame: tuple | None = None
             self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]
             self.chunk_chars: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]  # [start, end]
             self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
@@ -119,6 +123,7 @@ class MemLongCache(Cache):
             self.win_k = [None] * self.num_layers
             self.win_v = [None] * self.num_layers
             self.win_pos = None
+        self.rot_frame = None  # a forgotten row's window changed
 
     def save_bank(self, directory: str | os.PathLike, row: int = 0, metadata: dict | None = None) -> str:
         """Saves row ``row``'s bank (see :meth:`MemoryBank.save`)."""
@@ -447,6 +452,10 @@ class MemLongCache(Cache):
             qmem = torch.zeros_like(qmem)
         P = int(max(qrel.max(), krel.max(), qmem.max())) + 1
         cos, sin = rotary(P)
+        # keys at the same stream positions, rotated in the same frame as last call: reusable
+        frame = (base.flatten().tolist(), M if training_free else 0, cos.untyped_storage().data_ptr(), cos.dtype,
+                 str(cos.device))
+        window_rot = self.win_k_rot if frame == self.rot_frame else None
 
         def pick(t, pos):
             return t[pos.to(t.device)].unsqueeze(1)  # [B, 1, T, D]
@@ -456,6 +465,7 @@ class MemLongCache(Cache):
             chunk_size=tau,
             window_k=list(self.win_k),
             window_v=list(self.win_v),
+            window_k_rotated=None if window_rot is None else list(window_rot),
             local_mask=mask.unsqueeze(1).to(device),
             cos_q=pick(cos, qrel), sin_q=pick(sin, qrel),
             cos_k=pick(cos, krel), sin_k=pick(sin, krel),
@@ -523,7 +533,7 @@ class MemLongCache(Cache):
             # training_free: one block per chunk, so each block reads one slot's memory
             ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0], per=1 if training_free else None)
             ctx.block_slots = [int(qchunk[0, ql]) - starts[0] // tau for ql, *_ in ctx.local_blocks]
-        self._pending = (qpos, kpos, counts)
+        self._pending = (qpos, kpos, counts, frame)
         return ctx
 
     def _blocks(self, mask: torch.Tensor, qchunk: torch.Tensor, per: int | None = None):
@@ -690,7 +700,7 @@ class MemLongCache(Cache):
     def commit(self, ctx: CallContext) -> None:
         """After the forward: appends the segment's K/V to each layer's window and drops what
         no query can see any more (chunks stay until written to memory)."""
-        qpos, kpos, counts = self._pending
+        qpos, kpos, counts, frame = self._pending
         del self._pending
         tau, w = self.config.chunk_size, self.config.window_chunks
         B = qpos.shape[0]
@@ -707,13 +717,17 @@ class MemLongCache(Cache):
         contiguous = bool((idx == first + torch.arange(Lnew)).all())
         for layer in range(self.num_layers):
             kk, vv = ctx.recorded[layer]  # [window; new] as the attention saw it
+            rot = ctx.recorded_rotated.get(layer)
             dtype = kk.dtype if self.win_k[layer] is None else self.win_k[layer].dtype
             kk, vv = kk.detach().to(dtype), vv.detach().to(dtype)
             if contiguous:
                 self.win_k[layer], self.win_v[layer] = kk[:, :, first : first + Lnew], vv[:, :, first : first + Lnew]
+                self.win_k_rot[layer] = None if rot is None else rot.detach()[:, :, first : first + Lnew]
             else:
                 g = idx.to(kk.device)[:, None, :, None].expand(B, kk.shape[1], Lnew, kk.shape[3])
                 self.win_k[layer], self.win_v[layer] = kk.gather(2, g), vv.gather(2, g)
+                self.win_k_rot[layer] = None
+        self.rot_frame = frame
         for b in range(B):
             self.seen[b] = int(nxt[b])
             cur = self.seen[b] // tau
