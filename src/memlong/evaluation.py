@@ -58,16 +58,21 @@ def token_windows(token_lists: Sequence[Sequence[int]], length: int, max_windows
 
 @torch.no_grad()
 def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[Sequence[int]],
-                          use_memory: bool | None = None) -> list[float]:
+                          use_memory: bool | None = None, requery: int = 0) -> list[float]:
     """Sum of the log-probabilities of each continuation's tokens after ``prompt``.
 
     Classification by scoring: the predicted label is the argmax. One forward: a single row
     when every continuation is one token (its next-token distribution serves all), else one
     right-padded row per continuation. ``use_memory``: None for a stock model; for a MemLong
     model, whether its fresh memory retrieves (``False``: the no-memory baseline).
+    ``requery=n`` (MemLong with memory): the prompt's last ``n`` tokens are the input to classify;
+    what comes before them is read first, then they and the continuations retrieve with their own
+    embedding (:meth:`MemLongCache.focus_on`, as ``generate(requery=n)`` does for a question).
     """
     if not continuations or any(len(c) == 0 for c in continuations):
         raise ValueError("every continuation needs at least one token")
+    if requery and (use_memory is None or not 1 <= requery <= len(prompt)):
+        raise ValueError(f"requery={requery}: needs a MemLong model (use_memory) and 1..{len(prompt)} prompt tokens")
     single = max(len(c) for c in continuations) == 1
     rows = [list(prompt)] if single else [list(prompt) + list(c) for c in continuations]
     width = max(len(r) for r in rows)
@@ -78,7 +83,19 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     keep = width - len(prompt) + 1  # logits from the prompt's last token on
     kwargs = {"use_cache": False} if use_memory is None else {"cache": model.new_memory(len(rows), use_memory)}
-    logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep, **kwargs).logits.float()
+    if requery:
+        memory, head = kwargs["cache"], len(prompt) - requery
+        if head:
+            model.ingest(ids[:, :head].to(device), memory)
+        tau = model.memlong_config.chunk_size
+        memory.focus_on(model.memlong_retriever, [list(prompt[-requery:])[-tau:]] * len(rows))
+        try:
+            logits = model(ids[:, head:].to(device), attention_mask=mask.to(device), logits_to_keep=keep,
+                           **kwargs).logits.float()
+        finally:
+            memory.unfocus()
+    else:
+        logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep, **kwargs).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     if single:
         return [float(logp[0, 0, c[0]]) for c in continuations]

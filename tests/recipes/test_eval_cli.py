@@ -20,8 +20,10 @@ SHARED = {"--model", "--base-model", "--split", "--seed", "--methods", "--retrie
           "--plot", "--data"}
 OWN = {"ppl": {"--score", "--repeat", "--max-documents", "--lengths", "--max-base-length"},
        "passkey": {"--depths", "--trials", "--no-requery", "--lengths", "--max-base-length"},
-       "icl": {"--shots-context", "--shots-memory", "--trials", "--max-examples", "--labels", "--demo-split"},
-       "ruler": {"--tasks", "--haystacks", "--samples", "--no-requery", "--lengths", "--max-base-length"}}
+       "icl": {"--shots-context", "--shots-memory", "--trials", "--max-examples", "--labels", "--demo-split",
+               "--no-requery"},
+       "ruler": {"--tasks", "--haystacks", "--samples", "--no-requery", "--lengths", "--max-base-length",
+                 "--resume"}}
 
 
 def parser():
@@ -100,8 +102,9 @@ def test_commands_rebuilt_from_results_parse_back_to_the_same_flags():
     for config in configs:
         again = vars(p.parse_args(shlex.split(eval_command(config, "out.json"))[2:]))
         for key, value in again.items():
-            if key not in ("json", "plot", "threads", "base_model", "demo_split", "labels", "max_base_length"):
-                expected = config.get(key)
+            if key not in ("json", "plot", "threads", "base_model", "demo_split", "labels", "max_base_length", "resume"):
+                # an icl report from before --no-requery was measured without requery
+                expected = config.get(key, False if (config["task"], key) == ("icl", "requery") else None)
                 assert value == expected or str(value) == str(expected), (config["task"], key, value, expected)
 
 

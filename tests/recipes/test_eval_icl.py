@@ -94,6 +94,22 @@ def test_memory_demonstrations_reach_the_bank_and_change_scores(memlong_model):
     assert max(abs(a - b) for a, b in zip(with_mem, without)) > 1e-4
 
 
+def test_requery_scores_the_input_with_what_it_retrieves(memlong_model):
+    model, _ = memlong_model
+    prompt = torch.randint(0, 101, (60,), generator=torch.Generator().manual_seed(3)).tolist()
+    cands, n = [[5], [17], [42, 3]], 6
+    got = continuation_logprobs(model, prompt, cands, use_memory=True, requery=n)
+    for c, score in zip(cands, got):  # read what precedes the input, then the input retrieving with itself
+        memory = model.ingest(torch.tensor([prompt[:-n]]))
+        memory.focus_on(model.memlong_retriever, [prompt[-n:]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt[-n:] + c]), cache=memory).logits[0].float(), -1)
+        assert score == pytest.approx(sum(float(logp[n - 1 + t, tok]) for t, tok in enumerate(c)), abs=1e-4)
+    for bad in (dict(use_memory=None, requery=n), dict(use_memory=True, requery=61)):
+        with pytest.raises(ValueError, match="requery"):
+            continuation_logprobs(model, prompt, cands, **bad)
+
+
 def test_scores_are_continuation_log_probabilities(memlong_model):
     _, ref = memlong_model  # the stock model
     prompt = [3, 14, 15, 92, 65, 35]

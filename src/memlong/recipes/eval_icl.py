@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=3, help="demonstration samples (accuracy is their mean)")
     p.add_argument("--max-examples", type=int, default=100, help="test examples per trial")
     p.add_argument("--labels", default=None, help="comma-separated label words (local data; replaces a task's own)")
+    p.add_argument("--no-requery", dest="requery", action="store_false",
+                   help="score with the memory retrieved before the test input instead of retrieving again with "
+                        "the input itself (the demonstrations that resemble it; the default)")
     p.add_argument("--demo-split", default=None,
                    help="split the demonstrations come from (default: train; corpus-source: validation)")
 
@@ -99,13 +102,16 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
     if len({tuple(c) for c in cands}) < len(cands):
         raise SystemExit(f"label words {list(task.label_words)} do not tokenize to distinct sequences (--labels)")
     trials = []  # per trial: token ids of every test prompt
+    question_tokens = []  # per trial: tokens of each test input (the requery question)
     share, local = [], []  # per prompt: memory-demonstration tokens banked, context ones in the window (shares)
     for t in range(args.trials):
         demos = random.Random(args.seed + t).sample(pool, K + M)
         # each part tokenized on its own, so the boundaries between them are exact
         mem = ids("".join(demo_text(task, d) for d in demos[:M]))
         ctx = ids("".join(demo_text(task, d) for d in demos[M:]))
-        prompts = [mem + ctx + ids(query_text(task, ex)) for ex in tests]
+        queries = [ids(query_text(task, ex)) for ex in tests]
+        prompts = [mem + ctx + q for q in queries]
+        question_tokens.append([len(q) for q in queries])
         for p in prompts:
             # the prompt's last token (chunk J) sees chunks J-w..J; chunks 0..J-w-1 are in the bank
             gone = max(0, ((len(p) - 1) // tau - w) * tau)
@@ -133,19 +139,21 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
                "prompt_tokens_max": longest}
         if method == "memlong":  # (memlong_no_memory drops what leaves its window)
             row["memory_tokens_banked"] = round(sum(share) / len(share), 4) if M else None
+            row["requery"] = args.requery
         if method != "in_context":
             row["context_tokens_in_window"] = round(sum(local) / len(local), 4) if K else None
         with measured(row, "accuracy"):
             if method == "in_context" and longest > base_window:
                 raise Skip(f"prompts of up to {longest} tokens do not fit the base model's window ({base_window})")
             per_trial, predicted = [], Counter()
-            for prompts in trials:
+            for prompts, questions in zip(trials, question_tokens):
                 hits = 0
-                for prompt, ex in zip(prompts, tests):
+                for prompt, n, ex in zip(prompts, questions, tests):
                     if method == "in_context":
                         scores = continuation_logprobs(base, prompt, cands)
                     else:
-                        scores = continuation_logprobs(model, prompt, cands, use_memory=method == "memlong")
+                        scores = continuation_logprobs(model, prompt, cands, use_memory=method == "memlong",
+                                                       requery=n if args.requery and method == "memlong" else 0)
                     guess = max(range(len(scores)), key=scores.__getitem__)
                     predicted[task.label_words[guess]] += 1
                     hits += int(guess == ex.label)
