@@ -721,8 +721,12 @@ class MemLongCache(Cache):
             dtype = kk.dtype if self.win_k[layer] is None else self.win_k[layer].dtype
             kk, vv = kk.detach().to(dtype), vv.detach().to(dtype)
             if contiguous:
-                self.win_k[layer], self.win_v[layer] = kk[:, :, first : first + Lnew], vv[:, :, first : first + Lnew]
-                self.win_k_rot[layer] = None if rot is None else rot.detach()[:, :, first : first + Lnew]
+                # a view while it is most of the storage (decoding); a copy that frees the rest when a
+                # long segment leaves only its last window (reading)
+                keep_range = (lambda t: t[:, :, first : first + Lnew]) if 2 * Lnew >= kk.shape[2] else \
+                    (lambda t: t[:, :, first : first + Lnew].clone())
+                self.win_k[layer], self.win_v[layer] = keep_range(kk), keep_range(vv)
+                self.win_k_rot[layer] = None if rot is None else keep_range(rot.detach())
             else:
                 g = idx.to(kk.device)[:, None, :, None].expand(B, kk.shape[1], Lnew, kk.shape[3])
                 self.win_k[layer], self.win_v[layer] = kk.gather(2, g), vv.gather(2, g)
