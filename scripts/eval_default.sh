@@ -11,7 +11,9 @@ $M eval ruler --data runs/corpus --lengths 4096 --samples 1 --methods memlong,me
 $M eval ruler --data runs/corpus --lengths 16384,32768 --samples 1 --methods memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_long.json --plot docs/results/default_ruler_long.png
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 2 --json docs/results/default_passkey_32k.json
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --methods memlong,base_full --threads 2 --json docs/results/default_ppl_by_length.json --plot docs/results/default_ppl_by_length.png
-$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --threads 2 --json docs/results/default_icl.json
+$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_icl.json
+# the same without requery (the test input reads the memory retrieved before it), and the base with every demonstration in context
+$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --no-requery --threads 2 --json docs/results/default_icl_no_requery.json
 # why the default keeps 4 sink tokens: the same 4k passkey without them
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set sink_tokens=0 --threads 2 --json docs/results/default_passkey_no_sink.json
 # why the default banks every layer: the same 4k passkey banking only layers 17-30
