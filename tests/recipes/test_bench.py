@@ -51,7 +51,7 @@ def test_bench_baselines_end_to_end(tmp_path):
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
     for r in rows.values():
         assert r["tokens"] == 512 and r["tokens_per_s"] > 0 and r["peak_rss_bytes"] > 0 and r["bank_bytes"] == 0
-        assert r["seconds"] > 0
+        assert r["seconds"] > 0 and len(r["load_average_at_start"]) == 3
         assert r["malloc_mmap_threshold"] == int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 0))
     assert rows["base_full"]["kv_cache_tokens"] == 512 and rows["base_sliding"]["kv_cache_tokens"] == 255
     assert png.stat().st_size > 1000

@@ -264,7 +264,9 @@ def _worker(args) -> dict:
     nxt, ids = ids[:, n:], ids[:, :n]
     params = sum(p.numel() for p in model.parameters())
     result = {"method": method, "tokens": n, "params": params, "model": described,
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(),
+              # other work on the machine makes a run slow and its ratios noisy: shown, not hidden
+              "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     step = args.window
     bank_bytes = 0
     if method == "base_windows":
