@@ -337,10 +337,10 @@ def demo_section(path: Path) -> str:
 
 # The default model (SmolLM2-135M, training_free): README's headline table and docs/RESULTS.md.
 DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in
-                   ("ppl_test", "ppl_by_length", "passkey", "passkey_32k", "passkey_no_sink", "passkey_upper_layers", "ruler", "ruler_long",
+                   ("ppl_test", "ppl_by_length", "passkey", "passkey_32k", "passkey_64k", "passkey_no_sink", "passkey_upper_layers", "ruler", "ruler_long",
                     "icl", "icl_no_requery")]
 DEFAULT_HEADLINE = [RESULTS / f"default_{name}.json" for name in
-                    ("ppl_test", "passkey", "passkey_32k", "ruler", "ruler_long")]
+                    ("ppl_test", "passkey", "passkey_32k", "passkey_64k", "ruler", "ruler_long")]
 
 SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
             "default_headline": (RESULTS / "default_passkey.json", lambda _: headline_section(DEFAULT_HEADLINE)),
