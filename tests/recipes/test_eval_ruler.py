@@ -1,6 +1,7 @@
 """`memlong eval ruler` end to end on a tiny random MemLong model at small lengths: a record per
 task, haystack, length and method, the plot, and bad input stopped before any model loads."""
 
+import argparse
 import json
 import shutil
 import sysconfig
@@ -162,3 +163,14 @@ def test_bad_input_is_a_usage_error_before_loading(setup, tokenizer_only, capsys
         main(["eval", "ruler", "--model", str(tokenizer_only), *data, *extra])
     message = str(e.value.code) + capsys.readouterr().err
     assert e.value.code != 0 and all(s in message for s in says), message
+
+
+def test_all_names_every_task_and_haystack():
+    from memlong.recipes.eval import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["ruler", "--tasks", "all", "--haystacks", "all"])
+    assert args.tasks == ",".join(ruler.TASKS) and args.haystacks == ",".join(ruler.HAYSTACKS)
+    with pytest.raises(SystemExit):
+        p.parse_args(["ruler", "--tasks", "all,vt"])  # "all" alone or names

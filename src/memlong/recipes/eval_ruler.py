@@ -43,6 +43,8 @@ DEFAULT_LENGTHS = "4096,8192,16384,32768,65536,131072"
 def _names(choices, flag: str):
     def parse(text: str) -> str:
         names = [x.strip() for x in text.split(",") if x.strip()]
+        if names == ["all"]:
+            return ",".join(choices)
         bad = [x for x in names if x not in choices]
         if bad or not names:
             raise argparse.ArgumentTypeError(f"unknown {flag} {', '.join(bad) or repr(text)}; choose among "
@@ -57,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="documents for the text haystack (a corpus folder and its --split, a .jsonl file, a text "
                         "file, a folder of .txt files, or a datasets name); needed only for --haystacks text")
     p.add_argument("--tasks", default=",".join(TASKS), type=_names(tuple(TASKS), "task"),
-                   help="comma-separated, among: " + "; ".join(f"{t.name} ({t.about})" for t in TASKS.values()))
+                   help="all (the default), or comma-separated, among: "
+                        + "; ".join(f"{t.name} ({t.about})" for t in TASKS.values()))
     p.add_argument("--haystacks", default=",".join(HAYSTACKS), type=_names(HAYSTACKS, "haystack"),
                    help="the needle tasks' haystacks: noise (repeated sentences) and/or text (--data); vt always "
                         "reads noise, cwe and fwe none")
