@@ -8,7 +8,9 @@ This function then, for every layer:
    to the local window after the forward, so a gradient-checkpointing recomputation cannot
    write twice);
 2. applies RoPE at window-relative positions to the query and to ``[window keys; new keys]``
-   and runs causal attention over the block-sliding local window (explicit boolean mask);
+   (only to the new keys when the cache hands over the window keys as the previous call rotated
+   them, in the same frame: every token of a chunk while decoding) and runs causal attention
+   over the block-sliding local window (explicit boolean mask);
 3. in a retrieval layer, also attends to the chunks retrieved for each query's chunk
    (memory keys unrotated, position 0; the query rotated at its position in its window) and
    fuses them as in the paper (eq. 2-5): ``out = local + g * memory`` with separate softmaxes,
