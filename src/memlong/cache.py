@@ -441,7 +441,8 @@ class MemLongCache(Cache):
         slot = (qchunk - first_chunk).clamp_min(0)
         n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
         entries = [[self._memory_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)]
-        M = max((sum(k.shape[1] for k, _ in parts) for row in entries for parts in row), default=0)
+        sizes = torch.tensor([[sum(k.shape[1] for k, _ in parts) for parts in row] for row in entries])  # [B, n]
+        M = int(sizes.max())
         if training_free:
             # Retrieved tokens sit just before each query's window: every local position moves M
             # further on (relative positions, so local scores are unchanged), and a slot's m
@@ -484,7 +485,6 @@ class MemLongCache(Cache):
             L_ = self.layout
             # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
             pin = torch.device(device).type == "cuda" and torch.device(L_.device).type == "cpu"
-            sizes = torch.tensor([[sum(k.shape[1] for k, _ in parts) for parts in row] for row in entries])
             valid = torch.arange(M) < sizes[..., None]  # [B, n, M]
             # The same retrieved tensors as the previous call (decoding within a chunk, one slot):
             # its buffers are reused, and its memory keys as each layer rotated them while the
@@ -723,10 +723,14 @@ class MemLongCache(Cache):
             if contiguous:
                 # a view while it is most of the storage (decoding); a copy that frees the rest when a
                 # long segment leaves only its last window (reading)
-                keep_range = (lambda t: t[:, :, first : first + Lnew]) if 2 * Lnew >= kk.shape[2] else \
-                    (lambda t: t[:, :, first : first + Lnew].clone())
-                self.win_k[layer], self.win_v[layer] = keep_range(kk), keep_range(vv)
-                self.win_k_rot[layer] = None if rot is None else keep_range(rot.detach())
+                copy = 2 * Lnew < kk.shape[2]
+
+                def kept(t: torch.Tensor) -> torch.Tensor:
+                    t = t[:, :, first : first + Lnew]
+                    return t.clone() if copy else t
+
+                self.win_k[layer], self.win_v[layer] = kept(kk), kept(vv)
+                self.win_k_rot[layer] = None if rot is None else kept(rot.detach())
             else:
                 g = idx.to(kk.device)[:, None, :, None].expand(B, kk.shape[1], Lnew, kk.shape[3])
                 self.win_k[layer], self.win_v[layer] = kk.gather(2, g), vv.gather(2, g)

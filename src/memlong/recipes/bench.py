@@ -276,6 +276,13 @@ def _worker(args) -> dict:
             for s in range(0, n, step):
                 model(ids[:, s : s + step], logits_to_keep=1, use_cache=False)
         seconds = time.perf_counter() - t0
+        if args.generate:
+            # the base as used without memory: a prompt of one window, prefilled (not timed), then decoding
+            prompt = torch.cat([ids, nxt], 1)[:, -step:]
+            cache = DynamicCache(config=model.config)
+            with torch.no_grad():
+                model(prompt[:, :-1], **{CACHE_ARG: cache}, use_cache=True, logits_to_keep=1)
+            result.update(_time_generate(model, prompt, args.generate, tok, past_key_values=cache))
     elif method in ("base_full", "base_sliding"):
         if method == "base_sliding":
             model = sliding_window_model(model, args.window)
@@ -327,13 +334,6 @@ def _worker(args) -> dict:
             result.update(_time_generate(m, nxt, args.generate, tok, memory=memory))
     else:
         raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "base_windows" and args.generate:
-        # the base as used without memory: a prompt of one window, prefilled (not timed), then decoding
-        prompt = torch.cat([ids, nxt], 1)[:, -step:]
-        cache = DynamicCache(config=model.config)
-        with torch.no_grad():
-            model(prompt[:, :-1], **{CACHE_ARG: cache}, use_cache=True, logits_to_keep=1)
-        result.update(_time_generate(model, prompt, args.generate, tok, past_key_values=cache))
     result.update(
         seconds=round(seconds, 3),
         tokens_per_s=round(n / seconds, 1),

@@ -191,9 +191,10 @@ def _resumed(args) -> dict | None:
         return None
     try:
         report = json.loads(path.read_text())
-        report["config"], report["results"]
-    except (ValueError, KeyError) as e:
-        raise MemLongConfigError(f"--resume: {path} is not an eval ruler report ({e}); use a new --json") from None
+    except ValueError as e:
+        raise MemLongConfigError(f"--resume: {path} is not JSON ({e}); use a new --json") from None
+    if not isinstance(report, dict) or not isinstance(report.get("config"), dict) or "results" not in report:
+        raise MemLongConfigError(f"--resume: {path} is not an eval ruler report (no config and results); use a new --json")
     config = report["config"]
     if config.get("task") != "ruler":
         raise MemLongConfigError(f"--resume: {path} is an eval {config.get('task')} report, not eval ruler")
