@@ -111,21 +111,29 @@ def test_decoding_reuses_the_chunks_memory_exactly(sink):
     m, _ = free_model(sink_tokens=sink)
     seq = rand_ids(1, 150, seed=6)
 
-    (fast, reused, rotated), (slow, *_) = decode(m, seq), decode(m, seq, rebuild=True)
+    (fast, reused, rotated, appended), (slow, *_) = decode(m, seq), decode(m, seq, rebuild=True)
     assert reused > 40 and rotated > 40  # most steps continue a chunk whose memory is already built
+    # and each of the 3 retrieval layers appends the token to its decode buffer, except in the first
+    # two calls of a chunk (the first still sees the chunk leaving the window, the second builds)
+    assert appended == 3 * (60 - 15)
     assert torch.equal(fast, slow)
 
 
 def decode(m, seq, start=90, rebuild=False):
     """Logits of ``seq[start:]`` read one token per call after ``seq[:start]``, and how many calls
-    reused the previous call's memory buffers / rotated window keys (``rebuild``: none may)."""
+    reused the previous call's memory buffers / rotated window keys (``rebuild``: none may, and no
+    layer appends to a decode buffer: every call concatenates)."""
     memory, logits, reused, rotated = m(seq[:, :start]).memory, [], 0, 0
     prepare = memory.prepare
+    calls = []  # per call: its decode buffers (layer -> buffer, None: none), and those it started with
 
     def spy(*args, **kwargs):
         nonlocal rotated
         ctx = prepare(*args, **kwargs)
         rotated += ctx.window_k_rotated is not None
+        if rebuild:
+            ctx.decode_buffers = None
+        calls.append((ctx.decode_buffers, dict(ctx.decode_buffers or {})))
         return ctx
 
     memory.prepare = spy
@@ -137,7 +145,8 @@ def decode(m, seq, start=90, rebuild=False):
         logits.append(m(seq[:, i : i + 1], cache=memory).logits)
     if rebuild:
         assert rotated == 0
-    return torch.cat(logits, 1), reused, rotated
+    appended = sum(before.get(layer) is buf for after, before in calls if after for layer, buf in after.items())
+    return torch.cat(logits, 1), reused, rotated, appended
 
 
 @torch.no_grad()
@@ -146,7 +155,7 @@ def test_decoding_reuses_the_rotated_window_exactly_in_memlong_mode():
     m = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
     set_gates(m)
     seq = rand_ids(1, 150, seed=7)
-    (fast, _, rotated), (slow, *_) = decode(m, seq), decode(m, seq, rebuild=True)
+    (fast, _, rotated, _), (slow, *_) = decode(m, seq), decode(m, seq, rebuild=True)
     assert rotated > 40 and torch.equal(fast, slow)
 
 

@@ -80,6 +80,9 @@ class CallContext:
     # training_free, one slot: layer -> (rotated memory keys, memory values) in the query dtype,
     # filled by the attention and kept by the cache while the memory and its positions stay the same
     mem_rotated: dict | None = None
+    # training_free, one slot whose queries see the whole window (decoding): layer -> DecodeBuffer,
+    # kept by the cache beside mem_rotated; None: every call concatenates
+    decode_buffers: dict | None = None
     grid_index: torch.Tensor | None = None  # [B, S] long: slot*tau + offset, pads -> n*tau
     num_slots: int = 0
     has_mem: torch.Tensor | None = None  # [B, 1, S, 1] query dtype: 1 where its chunk has memory
@@ -88,6 +91,52 @@ class CallContext:
     local_blocks: list[tuple[int, int, int, int, torch.Tensor]] | None = None
     recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     recorded_rotated: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> k_local
+
+
+@dataclass
+class DecodeBuffer:
+    """One layer's keys and values while decoding within a chunk (training_free, one sequence),
+    laid out so that a new token writes one row of each instead of concatenating the window and
+    the retrieved memory again at every call:
+
+    * ``kr`` ``[1, H_kv, M + cap, D]``: the rotated memory keys, then the rotated window keys;
+    * ``v``: the memory values, then the window values;
+    * ``k`` ``[1, H_kv, cap, D]``: the unrotated window keys (what the cache keeps as the window).
+
+    The cache keeps the window as views of these (``commit`` slices what the attention recorded),
+    so the next call finds its window at the start of ``k``/after the memory in ``kr``/``v`` and
+    appends. Rows past the window are free: no view reaches them.
+    """
+
+    k: torch.Tensor
+    kr: torch.Tensor
+    v: torch.Tensor
+    mem_k: torch.Tensor  # the rotated memory keys copied in (identity: the same memory, same positions)
+
+    @classmethod
+    def build(cls, mem_k, mem_v, wk, wv, wk_rot, extra: int) -> "DecodeBuffer":
+        """A buffer holding ``mem_k``/``mem_v`` and the window (``wk_rot``: its keys rotated) with
+        room for ``extra`` more tokens."""
+        (_, H, M, D), L = mem_k.shape, wk.shape[2]
+        k = wk.new_empty(1, H, L + extra, D)
+        kr = wk.new_empty(1, H, M + L + extra, D)
+        v = wk.new_empty(kr.shape)
+        k[:, :, :L] = wk
+        kr[:, :, :M], kr[:, :, M : M + L] = mem_k, wk_rot
+        v[:, :, :M], v[:, :, M : M + L] = mem_v, wv
+        return cls(k, kr, v, mem_k)
+
+    def continues(self, mem_k, wk, wv, wk_rot, S: int) -> bool:
+        """Whether this call's window is this buffer's, with this memory, and ``S`` more rows fit."""
+        M, L = self.mem_k.shape[2], wk.shape[2]
+        return (
+            mem_k is self.mem_k and wk_rot is not None and L + S <= self.k.shape[2]
+            and wk.dtype == wv.dtype == wk_rot.dtype == self.k.dtype
+            and wk.data_ptr() == self.k.data_ptr() and wk.stride() == self.k.stride()
+            and wk_rot.data_ptr() == self.kr[:, :, M:].data_ptr() and wk_rot.stride() == self.kr.stride()
+            and wv.data_ptr() == self.v[:, :, M:].data_ptr() and wv.stride() == self.v.stride()
+            and wk_rot.shape[2] == wv.shape[2] == L
+        )
 
 
 def gate_value(module: torch.nn.Module, activation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -180,6 +229,9 @@ def _memlong_attention(
     layer = module.layer_idx
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     wk, wv = ctx.window_k[layer], ctx.window_v[layer]
+    if (ctx.decode_buffers is not None and wk is not None and layer in ctx.retrieval_layers
+            and ctx.mem_k is not None and not (module.training or torch.is_grad_enabled())):
+        return _buffered_attention(layer, query, key, value, ctx, scale), None
     keys = key if wk is None else torch.cat([wk.to(key.dtype), key], dim=2)
     values = value if wv is None else torch.cat([wv.to(value.dtype), value], dim=2)
     ctx.recorded[layer] = (keys, values)  # the window with the new tokens: commit keeps what stays
@@ -200,14 +252,7 @@ def _memlong_attention(
 
     S = query.shape[2]
     if ctx.training_free:
-        heads = ctx.bank_heads[layer]
-        done = None if ctx.mem_rotated is None else ctx.mem_rotated.get((layer, query.dtype))
-        if done is None:
-            done = (apply_rope(ctx.mem_k[:, heads].to(query.dtype), ctx.cos_mk, ctx.sin_mk),
-                    ctx.mem_v[:, heads].to(query.dtype))
-            if ctx.mem_rotated is not None:
-                ctx.mem_rotated[(layer, query.dtype)] = done
-        mem_k, mem_v = done
+        mem_k, mem_v = _layer_memory(ctx, layer, query.dtype)
         if ctx.local_blocks is not None:
             out = _blocked_joint_attention(q_local, k_local, values, mem_k, mem_v, ctx, p, scale)
         else:  # rows not aligned (padding): two partial softmaxes, joined
@@ -227,6 +272,48 @@ def _memlong_attention(
                                         ctx.mem_v.to(query.dtype), ctx, scale, S)
         out = local + g * (joint - local)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _layer_memory(ctx: CallContext, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """training_free: this layer's retrieved keys rotated just before the window, and its values,
+    ``[B*n, H_kv, M, D]`` in ``dtype``; built once while the memory and its positions stay the same."""
+    done = None if ctx.mem_rotated is None else ctx.mem_rotated.get((layer, dtype))
+    if done is None:
+        heads = ctx.bank_heads[layer]
+        done = apply_rope(ctx.mem_k[:, heads].to(dtype), ctx.cos_mk, ctx.sin_mk), ctx.mem_v[:, heads].to(dtype)
+        if ctx.mem_rotated is not None:
+            ctx.mem_rotated[(layer, dtype)] = done
+    return done
+
+
+def _buffered_attention(layer: int, query, key, value, ctx: CallContext, scale: float) -> torch.Tensor:
+    """training_free attention of one sequence whose queries see the whole window (decoding within
+    a chunk) through the layer's :class:`DecodeBuffer`: the same keys, values and mask as
+    :func:`_blocked_joint_attention` (bit for bit), with the new tokens written into free rows.
+    Records the window for ``commit`` as views of the buffer. Returns ``[B, S, H, D]``."""
+    wk, wv = ctx.window_k[layer], ctx.window_v[layer]
+    L, S = wk.shape[2], key.shape[2]
+    mem_k, mem_v = _layer_memory(ctx, layer, query.dtype)
+    M = mem_k.shape[2]
+    rot = None if ctx.window_k_rotated is None else ctx.window_k_rotated[layer]
+    buf = ctx.decode_buffers.get(layer)
+    if buf is None or not buf.continues(mem_k, wk, wv, rot, S):
+        if rot is None or rot.dtype != key.dtype or rot.shape[2] != L:
+            rot = apply_rope(wk.to(key.dtype), ctx.cos_k[:, :, :L], ctx.sin_k[:, :, :L])
+        buf = ctx.decode_buffers[layer] = DecodeBuffer.build(mem_k, mem_v, wk.to(key.dtype), wv.to(key.dtype), rot,
+                                                             S + ctx.chunk_size)
+    buf.k[:, :, L : L + S] = key
+    buf.kr[:, :, M + L : M + L + S] = apply_rope(key, ctx.cos_k[:, :, L:], ctx.sin_k[:, :, L:])
+    buf.v[:, :, M + L : M + L + S] = value
+    ctx.recorded[layer] = (buf.k[:, :, : L + S], buf.v[:, :, M : M + L + S])
+    ctx.recorded_rotated[layer] = buf.kr[:, :, M : M + L + S]
+    ((_, _, _, _, mask),) = ctx.local_blocks  # one block over every window key (see MemLongCache.prepare)
+    mvalid = ctx.mem_valid.view(1, 1, 1, M) & ctx.slot_has.view(1, 1, 1, 1)
+    full = torch.cat([mvalid.expand(1, 1, S, M), mask], dim=-1)
+    q = apply_rope(query, ctx.cos_q, ctx.sin_q)
+    out = F.scaled_dot_product_attention(q, buf.kr[:, :, : M + L + S], buf.v[:, :, : M + L + S], attn_mask=full,
+                                         scale=scale, enable_gqa=True)
+    return out.transpose(1, 2).contiguous()
 
 
 def _blocked_joint_attention(q, k, v, mem_k, mem_v, ctx: CallContext, p: float, scale: float) -> torch.Tensor:

@@ -506,7 +506,8 @@ class MemLongCache(Cache):
                             m += k.shape[1]
                         # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
                         mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
-                last = {"sig": sig, "parts": parts_now, "mem_k": mem_k, "mem_v": mem_v, "kpos": None, "rotated": {}}
+                last = {"sig": sig, "parts": parts_now, "mem_k": mem_k, "mem_v": mem_v, "kpos": None, "rotated": {},
+                        "buffers": {}}
             self._last_memory = last if B * n == 1 else None
             slot_has = valid.any(-1)  # [B, n]
             valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
@@ -527,12 +528,16 @@ class MemLongCache(Cache):
                 ctx.slot_has = slot_has.to(device)
                 if B * n == 1:
                     if last["kpos"] is None or not torch.equal(last["kpos"], kpos_mem):
-                        last["kpos"], last["rotated"] = kpos_mem, {}
+                        last["kpos"], last["rotated"], last["buffers"] = kpos_mem, {}, {}
                     ctx.mem_rotated = last["rotated"]
         if B == 1 or (len(set(starts)) == 1 and min(counts) == S):
             # training_free: one block per chunk, so each block reads one slot's memory
             ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0], per=1 if training_free else None)
             ctx.block_slots = [int(qchunk[0, ql]) - starts[0] // tau for ql, *_ in ctx.local_blocks]
+            if ctx.mem_rotated is not None and [b[2:4] for b in ctx.local_blocks] == [(0, L + S)]:
+                # one sequence in one chunk seeing its whole window (decoding): each layer appends the
+                # new tokens to buffers that already hold the memory and the window (DecodeBuffer)
+                ctx.decode_buffers = self._last_memory["buffers"]
         self._pending = (qpos, kpos, counts, frame)
         return ctx
 
