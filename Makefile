@@ -62,7 +62,7 @@ versions:
 
 bench: $(STAMP)
 	$(PY) -m memlong bench ingest --model shipped --methods memlong,base_full,base_sliding,base_windows \
-		--tokens 16384,32768 --generate 64 --threads 1 --json docs/results/bench_ingest_default.json --plot docs/results/bench_ingest_default.png
+		--tokens 16384,32768 --generate 64 --threads 1 --base-timeout 300 --json docs/results/bench_ingest_default.json --plot docs/results/bench_ingest_default.png
 	$(PY) scripts/render_readme.py
 
 clean:

@@ -23,14 +23,15 @@ import argparse
 
 from memlong.recipes import eval_icl, eval_passkey, eval_ppl, eval_ruler
 
-# task -> (module, one-line help, measured at input lengths). A module has add_arguments(parser),
-# METHODS and run(args, methods) -> int.
+# task -> (module, one-line help, the shared flag groups it takes beside the common ones: "lengths"
+# for the tasks measured at input lengths, "requery" for those that answer a question or score a
+# test input after reading). A module has add_arguments(parser), METHODS and run(args, methods) -> int.
 TASKS = {
-    "ppl": (eval_ppl, "perplexity by input length (the paper's Table 1)", True),
-    "passkey": (eval_passkey, "passkey retrieval by length and depth", True),
-    "icl": (eval_icl, "in-context learning, demonstrations in memory (the paper's Table 2)", False),
+    "ppl": (eval_ppl, "perplexity by input length (the paper's Table 1)", ("lengths",)),
+    "passkey": (eval_passkey, "passkey retrieval by length and depth", ("lengths", "requery")),
+    "icl": (eval_icl, "in-context learning, demonstrations in memory (the paper's Table 2)", ("requery",)),
     "ruler": (eval_ruler, "RULER's synthetic tasks by length: needles, variable tracking, common and frequent words",
-              True),
+              ("lengths", "requery")),
 }
 
 
@@ -61,9 +62,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     by_length.add_argument("--max-base-length", type=int, default=16384,
                            help="base_full is not attempted above this length (reported as skipped)")
 
+    requery = argparse.ArgumentParser(add_help=False)  # the tasks that ask after reading
+    requery.add_argument("--no-requery", dest="requery", action="store_false",
+                         help="answer (icl: score the test input) with the memory retrieved before the question "
+                              "instead of retrieving again with the question itself (generate(requery=N), the "
+                              "default)")
+    groups = {"lengths": by_length, "requery": requery}
+
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-    for name, (module, summary, by_lengths) in TASKS.items():
-        parents = [shared, by_length] if by_lengths else [shared]
+    for name, (module, summary, extra) in TASKS.items():
+        parents = [shared, *(groups[g] for g in extra)]
         module.add_arguments(tasks.add_parser(name, parents=parents, help=summary, description=module.__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
 

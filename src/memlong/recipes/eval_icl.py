@@ -43,9 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=3, help="demonstration samples (accuracy is their mean)")
     p.add_argument("--max-examples", type=int, default=100, help="test examples per trial")
     p.add_argument("--labels", default=None, help="comma-separated label words (local data; replaces a task's own)")
-    p.add_argument("--no-requery", dest="requery", action="store_false",
-                   help="score with the memory retrieved before the test input instead of retrieving again with "
-                        "the input itself (the demonstrations that resemble it; the default)")
     p.add_argument("--demo-split", default=None,
                    help="split the demonstrations come from (default: train; corpus-source: validation)")
 

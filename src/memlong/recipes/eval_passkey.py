@@ -20,9 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help=f"the haystack's text: {DATA_HELP}")
     p.add_argument("--depths", default="0.1,0.5,0.9", help="where the key is stated (fractions)")
     p.add_argument("--trials", type=int, default=3, help="trials per length and depth")
-    p.add_argument("--no-requery", dest="requery", action="store_false",
-                   help="answer with the memory retrieved before the question instead of retrieving again "
-                        "with it (generate(requery=N), the default)")
 
 
 def run(args, methods: list[str]) -> int:

@@ -65,9 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the needle tasks' haystacks: noise (repeated sentences) and/or text (--data); vt always "
                         "reads noise, cwe and fwe none")
     p.add_argument("--samples", type=int, default=3, help="prompts per task, haystack and length")
-    p.add_argument("--no-requery", dest="requery", action="store_false",
-                   help="answer with the memory retrieved before the question instead of retrieving again with "
-                        "it (generate(requery=N), the default)")
     p.add_argument("--resume", action="store_true",
                    help="continue a run cut short: keep the cells (task, haystack, length, method) already in "
                         "--json and measure only the others; the prompts must be the same (--seed, --samples, "
