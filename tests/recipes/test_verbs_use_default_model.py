@@ -45,6 +45,21 @@ def doc(tmp_path_factory):
     return path
 
 
+def test_eval_ppl_cut_short_keeps_the_rows_it_measured(default_is_tiny, doc, tmp_path, monkeypatch):
+    from memlong.recipes import eval_ppl
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # a session's end, hours into a long run
+
+    monkeypatch.setattr(eval_ppl, "_nll_plain", die)  # base_truncated, measured after memlong
+    out = tmp_path / "ppl.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["eval", "ppl", "--data", str(doc), "--lengths", "1536", "--score", "128", "--retriever", "hashing",
+              "--methods", "memlong,base_truncated", "--threads", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["method"], r["length"]) for r in rows] == [("memlong", 1536)] and rows[0]["ppl"] > 1
+
+
 def test_eval_ppl_without_model_uses_the_default_model_and_its_base(default_is_tiny, doc, tmp_path):
     out = tmp_path / "ppl.json"
     assert main(["eval", "ppl", "--data", str(doc), "--lengths", "1536", "--score", "128", "--retriever", "hashing",

@@ -68,11 +68,15 @@ def load_models(args, methods):
 
 def run_by_length(args, methods: list[str], default_lengths: str, measure, plot) -> int:
     """A task measured at ``--lengths`` (default: ``default_lengths``): loads the models, runs
-    ``measure(args, tok, model, base, base_window, lengths, methods) -> results`` and writes the
-    report (``--json``) and ``plot`` (``--plot``)."""
+    ``measure(args, tok, model, base, base_window, lengths, methods)``, which yields result rows,
+    and writes the report (``--json``, rewritten after every row: a run cut short keeps what it
+    measured) and ``plot`` (``--plot``)."""
     lengths = parse_lengths(args.lengths or default_lengths)
     tok, model, base, base_window, base_path = load_models(args, methods)
-    results = measure(args, tok, model, base, base_window, lengths, methods)
+    results = []
+    for row in measure(args, tok, model, base, base_window, lengths, methods):
+        results.append(row)
+        write_report(args, results, model, base_path, base_window, quiet=True)
     write_report(args, results, model, base_path, base_window, plot)
     return 0
 

@@ -9,6 +9,7 @@ the greedily generated digits, over several trials per length and depth, for the
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 
 from memlong.recipes.eval_common import DATA_HELP, METHODS, Skip, generate_answer, measured, run_by_length
 
@@ -56,7 +57,7 @@ def passkey_digits(answer: str, n: int = 5) -> str:
     return "".join(re.findall(r"\d", answer))[:n]
 
 
-def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[dict]:
+def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> Iterator[dict]:
     import random
 
     import torch
@@ -73,7 +74,6 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
     depths = [float(x) for x in args.depths.split(",") if x]
     rng = random.Random(args.seed)
     new_tokens = 8
-    results = []
     for L in lengths:
         for depth in depths:
             cases = []
@@ -92,11 +92,10 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> list[
                         hits += int(passkey_digits(answer) == key)
                         answers.append({"key": key, "answer": answer})
                     row.update(accuracy=hits / len(cases), answers=answers)
-                results.append(row)
                 acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
                 print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  ({row['trials']} trials) "
                       f"{row.get('note', '')}", flush=True)
-    return results
+                yield row
 
 
 def plot(results: list[dict], path: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterator
 
 from memlong.recipes.eval_common import DATA_HELP, METHODS, Skip, measured, run_by_length
 
@@ -54,7 +55,7 @@ def _nll_plain(model, ids, score: int) -> tuple[float, int]:
     return float(nll), n
 
 
-def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict]:
+def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> Iterator[dict]:
     import torch
 
     from memlong.evaluation import window_nll
@@ -66,7 +67,6 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
         if len(ids) >= min(lengths):
             docs.append(ids)
     docs.sort(key=len, reverse=True)
-    results = []
     score = min(args.score, args.repeat) if args.repeat else args.score
     for L in lengths:
         windows = [torch.tensor(d[:L]) for d in docs if len(d) >= L][: args.max_documents]
@@ -78,8 +78,8 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
             row = {"method": method, "length": L, "documents": len(windows)}
             if not windows:
                 row.update(ppl=None, tokens_scored=0, note=f"no document has {L} tokens")
-                results.append(row)
                 print(_fmt(row), flush=True)
+                yield row
                 continue
             with measured(row, "ppl", tokens_scored=0):
                 if method in ("memlong", "memlong_no_memory"):
@@ -95,9 +95,8 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> list[dict
                         a, b = _nll_plain(base, ids, score)
                         s, n = s + a, n + b
                 row.update(ppl=round(math.exp(s / n), 4), tokens_scored=n)
-            results.append(row)
             print(_fmt(row), flush=True)
-    return results
+            yield row
 
 
 def _fmt(r: dict) -> str:
