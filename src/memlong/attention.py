@@ -15,6 +15,9 @@ This function then, for every layer:
    (memory keys unrotated, position 0; the query rotated at its position in its window) and
    fuses them as in the paper (eq. 2-5): ``out = local + g * memory`` with separate softmaxes,
    ``g = tanh(theta)`` per head, ``theta`` starting at 0 so the layer starts equal to the base.
+   In training_free mode, one sequence decoding within a chunk writes its new keys/values into
+   per-layer buffers that already hold the retrieved memory and the window (:class:`DecodeBuffer`)
+   instead of concatenating them again at every token.
 
 Shapes: ``B`` batch, ``H`` query heads, ``H_kv`` key/value heads, ``S`` new tokens, ``L``
 window tokens, ``D`` head dim, ``n`` chunk slots touched by the call, ``M`` retrieved tokens.
