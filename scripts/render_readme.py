@@ -251,7 +251,8 @@ def base_ppl_section(paths: list[Path]) -> str:
 
 def headline_section(paths: list[Path]) -> str:
     """One row per method, one column per measurement, from the default model's evaluation JSONs:
-    ppl by length, passkey accuracy (mean over depths) by length, RULER mean score by length."""
+    ppl (of the last ``--score`` tokens) by length, passkey accuracy (mean over depths) by length,
+    RULER mean score by length. A later JSON's cell replaces an earlier one's in the same column."""
     cols: dict[str, dict[str, str]] = {}  # column -> method -> cell
     sources = []
     for path in paths:
@@ -261,9 +262,9 @@ def headline_section(paths: list[Path]) -> str:
         task, res = data["config"]["task"], data["results"]
         sources.append(f"`{path.relative_to(ROOT)}`")
         for r in res:
-            if task == "ppl":
-                col = f"ppl, last {r['tokens_scored'] // max(1, r['documents']):,} of {r['length']:,}"
-                cols.setdefault(col, {})[r["method"]] = _cell(r, "ppl", "{:.3f}")
+            if task == "ppl":  # the note's first word where not measured: "skipped", "failed"
+                col = f"ppl {r['length'] // 1024}k"
+                cols.setdefault(col, {})[r["method"]] = _cell(r, "ppl", "{:.3f}").split(":")[0]
             elif task in ("passkey", "ruler"):
                 key = "accuracy" if task == "passkey" else "score"
                 col = f"{task} {r['length'] // 1024}k"
@@ -343,7 +344,7 @@ DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in
                    ("ppl_test", "ppl_to_64k", "ppl_by_length", "passkey", "passkey_32k", "passkey_64k", "passkey_128k",
                     "passkey_no_sink", "passkey_upper_layers", "ruler", "ruler_long", "icl", "icl_no_requery")]
 DEFAULT_HEADLINE = [RESULTS / f"default_{name}.json" for name in
-                    ("ppl_test", "ppl_to_64k", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "ruler", "ruler_long")]
+                    ("ppl_to_64k", "ppl_test", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "ruler", "ruler_long")]
 
 LONG_CAPACITY = ("The bank's capacity is the default model's (131,072 tokens): once it is full, eviction keeps it "
                  "at that size, so the cost per token and the memory should stay flat however long the input.")
