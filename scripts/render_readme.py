@@ -122,7 +122,7 @@ def million_section(path: Path, runs: list[Path] | None = None, capacity_note: s
             "by design; everything else should not: compare peak RSS minus the bank.")),
         "",
         ("| allocator | load | tokens | tokens/s | peak RSS (MiB) | RSS before ingest (MiB) | bank (MiB) | peak RSS − bank (MiB) "
-         "| bank chunks | bank bytes/token | one-layer K/V bytes/token |"),
+         "| bank chunks | bank bytes/token | banked K/V bytes/token |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ok = []
@@ -144,7 +144,7 @@ def million_section(path: Path, runs: list[Path] | None = None, capacity_note: s
     if ok:
         r = ok[-1]
         extra = r["bank_bytes_per_token"] - r["kv_bytes_per_token"]
-        out += ["", f"Bank overhead beyond the memory layer's keys and values: {extra:.1f} bytes per token "
+        out += ["", f"Bank overhead beyond the banked layers' keys and values: {extra:.1f} bytes per token "
                 f"({100 * extra / r['kv_bytes_per_token']:.1f}%: retrieval embedding, token ids, spans, counters). "
                 + _model_line(r)]
     return "\n".join(out)
