@@ -130,7 +130,8 @@ class DecodeBuffer:
         return cls(k, kr, v, mem_k)
 
     def continues(self, mem_k, wk, wv, wk_rot, S: int) -> bool:
-        """Whether this call's window is this buffer's, with this memory, and ``S`` more rows fit."""
+        """Whether this call's window is this buffer's, with this memory, and ``S`` more rows fit.
+        ``wk_rot``: the rotated window the cache handed over (:func:`_handed_rotated_window`), or None."""
         M, L = self.mem_k.shape[2], wk.shape[2]
         return (
             mem_k is self.mem_k and wk_rot is not None and L + S <= self.k.shape[2]
@@ -138,7 +139,7 @@ class DecodeBuffer:
             and wk.data_ptr() == self.k.data_ptr() and wk.stride() == self.k.stride()
             and wk_rot.data_ptr() == self.kr[:, :, M:].data_ptr() and wk_rot.stride() == self.kr.stride()
             and wv.data_ptr() == self.v[:, :, M:].data_ptr() and wv.stride() == self.v.stride()
-            and wk_rot.shape[2] == wv.shape[2] == L
+            and wv.shape[2] == L
         )
 
 
@@ -239,8 +240,8 @@ def _memlong_attention(
     values = value if wv is None else torch.cat([wv.to(value.dtype), value], dim=2)
     ctx.recorded[layer] = (keys, values)  # the window with the new tokens: commit keeps what stays
     q_local = apply_rope(query, ctx.cos_q, ctx.sin_q)
-    done = None if ctx.window_k_rotated is None or wk is None else ctx.window_k_rotated[layer]
-    if done is not None and done.dtype == key.dtype and done.shape[2] == wk.shape[2]:
+    done = None if wk is None else _handed_rotated_window(ctx, layer, wk, key.dtype)
+    if done is not None:
         # RoPE is elementwise: rotating only the new keys gives the same k_local, bit for bit
         L = wk.shape[2]
         k_local = torch.cat([done, apply_rope(key, ctx.cos_k[:, :, L:], ctx.sin_k[:, :, L:])], dim=2)
@@ -289,6 +290,13 @@ def _layer_memory(ctx: CallContext, layer: int, dtype: torch.dtype) -> tuple[tor
     return done
 
 
+def _handed_rotated_window(ctx: CallContext, layer: int, wk: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """The window keys ``wk`` as the previous call rotated them, when the cache handed them over
+    (same RoPE frame) in ``dtype`` and for the whole window; else None (rotate them now)."""
+    done = None if ctx.window_k_rotated is None else ctx.window_k_rotated[layer]
+    return done if done is not None and done.dtype == dtype and done.shape[2] == wk.shape[2] else None
+
+
 def _buffered_attention(layer: int, query, key, value, ctx: CallContext, scale: float) -> torch.Tensor:
     """training_free attention of one sequence whose queries see the whole window (decoding within
     a chunk) through the layer's :class:`DecodeBuffer`: the same keys, values and mask as
@@ -298,10 +306,10 @@ def _buffered_attention(layer: int, query, key, value, ctx: CallContext, scale: 
     L, S = wk.shape[2], key.shape[2]
     mem_k, mem_v = _layer_memory(ctx, layer, query.dtype)
     M = mem_k.shape[2]
-    rot = None if ctx.window_k_rotated is None else ctx.window_k_rotated[layer]
+    rot = _handed_rotated_window(ctx, layer, wk, key.dtype)
     buf = ctx.decode_buffers.get(layer)
     if buf is None or not buf.continues(mem_k, wk, wv, rot, S):
-        if rot is None or rot.dtype != key.dtype or rot.shape[2] != L:
+        if rot is None:
             rot = apply_rope(wk.to(key.dtype), ctx.cos_k[:, :, :L], ctx.sin_k[:, :, :L])
         buf = ctx.decode_buffers[layer] = DecodeBuffer.build(mem_k, mem_v, wk.to(key.dtype), wv.to(key.dtype), rot,
                                                              S + ctx.chunk_size)
