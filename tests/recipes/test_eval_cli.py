@@ -18,7 +18,7 @@ from memlong.recipes.eval import eval_command
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = {"--model", "--base-model", "--split", "--seed", "--methods", "--retriever", "--set", "--threads", "--json",
           "--plot", "--data"}
-OWN = {"ppl": {"--score", "--repeat", "--max-documents", "--lengths", "--max-base-length"},
+OWN = {"ppl": {"--score", "--repeat", "--same-text", "--max-documents", "--lengths", "--max-base-length"},
        "passkey": {"--depths", "--trials", "--no-requery", "--lengths", "--max-base-length"},
        "icl": {"--shots-context", "--shots-memory", "--trials", "--max-examples", "--labels", "--demo-split",
                "--no-requery"},
@@ -94,6 +94,7 @@ def test_commands_rebuilt_from_results_parse_back_to_the_same_flags():
         if isinstance(config, dict) and config.get("task") in OWN:
             configs.append(config)
     for argv in (["ppl", "--data", "d", "--lengths", "512", "--repeat", "64", "--set", "top_k=2"],
+                 ["ppl", "--data", "d", "--lengths", "256,512", "--same-text"],
                  ["passkey", "--model", "m", "--data", "d", "--depths", "0.5", "--no-requery"],
                  ["icl", "--data", "sst2", "--shots-memory", "3"],
                  ["ruler", "--tasks", "vt,cwe", "--haystacks", "noise", "--samples", "2", "--seed", "7", "--no-requery"]):
@@ -103,8 +104,10 @@ def test_commands_rebuilt_from_results_parse_back_to_the_same_flags():
         again = vars(p.parse_args(shlex.split(eval_command(config, "out.json"))[2:]))
         for key, value in again.items():
             if key not in ("json", "plot", "threads", "base_model", "demo_split", "labels", "max_base_length", "resume"):
-                # an icl report from before --no-requery was measured without requery
-                expected = config.get(key, False if (config["task"], key) == ("icl", "requery") else None)
+                # an icl report from before --no-requery was measured without requery, a ppl report from
+                # before --same-text scored the first L tokens
+                absent = (config["task"], key) in (("icl", "requery"), ("ppl", "same_text"))
+                expected = config.get(key, False if absent else None)
                 assert value == expected or str(value) == str(expected), (config["task"], key, value, expected)
 
 

@@ -3,6 +3,7 @@ checkpoints resume, and only what trained is saved and reloads on top of the bas
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -241,6 +242,46 @@ def test_eval_ppl_copy_probe(setup, short_run, tmp_path):
     assert rows["memlong"]["tokens_scored"] == 2 * 48 and rows["base_full"]["tokens_scored"] == 2 * 48
     with pytest.raises(SystemExit, match="--repeat"):
         main([*common, "--lengths", "512", "--repeat", "512"])
+
+
+def test_length_windows_same_text_ends_every_length_on_the_same_tokens():
+    from memlong.recipes.eval_ppl import length_windows
+
+    docs = [list(range(100, 1100)), list(range(2000, 2700)), list(range(5000, 5300))]
+    first = length_windows(docs, 256, [256, 512], max_documents=8)
+    assert [w[0] for w in first] == [100, 2000, 5000] and all(len(w) == 256 for w in first)
+    same = {L: length_windows(docs, L, [256, 512, 700], max_documents=8, same_text=True) for L in (256, 512, 700)}
+    for L, windows in same.items():  # only documents of max(lengths) tokens; each ends at that token
+        assert [len(w) for w in windows] == [L, L] and [w[-1] for w in windows] == [799, 2699]
+    assert same[256][0] == same[700][0][-256:]
+    assert len(length_windows(docs, 256, [256, 512, 700], max_documents=1, same_text=True)) == 1
+
+
+def test_eval_ppl_same_text(setup, short_run, tmp_path):
+    """--same-text: at every length the same last tokens of each document's first max(--lengths)
+    tokens are scored, after the L - score tokens before them."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "same.json"
+    common = ["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"), "--split",
+              "train", "--score", "64", "--retriever", "hashing", "--max-documents", "2", "--methods", "base_full"]
+    assert main([*common, "--lengths", "128,512", "--same-text", "--json", str(out)]) == 0
+    rows = {r["length"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows[128]["tokens_scored"] == rows[512]["tokens_scored"] == 2 * 64
+    tok = AutoTokenizer.from_pretrained(setup / "model")
+    base = AutoModelForCausalLM.from_pretrained(setup / "model").eval()
+    docs = [json.loads(line)["text"] for line in (setup / "train.jsonl").read_text().splitlines()]
+    ids = sorted((tok(t, add_special_tokens=False)["input_ids"] for t in docs), key=len, reverse=True)[:2]
+    for L in (128, 512):
+        nll = 0.0
+        for d in ids:
+            w = torch.tensor(d[512 - L : 512])[None]
+            with torch.no_grad():
+                logits = base(w).logits[0, -65:-1]
+            nll += float(torch.nn.functional.cross_entropy(logits, w[0, -64:], reduction="sum"))
+        assert rows[L]["ppl"] == pytest.approx(math.exp(nll / 128), rel=1e-4)
+    with pytest.raises(SystemExit, match="--same-text and --repeat"):
+        main([*common, "--lengths", "512", "--same-text", "--repeat", "48"])
 
 
 def test_train_summary_records_the_run(short_run):

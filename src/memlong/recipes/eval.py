@@ -98,6 +98,8 @@ def eval_command(c: dict, json_path) -> str:
     args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
     if c["task"] == "ppl" and c.get("repeat"):
         args += f" --repeat {c['repeat']}"
+    if c["task"] == "ppl" and c.get("same_text"):
+        args += " --same-text"
     # (an icl report from before --no-requery existed was measured without it)
     if c["task"] in ("passkey", "ruler", "icl") and c.get("requery", c["task"] != "icl") is False:
         args += " --no-requery"

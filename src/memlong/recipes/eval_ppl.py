@@ -2,7 +2,10 @@
 
 For each test document and each length L, the first L tokens form a window; only its last
 ``--score`` tokens (2048 by default; all of them when L is shorter) are scored, the prefix goes
-to memory. Methods, side by side in one run:
+to memory. With ``--same-text``, every length scores the same tokens instead: each document is
+cut at its first ``max(--lengths)`` tokens and the window of length L is the last L tokens of
+that cut, so a longer window adds context before the same scored text (documents shorter than
+the longest length are left out). Methods, side by side in one run:
 
 * ``memlong``: the MemLong model with memory (fresh for every window);
 * ``memlong_no_memory``: the same model and local window with retrieval off;
@@ -36,11 +39,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "scored: with memory the copy's source is retrievable, without it (and for the base "
                         "truncated to its window) it is out of reach; base_full sees both copies. Measures whether "
                         "a model can use what it reads, apart from how often real text repeats itself")
+    p.add_argument("--same-text", action="store_true",
+                   help="score the same text at every length: the window of length L is the last L of each "
+                        "document's first max(--lengths) tokens, so longer windows only add context before it "
+                        "(the default: the first L tokens, scoring different text at each length)")
     p.add_argument("--max-documents", type=int, default=8, help="documents per length (the longest first)")
 
 
 def run(args, methods: list[str]) -> int:
+    if args.same_text and args.repeat:
+        raise SystemExit("--same-text and --repeat cannot be combined: the copy probe scores a copy of each "
+                         "window's own start, which differs by length")
     return run_by_length(args, methods, DEFAULT_LENGTHS, _run_ppl, plot)
+
+
+def length_windows(docs: list[list[int]], L: int, lengths: list[int], max_documents: int,
+                   same_text: bool = False) -> list[list[int]]:
+    """The windows of length ``L`` of ``docs`` (token lists, longest first), at most ``max_documents``:
+    each document's first ``L`` tokens; with ``same_text``, the last ``L`` of its first
+    ``max(lengths)`` tokens (only documents that long), so every length ends on the same tokens."""
+    if same_text:
+        end = max(lengths)
+        return [d[end - L : end] for d in docs if len(d) >= end][:max_documents]
+    return [d[:L] for d in docs if len(d) >= L][:max_documents]
 
 
 def _nll_plain(model, ids, score: int) -> tuple[float, int]:
@@ -69,7 +90,7 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> Iterator[
     docs.sort(key=len, reverse=True)
     score = min(args.score, args.repeat) if args.repeat else args.score
     for L in lengths:
-        windows = [torch.tensor(d[:L]) for d in docs if len(d) >= L][: args.max_documents]
+        windows = [torch.tensor(w) for w in length_windows(docs, L, lengths, args.max_documents, args.same_text)]
         if args.repeat:  # copy probe: the window ends with a copy of its own first `repeat` tokens
             if not 0 < args.repeat < L:
                 raise SystemExit(f"--repeat must be in (0, length); got {args.repeat} for length {L}")
@@ -77,7 +98,7 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> Iterator[
         for method in methods:
             row = {"method": method, "length": L, "documents": len(windows)}
             if not windows:
-                row.update(ppl=None, tokens_scored=0, note=f"no document has {L} tokens")
+                row.update(ppl=None, tokens_scored=0, note=f"no document has {max(lengths) if args.same_text else L} tokens")
                 print(_fmt(row), flush=True)
                 yield row
                 continue
