@@ -190,7 +190,35 @@ def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
         if r["accuracy"] is not None:
             assert len(r["answers"]) == 2 and all(len(a["key"]) == 5 and isinstance(a["answer"], str) for a in r["answers"])
             assert r["accuracy"] == sum(passkey_digits(a["answer"]) == a["key"] for a in r["answers"]) / 2
+        if r["method"] == "memlong":  # where the key was: retrieved for the question, its chunk's rank
+            assert r["key_retrieved"] == sum(a["key_retrieved"] for a in r["answers"]) / 2
+            for a in r["answers"]:
+                assert a["bank_chunks"] > 0 and (a["key_chunk_rank"] is None or 1 <= a["key_chunk_rank"] <= a["bank_chunks"])
+                assert not a["key_retrieved"] or a["key_chunk_rank"] is not None
+        else:
+            assert "key_retrieved" not in r
     assert (tmp_path / "pk.png").stat().st_size > 1000
+
+
+def test_passkey_key_retrieval_finds_the_keys_chunk(setup, short_run):
+    """A question made of the key chunk's own tokens retrieves it, ranked first; a key that is
+    nowhere in the bank has no rank."""
+    from transformers import AutoTokenizer
+
+    from memlong.recipes.eval_passkey import key_retrieval, passkey_prompt
+
+    tok = AutoTokenizer.from_pretrained(setup / "model")
+    model = memlong.from_pretrained(short_run / "final", retriever=memlong.HashingRetriever())
+    pool = tok((setup / "train.jsonl").read_text(), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([passkey_prompt(tok, pool, "48213", 300, 0.5, offset=5)])  # the bank holds all it read
+    memory = model.new_memory(1)
+    model.ingest(ids, memory)
+    bank = memory.bank(0)
+    slot = next(s for s in bank.valid.nonzero().flatten().tolist() if "48213" in tok.decode(bank.token_ids[s].tolist()))
+    found = key_retrieval(model, tok, memory, bank.token_ids[slot].tolist(), "48213")
+    assert found == {"key_retrieved": True, "key_chunk_rank": 1, "bank_chunks": len(bank)}
+    missing = key_retrieval(model, tok, memory, bank.token_ids[slot].tolist(), "99999")
+    assert missing == {"key_retrieved": False, "key_chunk_rank": None, "bank_chunks": len(bank)}
 
 
 def test_eval_reading_time_overrides(setup, short_run, tmp_path):

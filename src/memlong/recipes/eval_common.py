@@ -131,12 +131,14 @@ def measured(row: dict, key: str, **on_failure):
 
 
 def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery, base_window: int,
-                    stop=None) -> str:
+                    stop=None, memory=None) -> str:
     """The greedy continuation of ``ids`` ``[1, L]`` by ``method``, decoded: the MemLong model with a
     fresh memory (retrieval on for ``memlong``, off for ``memlong_no_memory``), retrieving again with
     the prompt's last ``requery`` tokens (the question; ``False``: not); or the base model over the
     whole prompt (``base_full``) or its last ``base_window - new_tokens`` tokens (``base_truncated``).
-    ``stop``: a stopping criterion factory ``(tok, start) -> StoppingCriteria``."""
+    ``stop``: a stopping criterion factory ``(tok, start) -> StoppingCriteria``. ``memory``: the
+    fresh memory the MemLong methods read into (default: a new one), for a caller to look into
+    afterwards."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -144,7 +146,8 @@ def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery
     if method in ("memlong", "memlong_no_memory"):
         if stop is not None:
             kw["stopping_criteria"] = StoppingCriteriaList([stop(tok, ids.shape[1])])
-        memory = model.new_memory(1, retrieval=method == "memlong")
+        if memory is None:
+            memory = model.new_memory(1, retrieval=method == "memlong")
         out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), requery=requery, **kw)
     else:
         if method == "base_truncated":

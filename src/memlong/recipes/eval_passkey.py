@@ -1,7 +1,10 @@
 """`memlong eval passkey`: a passkey (random digits) is stated once inside a haystack of real text
 (held-out documents) at a given depth and asked for at the end; accuracy is the exact match of
 the greedily generated digits, over several trials per length and depth, for the methods of
-``eval ppl``.
+``eval ppl``. For ``memlong`` with the question re-querying memory (the default), each answer also
+records whether the chunks the question retrieves hold the key (``key_retrieved``) and the rank
+of the key's chunk among all banked chunks by the retriever's similarity (``key_chunk_rank``,
+1 = best): a miss is then a retrieval miss or a reading miss.
 
     memlong eval passkey --model PATH --data PATH --lengths 4096,65536 --depths 0.1,0.5,0.9 --trials 3
 """
@@ -57,6 +60,21 @@ def passkey_digits(answer: str, n: int = 5) -> str:
     return "".join(re.findall(r"\d", answer))[:n]
 
 
+def key_retrieval(model, tok, memory, question: list[int], key: str) -> dict:
+    """Whether the chunks ``question`` retrieves from ``memory`` (as ``generate(requery=...)``
+    focuses it; searched again after the answer, counters untouched) hold ``key``; and the rank
+    of the best chunk holding it among all banked chunks by the retriever's similarity (1 = best;
+    None when no banked chunk holds all its digits: still in the local window, or split between
+    two chunks)."""
+    bank, query = memory.bank(0), question[-model.memlong_config.chunk_size :]
+    slots, _ = memory.question_hits(model.memlong_retriever, query)
+    holds = {s for s in bank.valid.nonzero().flatten().tolist() if key in tok.decode(bank.token_ids[s].tolist())}
+    ranked, _ = bank.search(model.memlong_retriever.embed([query])[0], len(bank), count=False)
+    ranks = [r + 1 for r, s in enumerate(ranked.tolist()) if s in holds]
+    return {"key_retrieved": any(s in holds for s in slots.tolist()), "key_chunk_rank": min(ranks) if ranks else None,
+            "bank_chunks": len(bank)}
+
+
 def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> Iterator[dict]:
     import random
 
@@ -88,12 +106,19 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> Itera
                     hits, answers = 0, []
                     for key, ids in cases:
                         q = len(passkey_question_ids(tok)) if args.requery else False
-                        answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window)
+                        memory = model.new_memory(1) if method == "memlong" and q else None
+                        answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window,
+                                                 memory=memory)
                         hits += int(passkey_digits(answer) == key)
                         answers.append({"key": key, "answer": answer})
+                        if memory is not None:
+                            answers[-1].update(key_retrieval(model, tok, memory, ids[0, -q:].tolist(), key))
                     row.update(accuracy=hits / len(cases), answers=answers)
+                    if any("key_retrieved" in a for a in answers):
+                        row["key_retrieved"] = sum(a["key_retrieved"] for a in answers) / len(answers)
                 acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
-                print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  ({row['trials']} trials) "
+                found = f"key retrieved {row['key_retrieved']:.2f}  " if "key_retrieved" in row else ""
+                print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  {found}({row['trials']} trials) "
                       f"{row.get('note', '')}", flush=True)
                 yield row
 
