@@ -196,17 +196,22 @@ def _cell(r: dict, key: str, fmt: str = "{:.2f}") -> str:
 
 
 def _passkey_table(results: list[dict]) -> list[str]:
-    """Accuracy by length and method, a column per depth and their mean."""
+    """Accuracy by length and method, a column per depth and their mean; where the run recorded it,
+    the share of trials whose question retrieved the key's chunk."""
     depths = sorted({r["depth"] for r in results})
-    out = ["| length | method | " + " | ".join(f"depth {d}" for d in depths) + " | mean | trials per depth |",
-           "|---:|---|" + "---:|" * (len(depths) + 2)]
+    found = any("key_retrieved" in a for r in results for a in r.get("answers", []))
+    out = ["| length | method | " + " | ".join(f"depth {d}" for d in depths) + " | mean | "
+           + ("key retrieved | " if found else "") + "trials per depth |",
+           "|---:|---|" + "---:|" * (len(depths) + 2 + found)]
     for key in dict.fromkeys((r["length"], r["method"]) for r in results):
         rows = {r["depth"]: r for r in results if (r["length"], r["method"]) == key}
         accs = [rows[d]["accuracy"] for d in depths if d in rows and rows[d].get("accuracy") is not None]
         mean = f"{sum(accs) / len(accs):.2f}" if accs else "-"
         cells = " | ".join(_cell(rows[d], "accuracy") if d in rows else "" for d in depths)
         trials = max(r.get("trials", 0) for r in rows.values())
-        out.append(f"| {key[0]:,} | {key[1]} | {cells} | {mean} | {trials} |")
+        hits = [a["key_retrieved"] for r in rows.values() for a in r.get("answers", []) if "key_retrieved" in a]
+        share = (f"{sum(hits) / len(hits):.2f} | " if hits else "- | ") if found else ""
+        out.append(f"| {key[0]:,} | {key[1]} | {cells} | {mean} | {share}{trials} |")
     return out
 
 

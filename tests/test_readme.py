@@ -48,3 +48,19 @@ def test_results_tables_name_their_commands():
     assert "memlong eval ppl --model " in text and "--retriever minilm" in text and "--repeat 1024" in text
     assert "| 4,096 | memlong |" in text
 
+
+
+def test_passkey_table_shows_the_share_of_keys_retrieved():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_readme", README.parent / "scripts" / "render_readme.py")
+    render_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_readme)
+    answers = [{"key": "1", "answer": "1", "key_retrieved": True}, {"key": "2", "answer": "x", "key_retrieved": False}]
+    rows = [{"method": "memlong", "length": 4096, "depth": d, "trials": 2, "accuracy": 0.5, "answers": answers}
+            for d in (0.1, 0.9)]
+    rows.append({"method": "memlong_no_memory", "length": 4096, "depth": 0.1, "trials": 2, "accuracy": 0.0,
+                 "answers": [{"key": "1", "answer": "x"}]})
+    table = render_readme._passkey_table(rows)
+    assert "key retrieved" in table[0] and table[2].endswith("| 0.50 | 0.50 | 2 |") and "| - | 2 |" in table[3]
+    assert "key retrieved" not in render_readme._passkey_table(rows[2:])[0]
