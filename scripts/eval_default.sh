@@ -12,10 +12,14 @@ $M eval ruler --data runs/corpus --lengths 4096 --samples 1 --methods memlong,me
 $M eval ruler --data runs/corpus --lengths 16384,32768 --samples 1 --methods memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_long.json --plot docs/results/default_ruler_long.png
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 2 --json docs/results/default_passkey_32k.json
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 1 --json docs/results/default_passkey_64k.json
+# the 64k passkey with the question's window re-ranking over every banked chunk (default: the top 32 by whole-chunk similarity)
+$M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.5 --trials 1 --methods memlong --set rerank_candidates=1024 --threads 1 --json docs/results/default_passkey_64k_rerank_all.json
 $M eval passkey --data runs/corpus --lengths 131072 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 1 --json docs/results/default_passkey_128k.json
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --methods memlong,base_full --threads 2 --json docs/results/default_ppl_by_length.json --plot docs/results/default_ppl_by_length.png
 # perplexity from 4k to 64k, the same 3 longest test documents at every length (about 1.5 hours on one core)
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --max-documents 3 --methods memlong,memlong_no_memory,base_full,base_truncated --threads 1 --json docs/results/default_ppl_to_64k.json --plot docs/results/default_ppl_to_64k.png
+# the same scored text at every length (the last 2,048 of each document's first 64k tokens), 4k to 64k of context
+$M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --same-text --max-documents 3 --methods memlong,memlong_no_memory,base_full,base_truncated --threads 2 --json docs/results/default_ppl_same_text.json --plot docs/results/default_ppl_same_text.png
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_icl.json
 # the same without requery (the test input reads the memory retrieved before it), and the base with every demonstration in context
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --no-requery --threads 2 --json docs/results/default_icl_no_requery.json
