@@ -7,6 +7,16 @@ from pathlib import Path
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+def _render_readme():
+    """scripts/render_readme.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_readme", README.parent / "scripts" / "render_readme.py")
+    render_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_readme)
+    return render_readme
+
+
 def test_readme_example_runs(tmp_path, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
@@ -24,11 +34,7 @@ def test_readme_example_runs(tmp_path, capsys):
 
 def test_generated_sections_in_sync():
     """README.md and docs/*.md (the project history) match the JSON records they render."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_readme", README.parent / "scripts" / "render_readme.py")
-    render_readme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render_readme)
+    render_readme = _render_readme()
     files = render_readme.rendered_files()
     assert README in files and README.parent / "docs" / "HISTORY.md" in files
     for f in files:
@@ -38,11 +44,7 @@ def test_generated_sections_in_sync():
 
 def test_results_tables_name_their_commands():
     """The results renderer rebuilds each eval command from its JSON."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_readme", README.parent / "scripts" / "render_readme.py")
-    render_readme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render_readme)
+    render_readme = _render_readme()
     results = README.parent / "docs" / "results"
     text = render_readme.results_section([results / "adaptation_cpu_copy_probe.json"])
     assert "memlong eval ppl --model " in text and "--retriever minilm" in text and "--repeat 1024" in text
@@ -51,11 +53,7 @@ def test_results_tables_name_their_commands():
 
 
 def test_passkey_table_shows_the_share_of_keys_retrieved():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_readme", README.parent / "scripts" / "render_readme.py")
-    render_readme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render_readme)
+    render_readme = _render_readme()
     answers = [{"key": "1", "answer": "1", "key_retrieved": True}, {"key": "2", "answer": "x", "key_retrieved": False}]
     rows = [{"method": "memlong", "length": 4096, "depth": d, "trials": 2, "accuracy": 0.5, "answers": answers}
             for d in (0.1, 0.9)]
