@@ -118,7 +118,8 @@ def assert_padded_batch_equals_each_sequence_alone(m, lengths=(130, 77, 9), side
 
 
 def small_memlong_config(**kw) -> memlong.MemLongConfig:
-    base = dict(memory_layer=2, retrieval_layers=(3, 4), chunk_size=8, top_k=2, memory_capacity=48, local_window=32)
+    base = dict(memory_layer=2, retrieval_layers=(3, 4), chunk_size=8, top_k=2, memory_capacity=48, local_window=32,
+                rerank_window=4)  # half-overlapping windows of 4: the window index is built in every test
     base.update(kw)
     return memlong.MemLongConfig(**base)
 

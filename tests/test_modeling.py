@@ -1,5 +1,7 @@
 """The properties that define MemLong, on tiny models of every supported family."""
 
+import json
+
 import pytest
 import torch
 
@@ -490,7 +492,8 @@ def test_whole_memory_save_load_continues_exactly(memlong_model, tmp_path):
     m, _ = memlong_model
     ids = rand_ids(2, 230, seed=19)  # stops mid-chunk, with evictions behind it
     cut = 203
-    whole = m(ids).logits
+    full = m(ids)
+    whole = full.logits
     memory = m(ids[:, :cut]).memory
     memory.save(tmp_path / "mem")
     memory.save(tmp_path / "mem")  # re-save replaces the previous version
@@ -498,6 +501,12 @@ def test_whole_memory_save_load_continues_exactly(memlong_model, tmp_path):
     loaded = m.load_memory(tmp_path / "mem")
     rest = m(ids[:, cut:], past_key_values=loaded).logits
     torch.testing.assert_close(rest, whole[:, cut:], atol=ATOL, rtol=0)
+    for b in range(2):  # the window index too, also of the chunks that were in the window when saved
+        got, want = loaded.bank(b), full.memory.bank(b)
+        assert [e["chunk_id"] for e in got.entries()] == [e["chunk_id"] for e in want.entries()]
+        slots_got, slots_want = (torch.tensor([e["slot"] for e in x.entries()]) for x in (got, want))
+        assert got.layout.windows == 3 and torch.equal(got.window_embeddings[slots_got],
+                                                        want.window_embeddings[slots_want])
     # a damaged save fails clearly
     wfile = next((tmp_path / "mem").glob("v-*/window.safetensors"))
     wfile.write_bytes(wfile.read_bytes()[:50])
@@ -529,6 +538,52 @@ def test_local_window_must_fit_a_sliding_window_model(family):
         memlong.wrap(model, small_memlong_config(local_window=32), retriever=memlong.HashingRetriever(dim=32))
     memlong.wrap(model, small_memlong_config(local_window=16, chunk_size=8, memory_capacity=48),
                  retriever=memlong.HashingRetriever(dim=32))  # fits
+
+
+@torch.no_grad()
+def test_window_index_is_built_while_reading_and_scores_as_embedding_at_question_time(tmp_path):
+    """``rerank_index``: every banked chunk holds its windows' embeddings, computed while reading
+    (the retriever's embedding of each half-overlapping window of ``rerank_window`` tokens); a
+    question scores chunks from them as re-embedding the windows then would (float16 storage),
+    over every chunk; reading itself is unchanged; a memory saved before the field existed loads."""
+    ids = torch.randint(0, VOCAB, (1, 203), generator=torch.Generator().manual_seed(3))
+    retriever = memlong.HashingRetriever(dim=32)
+    with_index = memlong.wrap(tiny_model("llama")[0], small_memlong_config(memory_capacity=400), retriever=retriever)
+    without = memlong.wrap(tiny_model("llama")[0], small_memlong_config(memory_capacity=400, rerank_index=False,
+                                                                          rerank_candidates=1000), retriever=retriever)
+    set_gates(with_index)
+    set_gates(without)
+    out, out_plain = with_index(ids), without(ids)
+    torch.testing.assert_close(out.logits, out_plain.logits, atol=0, rtol=0)  # reading: the same model
+    bank, plain = out.memory.bank(0), out_plain.memory.bank(0)
+    assert bank.layout.index_window == 4 and plain.window_embeddings is None and len(bank) == len(plain) > 10
+    for e in bank.entries():
+        toks = bank.token_ids[e["slot"]].tolist()
+        want = retriever.embed([toks[s : s + 4] for s in (0, 2, 4)]).half()
+        assert torch.equal(bank.window_embeddings[e["slot"]], want)
+    question = ids[0, 40:46].tolist()
+    q = retriever.embed([question])[0]
+    search = out.memory.question_search(0, q, retriever)
+    embed_search = out_plain.memory.question_search(0, q, retriever)
+    assert search["candidates"] >= len(bank) and embed_search["candidates"] == 1000
+    slots = torch.tensor([e["slot"] for e in bank.entries()])
+    plain_slots = torch.tensor([e["slot"] for e in plain.entries()])
+    cos = bank.embeddings[slots] @ q
+    torch.testing.assert_close(search["rescore"](slots, cos), embed_search["rescore"](plain_slots, cos),
+                               atol=2e-3, rtol=0)
+    assert torch.equal(out.memory.question_hits(retriever, question)[0], out_plain.memory.question_hits(retriever, question)[0])
+    # a memory saved by a version without the field: it compares as its default
+    out.memory.save(tmp_path / "mem")
+    meta = json.loads((tmp_path / "mem" / "memory.json").read_text())
+    del meta["config"]["rerank_index"]
+    (tmp_path / "mem" / "memory.json").write_text(json.dumps(meta))
+    assert len(with_index.load_memory(tmp_path / "mem").bank(0)) == len(bank)
+    # a bank loaded into a model keeping no window index drops its own
+    out.memory.save_bank(tmp_path / "bank")
+    loaded = out_plain.memory
+    loaded.load_bank(tmp_path / "bank")
+    assert loaded.bank(0).window_embeddings is None and len(loaded.bank(0)) == len(bank)
+    without(ids[:, :20], past_key_values=loaded)  # keeps reading
 
 
 @torch.no_grad()

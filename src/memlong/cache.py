@@ -19,6 +19,7 @@ of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval laye
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -29,7 +30,7 @@ from memlong.attention import CallContext
 from memlong.profiling import phase
 from memlong.config import MemLongConfig
 from memlong.memory import BankLayout, MemoryBank
-from memlong.memory.bank import check_retriever
+from memlong.memory.bank import check_retriever, window_starts
 from memlong.retriever import Retriever
 
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
@@ -82,11 +83,13 @@ class MemLongCache(Cache):
             self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]
             self.chunk_chars: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]  # [start, end]
             self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
+            # the window index's embeddings of chunks not yet in the bank ([windows, dim] each)
+            self.chunk_win_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
             self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [
                 {} for _ in range(self.batch_size_)
             ]
             self.focus: list[torch.Tensor | None] = [None] * self.batch_size_  # see focus_on()
-            self.focus_rescore: list = [None] * self.batch_size_
+            self.focus_search: list[dict] = [{} for _ in range(self.batch_size_)]  # its re-ranking
             # training_free sink (config.sink_tokens): the first tokens' K/V in every bank layer,
             # [H_bank, s, D] each, kept from when chunk 0 leaves the window
             self.sink: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.batch_size_
@@ -95,10 +98,12 @@ class MemLongCache(Cache):
         self._last_memory = None
         for b in rows:
             self.seen[b] = 0
-            self.focus[b] = self.focus_rescore[b] = self.sink[b] = None
+            self.focus[b] = self.sink[b] = None
+            self.focus_search[b] = {}
             self.chunk_tokens[b].clear()
             self.chunk_chars[b].clear()
             self.chunk_emb[b].clear()
+            self.chunk_win_emb[b].clear()
             self.chunk_mem[b].clear()
             self.banks[b].reset()
             if self.win_pos is not None:
@@ -134,6 +139,8 @@ class MemLongCache(Cache):
         error the bank in memory is left untouched."""
         bank = MemoryBank.load(directory, expected=self.layout)
         check_retriever(bank.metadata.get("retriever"), self.retriever_info, directory)
+        if bank.layout.index_window != self.layout.index_window:
+            bank.drop_window_index()  # another rerank_window or none: not what this config's questions search
         self.banks[row] = bank
 
     # ------------------------------------------------------------------ whole-memory persistence
@@ -175,6 +182,8 @@ class MemLongCache(Cache):
         for b in range(self.batch_size_):
             for c, e in self.chunk_emb[b].items():
                 tensors[f"emb.{b}.{c}"] = e.contiguous().cpu()
+            for c, e in self.chunk_win_emb[b].items():
+                tensors[f"wemb.{b}.{c}"] = e.contiguous().cpu()
             for j, m in self.chunk_mem[b].items():
                 if m is None:
                     mem_none.append([b, j])
@@ -225,7 +234,9 @@ class MemLongCache(Cache):
         meta = read_metadata(directory, MEMORY_JSON, MEMORY_FORMAT, "MemLong memory")
         saved = meta["config"]
         mine = config.to_dict()
-        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        # a field added since the save compares as its default (what the saving version did)
+        default = {f.name: f.default for f in dataclasses.fields(MemLongConfig) if f.default is not dataclasses.MISSING}
+        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k, default.get(k)) != mine.get(k))
         if diff or meta["num_layers"] != num_layers:
             raise BankFileError(
                 f"memory in {directory!s} was saved by a model with another MemLong config (differs in {diff}) "
@@ -258,6 +269,8 @@ class MemLongCache(Cache):
             kind, *rest = key.split(".")
             if kind == "emb":
                 cache.chunk_emb[int(rest[0])][int(rest[1])] = value
+            elif kind == "wemb":
+                cache.chunk_win_emb[int(rest[0])][int(rest[1])] = value
             elif kind == "mem_k":
                 b, j = int(rest[0]), int(rest[1])
                 cache.chunk_mem[b][j] = (value.to(dev), t[f"mem_v.{b}.{j}"].to(dev))
@@ -394,10 +407,21 @@ class MemLongCache(Cache):
                 toks = toks[len(take) :]
                 p += len(take)
         if todo and self.retrieval:
+            texts = [self.chunk_tokens[b][c] for b, c in todo]
             with phase("retriever"):
-                embs = retriever.embed([self.chunk_tokens[b][c] for b, c in todo])
+                embs = retriever.embed(texts)
             for (b, c), e in zip(todo, embs):
                 self.chunk_emb[b][c] = e
+            # the window index: each chunk's windows, in a batch of their own (padded to a window,
+            # not to a chunk: in one batch with the chunks they cost as much as chunks)
+            W = cfg.index_window
+            if W:
+                starts_w = window_starts(tau, W)
+                nw = len(starts_w)
+                with phase("retriever"):
+                    wembs = retriever.embed([t[s : s + W] for t in texts for s in starts_w])
+                for i, (b, c) in enumerate(todo):
+                    self.chunk_win_emb[b][c] = wembs[i * nw : (i + 1) * nw]
 
         # 2. chunk starts: departure to memory, then retrieval, in stream order
         for b in range(B):
@@ -414,7 +438,7 @@ class MemLongCache(Cache):
                     with phase("bank_write"):
                         self._depart(b, j - w - 1)
                 with phase("search"):
-                    self.chunk_mem[b][j] = self._retrieve(b, query, self.focus_rescore[b])
+                    self.chunk_mem[b][j] = self._retrieve(b, query, self.focus_search[b])
 
         # 3. local mask and RoPE positions
         qpos = torch.full((B, S), -1, dtype=torch.long)
@@ -607,29 +631,39 @@ class MemLongCache(Cache):
         tau = self.config.chunk_size
         for b, query in zip(rows, queries):
             self.focus[b] = query
-            self.focus_rescore[b] = self.window_rescore(b, query, retriever)
+            self.focus_search[b] = self.question_search(b, query, retriever)
             if self.seen[b] % tau:
-                self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query, self.focus_rescore[b])
+                self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query, self.focus_search[b])
 
-    def window_rescore(self, b: int, query: torch.Tensor, retriever: Retriever):
-        """A chunk's score for a question: the best of its own and its windows' of
-        ``rerank_window`` tokens (half-overlapping). A short fact inside a long chunk of other
-        text matches its window far better than the whole chunk's embedding."""
+    def question_search(self, b: int, query: torch.Tensor, retriever: Retriever) -> dict:
+        """How a question searches row ``b``'s bank: the keyword arguments (``rescore``,
+        ``candidates``) of :meth:`MemoryBank.best` / :meth:`~MemoryBank.retrieve`. A chunk's score
+        is the best of its own and its windows' of ``rerank_window`` tokens (half-overlapping): a
+        short fact inside a long chunk of other text matches its window far better than the whole
+        chunk's embedding. With the bank's window index (``rerank_index``) every chunk is scored
+        from the stored window embeddings; without one, the top ``rerank_candidates`` chunks'
+        windows are embedded now. ``{}``: plain cosine search (re-ranking off)."""
         cfg = self.config
         W = cfg.rerank_window
         if not cfg.rerank_candidates or W >= cfg.chunk_size:
-            return None
+            return {}
         bank = self.banks[b]
-        starts = list(range(0, cfg.chunk_size - W + 1, max(1, W // 2)))
+        if bank.layout.index_window == W:
 
-        def rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            def rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                return torch.maximum(bank.window_scores(slots, query), scores.float().cpu())
+
+            return {"rescore": rescore, "candidates": bank.capacity}  # every chunk: the search returns all
+        starts = window_starts(cfg.chunk_size, W)
+
+        def embed_rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             toks = bank.token_ids[slots]
             with phase("retriever"):
                 e = retriever.embed([toks[i, s : s + W].tolist() for i in range(len(slots)) for s in starts])
             best = (e.float() @ query.float().to(e.device)).view(len(slots), len(starts)).amax(1).cpu()
             return torch.maximum(best, scores.float().cpu())
 
-        return rescore
+        return {"rescore": embed_rescore, "candidates": cfg.rerank_candidates}
 
     @torch.no_grad()
     def question_hits(self, retriever: Retriever, tokens: list[int], row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -643,13 +677,13 @@ class MemLongCache(Cache):
             return torch.zeros(0, dtype=torch.long), torch.zeros(0)
         with phase("retriever"):
             query = retriever.embed([list(tokens)])[0]
-        cfg = self.config
-        return bank.best(query, cfg.top_k, self.window_rescore(row, query, retriever), cfg.rerank_candidates)
+        return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever))
 
     def unfocus(self, rows: list[int] | None = None) -> None:
         """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""
         for b in range(self.batch_size_) if rows is None else rows:
-            self.focus[b] = self.focus_rescore[b] = None
+            self.focus[b] = None
+            self.focus_search[b] = {}
 
     @torch.no_grad()
     def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
@@ -689,16 +723,17 @@ class MemLongCache(Cache):
             else self.win_v[layers[0]][b, :, i : i + tau]
         tokens = torch.tensor(self.chunk_tokens[b].pop(c), dtype=torch.int32)
         emb = self.chunk_emb[b].pop(c)
+        windows = self.chunk_win_emb[b].pop(c, None)
         chars = self.chunk_chars[b].pop(c, None)
         self.banks[b].add(k, v, emb, chunk_id=c, span=(c * tau, (c + 1) * tau), token_ids=tokens,
-                          text_span=tuple(chars) if chars else None)
+                          text_span=tuple(chars) if chars else None, window_embeddings=windows)
 
-    def _retrieve(self, b: int, query: torch.Tensor | None, rescore=None):
+    def _retrieve(self, b: int, query: torch.Tensor | None, search: dict | None = None):
+        """Row ``b``'s memory for ``query``; ``search``: a question's re-ranking (:meth:`question_search`)."""
         bank = self.banks[b]
         if query is None or len(bank) == 0:
             return None
-        slots = bank.retrieve(query, self.config.top_k, self.config.retrieval_offsets, rescore=rescore,
-                              candidates=self.config.rerank_candidates)
+        slots = bank.retrieve(query, self.config.top_k, self.config.retrieval_offsets, **(search or {}))
         return bank.gather(slots) if slots.numel() else None
 
     @torch.no_grad()

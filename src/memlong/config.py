@@ -103,6 +103,15 @@ class MemLongConfig:
             the best ``top_k`` kept: a short fact inside a chunk of other text matches its window
             far better than the whole chunk. ``rerank_candidates=0`` turns it off. Reading is
             not affected.
+        rerank_index: keep a window index in the bank (default): every chunk's windows of
+            ``rerank_window`` tokens are embedded when the chunk is read (in the same retriever
+            batch as the chunk) and stored beside it (float16), so a question scores **every**
+            banked chunk by its best window with no embedding at question time, and
+            ``rerank_candidates`` only switches re-ranking on or off. Costs reading the
+            retriever's time on the windows and ``windows x dim x 2`` bytes per chunk (7 x 384 x 2
+            for 128-token chunks, 32-token windows and MiniLM). ``False``: the windows of the top
+            ``rerank_candidates`` chunks are embedded when the question is asked (a fact in a
+            chunk whose whole-chunk embedding ranks lower is never seen).
         sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
             visible to every later query in every retrieval layer once the local window has slid
             past them, placed first, before the retrieved chunks (the attention sinks of
@@ -140,6 +149,7 @@ class MemLongConfig:
     memory_positions: str = "paper"
     rerank_candidates: int = 32
     rerank_window: int = 32
+    rerank_index: bool = True
     sink_tokens: int = 0
     bank_dtype: str | None = None
     bank_device: str = "model"
@@ -192,6 +202,8 @@ class MemLongConfig:
             )
         if self.top_k < 1:
             bad("top_k", f"must be >= 1, got {self.top_k}")
+        if not isinstance(self.rerank_index, bool):
+            bad("rerank_index", f"must be True or False, got {self.rerank_index!r}")
         if self.rerank_candidates < 0 or self.rerank_window < 1:
             bad("rerank_candidates", f"rerank_candidates must be >= 0 and rerank_window >= 1, got "
                                      f"{self.rerank_candidates} and {self.rerank_window}")
@@ -290,6 +302,12 @@ class MemLongConfig:
     @property
     def capacity_chunks(self) -> int:
         return self.memory_capacity // self.chunk_size
+
+    @property
+    def index_window(self) -> int:
+        """Tokens per window of the bank's window index (``rerank_index``); 0: no window index."""
+        on = self.rerank_index and self.rerank_candidates and self.rerank_window < self.chunk_size
+        return self.rerank_window if on else 0
 
     @property
     def window_chunks(self) -> int:

@@ -121,6 +121,7 @@ class MemLongMixin:
             compute_dtype=self.dtype,
             mmap_dir=(self.memlong_config.bank_mmap_dir or tempfile.gettempdir())
             if self.memlong_config.bank_device == "mmap" else None,
+            index_window=self.memlong_config.index_window,
         )
 
     def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:

@@ -287,3 +287,45 @@ def test_mmap_tier_matches_memory_and_leaves_no_files(tmp_path):
         assert torch.equal(a, b)
     assert all(page.untyped_storage().filename is not None for page in mapped.keys.pages)  # really file-backed
     assert list((tmp_path / "kv").iterdir()) == []  # unlinked at once: nothing to clean up
+
+
+def test_window_index_follows_its_chunk_through_growth_eviction_and_save(tmp_path):
+    """The window index (``BankLayout.index_window``): each slot's window embeddings stay with
+    its chunk when slots are reused after eviction and the bank grows, ``window_scores`` is the
+    best window's cosine, and save/load keeps them; a bank saved without one loads without one."""
+    from memlong.memory.bank import window_starts
+
+    layout = BankLayout(6, 8, H, D, E, index_window=4)
+    assert window_starts(8, 4) == [0, 2, 4] and layout.windows == 3 and BankLayout(6, 8, H, D, E).windows == 0
+    bank = MemoryBank(layout, eviction="fifo", search_backend="torch")
+
+    def windows(cid):
+        w = torch.randn(3, E, generator=torch.Generator().manual_seed(100 + cid))
+        return w / w.norm(dim=-1, keepdim=True)
+
+    kv = torch.zeros(H, 8, D)
+    with pytest.raises(ValueError, match="window_embeddings must be"):
+        bank.add(kv, kv, unit(0), chunk_id=0, span=(0, 8))
+    for cid in range(10):  # 6 slots: the last 4 chunks reuse evicted slots
+        bank.add(kv, kv, unit(cid), chunk_id=cid, span=(cid * 8, cid * 8 + 8), window_embeddings=windows(cid))
+    bank.check_invariants()
+    q = unit(99)
+    slots = torch.tensor([e["slot"] for e in bank.entries()])
+    want = torch.stack([(windows(e["chunk_id"]).half().float() @ q).max() for e in bank.entries()])
+    assert torch.allclose(bank.window_scores(slots, q), want, atol=1e-6)
+
+    bank.save(tmp_path / "with")
+    back = MemoryBank.load(tmp_path / "with", expected=layout)
+    back.check_invariants()
+    back_slots = torch.tensor([e["slot"] for e in back.entries()])
+    assert torch.equal(back.window_scores(back_slots, q), bank.window_scores(slots, q))
+
+    plain = MemoryBank(BankLayout(6, 8, H, D, E), search_backend="torch")
+    plain.add(kv, kv, unit(0), chunk_id=0, span=(0, 8), window_embeddings=windows(0))  # ignored: no index
+    plain.save(tmp_path / "without")
+    loaded = MemoryBank.load(tmp_path / "without", expected=layout)
+    assert loaded.layout.index_window == 0 and loaded.window_embeddings is None
+    back.drop_window_index()
+    assert back.layout.windows == 0 and back.window_embeddings is None
+    back.add(kv, kv, unit(10), chunk_id=10, span=(80, 88))
+    back.check_invariants()

@@ -114,11 +114,12 @@ def test_demo_shows_the_chunks_generate_reads(tmp_path, bpe_tokenizer_dir):
     for question in ("What does the parser do with optional arguments?", "Who wrote this module?"):
         q_ids = tok("\n\nQuestion: " + question + "\nAnswer:", add_special_tokens=False)["input_ids"]
         shown = _question_retrieval(model, tok, memory, q_ids, {"chars": [0, 1]}, text)
-        assert shown["reranked_candidates"] == cfg.rerank_candidates and len(shown["retrieved"]) == cfg.top_k
+        # the bank's window index (rerank_index, the default): every chunk is a candidate
+        assert shown["reranked_candidates"] == len(bank) > cfg.top_k and len(shown["retrieved"]) == cfg.top_k
         q = model.memlong_retriever.embed([q_ids[-cfg.chunk_size :]])[0]
         counts = bank.counts.clone()
-        rescore = memory.window_rescore(0, q, model.memlong_retriever)
-        slots = bank.retrieve(q, cfg.top_k, cfg.retrieval_offsets, rescore=rescore, candidates=cfg.rerank_candidates)
+        search = memory.question_search(0, q, model.memlong_retriever)
+        slots = bank.retrieve(q, cfg.top_k, cfg.retrieval_offsets, **search)
         bank.counts.copy_(counts)
         assert sorted(h["chunk_id"] for h in shown["retrieved"]) == sorted(bank.chunk_ids[slots].tolist())
         assert torch.equal(bank.counts, counts)

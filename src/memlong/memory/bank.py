@@ -6,6 +6,9 @@ tensors (so they cannot get out of step):
 * ``keys`` / ``values`` ``[H_kv, tau, D]``: the memory layer's K and V for the chunk, unrotated
   (as if at position 0);
 * ``embeddings`` ``[dim]``: the frozen retriever's unit-norm embedding of the chunk;
+* ``window_embeddings`` ``[n_windows, dim]`` (float16; only when ``BankLayout.index_window``):
+  the retriever's embeddings of the chunk's half-overlapping windows of ``index_window`` tokens
+  (:func:`window_starts`), the window index a question searches (:meth:`MemoryBank.window_scores`);
 * ``chunk_ids``: the chunk's index in the stream (its age; ``-1`` marks a free slot);
 * ``spans`` ``[2]``: its token span ``[start, end)`` in the stream;
 * ``token_ids`` ``[tau]``: its tokens (decode them to see what was stored or retrieved);
@@ -32,6 +35,7 @@ import json
 import math
 import os
 import uuid
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +66,12 @@ class BankLayout:
     compute_dtype: torch.dtype | None = None  # dtype gathered K/V come back in (None: ``dtype``)
     mmap_dir: str | None = None  # K/V in memory-mapped files in this folder (host tier)
     pin_memory: bool = False  # host tier feeding a GPU model: page-locked, for asynchronous copies
+    index_window: int = 0  # tokens per window of the window index (0: no window index)
+
+    @property
+    def windows(self) -> int:
+        """Window embeddings stored per chunk (0 without a window index)."""
+        return len(window_starts(self.chunk_size, self.index_window)) if self.index_window else 0
 
     @property
     def quantized(self) -> bool:
@@ -75,6 +85,14 @@ class BankLayout:
         """Bytes of stored K/V (and scales) per token: the bank's payload."""
         per = 2 * self.num_kv_heads * self.head_dim * torch.empty(0, dtype=self.dtype).element_size()
         return per + (2 * self.num_kv_heads * 4 if self.quantized else 0)
+
+
+def window_starts(chunk_size: int, window: int) -> list[int]:
+    """Start offsets of a chunk's half-overlapping windows of ``window`` tokens (the window index
+    and the question's re-ranking use the same ones); none when the window is the whole chunk."""
+    if window >= chunk_size:
+        return []
+    return list(range(0, chunk_size - window + 1, max(1, window // 2)))
 
 
 # compressed K/V dtypes -> largest representable magnitude (absmax maps to it)
@@ -161,6 +179,8 @@ class MemoryBank:
         for t in self._kv_storage():
             t.extend(n)
         self.embeddings = torch.zeros(n, L.embed_dim, dtype=torch.float32, device=L.device)
+        self.window_embeddings = (torch.zeros(n, L.windows, L.embed_dim, dtype=torch.float16, device=L.device)
+                                  if L.windows else None)
         self.chunk_ids = torch.full((n,), -1, dtype=torch.long)
         self.spans = torch.zeros(n, 2, dtype=torch.long)
         self.token_ids = torch.zeros(n, L.chunk_size, dtype=torch.int32)
@@ -187,6 +207,8 @@ class MemoryBank:
         for t in self._kv_storage():
             t.extend(pad)
         self.embeddings = grow(self.embeddings)
+        if self.window_embeddings is not None:
+            self.window_embeddings = grow(self.window_embeddings)
         self.chunk_ids = grow(self.chunk_ids, -1)
         self.spans, self.token_ids, self.counts = grow(self.spans), grow(self.token_ids), grow(self.counts)
         self.text_spans = grow(self.text_spans, -1)
@@ -209,7 +231,8 @@ class MemoryBank:
 
     def nbytes(self) -> int:
         """Bytes held by the bank's tensors (allocated slots, used or free)."""
-        ts = (self.keys, self.values, self.key_scales, self.value_scales, self.embeddings, self.chunk_ids,
+        ts = (self.keys, self.values, self.key_scales, self.value_scales, self.embeddings, self.window_embeddings,
+              self.chunk_ids,
               self.spans, self.token_ids, self.counts, self.text_spans)
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
@@ -223,6 +246,7 @@ class MemoryBank:
         span: tuple[int, int],
         token_ids: torch.Tensor | None = None,
         text_span: tuple[int, int] | None = None,
+        window_embeddings: torch.Tensor | None = None,
     ) -> int:
         """Stores one chunk, evicting first if the bank is full. Returns its slot.
 
@@ -233,6 +257,9 @@ class MemoryBank:
             span: ``(start, end)`` token positions in the stream.
             token_ids: ``[tau]`` the chunk's tokens.
             text_span: ``(start, end)`` characters in the source text, if known.
+            window_embeddings: ``[layout.windows, dim]`` its windows' embeddings; required when
+                the bank keeps a window index, ignored when it does not (a bank saved without one
+                keeps none: its questions re-rank by embedding windows when asked).
         """
         L = self.layout
         if keys.shape != (L.num_kv_heads, L.chunk_size, L.head_dim) or values.shape != keys.shape:
@@ -242,6 +269,10 @@ class MemoryBank:
             )
         if embedding.shape != (L.embed_dim,):
             raise ValueError(f"embedding must be [{L.embed_dim}], got {tuple(embedding.shape)}")
+        if L.windows and (window_embeddings is None or window_embeddings.shape != (L.windows, L.embed_dim)):
+            got = None if window_embeddings is None else tuple(window_embeddings.shape)
+            raise ValueError(f"this bank keeps a window index: window_embeddings must be [{L.windows}, "
+                             f"{L.embed_dim}], got {got}")
         n = len(self)
         if n and chunk_id <= int(self.chunk_ids.max()):
             raise ValueError(f"chunk ids must increase: got {chunk_id} after {int(self.chunk_ids.max())}")
@@ -254,6 +285,8 @@ class MemoryBank:
         slot = int(free[0])
         self._store(slot, keys, values)
         self.embeddings[slot] = embedding.to(self.embeddings)
+        if L.windows:
+            self.window_embeddings[slot] = window_embeddings.to(self.window_embeddings)
         self.chunk_ids[slot] = chunk_id
         self.spans[slot, 0], self.spans[slot, 1] = int(span[0]), int(span[1])
         if token_ids is not None:
@@ -319,6 +352,12 @@ class MemoryBank:
         self.evictions += 1
         return victims
 
+    def drop_window_index(self) -> None:
+        """Forgets the window index (a bank loaded into a model whose config keeps another one, or
+        none): its questions then re-rank by embedding windows when asked."""
+        self.layout = dataclasses.replace(self.layout, index_window=0)
+        self.window_embeddings = None
+
     def reset(self) -> None:
         """Forgets everything (keeps the layout)."""
         self.evictions = 0
@@ -357,6 +396,11 @@ class MemoryBank:
         if count:
             self.counts[slots] += 1
         return slots, scores
+
+    def window_scores(self, slots: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Each slot's best window similarity to ``query`` (the window index; the bank must keep one)."""
+        w = self.window_embeddings[slots.to(self.window_embeddings.device)].float()
+        return (w @ query.detach().float().to(w.device)).amax(1).cpu()
 
     def rank(self, slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The order of ``slots`` by ``scores``, best first, older chunk first among equal scores:
@@ -424,7 +468,8 @@ class MemoryBank:
     def check_invariants(self) -> None:
         """Raises AssertionError if the parallel tensors or the index disagree."""
         n = self.num_slots
-        for name in ("keys", "values", "embeddings", "spans", "token_ids", "counts", "text_spans"):
+        names = ("keys", "values", "embeddings", "spans", "token_ids", "counts", "text_spans")
+        for name in names + (("window_embeddings",) if self.layout.windows else ()):
             assert getattr(self, name).shape[0] == n, f"{name} has {getattr(self, name).shape[0]} slots, not {n}"
         assert len(self) <= self.capacity, f"{len(self)} chunks stored above capacity {self.capacity}"
         ids = self.chunk_ids[self.valid]
@@ -456,6 +501,8 @@ class MemoryBank:
             "text_spans": self.text_spans[slots].contiguous(),
             "counts": self.counts[slots].contiguous(),
         }
+        if self.layout.windows:
+            tensors["window_embeddings"] = self.window_embeddings[slots].contiguous().cpu()
         if self.layout.quantized:
             tensors["key_scales"] = self.key_scales[slots].contiguous().cpu()
             tensors["value_scales"] = self.value_scales[slots].contiguous().cpu()
@@ -477,6 +524,7 @@ class MemoryBank:
                 "head_dim": L.head_dim,
                 "embed_dim": L.embed_dim,
                 "dtype": str(L.dtype).removeprefix("torch."),
+                "index_window": L.index_window,
             },
             "eviction": self.eviction,
             "fractions": [self.keep_newest, self.drop_oldest, self.target],
@@ -525,6 +573,7 @@ class MemoryBank:
                 compute_dtype=expected.compute_dtype if expected else None,
                 mmap_dir=expected.mmap_dir if expected else None,
                 pin_memory=expected.pin_memory if expected else False,
+                index_window=int(lay.get("index_window", 0)),  # banks saved before the window index: none
             )
             tpath = os.path.join(directory, meta["tensors"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -553,6 +602,8 @@ class MemoryBank:
         }
         if layout.quantized:
             want["key_scales"] = want["value_scales"] = kv[:3]
+        if layout.windows:
+            want["window_embeddings"] = (n, layout.windows, layout.embed_dim)
         for key, shape in want.items():
             if key not in t or tuple(t[key].shape) != shape:
                 got = tuple(t[key].shape) if key in t else "missing"
@@ -570,6 +621,8 @@ class MemoryBank:
             bank._grow()
         bank._store(slice(0, n), t["keys"], t["values"], t.get("key_scales"), t.get("value_scales"))
         bank.embeddings[:n] = t["embeddings"].to(layout.device)
+        if layout.windows:
+            bank.window_embeddings[:n] = t["window_embeddings"].to(bank.window_embeddings)
         bank.chunk_ids[:n] = t["chunk_ids"]
         bank.spans[:n] = t["spans"]
         bank.token_ids[:n] = t["token_ids"]

@@ -212,9 +212,10 @@ def _read_document(model, ids, offsets, score: int, use_memory: bool, label: str
 
 def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: str) -> dict:
     """The chunks ``generate(requery=True)`` gives the question and its answer: the question's
-    embedding searches the bank; when the config re-ranks (``rerank_candidates``), the top
-    candidates are scored again by their best ``rerank_window``-token window, as
-    :meth:`MemLongCache.focus_on` does, and the best ``top_k`` kept. Counters are not touched."""
+    embedding searches the bank; when the config re-ranks (``rerank_candidates``), the
+    candidates (every chunk with the bank's window index) are scored again by their best
+    ``rerank_window``-token window, as :meth:`MemLongCache.focus_on` does, and the best ``top_k``
+    kept. Counters are not touched."""
     cfg = model.memlong_config
     bank = memory.bank(0)
     q_tokens = q_ids[-cfg.chunk_size :]  # what focus_on embeds
@@ -222,7 +223,8 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
     q_emb = model.memlong_retriever.embed([q_tokens])[0]
     all_slots, cos = bank.search(q_emb, len(bank), count=False)  # every chunk by its embedding, best first
     cos_of = dict(zip(all_slots.tolist(), cos.tolist()))
-    reranked = cfg.rerank_candidates > cfg.top_k and cfg.rerank_window < cfg.chunk_size  # as window_rescore decides
+    candidates = memory.question_search(0, q_emb, model.memlong_retriever).get("candidates", 0)
+    reranked = min(candidates, len(bank)) if candidates > cfg.top_k else 0  # as bank.best decides
 
     def has_fact(s: int) -> bool:
         return bool(bank.text_spans[s, 0] >= 0) and _overlaps(tuple(bank.text_spans[s].tolist()), fact["chars"])
@@ -236,7 +238,7 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
     ranks = [r + 1 for r, s in enumerate(all_slots.tolist()) if has_fact(s)]
     return {"retrieved": hits, "fact_retrieved": any(h["has_fact"] for h in hits),
             "fact_chunk_rank_by_embedding": min(ranks) if ranks else None,  # among all chunks, 1 = best
-            "reranked_candidates": cfg.rerank_candidates if reranked else 0, "bank_chunks": len(bank)}
+            "reranked_candidates": reranked, "bank_chunks": len(bank)}
 
 
 def _ask(model, tok, memory, fact: dict, text: str, max_new_tokens: int) -> dict:
