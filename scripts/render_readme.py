@@ -190,6 +190,26 @@ def _eval_command(c: dict, path: Path) -> str:
     return eval_command(c, shown)
 
 
+BEFORE_INDEX = "measured before the bank's window index (`rerank_index`, on by default since)"
+
+
+def _before_index_note(c: dict) -> str:
+    """What a question searched in a run made before the window index, and how to repeat it."""
+    m = c.get("memlong") or {}
+    n, w = m.get("rerank_candidates"), m.get("rerank_window")
+    how = (f"re-ranked the top {n} chunks by whole-chunk similarity by their best {w}-token window; "
+           "`--set rerank_index=false` repeats that" if n
+           else "searched by whole-chunk similarity; `--set rerank_candidates=0` repeats that")
+    return f"Measured before the bank's window index (`rerank_index`, on by default since): the question {how}."
+
+
+def _before_index(c: dict) -> bool:
+    """Whether a question-asking evaluation ran before the window index existed (its config has no
+    ``rerank_index``): the same command now retrieves differently for its questions."""
+    asks = c["task"] in ("passkey", "ruler", "icl") and "memlong" in str(c.get("methods", "memlong"))
+    return asks and "rerank_index" not in (c.get("memlong") or {"rerank_index": None})
+
+
 def _cell(r: dict, key: str, fmt: str = "{:.2f}") -> str:
     """A measured value, or what happened instead (skipped, out of memory, ...)."""
     return fmt.format(r[key]) if r.get(key) is not None else r.get("note", "-")
@@ -259,13 +279,14 @@ def headline_section(paths: list[Path]) -> str:
     ppl (of the last ``--score`` tokens) by length, passkey accuracy (mean over depths) by length,
     RULER mean score by length. A later JSON's cell replaces an earlier one's in the same column."""
     cols: dict[str, dict[str, str]] = {}  # column -> method -> cell
-    sources = []
+    sources, old = [], set()
     for path in paths:
         if not path.exists():
             continue
         data = json.loads(path.read_text())
         task, res = data["config"]["task"], data["results"]
         sources.append(f"`{path.relative_to(ROOT)}`")
+        before = _before_index(data["config"])
         for r in res:
             if task == "ppl":  # the note's first word where not measured: "skipped", "failed"
                 col = f"ppl {r['length'] // 1024}k"
@@ -274,15 +295,18 @@ def headline_section(paths: list[Path]) -> str:
                 key = "accuracy" if task == "passkey" else "score"
                 col = f"{task} {r['length'] // 1024}k"
                 cols.setdefault(col, {})[r["method"]] = _mean_score(res, r["length"], r["method"], key)
+                (old.add if before else old.discard)(col)
     if not cols:
         return "Not measured yet: run the commands in docs/RESULTS.md."
     methods = [m for m in ("memlong", "memlong_no_memory", "base_full", "base_truncated")
                if any(m in c for c in cols.values())]
-    out = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    out = ["| method | " + " | ".join(c + " *" * (c in old) for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
         out.append(f"| {m} | " + " | ".join(c.get(m, "not run") for c in cols.values()) + " |")
     out += ["", "From " + ", ".join(sources) + " (commands and per-depth/per-task tables: "
             "[docs/RESULTS.md](docs/RESULTS.md))."]
+    if old:
+        out[-1] += f" \\* {BEFORE_INDEX[0].upper()}{BEFORE_INDEX[1:]}: see its table there."
     return "\n".join(out)
 
 
@@ -297,6 +321,8 @@ def results_section(paths: list[Path]) -> str:
         data = json.loads(path.read_text())
         c = data["config"]
         out += [f"`{_eval_command(c, path)}`", ""]
+        if _before_index(c):
+            out += [_before_index_note(c), ""]
         if c["task"] == "ppl":
             out += ["| length | method | ppl of the last tokens | tokens scored | documents |", "|---:|---|---:|---:|---:|"]
             for r in data["results"]:

@@ -1,5 +1,6 @@
 """The README's Python example runs as written."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -62,3 +63,22 @@ def test_passkey_table_shows_the_share_of_keys_retrieved():
     table = render_readme._passkey_table(rows)
     assert "key retrieved" in table[0] and table[2].endswith("| 0.50 | 0.50 | 2 |") and "| - | 2 |" in table[3]
     assert "key retrieved" not in render_readme._passkey_table(rows[2:])[0]
+
+
+def test_results_measured_before_the_window_index_say_so(tmp_path):
+    """A question-asking evaluation whose config predates ``rerank_index`` is marked, in its
+    RESULTS.md table and in the headline's column, since its command now retrieves otherwise."""
+    render_readme = _render_readme()
+    row = {"method": "memlong", "length": 4096, "depth": 0.5, "trials": 1, "accuracy": 1.0}
+    config = {"task": "passkey", "methods": "memlong", "lengths": "4096", "data": "d", "depths": "0.5", "trials": 1,
+              "memlong": {"top_k": 4}}
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({"config": config, "results": [row]}))
+    new.write_text(json.dumps({"config": {**config, "memlong": {"top_k": 4, "rerank_index": True}}, "results": [row]}))
+    assert "before the bank's window index" in render_readme.results_section([old])
+    assert "window index" not in render_readme.results_section([new])
+    ppl = {"task": "ppl", "methods": "memlong", "memlong": {"top_k": 4}}
+    assert not render_readme._before_index(ppl)  # reading is not affected
+    render_readme.ROOT = tmp_path  # the headline names its sources relative to the repository
+    assert "| passkey 4k * |" in render_readme.headline_section([old])
+    assert "| passkey 4k |" in render_readme.headline_section([old, new]) and "*" not in render_readme.headline_section([new])

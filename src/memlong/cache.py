@@ -83,8 +83,6 @@ class MemLongCache(Cache):
             self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]
             self.chunk_chars: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]  # [start, end]
             self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
-            # the window index's embeddings of chunks not yet in the bank ([windows, dim] each)
-            self.chunk_win_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
             self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [
                 {} for _ in range(self.batch_size_)
             ]
@@ -103,7 +101,6 @@ class MemLongCache(Cache):
             self.chunk_tokens[b].clear()
             self.chunk_chars[b].clear()
             self.chunk_emb[b].clear()
-            self.chunk_win_emb[b].clear()
             self.chunk_mem[b].clear()
             self.banks[b].reset()
             if self.win_pos is not None:
@@ -182,8 +179,6 @@ class MemLongCache(Cache):
         for b in range(self.batch_size_):
             for c, e in self.chunk_emb[b].items():
                 tensors[f"emb.{b}.{c}"] = e.contiguous().cpu()
-            for c, e in self.chunk_win_emb[b].items():
-                tensors[f"wemb.{b}.{c}"] = e.contiguous().cpu()
             for j, m in self.chunk_mem[b].items():
                 if m is None:
                     mem_none.append([b, j])
@@ -269,8 +264,6 @@ class MemLongCache(Cache):
             kind, *rest = key.split(".")
             if kind == "emb":
                 cache.chunk_emb[int(rest[0])][int(rest[1])] = value
-            elif kind == "wemb":
-                cache.chunk_win_emb[int(rest[0])][int(rest[1])] = value
             elif kind == "mem_k":
                 b, j = int(rest[0]), int(rest[1])
                 cache.chunk_mem[b][j] = (value.to(dev), t[f"mem_v.{b}.{j}"].to(dev))
@@ -407,21 +400,10 @@ class MemLongCache(Cache):
                 toks = toks[len(take) :]
                 p += len(take)
         if todo and self.retrieval:
-            texts = [self.chunk_tokens[b][c] for b, c in todo]
             with phase("retriever"):
-                embs = retriever.embed(texts)
+                embs = retriever.embed([self.chunk_tokens[b][c] for b, c in todo])
             for (b, c), e in zip(todo, embs):
                 self.chunk_emb[b][c] = e
-            # the window index: each chunk's windows, in a batch of their own (padded to a window,
-            # not to a chunk: in one batch with the chunks they cost as much as chunks)
-            W = cfg.index_window
-            if W:
-                starts_w = window_starts(tau, W)
-                nw = len(starts_w)
-                with phase("retriever"):
-                    wembs = retriever.embed([t[s : s + W] for t in texts for s in starts_w])
-                for i, (b, c) in enumerate(todo):
-                    self.chunk_win_emb[b][c] = wembs[i * nw : (i + 1) * nw]
 
         # 2. chunk starts: departure to memory, then retrieval, in stream order
         for b in range(B):
@@ -628,6 +610,7 @@ class MemLongCache(Cache):
             return
         with phase("retriever"):
             queries = retriever.embed([list(t) for t in tokens])
+        self.index_windows(retriever, rows)  # one batch for every row (the window index, if kept)
         tau = self.config.chunk_size
         for b, query in zip(rows, queries):
             self.focus[b] = query
@@ -641,8 +624,9 @@ class MemLongCache(Cache):
         is the best of its own and its windows' of ``rerank_window`` tokens (half-overlapping): a
         short fact inside a long chunk of other text matches its window far better than the whole
         chunk's embedding. With the bank's window index (``rerank_index``) every chunk is scored
-        from the stored window embeddings; without one, the top ``rerank_candidates`` chunks'
-        windows are embedded now. ``{}``: plain cosine search (re-ranking off)."""
+        from the stored window embeddings (chunks not indexed yet are first, :meth:`index_windows`);
+        without one, the top ``rerank_candidates`` chunks' windows are embedded now. ``{}``: plain
+        cosine search (re-ranking off)."""
         cfg = self.config
         W = cfg.rerank_window
         if not cfg.rerank_candidates or W >= cfg.chunk_size:
@@ -651,6 +635,7 @@ class MemLongCache(Cache):
         if bank.layout.index_window == W:
 
             def rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                self.index_windows(retriever, [b])  # chunks banked since the question was asked, if any
                 return torch.maximum(bank.window_scores(slots, query), scores.float().cpu())
 
             return {"rescore": rescore, "candidates": bank.capacity}  # every chunk: the search returns all
@@ -664,6 +649,31 @@ class MemLongCache(Cache):
             return torch.maximum(best, scores.float().cpu())
 
         return {"rescore": embed_rescore, "candidates": cfg.rerank_candidates}
+
+    @torch.no_grad()
+    def index_windows(self, retriever: Retriever, rows: list[int] | None = None) -> int:
+        """Completes the window index of rows' banks (``rerank_index``): embeds, in one retriever
+        batch, the ``rerank_window``-token windows of every banked chunk that has none yet. Done
+        when a question first needs them, so reading alone never pays for it; call it after reading
+        to move that cost out of the first question. Returns the chunks indexed."""
+        todo = []
+        for b in range(self.batch_size_) if rows is None else rows:
+            bank = self.banks[b]
+            slots = bank.unwindowed() if bank.layout.index_window else torch.zeros(0, dtype=torch.long)
+            if slots.numel():
+                todo.append((bank, slots, window_starts(self.config.chunk_size, bank.layout.index_window)))
+        texts = [t[s : s + bank.layout.index_window] for bank, slots, starts in todo
+                 for t in bank.token_ids[slots].tolist() for s in starts]
+        if not texts:
+            return 0
+        with phase("retriever"):
+            e = retriever.embed(texts)
+        done = 0
+        for bank, slots, starts in todo:
+            n = len(slots) * len(starts)
+            bank.set_window_embeddings(slots, e[:n].view(len(slots), len(starts), -1))
+            e, done = e[n:], done + len(slots)
+        return done
 
     @torch.no_grad()
     def question_hits(self, retriever: Retriever, tokens: list[int], row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -723,10 +733,9 @@ class MemLongCache(Cache):
             else self.win_v[layers[0]][b, :, i : i + tau]
         tokens = torch.tensor(self.chunk_tokens[b].pop(c), dtype=torch.int32)
         emb = self.chunk_emb[b].pop(c)
-        windows = self.chunk_win_emb[b].pop(c, None)
         chars = self.chunk_chars[b].pop(c, None)
         self.banks[b].add(k, v, emb, chunk_id=c, span=(c * tau, (c + 1) * tau), token_ids=tokens,
-                          text_span=tuple(chars) if chars else None, window_embeddings=windows)
+                          text_span=tuple(chars) if chars else None)
 
     def _retrieve(self, b: int, query: torch.Tensor | None, search: dict | None = None):
         """Row ``b``'s memory for ``query``; ``search``: a question's re-ranking (:meth:`question_search`)."""

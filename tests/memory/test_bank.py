@@ -290,9 +290,10 @@ def test_mmap_tier_matches_memory_and_leaves_no_files(tmp_path):
 
 
 def test_window_index_follows_its_chunk_through_growth_eviction_and_save(tmp_path):
-    """The window index (``BankLayout.index_window``): each slot's window embeddings stay with
-    its chunk when slots are reused after eviction and the bank grows, ``window_scores`` is the
-    best window's cosine, and save/load keeps them; a bank saved without one loads without one."""
+    """The window index (``BankLayout.index_window``): a chunk has no window embeddings until they
+    are set (``unwindowed`` lists it), they stay with its slot through growth, eviction (a reused
+    slot starts without) and save/load, ``window_scores`` is the best window's cosine and refuses
+    chunks not indexed; a bank saved without an index loads without one."""
     from memlong.memory.bank import window_starts
 
     layout = BankLayout(6, 8, H, D, E, index_window=4)
@@ -305,12 +306,20 @@ def test_window_index_follows_its_chunk_through_growth_eviction_and_save(tmp_pat
 
     kv = torch.zeros(H, 8, D)
     with pytest.raises(ValueError, match="window_embeddings must be"):
-        bank.add(kv, kv, unit(0), chunk_id=0, span=(0, 8))
-    for cid in range(10):  # 6 slots: the last 4 chunks reuse evicted slots
+        bank.add(kv, kv, unit(0), chunk_id=0, span=(0, 8), window_embeddings=torch.zeros(2, E))
+    for cid in range(4):
         bank.add(kv, kv, unit(cid), chunk_id=cid, span=(cid * 8, cid * 8 + 8), window_embeddings=windows(cid))
+    for cid in range(4, 10):  # 6 slots: chunks 6-9 reuse the slots of evicted chunks 0-3, unindexed
+        bank.add(kv, kv, unit(cid), chunk_id=cid, span=(cid * 8, cid * 8 + 8))
+    slots = torch.tensor([e["slot"] for e in bank.entries()])
+    assert torch.equal(bank.unwindowed(), slots)  # 4 and 5 were never indexed; 6-9 took evicted slots
+    with pytest.raises(RuntimeError, match="no window embeddings yet"):
+        bank.window_scores(slots, unit(99))
+    bank.set_window_embeddings(slots[:3], torch.stack([windows(c) for c in (4, 5, 6)]))
+    assert torch.equal(bank.unwindowed(), slots[3:])
+    bank.set_window_embeddings(slots[3:], torch.stack([windows(c) for c in (7, 8, 9)]))
     bank.check_invariants()
     q = unit(99)
-    slots = torch.tensor([e["slot"] for e in bank.entries()])
     want = torch.stack([(windows(e["chunk_id"]).half().float() @ q).max() for e in bank.entries()])
     assert torch.allclose(bank.window_scores(slots, q), want, atol=1e-6)
 
@@ -318,14 +327,16 @@ def test_window_index_follows_its_chunk_through_growth_eviction_and_save(tmp_pat
     back = MemoryBank.load(tmp_path / "with", expected=layout)
     back.check_invariants()
     back_slots = torch.tensor([e["slot"] for e in back.entries()])
-    assert torch.equal(back.window_scores(back_slots, q), bank.window_scores(slots, q))
+    assert torch.equal(back.window_scores(back_slots, q), bank.window_scores(slots, q)) and not back.unwindowed().numel()
 
     plain = MemoryBank(BankLayout(6, 8, H, D, E), search_backend="torch")
     plain.add(kv, kv, unit(0), chunk_id=0, span=(0, 8), window_embeddings=windows(0))  # ignored: no index
+    with pytest.raises(ValueError, match="keeps no window index"):
+        plain.set_window_embeddings(torch.tensor([0]), windows(0).unsqueeze(0))
     plain.save(tmp_path / "without")
     loaded = MemoryBank.load(tmp_path / "without", expected=layout)
     assert loaded.layout.index_window == 0 and loaded.window_embeddings is None
     back.drop_window_index()
-    assert back.layout.windows == 0 and back.window_embeddings is None
+    assert back.layout.windows == 0 and back.window_embeddings is None and not back.windowed.any()
     back.add(kv, kv, unit(10), chunk_id=10, span=(80, 88))
     back.check_invariants()

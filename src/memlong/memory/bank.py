@@ -9,6 +9,8 @@ tensors (so they cannot get out of step):
 * ``window_embeddings`` ``[n_windows, dim]`` (float16; only when ``BankLayout.index_window``):
   the retriever's embeddings of the chunk's half-overlapping windows of ``index_window`` tokens
   (:func:`window_starts`), the window index a question searches (:meth:`MemoryBank.window_scores`);
+  ``windowed`` says which slots have theirs (they are embedded when first needed:
+  :meth:`~memlong.cache.MemLongCache.index_windows`);
 * ``chunk_ids``: the chunk's index in the stream (its age; ``-1`` marks a free slot);
 * ``spans`` ``[2]``: its token span ``[start, end)`` in the stream;
 * ``token_ids`` ``[tau]``: its tokens (decode them to see what was stored or retrieved);
@@ -181,6 +183,7 @@ class MemoryBank:
         self.embeddings = torch.zeros(n, L.embed_dim, dtype=torch.float32, device=L.device)
         self.window_embeddings = (torch.zeros(n, L.windows, L.embed_dim, dtype=torch.float16, device=L.device)
                                   if L.windows else None)
+        self.windowed = torch.zeros(n, dtype=torch.bool)
         self.chunk_ids = torch.full((n,), -1, dtype=torch.long)
         self.spans = torch.zeros(n, 2, dtype=torch.long)
         self.token_ids = torch.zeros(n, L.chunk_size, dtype=torch.int32)
@@ -209,6 +212,7 @@ class MemoryBank:
         self.embeddings = grow(self.embeddings)
         if self.window_embeddings is not None:
             self.window_embeddings = grow(self.window_embeddings)
+        self.windowed = grow(self.windowed, False)
         self.chunk_ids = grow(self.chunk_ids, -1)
         self.spans, self.token_ids, self.counts = grow(self.spans), grow(self.token_ids), grow(self.counts)
         self.text_spans = grow(self.text_spans, -1)
@@ -232,7 +236,7 @@ class MemoryBank:
     def nbytes(self) -> int:
         """Bytes held by the bank's tensors (allocated slots, used or free)."""
         ts = (self.keys, self.values, self.key_scales, self.value_scales, self.embeddings, self.window_embeddings,
-              self.chunk_ids,
+              self.windowed, self.chunk_ids,
               self.spans, self.token_ids, self.counts, self.text_spans)
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
@@ -257,9 +261,8 @@ class MemoryBank:
             span: ``(start, end)`` token positions in the stream.
             token_ids: ``[tau]`` the chunk's tokens.
             text_span: ``(start, end)`` characters in the source text, if known.
-            window_embeddings: ``[layout.windows, dim]`` its windows' embeddings; required when
-                the bank keeps a window index, ignored when it does not (a bank saved without one
-                keeps none: its questions re-rank by embedding windows when asked).
+            window_embeddings: ``[layout.windows, dim]`` its windows' embeddings, if known (else
+                :meth:`set_window_embeddings` later); ignored when the bank keeps no window index.
         """
         L = self.layout
         if keys.shape != (L.num_kv_heads, L.chunk_size, L.head_dim) or values.shape != keys.shape:
@@ -269,10 +272,9 @@ class MemoryBank:
             )
         if embedding.shape != (L.embed_dim,):
             raise ValueError(f"embedding must be [{L.embed_dim}], got {tuple(embedding.shape)}")
-        if L.windows and (window_embeddings is None or window_embeddings.shape != (L.windows, L.embed_dim)):
-            got = None if window_embeddings is None else tuple(window_embeddings.shape)
-            raise ValueError(f"this bank keeps a window index: window_embeddings must be [{L.windows}, "
-                             f"{L.embed_dim}], got {got}")
+        if L.windows and window_embeddings is not None and window_embeddings.shape != (L.windows, L.embed_dim):
+            raise ValueError(f"window_embeddings must be [{L.windows}, {L.embed_dim}], got "
+                             f"{tuple(window_embeddings.shape)}")
         n = len(self)
         if n and chunk_id <= int(self.chunk_ids.max()):
             raise ValueError(f"chunk ids must increase: got {chunk_id} after {int(self.chunk_ids.max())}")
@@ -285,8 +287,9 @@ class MemoryBank:
         slot = int(free[0])
         self._store(slot, keys, values)
         self.embeddings[slot] = embedding.to(self.embeddings)
-        if L.windows:
-            self.window_embeddings[slot] = window_embeddings.to(self.window_embeddings)
+        self.windowed[slot] = False
+        if L.windows and window_embeddings is not None:
+            self.set_window_embeddings(torch.tensor([slot]), window_embeddings.unsqueeze(0))
         self.chunk_ids[slot] = chunk_id
         self.spans[slot, 0], self.spans[slot, 1] = int(span[0]), int(span[1])
         if token_ids is not None:
@@ -349,6 +352,7 @@ class MemoryBank:
         self.index.remove(victims)
         self.chunk_ids[victims] = -1
         self.counts[victims] = 0
+        self.windowed[victims] = False
         self.evictions += 1
         return victims
 
@@ -357,6 +361,7 @@ class MemoryBank:
         none): its questions then re-rank by embedding windows when asked."""
         self.layout = dataclasses.replace(self.layout, index_window=0)
         self.window_embeddings = None
+        self.windowed.zero_()
 
     def reset(self) -> None:
         """Forgets everything (keeps the layout)."""
@@ -397,8 +402,27 @@ class MemoryBank:
             self.counts[slots] += 1
         return slots, scores
 
+    def unwindowed(self) -> torch.Tensor:
+        """Stored chunks whose window embeddings are not in the window index yet (slots, oldest first)."""
+        slots = (self.valid & ~self.windowed).nonzero().flatten()
+        return slots[torch.argsort(self.chunk_ids[slots])]
+
+    def set_window_embeddings(self, slots: torch.Tensor, embeddings: torch.Tensor) -> None:
+        """Stores ``embeddings`` ``[len(slots), layout.windows, dim]``: the windows of those chunks."""
+        L = self.layout
+        if not L.windows:
+            raise ValueError("this bank keeps no window index (BankLayout.index_window is 0)")
+        if embeddings.shape != (len(slots), L.windows, L.embed_dim):
+            raise ValueError(f"window embeddings must be [{len(slots)}, {L.windows}, {L.embed_dim}], got "
+                             f"{tuple(embeddings.shape)}")
+        self.window_embeddings[slots.to(self.window_embeddings.device)] = embeddings.to(self.window_embeddings)
+        self.windowed[slots] = True
+
     def window_scores(self, slots: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Each slot's best window similarity to ``query`` (the window index; the bank must keep one)."""
+        """Each slot's best window similarity to ``query`` (the window index: every slot must have
+        its windows, see :meth:`unwindowed`)."""
+        if not bool(self.windowed[slots].all()):
+            raise RuntimeError("window_scores: some chunks have no window embeddings yet (index them first)")
         w = self.window_embeddings[slots.to(self.window_embeddings.device)].float()
         return (w @ query.detach().float().to(w.device)).amax(1).cpu()
 
@@ -468,7 +492,7 @@ class MemoryBank:
     def check_invariants(self) -> None:
         """Raises AssertionError if the parallel tensors or the index disagree."""
         n = self.num_slots
-        names = ("keys", "values", "embeddings", "spans", "token_ids", "counts", "text_spans")
+        names = ("keys", "values", "embeddings", "spans", "token_ids", "counts", "text_spans", "windowed")
         for name in names + (("window_embeddings",) if self.layout.windows else ()):
             assert getattr(self, name).shape[0] == n, f"{name} has {getattr(self, name).shape[0]} slots, not {n}"
         assert len(self) <= self.capacity, f"{len(self)} chunks stored above capacity {self.capacity}"
@@ -503,6 +527,7 @@ class MemoryBank:
         }
         if self.layout.windows:
             tensors["window_embeddings"] = self.window_embeddings[slots].contiguous().cpu()
+            tensors["windowed"] = self.windowed[slots].contiguous()
         if self.layout.quantized:
             tensors["key_scales"] = self.key_scales[slots].contiguous().cpu()
             tensors["value_scales"] = self.value_scales[slots].contiguous().cpu()
@@ -604,6 +629,7 @@ class MemoryBank:
             want["key_scales"] = want["value_scales"] = kv[:3]
         if layout.windows:
             want["window_embeddings"] = (n, layout.windows, layout.embed_dim)
+            want["windowed"] = (n,)
         for key, shape in want.items():
             if key not in t or tuple(t[key].shape) != shape:
                 got = tuple(t[key].shape) if key in t else "missing"
@@ -623,6 +649,7 @@ class MemoryBank:
         bank.embeddings[:n] = t["embeddings"].to(layout.device)
         if layout.windows:
             bank.window_embeddings[:n] = t["window_embeddings"].to(bank.window_embeddings)
+            bank.windowed[:n] = t["windowed"].bool()
         bank.chunk_ids[:n] = t["chunk_ids"]
         bank.spans[:n] = t["spans"]
         bank.token_ids[:n] = t["token_ids"]
