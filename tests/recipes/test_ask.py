@@ -99,6 +99,8 @@ def test_memory_saved_then_reused_then_reread_when_a_file_changes(model_dir, fil
     assert report(second)["memory"]["reused"] is True and report(second)["tokens_read"] == 0
     assert report(second)["tokens_in_memory"] == report(first)["tokens_read"]
     assert report(second)["questions"][0]["answer"] == report(first)["questions"][0]["answer"]
+    # the window index was built once after reading, before saving: the reused memory has it
+    assert report(first)["window_index_seconds"] >= 0 and "window_index_seconds" not in report(second)
 
     # A changed file: named, read again, the saved memory and manifest replaced.
     files[1].write_text(files[1].read_text() + "\nOne more line at the end.\n")

@@ -321,6 +321,16 @@ def answer_end(tok, start: int):
     return AnswerEnd()
 
 
+def _index_windows(model, memory, report: dict) -> None:
+    """Builds the bank's window index once (``rerank_index``), before questions read into copies of
+    the memory: otherwise every copy would build it again."""
+    t0 = time.perf_counter()
+    n = memory.index_windows(model.memlong_retriever)
+    if n:
+        report["window_index_seconds"] = round(report.get("window_index_seconds", 0) + time.perf_counter() - t0, 3)
+        print(f"window index: {n:,} chunks in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def answer(model, tok, memory, question: str, chat: bool, max_new_tokens: int) -> tuple[str, float]:
     """Greedy answer to ``question`` from ``memory`` (which the answer reads into: pass a copy to
     keep it), and its seconds. Retrieval is focused on the question (``generate(requery=True)``;
@@ -431,6 +441,7 @@ def run(args) -> int:
         report.update(tokens_in_memory=tokens, tokens_read=tokens, seconds=round(seconds, 3),
                       tokens_per_s=round(tokens / seconds, 1))
         report["memory"] = {"dir": str(memory_dir) if memory_dir else None, "reused": False, "changed": reasons}
+        _index_windows(model, memory, report)  # before saving: a reused memory has it too
         if memory_dir is not None:
             try:
                 memory_dir.mkdir(parents=True, exist_ok=True)
@@ -441,6 +452,7 @@ def run(args) -> int:
                                  "there before is unchanged") from None
             print(f"saved the memory to {memory_dir}", flush=True)
 
+    _index_windows(model, memory, report)  # a memory saved without it (nothing to do after a fresh read)
     chat = uses_chat(tok, args.format)
     report["question_format"] = "chat" if chat else "plain"
     report["questions"] = []
