@@ -57,8 +57,15 @@ def token_windows(token_lists: Sequence[Sequence[int]], length: int, max_windows
 
 
 @torch.no_grad()
+def continuation_rows(continuations: Sequence[Sequence[int]]) -> int:
+    """Rows :func:`continuation_logprobs` scores ``continuations`` in: one when each is one token
+    (one next-token distribution serves all), else one per continuation."""
+    return 1 if max(len(c) for c in continuations) == 1 else len(continuations)
+
+
+@torch.no_grad()
 def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[Sequence[int]],
-                          use_memory: bool | None = None, requery: int = 0) -> list[float]:
+                          use_memory: bool | None = None, requery: int = 0, memory=None, read: int = 0) -> list[float]:
     """Sum of the log-probabilities of each continuation's tokens after ``prompt``.
 
     Classification by scoring: the predicted label is the argmax. One forward: a single row
@@ -68,13 +75,20 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
     ``requery=n`` (MemLong with memory): the prompt's last ``n`` tokens are the input to classify;
     what comes before them is read first, then they and the continuations retrieve with their own
     embedding (:meth:`MemLongCache.focus_on`, as ``generate(requery=n)`` does for a question).
+    ``memory``/``read`` (MemLong): a memory of :func:`continuation_rows` rows that has already read
+    the prompt's first ``read`` tokens (a copy of a shared one: it is consumed), so prompts with a
+    common beginning read it once; by default a fresh memory reads the whole prompt.
     """
     if not continuations or any(len(c) == 0 for c in continuations):
         raise ValueError("every continuation needs at least one token")
     if requery and (use_memory is None or not 1 <= requery <= len(prompt)):
         raise ValueError(f"requery={requery}: needs a MemLong model (use_memory) and 1..{len(prompt)} prompt tokens")
-    single = max(len(c) for c in continuations) == 1
+    single = continuation_rows(continuations) == 1
     rows = [list(prompt)] if single else [list(prompt) + list(c) for c in continuations]
+    if memory is not None and (use_memory is None or memory.batch_size != len(rows) or memory.seen != [read] * len(rows)
+                               or not 0 < read <= len(prompt) - max(1, requery)):
+        raise ValueError(f"memory: needs a MemLong model and {len(rows)} row(s) that have read the same first "
+                         f"read={read} tokens, before the input (1..{len(prompt) - max(1, requery)})")
     width = max(len(r) for r in rows)
     device = next(model.parameters()).device
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -82,9 +96,13 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     keep = width - len(prompt) + 1  # logits from the prompt's last token on
-    kwargs = {"use_cache": False} if use_memory is None else {"cache": model.new_memory(len(rows), use_memory)}
+    if use_memory is None:
+        kwargs = {"use_cache": False}
+    else:
+        kwargs = {"cache": memory if memory is not None else model.new_memory(len(rows), use_memory)}
+        ids, mask = ids[:, read:], mask  # the mask covers every column read (what the memory read too)
     if requery:
-        memory, head = kwargs["cache"], len(prompt) - requery
+        memory, head = kwargs["cache"], len(prompt) - requery - read
         if head:
             model.ingest(ids[:, :head].to(device), memory)
         tau = model.memlong_config.chunk_size

@@ -110,6 +110,33 @@ def test_requery_scores_the_input_with_what_it_retrieves(memlong_model):
             continuation_logprobs(model, prompt, cands, **bad)
 
 
+def test_a_shared_prefix_read_once_scores_as_the_whole_prompt(memlong_model):
+    """eval icl reads a trial's demonstrations once and continues each test input from a copy:
+    the scores equal reading each whole prompt afresh (with and without memory, requery or not,
+    one-token or multi-token label words); a memory that read anything else is refused."""
+    import copy
+
+    from memlong.evaluation import continuation_rows
+
+    model, _ = memlong_model
+    g = torch.Generator().manual_seed(5)
+    prefix = torch.randint(0, 101, (53,), generator=g).tolist()  # chunks leave the window into the bank
+    inputs = [torch.randint(0, 101, (n,), generator=g).tolist() for n in (6, 11)]
+    for cands in ([[5], [17]], [[5], [42, 3]]):
+        rows = continuation_rows(cands)
+        for use, requery in ((True, True), (True, False), (False, False)):
+            shared = model.ingest(torch.tensor([prefix] * rows), model.new_memory(rows, use))
+            for x in inputs:
+                n = len(x) if requery else 0
+                want = continuation_logprobs(model, prefix + x, cands, use_memory=use, requery=n)
+                got = continuation_logprobs(model, prefix + x, cands, use_memory=use, requery=n,
+                                            memory=copy.deepcopy(shared), read=len(prefix))
+                assert got == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="read the same first"):
+        continuation_logprobs(model, prefix + inputs[0], [[5], [17]], use_memory=True,
+                              memory=copy.deepcopy(shared), read=len(prefix) - 1)
+
+
 def test_scores_are_continuation_log_probabilities(memlong_model):
     _, ref = memlong_model  # the stock model
     prompt = [3, 14, 15, 92, 65, 35]

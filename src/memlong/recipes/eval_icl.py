@@ -4,14 +4,17 @@ K more; the prediction is the label word with the highest log-probability after 
 (classification by scoring; multi-token words: the sum over their tokens). Every method reads
 the same token stream, M demonstrations first, and differs only in what it can see:
 
-* ``memlong``: the MemLong model, fresh memory per test input; the M demonstrations leave the
+* ``memlong``: the MemLong model, a memory per test input; the M demonstrations leave the
   local window (``--set local_window=N``) into the memory bank before the input is read;
 * ``memlong_no_memory``: the same model and local window with retrieval off;
 * ``in_context``: the base model with all K+M demonstrations in its context, only where every
   prompt fits its window (otherwise reported as skipped, with the reason).
 
 The demonstrations are sampled once per trial (``--trials``, seeds ``--seed`` + t) and shared
-by all test inputs of that trial; accuracy is the mean over trials. The run stops with an error
+by all test inputs of that trial, so the MemLong methods read them once per trial and each test
+input continues from a copy of that memory (the same as reading its whole prompt: the memory
+does not depend on where calls split the input; hundreds of demonstrations in memory cost one
+read); accuracy is the mean over trials. The run stops with an error
 when no memory demonstration would reach the bank (memory would measure nothing) and says
 which share of the memory demonstrations' tokens did (``memory_tokens_banked``): the rest is
 still in the local window, seen by both MemLong methods. ``--data``: ``sst2``, ``mr``,
@@ -27,6 +30,7 @@ labelled ``python`` / ``manual`` / ``java`` by their source (see :mod:`memlong.d
 from __future__ import annotations
 
 import argparse
+import copy
 
 from memlong.recipes.eval_common import Skip, load_models, measured, write_report
 
@@ -85,7 +89,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
     from collections import Counter
 
     from memlong.data.icl import demo_text, query_text
-    from memlong.evaluation import continuation_logprobs
+    from memlong.evaluation import continuation_logprobs, continuation_rows
 
     task, pool, tests = data
     K, M = args.shots_context, args.shots_memory
@@ -99,6 +103,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
     if len({tuple(c) for c in cands}) < len(cands):
         raise SystemExit(f"label words {list(task.label_words)} do not tokenize to distinct sequences (--labels)")
     trials = []  # per trial: token ids of every test prompt
+    prefixes = []  # per trial: the demonstrations every prompt of the trial starts with
     question_tokens = []  # per trial: tokens of each test input (the requery question)
     share, local = [], []  # per prompt: memory-demonstration tokens banked, context ones in the window (shares)
     for t in range(args.trials):
@@ -108,6 +113,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
         ctx = ids("".join(demo_text(task, d) for d in demos[M:]))
         queries = [ids(query_text(task, ex)) for ex in tests]
         prompts = [mem + ctx + q for q in queries]
+        prefixes.append(mem + ctx)
         question_tokens.append([len(q) for q in queries])
         for p in prompts:
             # the prompt's last token (chunk J) sees chunks J-w..J; chunks 0..J-w-1 are in the bank
@@ -143,14 +149,18 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
             if method == "in_context" and longest > base_window:
                 raise Skip(f"prompts of up to {longest} tokens do not fit the base model's window ({base_window})")
             per_trial, predicted = [], Counter()
-            for prompts, questions in zip(trials, question_tokens):
+            for prompts, questions, prefix in zip(trials, question_tokens, prefixes):
                 hits = 0
+                shared = _read_prefix(model, prefix, continuation_rows(cands), method == "memlong") \
+                    if method != "in_context" and prefix else None
                 for prompt, n, ex in zip(prompts, questions, tests):
                     if method == "in_context":
                         scores = continuation_logprobs(base, prompt, cands)
-                    else:
+                    else:  # every prompt of the trial continues from a copy of the shared demonstrations
                         scores = continuation_logprobs(model, prompt, cands, use_memory=method == "memlong",
-                                                       requery=n if args.requery and method == "memlong" else 0)
+                                                       requery=n if args.requery and method == "memlong" else 0,
+                                                       memory=copy.deepcopy(shared) if shared else None,
+                                                       read=len(prefix) if shared else 0)
                     guess = max(range(len(scores)), key=scores.__getitem__)
                     predicted[task.label_words[guess]] += 1
                     hits += int(guess == ex.label)
@@ -166,6 +176,20 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
               f"{pred or row.get('note', '')}", flush=True)
     print(f"(majority-class accuracy of the test examples: {majority:.3f}; label words: {', '.join(task.label_words)})")
     return results
+
+
+def _read_prefix(model, prefix: list[int], rows: int, retrieval: bool):
+    """A memory of ``rows`` rows that has read ``prefix`` (the demonstrations every test prompt of a
+    trial starts with), once per trial: each test input then continues from a copy, which reads
+    what a fresh memory reading the whole prompt would (the memory does not depend on where
+    calls split the input). With retrieval, the bank's window index is built here too, once."""
+    import torch
+
+    memory = model.ingest(torch.tensor([prefix] * rows, device=next(model.parameters()).device),
+                          model.new_memory(rows, retrieval))
+    if retrieval:
+        memory.index_windows(model.memlong_retriever)
+    return memory
 
 
 def plot(results: list[dict], path: str) -> None:
