@@ -5,12 +5,12 @@
 # a third of it).
 set -ex
 M="${PYTHON:-.venv/bin/python} -m memlong"
-$M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_passkey.json --plot docs/results/default_passkey.png
+$M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong,memlong_no_memory --threads 1 --json docs/results/default_passkey.json --plot docs/results/default_passkey.png
 $M eval ppl --data runs/corpus --lengths 16384 --max-documents 3 --methods memlong,memlong_no_memory,base_truncated --threads 2 --json docs/results/default_ppl_test.json
-$M eval ruler --data runs/corpus --lengths 4096 --samples 1 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_ruler.json --plot docs/results/default_ruler.png
+$M eval ruler --data runs/corpus --lengths 4096 --samples 1 --methods memlong,memlong_no_memory --threads 1 --json docs/results/default_ruler.json --plot docs/results/default_ruler.png
 # RULER at 16k and 32k: about 1.5 hours on 2 cores; --resume continues a run cut short
 $M eval ruler --data runs/corpus --lengths 16384,32768 --samples 1 --methods memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_long.json --plot docs/results/default_ruler_long.png
-$M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 2 --json docs/results/default_passkey_32k.json
+$M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 1 --json docs/results/default_passkey_64k.json
 # the 64k passkey with the question's window re-ranking over every banked chunk (default: the top 32 by whole-chunk similarity)
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.5 --trials 1 --methods memlong --set rerank_candidates=1024 --threads 1 --json docs/results/default_passkey_64k_rerank_all.json
@@ -20,8 +20,9 @@ $M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --met
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --max-documents 3 --methods memlong,memlong_no_memory,base_full,base_truncated --threads 1 --json docs/results/default_ppl_to_64k.json --plot docs/results/default_ppl_to_64k.png
 # the same scored text at every length (the last 2,048 of each document's first 64k tokens), 4k to 64k of context
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --same-text --max-documents 3 --methods memlong,memlong_no_memory,base_full,base_truncated --threads 2 --json docs/results/default_ppl_same_text.json --plot docs/results/default_ppl_same_text.png
-$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_icl.json
-# the same without requery (the test input reads the memory retrieved before it), and the base with every demonstration in context
+# in-context learning with 300 demonstrations in memory (read once per trial), 4 in context
+$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods memlong,memlong_no_memory --threads 1 --json docs/results/default_icl.json
+# 40 demonstrations in memory without requery (the test input reads the memory retrieved before it), and the base with every demonstration in context
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --no-requery --threads 2 --json docs/results/default_icl_no_requery.json
 # why the default keeps 4 sink tokens: the same 4k passkey without them
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set sink_tokens=0 --threads 2 --json docs/results/default_passkey_no_sink.json

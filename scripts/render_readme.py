@@ -277,7 +277,7 @@ def base_ppl_section(paths: list[Path]) -> str:
 def headline_section(paths: list[Path]) -> str:
     """One row per method, one column per measurement, from the default model's evaluation JSONs:
     ppl (of the last ``--score`` tokens) by length, passkey accuracy (mean over depths) by length,
-    RULER mean score by length. A later JSON's cell replaces an earlier one's in the same column."""
+    RULER mean score by length, ICL accuracy by task. A later JSON's cell replaces an earlier one's in the same column."""
     cols: dict[str, dict[str, str]] = {}  # column -> method -> cell
     sources, old = [], set()
     for path in paths:
@@ -289,13 +289,14 @@ def headline_section(paths: list[Path]) -> str:
         before = _before_index(data["config"])
         for r in res:
             if task == "ppl":  # the note's first word where not measured: "skipped", "failed"
-                col = f"ppl {r['length'] // 1024}k"
-                cols.setdefault(col, {})[r["method"]] = _cell(r, "ppl", "{:.3f}").split(":")[0]
+                col, cell = f"ppl {r['length'] // 1024}k", _cell(r, "ppl", "{:.3f}").split(":")[0]
             elif task in ("passkey", "ruler"):
                 key = "accuracy" if task == "passkey" else "score"
-                col = f"{task} {r['length'] // 1024}k"
-                cols.setdefault(col, {})[r["method"]] = _mean_score(res, r["length"], r["method"], key)
-                (old.add if before else old.discard)(col)
+                col, cell = f"{task} {r['length'] // 1024}k", _mean_score(res, r["length"], r["method"], key)
+            else:  # icl
+                col, cell = f"icl {r['task']} ({r['shots_memory']} in memory)", _cell(r, "accuracy")
+            cols.setdefault(col, {})[r["method"]] = cell
+            (old.add if before else old.discard)(col)
     if not cols:
         return "Not measured yet: run the commands in docs/RESULTS.md."
     methods = [m for m in ("memlong", "memlong_no_memory", "base_full", "base_truncated")
@@ -376,7 +377,8 @@ DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in
                     "passkey_64k_rerank_all", "passkey_128k", "passkey_no_sink", "passkey_upper_layers", "ruler",
                     "ruler_long", "icl", "icl_no_requery")]
 DEFAULT_HEADLINE = [RESULTS / f"default_{name}.json" for name in
-                    ("ppl_same_text", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "ruler", "ruler_long")]
+                    ("ppl_same_text", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "ruler", "ruler_long",
+                     "icl")]
 
 LONG_CAPACITY = ("The bank's capacity is the default model's (131,072 tokens): once it is full, eviction keeps it "
                  "at that size, so the cost per token and the memory should stay flat however long the input.")
