@@ -193,14 +193,15 @@ def _eval_command(c: dict, path: Path) -> str:
 BEFORE_INDEX = "measured before the bank's window index (`rerank_index`, on by default since)"
 
 
-def _before_index_note(c: dict) -> str:
+def _before_index_note(c: dict, repeat: bool = True) -> str:
     """What a question searched in a run made before the window index, and how to repeat it."""
     m = c.get("memlong") or {}
     n, w = m.get("rerank_candidates"), m.get("rerank_window")
-    how = (f"re-ranked the top {n} chunks by whole-chunk similarity by their best {w}-token window; "
-           "`--set rerank_index=false` repeats that" if n
-           else "searched by whole-chunk similarity; `--set rerank_candidates=0` repeats that")
-    return f"Measured before the bank's window index (`rerank_index`, on by default since): the question {how}."
+    how = (f"re-ranked the top {n} chunks by whole-chunk similarity by their best {w}-token window" if n
+           else "searched by whole-chunk similarity")
+    flag = "`--set rerank_index=false`" if n else "`--set rerank_candidates=0`"
+    return (f"Measured before the bank's window index (`rerank_index`, on by default since): the question {how}"
+            + (f"; {flag} repeats that." if repeat else "."))
 
 
 def _before_index(c: dict) -> bool:
@@ -357,6 +358,8 @@ def demo_section(path: Path) -> str:
     out = [f"`memlong demo --json {path.relative_to(ROOT)}` on {doc['tokens']:,} tokens of held-out text ({parts}), "
            f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:", "",
            "| fact (depth) | expected | fact's chunk retrieved | with memory | without memory |", "|---|---|---|---|---|"]
+    if "rerank_index" not in d["model"]:  # its questions searched as before the window index
+        out[1:1] = ["", _before_index_note({"memlong": {"rerank_candidates": 32, "rerank_window": 32}}, repeat=False)]
     for f in d["facts"]:
         hit = "yes" if any(r.get("has_fact") for r in f["memory"]["retrieved"]) else "no"
         ans = {k: ("right" if f[k]["correct"] else "wrong") + f": {f[k]['answer'][:40]!r}" for k in ("memory", "no_memory")}

@@ -165,7 +165,8 @@ def _describe(model, name) -> dict:
         "bank_layers": [i + 1 for i in cfg.bank_layers],
         "chunk_size": cfg.chunk_size, "top_k": cfg.top_k, "local_window": cfg.local_window,
         "memory_capacity": cfg.memory_capacity, "bank_dtype": cfg.bank_dtype,
-        "retriever": model.memlong_retriever.describe(),
+        "rerank_candidates": cfg.rerank_candidates, "rerank_window": cfg.rerank_window,
+        "rerank_index": cfg.rerank_index, "retriever": model.memlong_retriever.describe(),
     }
 
 
