@@ -39,6 +39,7 @@ import os
 import uuid
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -116,6 +117,27 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return (q.float() * scale.unsqueeze(-1)).to(dtype)
 
 
+def _kv_page(L: BankLayout, n: int, scales: bool = False) -> torch.Tensor:
+    """A zeroed page of K/V storage (or of their scales) for ``n`` slots on the bank's tier.
+    Memory-mapped files are unlinked at once: the mapping keeps them alive and nothing is
+    left on disk when the bank goes away."""
+    shape = (n, L.num_kv_heads, L.chunk_size) + (() if scales else (L.head_dim,))
+    dtype = torch.float32 if scales else L.dtype
+    if n == 0:
+        return torch.zeros(shape, dtype=dtype, device="cpu" if L.mmap_dir is not None else L.device)
+    if L.mmap_dir is not None:
+        import tempfile
+
+        os.makedirs(L.mmap_dir, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="memlong-kv-", dir=L.mmap_dir)
+        os.close(fd)
+        try:
+            return torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+        finally:
+            os.unlink(path)
+    return torch.zeros(shape, dtype=dtype, device=L.device, pin_memory=L.pin_memory)
+
+
 class MemoryBank:
     """Chunk memory of one sequence (see the module docstring for what a slot holds).
 
@@ -152,32 +174,13 @@ class MemoryBank:
         self._allocate(0)
 
     # ------------------------------------------------------------------ storage
-    def _kv_page(self, n: int, scales: bool = False) -> torch.Tensor:
-        """A zeroed page of K/V storage (or of their scales) for ``n`` slots on the bank's tier.
-        Memory-mapped files are unlinked at once: the mapping keeps them alive and nothing is
-        left on disk when the bank goes away."""
-        L = self.layout
-        shape = (n, L.num_kv_heads, L.chunk_size) + (() if scales else (L.head_dim,))
-        dtype = torch.float32 if scales else L.dtype
-        if n == 0:
-            return torch.zeros(shape, dtype=dtype, device="cpu" if L.mmap_dir is not None else L.device)
-        if L.mmap_dir is not None:
-            import tempfile
-
-            os.makedirs(L.mmap_dir, exist_ok=True)
-            fd, path = tempfile.mkstemp(prefix="memlong-kv-", dir=L.mmap_dir)
-            os.close(fd)
-            try:
-                return torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
-            finally:
-                os.unlink(path)
-        return torch.zeros(shape, dtype=dtype, device=L.device, pin_memory=L.pin_memory)
-
     def _allocate(self, n: int) -> None:
         L = self.layout
-        self.keys, self.values = PagedTensor(self._kv_page), PagedTensor(self._kv_page)
-        self.key_scales = PagedTensor(lambda m: self._kv_page(m, scales=True)) if L.quantized else None
-        self.value_scales = PagedTensor(lambda m: self._kv_page(m, scales=True)) if L.quantized else None
+        # page factories hold the layout, not the bank: a bank in a reference cycle with its own
+        # storage would keep its K/V alive until the garbage collector ran
+        self.keys, self.values = PagedTensor(partial(_kv_page, L)), PagedTensor(partial(_kv_page, L))
+        self.key_scales = PagedTensor(partial(_kv_page, L, scales=True)) if L.quantized else None
+        self.value_scales = PagedTensor(partial(_kv_page, L, scales=True)) if L.quantized else None
         for t in self._kv_storage():
             t.extend(n)
         self.embeddings = torch.zeros(n, L.embed_dim, dtype=torch.float32, device=L.device)
