@@ -21,7 +21,7 @@ $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --max-docum
 # the same scored text at every length (the last 2,048 of each document's first 64k tokens), 4k to 64k of context
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --same-text --max-documents 3 --methods memlong,memlong_no_memory,base_full,base_truncated --threads 2 --json docs/results/default_ppl_same_text.json --plot docs/results/default_ppl_same_text.png
 # in-context learning with 300 demonstrations in memory (read once per trial), 4 in context
-$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods memlong,memlong_no_memory --threads 1 --json docs/results/default_icl.json
+$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_icl.json
 # 40 demonstrations in memory without requery (the test input reads the memory retrieved before it), and the base with every demonstration in context
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --no-requery --threads 2 --json docs/results/default_icl_no_requery.json
 # why the default keeps 4 sink tokens: the same 4k passkey without them
