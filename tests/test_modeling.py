@@ -583,6 +583,19 @@ def test_window_index_is_built_when_a_question_needs_it(tmp_path):
     out_plain.memory.load_bank(tmp_path / "bank")
     assert out_plain.memory.bank(0).window_embeddings is None
     assert len(out_plain.memory.question_hits(retriever, question)[0]) == 2  # questions re-rank by embedding
+    # a memory dropped while focused on a question is freed at once (no reference cycle through it)
+    import gc
+    import weakref
+
+    focused = with_index(ids[:, :100]).memory
+    focused.focus_on(retriever, [question])
+    gone = weakref.ref(focused)
+    gc.disable()
+    try:
+        del focused
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 @torch.no_grad()

@@ -38,6 +38,29 @@ MEMORY_FORMAT = "memlong-memory-v1"
 MEMORY_JSON = "memory.json"
 
 
+@torch.no_grad()
+def index_bank_windows(banks: list[MemoryBank], retriever: Retriever, chunk_size: int) -> int:
+    """Embeds, in one retriever batch, the windows of every chunk of ``banks`` not in their window
+    index yet (see :meth:`MemLongCache.index_windows`); returns the chunks indexed."""
+    todo = []
+    for bank in banks:
+        slots = bank.unwindowed() if bank.layout.index_window else torch.zeros(0, dtype=torch.long)
+        if slots.numel():
+            todo.append((bank, slots, window_starts(chunk_size, bank.layout.index_window)))
+    texts = [t[s : s + bank.layout.index_window] for bank, slots, starts in todo
+             for t in bank.token_ids[slots].tolist() for s in starts]
+    if not texts:
+        return 0
+    with phase("retriever"):
+        e = retriever.embed(texts)
+    done = 0
+    for bank, slots, starts in todo:
+        n = len(slots) * len(starts)
+        bank.set_window_embeddings(slots, e[:n].view(len(slots), len(starts), -1))
+        e, done = e[n:], done + len(slots)
+    return done
+
+
 class MemLongCache(Cache):
     """State of a batch of sequences for a MemLong model (see the module docstring).
 
@@ -634,8 +657,10 @@ class MemLongCache(Cache):
         bank = self.banks[b]
         if bank.layout.index_window == W:
 
+            tau = cfg.chunk_size  # the closure holds the bank, not the cache (no reference cycle)
+
             def rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-                self.index_windows(retriever, [b])  # chunks banked since the question was asked, if any
+                index_bank_windows([bank], retriever, tau)  # chunks banked since the question was asked, if any
                 return torch.maximum(bank.window_scores(slots, query), scores.float().cpu())
 
             return {"rescore": rescore, "candidates": bank.capacity}  # every chunk: the search returns all
@@ -656,24 +681,8 @@ class MemLongCache(Cache):
         batch, the ``rerank_window``-token windows of every banked chunk that has none yet. Done
         when a question first needs them, so reading alone never pays for it; call it after reading
         to move that cost out of the first question. Returns the chunks indexed."""
-        todo = []
-        for b in range(self.batch_size_) if rows is None else rows:
-            bank = self.banks[b]
-            slots = bank.unwindowed() if bank.layout.index_window else torch.zeros(0, dtype=torch.long)
-            if slots.numel():
-                todo.append((bank, slots, window_starts(self.config.chunk_size, bank.layout.index_window)))
-        texts = [t[s : s + bank.layout.index_window] for bank, slots, starts in todo
-                 for t in bank.token_ids[slots].tolist() for s in starts]
-        if not texts:
-            return 0
-        with phase("retriever"):
-            e = retriever.embed(texts)
-        done = 0
-        for bank, slots, starts in todo:
-            n = len(slots) * len(starts)
-            bank.set_window_embeddings(slots, e[:n].view(len(slots), len(starts), -1))
-            e, done = e[n:], done + len(slots)
-        return done
+        rows = range(self.batch_size_) if rows is None else rows
+        return index_bank_windows([self.banks[b] for b in rows], retriever, self.config.chunk_size)
 
     @torch.no_grad()
     def question_hits(self, retriever: Retriever, tokens: list[int], row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
