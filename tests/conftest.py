@@ -15,7 +15,9 @@ catches calls that go through ``nn.Module.__call__``, which the warning attribut
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import sys
 import warnings
 
@@ -205,3 +207,15 @@ def _deprecated_calls_from_memlong_fail(monkeypatch):
 @pytest.fixture
 def memlong_model():
     return gated_llama()
+
+
+@contextlib.contextmanager
+def collector_off():
+    """Python's cycle collector disabled inside: an object then goes only when its last reference
+    does, so a test can show that dropping it frees it at once (no reference cycle)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+

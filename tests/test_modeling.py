@@ -10,6 +10,7 @@ from conftest import (
     FAMILIES,
     VOCAB,
     assert_padded_batch_equals_each_sequence_alone,
+    collector_off,
     gated_llama,
     set_gates,
     small_memlong_config,
@@ -584,18 +585,14 @@ def test_window_index_is_built_when_a_question_needs_it(tmp_path):
     assert out_plain.memory.bank(0).window_embeddings is None
     assert len(out_plain.memory.question_hits(retriever, question)[0]) == 2  # questions re-rank by embedding
     # a memory dropped while focused on a question is freed at once (no reference cycle through it)
-    import gc
     import weakref
 
     focused = with_index(ids[:, :100]).memory
     focused.focus_on(retriever, [question])
     gone = weakref.ref(focused)
-    gc.disable()
-    try:
+    with collector_off():
         del focused
         assert gone() is None
-    finally:
-        gc.enable()
 
 
 @torch.no_grad()

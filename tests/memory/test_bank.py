@@ -347,15 +347,13 @@ def test_a_dropped_bank_is_freed_at_once(dtype):
     """No reference cycle through the bank's K/V pages: a bank (and its K/V) goes as soon as the
     last reference does, not when the garbage collector next runs (an evaluation copying a
     memory per input grew to 15 GB before a collection)."""
-    import gc
     import weakref
+
+    from conftest import collector_off
 
     bank = MemoryBank(BankLayout(10, TAU, H, D, E, dtype=dtype), search_backend="torch")
     add(bank, 0)
     gone = weakref.ref(bank)
-    gc.disable()
-    try:
+    with collector_off():
         del bank
         assert gone() is None
-    finally:
-        gc.enable()
