@@ -66,6 +66,25 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def slow_bfloat16(device_type: str = "cpu") -> str | None:
+    """Why bfloat16 autocast would be slow here, or None. On an x86 CPU without AVX-512
+    (``torch.backends.cpu.get_cpu_capability()`` below ``"AVX512"``), oneDNN has no bfloat16
+    kernels, so bfloat16 matmuls fall to torch's reference gemm: on an AVX2 CPU a linear layer of
+    the default model took 11x longer forward and 20x longer backward than in float32
+    (``scripts/bench_bfloat16.py``, docs/results/bench_bfloat16.json), and a training step 18x
+    longer. AVX-512 CPUs (with or without the BF16 extension) and GPUs have bfloat16 kernels."""
+    if device_type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return None
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return None
+    return (f"this CPU's vector capability is {capability} (no AVX-512): torch runs bfloat16 matmuls in its "
+            "reference kernel, measured 10-20x slower than float32 on an AVX2 CPU; train in float32 "
+            "(--mixed-precision no / without --bf16)")
+
+
 def machine() -> dict:
     """Cores, platform, torch version, CUDA and the load average: what a timing depends on."""
     import torch

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 from memlong.cli import int_tuple
@@ -78,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
                    help="accelerate's mixed precision (autocast; trained weights and optimizer stay float32); bf16 "
-                        "also works on CPUs with bfloat16 support")
+                        "on a CPU needs AVX-512 to be fast (without it, 10-20x slower than float32: a warning "
+                        "says so)")
     g.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
     g.add_argument("--max-minutes", type=float, default=None,
                    help="stop (validate, checkpoint, save) after this much wall time, whatever --steps says")
@@ -180,6 +182,7 @@ def run(args) -> int:
 
     from memlong.evaluation import token_windows, window_nll
     from memlong.modeling import save_trained
+    from memlong.profiling import slow_bfloat16
     from memlong.training import LoraSpec, SegmentStream, document_texts, freeze_for_memlong, gate_parameters
 
     _check_args(args)
@@ -195,6 +198,9 @@ def run(args) -> int:
         cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    slow = slow_bfloat16(accelerator.device.type) if args.mixed_precision == "bf16" else None
+    if slow:
+        warnings.warn(f"--mixed-precision bf16: {slow}", stacklevel=2)
     set_seed(args.seed)
     out = Path(args.output)
     model, tok, base_name = _build(args)
