@@ -31,25 +31,38 @@ class LoraSpec:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def upper_layer_indices(model) -> list[int]:
-    """0-based indices of the trainable layers: those above the memory layer."""
-    return list(range(model.memlong_config.memory_layer_index + 1, model.config.num_hidden_layers))
+#: What ``freeze_for_memlong(layers=...)`` trains: every layer above the memory layer (the paper),
+#: or only the retrieval layers (those that attend to memory; the layers between stay frozen).
+TRAIN_LAYERS = ("upper", "retrieval")
+
+
+def trained_layer_indices(model, layers: str = "upper") -> list[int]:
+    """0-based indices of the trainable layers: those above the memory layer (``"upper"``), or
+    only the retrieval layers (``"retrieval"``)."""
+    if layers not in TRAIN_LAYERS:
+        raise ValueError(f"layers must be one of {TRAIN_LAYERS}, got {layers!r}")
+    cfg = model.memlong_config
+    if layers == "retrieval":
+        return sorted(cfg.retrieval_layer_indices)
+    return list(range(cfg.memory_layer_index + 1, model.config.num_hidden_layers))
 
 
 def gate_parameters(model) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if n.endswith(GATE_NAME)]
 
 
-def freeze_for_memlong(model, lora: LoraSpec | None = None, train_final_norm: bool = True):
+def freeze_for_memlong(model, lora: LoraSpec | None = None, train_final_norm: bool = True, layers: str = "upper"):
     """Sets what trains. Returns the model to train (a peft model with ``lora``).
 
-    Full mode: every parameter of the layers above the memory layer, the gates, and (with
-    ``train_final_norm``) the final norm. LoRA mode: LoRA adapters on ``lora.targets`` of the
-    upper layers, and the gates. Embeddings, LM head and the lower stack never train.
+    Full mode: every parameter of the trained layers, the gates, and (with ``train_final_norm``)
+    the final norm. LoRA mode: LoRA adapters on ``lora.targets`` of the trained layers, and the
+    gates. The trained layers are those above the memory layer (``layers="upper"``, the paper) or
+    only the retrieval layers (``"retrieval"``: fewer weights to update; gradients still flow
+    through the frozen layers between them). Embeddings, LM head and the lower stack never train.
     """
+    upper = trained_layer_indices(model, layers)
     for p in model.parameters():
         p.requires_grad_(False)
-    upper = upper_layer_indices(model)
     if lora is None:
         for i in upper:
             for p in model.model.layers[i].parameters():

@@ -331,3 +331,16 @@ def test_train_summary_records_the_run(short_run):
     if not torch.cuda.is_available():
         assert summary["hardware"] == f"{cpu_name()} ({os.cpu_count()} cores)"
     assert summary["args"]["steps"] == 2 and summary["args"]["window"] == 64
+
+
+def test_train_layers_retrieval_trains_only_the_retrieval_layers(setup):
+    """--train-layers retrieval: LoRA on the retrieval layers (2 and 4, 1-based) alone; the layer
+    between them stays frozen like the lower stack, and the run reloads on top of the base."""
+    run = setup / "retrieval_only"
+    assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(run),
+                 "--steps", "4", "--lora-r", "4", "--lr", "1e-2", "--eval-every", "0", "--save-every", "0",
+                 "--memory-layer", "1", "--retrieval-layers", "2,4", "--train-layers", "retrieval", *COMMON]) == 0
+    m, frozen, changed = frozen_and_trained(setup / "model", run / "final")
+    assert all(n in frozen for n in bp_names(m, [0, 2]))
+    assert any(n in changed for n in bp_names(m, [1])) and any(n in changed for n in bp_names(m, [3]))
+    assert json.loads((run / "args.json").read_text())["train_layers"] == "retrieval"

@@ -52,7 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="minilm (offline default), hashing, embedding (the LM's own pooled input embeddings), "
                         "or a sentence-transformers name/path")
     g = p.add_argument_group("what trains")
-    g.add_argument("--lora-r", type=int, default=0, help="LoRA rank on the upper layers; 0 trains them fully")
+    g.add_argument("--train-layers", choices=["upper", "retrieval"], default="upper",
+                   help="upper: every layer above the memory layer (the paper); retrieval: only the retrieval "
+                        "layers (the layers between stay frozen)")
+    g.add_argument("--lora-r", type=int, default=0, help="LoRA rank on the trained layers; 0 trains them fully")
     g.add_argument("--lora-alpha", type=int, default=32)
     g.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     g = p.add_argument_group("data")
@@ -206,7 +209,7 @@ def run(args) -> int:
     model, tok, base_name = _build(args)
     memlong_model = model
     lora = LoraSpec(r=args.lora_r, alpha=args.lora_alpha, targets=tuple(args.lora_targets.split(","))) if args.lora_r else None
-    trained = freeze_for_memlong(model, lora)
+    trained = freeze_for_memlong(model, lora, layers=args.train_layers)
     params = [p for p in trained.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in trained.parameters())
@@ -284,7 +287,7 @@ def run(args) -> int:
     if accelerator.is_main_process:
         (out / "args.json").write_text(json.dumps(vars(args), indent=2))
         accelerator.print(f"trainable {n_train:,} of {n_all:,} parameters "
-                          f"({'LoRA r=%d' % args.lora_r if args.lora_r else 'full upper layers'} + gates); "
+                          f"({'LoRA r=%d on' % args.lora_r if args.lora_r else 'fully:'} {args.train_layers} layers + gates); "
                           f"{accelerator.num_processes} process(es)")
     memory = memlong_model.new_memory(args.batch_size)
     trained.train()
