@@ -190,25 +190,34 @@ def _eval_command(c: dict, path: Path) -> str:
     return eval_command(c, shown)
 
 
-BEFORE_INDEX = "measured before the bank's window index (`rerank_index`, on by default since)"
+OLDER_SEARCH = ("measured with an earlier question search (before the bank's window index, `rerank_index`, "
+                "or the question's words, `lexical_weight`, both on by default since)")
 
 
-def _before_index_note(c: dict, repeat: bool = True) -> str:
-    """What a question searched in a run made before the window index, and how to repeat it."""
+def _older_search_note(c: dict, repeat: bool = True) -> str:
+    """How a question searched in a run made before the window index or the lexical term, and how
+    to repeat it."""
     m = c.get("memlong") or {}
-    n, w = m.get("rerank_candidates"), m.get("rerank_window")
-    how = (f"re-ranked the top {n} chunks by whole-chunk similarity by their best {w}-token window" if n
-           else "searched by whole-chunk similarity")
-    flag = "`--set rerank_index=false`" if n else "`--set rerank_candidates=0`"
-    return (f"Measured before the bank's window index (`rerank_index`, on by default since): the question {how}"
-            + (f"; {flag} repeats that." if repeat else "."))
+    if "rerank_index" not in m:
+        n, w = m.get("rerank_candidates"), m.get("rerank_window")
+        how = (f"re-ranked the top {n} chunks by whole-chunk similarity by their best {w}-token window" if n
+               else "searched by whole-chunk similarity")
+        flag = "`--set rerank_index=false --set lexical_weight=0`" if n else "`--set rerank_candidates=0`"
+        return (f"Measured before the bank's window index (`rerank_index`) and the question's words "
+                f"(`lexical_weight`), both on by default since: the question {how}"
+                + (f"; {flag} repeats that." if repeat else "."))
+    return ("Measured before questions weighed their words (`lexical_weight`, 0.5 by default since): chunks were "
+            "scored by embeddings alone (every chunk by its best window)"
+            + ("; `--set lexical_weight=0` repeats that." if repeat else "."))
 
 
-def _before_index(c: dict) -> bool:
-    """Whether a question-asking evaluation ran before the window index existed (its config has no
-    ``rerank_index``): the same command now retrieves differently for its questions."""
+def _older_search(c: dict) -> bool:
+    """Whether a question-asking evaluation ran before the window index or the lexical term existed
+    (its config lacks ``rerank_index`` or ``lexical_weight``): the same command now retrieves
+    differently for its questions."""
     asks = c["task"] in ("passkey", "ruler", "icl") and "memlong" in str(c.get("methods", "memlong"))
-    return asks and "rerank_index" not in (c.get("memlong") or {"rerank_index": None})
+    m = c.get("memlong") or {"rerank_index": None, "lexical_weight": None}
+    return asks and not ("rerank_index" in m and "lexical_weight" in m)
 
 
 def _cell(r: dict, key: str, fmt: str = "{:.2f}") -> str:
@@ -287,7 +296,7 @@ def headline_section(paths: list[Path]) -> str:
         data = json.loads(path.read_text())
         task, res = data["config"]["task"], data["results"]
         sources.append(f"`{path.relative_to(ROOT)}`")
-        before = _before_index(data["config"])
+        before = _older_search(data["config"])
         for r in res:
             if task == "ppl":  # the note's first word where not measured: "skipped", "failed"
                 col, cell = f"ppl {r['length'] // 1024}k", _cell(r, "ppl", "{:.3f}").split(":")[0]
@@ -308,7 +317,7 @@ def headline_section(paths: list[Path]) -> str:
     out += ["", "From " + ", ".join(sources) + " (commands and per-depth/per-task tables: "
             "[docs/RESULTS.md](docs/RESULTS.md))."]
     if old:
-        out[-1] += f" \\* {BEFORE_INDEX[0].upper()}{BEFORE_INDEX[1:]}: see its table there."
+        out[-1] += f" \\* {OLDER_SEARCH[0].upper()}{OLDER_SEARCH[1:]}: see its table there."
     return "\n".join(out)
 
 
@@ -323,8 +332,8 @@ def results_section(paths: list[Path]) -> str:
         data = json.loads(path.read_text())
         c = data["config"]
         out += [f"`{_eval_command(c, path)}`", ""]
-        if _before_index(c):
-            out += [_before_index_note(c), ""]
+        if _older_search(c):
+            out += [_older_search_note(c), ""]
         if c["task"] == "ppl":
             out += ["| length | method | ppl of the last tokens | tokens scored | documents |", "|---:|---|---:|---:|---:|"]
             for r in data["results"]:
@@ -358,8 +367,9 @@ def demo_section(path: Path) -> str:
     out = [f"`memlong demo --json {path.relative_to(ROOT)}` on {doc['tokens']:,} tokens of held-out text ({parts}), "
            f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:", "",
            "| fact (depth) | expected | fact's chunk retrieved | with memory | without memory |", "|---|---|---|---|---|"]
-    if "rerank_index" not in d["model"]:  # its questions searched as before the window index
-        out[1:1] = ["", _before_index_note({"memlong": {"rerank_candidates": 32, "rerank_window": 32}}, repeat=False)]
+    if "lexical_weight" not in d["model"]:  # its questions searched as before the window index / lexical term
+        model = d["model"] if "rerank_index" in d["model"] else {"rerank_candidates": 32, "rerank_window": 32}
+        out[1:1] = ["", _older_search_note({"memlong": model}, repeat=False)]
     for f in d["facts"]:
         hit = "yes" if any(r.get("has_fact") for r in f["memory"]["retrieved"]) else "no"
         ans = {k: ("right" if f[k]["correct"] else "wrong") + f": {f[k]['answer'][:40]!r}" for k in ("memory", "no_memory")}

@@ -47,6 +47,9 @@ def test_json_round_trip(tmp_path):
         (dict(retrieval_offsets=(0, 0)), "retrieval_offsets"),
         (dict(retrieval_offsets=(0, 99)), "retrieval_offsets"),
         (dict(retrieval_offsets="0,1"), "retrieval_offsets"),
+        (dict(lexical_weight=-0.1), "lexical_weight"),
+        (dict(lexical_weight="0.2"), "lexical_weight"),
+        (dict(lexical_weight=float("nan")), "lexical_weight"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):

@@ -596,6 +596,38 @@ def test_window_index_is_built_when_a_question_needs_it(tmp_path):
 
 
 @torch.no_grad()
+def test_lexical_weight_adds_the_question_words_to_each_chunk_score():
+    """``lexical_weight``: a question scores every chunk by its embedding score plus the weight
+    times the share of the question's words it holds (bank.lexical_scores), with or without the
+    window index; without the question's tokens (or at weight 0) embeddings alone decide.
+    Reading is unchanged."""
+    ids = torch.randint(0, VOCAB, (1, 203), generator=torch.Generator().manual_seed(3))
+    retriever = memlong.HashingRetriever(dim=32)
+    question = ids[0, 40:46].tolist()
+    q = retriever.embed([question])[0]
+    outs = []
+    for index in (True, False):
+        kw = dict(memory_capacity=400, rerank_index=index, rerank_candidates=1000)
+        plain = memlong.wrap(tiny_model("llama")[0], small_memlong_config(lexical_weight=0.0, **kw), retriever=retriever)
+        lexical = memlong.wrap(tiny_model("llama")[0], small_memlong_config(lexical_weight=0.5, **kw), retriever=retriever)
+        out, out_plain = lexical(ids), plain(ids)
+        torch.testing.assert_close(out.logits, out_plain.logits, atol=0, rtol=0)
+        memory, bank = out.memory, out.memory.bank(0)
+        slots = torch.tensor([e["slot"] for e in bank.entries()])
+        cos = bank.embeddings[slots] @ q
+        dense = out_plain.memory.question_search(0, q, retriever, question)["rescore"](slots, cos)
+        both = memory.question_search(0, q, retriever, question)["rescore"](slots, cos)
+        lex = bank.lexical_scores(slots, question)
+        assert abs(float(lex.max()) - 1) < 1e-6 and (lex > 0).sum() < len(slots)  # the chunk holding the question
+        torch.testing.assert_close(both, dense + 0.5 * lex)
+        torch.testing.assert_close(memory.question_search(0, q, retriever)["rescore"](slots, cos), dense)
+        hits, scores = memory.question_hits(retriever, question)
+        best = torch.argsort(both, descending=True, stable=True)[:2]
+        assert set(hits.tolist()) == set(slots[best].tolist())
+        outs.append(out.memory)
+
+
+@torch.no_grad()
 def test_question_hits_are_what_a_focused_question_reads():
     """memory.question_hits (what `memlong ask --show-retrieved` and the demo list) returns the
     chunks focus_on() then retrieves for the question, best first, without bumping counters."""

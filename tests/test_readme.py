@@ -66,7 +66,7 @@ def test_passkey_table_shows_the_share_of_keys_retrieved():
 
 
 def test_results_measured_before_the_window_index_say_so(tmp_path):
-    """A question-asking evaluation whose config predates ``rerank_index`` is marked, in its
+    """A question-asking evaluation whose config predates ``rerank_index`` (or ``lexical_weight``) is marked, in its
     RESULTS.md table and in the headline's column, since its command now retrieves otherwise."""
     render_readme = _render_readme()
     row = {"method": "memlong", "length": 4096, "depth": 0.5, "trials": 1, "accuracy": 1.0}
@@ -74,11 +74,16 @@ def test_results_measured_before_the_window_index_say_so(tmp_path):
               "memlong": {"top_k": 4}}
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps({"config": config, "results": [row]}))
-    new.write_text(json.dumps({"config": {**config, "memlong": {"top_k": 4, "rerank_index": True}}, "results": [row]}))
+    new.write_text(json.dumps({"config": {**config, "memlong": {"top_k": 4, "rerank_index": True, "lexical_weight": 0.5}},
+                               "results": [row]}))
     assert "before the bank's window index" in render_readme.results_section([old])
     assert "window index" not in render_readme.results_section([new])
+    # a run with the window index but before the lexical term is marked too
+    mid = tmp_path / "mid.json"
+    mid.write_text(json.dumps({"config": {**config, "memlong": {"top_k": 4, "rerank_index": True}}, "results": [row]}))
+    assert "Measured before questions weighed their words" in render_readme.results_section([mid])
     ppl = {"task": "ppl", "methods": "memlong", "memlong": {"top_k": 4}}
-    assert not render_readme._before_index(ppl)  # reading is not affected
+    assert not render_readme._older_search(ppl)  # reading is not affected
     render_readme.ROOT = tmp_path  # the headline names its sources relative to the repository
     assert "| passkey 4k * |" in render_readme.headline_section([old])
     assert "| passkey 4k |" in render_readme.headline_section([old, new]) and "*" not in render_readme.headline_section([new])

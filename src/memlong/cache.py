@@ -635,33 +635,41 @@ class MemLongCache(Cache):
             queries = retriever.embed([list(t) for t in tokens])
         self.index_windows(retriever, rows)  # one batch for every row (the window index, if kept)
         tau = self.config.chunk_size
-        for b, query in zip(rows, queries):
+        for b, query, tokens_b in zip(rows, queries, tokens):
             self.focus[b] = query
-            self.focus_search[b] = self.question_search(b, query, retriever)
+            self.focus_search[b] = self.question_search(b, query, retriever, list(tokens_b))
             if self.seen[b] % tau:
                 self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query, self.focus_search[b])
 
-    def question_search(self, b: int, query: torch.Tensor, retriever: Retriever) -> dict:
+    def question_search(self, b: int, query: torch.Tensor, retriever: Retriever, tokens=None) -> dict:
         """How a question searches row ``b``'s bank: the keyword arguments (``rescore``,
         ``candidates``) of :meth:`MemoryBank.best` / :meth:`~MemoryBank.retrieve`. A chunk's score
         is the best of its own and its windows' of ``rerank_window`` tokens (half-overlapping): a
         short fact inside a long chunk of other text matches its window far better than the whole
         chunk's embedding. With the bank's window index (``rerank_index``) every chunk is scored
         from the stored window embeddings (chunks not indexed yet are first, :meth:`index_windows`);
-        without one, the top ``rerank_candidates`` chunks' windows are embedded now. ``{}``: plain
-        cosine search (re-ranking off)."""
+        without one, the top ``rerank_candidates`` chunks' windows are embedded now. With the
+        question's ``tokens`` and ``lexical_weight``, ``lexical_weight`` times the share of the
+        question's words and word pairs a chunk holds (:func:`~memlong.memory.bank.lexical_scores`)
+        is added: what an embedding misses ("pass key" against code full of ``pass``). ``{}``:
+        plain cosine search (re-ranking off)."""
         cfg = self.config
         W = cfg.rerank_window
         if not cfg.rerank_candidates or W >= cfg.chunk_size:
             return {}
         bank = self.banks[b]
-        if bank.layout.index_window == W:
+        weight = cfg.lexical_weight if tokens is not None and len(tokens) else 0.0
+        words = torch.as_tensor(list(tokens) if weight else [], dtype=torch.long)
+        tau = cfg.chunk_size  # the closures hold the bank, not the cache (no reference cycle)
 
-            tau = cfg.chunk_size  # the closure holds the bank, not the cache (no reference cycle)
+        def lexical(slots: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+            return dense + weight * bank.lexical_scores(slots, words) if weight else dense
+
+        if bank.layout.index_window == W:
 
             def rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
                 index_bank_windows([bank], retriever, tau)  # chunks banked since the question was asked, if any
-                return torch.maximum(bank.window_scores(slots, query), scores.float().cpu())
+                return lexical(slots, torch.maximum(bank.window_scores(slots, query), scores.float().cpu()))
 
             return {"rescore": rescore, "candidates": bank.capacity}  # every chunk: the search returns all
         starts = window_starts(cfg.chunk_size, W)
@@ -671,7 +679,7 @@ class MemLongCache(Cache):
             with phase("retriever"):
                 e = retriever.embed([toks[i, s : s + W].tolist() for i in range(len(slots)) for s in starts])
             best = (e.float() @ query.float().to(e.device)).view(len(slots), len(starts)).amax(1).cpu()
-            return torch.maximum(best, scores.float().cpu())
+            return lexical(slots, torch.maximum(best, scores.float().cpu()))
 
         return {"rescore": embed_rescore, "candidates": cfg.rerank_candidates}
 
@@ -696,7 +704,7 @@ class MemLongCache(Cache):
             return torch.zeros(0, dtype=torch.long), torch.zeros(0)
         with phase("retriever"):
             query = retriever.embed([list(tokens)])[0]
-        return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever))
+        return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever, list(tokens)))
 
     def unfocus(self, rows: list[int] | None = None) -> None:
         """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""

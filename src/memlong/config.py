@@ -113,6 +113,15 @@ class MemLongConfig:
             (7 x 384 x 2 for 128-token chunks, 32-token windows and MiniLM). ``False``: the windows
             of the top ``rerank_candidates`` chunks are embedded at each question (a fact in a chunk
             whose whole-chunk embedding ranks lower is never seen).
+        lexical_weight: a question's chunk score adds ``lexical_weight`` times the share of the
+            question's rarity-weighted words and word pairs the chunk holds (BM25 over the bank's
+            chunks, in [0, 1]: :func:`~memlong.memory.bank.lexical_scores`) to its embedding score
+            (with re-ranking on). An embedding can miss what the words say: MiniLM puts chunks of
+            code full of ``pass`` above "The pass key is 65125" for "What is the pass key?".
+            ``0``: embeddings alone. Reading is not affected (only questions are). The default,
+            0.5, was chosen on the validation split (``scripts/tune_lexical_weight.py``): it
+            found planted facts among chunks sharing the question's words and RULER's needles
+            among needles with other keys, and moved no fact asked in other words down.
         sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
             visible to every later query in every retrieval layer once the local window has slid
             past them, placed first, before the retrieved chunks (the attention sinks of
@@ -151,6 +160,7 @@ class MemLongConfig:
     rerank_candidates: int = 32
     rerank_window: int = 32
     rerank_index: bool = True
+    lexical_weight: float = 0.5
     sink_tokens: int = 0
     bank_dtype: str | None = None
     bank_device: str = "model"
@@ -205,6 +215,9 @@ class MemLongConfig:
             bad("top_k", f"must be >= 1, got {self.top_k}")
         if not isinstance(self.rerank_index, bool):
             bad("rerank_index", f"must be True or False, got {self.rerank_index!r}")
+        if isinstance(self.lexical_weight, bool) or not isinstance(self.lexical_weight, (int, float)) \
+                or not 0 <= self.lexical_weight < float("inf"):
+            bad("lexical_weight", f"must be a number >= 0, got {self.lexical_weight!r}")
         if self.rerank_candidates < 0 or self.rerank_window < 1:
             bad("rerank_candidates", f"rerank_candidates must be >= 0 and rerank_window >= 1, got "
                                      f"{self.rerank_candidates} and {self.rerank_window}")

@@ -342,6 +342,27 @@ def test_window_index_follows_its_chunk_through_growth_eviction_and_save(tmp_pat
     back.check_invariants()
 
 
+def test_lexical_scores_weigh_rare_words_and_word_pairs():
+    """A question's words as BM25 over token ids: a word every chunk holds adds almost nothing, a
+    rare pair of the question's tokens held together beats the same tokens apart; document
+    frequencies come from the whole corpus, so scoring some chunks gives those rows of the whole."""
+    from memlong.memory.bank import lexical_scores
+
+    corpus = torch.tensor([[1, 2, 3, 4], [1, 5, 6, 4], [1, 7, 8, 4], [1, 8, 2, 7], [9, 9, 9, 9]])
+    question = [1, 7, 8]
+    s = lexical_scores(corpus, question, corpus)
+    assert int(s.argmax()) == 2 and s[2] > s[3] > s[0] == s[1] > s[4] == 0 and abs(float(s[2]) - 1) < 1e-6
+    assert float(s[0]) < 0.1 * float(s[2]) and float(s.max()) <= 1.0
+    torch.testing.assert_close(lexical_scores(corpus, question, corpus[[3, 1]]), s[[3, 1]])
+    assert lexical_scores(corpus, [], corpus).eq(0).all()
+    bank = make_bank()
+    for i, toks in enumerate(corpus):
+        bank.add(torch.zeros(H, TAU, D), torch.zeros(H, TAU, D), unit(i), chunk_id=i, span=(TAU * i, TAU * i + TAU),
+                 token_ids=toks)
+    slots = torch.tensor([e["slot"] for e in bank.entries()])
+    torch.testing.assert_close(bank.lexical_scores(slots, question), s)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
 def test_a_dropped_bank_is_freed_at_once(dtype):
     """No reference cycle through the bank's K/V pages: a bank (and its K/V) goes as soon as the

@@ -104,6 +104,36 @@ if hasattr(torch, "float8_e4m3fn"):
     QUANTIZED[torch.float8_e4m3fn] = float(torch.finfo(torch.float8_e4m3fn).max)
 
 
+_BIGRAM = 1 << 32  # token id pairs coded as a * _BIGRAM + b (token ids are below 2**31)
+
+
+def _grams(ids: torch.Tensor) -> torch.Tensor:
+    """``ids`` ``[..., t]`` -> its unigrams and bigrams as int64 codes ``[..., 2t - 1]``."""
+    ids = ids.long()
+    return torch.cat([ids, ids[..., :-1] * _BIGRAM + ids[..., 1:]], -1)
+
+
+def lexical_scores(corpus: torch.Tensor, question: list[int] | torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
+    """The share of a question's words and word pairs that each of ``chunks`` ``[m, tau]``
+    holds, each weighted by its rarity: the question's distinct token unigrams and bigrams,
+    weighted by BM25's inverse document frequency over ``corpus`` ``[n, tau]`` (every stored
+    chunk); a chunk scores the sum of the weights of those it holds over their total, in [0, 1].
+    A word every chunk holds weighs almost nothing; a pair such as "pass key" that one chunk
+    holds decides. Presence, not counts: a chunk repeating one of the words (code full of
+    ``pass``) scores no more than a chunk holding it once. Exact token ids, as the LM tokenized."""
+    q = torch.as_tensor(question, dtype=torch.long).flatten()
+    if q.numel() == 0 or chunks.shape[0] == 0:
+        return torch.zeros(chunks.shape[0])
+    terms = torch.unique(_grams(q))
+    df = torch.zeros(len(terms))
+    for block in corpus.split(4096):  # bounded memory: [block, 2 tau - 1, terms] at a time
+        df += (_grams(block).unsqueeze(-1) == terms).any(1).sum(0)
+    n = corpus.shape[0]
+    idf = torch.log1p((n - df + 0.5) / (df + 0.5))
+    held = (_grams(chunks).unsqueeze(-1) == terms).any(1).float()  # [m, terms]
+    return held @ idf / idf.sum()
+
+
 def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``[..., D]`` -> (``dtype`` values, float32 scales ``[...]``), absmax per row."""
     top = QUANTIZED[dtype]
@@ -428,6 +458,12 @@ class MemoryBank:
             raise RuntimeError("window_scores: some chunks have no window embeddings yet (index them first)")
         w = self.window_embeddings[slots.to(self.window_embeddings.device)].float()
         return (w @ query.detach().float().to(w.device)).amax(1).cpu()
+
+    def lexical_scores(self, slots: torch.Tensor, tokens: list[int] | torch.Tensor) -> torch.Tensor:
+        """How much of a question's words each of ``slots`` contains, in [0, 1] (see
+        :func:`lexical_scores`; document frequencies over every stored chunk)."""
+        valid = self.valid.nonzero().flatten()
+        return lexical_scores(self.token_ids[valid], tokens, self.token_ids[slots])
 
     def rank(self, slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The order of ``slots`` by ``scores``, best first, older chunk first among equal scores:

@@ -166,7 +166,7 @@ def _describe(model, name) -> dict:
         "chunk_size": cfg.chunk_size, "top_k": cfg.top_k, "local_window": cfg.local_window,
         "memory_capacity": cfg.memory_capacity, "bank_dtype": cfg.bank_dtype,
         "rerank_candidates": cfg.rerank_candidates, "rerank_window": cfg.rerank_window,
-        "rerank_index": cfg.rerank_index, "retriever": model.memlong_retriever.describe(),
+        "rerank_index": cfg.rerank_index, "lexical_weight": cfg.lexical_weight, "retriever": model.memlong_retriever.describe(),
     }
 
 
@@ -215,8 +215,9 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
     """The chunks ``generate(requery=True)`` gives the question and its answer: the question's
     embedding searches the bank; when the config re-ranks (``rerank_candidates``), the
     candidates (every chunk with the bank's window index) are scored again by their best
-    ``rerank_window``-token window, as :meth:`MemLongCache.focus_on` does, and the best ``top_k``
-    kept. Counters are not touched."""
+    ``rerank_window``-token window, plus ``lexical_weight`` times the share of the question's words
+    each holds, as :meth:`MemLongCache.focus_on` does, and the best ``top_k`` kept. Counters are
+    not touched."""
     cfg = model.memlong_config
     bank = memory.bank(0)
     q_tokens = q_ids[-cfg.chunk_size :]  # what focus_on embeds
