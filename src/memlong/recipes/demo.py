@@ -66,7 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retriever", default="minilm",
                    help="minilm (default), hashing, embedding (the LM's own pooled input embeddings), "
                         "or a sentence-transformers path")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated after each question")
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="tokens generated after each question (an answer that first restates the question needs "
+                        "20 or more; `memlong ask` gives 64)")
     p.add_argument("--seed", type=int, default=0, help="draws the planted facts' numbers and name")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: torch's default, or 1 when other processes already load the CPU)")
