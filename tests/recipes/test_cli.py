@@ -98,7 +98,8 @@ def test_demo_document_is_extended_with_held_out_files(bpe_tokenizer_dir):
 
 
 def test_demo_shows_the_chunks_generate_reads(tmp_path, bpe_tokenizer_dir):
-    """The chunks the demo lists for a question are those generate(requery=True) retrieves (re-ranked)."""
+    """The chunks the demo lists for a question are those generate(requery=True) retrieves (re-ranked,
+    with the question's words)."""
     import sysconfig
     from pathlib import Path
 
@@ -118,7 +119,7 @@ def test_demo_shows_the_chunks_generate_reads(tmp_path, bpe_tokenizer_dir):
         assert shown["reranked_candidates"] == len(bank) > cfg.top_k and len(shown["retrieved"]) == cfg.top_k
         q = model.memlong_retriever.embed([q_ids[-cfg.chunk_size :]])[0]
         counts = bank.counts.clone()
-        search = memory.question_search(0, q, model.memlong_retriever)
+        search = memory.question_search(0, q, model.memlong_retriever, q_ids[-cfg.chunk_size :])  # its words too
         slots = bank.retrieve(q, cfg.top_k, cfg.retrieval_offsets, **search)
         bank.counts.copy_(counts)
         assert sorted(h["chunk_id"] for h in shown["retrieved"]) == sorted(bank.chunk_ids[slots].tolist())
