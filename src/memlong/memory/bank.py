@@ -125,13 +125,14 @@ def lexical_scores(corpus: torch.Tensor, question: list[int] | torch.Tensor, chu
     if q.numel() == 0 or chunks.shape[0] == 0:
         return torch.zeros(chunks.shape[0])
     terms = torch.unique(_grams(q))
-    df = torch.zeros(len(terms))
-    for block in corpus.split(4096):  # bounded memory: [block, 2 tau - 1, terms] at a time
-        df += (_grams(block).unsqueeze(-1) == terms).any(1).sum(0)
+
+    def holds(rows: torch.Tensor) -> torch.Tensor:  # [rows, terms]; [1024, 2 tau - 1, terms] at a time
+        return torch.cat([(_grams(b).unsqueeze(-1) == terms).any(1) for b in rows.split(1024)])
+
     n = corpus.shape[0]
+    df = holds(corpus).sum(0).float()
     idf = torch.log1p((n - df + 0.5) / (df + 0.5))
-    held = (_grams(chunks).unsqueeze(-1) == terms).any(1).float()  # [m, terms]
-    return held @ idf / idf.sum()
+    return holds(chunks).float() @ idf / idf.sum()
 
 
 def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
