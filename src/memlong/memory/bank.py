@@ -113,15 +113,19 @@ def _grams(ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([ids, ids[..., :-1] * _BIGRAM + ids[..., 1:]], -1)
 
 
-def lexical_scores(corpus: torch.Tensor, question: list[int] | torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
+def lexical_scores(corpus: torch.Tensor, question: list[int] | torch.Tensor,
+                   chunks: torch.Tensor | None = None) -> torch.Tensor:
     """The share of a question's words and word pairs that each of ``chunks`` ``[m, tau]``
     holds, each weighted by its rarity: the question's distinct token unigrams and bigrams,
     weighted by BM25's inverse document frequency over ``corpus`` ``[n, tau]`` (every stored
     chunk); a chunk scores the sum of the weights of those it holds over their total, in [0, 1].
     A word every chunk holds weighs almost nothing; a pair such as "pass key" that one chunk
     holds decides. Presence, not counts: a chunk repeating one of the words (code full of
-    ``pass``) scores no more than a chunk holding it once. Exact token ids, as the LM tokenized."""
+    ``pass``) scores no more than a chunk holding it once. Exact token ids, as the LM tokenized.
+    ``chunks=None`` scores the corpus's own chunks (what a question over the whole bank does)."""
     q = torch.as_tensor(question, dtype=torch.long).flatten()
+    if chunks is None:
+        chunks = corpus
     if q.numel() == 0 or chunks.shape[0] == 0:
         return torch.zeros(chunks.shape[0])
     terms = torch.unique(_grams(q))
@@ -130,9 +134,11 @@ def lexical_scores(corpus: torch.Tensor, question: list[int] | torch.Tensor, chu
         return torch.cat([(_grams(b).unsqueeze(-1) == terms).any(1) for b in rows.split(1024)])
 
     n = corpus.shape[0]
-    df = holds(corpus).sum(0).float()
+    held_corpus = holds(corpus)
+    df = held_corpus.sum(0).float()
     idf = torch.log1p((n - df + 0.5) / (df + 0.5))
-    return holds(chunks).float() @ idf / idf.sum()
+    held = held_corpus if chunks is corpus else holds(chunks)
+    return held.float() @ idf / idf.sum()
 
 
 def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -464,7 +470,10 @@ class MemoryBank:
         """How much of a question's words each of ``slots`` contains, in [0, 1] (see
         :func:`lexical_scores`; document frequencies over every stored chunk)."""
         valid = self.valid.nonzero().flatten()
-        return lexical_scores(self.token_ids[valid], tokens, self.token_ids[slots])
+        scores = lexical_scores(self.token_ids[valid], tokens)  # every stored chunk, in one pass
+        position = torch.full((self.num_slots,), -1, dtype=torch.long)
+        position[valid] = torch.arange(len(valid))
+        return scores[position[slots.cpu()]]
 
     def rank(self, slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The order of ``slots`` by ``scores``, best first, older chunk first among equal scores:
