@@ -513,8 +513,13 @@ def test_memory_from_another_config_is_refused(memlong_model, tmp_path):
     m(rand_ids(1, 80, seed=20)).memory.save(tmp_path / "mem")
     model, _ = tiny_model("llama")
     other = memlong.wrap(model, small_memlong_config(top_k=3), retriever=memlong.HashingRetriever(dim=32))
-    with pytest.raises(memlong.BankFileError, match="another MemLong config"):
+    with pytest.raises(memlong.BankFileError, match=r"another MemLong config \(differs in \['top_k'\]\)"):
         other.load_memory(tmp_path / "mem")
+    # how a question searches is not part of what reading stored
+    model, _ = tiny_model("llama")
+    asks = memlong.wrap(model, small_memlong_config(lexical_weight=2.0, rerank_candidates=5),
+                        retriever=memlong.HashingRetriever(dim=32))
+    assert asks.load_memory(tmp_path / "mem").seen == m.load_memory(tmp_path / "mem").seen
 
 
 @pytest.mark.parametrize("family", ["mistral", "mixtral", "phi3", "starcoder2"])
@@ -584,6 +589,15 @@ def test_window_index_is_built_when_a_question_needs_it(tmp_path):
     out_plain.memory.load_bank(tmp_path / "bank")
     assert out_plain.memory.bank(0).window_embeddings is None
     assert len(out_plain.memory.question_hits(retriever, question)[0]) == 2  # questions re-rank by embedding
+    # so does a whole memory: configs differing only in how questions search share saved memories
+    across = without.load_memory(tmp_path / "mem")
+    assert across.bank(0).window_embeddings is None and len(across.bank(0)) == n + 5
+    nxt = ids[:, 150:170]
+    torch.testing.assert_close(without(nxt, past_key_values=across).logits,
+                               with_index(nxt, past_key_values=with_index.load_memory(tmp_path / "mem")).logits,
+                               atol=0, rtol=0)
+    assert torch.equal(across.question_hits(retriever, question)[0],
+                       with_index.load_memory(tmp_path / "mem").question_hits(retriever, question)[0])
     # a memory dropped while focused on a question is freed at once (no reference cycle through it)
     import weakref
 

@@ -19,7 +19,6 @@ of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval laye
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 
@@ -250,11 +249,7 @@ class MemLongCache(Cache):
         from memlong.memory.bank import BankFileError, _sha256, read_metadata
 
         meta = read_metadata(directory, MEMORY_JSON, MEMORY_FORMAT, "MemLong memory")
-        saved = meta["config"]
-        mine = config.to_dict()
-        # a field added since the save compares as its default (what the saving version did)
-        default = {f.name: f.default for f in dataclasses.fields(MemLongConfig) if f.default is not dataclasses.MISSING}
-        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k, default.get(k)) != mine.get(k))
+        diff = config.memory_differences(meta["config"])
         if diff or meta["num_layers"] != num_layers:
             raise BankFileError(
                 f"memory in {directory!s} was saved by a model with another MemLong config (differs in {diff}) "
@@ -271,6 +266,9 @@ class MemLongCache(Cache):
             raise BankFileError(f"{wfile} cannot be read ({e})") from e
         B = int(meta["batch_size"])
         banks = [MemoryBank.load(os.path.join(vdir, f"row-{b}"), expected=layout) for b in range(B)]
+        for bank in banks:
+            if bank.layout.index_window != layout.index_window:
+                bank.drop_window_index()  # another rerank_window or none: not what this config's questions search
         cache = cls(config, layout, num_layers, B, retrieval=bool(meta["retrieval"]), retriever_info=retriever_info)
         dev = layout.device if device is None else device
         cache.banks = banks

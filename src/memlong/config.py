@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 EvictionPolicy = Literal["counter", "fifo"]
 GateMode = Literal["head", "layer"]
@@ -166,6 +166,11 @@ class MemLongConfig:
     bank_device: str = "model"
     bank_mmap_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    #: Fields that only change how a question searches the bank, never what reading stores: a
+    #: saved memory loads into a model whose config differs in these alone.
+    QUESTION_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"rerank_candidates", "rerank_window", "rerank_index", "lexical_weight"})
 
     def __post_init__(self) -> None:
         self.retrieval_layers = tuple(int(x) for x in self.retrieval_layers)
@@ -345,6 +350,16 @@ class MemLongConfig:
         d["retrieval_layers"] = list(self.retrieval_layers)
         d["retrieval_offsets"] = list(self.retrieval_offsets)
         return d
+
+    def memory_differences(self, saved: dict[str, Any]) -> list[str]:
+        """The fields in which ``saved`` (the :meth:`to_dict` of the config a memory was read
+        with) differs from this config in what reading stores: a memory may be continued only
+        where this is empty. A field added since the save compares as its default (what the
+        saving version did); :attr:`QUESTION_FIELDS` are ignored."""
+        mine = self.to_dict()
+        default = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
+        return sorted(k for k in (set(saved) | set(mine)) - self.QUESTION_FIELDS
+                      if saved.get(k, default.get(k)) != mine.get(k))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemLongConfig:

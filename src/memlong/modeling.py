@@ -132,7 +132,9 @@ class MemLongMixin:
 
     def load_memory(self, directory: str | os.PathLike) -> MemLongCache:
         """A memory saved with ``memory.save(directory)`` by this model (same MemLong config,
-        retriever dimension and K/V shapes); reading continues exactly where it stopped."""
+        retriever dimension and K/V shapes); reading continues exactly where it stopped. The
+        config may differ in how questions search (``MemLongConfig.QUESTION_FIELDS``:
+        ``lexical_weight``, ``rerank_*``), which reading never used."""
         return MemLongCache.load(directory, self.memlong_config, self._bank_layout(), self.config.num_hidden_layers,
                                  device=self.device, retriever_info=self.memlong_retriever.describe())
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-import memlong
 from memlong.cli import main
 from memlong.pretrained import DEFAULT_BASE, ENV_VAR
 from memlong.recipes.eval import eval_command

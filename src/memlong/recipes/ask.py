@@ -244,8 +244,7 @@ def plan_reuse(directory: Path | None, files: list[SourceFile], model, args) -> 
     mine = model_identity(args.model)
     if manifest.get("model") != mine:
         raise _refuse(directory, f"it was read by the model {manifest.get('model')!r}, and this call uses {mine!r}")
-    saved_cfg, cfg = manifest.get("memlong_config") or {}, model.memlong_config.to_dict()
-    diff = sorted(k for k in set(saved_cfg) | set(cfg) if saved_cfg.get(k) != cfg.get(k))
+    diff = model.memlong_config.memory_differences(manifest.get("memlong_config") or {})
     if diff:
         raise _refuse(directory, f"it was read with another MemLong config (differs in {diff})")
     try:
