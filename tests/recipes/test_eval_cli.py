@@ -18,8 +18,8 @@ from memlong.recipes.eval import eval_command
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = {"--model", "--base-model", "--split", "--seed", "--methods", "--retriever", "--set", "--threads", "--json",
           "--plot", "--data"}
-OWN = {"ppl": {"--score", "--repeat", "--same-text", "--max-documents", "--lengths", "--max-base-length"},
-       "passkey": {"--depths", "--trials", "--no-requery", "--lengths", "--max-base-length"},
+OWN = {"ppl": {"--score", "--repeat", "--same-text", "--max-documents", "--lengths", "--max-base-length", "--resume"},
+       "passkey": {"--depths", "--trials", "--no-requery", "--lengths", "--max-base-length", "--resume"},
        "icl": {"--shots-context", "--shots-memory", "--trials", "--max-examples", "--labels", "--demo-split",
                "--no-requery"},
        "ruler": {"--tasks", "--haystacks", "--samples", "--no-requery", "--lengths", "--max-base-length",

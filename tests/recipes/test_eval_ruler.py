@@ -4,43 +4,17 @@ task, haystack, length and method, the plot, and bad input stopped before any mo
 import argparse
 import json
 import shutil
-import sysconfig
-from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-import memlong
 from memlong.cli import main
 from memlong.data import ruler
 from memlong.recipes.eval import eval_command
-from memlong.tokenizer import train_and_save
-
-from conftest import set_gates, small_memlong_config
-
-LIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny MemLong model (open gates, chunk 16, window 64, base window 512) and a corpus whose
-    test split holds about 6k tokens."""
-    root = tmp_path_factory.mktemp("ruler")
-    texts = [(LIB / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "textwrap.py", "shutil.py")]
-    tok = train_and_save(texts, 512, root / "model")
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512))
-    m = memlong.wrap(lm, small_memlong_config(chunk_size=16, local_window=64, memory_capacity=1024),
-                     retriever=memlong.HashingRetriever(dim=32))
-    set_gates(m)
-    m.save_pretrained(root / "model")
-    (root / "corpus").mkdir()
-    with open(root / "corpus" / "test.jsonl", "w") as f:
-        for i, name in enumerate(("inspect.py", "tempfile.py")):
-            f.write(json.dumps({"id": f"d{i}", "text": (LIB / name).read_text()[:9000]}) + "\n")
-    return root
+def setup(eval_setup):
+    return eval_setup
 
 
 def ruler_cli(setup, *extra):

@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     by_length.add_argument("--lengths", default=None, help="comma-separated input lengths in tokens")
     by_length.add_argument("--max-base-length", type=int, default=16384,
                            help="base_full is not attempted above this length (reported as skipped)")
+    by_length.add_argument("--resume", action="store_true",
+                           help="continue a run cut short: keep the cells already in --json (ppl: method and "
+                                "length; passkey: method, length and depth; ruler: task, haystack, length and "
+                                "method) and measure only the others; a report measured with other inputs, "
+                                "another model or MemLong config is refused")
 
     requery = argparse.ArgumentParser(add_help=False)  # the tasks that ask after reading
     requery.add_argument("--no-requery", dest="requery", action="store_false",

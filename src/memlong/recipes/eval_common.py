@@ -66,19 +66,71 @@ def load_models(args, methods):
     return tok, model, base, window, base_path
 
 
-def run_by_length(args, methods: list[str], default_lengths: str, measure, plot) -> int:
+def run_by_length(args, methods: list[str], default_lengths: str, measure, plot, cell, same: tuple[str, ...]) -> int:
     """A task measured at ``--lengths`` (default: ``default_lengths``): loads the models, runs
-    ``measure(args, tok, model, base, base_window, lengths, methods)``, which yields result rows,
-    and writes the report (``--json``, rewritten after every row: a run cut short keeps what it
-    measured) and ``plot`` (``--plot``)."""
+    ``measure(args, tok, model, base, base_window, lengths, methods, have)``, which yields result
+    rows, skipping the cells in ``have``, and writes the report (``--json``, rewritten after every
+    row: a run cut short keeps what it measured) and ``plot`` (``--plot``). ``cell(row)`` names a
+    row's cell and ``same`` the flags a resumed run must share (:func:`resumed_report`)."""
     lengths = parse_lengths(args.lengths or default_lengths)
+    done = resumed_report(args, same)
     tok, model, base, base_window, base_path = load_models(args, methods)
-    results = []
-    for row in measure(args, tok, model, base, base_window, lengths, methods):
+    results, have = resumed_results(args, done, model, base_path, cell)
+    for row in measure(args, tok, model, base, base_window, lengths, methods, have):
         results.append(row)
         write_report(args, results, model, base_path, base_window, quiet=True)
     write_report(args, results, model, base_path, base_window, plot)
     return 0
+
+
+def resumed_report(args, same: tuple[str, ...]) -> dict | None:
+    """With ``--resume``: the report in ``--json`` to continue (None without ``--resume`` or when
+    the file does not exist yet); a MemLongConfigError, before any model loads, when it is not a
+    report of this task or was measured with other values of the flags ``same`` (those that
+    decide the inputs and how they are read)."""
+    from memlong.config import MemLongConfigError
+
+    if not args.resume:
+        return None
+    if not args.json:
+        raise MemLongConfigError("--resume needs --json: the report of the run to continue")
+    path = Path(args.json)
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except ValueError as e:
+        raise MemLongConfigError(f"--resume: {path} is not JSON ({e}); use a new --json") from None
+    if not isinstance(report, dict) or not isinstance(report.get("config"), dict) or "results" not in report:
+        raise MemLongConfigError(f"--resume: {path} is not an eval report (no config and results); use a new --json")
+    config = report["config"]
+    if config.get("task") != args.task:
+        raise MemLongConfigError(f"--resume: {path} is an eval {config.get('task')} report, not eval {args.task}")
+    for key in same:
+        if config.get(key) != getattr(args, key):
+            flag = {"overrides": "--set", "requery": "requery (--no-requery)"}.get(key, f"--{key.replace('_', '-')}")
+            raise MemLongConfigError(
+                f"--resume: {path} was measured with {flag} {config.get(key)!r}, this run has "
+                f"{getattr(args, key)!r}; give the same or use a new --json")
+    return report
+
+
+def resumed_results(args, done: dict | None, model, base_path, cell) -> tuple[list[dict], set]:
+    """The rows of a resumed report (:func:`resumed_report`) and their cells (``cell(row)``), after
+    checking that it was measured with this MemLong config and base model."""
+    from memlong.config import MemLongConfigError
+
+    if done is None:
+        return [], set()
+    if done["config"].get("memlong") != model.memlong_config.to_dict():
+        raise MemLongConfigError(f"--resume: {args.json} was measured with another MemLong config; use a new --json")
+    if done["config"].get("base_model") != base_path:
+        raise MemLongConfigError(f"--resume: {args.json} was measured with the base model "
+                                 f"{done['config'].get('base_model')!r}, this run has {base_path!r}; use a new --json")
+    results = list(done["results"])
+    have = {cell(r) for r in results}
+    print(f"--resume: {len(have)} cells already in {args.json}", flush=True)
+    return results, have
 
 
 def parse_lengths(text: str) -> list[int]:

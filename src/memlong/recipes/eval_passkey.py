@@ -26,8 +26,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=3, help="trials per length and depth")
 
 
+#: the flags that decide the prompts (keys are drawn in order over lengths, depths and trials) and
+#: how they are read: a resumed run must share them
+SAME_PROMPTS = ("seed", "lengths", "depths", "trials", "data", "split", "model", "overrides",
+                "retriever", "requery")
+
+
 def run(args, methods: list[str]) -> int:
-    return run_by_length(args, methods, DEFAULT_LENGTHS, _run_passkey, plot)
+    return run_by_length(args, methods, DEFAULT_LENGTHS, _run_passkey, plot, _cell, SAME_PROMPTS)
+
+
+def _cell(row: dict) -> tuple:
+    return row["method"], row["length"], row["depth"]
 
 
 def passkey_question_ids(tok) -> list[int]:
@@ -75,7 +85,7 @@ def key_retrieval(model, tok, memory, question: list[int], key: str) -> dict:
             "bank_chunks": len(bank)}
 
 
-def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> Iterator[dict]:
+def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=frozenset()) -> Iterator[dict]:
     import random
 
     import torch
@@ -99,6 +109,8 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods) -> Itera
                 key = str(rng.randrange(10_000, 100_000))
                 cases.append((key, torch.tensor([passkey_prompt(tok, pool, key, L, depth, offset=t * 997)])))
             for method in methods:
+                if (method, L, depth) in have:
+                    continue
                 row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
                 with measured(row, "accuracy"):
                     if method == "base_full" and L > args.max_base_length:

@@ -50,7 +50,16 @@ def run(args, methods: list[str]) -> int:
     if args.same_text and args.repeat:
         raise SystemExit("--same-text and --repeat cannot be combined: the copy probe scores a copy of each "
                          "window's own start, which differs by length")
-    return run_by_length(args, methods, DEFAULT_LENGTHS, _run_ppl, plot)
+    return run_by_length(args, methods, DEFAULT_LENGTHS, _run_ppl, plot, _cell, SAME_WINDOWS)
+
+
+#: the flags that decide the windows and the scored tokens: a resumed run must share them
+SAME_WINDOWS = ("lengths", "score", "repeat", "same_text", "max_documents", "data", "split", "model",
+                "overrides", "retriever")
+
+
+def _cell(row: dict) -> tuple:
+    return row["method"], row["length"]
 
 
 def length_windows(docs: list[list[int]], L: int, lengths: list[int], max_documents: int,
@@ -76,7 +85,7 @@ def _nll_plain(model, ids, score: int) -> tuple[float, int]:
     return float(nll), n
 
 
-def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> Iterator[dict]:
+def _run_ppl(args, tok, model, base, base_window, lengths, methods, have=frozenset()) -> Iterator[dict]:
     import torch
 
     from memlong.evaluation import window_nll
@@ -96,6 +105,8 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods) -> Iterator[
                 raise SystemExit(f"--repeat must be in (0, length); got {args.repeat} for length {L}")
             windows = [torch.cat([w[: L - args.repeat], w[: args.repeat]]) for w in windows]
         for method in methods:
+            if (method, L) in have:
+                continue
             row = {"method": method, "length": L, "documents": len(windows)}
             if not windows:
                 row.update(ppl=None, tokens_scored=0, note=f"no document has {max(lengths) if args.same_text else L} tokens")

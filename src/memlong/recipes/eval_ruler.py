@@ -34,6 +34,8 @@ from memlong.recipes.eval_common import (
     load_models,
     measured,
     parse_lengths,
+    resumed_report,
+    resumed_results,
     write_report,
 )
 
@@ -65,10 +67,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the needle tasks' haystacks: noise (repeated sentences) and/or text (--data); vt always "
                         "reads noise, cwe and fwe none")
     p.add_argument("--samples", type=int, default=3, help="prompts per task, haystack and length")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a run cut short: keep the cells (task, haystack, length, method) already in "
-                        "--json and measure only the others; the prompts must be the same (--seed, --samples, "
-                        "--data, --split, the model, its --set overrides, --retriever, requery)")
     p.epilog = (f"--lengths default: {DEFAULT_LENGTHS}; "
                 "--methods default: memlong,memlong_no_memory,base_full,base_truncated")
 
@@ -141,19 +139,12 @@ def run(args, methods: list[str]) -> int:
     from memlong.pretrained import load_tokenizer
 
     lengths = parse_lengths(args.lengths or DEFAULT_LENGTHS)
-    done = _resumed(args)
+    done = resumed_report(args, SAME_PROMPTS)
     t0 = time.perf_counter()
     prompts = build_prompts(args, load_tokenizer(args.model), lengths)
     print(f"{sum(map(len, prompts.values()))} prompts built in {time.perf_counter() - t0:.1f} s", flush=True)
     tok, model, base, base_window, base_path = load_models(args, methods)
-    if done and done["config"]["memlong"] != model.memlong_config.to_dict():
-        from memlong.config import MemLongConfigError
-
-        raise MemLongConfigError(f"--resume: {args.json} was measured with another MemLong config; use a new --json")
-    results = done["results"] if done else []
-    have = {(r["task"], r["haystack"], r["length"], r["method"]) for r in results}
-    if have:
-        print(f"--resume: {len(have)} cells already in {args.json}", flush=True)
+    results, have = resumed_results(args, done, model, base_path, _cell)
     # shortest length first, one method at a time; the JSON is rewritten after every cell, so a run cut
     # short (hours at 32k on a CPU) keeps what it measured (and --resume goes on from there)
     for L in lengths:
@@ -171,36 +162,8 @@ def run(args, methods: list[str]) -> int:
 SAME_PROMPTS = ("seed", "samples", "data", "split", "model", "overrides", "retriever", "requery")
 
 
-def _resumed(args) -> dict | None:
-    """With ``--resume``: the report in ``--json`` to continue (None when it does not exist yet);
-    a MemLongConfigError when it was measured with other prompts or settings."""
-    import json
-    from pathlib import Path
-
-    from memlong.config import MemLongConfigError
-
-    if not args.resume:
-        return None
-    if not args.json:
-        raise MemLongConfigError("--resume needs --json: the report of the run to continue")
-    path = Path(args.json)
-    if not path.exists():
-        return None
-    try:
-        report = json.loads(path.read_text())
-    except ValueError as e:
-        raise MemLongConfigError(f"--resume: {path} is not JSON ({e}); use a new --json") from None
-    if not isinstance(report, dict) or not isinstance(report.get("config"), dict) or "results" not in report:
-        raise MemLongConfigError(f"--resume: {path} is not an eval ruler report (no config and results); use a new --json")
-    config = report["config"]
-    if config.get("task") != "ruler":
-        raise MemLongConfigError(f"--resume: {path} is an eval {config.get('task')} report, not eval ruler")
-    for key in SAME_PROMPTS:
-        if config.get(key) != getattr(args, key):
-            raise MemLongConfigError(
-                f"--resume: {path} was measured with --{key.replace('_', '-')} {config.get(key)!r}, this run has "
-                f"{getattr(args, key)!r}; give the same or use a new --json")
-    return report
+def _cell(row: dict) -> tuple:
+    return row["task"], row["haystack"], row["length"], row["method"]
 
 
 def _measure(args, task, haystack, L, samples, method, tok, model, base, base_window) -> dict:

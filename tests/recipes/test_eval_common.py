@@ -1,0 +1,87 @@
+"""What the `memlong eval` tasks measured by length share (:mod:`memlong.recipes.eval_common`):
+a run cut short keeps what it measured in its JSON, and ``--resume`` measures only the cells
+still missing, refusing a report measured with other inputs. Ruler's own cells:
+tests/recipes/test_eval_ruler.py."""
+
+import json
+
+import pytest
+
+from memlong.cli import main
+from memlong.recipes import eval_common
+
+TASKS = {  # task -> (flags, the cells a run measures, in order)
+    "passkey": (["--lengths", "700,900", "--depths", "0.2,0.8", "--trials", "1", "--methods",
+                 "memlong,memlong_no_memory"],
+                [(m, L, d) for L in (700, 900) for d in (0.2, 0.8) for m in ("memlong", "memlong_no_memory")]),
+    "ppl": (["--lengths", "300,600", "--score", "100", "--max-documents", "1", "--methods",
+             "memlong,memlong_no_memory,base_truncated"],
+            [(m, L) for L in (300, 600) for m in ("memlong", "memlong_no_memory", "base_truncated")]),
+}
+
+
+def cell(task, row):
+    return (row["method"], row["length"], row["depth"]) if task == "passkey" else (row["method"], row["length"])
+
+
+def untimed(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def eval_cli(eval_setup, task, *extra):
+    return main(["eval", task, "--model", str(eval_setup / "model"), "--retriever", "hashing", "--threads", "1",
+                 "--data", str(eval_setup / "corpus"), *TASKS[task][0], *extra])
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_run_cut_short_resumes_where_it_stopped(eval_setup, task, tmp_path, monkeypatch, capsys):
+    out = tmp_path / f"{task}.json"
+    assert eval_cli(eval_setup, task, "--json", str(out)) == 0
+    whole = json.loads(out.read_text())["results"]
+    assert [cell(task, r) for r in whole] == TASKS[task][1]
+
+    # the same run, cut after its third cell (a session's end, hours into a long run)
+    write = eval_common.write_report
+
+    def write_then_die(args, results, *a, **kw):
+        report = write(args, results, *a, **kw)
+        if len(results) == 3:
+            raise KeyboardInterrupt
+        return report
+
+    monkeypatch.setattr(eval_common, "write_report", write_then_die)
+    cut = tmp_path / "cut.json"
+    with pytest.raises(KeyboardInterrupt):
+        eval_cli(eval_setup, task, "--json", str(cut))
+    kept = json.loads(cut.read_text())["results"]
+    assert untimed(kept) == untimed(whole[:3])
+    monkeypatch.setattr(eval_common, "write_report", write)
+
+    # --resume measures only the missing cells: the report equals the uncut run's, timings aside
+    assert eval_cli(eval_setup, task, "--json", str(cut), "--resume") == 0
+    assert "--resume: 3 cells already in" in capsys.readouterr().out
+    resumed = json.loads(cut.read_text())["results"]
+    assert resumed[:3] == kept and untimed(resumed) == untimed(whole)
+
+    # other inputs, another MemLong config or another task's report: refused, the report left as it was
+    other = "--trials" if task == "passkey" else "--score"
+    for extra, says in (([other, "2"], f"measured with {other} "), (["--set", "top_k=3"], "measured with --set []")):
+        with pytest.raises(SystemExit) as e:
+            eval_cli(eval_setup, task, "--json", str(cut), "--resume", *extra)
+        assert e.value.code != 0 and says in str(e.value.code) + capsys.readouterr().err
+    report = json.loads(cut.read_text())
+    report["config"]["memlong"]["top_k"] += 1  # a report from a model that reads otherwise
+    (tmp_path / "other.json").write_text(json.dumps(report))
+    with pytest.raises(SystemExit) as e:
+        eval_cli(eval_setup, task, "--json", str(tmp_path / "other.json"), "--resume")
+    assert "measured with another MemLong config" in str(e.value.code) + capsys.readouterr().err
+    if task == "passkey":  # (no base method here: the base model is named, not loaded)
+        with pytest.raises(SystemExit) as e:
+            eval_cli(eval_setup, task, "--json", str(cut), "--resume", "--base-model", "another-base")
+        assert "measured with the base model" in str(e.value.code) + capsys.readouterr().err
+    wrong = "ppl" if task == "passkey" else "passkey"
+    with pytest.raises(SystemExit) as e:
+        main(["eval", wrong, "--model", str(eval_setup / "model"), "--retriever", "hashing", "--data",
+              str(eval_setup / "corpus"), "--json", str(cut), "--resume"])
+    assert f"an eval {task} report, not eval {wrong}" in str(e.value.code) + capsys.readouterr().err
+    assert json.loads(cut.read_text())["results"] == resumed
