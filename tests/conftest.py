@@ -220,28 +220,35 @@ def collector_off():
         gc.enable()
 
 
+def save_tiny_memlong_model(texts: list[str], directory, max_position_embeddings: int = 512) -> None:
+    """A tiny random MemLong model for the `memlong eval` verbs, saved in ``directory`` with a BPE
+    tokenizer trained on ``texts`` (vocabulary 512): 4 layers, open gates, chunk 16, window 64,
+    hashing retriever."""
+    from memlong.tokenizer import train_and_save
+
+    tok = train_and_save(texts, 512, directory)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=8, num_key_value_heads=4,
+                                      max_position_embeddings=max_position_embeddings))
+    m = memlong.wrap(lm, small_memlong_config(chunk_size=16, local_window=64, memory_capacity=1024),
+                     retriever=memlong.HashingRetriever(dim=32))
+    set_gates(m)
+    m.save_pretrained(directory)
+
+
 @pytest.fixture(scope="session")
 def eval_setup(tmp_path_factory):
-    """For the `memlong eval` verbs: a saved tiny MemLong model (``model``: open gates, chunk 16,
-    window 64, base window 512, hashing retriever) and a corpus (``corpus``) whose test split
-    holds about 6k tokens."""
+    """For the `memlong eval` verbs: a saved tiny MemLong model (``model``, base window 512, see
+    :func:`save_tiny_memlong_model`) and a corpus (``corpus``) whose test split holds about 6k tokens."""
     import json
     import sysconfig
     from pathlib import Path
 
-    from memlong.tokenizer import train_and_save
-
     lib = Path(sysconfig.get_paths()["stdlib"])
     root = tmp_path_factory.mktemp("eval")
-    texts = [(lib / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "textwrap.py", "shutil.py")]
-    tok = train_and_save(texts, 512, root / "model")
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512))
-    m = memlong.wrap(lm, small_memlong_config(chunk_size=16, local_window=64, memory_capacity=1024),
-                     retriever=memlong.HashingRetriever(dim=32))
-    set_gates(m)
-    m.save_pretrained(root / "model")
+    save_tiny_memlong_model([(lib / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "textwrap.py",
+                                                                     "shutil.py")], root / "model")
     (root / "corpus").mkdir()
     with open(root / "corpus" / "test.jsonl", "w") as f:
         for i, name in enumerate(("inspect.py", "tempfile.py")):

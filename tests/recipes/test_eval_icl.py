@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-import memlong
 from memlong.cli import main
 from memlong.data.icl import (
     ICL_TASKS,
@@ -21,9 +19,8 @@ from memlong.data.icl import (
     query_text,
 )
 from memlong.evaluation import continuation_logprobs
-from memlong.tokenizer import train_and_save
 
-from conftest import set_gates, small_memlong_config
+from conftest import save_tiny_memlong_model
 
 LIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -41,14 +38,7 @@ def setup(tmp_path_factory):
             for s, docs in texts.items():
                 for i, t in enumerate(docs):
                     f.write(json.dumps({"id": f"{s}/{i}", "source": s, "text": t[part]}) + "\n")
-    tok = train_and_save([t for docs in texts.values() for t in docs], 512, root / "model")
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024))
-    m = memlong.wrap(lm, small_memlong_config(chunk_size=16, local_window=64, memory_capacity=1024),
-                     retriever=memlong.HashingRetriever(dim=32))
-    set_gates(m)
-    m.save_pretrained(root / "model")
+    save_tiny_memlong_model([t for docs in texts.values() for t in docs], root / "model", max_position_embeddings=1024)
     return root
 
 
