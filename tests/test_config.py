@@ -15,7 +15,8 @@ def test_paper_defaults_and_numbering():
 
 def test_json_round_trip(tmp_path):
     c = MemLongConfig(memory_layer=2, retrieval_layers=[3, 4], chunk_size=8, top_k=2, memory_capacity=64,
-                      local_window=32, eviction="fifo", fusion="joint", retrieval_offsets=[0, 1])
+                      local_window=32, eviction="fifo", fusion="joint", retrieval_offsets=[0, 1],
+                      question_offsets=[0, 1], question_order="score")
     c.save_pretrained(tmp_path)
     assert MemLongConfig.from_pretrained(tmp_path) == c
     json.loads(c.to_json_string())
@@ -50,6 +51,9 @@ def test_json_round_trip(tmp_path):
         (dict(lexical_weight=-0.1), "lexical_weight"),
         (dict(lexical_weight="0.2"), "lexical_weight"),
         (dict(lexical_weight=float("nan")), "lexical_weight"),
+        (dict(question_offsets=()), "question_offsets"),
+        (dict(question_offsets=(0, 0)), "question_offsets"),
+        (dict(question_order="best"), "question_order"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):

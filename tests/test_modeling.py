@@ -660,3 +660,37 @@ def test_question_hits_are_what_a_focused_question_reads():
     k, v = memory.chunk_mem[0][memory.seen[0] // 8]
     want_k, want_v = bank.gather(slots)
     assert torch.equal(k, want_k) and torch.equal(v, want_v)
+
+
+@torch.no_grad()
+def test_a_question_reads_its_hits_best_last_with_their_continuations():
+    """``question_order="score"`` and ``question_offsets=(0, 1)``: a focused question reads its
+    hits from the worst to the best (nearest the question), each followed by the chunk after it;
+    reading (no question) is the same model."""
+    ids = torch.randint(0, VOCAB, (1, 203), generator=torch.Generator().manual_seed(3))
+    question = ids[0, 40:46].tolist()
+    models = [memlong.wrap(tiny_model("llama")[0], small_memlong_config(memory_capacity=400, **kw),
+                           retriever=memlong.HashingRetriever(dim=32))
+              for kw in ({}, dict(question_order="score", question_offsets=(0, 1)))]
+    for m in models:
+        set_gates(m)
+    plain, ordered = (m(ids) for m in models)
+    torch.testing.assert_close(plain.logits, ordered.logits, atol=0, rtol=0)
+    bank = ordered.memory.bank(0)
+    slots, _ = ordered.memory.question_hits(models[1].memlong_retriever, question)
+    assert torch.equal(slots, plain.memory.question_hits(models[0].memlong_retriever, question)[0])  # same hits
+    stored = {int(bank.chunk_ids[s]): s for s in bank.valid.nonzero().flatten().tolist()}
+    want = []
+    for j in reversed(bank.chunk_ids[slots].tolist()):  # the worst hit first
+        want = [s for s in want if s not in (stored.get(j), stored.get(j + 1))]
+        want += [stored[c] for c in (j, j + 1) if c in stored]
+    assert len(want) > len(slots)
+    ordered.memory.focus_on(models[1].memlong_retriever, [question])
+    k, v = ordered.memory.chunk_mem[0][ordered.memory.seen[0] // 8]
+    want_k, want_v = bank.gather(torch.tensor(want), keep_order=True)
+    assert torch.equal(k, want_k) and torch.equal(v, want_v)
+    # the question's answer differs from reading the hits in stream order alone
+    plain.memory.focus_on(models[0].memlong_retriever, [question])
+    a = models[0](torch.tensor([question[-3:]]), cache=plain.memory).logits
+    b = models[1](torch.tensor([question[-3:]]), cache=ordered.memory).logits
+    assert not torch.allclose(a, b)

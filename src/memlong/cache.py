@@ -757,8 +757,12 @@ class MemLongCache(Cache):
         bank = self.banks[b]
         if query is None or len(bank) == 0:
             return None
-        slots = bank.retrieve(query, self.config.top_k, self.config.retrieval_offsets, **(search or {}))
-        return bank.gather(slots) if slots.numel() else None
+        cfg = self.config
+        question = self.focus[b] is not None
+        offsets = cfg.question_offsets if question and cfg.question_offsets is not None else cfg.retrieval_offsets
+        order = cfg.question_order if question else "stream"
+        slots = bank.retrieve(query, cfg.top_k, offsets, order=order, **(search or {}))
+        return bank.gather(slots, keep_order=order == "score") if slots.numel() else None
 
     @torch.no_grad()
     def commit(self, ctx: CallContext) -> None:

@@ -122,6 +122,14 @@ class MemLongConfig:
             0.5, was chosen on the validation split (``scripts/tune_lexical_weight.py``): it
             found planted facts among chunks sharing the question's words and RULER's needles
             among needles with other keys, and moved no fact asked in other words down.
+        question_offsets: the chunks a question's hits bring (as ``retrieval_offsets``, for
+            ``generate(requery=...)`` / ``focus_on`` only); ``None`` (default): ``retrieval_offsets``.
+            ``(0, 1)`` also brings each hit's continuation: a statement that straddles a chunk
+            boundary ("... magic number for sleepy-parrot is: 415469" | "3.") is read whole.
+        question_order: the order in which a question reads its chunks before the local window:
+            ``"stream"`` (default: as in the text) or ``"score"``: the worst hit first and the
+            best last, nearest the question, each hit followed by the chunks its offsets bring
+            (a small model tends to answer from the nearest of several similar statements).
         sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
             visible to every later query in every retrieval layer once the local window has slid
             past them, placed first, before the retrieved chunks (the attention sinks of
@@ -161,6 +169,8 @@ class MemLongConfig:
     rerank_window: int = 32
     rerank_index: bool = True
     lexical_weight: float = 0.5
+    question_offsets: tuple[int, ...] | None = None
+    question_order: str = "stream"
     sink_tokens: int = 0
     bank_dtype: str | None = None
     bank_device: str = "model"
@@ -170,12 +180,14 @@ class MemLongConfig:
     #: Fields that only change how a question searches the bank, never what reading stores: a
     #: saved memory loads into a model whose config differs in these alone.
     QUESTION_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"rerank_candidates", "rerank_window", "rerank_index", "lexical_weight"})
+        {"rerank_candidates", "rerank_window", "rerank_index", "lexical_weight", "question_offsets", "question_order"})
 
     def __post_init__(self) -> None:
         self.retrieval_layers = tuple(int(x) for x in self.retrieval_layers)
         if isinstance(self.retrieval_offsets, (list, tuple)):
             self.retrieval_offsets = tuple(self.retrieval_offsets)
+        if isinstance(self.question_offsets, list):
+            self.question_offsets = tuple(self.question_offsets)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -255,10 +267,15 @@ class MemLongConfig:
                 "evict_keep_newest + evict_drop_oldest must not exceed evict_target, "
                 f"got {self.evict_keep_newest} + {self.evict_drop_oldest} > {self.evict_target}",
             )
-        offs = self.retrieval_offsets
-        if (not isinstance(offs, tuple) or not offs or len(set(offs)) != len(offs)
-                or any(isinstance(o, bool) or not isinstance(o, int) or abs(o) > 8 for o in offs)):
-            bad("retrieval_offsets", f"must be distinct ints in [-8, 8], at least one, e.g. (0,) or (0, 1); got {offs!r}")
+        for name in ("retrieval_offsets", "question_offsets"):
+            offs = getattr(self, name)
+            if offs is None and name == "question_offsets":
+                continue
+            if (not isinstance(offs, tuple) or not offs or len(set(offs)) != len(offs)
+                    or any(isinstance(o, bool) or not isinstance(o, int) or abs(o) > 8 for o in offs)):
+                bad(name, f"must be distinct ints in [-8, 8], at least one, e.g. (0,) or (0, 1); got {offs!r}")
+        if self.question_order not in ("stream", "score"):
+            bad("question_order", f"must be 'stream' or 'score', got {self.question_order!r}")
         dtypes = ("float32", "float16", "bfloat16", "int8", "float8_e4m3fn")
         if self.bank_dtype is not None and self.bank_dtype not in dtypes:
             bad("bank_dtype", f"must be None or one of {list(dtypes)}, got {self.bank_dtype!r}")
@@ -305,8 +322,10 @@ class MemLongConfig:
 
     @property
     def retrieved_tokens(self) -> int:
-        """Most tokens retrieved for one chunk: ``top_k`` hits, each with its offsets."""
-        return self.top_k * len(self.retrieval_offsets) * self.chunk_size
+        """Most tokens retrieved for one chunk: ``top_k`` hits, each with its offsets (a
+        question's, ``question_offsets``, where they bring more)."""
+        offsets = max(len(self.retrieval_offsets), len(self.question_offsets or ()))
+        return self.top_k * offsets * self.chunk_size
 
     @property
     def span_tokens(self) -> int:
@@ -349,6 +368,7 @@ class MemLongConfig:
         d = dataclasses.asdict(self)
         d["retrieval_layers"] = list(self.retrieval_layers)
         d["retrieval_offsets"] = list(self.retrieval_offsets)
+        d["question_offsets"] = None if self.question_offsets is None else list(self.question_offsets)
         return d
 
     def memory_differences(self, saved: dict[str, Any]) -> list[str]:

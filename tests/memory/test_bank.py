@@ -100,6 +100,19 @@ def test_retrieve_with_continuations(backend):
     assert counts == {0: 1, 1: 1, 2: 3, 5: 2, 6: 1, 9: 0}
     k, _ = bank.gather(bank.retrieve(query(5), 1, (0, 1)))
     assert k[0, :, 0].tolist() == [5.0] * TAU + [6.0] * TAU
+    # order="score": the worst hit first, the best last, each followed by what its offsets bring;
+    # a chunk two hits bring keeps its later place; gather(keep_order=True) reads them so
+    stored = set(by_id)
+    for best in (0, 1, 5):
+        hits = [int(bank.chunk_ids[s]) for s in bank.best(query(best), 3)[0]]
+        assert hits[0] == best
+        want = []
+        for j in reversed(hits):
+            want = [c for c in want if c not in (j, j + 1)] + [c for c in (j, j + 1) if c in stored]
+        slots = bank.retrieve(query(best), 3, (0, 1), order="score")
+        assert [int(bank.chunk_ids[s]) for s in slots] == want and want[-2:] == [best, best + 1]
+        assert bank.gather(slots, keep_order=True)[0][0, ::TAU, 0].tolist() == [float(c) for c in want]
+        assert bank.gather(slots)[0][0, ::TAU, 0].tolist() == sorted(float(c) for c in want)  # default: stream order
 
 
 def test_torch_and_faiss_agree():

@@ -493,27 +493,39 @@ class MemoryBank:
         return self.search(query, k, count=False)
 
     def retrieve(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,), rescore=None,
-                 candidates: int = 0) -> torch.Tensor:
+                 candidates: int = 0, order: str = "stream") -> torch.Tensor:
         """Slots to read for ``query``: for each of the top-``k`` chunks (chunk id ``j``), the
         stored chunks ``j + o`` for ``o`` in ``offsets`` (``(0,)``: the hits themselves, the
         paper; ``(0, 1)``: each hit and the chunk that followed it, RETRO's neighbour and
-        continuation). Deduplicated, in stream order; chunks not in the bank are skipped. Bumps
-        the retrieval counter of every returned chunk.
+        continuation). Deduplicated; chunks not in the bank are skipped. ``order``:
+        ``"stream"``, in stream order; ``"score"``, hit by hit from the worst to the best, each
+        followed by what its offsets bring in offset order (a chunk two hits bring stays at its
+        later place). Bumps the retrieval counter of every returned chunk.
 
         ``rescore(slots, scores) -> scores``: the top-``candidates`` chunks are scored again by
         it and the best ``k`` kept (ties by chunk id), e.g. a finer look at their text."""
         slots, _ = self.best(query, k, rescore, candidates)
-        if tuple(offsets) != (0,) and slots.numel():
-            wanted = (self.chunk_ids[slots].unsqueeze(1) + torch.tensor(offsets).unsqueeze(0)).flatten()
-            slots = (torch.isin(self.chunk_ids, wanted) & self.valid).nonzero().flatten()
-        slots = slots[torch.argsort(self.chunk_ids[slots])]
+        if order == "score":
+            stored = {int(c): s for s, c in zip(self.valid.nonzero().flatten().tolist(),
+                                                self.chunk_ids[self.valid].tolist())}
+            picked = [stored[j + o] for j in self.chunk_ids[slots.flip(0)].tolist() for o in offsets
+                      if j + o in stored]
+            last = {s: i for i, s in enumerate(picked)}
+            slots = torch.tensor([s for i, s in enumerate(picked) if last[s] == i], dtype=torch.long)
+        else:
+            if tuple(offsets) != (0,) and slots.numel():
+                wanted = (self.chunk_ids[slots].unsqueeze(1) + torch.tensor(offsets).unsqueeze(0)).flatten()
+                slots = (torch.isin(self.chunk_ids, wanted) & self.valid).nonzero().flatten()
+            slots = slots[torch.argsort(self.chunk_ids[slots])]
         self.counts[slots] += 1
         return slots
 
-    def gather(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, slots: torch.Tensor, keep_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of ``slots`` concatenated along tokens: ``[H_kv, len(slots)*tau, D]`` each, in
-        stream order (a copy: later evictions do not change it)."""
-        slots = slots[torch.argsort(self.chunk_ids[slots])]
+        stream order, or in the order of ``slots`` with ``keep_order`` (:meth:`retrieve`'s
+        ``order="score"``); a copy: later evictions do not change it."""
+        if not keep_order:
+            slots = slots[torch.argsort(self.chunk_ids[slots])]
         k, v = self.keys[slots], self.values[slots]  # indexing copies
         if self.layout.quantized:
             k = dequantize(k, self.key_scales[slots], self.layout.out_dtype)
