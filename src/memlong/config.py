@@ -371,15 +371,19 @@ class MemLongConfig:
         d["question_offsets"] = None if self.question_offsets is None else list(self.question_offsets)
         return d
 
-    def memory_differences(self, saved: dict[str, Any]) -> list[str]:
-        """The fields in which ``saved`` (the :meth:`to_dict` of the config a memory was read
-        with) differs from this config in what reading stores: a memory may be continued only
-        where this is empty. A field added since the save compares as its default (what the
-        saving version did); :attr:`QUESTION_FIELDS` are ignored."""
+    def differences(self, saved: dict[str, Any], ignore: frozenset[str] = frozenset()) -> list[str]:
+        """The fields, except ``ignore``, in which ``saved`` (a :meth:`to_dict` written earlier,
+        perhaps by an older version) differs from this config; a field added since compares as
+        its default (what the saving version did)."""
         mine = self.to_dict()
         default = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
-        return sorted(k for k in (set(saved) | set(mine)) - self.QUESTION_FIELDS
-                      if saved.get(k, default.get(k)) != mine.get(k))
+        return sorted(k for k in (set(saved) | set(mine)) - ignore if saved.get(k, default.get(k)) != mine.get(k))
+
+    def memory_differences(self, saved: dict[str, Any]) -> list[str]:
+        """The fields in which the config a memory was read with (``saved``) differs from this
+        one in what reading stores (all but :attr:`QUESTION_FIELDS`): a memory may be continued
+        only where this is empty."""
+        return self.differences(saved, self.QUESTION_FIELDS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemLongConfig:

@@ -74,7 +74,13 @@ def test_a_run_cut_short_resumes_where_it_stopped(eval_setup, task, tmp_path, mo
     (tmp_path / "other.json").write_text(json.dumps(report))
     with pytest.raises(SystemExit) as e:
         eval_cli(eval_setup, task, "--json", str(tmp_path / "other.json"), "--resume")
-    assert "measured with another MemLong config" in str(e.value.code) + capsys.readouterr().err
+    assert "measured with another MemLong config (differs in ['top_k'])" in str(e.value.code) + capsys.readouterr().err
+    # a report written before a config field existed resumes (the field compares as its default)
+    report["config"]["memlong"]["top_k"] -= 1
+    del report["config"]["memlong"]["lexical_weight"]
+    (tmp_path / "older.json").write_text(json.dumps(report))
+    assert eval_cli(eval_setup, task, "--json", str(tmp_path / "older.json"), "--resume") == 0
+    assert json.loads((tmp_path / "older.json").read_text())["results"] == resumed
     if task == "passkey":  # (no base method here: the base model is named, not loaded)
         with pytest.raises(SystemExit) as e:
             eval_cli(eval_setup, task, "--json", str(cut), "--resume", "--base-model", "another-base")

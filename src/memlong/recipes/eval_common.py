@@ -122,8 +122,10 @@ def resumed_results(args, done: dict | None, model, base_path, cell) -> tuple[li
 
     if done is None:
         return [], set()
-    if done["config"].get("memlong") != model.memlong_config.to_dict():
-        raise MemLongConfigError(f"--resume: {args.json} was measured with another MemLong config; use a new --json")
+    diff = model.memlong_config.differences(done["config"].get("memlong") or {})
+    if diff:
+        raise MemLongConfigError(f"--resume: {args.json} was measured with another MemLong config (differs in {diff}); "
+                                 "use a new --json")
     if done["config"].get("base_model") != base_path:
         raise MemLongConfigError(f"--resume: {args.json} was measured with the base model "
                                  f"{done['config'].get('base_model')!r}, this run has {base_path!r}; use a new --json")
