@@ -109,9 +109,9 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=fro
                 key = str(rng.randrange(10_000, 100_000))
                 cases.append((key, torch.tensor([passkey_prompt(tok, pool, key, L, depth, offset=t * 997)])))
             for method in methods:
-                if (method, L, depth) in have:
-                    continue
                 row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
+                if _cell(row) in have:
+                    continue
                 with measured(row, "accuracy"):
                     if method == "base_full" and L > args.max_base_length:
                         raise Skip(f"not attempted above --max-base-length={args.max_base_length}")

@@ -105,9 +105,9 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods, have=frozens
                 raise SystemExit(f"--repeat must be in (0, length); got {args.repeat} for length {L}")
             windows = [torch.cat([w[: L - args.repeat], w[: args.repeat]]) for w in windows]
         for method in methods:
-            if (method, L) in have:
-                continue
             row = {"method": method, "length": L, "documents": len(windows)}
+            if _cell(row) in have:
+                continue
             if not windows:
                 row.update(ppl=None, tokens_scored=0, note=f"no document has {max(lengths) if args.same_text else L} tokens")
                 print(_fmt(row), flush=True)
