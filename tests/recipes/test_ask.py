@@ -222,6 +222,20 @@ def test_a_plain_answer_ends_at_a_blank_line_or_the_next_question(bpe_tokenizer_
     assert not stops(" 48213.\nIt opens the vault.")
 
 
+def test_a_plain_answer_without_a_start_is_judged_from_the_first_token_generated(bpe_tokenizer_dir):
+    # generate(requery=N) runs the criterion on the question alone, not on the whole prompt
+    from memlong.recipes.ask import STOPS, answer_end
+
+    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
+    prompt = tok("Some text.\n\nQuestion: What is the code?\nAnswer:", add_special_tokens=False)["input_ids"]
+    answer = tok(" 48213.\n\nThe", add_special_tokens=False)["input_ids"]
+    end = answer_end(tok)
+    steps = [bool(end(torch.tensor([prompt + answer[:n]]), None)[0]) for n in range(1, len(answer) + 1)]
+    # the prompt's own blank line and "Question:" do not end it; the answer's blank line does
+    expected = [any(st in tok.decode(answer[:n]).lstrip() for st in STOPS) for n in range(1, len(answer) + 1)]
+    assert steps == expected and not steps[0] and steps[-1]
+
+
 def test_bad_inputs_give_clear_errors(model_dir, files, tmp_path):
     empty, folder, latin = tmp_path / "empty.txt", tmp_path / "folder", tmp_path / "latin1.txt"
     empty.write_text("  \n")

@@ -91,3 +91,29 @@ def test_a_run_cut_short_resumes_where_it_stopped(eval_setup, task, tmp_path, mo
               str(eval_setup / "corpus"), "--json", str(cut), "--resume"])
     assert f"an eval {task} report, not eval {wrong}" in str(e.value.code) + capsys.readouterr().err
     assert json.loads(cut.read_text())["results"] == resumed
+
+
+@pytest.mark.parametrize("method", ["memlong", "memlong_no_memory", "base_truncated"])
+def test_an_answer_stops_where_its_criterion_says(eval_setup, method):
+    # with requery the criterion runs on the question's generate call: it must still see the answer
+    import torch
+    from transformers import StoppingCriteria
+
+    from memlong.pretrained import load_memlong_model
+
+    model, tok = load_memlong_model(str(eval_setup / "model"), retriever="hashing")
+    base = model if method == "base_truncated" else None
+    ids = torch.tensor([tok("word " * 150, add_special_tokens=False)["input_ids"][:300]])
+
+    class AfterTwo(StoppingCriteria):
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.calls += 1
+            return torch.full((input_ids.shape[0],), self.calls >= 2, dtype=torch.bool)
+
+    def answer(new_tokens, stop=None):
+        return eval_common.generate_answer(method, model, base, tok, ids, new_tokens, 20, 128, stop=stop)
+
+    assert answer(8, stop=lambda tok: AfterTwo()) == answer(2) != answer(8)

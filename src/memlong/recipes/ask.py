@@ -305,15 +305,20 @@ def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list
     return out
 
 
-def answer_end(tok, start: int):
-    """A stopping criterion: a plain answer (generated from column ``start`` on) ends once its text,
-    leading blank lines aside, holds one of :data:`STOPS`."""
+def answer_end(tok, start: int | None = None):
+    """A stopping criterion: a plain answer (generated from column ``start`` on; None: from the first
+    token generated, whatever prompt the ``generate`` call running it was given) ends once its
+    text, leading blank lines aside, holds one of :data:`STOPS`. One criterion per ``generate`` call."""
     import torch
     from transformers import StoppingCriteria
 
     class AnswerEnd(StoppingCriteria):
+        begin = start
+
         def __call__(self, input_ids, scores, **kwargs):
-            text = tok.decode(input_ids[0, start:], skip_special_tokens=True).lstrip()
+            if self.begin is None:  # first call: one token generated
+                self.begin = input_ids.shape[1] - 1
+            text = tok.decode(input_ids[0, self.begin:], skip_special_tokens=True).lstrip()
             done = any(stop in text for stop in STOPS)
             return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 

@@ -190,7 +190,9 @@ def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery
     fresh memory (retrieval on for ``memlong``, off for ``memlong_no_memory``), retrieving again with
     the prompt's last ``requery`` tokens (the question; ``False``: not); or the base model over the
     whole prompt (``base_full``) or its last ``base_window - new_tokens`` tokens (``base_truncated``).
-    ``stop``: a stopping criterion factory ``(tok, start) -> StoppingCriteria``. ``memory``: the
+    ``stop``: a stopping criterion factory ``tok -> StoppingCriteria``, judging the text from the
+    first token generated (with ``requery`` the prompt that ``generate`` runs on is the question
+    alone, not ``ids``; :func:`memlong.recipes.ask.answer_end` is one). ``memory``: the
     fresh memory the MemLong methods read into (default: a new one), for a caller to look into
     afterwards."""
     import torch
@@ -199,7 +201,7 @@ def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery
     kw = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     if method in ("memlong", "memlong_no_memory"):
         if stop is not None:
-            kw["stopping_criteria"] = StoppingCriteriaList([stop(tok, ids.shape[1])])
+            kw["stopping_criteria"] = StoppingCriteriaList([stop(tok)])
         if memory is None:
             memory = model.new_memory(1, retrieval=method == "memlong")
         out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), requery=requery, **kw)
@@ -207,7 +209,7 @@ def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery
         if method == "base_truncated":
             ids = ids[:, -(base_window - new_tokens):]
         if stop is not None:
-            kw["stopping_criteria"] = StoppingCriteriaList([stop(tok, ids.shape[1])])
+            kw["stopping_criteria"] = StoppingCriteriaList([stop(tok)])
         with torch.no_grad():
             out = base.generate(ids, attention_mask=torch.ones_like(ids), **kw)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

@@ -85,7 +85,10 @@ def key_retrieval(model, tok, memory, question: list[int], key: str) -> dict:
             "bank_chunks": len(bank)}
 
 
-def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=frozenset()) -> Iterator[dict]:
+def passkey_cases(args, tok, lengths: list[int]) -> Iterator[tuple[int, float, list]]:
+    """The prompts of a run: for each length and depth (``--depths``), ``--trials`` pairs of (key,
+    prompt ids ``[1, length]``), the haystack being the held-out documents of ``--data`` back to
+    back and the keys drawn in order from ``--seed``."""
     import random
 
     import torch
@@ -101,38 +104,43 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=fro
         raise SystemExit(f"--data holds {len(pool)} tokens, fewer than the longest --lengths {max(lengths)}")
     depths = [float(x) for x in args.depths.split(",") if x]
     rng = random.Random(args.seed)
-    new_tokens = 8
     for L in lengths:
         for depth in depths:
             cases = []
             for t in range(args.trials):
                 key = str(rng.randrange(10_000, 100_000))
                 cases.append((key, torch.tensor([passkey_prompt(tok, pool, key, L, depth, offset=t * 997)])))
-            for method in methods:
-                row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
-                if _cell(row) in have:
-                    continue
-                with measured(row, "accuracy"):
-                    if method == "base_full" and L > args.max_base_length:
-                        raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
-                    hits, answers = 0, []
-                    for key, ids in cases:
-                        q = len(passkey_question_ids(tok)) if args.requery else False
-                        memory = model.new_memory(1) if method == "memlong" and q else None
-                        answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window,
-                                                 memory=memory)
-                        hits += int(passkey_digits(answer) == key)
-                        answers.append({"key": key, "answer": answer})
-                        if memory is not None:
-                            answers[-1].update(key_retrieval(model, tok, memory, ids[0, -q:].tolist(), key))
-                    row.update(accuracy=hits / len(cases), answers=answers)
-                    if any("key_retrieved" in a for a in answers):
-                        row["key_retrieved"] = sum(a["key_retrieved"] for a in answers) / len(answers)
-                acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
-                found = f"key retrieved {row['key_retrieved']:.2f}  " if "key_retrieved" in row else ""
-                print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  {found}({row['trials']} trials) "
-                      f"{row.get('note', '')}", flush=True)
-                yield row
+            yield L, depth, cases
+
+
+def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=frozenset()) -> Iterator[dict]:
+    new_tokens = 8
+    for L, depth, cases in passkey_cases(args, tok, lengths):
+        for method in methods:
+            row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
+            if _cell(row) in have:
+                continue
+            with measured(row, "accuracy"):
+                if method == "base_full" and L > args.max_base_length:
+                    raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
+                hits, answers = 0, []
+                for key, ids in cases:
+                    q = len(passkey_question_ids(tok)) if args.requery else False
+                    memory = model.new_memory(1) if method == "memlong" and q else None
+                    answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window,
+                                             memory=memory)
+                    hits += int(passkey_digits(answer) == key)
+                    answers.append({"key": key, "answer": answer})
+                    if memory is not None:
+                        answers[-1].update(key_retrieval(model, tok, memory, ids[0, -q:].tolist(), key))
+                row.update(accuracy=hits / len(cases), answers=answers)
+                if any("key_retrieved" in a for a in answers):
+                    row["key_retrieved"] = sum(a["key_retrieved"] for a in answers) / len(answers)
+            acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
+            found = f"key retrieved {row['key_retrieved']:.2f}  " if "key_retrieved" in row else ""
+            print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  {found}({row['trials']} trials) "
+                  f"{row.get('note', '')}", flush=True)
+            yield row
 
 
 def plot(results: list[dict], path: str) -> None:
