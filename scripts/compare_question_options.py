@@ -48,7 +48,7 @@ def main() -> None:
 
     from memlong.data.ruler import score
     from memlong.pretrained import load_memlong_model
-    from memlong.recipes.ask import STOPS, answer_end
+    from memlong.recipes.ask import answer_end, plain_answer
     from memlong.recipes.eval_common import parse_lengths
     from memlong.recipes.eval_passkey import passkey_cases, passkey_digits, passkey_question_ids
     from memlong.recipes.eval_ruler import build_prompts
@@ -96,9 +96,7 @@ def main() -> None:
             if task == "passkey":
                 s = float(passkey_digits(text) == answers[0])
             else:
-                text = text.lstrip()
-                for st in STOPS:
-                    text = text.split(st)[0]
+                text = plain_answer(text)[0]
                 s = score(text, answers)
             row["answers"][variant] = {"output": text.strip()[:80], "score": s}
         print(json.dumps({k: row[k] for k in ("prompt", "read_seconds")} |

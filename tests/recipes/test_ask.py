@@ -224,16 +224,27 @@ def test_a_plain_answer_ends_at_a_blank_line_or_the_next_question(bpe_tokenizer_
 
 def test_a_plain_answer_without_a_start_is_judged_from_the_first_token_generated(bpe_tokenizer_dir):
     # generate(requery=N) runs the criterion on the question alone, not on the whole prompt
-    from memlong.recipes.ask import STOPS, answer_end
+    from memlong.recipes.ask import answer_end
 
     tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
     prompt = tok("Some text.\n\nQuestion: What is the code?\nAnswer:", add_special_tokens=False)["input_ids"]
-    answer = tok(" 48213.\n\nThe", add_special_tokens=False)["input_ids"]
     end = answer_end(tok)
-    steps = [bool(end(torch.tensor([prompt + answer[:n]]), None)[0]) for n in range(1, len(answer) + 1)]
-    # the prompt's own blank line and "Question:" do not end it; the answer's blank line does
-    expected = [any(st in tok.decode(answer[:n]).lstrip() for st in STOPS) for n in range(1, len(answer) + 1)]
-    assert steps == expected and not steps[0] and steps[-1]
+    assert not end(torch.tensor([prompt + tok(" 4", add_special_tokens=False)["input_ids"]]), None)[0]
+    assert end(torch.tensor([prompt + tok(" 48213.\n\nThe", add_special_tokens=False)["input_ids"]]), None)[0]
+
+
+@pytest.mark.parametrize("generated, answer, ended", [
+    (" 48213.\n\nThe code", "48213.", True),
+    ("\n\nThe code is 48213.\nQuestion: and", "The code is 48213.", True),
+    (":\n\n- 4154693\n- 1552141\n\nMore", ":\n\n- 4154693\n- 1552141", True),  # a list is not cut to ":"
+    (":\nQuestion: what", ":", True),  # a new question ends even an answer not begun
+    (":\n\n", ":\n\n", False),
+    (" 4154693.", "4154693.", False),
+])
+def test_a_plain_answer_ends_at_a_new_question_or_a_blank_line_once_begun(generated, answer, ended):
+    from memlong.recipes.ask import plain_answer
+
+    assert plain_answer(generated) == (answer, ended)
 
 
 def test_bad_inputs_give_clear_errors(model_dir, files, tmp_path):

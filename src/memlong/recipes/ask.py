@@ -41,7 +41,9 @@ MANIFEST = "ask_manifest.json"
 MANIFEST_FORMAT = "memlong-ask-v1"
 SEPARATOR = "\n\n"  # between files: one blank line
 PREVIEW_CHARS = 200
-STOPS = ("\nQuestion:", "\n\n")  # where a plain answer ends: the model tends to go on with more text
+#: where a plain answer ends (the model tends to go on with more text): a new question, or a blank
+#: line once the answer has begun (a list may open with ":" and a blank line): :func:`plain_answer`
+STOPS = ("\nQuestion:", "\n\n")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -305,10 +307,21 @@ def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list
     return out
 
 
+def plain_answer(text: str) -> tuple[str, bool]:
+    """The plain answer in generated ``text`` and whether it has ended: from its first non-blank
+    character to the first of :data:`STOPS`, a blank line counting only after the answer's first
+    letter or digit (as RULER scores a whole generation, a list opening ":\\n\\n- 4154693" is not cut
+    to ":")."""
+    text = text.lstrip()
+    begun = next((i for i, c in enumerate(text) if c.isalnum()), len(text))
+    ends = [j for stop in STOPS if (j := text.find(stop, begun if stop.isspace() else 0)) >= 0]
+    return (text[:min(ends)], True) if ends else (text, False)
+
+
 def answer_end(tok, start: int | None = None):
     """A stopping criterion: a plain answer (generated from column ``start`` on; None: from the first
-    token generated, whatever prompt the ``generate`` call running it was given) ends once its
-    text, leading blank lines aside, holds one of :data:`STOPS`. One criterion per ``generate`` call."""
+    token generated, whatever prompt the ``generate`` call running it was given) ends where
+    :func:`plain_answer` says. One criterion per ``generate`` call."""
     import torch
     from transformers import StoppingCriteria
 
@@ -318,8 +331,7 @@ def answer_end(tok, start: int | None = None):
         def __call__(self, input_ids, scores, **kwargs):
             if self.begin is None:  # first call: one token generated
                 self.begin = input_ids.shape[1] - 1
-            text = tok.decode(input_ids[0, self.begin:], skip_special_tokens=True).lstrip()
-            done = any(stop in text for stop in STOPS)
+            done = plain_answer(tok.decode(input_ids[0, self.begin:], skip_special_tokens=True))[1]
             return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
     return AnswerEnd()
@@ -360,9 +372,7 @@ def answer(model, tok, memory, question: str, chat: bool, max_new_tokens: int) -
     seconds = time.perf_counter() - t0
     text = tok.decode(out[0, len(prompt):], skip_special_tokens=True)
     if not chat:
-        text = text.lstrip()
-        for stop in STOPS:
-            text = text.split(stop)[0]
+        text = plain_answer(text)[0]
     return text.strip(), seconds
 
 

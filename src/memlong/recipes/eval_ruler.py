@@ -170,7 +170,7 @@ def _measure(args, task, haystack, L, samples, method, tok, model, base, base_wi
     import torch
 
     from memlong.data.ruler import score
-    from memlong.recipes.ask import STOPS, answer_end
+    from memlong.recipes.ask import answer_end, plain_answer
 
     row = {"task": task, "haystack": haystack, "length": L, "method": method, "samples": len(samples),
            "prompt_tokens": max(len(s.ids) for s in samples), "max_new_tokens": samples[0].max_new_tokens}
@@ -182,9 +182,7 @@ def _measure(args, task, haystack, L, samples, method, tok, model, base, base_wi
             ids = torch.tensor([s.ids])
             raw = generate_answer(method, model, base, tok, ids, s.max_new_tokens,
                                   s.question_tokens if args.requery else False, base_window, stop=answer_end)
-            text = raw.lstrip()
-            for stop in STOPS:  # the answer ends at a blank line or a new question
-                text = text.split(stop)[0]
+            text = plain_answer(raw)[0]
             examples.append({"prompt_tail": tok.decode(s.ids[-(s.question_tokens + 24):]), "expected": s.answers,
                              "output": text.strip(), "score": score(text, s.answers), "depths": s.depths})
         row.update(score=sum(e["score"] for e in examples) / len(examples), examples=examples)
