@@ -129,6 +129,22 @@ def test_a_file_given_or_dropped_counts_as_a_change(model_dir, files, tmp_path, 
     assert f"{files[1]}: not in the saved memory" in capsys.readouterr().out
 
 
+def test_set_changes_how_questions_search_on_a_reused_memory_and_other_fields_need_a_new_one(
+        model_dir, files, tmp_path, capsys):
+    mem, out = tmp_path / "mem", tmp_path / "out.json"
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    capsys.readouterr()
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem, "--set", "question_order=score",
+               "--set", "question_offsets=[0,1]", "--json", out) == 0
+    assert "nothing read" in capsys.readouterr().out
+    config = report(out)["memlong_config"]
+    assert config["question_order"] == "score" and config["question_offsets"] == [0, 1]
+    saved = sorted(p.relative_to(mem) for p in mem.rglob("*"))
+    with pytest.raises(SystemExit, match=r"another MemLong config \(differs in .*top_k"):
+        ask(model_dir, *files, "-q", QUESTION, "--memory", mem, "--set", "top_k=3")
+    assert sorted(p.relative_to(mem) for p in mem.rglob("*")) == saved  # refused, kept
+
+
 def test_corrupted_or_foreign_memory_is_refused_and_kept(model_dir, files, tmp_path, capsys):
     mem = tmp_path / "mem"
     assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
@@ -260,6 +276,8 @@ def test_bad_inputs_give_clear_errors(model_dir, files, tmp_path):
         ([*files, "--memory", files[0]], f"--memory {files[0]} is a file, not a directory"),
         ([*files, "--question", " "], "--question must not be empty"),
         ([*files, "--format", "chat", "-q", QUESTION], "no chat template"),
+        ([*files, "-q", QUESTION, "--set", "no_such_field=1"], "--set 'no_such_field=1': expected FIELD=VALUE"),
+        ([*files, "-q", QUESTION, "--set", "question_order=best"], "question_order"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:

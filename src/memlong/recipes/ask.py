@@ -66,6 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "model plain answers a planted fact that chat does not")
     p.add_argument("--show-retrieved", action="store_true",
                    help="also print the chunks each question retrieves (chunk id, token span, score, text)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                   help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
+                        "--set question_order=score --set question_offsets=[0,1] --set top_k=8. A saved --memory "
+                        "is reused across the fields that only decide how questions search (MemLongConfig."
+                        "QUESTION_FIELDS); another field needs a new --memory")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, metavar="OUT", help="write everything printed here, as JSON")
@@ -399,8 +404,15 @@ def _load_model(args):
     """(model, tokenizer): the one place ``ask`` loads a model."""
     from memlong.pretrained import DefaultModelUnavailable, load_memlong_model
 
+    from memlong.config import MemLongConfigError
+    from memlong.recipes.eval_common import apply_overrides
+
     try:
-        return load_memlong_model(args.model, retriever=args.retriever)
+        model, tok = load_memlong_model(args.model, retriever=args.retriever)
+        apply_overrides(model, args.overrides)
+        return model, tok
+    except MemLongConfigError as e:
+        raise SystemExit(f"memlong ask: {e}") from None
     except DefaultModelUnavailable as e:
         raise SystemExit(f"memlong ask: {e}") from None
     except (OSError, ValueError) as e:

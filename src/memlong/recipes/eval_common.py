@@ -46,6 +46,15 @@ def reading_overrides(config, overrides: list[str]):
     return dataclasses.replace(config, **changes)
 
 
+def apply_overrides(model, overrides: list[str]) -> None:
+    """Sets ``--set FIELD=VALUE`` overrides (:func:`reading_overrides`) on a loaded MemLong model's
+    config, checked against the model (a MemLongConfigError says what is wrong)."""
+    if overrides:
+        model.memlong_config = reading_overrides(model.memlong_config, overrides)
+        model.memlong_config.validate_for_model(model.config.num_hidden_layers,
+                                                getattr(model.config, "max_position_embeddings", None))
+
+
 def load_models(args, methods):
     """(tokenizer, MemLong model, base model or None, base window, base path). The base model is
     loaded only when one of ``methods`` needs it (:data:`BASE_METHODS`)."""
@@ -55,10 +64,7 @@ def load_models(args, methods):
     from memlong.pretrained import base_model_of, load_memlong_model
 
     model, tok = load_memlong_model(args.model, retriever=args.retriever)
-    if args.overrides:
-        model.memlong_config = reading_overrides(model.memlong_config, args.overrides)
-        model.memlong_config.validate_for_model(model.config.num_hidden_layers,
-                                                getattr(model.config, "max_position_embeddings", None))
+    apply_overrides(model, args.overrides)
     base_path = args.base_model or base_model_of(args.model)
     need_base = any(m in BASE_METHODS for m in methods)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval() if need_base else None
