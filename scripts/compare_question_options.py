@@ -83,6 +83,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ids = torch.tensor([ids])
         memory = model.ingest(ids[:, :-q])  # what generate(requery=q) reads before the question
+        memory.index_windows(model.memlong_retriever)  # once, not in every copy (the first question's work)
         row = {"prompt": name, "task": task, "length": L, "expected": answers,
                "read_seconds": round(time.perf_counter() - t0, 1), "answers": {}}
         question = ids[:, -q:]
