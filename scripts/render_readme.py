@@ -12,7 +12,8 @@ bench`). docs/RESULTS.md: ``default_results``. The default model's card: ``base_
 model: ``results`` (its evaluations), ``bench`` (docs/results/bench_ingest.json, plot
 bench_ingest.png), ``million`` (docs/results/bench_million.json beside the other
 bench_million_*.json), ``search`` (bench_search_minilm.json beside bench_search.json) and
-``retriever`` (bench_retriever.json).
+``retriever`` (bench_retriever.json). docs/DEVELOPMENT.md: ``question_options``
+(question_options_validation_*.json, `scripts/compare_question_options.py`).
 """
 
 from __future__ import annotations
@@ -148,6 +149,28 @@ def million_section(path: Path, runs: list[Path] | None = None, capacity_note: s
                 f"({100 * extra / r['kv_bytes_per_token']:.1f}%: retrieval embedding, token ids, spans, counters). "
                 + _model_line(r)]
     return "\n".join(out)
+
+
+def question_options_section(paths: list[Path]) -> str:
+    """`scripts/compare_question_options.py` runs (validation split): each one's command, then the
+    mean score per task and length under each question variant, with the number of prompts."""
+    out = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        c = data["config"]
+        flags = (f"--data {c['data']} --lengths {c['lengths']} --ruler-tasks {c['ruler_tasks']} "
+                 f"--ruler-samples {c['ruler_samples']} --passkey-depths {c['passkey_depths']} "
+                 f"--passkey-trials {c['passkey_trials']} --seed {c['seed']}")
+        variants = list(c["variants"])
+        out += [f"`python scripts/compare_question_options.py {flags} --json {path.relative_to(ROOT)}`", "",
+                "| task | length | prompts | " + " | ".join(variants) + " |", "|---|---:|---:|" + "---:|" * len(variants)]
+        for task, by_length in data["summary"].items():
+            for length, cells in by_length.items():
+                n = cells[variants[0]]["prompts"]
+                out.append(f"| {task} | {int(length):,} | {n} | "
+                           + " | ".join(f"{cells[v]['score']:.2f}" for v in variants) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def search_section(path: Path) -> str:
@@ -407,7 +430,16 @@ SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
             "results": (RESULTS / "reference_ppl_test.json", lambda _: results_section(REFERENCE_RESULTS)),
             "million": (RESULTS / "bench_million.json", million_section),
             "long_default": (RESULTS / "bench_long_default.json", lambda p: million_section(p, [p], LONG_CAPACITY)),
-            "search": (RESULTS / "bench_search_minilm.json", search_section)}
+            "search": (RESULTS / "bench_search_minilm.json", search_section),
+            "question_options": (RESULTS / "question_options_validation_16k.json", lambda _: "\n\n".join((
+                question_options_section(sorted(RESULTS.glob("question_options_validation_*.json"), key=_length_order)),
+                results_section([RESULTS / "question_options_icl_validation.json",
+                                 RESULTS / "question_options_icl_validation_options.json"]))))}
+
+
+def _length_order(path: Path) -> int:
+    """question_options_validation_16k.json -> 16 (files in order of length)."""
+    return int(re.sub(r"\D", "", path.stem.rsplit("_", 1)[-1]) or 0)
 
 
 def render(text: str, page: Path = ROOT / "README.md") -> str:

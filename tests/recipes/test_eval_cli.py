@@ -97,13 +97,14 @@ def test_commands_rebuilt_from_results_parse_back_to_the_same_flags():
                  ["ppl", "--data", "d", "--lengths", "256,512", "--same-text"],
                  ["passkey", "--model", "m", "--data", "d", "--depths", "0.5", "--no-requery"],
                  ["icl", "--data", "sst2", "--shots-memory", "3"],
+                 ["icl", "--data", "d", "--split", "validation", "--demo-split", "train", "--labels", "a,b"],
                  ["ruler", "--tasks", "vt,cwe", "--haystacks", "noise", "--samples", "2", "--seed", "7", "--no-requery"]):
         configs.append(vars(p.parse_args(argv)))
     assert {c["task"] for c in configs} == set(OWN)
     for config in configs:
         again = vars(p.parse_args(shlex.split(eval_command(config, "out.json"))[2:]))
         for key, value in again.items():
-            if key not in ("json", "plot", "threads", "base_model", "demo_split", "labels", "max_base_length", "resume"):
+            if key not in ("json", "plot", "threads", "base_model", "max_base_length", "resume"):
                 # an icl report from before --no-requery was measured without requery, a ppl report from
                 # before --same-text scored the first L tokens
                 absent = (config["task"], key) in (("icl", "requery"), ("ppl", "same_text"))

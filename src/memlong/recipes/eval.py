@@ -98,7 +98,8 @@ def eval_command(c: dict, json_path) -> str:
     """The ``memlong eval`` command line that wrote a result JSON, from its ``config`` record."""
     keys = {"ppl": ("split", "lengths", "score", "methods", "max_documents", "retriever"),
             "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
-            "icl": ("shots_context", "shots_memory", "trials", "max_examples", "methods", "retriever"),
+            "icl": ("split", "demo_split", "labels", "shots_context", "shots_memory", "trials", "max_examples",
+                    "methods", "retriever"),
             "ruler": ("split", "lengths", "tasks", "haystacks", "samples", "seed", "methods", "retriever")}[c["task"]]
     args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
     if c["task"] == "ppl" and c.get("repeat"):
