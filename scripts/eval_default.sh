@@ -11,7 +11,8 @@ $M eval ruler --data runs/corpus --lengths 4096 --samples 1 --methods memlong,me
 # RULER at 16k and 32k: about 1.5 hours on 2 cores; --resume continues a run cut short
 $M eval ruler --data runs/corpus --lengths 16384,32768 --samples 1 --methods memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_long.json --plot docs/results/default_ruler_long.png
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
-$M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 1 --json docs/results/default_passkey_64k.json
+# 64k: five depths x 2 trials, about 1.5 hours on one thread; --resume continues a run cut short
+$M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_64k.json
 # the 64k passkey with the question's window re-ranking over every banked chunk (default: the top 32 by whole-chunk similarity)
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.5 --trials 1 --methods memlong --set rerank_candidates=1024 --threads 1 --json docs/results/default_passkey_64k_rerank_all.json
 $M eval passkey --data runs/corpus --lengths 131072 --depths 0.1,0.5,0.9 --trials 1 --methods memlong --threads 1 --json docs/results/default_passkey_128k.json
