@@ -402,9 +402,8 @@ def stdin_questions(stream=None):
 
 def _load_model(args):
     """(model, tokenizer): the one place ``ask`` loads a model."""
-    from memlong.pretrained import DefaultModelUnavailable, load_memlong_model
-
     from memlong.config import MemLongConfigError
+    from memlong.pretrained import DefaultModelUnavailable, load_memlong_model
     from memlong.recipes.eval_common import apply_overrides
 
     try:
