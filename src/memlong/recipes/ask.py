@@ -410,9 +410,7 @@ def _load_model(args):
         model, tok = load_memlong_model(args.model, retriever=args.retriever)
         apply_overrides(model, args.overrides)
         return model, tok
-    except MemLongConfigError as e:
-        raise SystemExit(f"memlong ask: {e}") from None
-    except DefaultModelUnavailable as e:
+    except (MemLongConfigError, DefaultModelUnavailable) as e:
         raise SystemExit(f"memlong ask: {e}") from None
     except (OSError, ValueError) as e:
         raise SystemExit(f"memlong ask: cannot load the model {args.model!r} ({e}); pass --model with a MemLong "

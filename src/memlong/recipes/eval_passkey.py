@@ -115,6 +115,7 @@ def passkey_cases(args, tok, lengths: list[int]) -> Iterator[tuple[int, float, l
 
 def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=frozenset()) -> Iterator[dict]:
     new_tokens = 8
+    q = len(passkey_question_ids(tok)) if args.requery else False
     for L, depth, cases in passkey_cases(args, tok, lengths):
         for method in methods:
             row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
@@ -125,7 +126,6 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=fro
                     raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
                 hits, answers = 0, []
                 for key, ids in cases:
-                    q = len(passkey_question_ids(tok)) if args.requery else False
                     memory = model.new_memory(1) if method == "memlong" and q else None
                     answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window,
                                              memory=memory)
