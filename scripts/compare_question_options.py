@@ -21,13 +21,17 @@ import time
 
 import torch
 
-#: name -> the question fields it sets (the rest as the model's config has them)
+#: name -> the question fields it sets (the rest as the model's config has them). ``top_k`` set on
+#: the copy made after reading changes only what the question (and its answer) retrieves.
 VARIANTS = {
     "stream": dict(question_order="stream", question_offsets=None),
     "best_last": dict(question_order="score", question_offsets=None),
     "stream_next": dict(question_order="stream", question_offsets=(0, 1)),
     "best_last_next": dict(question_order="score", question_offsets=(0, 1)),
+    "top1": dict(question_order="stream", question_offsets=None, top_k=1),
+    "top2": dict(question_order="stream", question_offsets=None, top_k=2),
 }
+DEFAULT_VARIANTS = "stream,best_last,stream_next,best_last_next"
 
 
 def main() -> None:
@@ -42,7 +46,11 @@ def main() -> None:
     p.add_argument("--json", required=True)
     p.add_argument("--resume", action="store_true", help="keep the prompts already answered in --json")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of: {','.join(VARIANTS)}")
     args = p.parse_args()
+    variants = {v: VARIANTS[v] for v in args.variants.split(",") if v}
+    if not variants or len(variants) != len(args.variants.split(",")):
+        raise SystemExit(f"--variants: a comma list of {', '.join(VARIANTS)}; got {args.variants!r}")
     torch.set_num_threads(args.threads)
     from transformers import StoppingCriteriaList
 
@@ -87,7 +95,9 @@ def main() -> None:
         row = {"prompt": name, "task": task, "length": L, "expected": answers,
                "read_seconds": round(time.perf_counter() - t0, 1), "answers": {}}
         question = ids[:, -q:]
-        for variant, fields in VARIANTS.items():
+        if task == "passkey":
+            row["hits"] = question_hits(model, tok, memory, question[0].tolist(), answers[0])
+        for variant, fields in variants.items():
             m = copy.deepcopy(memory)
             m.config = dataclasses.replace(memory.config, **fields)
             stop = StoppingCriteriaList([answer_end(tok, q)]) if task != "passkey" else None
@@ -107,8 +117,21 @@ def main() -> None:
     _write(args, model, rows, final=True)
 
 
+def question_hits(model, tok, memory, question: list[int], key: str) -> list[dict]:
+    """The chunks the question retrieves under the model's config, best first: chunk id, score,
+    whether it holds the key, and the start of its text (what a reading miss read besides the key)."""
+    bank = memory.bank(0)
+    slots, scores = memory.question_hits(model.memlong_retriever, question[-model.memlong_config.chunk_size:])
+    hits = []
+    for s, score in zip(slots.tolist(), scores.tolist()):
+        text = tok.decode(bank.token_ids[s].tolist())
+        hits.append({"chunk": int(bank.chunk_ids[s]), "score": round(score, 4), "key": key in text, "text": text[:160]})
+    return hits
+
+
 def _config(args, model) -> dict:
-    return {**vars(args), "resume": None, "json": None, "threads": None, "variants": _jsonable(VARIANTS),
+    chosen = {v: VARIANTS[v] for v in args.variants.split(",")}
+    return {**vars(args), "resume": None, "json": None, "threads": None, "variants": _jsonable(chosen),
             "memlong": model.memlong_config.to_dict()}
 
 

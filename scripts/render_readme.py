@@ -162,6 +162,8 @@ def question_options_section(paths: list[Path]) -> str:
                  f"--ruler-samples {c['ruler_samples']} --passkey-depths {c['passkey_depths']} "
                  f"--passkey-trials {c['passkey_trials']} --seed {c['seed']}")
         variants = list(c["variants"])
+        if variants != ["stream", "best_last", "stream_next", "best_last_next"]:  # the script's default set
+            flags += f" --variants {','.join(variants)}"
         out += [f"`python scripts/compare_question_options.py {flags} --json {path.relative_to(ROOT)}`", "",
                 "| task | length | prompts | " + " | ".join(variants) + " |", "|---|---:|---:|" + "---:|" * len(variants)]
         for task, by_length in data["summary"].items():
