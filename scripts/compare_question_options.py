@@ -30,6 +30,9 @@ VARIANTS = {
     "best_last_next": dict(question_order="score", question_offsets=(0, 1)),
     "top1": dict(question_order="stream", question_offsets=None, top_k=1),
     "top2": dict(question_order="stream", question_offsets=None, top_k=2),
+    "reread": dict(question_order="stream", question_offsets=None, question_reread=True),
+    "reread_next": dict(question_order="stream", question_offsets=(0, 1), question_reread=True),
+    "reread_best_last": dict(question_order="score", question_offsets=None, question_reread=True),
 }
 DEFAULT_VARIANTS = "stream,best_last,stream_next,best_last_next"
 

@@ -16,7 +16,7 @@ def test_paper_defaults_and_numbering():
 def test_json_round_trip(tmp_path):
     c = MemLongConfig(memory_layer=2, retrieval_layers=[3, 4], chunk_size=8, top_k=2, memory_capacity=64,
                       local_window=32, eviction="fifo", fusion="joint", retrieval_offsets=[0, 1],
-                      question_offsets=[0, 1], question_order="score")
+                      question_offsets=[0, 1], question_order="score", question_reread=True)
     c.save_pretrained(tmp_path)
     assert MemLongConfig.from_pretrained(tmp_path) == c
     json.loads(c.to_json_string())
@@ -54,6 +54,7 @@ def test_json_round_trip(tmp_path):
         (dict(question_offsets=()), "question_offsets"),
         (dict(question_offsets=(0, 0)), "question_offsets"),
         (dict(question_order="best"), "question_order"),
+        (dict(question_reread=1), "question_reread"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):

@@ -1,5 +1,6 @@
 """The properties that define MemLong, on tiny models of every supported family."""
 
+import dataclasses
 import json
 
 import pytest
@@ -694,3 +695,47 @@ def test_a_question_reads_its_hits_best_last_with_their_continuations():
     a = models[0](torch.tensor([question[-3:]]), cache=plain.memory).logits
     b = models[1](torch.tensor([question[-3:]]), cache=ordered.memory).logits
     assert not torch.allclose(a, b)
+
+
+
+@torch.no_grad()
+def test_question_reread_reads_the_hits_as_text_before_the_question():
+    """``question_reread=True``: ``generate(requery=...)`` first reads the chunks the question
+    will retrieve (``question_tokens``: its hits in ``question_order``, with what
+    ``question_offsets`` brings) as text, then the question as before; the returned sequence holds
+    the prompt and the answer only. Each row of a batch is read as alone (left-padded when the
+    rows' hits differ in length), and a memory with nothing banked reads nothing more."""
+    m, _ = gated_llama(memory_capacity=400, question_offsets=(0, 1), question_order="score", question_reread=True)
+    plain = memlong.wrap(tiny_model("llama")[0], dataclasses.replace(m.memlong_config, question_reread=False),
+                         retriever=m.memlong_retriever)
+    set_gates(plain)
+    docs = rand_ids(2, 200, seed=8)
+    docs[:, 16:24] = torch.arange(90, 98)  # chunk 2 of both rows
+    question = torch.cat([rand_ids(2, 3, seed=9), torch.arange(90, 94).repeat(2, 1)], 1)
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    lengths = (200, 40)  # the second row: 40 tokens, a window of 32: one chunk banked
+    ids, mask = torch.zeros(2, 200, dtype=torch.long), torch.zeros(2, 200, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        ids[b, 200 - n :], mask[b, 200 - n :] = docs[b, :n], 1
+    mem = m.ingest(ids, attention_mask=mask)
+    counts = mem.bank(0).counts.clone()
+    hits = mem.question_tokens(m.memlong_retriever, question.tolist())
+    assert torch.equal(mem.bank(0).counts, counts)  # counters untouched
+    assert len(hits[0]) % 8 == 0 and len(hits[0]) >= 24 and hits[1] == docs[1, :8].tolist()
+    assert hits[0][-16:] == docs[0, 16:32].tolist()  # the best hit (the needle's chunk) last, then its continuation
+    out = m.generate(question, memory=mem, requery=True, **kw)
+    assert out.sequences.shape == (2, question.shape[1] + 3) and torch.equal(out.sequences[:, :7], question)
+    assert mem.columns == 200 + len(hits[0]) + 7 + 2
+    # by hand, each row alone: its hits read as text by a model without reread, then the question
+    for b, n in enumerate(lengths):
+        by_hand = plain.ingest(docs[b : b + 1, :n])
+        plain.ingest(torch.tensor([hits[b]]), by_hand)
+        want = plain.generate(question[b : b + 1], memory=by_hand, requery=True, **kw)
+        assert torch.equal(want.sequences[0], out.sequences[b])
+        for step in range(3):
+            torch.testing.assert_close(want.scores[step][0], out.scores[step][b], atol=ATOL, rtol=0)
+    # nothing banked: nothing is reread, the answer is the plain model's
+    empty_a, empty_b = m.new_memory(1), plain.new_memory(1)
+    a = m.generate(question[:1], memory=empty_a, requery=True, **kw)
+    b = plain.generate(question[:1], memory=empty_b, requery=True, **kw)
+    assert torch.equal(a.sequences, b.sequences) and empty_a.columns == empty_b.columns

@@ -704,6 +704,36 @@ class MemLongCache(Cache):
             query = retriever.embed([list(tokens)])[0]
         return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever, list(tokens)))
 
+    @torch.no_grad()
+    def question_tokens(self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None) -> list[list[int]]:
+        """For each of ``rows`` (all by default), the token ids of the chunks a question of
+        ``tokens[i]`` reads once :meth:`focus_on` is given it: its hits and what ``question_offsets``
+        bring, in ``question_order``, back to back; counters untouched. ``question_reread`` reads
+        them as text just before the question (``generate(requery=...)``)."""
+        rows = list(range(self.batch_size_)) if rows is None else list(rows)
+        if len(tokens) != len(rows):
+            raise ValueError(f"question_tokens: {len(tokens)} token lists for {len(rows)} rows")
+        if not self.retrieval or not any(len(self.banks[b]) for b in rows):
+            return [[] for _ in rows]
+        with phase("retriever"):
+            queries = retriever.embed([list(t) for t in tokens])
+        self.index_windows(retriever, rows)
+        cfg, out = self.config, []
+        for b, query, tokens_b in zip(rows, queries, tokens):
+            bank = self.banks[b]
+            if len(bank) == 0:
+                out.append([])
+                continue
+            slots = bank.select(query, cfg.top_k, self._offsets(question=True), order=cfg.question_order,
+                                **self.question_search(b, query, retriever, list(tokens_b)))
+            out.append(bank.token_ids[slots].flatten().tolist())
+        return out
+
+    def _offsets(self, question: bool) -> tuple[int, ...]:
+        """The chunks each hit brings: ``question_offsets`` for a question (when set), else ``retrieval_offsets``."""
+        cfg = self.config
+        return cfg.question_offsets if question and cfg.question_offsets is not None else cfg.retrieval_offsets
+
     def unfocus(self, rows: list[int] | None = None) -> None:
         """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""
         for b in range(self.batch_size_) if rows is None else rows:
@@ -759,9 +789,8 @@ class MemLongCache(Cache):
             return None
         cfg = self.config
         question = self.focus[b] is not None
-        offsets = cfg.question_offsets if question and cfg.question_offsets is not None else cfg.retrieval_offsets
         order = cfg.question_order if question else "stream"
-        slots = bank.retrieve(query, cfg.top_k, offsets, order=order, **(search or {}))
+        slots = bank.retrieve(query, cfg.top_k, self._offsets(question), order=order, **(search or {}))
         return bank.gather(slots, keep_order=order == "score") if slots.numel() else None
 
     @torch.no_grad()

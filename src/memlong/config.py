@@ -130,6 +130,12 @@ class MemLongConfig:
             ``"stream"`` (default: as in the text) or ``"score"``: the worst hit first and the
             best last, nearest the question, each hit followed by the chunks its offsets bring
             (a small model tends to answer from the nearest of several similar statements).
+        question_reread: a question first reads the chunks it retrieves again, as text just
+            before it (``generate(requery=...)``, ``memlong ask``): ``top_k`` chunks (with what
+            ``question_offsets`` brings, in ``question_order``) enter the local window, so the answer
+            finds a fact a few hundred tokens back instead of in memory placed before the window.
+            Costs those tokens' reading per question; the memory then holds them as read text.
+            ``False`` (default): the question reads its hits as memory only.
         sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
             visible to every later query in every retrieval layer once the local window has slid
             past them, placed first, before the retrieved chunks (the attention sinks of
@@ -171,6 +177,7 @@ class MemLongConfig:
     lexical_weight: float = 0.5
     question_offsets: tuple[int, ...] | None = None
     question_order: str = "stream"
+    question_reread: bool = False
     sink_tokens: int = 0
     bank_dtype: str | None = None
     bank_device: str = "model"
@@ -180,7 +187,8 @@ class MemLongConfig:
     #: Fields that only change how a question searches the bank, never what reading stores: a
     #: saved memory loads into a model whose config differs in these alone.
     QUESTION_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"rerank_candidates", "rerank_window", "rerank_index", "lexical_weight", "question_offsets", "question_order"})
+        {"rerank_candidates", "rerank_window", "rerank_index", "lexical_weight", "question_offsets", "question_order",
+                   "question_reread"})
 
     def __post_init__(self) -> None:
         self.retrieval_layers = tuple(int(x) for x in self.retrieval_layers)
@@ -230,8 +238,9 @@ class MemLongConfig:
             )
         if self.top_k < 1:
             bad("top_k", f"must be >= 1, got {self.top_k}")
-        if not isinstance(self.rerank_index, bool):
-            bad("rerank_index", f"must be True or False, got {self.rerank_index!r}")
+        for name in ("rerank_index", "question_reread"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, f"must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.lexical_weight, bool) or not isinstance(self.lexical_weight, (int, float)) \
                 or not 0 <= self.lexical_weight < float("inf"):
             bad("lexical_weight", f"must be a number >= 0, got {self.lexical_weight!r}")

@@ -358,7 +358,7 @@ class MemLongMixin:
             self.ingest(head, memory, attention_mask=mask_head)
         tau = self.memlong_config.chunk_size
         real = [question[b][mask_q[b].bool()].tolist()[-tau:] for b in range(question.shape[0])]
-        memory.focus_on(self.memlong_retriever, real)
+        self.focus_question(memory, real)
         try:
             out = self.generate(question, memory=memory, attention_mask=mask_q, **kwargs)
         finally:
@@ -367,6 +367,34 @@ class MemLongMixin:
             return torch.cat([head, out], dim=1)
         out.sequences = torch.cat([head, out.sequences], dim=1)  # return_dict_in_generate=True
         return out
+
+    @torch.no_grad()
+    def focus_question(self, memory: MemLongCache, questions: list[list[int]]) -> int:
+        """Readies ``memory`` to read a question and its answer (``generate(requery=...)`` does it):
+        with ``question_reread`` (the memory's config, as every question field), first reads the
+        chunks each row's question will retrieve as text, left-padded to one length, so that they
+        sit in the local window just before the question; then :meth:`MemLongCache.focus_on` the
+        questions (call ``memory.unfocus()`` after the answer). ``questions[b]``: row ``b``'s
+        question tokens (its last ``chunk_size`` are embedded). Returns the columns read first
+        (0 without ``question_reread`` or with nothing banked): an attention mask over every
+        column read must grow by as many real columns, just before the question."""
+        read = self._reread(memory, questions) if memory.config.question_reread else 0
+        memory.focus_on(self.memlong_retriever, questions)
+        return read
+
+    def _reread(self, memory: MemLongCache, questions: list[list[int]]) -> int:
+        texts = memory.question_tokens(self.memlong_retriever, questions)
+        R = max(len(t) for t in texts)
+        if not R:
+            return 0
+        ids = torch.zeros(len(texts), R, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for b, t in enumerate(texts):
+            if t:
+                ids[b, R - len(t):] = torch.tensor(t, device=self.device)
+                mask[b, R - len(t):] = 1
+        self.ingest(ids, memory, attention_mask=mask, desc="reread")
+        return R
 
     # ------------------------------------------------------------------ persistence
     def memlong_gates(self) -> dict[str, torch.Tensor]:

@@ -100,6 +100,30 @@ def test_requery_scores_the_input_with_what_it_retrieves(memlong_model):
             continuation_logprobs(model, prompt, cands, **bad)
 
 
+def test_requery_with_question_reread_scores_after_the_hits_read_as_text(memlong_model):
+    """``question_reread``: the input's hits are read as text before it, in scoring as in generate."""
+    import dataclasses
+
+    model, _ = memlong_model
+    prompt = torch.randint(0, 101, (60,), generator=torch.Generator().manual_seed(3)).tolist()
+    cands, n = [[5], [17], [42, 3]], 6
+    plain = continuation_logprobs(model, prompt, cands, use_memory=True, requery=n)
+    config = model.memlong_config
+    model.memlong_config = dataclasses.replace(config, question_reread=True)  # new memories take it
+    try:
+        got = continuation_logprobs(model, prompt, cands, use_memory=True, requery=n)
+        hits = model.ingest(torch.tensor([prompt[:-n]])).question_tokens(model.memlong_retriever, [prompt[-n:]])[0]
+    finally:
+        model.memlong_config = config
+    assert hits and max(abs(a - b) for a, b in zip(got, plain)) > 1e-4
+    for c, score in zip(cands, got):  # by hand: a plain model reads the hits as text, then as above
+        memory = model.ingest(torch.tensor([prompt[:-n] + hits]))
+        memory.focus_on(model.memlong_retriever, [prompt[-n:]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt[-n:] + c]), cache=memory).logits[0].float(), -1)
+        assert score == pytest.approx(sum(float(logp[n - 1 + t, tok]) for t, tok in enumerate(c)), abs=1e-4)
+
+
 def test_a_shared_prefix_read_once_scores_as_the_whole_prompt(memlong_model):
     """eval icl reads a trial's demonstrations once and continues each test input from a copy:
     the scores equal reading each whole prompt afresh (with and without memory, requery or not,

@@ -504,6 +504,13 @@ class MemoryBank:
 
         ``rescore(slots, scores) -> scores``: the top-``candidates`` chunks are scored again by
         it and the best ``k`` kept (ties by chunk id), e.g. a finer look at their text."""
+        slots = self.select(query, k, offsets, rescore, candidates, order)
+        self.counts[slots] += 1
+        return slots
+
+    def select(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,), rescore=None,
+               candidates: int = 0, order: str = "stream") -> torch.Tensor:
+        """The slots :meth:`retrieve` returns, in its order, counters untouched."""
         slots, _ = self.best(query, k, rescore, candidates)
         if order == "score":
             stored = {int(c): s for s, c in zip(self.valid.nonzero().flatten().tolist(),
@@ -517,7 +524,6 @@ class MemoryBank:
                 wanted = (self.chunk_ids[slots].unsqueeze(1) + torch.tensor(offsets).unsqueeze(0)).flatten()
                 slots = (torch.isin(self.chunk_ids, wanted) & self.valid).nonzero().flatten()
             slots = slots[torch.argsort(self.chunk_ids[slots])]
-        self.counts[slots] += 1
         return slots
 
     def gather(self, slots: torch.Tensor, keep_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

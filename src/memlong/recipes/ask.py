@@ -364,7 +364,7 @@ def answer(model, tok, memory, question: str, chat: bool, max_new_tokens: int) -
     kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     t0 = time.perf_counter()
     if chat:
-        memory.focus_on(model.memlong_retriever, [query[-model.memlong_config.chunk_size:]])
+        model.focus_question(memory, [query[-model.memlong_config.chunk_size:]])
         try:
             out = model.generate(ids, memory=memory, **kw)
         finally:
