@@ -1,8 +1,10 @@
-"""How a question reads its hits: `MemLongConfig.question_order` and `question_offsets` compared
-on the corpus' VALIDATION split, with the default model. Each prompt is read once into memory (as
-`memlong eval` reads it) and then answered greedily, the question re-querying memory, once per
-variant from a copy of that memory: only how the question's retrieved chunks are brought and
-placed differs between variants, never the reading.
+"""How a question reads its hits: `MemLongConfig.question_order`, `question_offsets`,
+`question_reread` and a question-time `top_k` (`--variants`) compared on the corpus' VALIDATION
+split, with the default model. Each prompt is read once into memory (as `memlong eval` reads it)
+and then answered greedily, the question re-querying memory, once per variant from a copy of that
+memory: only what the question does with its hits differs between variants, never the reading of
+the prompt. Each passkey's row also lists the question's hits (chunk, score, whether it holds the
+key, the start of its text).
 
 Prompts: RULER's needle tasks over text (`memlong eval ruler --haystacks text`) and passkeys at
 several depths (`memlong eval passkey`), both built by the eval recipes from validation text.
@@ -51,8 +53,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of: {','.join(VARIANTS)}")
     args = p.parse_args()
-    variants = {v: VARIANTS[v] for v in args.variants.split(",") if v}
-    if not variants or len(variants) != len(args.variants.split(",")):
+    names = args.variants.split(",")
+    if not all(v in VARIANTS for v in names) or len(set(names)) != len(names):
         raise SystemExit(f"--variants: a comma list of {', '.join(VARIANTS)}; got {args.variants!r}")
     torch.set_num_threads(args.threads)
     from transformers import StoppingCriteriaList
@@ -100,7 +102,7 @@ def main() -> None:
         question = ids[:, -q:]
         if task == "passkey":
             row["hits"] = question_hits(model, tok, memory, question[0].tolist(), answers[0])
-        for variant, fields in variants.items():
+        for variant, fields in ((v, VARIANTS[v]) for v in names):
             m = copy.deepcopy(memory)
             m.config = dataclasses.replace(memory.config, **fields)
             stop = StoppingCriteriaList([answer_end(tok, q)]) if task != "passkey" else None

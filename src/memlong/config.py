@@ -130,12 +130,15 @@ class MemLongConfig:
             ``"stream"`` (default: as in the text) or ``"score"``: the worst hit first and the
             best last, nearest the question, each hit followed by the chunks its offsets bring
             (a small model tends to answer from the nearest of several similar statements).
-        question_reread: a question first reads the chunks it retrieves again, as text just
-            before it (``generate(requery=...)``, ``memlong ask``): ``top_k`` chunks (with what
-            ``question_offsets`` brings, in ``question_order``) enter the local window, so the answer
-            finds a fact a few hundred tokens back instead of in memory placed before the window.
-            Costs those tokens' reading per question; the memory then holds them as read text.
-            ``False`` (default): the question reads its hits as memory only.
+        question_reread: a question first reads its hits again, as text just before it
+            (``generate(requery=...)``, ``memlong ask``): the ``top_k`` chunks it retrieves from the
+            bank as it is when asked (with what ``question_offsets`` brings, in ``question_order``)
+            enter the local window, so the answer finds a fact a few hundred tokens back as well as
+            in memory placed before the window. Costs reading up to ``top_k *
+            len(question_offsets)`` chunks per question; the memory then holds them as read text:
+            the window's oldest chunks are banked meanwhile (and the reread ones too once the
+            reread, the question and the answer outgrow the window), so the question's own search
+            runs on that bank. ``False`` (default): the question reads its hits as memory only.
         sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
             visible to every later query in every retrieval layer once the local window has slid
             past them, placed first, before the retrieved chunks (the attention sinks of
@@ -185,7 +188,8 @@ class MemLongConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     #: Fields that only change how a question searches the bank, never what reading stores: a
-    #: saved memory loads into a model whose config differs in these alone.
+    #: saved memory loads into a model whose config differs in these alone. (``question_reread``
+    #: reads more text at a question, into the memory that answers it, never before.)
     QUESTION_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"rerank_candidates", "rerank_window", "rerank_index", "lexical_weight", "question_offsets", "question_order",
                    "question_reread"})

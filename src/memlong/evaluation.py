@@ -106,10 +106,7 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
         if head:
             model.ingest(ids[:, :head].to(device), memory)
         tau = model.memlong_config.chunk_size
-        extra = model.focus_question(memory, [list(prompt[-requery:])[-tau:]] * len(rows))
-        if extra:  # the question's hits, read as text (question_reread): real columns before the input
-            at = read + head
-            mask = torch.cat([mask[:, :at], torch.ones(len(rows), extra, dtype=mask.dtype), mask[:, at:]], 1)
+        model.focus_question(memory, [list(prompt[-requery:])[-tau:]] * len(rows))  # + the hits reread
         try:
             logits = model(ids[:, head:].to(device), attention_mask=mask.to(device), logits_to_keep=keep,
                            **kwargs).logits.float()

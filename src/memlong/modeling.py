@@ -372,12 +372,12 @@ class MemLongMixin:
     def focus_question(self, memory: MemLongCache, questions: list[list[int]]) -> int:
         """Readies ``memory`` to read a question and its answer (``generate(requery=...)`` does it):
         with ``question_reread`` (the memory's config, as every question field), first reads the
-        chunks each row's question will retrieve as text, left-padded to one length, so that they
-        sit in the local window just before the question; then :meth:`MemLongCache.focus_on` the
+        chunks each row's question retrieves from its bank as it is now
+        (:meth:`MemLongCache.question_tokens`) as text, left-padded to one length, so that they sit
+        in the local window just before the question; then :meth:`MemLongCache.focus_on` the
         questions (call ``memory.unfocus()`` after the answer). ``questions[b]``: row ``b``'s
         question tokens (its last ``chunk_size`` are embedded). Returns the columns read first
-        (0 without ``question_reread`` or with nothing banked): an attention mask over every
-        column read must grow by as many real columns, just before the question."""
+        (0 without ``question_reread`` or with nothing banked)."""
         read = self._reread(memory, questions) if memory.config.question_reread else 0
         memory.focus_on(self.memlong_retriever, questions)
         return read
