@@ -707,9 +707,9 @@ class MemLongCache(Cache):
     @torch.no_grad()
     def question_tokens(self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None) -> list[list[int]]:
         """For each of ``rows`` (all by default), the token ids of the chunks a question of
-        ``tokens[i]`` reads once :meth:`focus_on` is given it: its hits and what ``question_offsets``
-        bring, in ``question_order``, back to back; counters untouched. ``question_reread`` reads
-        them as text just before the question (``generate(requery=...)``)."""
+        ``tokens[i]`` retrieves from the bank as it is now (as :meth:`focus_on` would): its hits and
+        what ``question_offsets`` bring, in ``question_order``, back to back; counters untouched.
+        ``question_reread`` reads them as text just before the question (``generate(requery=...)``)."""
         rows = list(range(self.batch_size_)) if rows is None else list(rows)
         if len(tokens) != len(rows):
             raise ValueError(f"question_tokens: {len(tokens)} token lists for {len(rows)} rows")

@@ -192,7 +192,7 @@ class MemLongConfig:
     #: reads more text at a question, into the memory that answers it, never before.)
     QUESTION_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"rerank_candidates", "rerank_window", "rerank_index", "lexical_weight", "question_offsets", "question_order",
-                   "question_reread"})
+         "question_reread"})
 
     def __post_init__(self) -> None:
         self.retrieval_layers = tuple(int(x) for x in self.retrieval_layers)
