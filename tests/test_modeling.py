@@ -697,7 +697,6 @@ def test_a_question_reads_its_hits_best_last_with_their_continuations():
     assert not torch.allclose(a, b)
 
 
-
 @torch.no_grad()
 def test_question_reread_reads_the_hits_as_text_before_the_question():
     """``question_reread=True``: ``generate(requery=...)`` first reads the chunks the question

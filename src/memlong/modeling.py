@@ -369,24 +369,23 @@ class MemLongMixin:
         return out
 
     @torch.no_grad()
-    def focus_question(self, memory: MemLongCache, questions: list[list[int]]) -> int:
+    def focus_question(self, memory: MemLongCache, questions: list[list[int]]) -> None:
         """Readies ``memory`` to read a question and its answer (``generate(requery=...)`` does it):
         with ``question_reread`` (the memory's config, as every question field), first reads the
         chunks each row's question retrieves from its bank as it is now
         (:meth:`MemLongCache.question_tokens`) as text, left-padded to one length, so that they sit
         in the local window just before the question; then :meth:`MemLongCache.focus_on` the
         questions (call ``memory.unfocus()`` after the answer). ``questions[b]``: row ``b``'s
-        question tokens (its last ``chunk_size`` are embedded). Returns the columns read first
-        (0 without ``question_reread`` or with nothing banked)."""
-        read = self._reread(memory, questions) if memory.config.question_reread else 0
+        question tokens (its last ``chunk_size`` are embedded)."""
+        if memory.config.question_reread:
+            self._reread(memory, questions)
         memory.focus_on(self.memlong_retriever, questions)
-        return read
 
-    def _reread(self, memory: MemLongCache, questions: list[list[int]]) -> int:
+    def _reread(self, memory: MemLongCache, questions: list[list[int]]) -> None:
         texts = memory.question_tokens(self.memlong_retriever, questions)
         R = max(len(t) for t in texts)
         if not R:
-            return 0
+            return
         ids = torch.zeros(len(texts), R, dtype=torch.long, device=self.device)
         mask = torch.zeros_like(ids)
         for b, t in enumerate(texts):
@@ -394,7 +393,6 @@ class MemLongMixin:
                 ids[b, R - len(t):] = torch.tensor(t, device=self.device)
                 mask[b, R - len(t):] = 1
         self.ingest(ids, memory, attention_mask=mask, desc="reread")
-        return R
 
     # ------------------------------------------------------------------ persistence
     def memlong_gates(self) -> dict[str, torch.Tensor]:
