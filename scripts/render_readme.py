@@ -216,8 +216,11 @@ def _eval_command(c: dict, path: Path) -> str:
     return eval_command(c, shown)
 
 
-OLDER_SEARCH = ("measured with an earlier question search (before the bank's window index, `rerank_index`, "
-                "or the question's words, `lexical_weight`, both on by default since)")
+OLDER_QUESTIONS = ("measured before a later change in how questions search or read the memory (the bank's window "
+                   "index `rerank_index`, the question's words `lexical_weight` or rereading its hits `question_reread`, "
+                   "all on by default since)")
+REREAD_NOTE = ("Measured before the default model's questions reread their hits (`question_reread`, on by default "
+               "since): each question read its hits as memory only")
 
 
 def _older_search_note(c: dict, repeat: bool = True) -> str:
@@ -244,6 +247,15 @@ def _older_search(c: dict) -> bool:
     asks = c["task"] in ("passkey", "ruler", "icl") and "memlong" in str(c.get("methods", "memlong"))
     m = c.get("memlong") or {"rerank_index": None, "lexical_weight": None}
     return asks and not ("rerank_index" in m and "lexical_weight" in m)
+
+
+def _before_reread(c: dict) -> bool:
+    """Whether a default-model evaluation that asks questions ran before the default model turned
+    ``question_reread`` on (its config lacks the field): the same command now reads each
+    question's hits again as text before the question."""
+    m = c.get("memlong") or {}
+    asks = c["task"] in ("passkey", "ruler", "icl") and "memlong" in str(c.get("methods", "memlong"))
+    return asks and c.get("model") is None and c.get("requery", True) and "question_reread" not in m
 
 
 def _cell(r: dict, key: str, fmt: str = "{:.2f}") -> str:
@@ -322,7 +334,7 @@ def headline_section(paths: list[Path]) -> str:
         data = json.loads(path.read_text())
         task, res = data["config"]["task"], data["results"]
         sources.append(f"`{path.relative_to(ROOT)}`")
-        before = _older_search(data["config"])
+        before = _older_search(data["config"]) or _before_reread(data["config"])
         for r in res:
             if task == "ppl":  # the note's first word where not measured: "skipped", "failed"
                 col, cell = f"ppl {r['length'] // 1024}k", _cell(r, "ppl", "{:.3f}").split(":")[0]
@@ -343,7 +355,7 @@ def headline_section(paths: list[Path]) -> str:
     out += ["", "From " + ", ".join(sources) + " (commands and per-depth/per-task tables: "
             "[docs/RESULTS.md](docs/RESULTS.md))."]
     if old:
-        out[-1] += f" \\* {OLDER_SEARCH[0].upper()}{OLDER_SEARCH[1:]}: see its table there."
+        out[-1] += f" \\* {OLDER_QUESTIONS[0].upper()}{OLDER_QUESTIONS[1:]}: see its table there."
     return "\n".join(out)
 
 
@@ -360,6 +372,8 @@ def results_section(paths: list[Path]) -> str:
         out += [f"`{_eval_command(c, path)}`", ""]
         if _older_search(c):
             out += [_older_search_note(c), ""]
+        if _before_reread(c):
+            out += [REREAD_NOTE + "; `--set question_reread=false` repeats that.", ""]
         if c["task"] == "ppl":
             out += ["| length | method | ppl of the last tokens | tokens scored | documents |", "|---:|---|---:|---:|---:|"]
             for r in data["results"]:
@@ -396,6 +410,8 @@ def demo_section(path: Path) -> str:
     if "lexical_weight" not in d["model"]:  # its questions searched as before the window index / lexical term
         model = d["model"] if "rerank_index" in d["model"] else {"rerank_candidates": 32, "rerank_window": 32}
         out[1:1] = ["", _older_search_note({"memlong": model}, repeat=False)]
+    if d["model"]["model"] == "default" and "question_reread" not in d["model"]:
+        out[1:1] = ["", REREAD_NOTE + "."]
     for f in d["facts"]:
         hit = "yes" if any(r.get("has_fact") for r in f["memory"]["retrieved"]) else "no"
         ans = {k: ("right" if f[k]["correct"] else "wrong") + f": {f[k]['answer'][:40]!r}" for k in ("memory", "no_memory")}

@@ -74,8 +74,8 @@ def test_results_measured_before_the_window_index_say_so(tmp_path):
               "memlong": {"top_k": 4}}
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps({"config": config, "results": [row]}))
-    new.write_text(json.dumps({"config": {**config, "memlong": {"top_k": 4, "rerank_index": True, "lexical_weight": 0.5}},
-                               "results": [row]}))
+    new.write_text(json.dumps({"config": {**config, "memlong": {"top_k": 4, "rerank_index": True, "lexical_weight": 0.5,
+                                                                "question_reread": True}}, "results": [row]}))
     assert "before the bank's window index" in render_readme.results_section([old])
     assert "window index" not in render_readme.results_section([new])
     # a run with the window index but before the lexical term is marked too
@@ -87,3 +87,24 @@ def test_results_measured_before_the_window_index_say_so(tmp_path):
     render_readme.ROOT = tmp_path  # the headline names its sources relative to the repository
     assert "| passkey 4k * |" in render_readme.headline_section([old])
     assert "| passkey 4k |" in render_readme.headline_section([old, new]) and "*" not in render_readme.headline_section([new])
+
+
+def test_default_model_results_measured_before_question_reread_say_so(tmp_path):
+    """The default model rereads a question's hits since its config turned ``question_reread`` on: a
+    question-asking evaluation of it whose config lacks the field is marked with the flag that
+    repeats it; one that set the field, another model's, or one without questions is not."""
+    render_readme = _render_readme()
+    row = {"method": "memlong", "length": 4096, "depth": 0.5, "trials": 1, "accuracy": 1.0}
+    search = {"top_k": 4, "rerank_index": True, "lexical_weight": 0.5}
+    config = {"task": "passkey", "model": None, "methods": "memlong", "lengths": "4096", "data": "d", "depths": "0.5",
+              "trials": 1, "memlong": search}
+    before = tmp_path / "before.json"
+    before.write_text(json.dumps({"config": config, "results": [row]}))
+    assert render_readme._before_reread(config)
+    assert "`--set question_reread=false` repeats that" in render_readme.results_section([before])
+    assert not render_readme._before_reread({**config, "memlong": {**search, "question_reread": False}})
+    assert not render_readme._before_reread({**config, "model": "src/memlong/pretrained/memlong"})
+    assert not render_readme._before_reread({**config, "requery": False})  # no question focus, nothing reread
+    assert not render_readme._before_reread({**config, "task": "ppl"})
+    render_readme.ROOT = tmp_path
+    assert "| passkey 4k * |" in render_readme.headline_section([before])

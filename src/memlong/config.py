@@ -138,7 +138,8 @@ class MemLongConfig:
             len(question_offsets)`` chunks per question; the memory then holds them as read text:
             the window's oldest chunks are banked meanwhile (and the reread ones too once the
             reread, the question and the answer outgrow the window), so the question's own search
-            runs on that bank. ``False`` (default): the question reads its hits as memory only.
+            runs on that bank. ``False`` (default): the question reads its hits as memory only; the
+            shipped default model turns it on.
         sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
             visible to every later query in every retrieval layer once the local window has slid
             past them, placed first, before the retrieved chunks (the attention sinks of

@@ -168,7 +168,8 @@ def _describe(model, name) -> dict:
         "chunk_size": cfg.chunk_size, "top_k": cfg.top_k, "local_window": cfg.local_window,
         "memory_capacity": cfg.memory_capacity, "bank_dtype": cfg.bank_dtype,
         "rerank_candidates": cfg.rerank_candidates, "rerank_window": cfg.rerank_window,
-        "rerank_index": cfg.rerank_index, "lexical_weight": cfg.lexical_weight, "retriever": model.memlong_retriever.describe(),
+        "rerank_index": cfg.rerank_index, "lexical_weight": cfg.lexical_weight,
+        "question_reread": cfg.question_reread, "retriever": model.memlong_retriever.describe(),
     }
 
 
