@@ -15,7 +15,7 @@ $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_64k.json
 # the 64k passkey with the question's window re-ranking over every banked chunk (default: the top 32 by whole-chunk similarity)
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.5 --trials 1 --methods memlong --set rerank_candidates=1024 --threads 1 --json docs/results/default_passkey_64k_rerank_all.json
-# 128k: five depths x 2 trials, about 4 hours on one thread (20-25 min a prompt); --resume continues a run cut short
+# 128k: five depths x 2 trials, about 2 hours on one thread (11-12 min a prompt beside another run); --resume continues a run cut short
 $M eval passkey --data runs/corpus --lengths 131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_128k.json
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --methods memlong,base_full --threads 2 --json docs/results/default_ppl_by_length.json --plot docs/results/default_ppl_by_length.png
 # perplexity from 4k to 64k, the same 3 longest test documents at every length (about 1.5 hours on one core)
