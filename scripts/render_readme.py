@@ -240,13 +240,17 @@ def _older_search_note(c: dict, repeat: bool = True) -> str:
             + ("; `--set lexical_weight=0` repeats that." if repeat else "."))
 
 
+def _asks(c: dict) -> bool:
+    """Whether an evaluation's MemLong methods ask questions (passkey, RULER, in-context learning)."""
+    return c["task"] in ("passkey", "ruler", "icl") and "memlong" in str(c.get("methods", "memlong"))
+
+
 def _older_search(c: dict) -> bool:
     """Whether a question-asking evaluation ran before the window index or the lexical term existed
     (its config lacks ``rerank_index`` or ``lexical_weight``): the same command now retrieves
     differently for its questions."""
-    asks = c["task"] in ("passkey", "ruler", "icl") and "memlong" in str(c.get("methods", "memlong"))
     m = c.get("memlong") or {"rerank_index": None, "lexical_weight": None}
-    return asks and not ("rerank_index" in m and "lexical_weight" in m)
+    return _asks(c) and not ("rerank_index" in m and "lexical_weight" in m)
 
 
 def _before_reread(c: dict) -> bool:
@@ -254,8 +258,7 @@ def _before_reread(c: dict) -> bool:
     ``question_reread`` on (its config lacks the field): the same command now reads each
     question's hits again as text before the question."""
     m = c.get("memlong") or {}
-    asks = c["task"] in ("passkey", "ruler", "icl") and "memlong" in str(c.get("methods", "memlong"))
-    return asks and c.get("model") is None and c.get("requery", True) and "question_reread" not in m
+    return _asks(c) and c.get("model") is None and c.get("requery", True) and "question_reread" not in m
 
 
 def _cell(r: dict, key: str, fmt: str = "{:.2f}") -> str:
