@@ -698,6 +698,47 @@ def test_a_question_reads_its_hits_best_last_with_their_continuations():
 
 
 @torch.no_grad()
+def test_question_reread_text_is_not_banked_again(tmp_path):
+    """The chunks a question rereads are in the bank already: when reading goes on after the
+    answer and they leave the local window, a chunk made only of reread text is dropped, not
+    banked a second time (a later question would find the copy beside the original); a chunk
+    that also holds the document or the question is banked as usual. A saved and loaded memory
+    keeps that bookkeeping; a memory without reread banks every chunk."""
+    m, _ = gated_llama(memory_capacity=400, question_reread=True)
+    doc, more = rand_ids(1, 203, seed=8), rand_ids(1, 64, seed=10)
+    question = doc[:, 40:44]  # retrieves chunk 5 (its text) and one more
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+
+    def asked(model):
+        mem = model.ingest(doc)
+        reread = mem.question_tokens(model.memlong_retriever, question.tolist())[0]
+        model.generate(question, memory=mem, requery=True, **kw)
+        return mem, reread
+
+    mem, reread = asked(m)
+    assert len(reread) == 16  # stream 203..219: chunk 25 = 3 document tokens + 5 reread, 26 reread, 27 = 3 + question
+    with pytest.raises(ValueError, match="not a range of the 225 tokens read"):  # 203 + 16 + 4 + 2
+        mem.mark_reread(0, 220, 300)
+    path = tmp_path / "memory"
+    mem.save(path)
+    loaded = m.load_memory(path)
+    for memory in (mem, loaded):
+        m.ingest(more, memory)  # chunks 25..30 leave the window
+        bank = memory.bank(0)
+        ids = bank.chunk_ids[bank.chunk_ids >= 0].tolist()
+        assert 26 not in ids and {25, 27, 28} <= set(ids)
+        tokens = [tuple(t) for t in bank.token_ids[bank.chunk_ids >= 0].tolist()]
+        assert len(set(tokens)) == len(tokens)  # no chunk twice
+    torch.testing.assert_close(m(more[:, :5], cache=mem).logits, m(more[:, :5], cache=loaded).logits, atol=ATOL,
+                               rtol=0)
+    plain = memlong.wrap(tiny_model("llama")[0], dataclasses.replace(m.memlong_config, question_reread=False),
+                         retriever=m.memlong_retriever)
+    mem, _ = asked(plain)
+    plain.ingest(more, mem)
+    assert set(range(30)) <= set(mem.bank(0).chunk_ids.tolist())
+
+
+@torch.no_grad()
 def test_question_reread_reads_the_hits_as_text_before_the_question():
     """``question_reread=True``: ``generate(requery=...)`` first reads the chunks the question
     will retrieve (``question_tokens``: its hits in ``question_order``, with what

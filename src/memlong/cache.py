@@ -6,7 +6,9 @@ step like any KV cache. It holds, for each batch row (each row is its own sequen
 * the **local window**: every layer's keys/values (unrotated) of the recent tokens, with their
   stream positions; a token sees the previous ``local_window // chunk_size - 1`` whole chunks
   and its own chunk up to itself (a block-sliding window, so chunks leave it whole);
-* the **memory bank** (:class:`memlong.memory.MemoryBank`) of chunks that left the window;
+* the **memory bank** (:class:`memlong.memory.MemoryBank`) of chunks that left the window
+  (but a chunk made only of text a question read again from the bank, ``question_reread``, is
+  dropped: the bank holds it already; see :meth:`MemLongCache.mark_reread`);
 * chunk records: tokens and retrieval embeddings of chunks still in the window, and the
   retrieved K/V of the chunk in progress (reused until it ends, so one chunk is retrieved for
   once, whatever the call boundaries: token-by-token generation equals one forward).
@@ -113,6 +115,7 @@ class MemLongCache(Cache):
             # training_free sink (config.sink_tokens): the first tokens' K/V in every bank layer,
             # [H_bank, s, D] each, kept from when chunk 0 leaves the window
             self.sink: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.batch_size_
+            self.reread: list[list[list[int]]] = [[] for _ in range(self.batch_size_)]  # see mark_reread()
             self._last_memory: dict | None = None  # see prepare(): one slot's retrieved memory, reused
             return
         self._last_memory = None
@@ -120,6 +123,7 @@ class MemLongCache(Cache):
             self.seen[b] = 0
             self.focus[b] = self.sink[b] = None
             self.focus_search[b] = {}
+            self.reread[b] = []
             self.chunk_tokens[b].clear()
             self.chunk_chars[b].clear()
             self.chunk_emb[b].clear()
@@ -225,6 +229,7 @@ class MemLongCache(Cache):
             "chunk_tokens": [{str(c): t for c, t in d.items()} for d in self.chunk_tokens],
             "chunk_chars": [{str(c): t for c, t in d.items()} for d in self.chunk_chars],
             "mem_none": mem_none,
+            "reread": self.reread,
         }
         path = os.path.join(directory, MEMORY_JSON)
         with open(path + ".tmp", "w") as f:
@@ -293,6 +298,7 @@ class MemLongCache(Cache):
                 cache.sink[b] = (value.to(dev), t[f"sink_v.{b}"].to(dev))
         for b, j in meta["mem_none"]:
             cache.chunk_mem[b][j] = None
+        cache.reread = [[[int(s), int(e)] for s, e in row] for row in meta.get("reread", [[]] * B)]  # older saves record none
         return cache
 
     def window_tokens(self, row: int = 0) -> int:
@@ -763,13 +769,32 @@ class MemLongCache(Cache):
             self.chunk_mem[b][c] = self._retrieve(b, query)
         return rows
 
+    def mark_reread(self, row: int, start: int, end: int) -> None:
+        """Stream positions ``start..end - 1`` of row ``row`` hold text read again from its bank
+        (``question_reread``: a question's hits read as text before it). A chunk made only of
+        them is dropped, not banked, when it leaves the window: the bank holds that text already,
+        and a second copy would take a later search's slot beside the original. A chunk that also
+        holds other text (the document before, the question after) is banked as usual."""
+        if not self.seen[row] >= end >= start >= 0:
+            raise ValueError(f"mark_reread({row}, {start}, {end}): not a range of the {self.seen[row]} tokens read")
+        if end > start:
+            self.reread[row].append([start, end])
+
     def _depart(self, b: int, c: int) -> None:
-        """Chunk ``c`` of row ``b`` leaves the window: write it to the bank."""
+        """Chunk ``c`` of row ``b`` leaves the window: write it to the bank (unless it is reread text)."""
         tau = self.config.chunk_size
         pos = self.win_pos[b]
         idx = (pos == c * tau).nonzero().flatten()
         if idx.numel() != 1 or int(pos[int(idx[0]) + tau - 1]) != (c + 1) * tau - 1:
             raise RuntimeError(f"chunk {c} of row {b} is not whole in the window; state is inconsistent")
+        lo, hi = c * tau, (c + 1) * tau
+        again = any(s <= lo and hi <= e for s, e in self.reread[b])
+        self.reread[b] = [r for r in self.reread[b] if r[1] > hi]  # ranges no later chunk can fall in go
+        if again:
+            self.chunk_tokens[b].pop(c)
+            self.chunk_emb[b].pop(c)
+            self.chunk_chars[b].pop(c, None)
+            return
         i = int(idx[0])
         layers = self.config.bank_layers  # training_free: every retrieval layer's K/V, heads stacked
         k = torch.cat([self.win_k[layer][b, :, i : i + tau] for layer in layers]) if len(layers) > 1 \

@@ -136,9 +136,10 @@ class MemLongConfig:
             enter the local window, so the answer finds a fact a few hundred tokens back as well as
             in memory placed before the window. Costs reading up to ``top_k *
             len(question_offsets)`` chunks per question; the memory then holds them as read text:
-            the window's oldest chunks are banked meanwhile (and the reread ones too once the
-            reread, the question and the answer outgrow the window), so the question's own search
-            runs on that bank. ``False`` (default): the question reads its hits as memory only; the
+            the window's oldest chunks are banked meanwhile, so the question's own search runs on
+            that bank. When the reread text leaves the window (the question, the answer or later
+            reading outgrowing it), a chunk made only of it is dropped, not banked again (the bank
+            holds it already). ``False`` (default): the question reads its hits as memory only; the
             shipped default model turns it on.
         sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
             visible to every later query in every retrieval layer once the local window has slid

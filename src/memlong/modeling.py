@@ -392,7 +392,10 @@ class MemLongMixin:
             if t:
                 ids[b, R - len(t):] = torch.tensor(t, device=self.device)
                 mask[b, R - len(t):] = 1
+        starts = list(memory.seen)
         self.ingest(ids, memory, attention_mask=mask, desc="reread")
+        for b, t in enumerate(texts):
+            memory.mark_reread(b, starts[b], starts[b] + len(t))  # in the bank already: not banked again
 
     # ------------------------------------------------------------------ persistence
     def memlong_gates(self) -> dict[str, torch.Tensor]:
