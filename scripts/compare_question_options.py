@@ -23,15 +23,17 @@ import time
 
 import torch
 
-#: name -> the question fields it sets (the rest as the model's config has them). ``top_k`` set on
-#: the copy made after reading changes only what the question (and its answer) retrieves.
+#: name -> the question fields it sets (the rest as the model's config has them). Each sets
+#: ``question_reread`` (the default model turns it on): a variant names how it asks whatever the
+#: config. ``top_k`` set on the copy made after reading changes only what the question (and its
+#: answer) retrieves.
 VARIANTS = {
-    "stream": dict(question_order="stream", question_offsets=None),
-    "best_last": dict(question_order="score", question_offsets=None),
-    "stream_next": dict(question_order="stream", question_offsets=(0, 1)),
-    "best_last_next": dict(question_order="score", question_offsets=(0, 1)),
-    "top1": dict(question_order="stream", question_offsets=None, top_k=1),
-    "top2": dict(question_order="stream", question_offsets=None, top_k=2),
+    "stream": dict(question_order="stream", question_offsets=None, question_reread=False),
+    "best_last": dict(question_order="score", question_offsets=None, question_reread=False),
+    "stream_next": dict(question_order="stream", question_offsets=(0, 1), question_reread=False),
+    "best_last_next": dict(question_order="score", question_offsets=(0, 1), question_reread=False),
+    "top1": dict(question_order="stream", question_offsets=None, question_reread=False, top_k=1),
+    "top2": dict(question_order="stream", question_offsets=None, question_reread=False, top_k=2),
     "reread": dict(question_order="stream", question_offsets=None, question_reread=True),
     "reread_next": dict(question_order="stream", question_offsets=(0, 1), question_reread=True),
     "reread_best_last": dict(question_order="score", question_offsets=None, question_reread=True),
