@@ -14,7 +14,8 @@ bench_ingest.png), ``million`` (docs/results/bench_million.json beside the other
 bench_million_*.json), ``search`` (bench_search_minilm.json beside bench_search.json) and
 ``retriever`` (bench_retriever.json). docs/DEVELOPMENT.md: ``question_options``
 (question_options_validation_*.json, `scripts/compare_question_options.py`), ``question_reread``
-(question_reread_validation_*.json, question_reread_icl_validation.json).
+(question_reread_validation_*.json, question_reread_icl_validation.json,
+question_reread_score_icl_validation.json).
 """
 
 from __future__ import annotations
@@ -459,7 +460,8 @@ SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
                                  RESULTS / "question_options_icl_validation_options.json"])))),
             "question_reread": (RESULTS / "question_reread_validation_16k.json", lambda _: "\n\n".join(filter(None, (
                 question_options_section(sorted(RESULTS.glob("question_reread_validation_*.json"), key=_length_order)),
-                results_section([RESULTS / "question_reread_icl_validation.json"])))))}
+                results_section([RESULTS / "question_reread_icl_validation.json",
+                                 RESULTS / "question_reread_score_icl_validation.json"])))))}
 
 
 def _length_order(path: Path) -> int:
