@@ -464,9 +464,10 @@ SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
                                  RESULTS / "question_reread_score_icl_validation.json"])))))}
 
 
-def _length_order(path: Path) -> int:
-    """question_options_validation_16k.json -> 16 (files in order of length)."""
-    return int(re.sub(r"\D", "", path.stem.rsplit("_", 1)[-1]) or 0)
+def _length_order(path: Path) -> tuple[int, str]:
+    """question_options_validation_16k.json -> (16, its name): files in order of length, then of
+    name (the same order on every file system)."""
+    return int(re.sub(r"\D", "", path.stem.rsplit("_", 1)[-1]) or 0), path.name
 
 
 def render(text: str, page: Path = ROOT / "README.md") -> str:
