@@ -723,7 +723,7 @@ def test_question_reread_text_is_not_banked_again(tmp_path):
     mem.save(path)
     loaded = m.load_memory(path)
     for memory in (mem, loaded):
-        m.ingest(more, memory)  # chunks 25..30 leave the window
+        m.ingest(more, memory)  # chunks 25..32 leave the window
         bank = memory.bank(0)
         ids = bank.chunk_ids[bank.chunk_ids >= 0].tolist()
         assert 26 not in ids and {25, 27, 28} <= set(ids)
