@@ -13,7 +13,7 @@ model: ``results`` (its evaluations), ``bench`` (docs/results/bench_ingest.json,
 bench_ingest.png), ``million`` (docs/results/bench_million.json beside the other
 bench_million_*.json), ``search`` (bench_search_minilm.json beside bench_search.json) and
 ``retriever`` (bench_retriever.json). docs/DEVELOPMENT.md: ``question_options``
-(question_options_validation_*.json, `scripts/compare_question_options.py`), ``question_reread``
+(question_options_validation_*.json, `scripts/experiments/compare_question_options.py`), ``question_reread``
 (question_reread_validation_*.json, question_reread_icl_validation.json,
 question_reread_score_icl_validation.json).
 """
@@ -154,7 +154,7 @@ def million_section(path: Path, runs: list[Path] | None = None, capacity_note: s
 
 
 def question_options_section(paths: list[Path]) -> str:
-    """`scripts/compare_question_options.py` runs (validation split): each one's command, then the
+    """`scripts/experiments/compare_question_options.py` runs (validation split): each one's command, then the
     mean score per task and length under each question variant, with the number of prompts."""
     out = []
     for path in paths:
@@ -166,7 +166,7 @@ def question_options_section(paths: list[Path]) -> str:
         variants = list(c["variants"])
         if variants != ["stream", "best_last", "stream_next", "best_last_next"]:  # the script's default set
             flags += f" --variants {','.join(variants)}"
-        out += [f"`python scripts/compare_question_options.py {flags} --json {path.relative_to(ROOT)}`", "",
+        out += [f"`python scripts/experiments/compare_question_options.py {flags} --json {path.relative_to(ROOT)}`", "",
                 "| task | length | prompts | " + " | ".join(variants) + " |", "|---|---:|---:|" + "---:|" * len(variants)]
         for task, by_length in data["summary"].items():
             for length, cells in by_length.items():
@@ -291,16 +291,46 @@ def _ruler_label(r: dict) -> str:
     return f"{r['task']}/{r['haystack']}" if r.get("haystack") else r["task"]
 
 
-def _ruler_table(results: list[dict]) -> list[str]:
-    """Score by task (and haystack), a column per length and method."""
+def _old_ruler(c: dict) -> bool:
+    """A report of `memlong eval ruler` as it was before it followed RULER's definitions."""
+    return c["task"] == "ruler" and "haystacks" in c
+
+
+OLD_RULER_NOTE = ("Measured with `memlong eval ruler` as it was before it followed RULER's definitions (its own task "
+                  "variants and word lists, labelled prompts, answers cut early, one sample per cell): not comparable "
+                  "with RULER's tables or the RULER results here; `git checkout a49c312` repeats it.")
+
+
+def _interval_cell(r: dict, key: str = "score") -> str:
+    if r.get(key) is None:
+        return r.get("note", "-").split(":")[0]
+    lo, hi = r["interval"]
+    return f"{r[key]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _ruler_table(results: list[dict], means: list[dict] | None = None) -> list[str]:
+    """Score by task (and haystack), a column per length and method; with ``means`` (a report of RULER
+    as RULER defines it), each cell's 95% interval and RULER's mean over its tasks that ran."""
     cols = list(dict.fromkeys((r["length"], r["method"]) for r in results))
     out = ["| task | " + " | ".join(f"{L:,} {m}" for L, m in cols) + " |", "|---|" + "---:|" * len(cols)]
+    cell = _interval_cell if means is not None else (lambda r: _cell(r, "score"))
     for label in dict.fromkeys(_ruler_label(r) for r in results):
         rows = {(r["length"], r["method"]): r for r in results if _ruler_label(r) == label}
-        out.append(f"| {label} | " + " | ".join(_cell(rows[c], "score") if c in rows else "" for c in cols) + " |")
+        out.append(f"| {label} | " + " | ".join(cell(rows[c]) if c in rows else "" for c in cols) + " |")
     samples = max(r.get("samples", 0) for r in results)
-    out.append(f"| mean ({samples} sample(s) per cell) | " + " | ".join(_mean_score(results, *c) for c in cols) + " |")
+    if means is None:
+        out.append(f"| mean ({samples} sample(s) per cell) | " + " | ".join(_mean_score(results, *c) for c in cols) + " |")
+        return out
+    by = {(m["length"], m["method"]): m for m in means}
+    out.append(f"| RULER's mean ({samples} samples per task) | " + " | ".join(
+        _ruler_mean(by.get(c)) for c in cols) + " |")
     return out
+
+
+def _ruler_mean(m: dict | None) -> str:
+    if not m or "mean" not in m:
+        return "-"
+    return f"{m['mean']:.2f} [{m['interval'][0]:.2f}, {m['interval'][1]:.2f}] ({len(m['tasks'])} tasks)"
 
 
 def _mean_score(results: list[dict], length: int, method: str, key: str = "score") -> str:
@@ -342,16 +372,21 @@ def headline_section(paths: list[Path]) -> str:
         for r in res:
             if task == "ppl":  # the note's first word where not measured: "skipped", "failed"
                 col, cell = f"ppl {r['length'] // 1024}k", _cell(r, "ppl", "{:.3f}").split(":")[0]
+            elif task == "ruler" and "ruler_means" in data:  # RULER's mean over its tasks, with its interval
+                col = f"RULER {r['length'] // 1024}k"
+                cell = _ruler_mean(next((m for m in data["ruler_means"]
+                                         if (m["length"], m["method"]) == (r["length"], r["method"])), None))
             elif task in ("passkey", "ruler"):
                 key = "accuracy" if task == "passkey" else "score"
-                col, cell = f"{task} {r['length'] // 1024}k", _mean_score(res, r["length"], r["method"], key)
+                name = "ruler (old) " if _old_ruler(data["config"]) else f"{task} "
+                col, cell = f"{name}{r['length'] // 1024}k", _mean_score(res, r["length"], r["method"], key)
             else:  # icl
                 col, cell = f"icl {r['task']} ({r['shots_memory']} in memory)", _cell(r, "accuracy")
             cols.setdefault(col, {})[r["method"]] = cell
             (old.add if before else old.discard)(col)
     if not cols:
         return "Not measured yet: run the commands in docs/RESULTS.md."
-    methods = [m for m in ("memlong", "memlong_no_memory", "base_full", "base_truncated")
+    methods = [m for m in ("memlong", "memlong_no_memory", "rag", "base_full", "base_truncated")
                if any(m in c for c in cols.values())]
     out = ["| method | " + " | ".join(c + " *" * (c in old) for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
@@ -378,6 +413,8 @@ def results_section(paths: list[Path]) -> str:
             out += [_older_search_note(c), ""]
         if _before_reread(c):
             out += [REREAD_NOTE + "; `--set question_reread=false` repeats that.", ""]
+        if _old_ruler(c):
+            out += [OLD_RULER_NOTE, ""]
         if c["task"] == "ppl":
             out += ["| length | method | ppl of the last tokens | tokens scored | documents |", "|---:|---|---:|---:|---:|"]
             for r in data["results"]:
@@ -386,7 +423,7 @@ def results_section(paths: list[Path]) -> str:
         elif c["task"] == "passkey":
             out += _passkey_table(data["results"])
         elif c["task"] == "ruler":
-            out += _ruler_table(data["results"])
+            out += _ruler_table(data["results"], data.get("ruler_means"))
         else:
             out += ["| task | method | K in context | M in memory | accuracy | examples |", "|---|---|---:|---:|---:|---:|"]
             for r in data["results"]:
@@ -433,11 +470,11 @@ def demo_section(path: Path) -> str:
 # The default model (SmolLM2-135M, training_free): README's headline table and docs/RESULTS.md.
 DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in
                    ("ppl_test", "ppl_same_text", "ppl_to_64k", "ppl_by_length", "passkey", "passkey_32k", "passkey_64k",
-                    "passkey_64k_rerank_all", "passkey_128k", "passkey_no_sink", "passkey_upper_layers", "ruler",
-                    "ruler_long", "icl", "icl_no_requery")]
+                    "passkey_64k_rerank_all", "passkey_128k", "passkey_no_sink", "passkey_upper_layers", "ruler_4k",
+                    "ruler_16k", "ruler_32k", "ruler", "ruler_long", "icl", "icl_no_requery")]
 DEFAULT_HEADLINE = [RESULTS / f"default_{name}.json" for name in
                     ("ppl_same_text", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "ruler", "ruler_long",
-                     "icl")]
+                     "ruler_4k", "ruler_16k", "ruler_32k", "icl")]
 
 LONG_CAPACITY = ("The bank's capacity is the default model's (131,072 tokens): once it is full, eviction keeps it "
                  "at that size, so the cost per token and the memory should stay flat however long the input.")

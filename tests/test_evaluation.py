@@ -16,3 +16,27 @@ def test_window_nll_progress_path_matches(memlong_model, use_memory):
     assert shown[1] == plain[1] == 80
     assert shown[0] == pytest.approx(plain[0], rel=1e-5)
     assert window_nll(m, windows, 40)[0] != pytest.approx(window_nll(m, windows, 40, use_memory=False)[0])
+
+
+def test_wilson_interval():
+    from memlong.evaluation import wilson
+
+    # published values (Wilson 1927; e.g. Newcombe 1998, table I): 0/10, 5/10, 10/10 at 95%
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    with pytest.raises(ValueError):
+        wilson(0, 0)
+
+
+def test_mean_interval_and_mean_of_means():
+    from memlong.evaluation import mean_interval, mean_of_means, wilson
+
+    assert mean_interval([1, 0, 1, 1]) == pytest.approx((0.75, *wilson(3, 4)))  # an accuracy: Wilson's
+    mean, lo, hi = mean_interval([0.25, 0.5, 0.75, 0.5, 0.5])  # partial credit: at least the normal interval
+    assert mean == 0.5 and lo <= 0.5 - 1.96 * 0.1768 / 5**0.5 + 1e-3 and hi >= 0.5 + 1.96 * 0.1768 / 5**0.5 - 1e-3
+    assert 0 <= lo and hi <= 1
+    # the mean of two equal cells: its interval narrower than either cell's, by sqrt(2)
+    cell = mean_interval([1, 0] * 5)
+    m, lo2, hi2 = mean_of_means([cell, cell])
+    assert m == pytest.approx(0.5) and (hi2 - lo2) == pytest.approx((cell[2] - cell[1]) / 2**0.5, rel=1e-6)

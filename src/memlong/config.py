@@ -119,7 +119,7 @@ class MemLongConfig:
             (with re-ranking on). An embedding can miss what the words say: MiniLM puts chunks of
             code full of ``pass`` above "The pass key is 65125" for "What is the pass key?".
             ``0``: embeddings alone. Reading is not affected (only questions are). The default,
-            0.5, was chosen on the validation split (``scripts/tune_lexical_weight.py``): it
+            0.5, was chosen on the validation split (``scripts/experiments/tune_lexical_weight.py``): it
             found planted facts among chunks sharing the question's words and RULER's needles
             among needles with other keys, and moved no fact asked in other words down.
         question_offsets: the chunks a question's hits bring (as ``retrieval_offsets``, for

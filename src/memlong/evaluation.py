@@ -118,3 +118,49 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
     if single:
         return [float(logp[0, 0, c[0]]) for c in continuations]
     return [float(sum(logp[i, t, tok] for t, tok in enumerate(c))) for i, c in enumerate(continuations)]
+
+
+# ---------------------------------------------------------------------------------------------
+# intervals: how far a mean over a few samples can be trusted
+# ---------------------------------------------------------------------------------------------
+
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``successes / n`` (95% by default): unlike the
+    normal approximation it stays inside [0, 1] and is not empty at 0 or n successes."""
+    if n <= 0:
+        raise ValueError("wilson: n must be >= 1")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(scores: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
+    """(mean, low, high) of per-sample scores in [0, 1]: Wilson's interval when every score is 0 or 1
+    (an accuracy), else the normal interval of the mean (partial credit, as RULER's multi-value
+    scores), clipped to [0, 1]; the wider of the two when that one is narrower than Wilson's
+    (few samples, all alike)."""
+    n = len(scores)
+    if n == 0:
+        raise ValueError("mean_interval: no scores")
+    mean = sum(scores) / n
+    lo, hi = wilson(mean * n, n, z)
+    if any(s not in (0, 1) for s in scores):
+        sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(1, n - 1))
+        lo, hi = min(lo, max(0.0, mean - z * sd / math.sqrt(n))), max(hi, min(1.0, mean + z * sd / math.sqrt(n)))
+    return mean, lo, hi
+
+
+def mean_of_means(cells: Sequence[tuple[float, float, float]], z: float = Z95) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean of several cells' means (each ``(mean, low, high)`` as
+    :func:`mean_interval` gives), the cells independent: each cell's standard error is taken as its
+    interval's half-width over ``z``."""
+    if not cells:
+        raise ValueError("mean_of_means: no cells")
+    t = len(cells)
+    mean = sum(c[0] for c in cells) / t
+    se = math.sqrt(sum(((c[2] - c[1]) / (2 * z)) ** 2 for c in cells)) / t
+    return mean, max(0.0, mean - z * se), min(1.0, mean + z * se)

@@ -1,5 +1,6 @@
 """`memlong eval ruler` end to end on a tiny random MemLong model at small lengths: a record per
-task, haystack, length and method, the plot, and bad input stopped before any model loads."""
+task, length and method with its interval, RULER's mean over the tasks that ran (qa without its
+file reported as not run), the plot, resuming, and bad input stopped before any model loads."""
 
 import argparse
 import json
@@ -21,56 +22,72 @@ def ruler_cli(setup, *extra):
     return main(["eval", "ruler", "--model", str(setup / "model"), "--retriever", "hashing", "--threads", "1", *extra])
 
 
-def test_end_to_end_json_plot_and_skipped_base(setup, tmp_path, capsys):
+def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
     out = tmp_path / "ruler.json"
-    assert ruler_cli(setup, "--data", str(setup / "corpus"), "--lengths", "900,1300", "--samples", "2",
-                     "--tasks", "niah_single,vt", "--max-base-length", "1000",
+    assert ruler_cli(setup, "--data", str(setup / "corpus"), "--lengths", "1500,1700", "--samples", "2",
+                     "--tasks", "niah_single_1,niah_single_2,qa_1,niah_multikey_1_noise", "--max-base-length", "1600",
                      "--json", str(out), "--plot", str(tmp_path / "ruler.png")) == 0
     report = json.loads(out.read_text())
     rows = report["results"]
-    variants = [("niah_single", "noise"), ("niah_single", "text"), ("vt", "noise")]
+    tasks = ["niah_single_1", "niah_single_2", "qa_1", "niah_multikey_1_noise"]
     methods = ["memlong", "memlong_no_memory", "base_full", "base_truncated"]
-    assert [(r["task"], r["haystack"], r["length"], r["method"]) for r in rows] == [
-        (t, h, L, m) for L in (900, 1300) for m in methods for t, h in variants]  # a length, a method at a time
+    assert [(r["task"], r["length"], r["method"]) for r in rows] == [
+        (t, L, m) for L in (1500, 1700) for m in methods for t in tasks]  # a length, a method at a time
     for r in rows:
+        if r["task"] == "qa_1":  # no --qa-squad: reported as not run, never a number
+            assert r["score"] is None and "not run" in r["note"] and "--qa-squad" in r["note"]
+            continue
         assert r["samples"] == 2 and r["seconds"] >= 0 and r["prompt_tokens"] + r["max_new_tokens"] <= r["length"]
-        if r["method"] == "base_full" and r["length"] == 1300:  # above --max-base-length: skipped, not made up
+        assert r["max_new_tokens"] == 128  # RULER's budget for the needle tasks
+        if r["method"] == "base_full" and r["length"] == 1700:  # above --max-base-length: skipped, not made up
             assert r["score"] is None and r["note"].startswith("skipped")
             continue
-        assert 0 <= r["score"] <= 1 and len(r["examples"]) == 2
+        assert 0 <= r["interval"][0] <= r["score"] <= r["interval"][1] <= 1 and len(r["examples"]) == 2
         for e in r["examples"]:
-            assert {"prompt_tail", "expected", "output", "score", "depths"} <= set(e)
-            assert "Question:" in e["prompt_tail"] and e["score"] == ruler.score(e["output"], e["expected"])
+            assert {"prompt_tail", "expected", "output", "score", "positions"} <= set(e)
+            assert "mentioned in the provided text" in e["prompt_tail"]
+            assert e["score"] == ruler.score(e["output"], e["expected"])
         assert r["score"] == pytest.approx(sum(e["score"] for e in r["examples"]) / 2)
     # the same prompts for every method
     by = {}
     for r in rows:
         if r.get("examples"):
-            by.setdefault((r["task"], r["haystack"], r["length"]), set()).add(
+            by.setdefault((r["task"], r["length"]), set()).add(
                 json.dumps([(e["prompt_tail"], e["expected"]) for e in r["examples"]]))
     assert all(len(v) == 1 for v in by.values())
+    # RULER's mean: over its tasks that ran (not qa_1, not our noise variant), saying so
+    means = {(m["method"], m["length"]): m for m in report["ruler_means"]}
+    m = means[("memlong", 1500)]
+    assert m["tasks"] == ["niah_single_1", "niah_single_2"] and m["not_run"] == ["qa_1"]
+    cells = [r["score"] for r in rows if r["method"] == "memlong" and r["length"] == 1500 and r["task"] in m["tasks"]]
+    assert m["mean"] == pytest.approx(sum(cells) / 2, abs=1e-4) and m["interval"][0] <= m["mean"] <= m["interval"][1]
+    assert means[("base_full", 1700)]["tasks"] == []
     config = report["config"]
-    assert config["task"] == "ruler" and config["tasks"] == "niah_single,vt" and config["samples"] == 2
+    assert config["task"] == "ruler" and config["samples"] == 2 and config["chat_template"] is False
     assert config["retriever_info"]["class"] == "HashingRetriever" and config["memlong"]["local_window"] == 64
     command = eval_command(config, "ruler.json")
     assert command.startswith(f"memlong eval ruler --model {setup / 'model'} --data {setup / 'corpus'} ")
-    assert "--tasks niah_single,vt" in command and "--samples 2" in command
+    assert f"--tasks {','.join(tasks)}" in command and "--samples 2" in command
     assert (tmp_path / "ruler.png").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "niah_single/text" in printed and "average score over the tasks" in printed
+    assert "RULER's mean" in printed and "over 2 of 13 tasks; not run: qa_1" in printed
+    assert "our variants (not in RULER's mean)" in printed
 
 
-def test_aggregation_tasks_noise_only_without_data(setup, tmp_path):
-    out = tmp_path / "agg.json"
-    assert ruler_cli(setup, "--lengths", "1600", "--samples", "1", "--tasks", "cwe,fwe,niah_multiquery",
-                     "--haystacks", "noise", "--methods", "memlong,base_truncated", "--json", str(out)) == 0
-    rows = json.loads(out.read_text())["results"]
-    assert [(r["task"], r["haystack"], r["method"]) for r in rows] == [
-        ("cwe", None, "memlong"), ("fwe", None, "memlong"), ("niah_multiquery", "noise", "memlong"),
-        ("cwe", None, "base_truncated"), ("fwe", None, "base_truncated"),
-        ("niah_multiquery", "noise", "base_truncated")]
-    assert all(0 <= r["score"] <= 1 for r in rows)
-    assert len(rows[0]["examples"][0]["expected"]) == 10 and len(rows[1]["examples"][0]["expected"]) == 3
+def test_question_answering_with_a_squad_file(setup, tmp_path):
+    squad = {"data": [{"paragraphs": [
+        {"context": f"Paragraph {i} says the river {i} is called Name{i}.",
+         "qas": [{"question": f"What is river {i} called?", "answers": [{"text": f"Name{i}"}], "is_impossible": False}]}
+        for i in range(30)]}]}
+    (tmp_path / "squad.json").write_text(json.dumps(squad))
+    out = tmp_path / "qa.json"
+    assert ruler_cli(setup, "--lengths", "1200", "--samples", "2", "--tasks", "qa_1", "--methods", "base_truncated",
+                     "--qa-squad", str(tmp_path / "squad.json"), "--json", str(out)) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert row["max_new_tokens"] == 32 and [e["expected"] for e in row["examples"]] == [["Name0"], ["Name1"]]
+    assert report["ruler_means"][0]["tasks"] == ["qa_1"]
+    assert f"--qa-squad {tmp_path / 'squad.json'}" in eval_command(report["config"], "qa.json")
 
 
 def test_a_run_cut_short_keeps_what_it_measured_and_resumes(setup, tmp_path, monkeypatch, capsys):
@@ -86,23 +103,21 @@ def test_a_run_cut_short_keeps_what_it_measured_and_resumes(setup, tmp_path, mon
 
     monkeypatch.setattr(eval_ruler, "_measure", measure_then_die)
     out = tmp_path / "cut.json"
+    flags = ["--lengths", "1600", "--samples", "1", "--tasks", "cwe,fwe,vt", "--methods", "memlong"]
     with pytest.raises(KeyboardInterrupt):
-        ruler_cli(setup, "--lengths", "1600", "--samples", "1", "--tasks", "cwe,fwe,vt", "--methods", "memlong",
-                  "--json", str(out))
+        ruler_cli(setup, *flags, "--json", str(out))
     rows = json.loads(out.read_text())["results"]
     assert [r["task"] for r in rows] == ["cwe", "fwe"] and all(0 <= r["score"] <= 1 for r in rows)
 
     # --resume measures only what is missing and keeps the rest as it was
     monkeypatch.setattr(eval_ruler, "_measure", measure)
-    assert ruler_cli(setup, "--lengths", "1600", "--samples", "1", "--tasks", "cwe,fwe,vt", "--methods", "memlong",
-                     "--json", str(out), "--resume") == 0
+    assert ruler_cli(setup, *flags, "--json", str(out), "--resume") == 0
     resumed = json.loads(out.read_text())["results"]
     assert resumed[:2] == rows and [r["task"] for r in resumed] == ["cwe", "fwe", "vt"]
     # ... and refuses a report measured with other prompts
     for extra, says in ((["--json", str(out), "--seed", "3"], "--seed"), ([], "--resume needs --json")):
         with pytest.raises(SystemExit) as e:
-            ruler_cli(setup, "--lengths", "1600", "--samples", "1", "--tasks", "cwe,fwe,vt", "--methods", "memlong",
-                      "--resume", *extra)
+            ruler_cli(setup, *flags, "--resume", *extra)
         assert e.value.code != 0 and says in str(e.value.code) + capsys.readouterr().err
     assert json.loads(out.read_text())["results"] == resumed  # a refused resume leaves the report as it was
 
@@ -119,13 +134,13 @@ def tokenizer_only(setup, tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra, says", [
-    (["--tasks", "niah_single,needle"], ["--tasks", "needle", "niah_single"]),
-    (["--haystacks", "essay"], ["--haystacks", "essay", "noise"]),
-    (["--lengths", "150", "--tasks", "niah_single,vt", "--haystacks", "noise"], ["--lengths", "150", "vt (needs"]),
-    (["--lengths", "40000"], ["--data", "fewer than the longest --lengths 40000", "at least 40000"]),
-    (["--lengths", "2000", "--tasks", "niah_single", "--haystacks", "text", "--data", "/nonexistent/corpus"], ["--data", "/nonexistent/corpus"]),
-    (["--lengths", "2000", "--tasks", "niah_single", "--haystacks", "text", "--data", None], ["needs --data"]),
+    (["--tasks", "niah_single_1,needle"], ["--tasks", "needle", "niah_single_1"]),
+    (["--lengths", "300", "--tasks", "niah_single_1,vt"], ["--lengths", "300", "vt (needs about"]),
+    (["--lengths", "2000", "--tasks", "niah_single_2", "--data", "/nonexistent/corpus"], ["--data", "/nonexistent/corpus"]),
+    (["--lengths", "2000", "--tasks", "niah_single_2,niah_multivalue", "--data", None],
+     ["niah_single_2, niah_multivalue", "give --data"]),
     (["--lengths", "2000", "--samples", "0"], ["--samples"]),
+    (["--lengths", "2000", "--tasks", "qa_2", "--qa-hotpotqa", "/nonexistent.json"], ["--qa-hotpotqa", "/nonexistent.json"]),
     (["--methods", "memlong,in_context"], ["--methods"]),
 ])
 def test_bad_input_is_a_usage_error_before_loading(setup, tokenizer_only, capsys, extra, says):
@@ -139,12 +154,13 @@ def test_bad_input_is_a_usage_error_before_loading(setup, tokenizer_only, capsys
     assert e.value.code != 0 and all(s in message for s in says), message
 
 
-def test_all_names_every_task_and_haystack():
+def test_ruler_names_its_13_tasks_and_all_adds_our_variants():
     from memlong.recipes.eval import add_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    args = p.parse_args(["ruler", "--tasks", "all", "--haystacks", "all"])
-    assert args.tasks == ",".join(ruler.TASKS) and args.haystacks == ",".join(ruler.HAYSTACKS)
+    assert p.parse_args(["ruler"]).tasks == ",".join(ruler.RULER_TASKS) == p.parse_args(["ruler", "--tasks", "ruler"]).tasks
+    assert len(ruler.RULER_TASKS) == 13
+    assert p.parse_args(["ruler", "--tasks", "all"]).tasks == ",".join(ruler.ALL_TASKS)
     with pytest.raises(SystemExit):
         p.parse_args(["ruler", "--tasks", "all,vt"])  # "all" alone or names

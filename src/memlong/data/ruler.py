@@ -1,87 +1,148 @@
-"""RULER-style synthetic tasks (Hsieh et al. 2024, arXiv 2404.06654), generated locally.
+"""RULER's synthetic tasks (Hsieh et al. 2024, arXiv 2404.06654) as RULER defines them.
 
-Each task turns (tokenizer, rng, haystack) into one prompt of token ids and the strings its
-answer must contain; a prompt and its answer fit ``length`` tokens (RULER's rule: prompt tokens
-+ the task's ``max_new_tokens`` <= length), filled as close to it as the task allows. The
-question comes last, in the plain ``Question: ...`` / ``Answer: ...`` form of ``memlong ask``,
-the answer's first words already written (RULER's answer prefix):
+The 13 tasks of RULER's ``scripts/synthetic.yaml`` with the templates, answer prefixes and
+generation lengths of its ``scripts/data/synthetic/constants.py``, generated the way its
+``niah.py``, ``variable_tracking.py``, ``common_words_extraction.py``, ``freq_words_extraction.py``
+and ``qa.py`` do, and scored by its ``scripts/eval/synthetic/constants.py`` metrics:
 
-* ``niah_single``: one needle, "One of the special magic numbers for {key} is: {value}.",
-  the key an adjective-noun word, the value 7 digits (RULER's niah_single);
-* ``niah_multikey``: the needle among 3 distractor needles with other keys;
-* ``niah_multivalue``: 4 needles with the same key: every value is asked for;
-* ``niah_multiquery``: 4 needles with distinct keys, all 4 asked for at once;
-* ``vt``: variable tracking: a chain "VAR ABCDE = 12345", "VAR FGHIJ = VAR ABCDE", ... (4 hops)
-  scattered through noise: name every variable equal to the value (one worked example first);
-* ``cwe``: common words: a numbered list where 10 words recur often (30 times; 6 below 4,096
-  tokens) and the rest rarely (3 times; 1): name the 10 (one worked example first);
-* ``fwe``: frequent words: coded words drawn from a Zipf law (alpha 2, the commonest one
-  being "..." as noise): name the 3 most frequent.
+============== ========= ============ ======= ======= ============================================
+task           haystack  keys/values  k/v/q   tokens  what is asked
+============== ========= ============ ======= ======= ============================================
+niah_single_1  noise     words/numbers 1/1/1  128     the value of one needle
+niah_single_2  essay     words/numbers 1/1/1  128     the same, in real text
+niah_single_3  essay     words/uuids   1/1/1  128     a uuid value
+niah_multikey_1 essay    words/numbers 4/1/1  128     one needle among 3 with other keys
+niah_multikey_2 needle   words/numbers 1/1/1  128     a haystack made of needles with other keys
+niah_multikey_3 needle   uuids/uuids   1/1/1  128     the same with uuid keys and values
+niah_multivalue essay    words/numbers 1/4/1  128     the 4 values of one key
+niah_multiquery essay    words/numbers 4/1/4  128     the values of 4 keys at once
+vt             noise     1 chain, 4 hops      30      every variable bound to a value (one example)
+cwe            -         10 words x 30, others x 3 120 the 10 most common words (one example)
+fwe            -         Zipf alpha 2         50      the 3 most frequent coded words
+qa_1           SQuAD     documents            32      a SQuAD question (``qa_files``)
+qa_2           HotpotQA  documents            32      a HotpotQA question (``qa_files``)
+============== ========= ============ ======= ======= ============================================
 
-The needle tasks read a :class:`Haystack`: repeated noise sentences (:func:`noise_haystack`,
-"The grass is green. The sky is blue. ...") or real text (:func:`text_haystack`, sentences of
-held-out documents); needles go between its sentences, at depths drawn from 40 evenly spaced
-ones (as RULER). ``vt`` always uses the noise; ``cwe`` and ``fwe`` are all list and no haystack.
-The prompt is built from separately tokenized pieces (as the passkey prompt), so token counts
-and the planted statements' positions are exact. Scoring (:func:`score`): the fraction of the
-expected strings found in the output, case-insensitive (RULER's string_match_all).
+Each prompt is the task's template around its context, wrapped in the model's chat template when
+``chat`` is given (RULER wraps instruct models in theirs), then the answer prefix; prompt tokens
++ the task's generation length <= ``length``, the haystack as large as fits (RULER's binary
+search). Where RULER downloads material we use our own, as documented here: the ``essay``
+haystack is the text of held-out documents (RULER: Paul Graham's essays), whitespace-collapsed
+and cut into sentences by :func:`sentences` (RULER: NLTK's punkt); keys and cwe's words come from
+the word lists of the ``wonderwords`` package, as in RULER (cwe beyond those words: pronounceable
+made-up words, where RULER reads an English word list); qa reads SQuAD / HotpotQA files given by
+the caller. The randomness is Python's ``random`` seeded per sample (RULER also shuffles some
+lists with its fixed global seed; here each sample draws its own order).
+
+Extra variants of ours (:data:`EXTRA`) use RULER's generator with the noise haystack in place of
+the essay; they are reported apart, never in RULER's mean (:data:`RULER_TASKS`).
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import random
 import re
 import string
+import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
 
-NOISE = ("The grass is green.", " The sky is blue.", " The sun is yellow.", " Here we go.", " There and back again.\n")
-DEPTHS = tuple(round(i / 39, 4) for i in range(40))  # where needles may go: 40 evenly spaced fractions
-MIN_FILL = 64  # fewest haystack tokens a needle task accepts: below that there is nothing to search
-HAYSTACKS = ("noise", "text")
+#: RULER's noise haystack: one "sentence" repeated, one per line
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+#: needle depths (percent), RULER's np.round(np.linspace(0, 100, 40)).astype(int)
+DEPTHS = tuple(int(math.floor(100 * i / 39 + 0.5)) for i in range(40))
+NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
 
-# keys of the needles: adjective-noun words (RULER draws them from a word list)
-_ADJECTIVES = ("ancient", "bitter", "brave", "calm", "clever", "crooked", "curious", "dusty", "eager", "elegant",
-               "fancy", "fierce", "fragile", "gentle", "gloomy", "golden", "grumpy", "hollow", "humble", "icy",
-               "jolly", "lazy", "lively", "lonely", "lucky", "mighty", "misty", "noisy", "odd", "polite", "proud",
-               "quiet", "rapid", "rusty", "shiny", "silent", "sleepy", "sticky", "stormy", "tender", "tidy",
-               "vivid", "wary", "wicked", "witty", "wooden", "young", "zealous")
-_NOUNS = ("anchor", "badger", "banjo", "beacon", "blanket", "candle", "canyon", "castle", "cherry", "compass",
-          "dolphin", "dragon", "falcon", "feather", "garden", "glacier", "hammer", "harbor", "helmet", "island",
-          "jacket", "kettle", "ladder", "lantern", "meadow", "mirror", "monkey", "needle", "orchard", "otter",
-          "parrot", "pepper", "pillow", "pirate", "pocket", "rabbit", "river", "saddle", "spider", "teapot",
-          "thistle", "tiger", "tunnel", "turtle", "violin", "walrus", "whistle", "window")
-# pronounceable words for cwe, as many as a long list needs (RULER: an English word list)
-_ONSETS = "bdfgklmnprstvz"
-_VOWELS = "aeiou"
+TEMPLATES = {  # RULER's scripts/data/synthetic/constants.py: (template, answer prefix, tokens to generate)
+    "niah": ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
+             "I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic "
+             "{type_needle_v} for {query} mentioned in the provided text?",
+             " The special magic {type_needle_v} for {query} mentioned in the provided text are", 128),
+    "vt": ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+           "Question: Find all variables that are assigned the value {query} in the text above.",
+           " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+           "assigned the value {query}, they are: ", 30),
+    "cwe": ("Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
+            "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?",
+            " Answer: The top 10 words that appear most often in the list are:", 120),
+    "fwe": ("Read the following coded text and track the frequency of each coded word. Find the three most "
+            "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
+            "the dots '....'. What are the three most frequently appeared words in the above coded text?",
+            " Answer: According to the coded text above, the three most frequently appeared words are:", 50),
+    "qa": ("Answer the question based on the given documents. Only give me the answer and do not output any other "
+           "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
+           "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}",
+           " Answer:", 32),
+}
 
 
 @dataclass(frozen=True)
 class RulerTask:
+    """One task of RULER's ``synthetic.yaml`` (or an extra variant of ours)."""
+
     name: str
-    kind: str  # "niah", "vt", "cwe" or "fwe"
-    max_new_tokens: int  # the answer's budget, part of ``length``
-    keys: int = 1  # niah: needles with distinct keys (distractors included)
-    values: int = 1  # niah: needles (values) per key
-    queries: int = 1  # niah: keys asked about
-    about: str = ""
+    kind: str  # "niah", "vt", "cwe", "fwe" or "qa"
+    haystack: str | None = None  # niah: "noise", "essay" or "needle"; vt: "noise"
+    type_k: str = "words"  # niah: the keys' kind ("words", "numbers", "uuids")
+    type_v: str = "numbers"  # niah: the values' kind
+    num_k: int = 1  # niah: needles with distinct keys
+    num_v: int = 1  # niah: values (needles) per key
+    num_q: int = 1  # niah: keys asked about
+    num_chains: int = 1  # vt
+    num_hops: int = 4  # vt
+    freq_cw: int = 30  # cwe: repeats of each common word (6 below 4,096 tokens)
+    freq_ucw: int = 3  # cwe: repeats of each other word (1 below 4,096 tokens)
+    num_cw: int = 10  # cwe: common words asked for
+    alpha: float = 2.0  # fwe: the Zipf law's exponent
+    dataset: str | None = None  # qa: "squad" or "hotpotqa"
+    metric: str = "all"  # "all": RULER's string_match_all; "part": string_match_part (qa)
+
+    @property
+    def tokens_to_generate(self) -> int:
+        return TEMPLATES[self.kind][2]
+
+    @property
+    def needs_essay(self) -> bool:
+        return self.haystack == "essay"
 
 
+def _niah(name, haystack, type_k="words", type_v="numbers", k=1, v=1, q=1) -> RulerTask:
+    return RulerTask(name, "niah", haystack, type_k, type_v, max(k, q), v, q)  # RULER: num_k = max(num_k, num_q)
+
+
+#: RULER's 13 tasks, in its order (scripts/config_tasks.sh)
 TASKS: dict[str, RulerTask] = {t.name: t for t in (
-    RulerTask("niah_single", "niah", 24, about="one needle"),
-    RulerTask("niah_multikey", "niah", 24, keys=4, about="one needle among 3 with other keys"),
-    RulerTask("niah_multivalue", "niah", 64, values=4, about="4 values for one key, all asked for"),
-    RulerTask("niah_multiquery", "niah", 64, keys=4, queries=4, about="4 keys asked for at once"),
-    RulerTask("vt", "vt", 32, about="variable tracking: a chain of 4 hops in noise"),
-    RulerTask("cwe", "cwe", 120, about="the 10 most common words of a list"),
-    RulerTask("fwe", "fwe", 50, about="the 3 most frequent coded words"),
+    _niah("niah_single_1", "noise"),
+    _niah("niah_single_2", "essay"),
+    _niah("niah_single_3", "essay", type_v="uuids"),
+    _niah("niah_multikey_1", "essay", k=4),
+    _niah("niah_multikey_2", "needle"),
+    _niah("niah_multikey_3", "needle", type_k="uuids", type_v="uuids"),
+    _niah("niah_multivalue", "essay", v=4),
+    _niah("niah_multiquery", "essay", q=4),
+    RulerTask("vt", "vt", "noise"),
+    RulerTask("cwe", "cwe"),
+    RulerTask("fwe", "fwe"),
+    RulerTask("qa_1", "qa", dataset="squad", metric="part"),
+    RulerTask("qa_2", "qa", dataset="hotpotqa", metric="part"),
 )}
+RULER_TASKS = tuple(TASKS)
+#: our variants: RULER's generator over the noise haystack; reported apart, never in RULER's mean
+EXTRA: dict[str, RulerTask] = {t.name: t for t in (
+    replace(TASKS["niah_multikey_1"], name="niah_multikey_1_noise", haystack="noise"),
+    replace(TASKS["niah_multivalue"], name="niah_multivalue_noise", haystack="noise"),
+    replace(TASKS["niah_multiquery"], name="niah_multiquery_noise", haystack="noise"),
+)}
+ALL_TASKS: dict[str, RulerTask] = {**TASKS, **EXTRA}
 
 
 class PromptTooShort(ValueError):
-    """``length`` leaves no room for the task's fixed parts; ``minimum`` is the least that does."""
+    """``length`` leaves no room for the task's fixed parts; ``minimum`` is about the least that does."""
 
     def __init__(self, task: str, length: int, minimum: int):
         super().__init__(f"{task}: a {length}-token prompt is too short; it needs at least {minimum} tokens")
@@ -91,321 +152,478 @@ class PromptTooShort(ValueError):
 @dataclass
 class RulerSample:
     task: str
-    haystack: str | None  # "noise", "text", or None (cwe, fwe)
-    ids: list[int]  # the prompt, the question last
-    answers: list[str]  # strings the answer must contain
-    question_tokens: int  # the prompt's last tokens that are the question (generate(requery=N))
-    max_new_tokens: int
-    span: tuple[int, int] = (0, 0)  # where the context (haystack and statements, or the list) is in ``ids``
-    depths: list[float] = field(default_factory=list)  # intended depth of each planted statement
-    positions: list[int] = field(default_factory=list)  # token offset of each planted statement in ``ids``
-    statements: list[list[int]] = field(default_factory=list)  # their tokens
+    ids: list[int]  # the prompt: [chat start] instructions, context, query [chat end] answer prefix
+    answers: list[str]  # the references RULER scores against
+    question_tokens: int  # the prompt's last tokens after the context (query and answer prefix)
+    max_new_tokens: int  # RULER's tokens to generate
+    span: tuple[int, int] = (0, 0)  # where the context is in ``ids``
+    positions: list[int] = field(default_factory=list)  # token offset in ``ids`` of each needle answered
+    text: str = ""  # the prompt as text
 
 
-class Haystack:
-    """Filler text as sentence-sized units of token ids, read cyclically from any start unit."""
+def score(output: str, answers: list[str], metric: str = "all") -> float:
+    """RULER's score of one generation, in [0, 1]: ``all`` (string_match_all), the fraction of
+    ``answers`` found in it; ``part`` (string_match_part), 1 if any is found. Case-insensitive,
+    after RULER's postprocessing (stripped, control characters made newlines)."""
+    out = postprocess(output).lower()
+    found = [a.lower() in out for a in answers]
+    return (sum(found) / len(found)) if metric == "all" else float(any(found))
 
-    def __init__(self, kind: str, units: list[list[int]]):
-        if not units or not any(units):
-            raise ValueError(f"the {kind} haystack is empty")
-        self.kind, self.units = kind, [u for u in units if u]
-        self.tokens = sum(len(u) for u in self.units)
 
-    def take(self, n: int, start: int) -> list[list[int]]:
-        """Units from ``start`` on (wrapping around) holding exactly ``n`` tokens (the last one cut)."""
-        out, i = [], start % len(self.units)
-        while n > 0:
-            u = self.units[i][:n]
-            out.append(u)
-            n -= len(u)
-            i = (i + 1) % len(self.units)
-        return out
+def postprocess(output: str) -> str:
+    """RULER's ``postprocess_pred``: strip, control characters to newlines, strip."""
+    return re.sub(r"[\x00-\x1f]", "\n", output.strip()).strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# word lists and haystack text
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def _wordlist(name: str) -> tuple[str, ...]:
+    """A word list of the ``wonderwords`` package (RULER's source of keys and cwe's words)."""
+    from importlib.resources import files
+
+    return tuple(w.rstrip() for w in files("wonderwords.assets").joinpath(name).read_text().splitlines())
+
+
+@lru_cache(maxsize=None)
+def _key_parts() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(sorted(set(_wordlist("adjectivelist.txt")))), tuple(sorted(set(_wordlist("nounlist.txt"))))
+
+
+def key_word(rng: random.Random) -> str:
+    """A needle key as RULER draws it: one of every adjective-noun pair of wonderwords' lists, uniformly
+    (an adjective and a noun drawn apart: the same law, without building the 6 million pairs)."""
+    adjectives, nouns = _key_parts()
+    return f"{rng.choice(adjectives)}-{rng.choice(nouns)}"
+
+
+@lru_cache(maxsize=None)
+def cwe_words() -> tuple[str, ...]:
+    """cwe's words: wonderwords' nouns, adjectives and verbs, deduplicated and sorted (RULER then
+    shuffles them once with its seed; a sample's random.sample makes that order irrelevant)."""
+    return tuple(sorted(set(_wordlist("nounlist.txt") + _wordlist("adjectivelist.txt") + _wordlist("verblist.txt"))))
+
+
+def _made_up_words(rng: random.Random, n: int, avoid: set[str]) -> list[str]:
+    out: list[str] = []
+    seen = set(avoid)
+    while len(out) < n:
+        w = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.choice((3, 4))))
+        if w not in seen:
+            seen.add(w)
+            out.append(w)
+    return out
+
+
+def essay_words(texts: Iterable[str], min_words: int) -> list[str]:
+    """The essay haystack as RULER keeps it: the texts joined, whitespace collapsed, split at
+    spaces; read until ``min_words`` words (or the texts run out)."""
+    words: list[str] = []
+    for text in texts:
+        words.extend(re.sub(r"\s+", " ", text).strip().split(" "))
+        if len(words) >= min_words:
+            break
+    return [w for w in words if w]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` (whitespace-collapsed) cut into sentences: after ``.``, ``!`` or ``?`` (and any
+    closing quote or bracket) before a capital or a digit. Our stand-in for NLTK's punkt, which
+    RULER uses and which needs a download."""
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        out.append(text[start:m.start()].strip() + text[m.start():m.end()].strip())
+        start = m.end()
+    if start < len(text):
+        out.append(text[start:].strip())
+    return [s for s in out if s]
+
+
+# ---------------------------------------------------------------------------------------------
+# the generators: each returns (context text, query, answers) for a haystack size n
+# ---------------------------------------------------------------------------------------------
+
+
+def _random(rng: random.Random, kind: str) -> str:
+    if kind == "numbers":
+        return str(rng.randint(10**6, 10**7 - 1))
+    if kind == "words":
+        return key_word(rng)
+    if kind == "uuids":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    raise ValueError(f"unknown needle kind {kind!r}")
+
+
+def _niah(spec: RulerTask, n: int, rng: random.Random, essay: list[str] | None):
+    keys, values, needles = [], [], []
+    for _ in range(spec.num_k):
+        keys.append(_random(rng, spec.type_k))
+        values.append([_random(rng, spec.type_v) for _ in range(spec.num_v)])
+        needles.extend(NEEDLE.format(type_v=spec.type_v, key=keys[-1], value=v) for v in values[-1])
+    rng.shuffle(needles)
+    if spec.haystack == "essay":
+        words = (essay * (n // len(essay) + 1))[:n]
+        sents = sentences(" ".join(words))
+        cuts = [0] + sorted(int(len(sents) * d / 100) for d in rng.sample(DEPTHS, len(needles))) + [len(sents)]
+        parts = []
+        for i in range(1, len(cuts)):
+            parts.append(" ".join(sents[cuts[i - 1]:cuts[i]]))
+            if i - 1 < len(needles):
+                parts.append(needles[i - 1])
+        context = " ".join(parts)
+    else:
+        if spec.haystack == "noise":
+            lines = [NOISE] * n
+        else:  # "needle": every line a needle with another random key and value
+            lines = [NEEDLE.format(type_v=spec.type_v, key=_random(rng, spec.type_k), value=_random(rng, spec.type_v))
+                     for _ in range(n)]
+        for index, needle in zip(sorted(rng.sample(range(n), len(needles)), reverse=True), needles):
+            lines.insert(index, needle)
+        context = "\n".join(lines)
+    asked = rng.sample(range(spec.num_k), spec.num_q)
+    queries = [keys[i] for i in asked]
+    answers = [a for i in asked for a in values[i]]
+    query = ", ".join(queries[:-1]) + ", and " + queries[-1] if len(queries) > 1 else queries[0]
+    answered = [NEEDLE.format(type_v=spec.type_v, key=keys[i], value=v) for i in asked for v in values[i]]
+    return context, query, answers, answered
+
+
+def niah_template(spec: RulerTask) -> tuple[str, str, str]:
+    """(template, answer prefix, the values' kind as the template says it) of a needle task, in
+    the singular when one value is asked (RULER's replacements)."""
+    template, prefix, _ = TEMPLATES["niah"]
+    type_v = spec.type_v
+    if spec.num_q * spec.num_v == 1:
+        def one(t: str) -> str:
+            return t.replace("Some", "A").replace("are all", "is").replace("are", "is").replace("answers", "answer")
+        template, prefix, type_v = one(template), one(prefix), type_v[:-1]
+    return template, prefix, type_v
+
+
+def _vt_chain(rng: random.Random, hops: int, letters: int, value: str) -> tuple[list[str], list[str]]:
+    names: list[str] = []
+    while len(names) < hops + 1:
+        name = "".join(rng.choices(string.ascii_uppercase, k=letters))
+        if name not in names:
+            names.append(name)
+    return names, [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(hops)]
+
+
+def _vt(spec: RulerTask, n: int, rng: random.Random, letters: int = 5, value: str | None = None):
+    value = value or str(rng.randint(10000, 99998))  # RULER: np.random.randint(10000, 99999)
+    names, chain = _vt_chain(rng, spec.num_hops, letters, value)
+    lines = [NOISE] * n
+    for i, j in zip(sorted(rng.sample(range(n), len(chain))), range(len(chain))):
+        lines.insert(i + j, chain[j])
+    return "\n".join(lines).replace(". \n", ".\n"), value, names
+
+
+def _cwe_list(rng: random.Random, num_words: int, common: int, uncommon: int, num_cw: int) -> tuple[str, list[str]]:
+    pool = cwe_words()
+    if num_words <= len(pool):
+        chosen = rng.sample(pool, num_words)
+    else:  # beyond the word lists: made-up words (RULER: an English word list)
+        chosen = list(pool) + _made_up_words(rng, num_words - len(pool), set(pool))
+        rng.shuffle(chosen)
+    items = chosen[:num_cw] * common + chosen[num_cw:] * uncommon
+    rng.shuffle(items)
+    return " ".join(f"{i + 1}. {w}" for i, w in enumerate(items)), chosen[:num_cw]
+
+
+def _fwe(spec: RulerTask, n: int, vocab: list[str]):
+    counts = [int(n * k ** -spec.alpha / _zeta(spec.alpha)) for k in range(1, len(vocab) + 1)]
+    return [w for w, c in zip(vocab, counts) for _ in range(c)]
+
+
+def _zeta(s: float) -> float:
+    if s == 2.0:
+        return math.pi**2 / 6
+    return sum(k**-s for k in range(1, 200_000)) + 200_000 ** (1 - s) / (s - 1)  # the tail's integral
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts
+# ---------------------------------------------------------------------------------------------
 
 
 def encoder(tok) -> Callable[[str], list[int]]:
     return lambda text: tok(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def noise_haystack(tok) -> Haystack:
-    return Haystack("noise", [encoder(tok)(s) for s in NOISE])
+def chat_parts(tok) -> tuple[str, str]:
+    """(what comes before a user's text, what comes after it) in the tokenizer's chat template: one
+    user turn and the assistant's opening, as RULER's model templates wrap a task. Raises ValueError
+    for a tokenizer without a chat template."""
+    if not getattr(tok, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template")
+    marker = "\x00RULER\x00"
+    full = tok.apply_chat_template([{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True)
+    before, _, after = full.partition(marker)
+    return before, after
 
 
-def sentences(text: str, min_chars: int = 40) -> list[str]:
-    """``text`` cut after sentence ends and newlines, short pieces merged into the next; joined
-    back they give ``text``."""
-    out, cur = [], ""
-    for piece in re.split(r"(?<=[.!?\n])", text):
-        cur += piece
-        if len(cur) >= min_chars:
-            out.append(cur)
-            cur = ""
-    if cur:
-        out.append(cur)
-    return out
+@dataclass
+class _Parts:
+    """A prompt as text pieces: ``head`` + ``context`` + ``tail`` (``tail`` holds the query, the
+    chat template's end and the answer prefix)."""
+
+    head: str
+    context: str
+    tail: str
+    answers: list[str]
+    needles: list[str] = field(default_factory=list)  # the context's answered statements
+
+    @property
+    def text(self) -> str:
+        return self.head + self.context + self.tail
 
 
-def text_haystack(tok, texts: Iterable[str], min_tokens: int) -> Haystack:
-    """Sentences of ``texts`` (documents one blank line apart), read until ``min_tokens`` tokens
-    (or the texts run out: check ``.tokens``)."""
-    units, n = [], 0
-    for text in texts:
-        pieces = sentences(text.strip() + "\n\n")
-        ids = tok(pieces, add_special_tokens=False)["input_ids"]
-        units.extend(ids)
-        n += sum(len(u) for u in ids)
-        if n >= min_tokens:
-            break
-    return Haystack("text", units)
+class Generator:
+    """Prompts of one task at one length for one tokenizer: the haystack size found once by binary
+    search (RULER's), then each sample drawn with it (smaller by RULER's increment while a draw is too
+    long)."""
 
+    def __init__(self, task: str, tok, length: int, *, chat: bool = False, essay: list[str] | None = None,
+                 qa: QaSet | None = None, probe_seed: str = "probe"):
+        if task not in ALL_TASKS:
+            raise ValueError(f"unknown RULER task {task!r}; choose among {', '.join(ALL_TASKS)}")
+        self.spec, self.tok, self.length, self.essay, self.qa = ALL_TASKS[task], tok, length, essay, qa
+        if self.spec.needs_essay and not essay:
+            raise ValueError(f"{task} reads an essay haystack: give its text (essay_words)")
+        if self.spec.kind == "qa" and not qa:
+            raise ValueError(f"{task} needs {self.spec.dataset} questions (read_qa)")
+        self.enc = encoder(tok)
+        self.chat = chat_parts(tok) if chat else ("", "")
+        self.budget = length - self.spec.tokens_to_generate
+        # fwe's size search steps by this many words (RULER's linear search)
+        self.increment = max(self.budget // 32, 1)
+        # the least haystack: noise and needle lines to put every statement between
+        self.floor = {"niah": self.spec.num_k * self.spec.num_v, "vt": self.spec.num_hops + 1}.get(self.spec.kind, 1)
+        self._vt_example = self._vt_icl() if self.spec.kind == "vt" else None
+        self.size = self._search(probe_seed)
 
-def score(output: str, answers: list[str]) -> float:
-    """The fraction of ``answers`` found in ``output`` (case-insensitive), RULER's string_match_all."""
-    low = output.lower()
-    return sum(a.lower() in low for a in answers) / len(answers)
+    # -- one draw -------------------------------------------------------------------------------
 
+    def parts(self, n: int, rng: random.Random, index: int = 0) -> _Parts:
+        spec = self.spec
+        before, after = self.chat
+        if spec.kind == "niah":
+            context, query, answers, needles = _niah(spec, n, rng, self.essay)
+            template, prefix, type_v = niah_template(spec)
+            return self._split(before, template.format(type_needle_v=type_v, context="\x00", query=query),
+                               context, after + prefix.format(type_needle_v=type_v, query=query), answers, needles)
+        if spec.kind == "vt":
+            context, value, names = _vt(spec, n, rng)
+            template, prefix, _ = TEMPLATES["vt"]
+            example = self._randomized_vt_example(rng)
+            needles = [ln for ln in context.split("\n") if ln.startswith("VAR ")]
+            return self._split(before + example + "\n", template.format(context="\x00", query=value), context,
+                               after + prefix.format(num_v=spec.num_hops + 1, query=value), names, needles)
+        if spec.kind == "cwe":
+            template, prefix, _ = TEMPLATES["cwe"]
+            if self.length < 4096:
+                (ex_n, ex_c, ex_u), (common, uncommon) = (20, 3, 1), (6, 1)
+            else:
+                (ex_n, ex_c, ex_u), (common, uncommon) = (40, 10, 3), (spec.freq_cw, spec.freq_ucw)
+            ex_list, ex_answer = _cwe_list(rng, ex_n, ex_c, ex_u, spec.num_cw)
+            context, answers = _cwe_list(rng, n, common, uncommon, spec.num_cw)
+            # RULER's few-shot example: the whole wrapped prompt with its answer, then a newline
+            example = (before + template.format(context=ex_list) + after + prefix + " "
+                       + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_answer)) + "\n")
+            return self._split(example + before, template.format(context="\x00"), context, after + prefix, answers)
+        if spec.kind == "fwe":
+            template, prefix, _ = TEMPLATES["fwe"]
+            vocab_size = self.budget // 50
+            vocab: list[str] = []
+            while len(set(vocab)) < vocab_size:
+                vocab.append("".join(rng.choices(string.ascii_lowercase, k=6)))
+            vocab = sorted(set(vocab))
+            rng.shuffle(vocab)
+            vocab[0] = "..."  # the top-ranked word is noise
+            words = _fwe(spec, n, vocab)
+            rng.shuffle(words)
+            return self._split(before, template.format(context="\x00"), " ".join(words), after + prefix, vocab[1:4])
+        # qa
+        template, prefix, _ = TEMPLATES["qa"]
+        q = self.qa.questions[index % len(self.qa.questions)]
+        context = _qa_context(q, n, self.qa.docs, rng)
+        return self._split(before, template.format(context="\x00", query=q["query"]), context, after + prefix,
+                           list(q["outputs"]))
 
-# ---------------------------------------------------------------------------------------------
-# needle tasks and variable tracking: fixed parts, then haystack around planted statements
-# ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _split(before: str, filled: str, context: str, end: str, answers, needles=()) -> _Parts:
+        head, _, rest = filled.partition("\x00")
+        return _Parts(before + head, context, rest + end, list(answers), list(needles))
 
+    def tokens(self, p: _Parts) -> int:
+        return len(self.enc(p.head)) + len(self.enc(p.context)) + len(self.enc(p.tail))
 
-def _number(rng: random.Random, digits: int = 7) -> str:
-    return str(rng.randrange(10 ** (digits - 1), 10**digits))
+    # -- the size search ------------------------------------------------------------------------
 
+    def _search(self, seed: str) -> int:
+        """The largest haystack size (essay words, noise or needle lines, cwe words, fwe words, qa
+        documents) whose prompt fits ``length`` with the answer, by RULER's search."""
+        if self.spec.kind == "fwe":
+            return self._fwe_size(seed)
+        lo = self.floor  # RULER starts at its increment (and loops forever when even that is too long)
+        if self.tokens(self.parts(lo, random.Random(f"{seed}/lo"))) > self.budget:
+            raise PromptTooShort(self.spec.name, self.length, self._minimum(seed))
+        hi = lo * 2
+        while self.tokens(self.parts(hi, random.Random(f"{seed}/{hi}"))) <= self.budget:
+            lo, hi = hi, hi * 2
+            if self.spec.kind == "qa" and lo >= len(self.qa.docs):
+                return len(self.qa.docs)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            fits = self.tokens(self.parts(mid, random.Random(f"{seed}/{mid}"))) <= self.budget
+            lo, hi = (mid, hi) if fits else (lo, mid)
+        return lo
 
-def _niah_parts(spec: RulerTask, rng: random.Random):
-    """(prefix, statements, question, answers) of a needle task."""
-    pairs = [f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS]
-    keys = rng.sample(pairs, spec.keys)
-    values = [[_number(rng) for _ in range(spec.values)] for _ in keys]
-    needles = [f"One of the special magic numbers for {k} is: {v}." for k, vs in zip(keys, values) for v in vs]
-    rng.shuffle(needles)
-    asked = keys[: spec.queries]
-    answers = [v for vs in values[: spec.queries] for v in vs]
-    what = " and ".join([", ".join(asked[:-1]), asked[-1]]) if len(asked) > 1 else asked[0]
-    if len(answers) == 1:
-        prefix = ("A special magic number is hidden within the following text. Make sure to memorize it. "
-                  "I will quiz you about the number afterwards.\n")
-        question = (f"\nQuestion: What is the special magic number for {what} mentioned in the provided text?\n"
-                    f"Answer: The special magic number for {what} mentioned in the provided text is")
-    else:
-        prefix = ("Some special magic numbers are hidden within the following text. Make sure to memorize them. "
-                  "I will quiz you about the numbers afterwards.\n")
-        question = (f"\nQuestion: What are all the special magic numbers for {what} mentioned in the provided "
-                    f"text?\nAnswer: The special magic numbers for {what} mentioned in the provided text are")
-    return prefix, [f"\n{n}\n" for n in needles], question, answers
-
-
-def _variables(rng: random.Random, n: int, letters: int) -> list[str]:
-    names: list[str] = []
-    while len(names) < n:
-        name = "".join(rng.choices(string.ascii_uppercase, k=letters))
-        if name not in names:
-            names.append(name)
-    return names
-
-
-def _vt_question(value: str, n: int) -> str:
-    return (f"\nQuestion: Find all variables that are assigned the value {value} in the text above.\n"
-            f"Answer: According to the chain(s) of variable assignment in the text above, {n} variables are "
-            f"assigned the value {value}, they are:")
-
-
-_VT_INSTRUCTION = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
-
-
-def _vt_parts(rng: random.Random, hops: int = 4):
-    """(prefix with one worked example, statements, question, answers) of variable tracking."""
-    ex_vars, ex_value = _variables(rng, 3, 3), _number(rng, 5)
-    ex_chain = [f"VAR {ex_vars[0]} = {ex_value}"] + [f"VAR {b} = VAR {a}" for a, b in zip(ex_vars, ex_vars[1:])]
-    noise = "".join(NOISE)
-    example = (_VT_INSTRUCTION + noise + "\n" + f"\n{noise}".join(ex_chain) + "\n" + noise
-               + _vt_question(ex_value, len(ex_vars)) + " " + " ".join(ex_vars) + "\n\n")
-    names, value = _variables(rng, hops + 1, 5), _number(rng, 5)
-    chain = [f"VAR {names[0]} = {value}"] + [f"VAR {b} = VAR {a}" for a, b in zip(names, names[1:])]
-    return example + _VT_INSTRUCTION, [f"\n{c}\n" for c in chain], _vt_question(value, len(names)), names
-
-
-def _plant(units: list[list[int]], statements: list[list[int]], depths: list[float]) -> tuple[list[int], list[int]]:
-    """``units`` joined with ``statements[i]`` at the unit boundary nearest to ``depths[i]`` of
-    their tokens (``depths`` ascending); returns (ids, each statement's offset in them)."""
-    total = sum(len(u) for u in units)
-    bounds, at = [0], 0
-    for u in units:
-        at += len(u)
-        bounds.append(at)
-    where = []
-    for d in depths:  # the boundary whose token offset is nearest to the target
-        t = d * total
-        b = bisect.bisect_left(bounds, t)  # bounds[b - 1] < t <= bounds[b]
-        if b > 0 and t - bounds[b - 1] < bounds[b] - t:
-            b -= 1
-        where.append(b)
-    ids: list[int] = []
-    positions: list[int] = []
-    k = 0
-    for b in range(len(units) + 1):
-        while k < len(statements) and where[k] == b:
-            positions.append(len(ids))
-            ids.extend(statements[k])
-            k += 1
-        if b < len(units):
-            ids.extend(units[b])
-    return ids, positions
-
-
-def _planted(spec: RulerTask, tok, length: int, rng: random.Random, haystack: Haystack) -> RulerSample:
-    enc = encoder(tok)
-    prefix, statements, question, answers = _niah_parts(spec, rng) if spec.kind == "niah" else _vt_parts(rng)
-    depths = sorted(rng.sample(DEPTHS, len(statements)))  # ascending: vt's chain stays in order
-    p_ids, q_ids = enc(prefix), enc(question)
-    s_ids = [enc(s) for s in statements]
-    fixed = len(p_ids) + len(q_ids) + sum(map(len, s_ids))
-    fill = length - spec.max_new_tokens - fixed
-    if fill < MIN_FILL:
-        raise PromptTooShort(spec.name, length, fixed + MIN_FILL + spec.max_new_tokens)
-    units = haystack.take(fill, start=rng.randrange(len(haystack.units)))
-    body, positions = _plant(units, s_ids, depths)
-    return RulerSample(spec.name, haystack.kind, p_ids + body + q_ids, answers, len(q_ids), spec.max_new_tokens,
-                       span=(len(p_ids), len(p_ids) + len(body)), depths=depths,
-                       positions=[len(p_ids) + p for p in positions], statements=s_ids)
-
-
-# ---------------------------------------------------------------------------------------------
-# aggregation: a list whose size is the largest that fits
-# ---------------------------------------------------------------------------------------------
-
-
-def _words(rng: random.Random, n: int) -> list[str]:
-    """``n`` distinct pronounceable words of 2-3 syllables."""
-    out: set[str] = set()
-    words = []
-    while len(words) < n:
-        w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 3, 3))))
-        if w not in out:
-            out.add(w)
-            words.append(w)
-    return words
-
-
-def _numbered(words: list[str]) -> str:
-    return " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
-
-
-_CWE_INSTRUCTION = ("Below is a numbered list of words. In these words, some appear more often than others. "
-                    "Memorize the ones that appear most often.\n")
-_CWE_QUESTION = ("\nQuestion: What are the 10 most common words in the above list?\n"
-                 "Answer: The top 10 words that appear most often in the list are:")
-
-
-def _cwe_list(rng: random.Random, words: list[str], common: int, rare: int) -> tuple[str, list[str]]:
-    """The numbered list of ``words``, the first 10 ``common`` times each, the rest ``rare`` times."""
-    items = words[:10] * common + words[10:] * rare
-    rng.shuffle(items)
-    return _numbered(items), words[:10]
-
-
-def _cwe(length: int, seed: str) -> Callable[[int], tuple[str, str, list[str]]]:
-    """n (rare words) -> (prefix with one worked example, list, answers), deterministic for ``seed``."""
-    common, rare = (30, 3) if length >= 4096 else (6, 1)
-    ex_common, ex_rare, ex_words = (10, 3, 30) if length >= 4096 else (3, 1, 10)
-
-    def build(n: int):
+    def _fwe_size(self, seed: str) -> int:
+        """RULER's linear search for fwe: from budget // 6 words up by budget // 32 while the text is
+        shorter than the budget, then one step back."""
+        step = self.increment
+        n = self.budget // 6
         rng = random.Random(seed)
-        words = _words(rng, 10 + ex_words + 10 + n)  # one draw: the example's words are not the list's
-        ex_list, ex_answer = _cwe_list(rng, words[: 10 + ex_words], ex_common, ex_rare)
-        example = _CWE_INSTRUCTION + ex_list + _CWE_QUESTION + " " + _numbered(ex_answer) + "\n\n"
-        lst, answers = _cwe_list(rng, words[10 + ex_words :], common, rare)
-        return example + _CWE_INSTRUCTION, lst, answers
+        while self.tokens(self.parts(n, rng)) < self.budget:
+            n += step
+        return n - step
 
-    return build
+    def _minimum(self, seed: str) -> int:
+        p = self.parts(self.floor, random.Random(f"{seed}/min"))
+        return self.tokens(p) + self.spec.tokens_to_generate
 
+    # -- vt's worked example --------------------------------------------------------------------
 
-_FWE_INSTRUCTION = ("Read the following coded text and track the frequency of each coded word. "
-                    "Find the three most frequently appeared coded words. ")
-_FWE_QUESTION = ("\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the three most "
-                 "frequently appeared words in the above coded text?\n"
-                 "Answer: According to the coded text above, the three most frequently appeared words are:")
-_ZETA2 = math.pi**2 / 6
+    def _vt_icl(self) -> str:
+        """RULER's vt example: the task (no chat template) over as much noise as fits 500 tokens, a
+        chain of 3-letter names from 12345, answered."""
+        template, prefix, _ = TEMPLATES["vt"]
 
+        def text(n: int) -> tuple[str, list[str]]:
+            context, value, names = _vt(self.spec, n, random.Random(f"icl/{n}"), letters=3, value="12345")
+            return template.format(context=context, query=value) + prefix.format(num_v=len(names), query=value), names
 
-def _fwe(length: int, seed: str) -> Callable[[int], tuple[str, str, list[str]]]:
-    """n (words in the text) -> (prefix, text, answers): word k of a coded vocabulary appears
-    int(n k^-2 / zeta(2)) times; word 1 is "..." (noise); the answer is words 2-4."""
-    vocab_size = max(length // 50, 10)
+        n = 5
+        while len(self.enc(text(n + 1)[0])) <= 500:
+            n += 1
+        body, names = text(n)
+        return body + " " + " ".join(names) + "\n"
 
-    def build(n: int):
-        rng = random.Random(seed)
-        vocab: list[str] = []
-        seen: set[str] = set()
-        while len(vocab) < vocab_size:
-            w = "".join(rng.choices(string.ascii_lowercase, k=6))
-            if w not in seen:
-                seen.add(w)
-                vocab.append(w)
-        vocab[0] = "..."
-        items = [w for k, w in enumerate(vocab, 1) for _ in range(int(n * k**-2 / _ZETA2))]
-        rng.shuffle(items)
-        return _FWE_INSTRUCTION, " ".join(items), vocab[1:4]
+    def _randomized_vt_example(self, rng: random.Random) -> str:
+        """RULER's randomize_icl: new names for the example's variables and a new value."""
+        example = self._vt_example
+        for item in example.strip().split()[-(self.spec.num_hops + 1):]:
+            example = example.replace(item, "".join(rng.choices(string.ascii_uppercase, k=len(item))))
+        return example.replace("12345", str(rng.randint(10000, 99998)))
 
-    return build
+    # -- samples -------------------------------------------------------------------------------
 
+    def sample(self, rng: random.Random, index: int = 0) -> RulerSample:
+        """One prompt (``index``: qa's question number). A draw too long at the searched size is drawn
+        again, with the same keys and values, at the largest size that fits (RULER steps down by a
+        fixed increment, up to 500 essay words, which leaves some prompts well short of ``length``)."""
+        seed = rng.random()
+        n = self.size
+        p = self.parts(n, random.Random(seed), index)
+        if self.tokens(p) > self.budget and n > self.floor:
+            lo, hi = self.floor, n  # lo fits (or is the least there is), hi does not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if self.tokens(self.parts(mid, random.Random(seed), index)) <= self.budget else (lo, mid)
+            p = self.parts(lo, random.Random(seed), index)
+        h, c, t = self.enc(p.head), self.enc(p.context), self.enc(p.tail)
+        if len(h) + len(c) + len(t) > self.budget:
+            raise PromptTooShort(self.spec.name, self.length, len(h) + len(c) + len(t) + self.spec.tokens_to_generate)
+        return RulerSample(self.spec.name, h + c + t, p.answers, len(t), self.spec.tokens_to_generate,
+                           span=(len(h), len(h) + len(c)), positions=self._positions(p, len(h)), text=p.text)
 
-# fewest rare words (cwe) / words (fwe): below, the counts do not single out the answer
-_MIN_N = {"cwe": 10, "fwe": 120}
-
-
-def _listed(spec: RulerTask, tok, length: int, rng: random.Random) -> RulerSample:
-    enc = encoder(tok)
-    seed = f"{rng.random()}"
-    build = (_cwe if spec.kind == "cwe" else _fwe)(length, seed)
-    budget = length - spec.max_new_tokens
-    q_ids = enc(_CWE_QUESTION if spec.kind == "cwe" else _FWE_QUESTION)
-
-    def size(n: int) -> tuple[int, list[int], list[int], list[str]]:
-        prefix, body, answers = build(n)
-        p_ids, b_ids = enc(prefix), enc(body)
-        return len(p_ids) + len(b_ids) + len(q_ids), p_ids, b_ids, answers
-
-    lo = _MIN_N[spec.kind]
-    if size(lo)[0] > budget:
-        raise PromptTooShort(spec.name, length, size(lo)[0] + spec.max_new_tokens)
-    hi = lo * 2
-    while size(hi)[0] <= budget:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:  # largest n that fits (token counts grow with n, up to tokenizer noise)
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if size(mid)[0] <= budget else (lo, mid)
-    _, p_ids, b_ids, answers = size(lo)
-    return RulerSample(spec.name, None, p_ids + b_ids + q_ids, answers, len(q_ids), spec.max_new_tokens,
-                       span=(len(p_ids), len(p_ids) + len(b_ids)))
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def make_sample(task: str, tok, length: int, rng: random.Random, haystack: Haystack | None = None) -> RulerSample:
-    """One prompt of ``task`` in at most ``length - max_new_tokens`` tokens (as close as the task
-    allows: exactly, for the needle tasks and vt). ``haystack``: for the niah tasks (vt makes its
-    own noise). Raises :class:`PromptTooShort` when ``length`` cannot hold the task."""
-    spec = TASKS[task]
-    if spec.kind == "niah":
-        if haystack is None:
-            raise ValueError(f"{task} needs a haystack (noise_haystack or text_haystack)")
-        return _planted(spec, tok, length, rng, haystack)
-    if spec.kind == "vt":
-        return _planted(spec, tok, length, rng, noise_haystack(tok))
-    return _listed(spec, tok, length, rng)
-
-
-def minimum_length(task: str, tok, haystack: Haystack | None = None, probes: int = 8) -> int:
-    """The least ``length`` that holds ``task``: the most over a few draws of keys and words, plus a
-    margin for other draws (3% and 8 tokens)."""
-    least = 0
-    haystack = haystack or noise_haystack(tok)  # the fixed parts do not depend on the haystack's text
-    for i in range(probes):
+    def _positions(self, p: _Parts, offset: int) -> list[int]:
+        """Token offsets in the prompt of the context's answered statements."""
+        if not p.needles:
+            return []
         try:
-            make_sample(task, tok, 1, random.Random(f"probe{i}"), haystack)
-        except PromptTooShort as e:
-            least = max(least, e.minimum)
-    return least + least // 32 + 8
+            enc = self.tok(p.context, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError):
+            return []
+        starts = [s for s, _ in enc["offset_mapping"]]
+        out, at = [], 0
+        for needle in p.needles:
+            char = p.context.find(needle, at)
+            if char >= 0:
+                out.append(offset + max(0, bisect.bisect_right(starts, char) - 1))
+                at = char + 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# qa: SQuAD and HotpotQA files as RULER reads them
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QaSet:
+    """A qa task's questions (each ``{"query", "outputs", "context": [doc index], "more_context":
+    [doc index]}``, in file order) and documents (sorted, deduplicated), as RULER reads them."""
+
+    questions: list[dict]
+    docs: list[str]
+
+
+def read_qa(path: str | Path, dataset: str) -> QaSet:
+    """The questions of a SQuAD (v2.0 json: ``data[].paragraphs[].qas[]``) or HotpotQA (a json list
+    of ``question``, ``answer``, ``context``: [[title, sentences]]) file, as RULER reads them.
+    Raises ValueError for a file of another shape."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read a {dataset} json file ({e})") from None
+    try:
+        if dataset == "squad":
+            docs = sorted({p["context"] for d in data["data"] for p in d["paragraphs"]})
+            index = {c: i for i, c in enumerate(docs)}
+            qas = []
+            for d in data["data"]:
+                more = [index[p["context"]] for p in d["paragraphs"]]
+                for p in d["paragraphs"]:
+                    for qa in p["qas"]:
+                        if not qa.get("is_impossible", False):
+                            qas.append({"query": qa["question"], "outputs": [a["text"] for a in qa["answers"]],
+                                        "context": [index[p["context"]]],
+                                        "more_context": [i for i in more if i != index[p["context"]]]})
+        elif dataset == "hotpotqa":
+            docs = sorted({f"{t}\n{''.join(p)}" for d in data for t, p in d["context"]})
+            index = {c: i for i, c in enumerate(docs)}
+            qas = [{"query": d["question"], "outputs": [d["answer"]],
+                    "context": [index[f"{t}\n{''.join(p)}"] for t, p in d["context"]], "more_context": []}
+                   for d in data]
+        else:
+            raise ValueError(f"unknown qa dataset {dataset!r}; choose squad or hotpotqa")
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a {dataset} file (missing {e})") from None
+    if not qas:
+        raise ValueError(f"{path}: no answerable {dataset} question")
+    return QaSet(qas, docs)
+
+
+def _qa_context(q: dict, n: int, docs: list[str], rng: random.Random) -> str:
+    """RULER's qa context: the question's documents, then its article's others, then random ones,
+    ``n`` in all, shuffled, each "Document i:\\n..."."""
+    gold, more = q["context"], q.get("more_context", [])
+    if n < len(docs):
+        if n - len(gold) > len(more):
+            others = [i for i in range(len(docs)) if i not in set(gold + more)]
+            chosen = gold + more + rng.sample(others, max(0, n - len(gold) - len(more)))
+        else:
+            chosen = gold + rng.sample(more, max(0, n - len(gold)))
+        chosen_docs = [docs[i] for i in chosen]
+    else:
+        chosen_docs = (docs * (n // len(docs) + 1))[:n]
+    rng.shuffle(chosen_docs)
+    return "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(chosen_docs))

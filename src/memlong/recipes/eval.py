@@ -4,8 +4,8 @@
 * ``passkey``: passkey retrieval by length and depth, :mod:`memlong.recipes.eval_passkey`;
 * ``icl``: in-context learning with demonstrations in memory (the paper's Table 2),
   :mod:`memlong.recipes.eval_icl`;
-* ``ruler``: RULER's synthetic tasks (needles in a haystack, variable tracking, common and
-  frequent words) by length, :mod:`memlong.recipes.eval_ruler`.
+* ``ruler``: RULER's 13 tasks as RULER defines them (needles in a haystack, variable tracking,
+  common and frequent words, question answering) by length, :mod:`memlong.recipes.eval_ruler`.
 
 Each task's module docstring is its ``--help``. Without ``--model`` every task evaluates the
 default MemLong model (SmolLM2-135M-Instruct in training-free mode,
@@ -63,9 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            help="base_full is not attempted above this length (reported as skipped)")
     by_length.add_argument("--resume", action="store_true",
                            help="continue a run cut short: keep the cells already in --json (ppl: method and "
-                                "length; passkey: method, length and depth; ruler: task, haystack, length and "
-                                "method) and measure only the others; a report measured with other inputs, "
-                                "another model or MemLong config is refused")
+                                "length; passkey: method, length and depth; ruler: task, length and method) and "
+                                "measure only the others; a report measured with other inputs, another model or "
+                                "MemLong config is refused")
 
     requery = argparse.ArgumentParser(add_help=False)  # the tasks that ask after reading
     requery.add_argument("--no-requery", dest="requery", action="store_false",
@@ -100,7 +100,10 @@ def eval_command(c: dict, json_path) -> str:
             "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
             "icl": ("split", "demo_split", "labels", "shots_context", "shots_memory", "trials", "max_examples",
                     "methods", "retriever"),
-            "ruler": ("split", "lengths", "tasks", "haystacks", "samples", "seed", "methods", "retriever")}[c["task"]]
+            "ruler": ("split", "lengths", "tasks", "samples", "seed", "methods", "retriever", "qa_squad",
+                      "qa_hotpotqa")}[c["task"]]
+    if c["task"] == "ruler" and "haystacks" in c:  # a report of eval ruler before it followed RULER's definitions
+        keys = ("split", "lengths", "tasks", "haystacks", "samples", "seed", "methods", "retriever")
     args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
     if c["task"] == "ppl" and c.get("repeat"):
         args += f" --repeat {c['repeat']}"
@@ -109,6 +112,8 @@ def eval_command(c: dict, json_path) -> str:
     # (an icl report from before --no-requery existed was measured without it)
     if c["task"] in ("passkey", "ruler", "icl") and c.get("requery", c["task"] != "icl") is False:
         args += " --no-requery"
+    if c["task"] == "ruler" and c.get("chat_template") is False:
+        args += " --no-chat-template"
     sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
     # the default model is what a command without --model evaluates
     model = "" if c.get("model") in (None, "default") else f" --model {c['model']}"

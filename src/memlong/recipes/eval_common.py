@@ -152,12 +152,14 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
-def write_report(args, results: list[dict], model, base_path, base_window, plot=None, quiet=False) -> dict:
+def write_report(args, results: list[dict], model, base_path, base_window, plot=None, quiet=False,
+                 extra: dict | None = None) -> dict:
     """The run's JSON (``--json``): its results and config (every flag, the MemLong config as run,
     the base model and the retriever), from which :func:`memlong.recipes.eval.eval_command`
     rebuilds the command; and its plot (``--plot``), drawn by ``plot(results, path)``. ``quiet``: no
-    "wrote" line (a partial report, rewritten as a long run goes)."""
-    report = {"results": results, "config": {**vars(args), "memlong": model.memlong_config.to_dict(),
+    "wrote" line (a partial report, rewritten as a long run goes). ``extra``: more top-level
+    entries (summaries of the results)."""
+    report = {"results": results, **(extra or {}), "config": {**vars(args), "memlong": model.memlong_config.to_dict(),
                                              "base_model": base_path, "base_window": base_window,
                                              "retriever_info": model.memlong_retriever.describe()}}
     if args.json:

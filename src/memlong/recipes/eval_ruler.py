@@ -1,23 +1,29 @@
-"""`memlong eval ruler`: RULER's synthetic long-context tasks (Hsieh et al. 2024), generated locally.
+"""`memlong eval ruler`: RULER (Hsieh et al. 2024) as RULER defines it, by length.
 
-Every task (:mod:`memlong.data.ruler`: niah_single, niah_multikey, niah_multivalue,
-niah_multiquery, vt, cwe, fwe) is generated for each length (prompt + answer <= length) with
-``--samples`` prompts, deterministic for ``--seed``; the needle tasks once per haystack
-(``--haystacks``: ``noise``, repeated sentences; ``text``, sentences of the ``--data``
-documents' ``--split``). Each prompt is answered greedily, the question last, by the methods of
-``eval ppl`` (memlong, memlong_no_memory, base_full up to ``--max-base-length``, base_truncated),
-retrieval focused on the question (``generate(requery=N)``, as eval passkey). The answer ends at
-a blank line or a new ``Question:`` (as ``memlong ask``); its score is the fraction of the
-expected strings it contains (RULER's), averaged over the samples. cwe and fwe aggregate over
-the whole context: a memory that retrieves a few chunks is expected to fail them.
+RULER's 13 tasks (:mod:`memlong.data.ruler`: niah_single_1/2/3, niah_multikey_1/2/3,
+niah_multivalue, niah_multiquery, vt, cwe, fwe, qa_1, qa_2) with its templates, answer prefixes,
+placements and generation lengths, ``--samples`` prompts per task and length (deterministic for
+``--seed``). The essay haystack is the text of the ``--data`` documents' ``--split`` (RULER: Paul
+Graham's essays); qa_1 and qa_2 run when ``--qa-squad`` (SQuAD v2.0 dev json) and
+``--qa-hotpotqa`` (HotpotQA dev json) are given, else they are reported as not run. An instruct
+model's prompts are wrapped in its chat template, as RULER does (``--no-chat-template``: plain).
 
-All prompts are built, and every length checked against every task's minimum, before a model is
-loaded. Output: a table; ``--json``: a record per task, haystack, length and method (score, each
-sample's prompt tail, expected strings and output, seconds) and the config; ``--plot``: a
-heatmap per method (task by length) above the average score against length.
+Each prompt is answered greedily by the methods of ``eval ppl`` (memlong, memlong_no_memory,
+base_full up to ``--max-base-length``, base_truncated), the MemLong methods retrieving again with
+the question and answer prefix (``generate(requery=N)``); the whole generation (RULER's token
+budget, no stop words) is scored with RULER's metric (string_match_all; qa: string_match_part).
+A cell's score is the mean over its samples with a 95% interval (Wilson's for accuracies);
+RULER's mean at a length is the mean over RULER's tasks that ran, with the tasks named. Our extra
+variants (``--tasks`` names ending in ``_noise``) are reported apart, never in that mean.
 
-    memlong eval ruler --data runs/corpus --lengths 4096,16384 --samples 3 --json ruler.json --plot ruler.png
-    memlong eval ruler --tasks niah_single,vt --haystacks noise --lengths 2048,8192   # noise only: no --data
+All prompts are built, and every length checked against every task, before a model is loaded.
+Output: a table; ``--json``: a record per task, length and method (score, interval, each sample's
+prompt tail, expected strings and output, seconds), RULER's means and the config (rewritten after
+every cell: ``--resume`` continues a run cut short); ``--plot``: a heatmap per method above RULER's
+mean against length.
+
+    memlong eval ruler --data runs/corpus --lengths 4096,16384 --samples 10 --json ruler.json --plot ruler.png
+    memlong eval ruler --tasks niah_single_1,vt --lengths 4096     # noise haystacks only: no --data
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import argparse
 import random
 import time
 
-from memlong.data.ruler import HAYSTACKS, TASKS
+from memlong.data.ruler import ALL_TASKS, EXTRA, RULER_TASKS
 from memlong.recipes.eval_common import (
     METHODS,
     Skip,
@@ -42,179 +48,222 @@ from memlong.recipes.eval_common import (
 DEFAULT_LENGTHS = "4096,8192,16384,32768,65536,131072"
 
 
-def _names(choices, flag: str):
-    def parse(text: str) -> str:
-        names = [x.strip() for x in text.split(",") if x.strip()]
-        if names == ["all"]:
-            return ",".join(choices)
-        bad = [x for x in names if x not in choices]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"unknown {flag} {', '.join(bad) or repr(text)}; choose among "
-                                             f"{', '.join(choices)}")
-        return ",".join(names)
-
-    return parse
+def _task_names(text: str) -> str:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if names == ["ruler"]:
+        return ",".join(RULER_TASKS)
+    if names == ["all"]:
+        return ",".join(ALL_TASKS)
+    bad = [x for x in names if x not in ALL_TASKS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown task {', '.join(bad) or repr(text)}; give ruler (RULER's 13), all "
+                                         f"(with our variants), or names among {', '.join(ALL_TASKS)}")
+    return ",".join(names)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None,
-                   help="documents for the text haystack (a corpus folder and its --split, a .jsonl file, a text "
-                        "file, a folder of .txt files, or a datasets name); needed only for --haystacks text")
-    p.add_argument("--tasks", default=",".join(TASKS), type=_names(tuple(TASKS), "task"),
-                   help="all (the default), or comma-separated, among: "
-                        + "; ".join(f"{t.name} ({t.about})" for t in TASKS.values()))
-    p.add_argument("--haystacks", default=",".join(HAYSTACKS), type=_names(HAYSTACKS, "haystack"),
-                   help="the needle tasks' haystacks: noise (repeated sentences) and/or text (--data); vt always "
-                        "reads noise, cwe and fwe none")
-    p.add_argument("--samples", type=int, default=3, help="prompts per task, haystack and length")
+                   help="documents for the essay haystack (a corpus folder and its --split, a .jsonl file, a text "
+                        "file, a folder of .txt files, or a datasets name); needed by the tasks that read it")
+    p.add_argument("--tasks", default=",".join(RULER_TASKS), type=_task_names,
+                   help="ruler (RULER's 13, the default), all (with our variants), or comma-separated among: "
+                        + ", ".join(ALL_TASKS))
+    p.add_argument("--samples", type=int, default=10, help="prompts per task and length (RULER: 500)")
+    p.add_argument("--qa-squad", default=None, metavar="JSON",
+                   help="SQuAD v2.0 (dev) json for qa_1; without it qa_1 is reported as not run")
+    p.add_argument("--qa-hotpotqa", default=None, metavar="JSON",
+                   help="HotpotQA (dev, distractor) json for qa_2; without it qa_2 is reported as not run")
+    p.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                   help="plain prompts; by default a tokenizer's chat template wraps each task, as RULER wraps "
+                        "instruct models")
     p.epilog = (f"--lengths default: {DEFAULT_LENGTHS}; "
-                "--methods default: memlong,memlong_no_memory,base_full,base_truncated")
+                "--methods default: " + ",".join(METHODS))
 
 
-def label(task: str, haystack: str | None) -> str:
-    return f"{task}/{haystack}" if task.startswith("niah") else task
-
-
-def build_prompts(args, tok, lengths: list[int]) -> dict:
-    """``{(task, haystack, length): [RulerSample]}`` for the run, or a MemLongConfigError naming the
-    flag to change (a length below a task's minimum, a haystack with too little text)."""
+def build_prompts(args, tok, lengths: list[int]) -> tuple[dict, dict]:
+    """(``{(task, length): [RulerSample]}``, ``{task: why it does not run}``) for the run, or a
+    MemLongConfigError naming the flag to change (a length too short for a task, no text for the
+    essay, an unreadable qa file)."""
     from memlong.config import MemLongConfigError
     from memlong.data import ruler
 
     if args.samples < 1:
         raise MemLongConfigError(f"--samples must be >= 1; got {args.samples}")
-    variants = []
-    for task in args.tasks.split(","):
-        kind = TASKS[task].kind
-        hays = args.haystacks.split(",") if kind == "niah" else ["noise"] if kind == "vt" else [None]
-        variants.extend((task, h) for h in hays)
-    haystacks = {"noise": ruler.noise_haystack(tok)}
-    if any(h == "text" for _, h in variants):
-        if args.data is None:
-            raise MemLongConfigError("--haystacks text needs --data (documents to make the haystack of); "
-                                     "give --data or --haystacks noise")
-        haystacks["text"] = _text_haystack(args, tok, max(lengths))
-    short = []
-    for task, h in variants:
-        least = ruler.minimum_length(task, tok, haystacks.get(h))
-        if min(lengths) < least:
-            short.append((least, label(task, h)))
-    if short:
-        least = max(n for n, _ in short)
-        raise MemLongConfigError(
-            f"--lengths {min(lengths)} is too short for {', '.join(f'{t} (needs {n})' for n, t in short)}: a prompt "
-            f"holds the task's instructions, planted statements or lists, question and answer; use --lengths >= "
-            f"{least} or leave these tasks out (--tasks)")
-    prompts = {}
-    for task, h in variants:
+    tasks = args.tasks.split(",")
+    chat = bool(args.chat_template and getattr(tok, "chat_template", None))  # RULER wraps instruct models
+    essay = _essay(args, max(lengths)) if any(ALL_TASKS[t].needs_essay for t in tasks) else None
+    qa, not_run = {}, {}
+    for task in tasks:
+        spec = ALL_TASKS[task]
+        if spec.kind == "qa":
+            path = getattr(args, f"qa_{spec.dataset}")
+            if path is None:
+                not_run[task] = f"not run: give --qa-{spec.dataset} FILE ({spec.dataset} json)"
+                continue
+            try:
+                qa[task] = ruler.read_qa(path, spec.dataset)
+            except ValueError as e:
+                raise MemLongConfigError(f"--qa-{spec.dataset}: {e}") from None
+    prompts, short = {}, []
+    for task in tasks:
+        if task in not_run:
+            continue
         for L in lengths:
             try:
-                prompts[(task, h, L)] = [
-                    ruler.make_sample(task, tok, L, random.Random(f"{args.seed}/{task}/{h}/{L}/{i}"), haystacks.get(h))
-                    for i in range(args.samples)]
-            except ruler.PromptTooShort as e:  # a draw longer than minimum_length's margin allowed for
-                raise MemLongConfigError(f"--lengths {L} is too short for {label(task, h)} with --seed {args.seed}: "
-                                         f"use --lengths >= {e.minimum}") from None
-    return prompts
+                gen = ruler.Generator(task, tok, L, chat=chat, essay=essay, qa=qa.get(task),
+                                      probe_seed=f"{args.seed}/{task}/{L}/probe")
+                prompts[(task, L)] = [gen.sample(random.Random(f"{args.seed}/{task}/{L}/{i}"), i)
+                                      for i in range(args.samples)]
+            except ruler.PromptTooShort as e:
+                short.append((e.minimum, task, L))
+    if short:
+        least = max(n for n, _, _ in short)
+        raise MemLongConfigError(
+            f"--lengths {min(L for _, _, L in short)} is too short for "
+            f"{', '.join(sorted({f'{t} (needs about {n})' for n, t, _ in short}))}: a prompt holds the task's "
+            f"instructions, example, question and answer; use --lengths >= {least} or leave these tasks out (--tasks)")
+    return prompts, not_run
 
 
-def _text_haystack(args, tok, longest: int):
+def _essay(args, longest: int) -> list[str]:
     from memlong.config import MemLongConfigError
     from memlong.data import ruler
     from memlong.training import document_texts
 
+    if args.data is None:
+        needing = [t for t in args.tasks.split(",") if ALL_TASKS[t].needs_essay]
+        raise MemLongConfigError(f"{', '.join(needing)} read an essay haystack: give --data (documents to make it "
+                                 "of), or leave these tasks out (--tasks)")
     try:
-        hay = ruler.text_haystack(tok, document_texts(args.data, args.split)(), min_tokens=2 * longest)
+        words = ruler.essay_words(document_texts(args.data, args.split)(), min_words=2 * longest)
     except (ValueError, FileNotFoundError, OSError) as e:
-        raise MemLongConfigError(f"--data {args.data} (split {args.split}): no text for the haystack ({e})") from None
-    if hay.tokens < longest:
-        raise MemLongConfigError(
-            f"--data {args.data} (split {args.split}) holds {hay.tokens} tokens of text, fewer than the longest "
-            f"--lengths {longest}: the text haystack needs at least {longest} tokens; give more text, shorter "
-            f"--lengths, or --haystacks noise")
-    return hay
+        raise MemLongConfigError(f"--data {args.data} (split {args.split}): no text for the essay haystack ({e})") from None
+    if len(words) < 100:
+        raise MemLongConfigError(f"--data {args.data} (split {args.split}) holds {len(words)} words: too few for an "
+                                 "essay haystack (it is repeated to the length, as RULER does, but needs real text)")
+    return words
 
 
 def run(args, methods: list[str]) -> int:
     from memlong.pretrained import load_tokenizer
 
     lengths = parse_lengths(args.lengths or DEFAULT_LENGTHS)
-    done = resumed_report(args, SAME_PROMPTS)
     t0 = time.perf_counter()
-    prompts = build_prompts(args, load_tokenizer(args.model), lengths)
-    print(f"{sum(map(len, prompts.values()))} prompts built in {time.perf_counter() - t0:.1f} s", flush=True)
+    tok = load_tokenizer(args.model)
+    args.chat_template = bool(args.chat_template and getattr(tok, "chat_template", None))  # as the report says
+    done = resumed_report(args, SAME_PROMPTS)
+    prompts, not_run = build_prompts(args, tok, lengths)
+    print(f"{sum(map(len, prompts.values()))} prompts built in {time.perf_counter() - t0:.1f} s "
+          f"({'chat template' if args.chat_template else 'plain prompts'})", flush=True)
     tok, model, base, base_window, base_path = load_models(args, methods)
     results, have = resumed_results(args, done, model, base_path, _cell)
+    tasks = args.tasks.split(",")
+
+    def report(final: bool = False):
+        extra = {"ruler_means": ruler_means(results)}
+        write_report(args, results, model, base_path, base_window, plot if final else None, quiet=not final,
+                     extra=extra)
+
     # shortest length first, one method at a time; the JSON is rewritten after every cell, so a run cut
     # short (hours at 32k on a CPU) keeps what it measured (and --resume goes on from there)
     for L in lengths:
         for method in methods:
-            for (task, h, length), samples in prompts.items():
-                if length == L and (task, h, L, method) not in have:
-                    results.append(_measure(args, task, h, L, samples, method, tok, model, base, base_window))
-                    write_report(args, results, model, base_path, base_window, quiet=True)
-    write_report(args, results, model, base_path, base_window, plot)
-    print(_averages(results))
+            for task in tasks:
+                if (task, L, method) in have:
+                    continue
+                if task in not_run:
+                    results.append({"task": task, "length": L, "method": method, "score": None,
+                                    "note": not_run[task]})
+                else:
+                    results.append(_measure(args, task, L, prompts[(task, L)], method, tok, model, base, base_window))
+                report()
+    report(final=True)
+    print(table(results))
     return 0
 
 
 #: the flags that decide the prompts and how they are read: a resumed run must share them
-SAME_PROMPTS = ("seed", "samples", "data", "split", "model", "overrides", "retriever", "requery")
+SAME_PROMPTS = ("seed", "samples", "data", "split", "model", "overrides", "retriever", "requery", "chat_template",
+                "qa_squad", "qa_hotpotqa")
 
 
 def _cell(row: dict) -> tuple:
-    return row["task"], row["haystack"], row["length"], row["method"]
+    return row["task"], row["length"], row["method"]
 
 
-def _measure(args, task, haystack, L, samples, method, tok, model, base, base_window) -> dict:
+def _measure(args, task, L, samples, method, tok, model, base, base_window) -> dict:
     import torch
 
     from memlong.data.ruler import score
-    from memlong.recipes.ask import answer_end, plain_answer
+    from memlong.evaluation import mean_interval
 
-    row = {"task": task, "haystack": haystack, "length": L, "method": method, "samples": len(samples),
-           "prompt_tokens": max(len(s.ids) for s in samples), "max_new_tokens": samples[0].max_new_tokens}
+    spec = ALL_TASKS[task]
+    row = {"task": task, "length": L, "method": method, "samples": len(samples),
+           "prompt_tokens": max(len(s.ids) for s in samples), "max_new_tokens": spec.tokens_to_generate}
     with measured(row, "score"):
         if method == "base_full" and L > args.max_base_length:
             raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
         examples = []
         for s in samples:
             ids = torch.tensor([s.ids])
-            raw = generate_answer(method, model, base, tok, ids, s.max_new_tokens,
-                                  s.question_tokens if args.requery else False, base_window, stop=answer_end)
-            text = plain_answer(raw)[0]
-            examples.append({"prompt_tail": tok.decode(s.ids[-(s.question_tokens + 24):]), "expected": s.answers,
-                             "output": text.strip(), "score": score(text, s.answers), "depths": s.depths})
-        row.update(score=sum(e["score"] for e in examples) / len(examples), examples=examples)
-    value = f"{row['score']:.2f}" if row.get("score") is not None else "-"
-    print(f"{method:>18} {label(task, haystack):>22} L={L:>7}  score {value}  ({len(samples)} samples, "
-          f"{row['seconds']:.1f} s) {row.get('note', '')}", flush=True)
+            text = generate_answer(method, model, base, tok, ids, s.max_new_tokens,
+                                   s.question_tokens if args.requery else False, base_window)
+            examples.append({"prompt_tail": tok.decode(s.ids[-s.question_tokens:]), "expected": s.answers,
+                             "output": text, "score": score(text, s.answers, spec.metric),
+                             "positions": s.positions, "prompt_tokens": len(s.ids)})
+        mean, lo, hi = mean_interval([e["score"] for e in examples])
+        row.update(score=mean, interval=[round(lo, 4), round(hi, 4)], examples=examples)
+    value = f"{row['score']:.2f} [{row['interval'][0]:.2f}, {row['interval'][1]:.2f}]" if row.get("score") is not None \
+        else "-"
+    print(f"{method:>18} {task:>22} L={L:>7}  score {value}  ({len(samples)} samples, {row['seconds']:.1f} s) "
+          f"{row.get('note', '')}", flush=True)
     return row
 
 
-def averages(results: list[dict]) -> dict[str, dict[int, float]]:
-    """method -> length -> the mean score over the tasks measured there."""
-    out: dict[str, dict[int, list[float]]] = {}
+def ruler_means(results: list[dict]) -> list[dict]:
+    """RULER's mean per method and length: the mean of its tasks' scores that ran there, with a 95%
+    interval (:func:`memlong.evaluation.mean_of_means`) and the tasks it is over; our variants are
+    left out."""
+    from memlong.evaluation import mean_of_means
+
+    cells: dict[tuple[str, int], list[dict]] = {}
     for r in results:
-        if r.get("score") is not None:
-            out.setdefault(r["method"], {}).setdefault(r["length"], []).append(r["score"])
-    return {m: {L: sum(v) / len(v) for L, v in sorted(by.items())} for m, by in out.items()}
+        if r["task"] in RULER_TASKS:
+            cells.setdefault((r["method"], r["length"]), []).append(r)
+    out = []
+    for (method, L), rows in cells.items():
+        ran = [r for r in rows if r.get("score") is not None]
+        entry = {"method": method, "length": L, "tasks": [r["task"] for r in ran],
+                 "not_run": [r["task"] for r in rows if r.get("score") is None]}
+        if ran:
+            mean, lo, hi = mean_of_means([(r["score"], *r["interval"]) for r in ran])
+            entry.update(mean=round(mean, 4), interval=[round(lo, 4), round(hi, 4)])
+        out.append(entry)
+    return out
 
 
-def _averages(results: list[dict]) -> str:
-    lines = ["average score over the tasks:"]
-    for method, by in averages(results).items():
-        lines.append(f"{method:>18}  " + "  ".join(f"L={L}: {v:.3f}" for L, v in by.items()))
+def table(results: list[dict]) -> str:
+    """RULER's mean per method and length (over the tasks named), then our variants apart."""
+    lines = ["RULER's mean (95% interval) over its tasks that ran:"]
+    for m in ruler_means(results):
+        if "mean" in m:
+            missing = f"; not run: {', '.join(m['not_run'])}" if m["not_run"] else ""
+            lines.append(f"{m['method']:>18}  L={m['length']:>7}: {m['mean']:.3f} [{m['interval'][0]:.3f}, "
+                         f"{m['interval'][1]:.3f}] over {len(m['tasks'])} of {len(RULER_TASKS)} tasks{missing}")
+    extra = [r for r in results if r["task"] in EXTRA and r.get("score") is not None]
+    if extra:
+        lines.append("our variants (not in RULER's mean):")
+        lines += [f"{r['method']:>18}  L={r['length']:>7}: {r['task']} {r['score']:.3f}" for r in extra]
     return "\n".join(lines)
 
 
 def plot(results: list[dict], path: str) -> None:
-    """One PNG: a heatmap per method (task by length; '-' where skipped or failed) above the
-    average score against length."""
+    """One PNG: a heatmap per method (task by length; '-' where skipped, failed or not run) above
+    RULER's mean against length."""
     from memlong.plotting import finish, pyplot, save, score_grid
 
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
-    rows = list(dict.fromkeys(label(r["task"], r["haystack"]) for r in results))
+    rows = list(dict.fromkeys(r["task"] for r in results))
     lengths = sorted({r["length"] for r in results})
     ticks = [f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n) for n in lengths]
     fig = pyplot().figure(figsize=(max(7.0, 3.4 * len(methods)), 0.32 * len(rows) + 6))
@@ -224,15 +273,20 @@ def plot(results: list[dict], path: str) -> None:
         cells = [[float("nan")] * len(lengths) for _ in rows]
         for r in results:
             if r["method"] == method and r.get("score") is not None:
-                cells[rows.index(label(r["task"], r["haystack"]))][lengths.index(r["length"])] = r["score"]
+                cells[rows.index(r["task"])][lengths.index(r["length"])] = r["score"]
         score_grid(ax, cells, ticks, rows if j == 0 else [""] * len(rows), method, fontsize=6)
         ax.set_xlabel("length", fontsize=8)
     ax = fig.add_subplot(grid[1, :])
-    for method, by in averages(results).items():
-        ax.plot(list(by), list(by.values()), "o-", label=method)
+    for method in methods:
+        means = sorted((m["length"], m) for m in ruler_means(results) if m["method"] == method and "mean" in m)
+        if means:
+            xs = [L for L, _ in means]
+            ax.errorbar(xs, [m["mean"] for _, m in means], fmt="o-", label=method, capsize=3,
+                        yerr=[[m["mean"] - m["interval"][0] for _, m in means],
+                              [m["interval"][1] - m["mean"] for _, m in means]])
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, ticks)
     ax.minorticks_off()
     ax.set_ylim(-0.02, 1.02)
-    finish(ax, "input length (tokens)", "average score over the tasks", legend_size=8)
+    finish(ax, "input length (tokens)", "RULER's mean over its tasks", legend_size=8)
     save(fig, path)

@@ -10,9 +10,14 @@ similarity, plus lexical_weight x `lexical_scores`), for several weights:
   validation chunk among 500 random validation chunks: what the lexical term must not hurt;
 * RULER niah_multikey at 16k on validation text: the needle among needles with other keys.
 
-    python scripts/tune_lexical_weight.py --json docs/results/lexical_weight_validation.json
+    python scripts/experiments/tune_lexical_weight.py --json docs/results/lexical_weight_validation.json
 
-About 10 minutes on one thread."""
+About 10 minutes on one thread.
+
+Kept as the record of a study, apart from the package (nothing imports it): it was written against
+the RULER generator before `memlong eval ruler` followed RULER's own definitions, so it runs as it
+did only from commit a49c312 (`git checkout a49c312 -- src scripts`), where its JSONs were measured.
+"""
 import argparse
 import json
 import random

@@ -9,10 +9,14 @@ key, the start of its text).
 Prompts: RULER's needle tasks over text (`memlong eval ruler --haystacks text`) and passkeys at
 several depths (`memlong eval passkey`), both built by the eval recipes from validation text.
 
-    python scripts/compare_question_options.py --lengths 16384 --ruler-samples 4 --passkey-trials 2 \\
+    python scripts/experiments/compare_question_options.py --lengths 16384 --ruler-samples 4 --passkey-trials 2 \\
         --json docs/results/question_options_validation.json
 
 About 2.5 minutes per 16k prompt on one thread. ``--resume`` continues a run from its --json.
+
+Kept as the record of a study, apart from the package (nothing imports it): it was written against
+the RULER generator before `memlong eval ruler` followed RULER's own definitions, so it runs as it
+did only from commit a49c312 (`git checkout a49c312 -- src scripts`), where its JSONs were measured.
 """
 import argparse
 import copy
