@@ -109,3 +109,16 @@ def test_generate_answer_rag_runs_the_base_model_on_the_rag_prompt():
         generate_answer("rag", model, base, tok, ids, 4, False, 512)
     with pytest.raises(Skip, match="over the base model's 20-token context"):  # recorded as skipped, not made up
         generate_answer("rag", model, base, tok, ids, 4, False, 20, context=(0, 80))
+
+
+def test_chunk_embeddings_computed_once_give_the_same_prompt():
+    from memlong.rag import embed_context
+
+    model, _ = gated_llama()
+    doc = planted(80, {48: list(range(70, 78))})
+    emb = embed_context(model, doc, (0, 80))
+    for question in ([74, 75, 76, 77], [1, 2, 3]):
+        ids = doc + question
+        assert rag_prompt(model, ids, (0, 80), embeddings=emb) == rag_prompt(model, ids, (0, 80))
+    with pytest.raises(ValueError, match="10 chunk embeddings for the 9 chunks"):
+        rag_prompt(model, doc + [1], (8, 80), embeddings=emb)

@@ -94,6 +94,14 @@ def rank(items: torch.Tensor, question: torch.Tensor, k: int) -> tuple[list[int]
 
 
 @torch.no_grad()
+def top_k_of(retriever, items: torch.Tensor, question: Sequence[int], k: int) -> tuple[list[int], list[int], list[float]]:
+    """:func:`rank` of item embeddings ``items`` against ``question``'s tokens, embedded by ``retriever``."""
+    if not len(question):
+        raise ValueError("rag: the question is empty (no tokens after the context); nothing to retrieve with")
+    return rank(items, retriever.embed([list(map(int, question))])[0], k)
+
+
+@torch.no_grad()
 def top_k(retriever, items: Sequence[Sequence[int]], question: Sequence[int], k: int
           ) -> tuple[list[int], list[int], list[float]]:
     """:func:`rank` of ``items`` (token-id sequences) against ``question``'s tokens, both embedded
@@ -106,8 +114,17 @@ def top_k(retriever, items: Sequence[Sequence[int]], question: Sequence[int], k:
     return rank(emb[:-1], emb[-1], k)
 
 
+def embed_context(model, ids: Sequence[int], context: tuple[int, int]) -> torch.Tensor:
+    """The embeddings ``[chunks, dim]`` of the context's chunks (:func:`chunk_spans`), one retriever
+    batch: computed once, they serve every question about the same context (``rag_prompt(...,
+    embeddings=)``)."""
+    ids = [int(t) for t in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
+    spans = chunk_spans(*context, model.memlong_config.chunk_size)
+    return model.memlong_retriever.embed([ids[a:b] for a, b in spans]) if spans else torch.zeros(0, 0)
+
+
 def rag_prompt(model, ids: Sequence[int], context: tuple[int, int], new_tokens: int = 0, window: int | None = None,
-               k: int | None = None) -> RagPrompt:
+               k: int | None = None, embeddings: torch.Tensor | None = None) -> RagPrompt:
     """The retrieval-augmented prompt of ``ids`` (a 1-D list or tensor of token ids) whose context
     is ``ids[start:end]`` (``context = (start, end)``) and whose question is the rest, ``ids[end:]``.
 
@@ -116,7 +133,8 @@ def rag_prompt(model, ids: Sequence[int], context: tuple[int, int], new_tokens: 
     the chunks with the model's tokenizer, as it does for the memory. The prompt must leave
     ``new_tokens`` to generate within ``window`` (default: the model's
     ``max_position_embeddings``, the base model's trained context): :class:`RagPromptTooLong`
-    otherwise, saying by how much.
+    otherwise, saying by how much. ``embeddings``: the context's chunk embeddings from
+    :func:`embed_context` (default: embedded here, with the question, in one batch).
     """
     ids = [int(t) for t in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
     start, end = (int(x) for x in context)
@@ -127,7 +145,13 @@ def rag_prompt(model, ids: Sequence[int], context: tuple[int, int], new_tokens: 
     if k < 1:
         raise ValueError(f"rag: k must be >= 1, got {k}")
     spans = chunk_spans(start, end, cfg.chunk_size)
-    chosen, ranking, scores = top_k(model.memlong_retriever, [ids[a:b] for a, b in spans], ids[end:], k)
+    if embeddings is None:
+        chosen, ranking, scores = top_k(model.memlong_retriever, [ids[a:b] for a, b in spans], ids[end:], k)
+    else:
+        if len(embeddings) != len(spans):
+            raise ValueError(f"rag: {len(embeddings)} chunk embeddings for the {len(spans)} chunks of the context "
+                             f"({start}, {end}); compute them with embed_context on the same prompt and span")
+        chosen, ranking, scores = top_k_of(model.memlong_retriever, embeddings, ids[end:], k) if spans else ([], [], [])
     prompt = ids[:start] + [t for i in chosen for t in ids[spans[i][0] : spans[i][1]]] + ids[end:]
     window = window if window is not None else getattr(model.config, "max_position_embeddings", None)
     if window is not None and len(prompt) + new_tokens > window:
@@ -136,3 +160,19 @@ def rag_prompt(model, ids: Sequence[int], context: tuple[int, int], new_tokens: 
             f"{start} before the context, {len(ids) - end} of question) and {new_tokens} more are to be generated: "
             f"over the base model's {window}-token context; lower top_k (--set top_k=N) or shorten the question")
     return RagPrompt(prompt, spans, chosen, ranking, scores, int(model.memlong_retriever.dim))
+
+
+@torch.no_grad()
+def rag_generate(model, base, ids: Sequence[int], context: tuple[int, int], max_new_tokens: int,
+                 embeddings: torch.Tensor | None = None, **generate_kwargs) -> tuple[RagPrompt, list[int]]:
+    """The baseline's greedy answer: :func:`rag_prompt` (``model``'s retriever and chunks; the
+    prompt must leave ``max_new_tokens`` within ``base``'s ``max_position_embeddings``), then the
+    base model ``base`` alone generates after it. Returns (the prompt and what it retrieved, the
+    generated token ids). ``embeddings``: as :func:`rag_prompt`'s. ``generate_kwargs`` go to
+    ``base.generate`` (``pad_token_id``, ``stopping_criteria``)."""
+    prompt = rag_prompt(model, ids, context, max_new_tokens, getattr(base.config, "max_position_embeddings", None),
+                        embeddings=embeddings)
+    x = torch.tensor([prompt.ids], device=next(base.parameters()).device)
+    out = base.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
+                        **generate_kwargs)
+    return prompt, out[0, x.shape[1]:].tolist()
