@@ -545,8 +545,8 @@ def load_base(args_model):
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     except (OSError, ValueError) as e:
-        raise SystemExit(f"memlong ask: --rag cannot load the base model {path!r} ({e}); pass --model with a MemLong "
-                         "directory whose base is available") from None
+        raise SystemExit(f"cannot load the base model {path!r} that rag answers with ({e}); pass --model with a "
+                         "MemLong directory whose base is available") from None
 
 
 def rag_answer(model, base, tok, doc: list[int], embeddings, question: str, chat: bool, max_new_tokens: int):
