@@ -258,6 +258,7 @@ def test_a_plain_answer_without_a_start_is_judged_from_the_first_token_generated
     (" 4154693.", "4154693.", False),
 ])
 def test_a_plain_answer_ends_at_a_new_question_or_a_blank_line_once_begun(generated, answer, ended):
+    from memlong.recipes.ask import plain_answer
 
     assert plain_answer(generated) == (answer, ended)
 
