@@ -284,14 +284,18 @@ def _baselines(model, tok, base, ids, offsets, facts: list[dict], max_new_tokens
     embed_seconds = time.perf_counter() - t0
     window = int(base.config.max_position_embeddings)
     rag_recs, trunc_recs = [], []
-    for f in facts:
+    for i, f in enumerate(facts):
+        print(f"  Q{i + 1} ({f['depth']:.0%}): {f['question']!r}  expected {f['expected']!r}", flush=True)
         reply, rag, seconds = rag_answer(model, base, tok, doc, embeddings, f["question"], False, max_new_tokens)
         chars = [[spans[a][0], spans[b - 1][1]] for a, b in rag.spans]
         rag_recs.append({"answer": reply, "correct": _contains(reply, f["expected"]), "generate_seconds": round(seconds, 2),
                          **rag.record(), "fact_retrieved": any(_overlaps(chars[i], f["chars"]) for i in rag.chosen),
                          "fact_chunk_rank": next((r + 1 for r, i in enumerate(rag.ranking)
                                                   if _overlaps(chars[i], f["chars"])), None)})
-        _print_answer("rag", rag_recs[-1], f)
+        r = rag_recs[-1]
+        print(f"    rag read chunks {r['rag_chunks']} of {r['rag_context_chunks']} as text; the fact's chunk ranks "
+              f"{r['fact_chunk_rank']} by embedding", flush=True)
+        _print_answer("rag", r, f)
         prompt = question_ids(tok, f["question"], chat=False)[0]
         x = torch.tensor([(doc + prompt)[-(window - max_new_tokens):]])
         t0 = time.perf_counter()
