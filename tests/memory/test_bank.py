@@ -391,3 +391,13 @@ def test_a_dropped_bank_is_freed_at_once(dtype):
     with collector_off():
         del bank
         assert gone() is None
+
+
+@pytest.mark.parametrize("layout", [BankLayout(10, TAU, H, D, E), BankLayout(10, TAU, H, D, E, index_window=2),
+                                    BankLayout(10, TAU, H, D, E, dtype=torch.int8, compute_dtype=torch.float32)])
+def test_slot_bytes_is_what_a_slot_holds(layout):
+    """``BankLayout.slot_bytes`` (what ``bytes_per_token`` reports per banked token) is what
+    ``nbytes`` counts per slot, with a window index and with compressed K/V too."""
+    bank = random_bank(layout, n=9)
+    assert bank.num_slots > 0 and bank.nbytes() == bank.num_slots * layout.slot_bytes()
+    assert layout.bytes_per_token() == layout.slot_bytes() / TAU > layout.kv_bytes_per_token()

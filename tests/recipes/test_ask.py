@@ -321,3 +321,40 @@ def test_default_model_finds_a_fact_planted_near_the_start_of_32k_tokens(tmp_pat
           f"answer {r['questions'][0]['answer']!r}; retrieved {[(c['chunk_id'], c['score']) for c in r['questions'][0]['retrieved']]}")
     assert r["tokens_read"] > 32_768
     assert "48213" in r["questions"][0]["answer"]
+
+
+def test_rag_answers_with_the_base_model_on_the_chunks_most_like_the_question(model_dir, files, tmp_path, capsys):
+    from memlong.pretrained import load_memlong_model
+    from memlong.rag import rag_prompt
+    from memlong.recipes.ask import join_sources, load_base, plain_answer, question_ids, read_source
+
+    out = tmp_path / "out.json"
+    question = "How is the text wrapped into lines?"
+    assert ask(model_dir, *files, "--rag", "-q", question, "--show-retrieved", "--json", out) == 0
+    printed = capsys.readouterr().out
+    r = report(out)
+    assert r["method"] == "rag" and "memory" not in r and r["tokens_read"] > 500
+    (q,) = r["questions"]
+    assert len(q["rag_chunks"]) == 2 and q["rag_chunks"] == sorted(q["rag_chunks"])  # top_k, in document order
+    # --show-retrieved: the same chunks, best first, with their text from the files
+    assert sorted(c["chunk_id"] for c in q["retrieved"]) == q["rag_chunks"]
+    assert q["retrieved"][0]["score"] >= q["retrieved"][1]["score"]
+    texts = {str(f): f.read_text() for f in files}
+    for c in q["retrieved"]:
+        assert c["text"] in texts[c["file"]] and c["tokens"][1] - c["tokens"][0] <= 16
+        assert f"chunk {c['chunk_id']:>5}  tokens {c['tokens'][0]:,}-{c['tokens'][1]:,}" in printed
+    # the answer is the base model's, greedy, on the rag prompt (the chunks as text, then the question)
+    model, tok = load_memlong_model(str(model_dir), retriever="hashing")
+    doc = tok(join_sources([read_source(str(f)) for f in files]), add_special_tokens=False)["input_ids"]
+    prompt = question_ids(tok, question, chat=False)[0]
+    rag = rag_prompt(model, doc + prompt, (0, len(doc)))
+    assert rag.chosen == q["rag_chunks"] and rag.ids[-len(prompt):] == prompt
+    base = load_base(str(model_dir))
+    ids = torch.tensor([rag.ids])
+    want = base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    assert q["answer"] == plain_answer(tok.decode(want[0, ids.shape[1]:], skip_special_tokens=True))[0].strip()
+    assert f"Q: {question}\nA: {q['answer']}" in printed
+    # no memory is read with --rag: --memory does not apply
+    with pytest.raises(SystemExit, match="--rag reads no memory"):
+        ask(model_dir, *files, "--rag", "-q", question, "--memory", tmp_path / "mem")

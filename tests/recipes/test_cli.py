@@ -66,6 +66,22 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     assert r["memory"]["tokens"] == r["no_memory"]["tokens"] == d["tokens"] and r["memory"]["tokens_per_s"] > 0
     assert s["bank"]["chunks"] > 0 and s["bank"]["bytes"] > 0 and s["bank"]["bytes_per_token"] > 0
     assert s["peak_rss_bytes"] >= s["peak_rss_bytes_reading_with_memory"] > 0
+    # the baselines, the base model alone: rag (top-2 chunks of 64 tokens as text) and base_truncated
+    for f in s["facts"]:
+        rag, trunc = f["rag"], f["base_truncated"]
+        assert len(rag["rag_chunks"]) == 2 and rag["rag_chunks"] == sorted(rag["rag_chunks"])
+        assert rag["rag_context_chunks"] == -(-d["tokens"] // 64) and isinstance(rag["fact_retrieved"], bool)
+        assert 1 <= rag["fact_chunk_rank"] <= rag["rag_context_chunks"]
+        assert rag["fact_retrieved"] == (rag["fact_chunk_rank"] <= 2)
+        assert trunc["tokens_read"] == 1024 - 4 and isinstance(trunc["answer"], str)  # its context less the answer
+    assert set(s["accuracy"]) == {"memory", "no_memory", "rag", "base_truncated"}
+    assert "rag" in printed and "base_truncated" in printed
+    # each method's cost: tokens/s, and what it keeps per token (8 layers x 4 KV heads x 8 dims, K and V)
+    cost = s["cost"]
+    assert all(c["tokens_per_second"] > 0 for c in cost.values())
+    assert cost["base_truncated"]["bytes_per_token"] == cost["no_memory"]["bytes_per_token"] == 2 * 8 * 4 * 8 * 4
+    assert cost["rag"]["bytes_per_token"] == round(-(-d["tokens"] // 64) * 256 * 4 / d["tokens"], 2)
+    assert cost["memory"]["bytes_per_token"] > 2 * 8 * 4 * 8 * 2  # a bank slot: bfloat16 K/V of 8 layers and more
 
 
 def test_demo_document_is_extended_with_held_out_files(bpe_tokenizer_dir):

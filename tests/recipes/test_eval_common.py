@@ -25,7 +25,7 @@ def cell(task, row):
 
 
 def untimed(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "tokens_per_second")} for r in rows]
 
 
 def eval_cli(eval_setup, task, *extra):

@@ -53,9 +53,10 @@ def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
                "--json", str(out), "--plot", str(tmp_path / "icl.png")) == 0
     report = json.loads(out.read_text())
     rows = {r["method"]: r for r in report["results"]}
-    assert set(rows) == {"memlong", "memlong_no_memory", "in_context"}
+    assert set(rows) == {"memlong", "memlong_no_memory", "in_context", "rag"}
     for r in rows.values():
         assert {"method", "task", "shots_context", "shots_memory", "accuracy", "examples"} <= set(r)
+        assert r["tokens_per_second"] > 0 and r["bytes_per_token"] > 0
         assert r["task"] == "corpus-source" and (r["shots_context"], r["shots_memory"], r["examples"]) == (1, 4, 2)
         assert 0 <= r["accuracy"] <= 1 and len(r["accuracy_per_trial"]) == 2
         assert sum(r["predicted"].values()) == 2 * 2 and set(r["predicted"]) <= {"manual", "python"}
@@ -68,6 +69,7 @@ def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
     assert icl(setup, "--shots-context", "1", "--shots-memory", "9", "--trials", "1", "--json", str(out)) == 0
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["in_context"]["accuracy"] is None and "skipped" in rows["in_context"]["note"]
+    assert rows["in_context"]["tokens_per_second"] is None and rows["rag"]["accuracy"] is not None  # rag fits
     assert "1024" in rows["in_context"]["note"] and rows["memlong"]["accuracy"] is not None
 
 
@@ -229,3 +231,15 @@ def test_corpus_source_set_is_balanced_and_deterministic(setup):
     assert a == b and words == ("manual", "python")  # sorted sources: man, stdlib
     assert [e.label for e in a] == [0, 1] * 5 and all(len(e.text.split()) == 24 for e in a)
     assert corpus_source_examples(setup / "corpus", "test", 5, seed=4)[0] != a
+
+
+def test_rag_puts_the_memory_demonstrations_most_like_the_input_before_the_context_ones(memlong_model):
+    from memlong.recipes.eval_icl import _rag_prompts
+
+    model, _ = memlong_model  # top_k 2, hashing retriever
+    demos = [[70, 71, 9], [1, 2, 3], [70, 71, 72], [5, 6, 7]]  # the best match (2) after the second best (0)
+    ctx, queries = [40, 41], [[70, 71, 72, 73], [5, 6, 7, 1, 2]]
+    assert _rag_prompts(model, demos, ctx, queries) == [
+        [70, 71, 9, 70, 71, 72] + ctx + queries[0],  # in the order they were drawn, not by score
+        [1, 2, 3, 5, 6, 7] + ctx + queries[1]]
+    assert _rag_prompts(model, [], ctx, queries) == [ctx + q for q in queries]  # no memory demonstrations

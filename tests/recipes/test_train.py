@@ -190,7 +190,7 @@ def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
                  "train", "--lengths", "300,600", "--depths", "0.2,0.8", "--trials", "2", "--retriever", "hashing",
                  "--max-base-length", "300", "--json", str(out), "--plot", str(tmp_path / "pk.png")]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert len(rows) == 2 * 2 * 4
+    assert len(rows) == 2 * 2 * 5  # memlong, memlong_no_memory, base_full, base_truncated, rag
     assert all(r["trials"] == 2 and (r["accuracy"] is None or 0 <= r["accuracy"] <= 1) for r in rows)
     assert [r["note"] for r in rows if r["accuracy"] is None][0].startswith("skipped")
     for r in rows:  # each trial's key and generated answer, for finding out why one failed
@@ -202,6 +202,10 @@ def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
             for a in r["answers"]:
                 assert a["bank_chunks"] > 0 and (a["key_chunk_rank"] is None or 1 <= a["key_chunk_rank"] <= a["bank_chunks"])
                 assert not a["key_retrieved"] or a["key_chunk_rank"] is not None
+        elif r["method"] == "rag":  # the same for the chunks rag put in its prompt
+            assert r["key_retrieved"] == sum(a["key_retrieved"] for a in r["answers"]) / 2
+            assert all(a["key_retrieved"] == (a["key_chunk_rank"] is not None and a["key_chunk_rank"] <= len(a["rag_chunks"]))
+                       for a in r["answers"])
         else:
             assert "key_retrieved" not in r
     assert (tmp_path / "pk.png").stat().st_size > 1000

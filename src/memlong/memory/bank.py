@@ -89,6 +89,19 @@ class BankLayout:
         per = 2 * self.num_kv_heads * self.head_dim * torch.empty(0, dtype=self.dtype).element_size()
         return per + (2 * self.num_kv_heads * 4 if self.quantized else 0)
 
+    def slot_bytes(self) -> int:
+        """Bytes of one slot of a bank (:meth:`MemoryBank.nbytes` is this times its slots): the
+        chunk's K/V (and scales), its float32 embedding, its float16 window embeddings, its token
+        ids (int32) and the per-slot records (windowed flag, chunk id, token and text spans,
+        counter). The search index's own copy of the embedding (faiss) is not counted."""
+        per_slot_records = 1 + 8 + 2 * 8 + 8 + 2 * 8  # windowed, chunk_ids, spans, counts, text_spans
+        return (self.chunk_size * (self.kv_bytes_per_token() + 4) + 4 * self.embed_dim
+                + 2 * self.windows * self.embed_dim + per_slot_records)
+
+    def bytes_per_token(self) -> float:
+        """What the bank keeps per banked token: :meth:`slot_bytes` over ``chunk_size``."""
+        return self.slot_bytes() / self.chunk_size
+
 
 def window_starts(chunk_size: int, window: int) -> list[int]:
     """Start offsets of a chunk's half-overlapping windows of ``window`` tokens (the window index

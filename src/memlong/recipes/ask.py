@@ -23,6 +23,13 @@ retriever) is refused with what was wrong, never used and never deleted.
 The model is the default MemLong model (SmolLM2-135M-Instruct, training-free) unless ``--model``
 names another (a MemLong directory or a base model). ``--show-retrieved`` prints the chunks a
 question retrieves from memory, with their text as it stands in the files.
+
+``--rag`` answers with the plain retrieval-augmented baseline instead (:mod:`memlong.rag`): the
+files are cut into the memory's chunks and embedded with the same retriever, and each question
+puts the ``top_k`` chunks most similar to it, as text in their order, before itself; the base
+model alone reads that short prompt. Nothing is read into memory (``--memory`` does not apply).
+
+    memlong ask book.txt --rag --show-retrieved --question "Who wrote the letter?"
 """
 
 from __future__ import annotations
@@ -66,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "model plain answers a planted fact that chat does not")
     p.add_argument("--show-retrieved", action="store_true",
                    help="also print the chunks each question retrieves (chunk id, token span, score, text)")
+    p.add_argument("--rag", action="store_true",
+                   help="answer with plain retrieval-augmented generation instead of memory: the top_k chunks of the "
+                        "files most similar to the question (the same retriever), as text before it, read by the base "
+                        "model alone; no memory is read or saved")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
                    help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
                         "--set question_order=score --set question_offsets=[0,1] --set top_k=8. A saved --memory "
@@ -430,8 +441,13 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     report: dict = {"files": [{**f.record(), "given": f.given} for f in files], "model": model_identity(args.model)}
     text = join_sources(files)
+    if args.rag and memory_dir is not None:
+        raise SystemExit("memlong ask: --rag reads no memory, so --memory does not apply; drop one of them")
     model, tok = _load_model(args)
-    report.update(retriever=model.memlong_retriever.describe(), memlong_config=model.memlong_config.to_dict())
+    report.update(retriever=model.memlong_retriever.describe(), memlong_config=model.memlong_config.to_dict(),
+                  method="rag" if args.rag else "memlong")
+    if args.rag:
+        return _run_rag(args, model, tok, text, files, report)
 
     action, reasons = plan_reuse(memory_dir, files, model, args)
     memory = None
@@ -476,13 +492,8 @@ def run(args) -> int:
             print(f"saved the memory to {memory_dir}", flush=True)
 
     _index_windows(model, memory, report)  # a memory saved without it (nothing to do after a fresh read)
-    chat = uses_chat(tok, args.format)
-    report["question_format"] = "chat" if chat else "plain"
-    report["questions"] = []
-    questions = list(args.question) if args.question is not None else None
-    source = questions if questions is not None else stdin_questions()
-    for i, question in enumerate(source):
-        last = questions is not None and i == len(questions) - 1
+
+    def respond(question: str, chat: bool, last: bool) -> dict:
         row: dict = {"question": question}
         if args.show_retrieved:
             row["retrieved"] = retrieved_chunks(model, memory, question_ids(tok, question, chat)[1], text, files)
@@ -490,6 +501,22 @@ def run(args) -> int:
         work = memory if last else copy.deepcopy(memory)
         row["answer"], secs = answer(model, tok, work, question, chat, args.max_new_tokens)
         row["seconds"] = round(secs, 3)
+        return row
+
+    return _answer_questions(args, tok, report, respond)
+
+
+def _answer_questions(args, tok, report: dict, respond) -> int:
+    """Asks each question (``--question``, else stdin) with ``respond(question, chat, last)``, a
+    row with its answer (and ``retrieved`` with ``--show-retrieved``); prints them and writes
+    ``--json``."""
+    chat = uses_chat(tok, args.format)
+    report["question_format"] = "chat" if chat else "plain"
+    report["questions"] = []
+    questions = list(args.question) if args.question is not None else None
+    source = questions if questions is not None else stdin_questions()
+    for i, question in enumerate(source):
+        row = respond(question, chat, questions is not None and i == len(questions) - 1)
         report["questions"].append(row)
         print(f"\nQ: {question}\nA: {row['answer']}", flush=True)
         for r in row.get("retrieved", []):
@@ -504,3 +531,76 @@ def run(args) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}", flush=True)
     return 0
+
+
+def load_base(args_model):
+    """The base model of the MemLong model ``args_model`` (:func:`memlong.pretrained.base_model_of`),
+    float32, eval mode: what ``--rag`` answers with."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from memlong.pretrained import base_model_of
+
+    path = base_model_of(args_model)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot load the base model {path!r} that rag answers with ({e}); pass --model with a "
+                         "MemLong directory whose base is available") from None
+
+
+def rag_answer(model, base, tok, doc: list[int], embeddings, question: str, chat: bool, max_new_tokens: int):
+    """The rag baseline's answer to ``question`` about ``doc`` (the files' token ids; ``embeddings``
+    their chunks' from :func:`memlong.rag.embed_context`), put as :func:`answer` puts it: (the
+    answer, the :class:`~memlong.rag.RagPrompt`, seconds)."""
+    from transformers import StoppingCriteriaList
+
+    from memlong.rag import rag_generate
+
+    prompt, _ = question_ids(tok, question, chat)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    stop = {} if chat else {"stopping_criteria": StoppingCriteriaList([answer_end(tok)])}
+    t0 = time.perf_counter()
+    rag, out = rag_generate(model, base, doc + prompt, (0, len(doc)), max_new_tokens, embeddings=embeddings,
+                            pad_token_id=pad, **stop)
+    text = tok.decode(out, skip_special_tokens=True)
+    if not chat:
+        text = plain_answer(text)[0]
+    return text.strip(), rag, time.perf_counter() - t0
+
+
+def _run_rag(args, model, tok, text: str, files: list[SourceFile], report: dict) -> int:
+    """``--rag``: the files' chunks embedded once, each question answered by the base model on the
+    chunks most similar to it (:func:`rag_answer`)."""
+    from memlong.rag import RagPromptTooLong, embed_context
+
+    base = load_base(args.model)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    doc, offsets = enc["input_ids"], enc["offset_mapping"]
+    t0 = time.perf_counter()
+    embeddings = embed_context(model, doc, (0, len(doc)))
+    seconds = time.perf_counter() - t0
+    print(f"rag: {len(doc):,} tokens in {len(embeddings):,} chunks embedded in {seconds:.1f} s; each question reads "
+          f"the top {model.memlong_config.top_k} as text with the base model", flush=True)
+    report.update(tokens_read=len(doc), seconds=round(seconds, 3), tokens_per_s=round(len(doc) / max(seconds, 1e-9), 1))
+
+    def respond(question: str, chat: bool, last: bool) -> dict:
+        try:
+            reply, rag, secs = rag_answer(model, base, tok, doc, embeddings, question, chat, args.max_new_tokens)
+        except RagPromptTooLong as e:
+            raise SystemExit(f"memlong ask: --rag: {e}") from None
+        row: dict = {"question": question, "answer": reply, "seconds": round(secs, 3), **rag.record()}
+        if args.show_retrieved:
+            row["retrieved"] = [_rag_chunk(rag, i, doc, offsets, text, files) for i in rag.ranking[: len(rag.chosen)]]
+        return row
+
+    return _answer_questions(args, tok, report, respond)
+
+
+def _rag_chunk(rag, i: int, doc: list[int], offsets, text: str, files: list[SourceFile]) -> dict:
+    """Chunk ``i`` of a rag prompt as ``--show-retrieved`` shows it (as :func:`retrieved_chunks`)."""
+    a, b = rag.spans[i]
+    lo, hi = offsets[a][0], offsets[b - 1][1]
+    f, line = locate(files, lo)
+    return {"chunk_id": i, "tokens": [a, b], "score": round(rag.scores[i], 4), "file": f.given, "line": line,
+            "chars": [lo, hi], "text": text[lo:hi][:PREVIEW_CHARS]}

@@ -15,7 +15,13 @@
    copy of the memory as the read left it (so no question sees another's answer):
    ``generate(requery=True)``, greedy; shows which chunks the question retrieves, whether the
    fact's chunk is among them, the answer and whether it contains the expected value;
-5. reading speed, peak memory (RSS), the bank's size; a summary table (and ``--json OUT``).
+5. asks the same questions of two baselines, the base model alone: ``rag`` (the ``top_k`` chunks of
+   the document most similar to the question, embedded with the same retriever, as text before
+   it: :mod:`memlong.rag`) and ``base_truncated`` (the document's last tokens that fit the base
+   model's trained context, then the question);
+6. reading speed, peak memory (RSS), the bank's size, each method's cost (``tokens_per_second``:
+   the document's tokens per second of the method's time, reading and answering;
+   ``bytes_per_token``: :mod:`memlong.cost`); a summary table (and ``--json OUT``).
 
 It shows what the model does; no number here is adjusted or selected.
 
@@ -261,6 +267,49 @@ def _ask(model, tok, memory, fact: dict, text: str, max_new_tokens: int) -> dict
     return rec
 
 
+def _baselines(model, tok, base, ids, offsets, facts: list[dict], max_new_tokens: int) -> tuple[list, list, float]:
+    """Each fact's question put to the base model alone, as :func:`_ask` puts it: ``rag`` (the
+    document's chunks embedded once; the answer reads the top-k as text, :func:`memlong.recipes.ask.rag_answer`)
+    and ``base_truncated`` (the document's last tokens that fit the base model's context before
+    the question). (rag records, base_truncated records, seconds embedding the chunks)."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    from memlong.rag import embed_context
+    from memlong.recipes.ask import answer_end, plain_answer, question_ids, rag_answer
+
+    doc, spans = ids[0].tolist(), offsets[0].tolist()
+    t0 = time.perf_counter()
+    embeddings = embed_context(model, doc, (0, len(doc)))
+    embed_seconds = time.perf_counter() - t0
+    window = int(base.config.max_position_embeddings)
+    rag_recs, trunc_recs = [], []
+    for i, f in enumerate(facts):
+        print(f"  Q{i + 1} ({f['depth']:.0%}): {f['question']!r}  expected {f['expected']!r}", flush=True)
+        reply, rag, seconds = rag_answer(model, base, tok, doc, embeddings, f["question"], False, max_new_tokens)
+        chars = [[spans[a][0], spans[b - 1][1]] for a, b in rag.spans]
+        rag_recs.append({"answer": reply, "correct": _contains(reply, f["expected"]), "generate_seconds": round(seconds, 2),
+                         **rag.record(), "fact_retrieved": any(_overlaps(chars[i], f["chars"]) for i in rag.chosen),
+                         "fact_chunk_rank": next((r + 1 for r, i in enumerate(rag.ranking)
+                                                  if _overlaps(chars[i], f["chars"])), None)})
+        r = rag_recs[-1]
+        print(f"    rag read chunks {r['rag_chunks']} of {r['rag_context_chunks']} as text; the fact's chunk ranks "
+              f"{r['fact_chunk_rank']} by embedding", flush=True)
+        _print_answer("rag", r, f)
+        prompt = question_ids(tok, f["question"], chat=False)[0]
+        x = torch.tensor([(doc + prompt)[-(window - max_new_tokens):]])
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = base.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                                stopping_criteria=StoppingCriteriaList([answer_end(tok, x.shape[1])]))
+        reply = plain_answer(tok.decode(out[0, x.shape[1]:], skip_special_tokens=True))[0].strip()
+        trunc_recs.append({"answer": reply, "correct": _contains(reply, f["expected"]), "tokens_read": x.shape[1],
+                           "generate_seconds": round(time.perf_counter() - t0, 2)})
+        _print_answer("base_truncated", trunc_recs[-1], f)
+    return rag_recs, trunc_recs, embed_seconds
+
+
 def _print_answer(name: str, rec: dict, fact: dict) -> None:
     if "retrieved" in rec:
         how = (f"re-ranked from the top {rec['reranked_candidates']} by embedding" if rec["reranked_candidates"]
@@ -298,7 +347,7 @@ def run(args) -> int:
     if busy:
         print("  NOTE: the CPU is shared with other processes; times and speeds below are slower than on an idle "
               "machine", flush=True)
-    print("\n[1/4] loading the model", flush=True)
+    print("\n[1/5] loading the model", flush=True)
     t0 = time.perf_counter()
     model, tok = load_memlong_model(args.model, retriever=args.retriever)
     model_info = _describe(model, args.model)
@@ -314,7 +363,7 @@ def run(args) -> int:
           f"local window (bank dtype {m['bank_dtype'] or 'model'}, capacity {m['memory_capacity']:,} tokens)\n"
           f"  retriever: {_retriever_name(m['retriever'])}; loaded in {m['load_seconds']:.0f} s", flush=True)
 
-    print("\n[2/4] the document", flush=True)
+    print("\n[2/5] the document", flush=True)
     text, parts = build_document(tok, doc_path, args.min_tokens)
     if args.doc is None and parts[0]["split"] != "test":  # the default must be held out; split_of is deterministic
         raise SystemExit(f"internal error: the default document {parts[0]['doc_id']} is not in the test split")
@@ -347,7 +396,7 @@ def run(args) -> int:
     bank_info: dict = {}
     for step, (name, use) in enumerate((("memory", True), ("no_memory", False))):
         what = "WITH memory" if use else "WITHOUT memory (retrieval off: the same model and local window)"
-        print(f"\n[{3 + step}/4] reading {what}", flush=True)
+        print(f"\n[{3 + step}/5] reading {what}", flush=True)
         memory, rec = _read_document(model, ids, offsets, score, use, "with memory" if use else "without memory")
         results[name] = rec
         if use:
@@ -385,11 +434,30 @@ def run(args) -> int:
                 answers[name].append(a)
                 _print_answer("with memory" if use else "without memory", a, f)
 
+    print("\n[5/5] the baselines, the base model alone: rag (the top-k chunks as text) and base_truncated "
+          "(the last tokens that fit its context)", flush=True)
+    from memlong.cost import bytes_per_token
+    from memlong.recipes.ask import load_base
+
+    base = load_base(args.model)
+    answers["rag"], answers["base_truncated"], rag_seconds = _baselines(model, tok, base, ids, offsets, facts,
+                                                                        args.max_new_tokens)
+    cost = {}
+    for name, method in (("memory", "memlong"), ("no_memory", "memlong_no_memory"), ("rag", "rag"),
+                         ("base_truncated", "base_truncated")):
+        busy = sum(a["generate_seconds"] for a in answers[name]) + (
+            rag_seconds if name == "rag" else results[name]["seconds"] if name in results else 0)
+        chunks = -(-L // model.memlong_config.chunk_size)  # rag: an embedding per chunk of the document
+        cost[name] = {"tokens_per_second": round(L / busy, 1),
+                      "bytes_per_token": bytes_per_token(method, model, base, (chunks, L))}
+
     summary: dict = {
         "model": model_info,
         "document": {"parts": parts, "characters": len(text), "tokens": L, "min_tokens": args.min_tokens},
-        "facts": [{**f, "memory": a, "no_memory": b}
-                  for f, a, b in zip(facts, answers["memory"], answers["no_memory"])],
+        "facts": [{**f, "memory": a, "no_memory": b, "rag": c, "base_truncated": d}
+                  for f, a, b, c, d in zip(facts, answers["memory"], answers["no_memory"], answers["rag"],
+                                           answers["base_truncated"])],
+        "cost": cost, "rag_embed_seconds": round(rag_seconds, 2),
         "ppl": {"tokens_scored": score, "with_memory": results["memory"]["ppl"],
                 "without_memory": results["no_memory"]["ppl"]},
         "reading": results,
@@ -428,16 +496,23 @@ def _print_summary(s: dict) -> None:
                      f"(rank by embedding {mem.get('fact_chunk_rank_by_embedding')})"))
         rows.append(("  with memory", f"{'RIGHT' if mem['correct'] else 'wrong'}  {mem['answer'].strip()[:50]!r}"))
         rows.append(("  without memory", f"{'RIGHT' if no['correct'] else 'wrong'}  {no['answer'].strip()[:50]!r}"))
+        for name in ("rag", "base_truncated"):
+            if name in f:  # (the baselines)
+                a = f[name]
+                rows.append((f"  {name}", f"{'RIGHT' if a['correct'] else 'wrong'}  {a['answer'].strip()[:50]!r}"))
     n, got = len(s["facts"]), s["answered"]
     change = (ppl["with_memory"] / ppl["without_memory"] - 1) * 100
     rows += [
-        ("facts answered", f"with memory {got['memory']}/{n}, without memory {got['no_memory']}/{n}; "
+        ("facts answered", f"with memory {got['memory']}/{n}, without memory {got['no_memory']}/{n}, rag "
+                           f"{got.get('rag', '-')}/{n}, base_truncated {got.get('base_truncated', '-')}/{n}; "
                            f"fact chunk retrieved {s['facts_retrieved']}/{n}"),
         (f"ppl, last {ppl['tokens_scored']:,} tokens",
          f"with memory {ppl['with_memory']:.3f}, without memory {ppl['without_memory']:.3f} ({change:+.1f}%)"),
         ("reading speed", f"with memory {r['memory']['tokens_per_s']:,.0f} tokens/s, without memory "
                           f"{r['no_memory']['tokens_per_s']:,.0f} tokens/s ({s['torch_threads']} threads)"),
         ("bank", f"{b['chunks']:,} chunks, {b['bytes'] / 2**20:,.1f} MiB, {b['bytes_per_token']:,.0f} bytes/token"),
+        *((f"cost: {name}", f"{c['tokens_per_second']:,.0f} tokens/s, {c['bytes_per_token']:,.0f} bytes/token")
+          for name, c in s.get("cost", {}).items()),
         ("peak RSS", f"{s['peak_rss_bytes_reading_with_memory'] / 2**20:,.0f} MiB after reading with memory; "
                      f"{s['peak_rss_bytes'] / 2**20:,.0f} MiB in all (with the memory copies for the questions)"),
         ("wall time", f"{s['wall_seconds']:.0f} s"),

@@ -13,10 +13,11 @@ import json
 import time
 from pathlib import Path
 
-#: The methods of the tasks measured by length (ppl, passkey, ruler).
-METHODS = ("memlong", "memlong_no_memory", "base_full", "base_truncated")
+#: The methods of the tasks that answer a question after a context (passkey, ruler); ``rag`` (the
+#: base model on the top-k chunks as text, :mod:`memlong.rag`) needs the context's span in the prompt.
+METHODS = ("memlong", "memlong_no_memory", "base_full", "base_truncated", "rag")
 #: Methods that need the base model loaded beside the MemLong model.
-BASE_METHODS = ("base_full", "base_truncated", "in_context")
+BASE_METHODS = ("base_full", "base_truncated", "in_context", "rag")
 #: ``--data`` of the tasks that read documents.
 DATA_HELP = ("a corpus folder (its --split), a .jsonl file, a text file (one document), a folder of .txt files, "
              "or a datasets name")
@@ -193,11 +194,17 @@ def measured(row: dict, key: str, **on_failure):
 
 
 def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery, base_window: int,
-                    stop=None, memory=None) -> str:
+                    stop=None, memory=None, context: tuple[int, int] | None = None, retrieved: list | None = None
+                    ) -> str:
     """The greedy continuation of ``ids`` ``[1, L]`` by ``method``, decoded: the MemLong model with a
     fresh memory (retrieval on for ``memlong``, off for ``memlong_no_memory``), retrieving again with
     the prompt's last ``requery`` tokens (the question; ``False``: not); or the base model over the
-    whole prompt (``base_full``) or its last ``base_window - new_tokens`` tokens (``base_truncated``).
+    whole prompt (``base_full``) or its last ``base_window - new_tokens`` tokens (``base_truncated``);
+    or the base model on the retrieval-augmented prompt (``rag``, :func:`memlong.rag.rag_prompt`:
+    the ``top_k`` chunks of the context ``ids[0, start:end]`` most similar to the question
+    ``ids[0, end:]``, as text; ``context=(start, end)`` is required; a prompt over ``base_window``
+    is a :class:`Skip`; ``retrieved``: a list the :class:`~memlong.rag.RagPrompt` is appended to,
+    for a caller to look into afterwards).
     ``stop``: a stopping criterion factory ``tok -> StoppingCriteria``, judging the text from the
     first token generated (with ``requery`` the prompt that ``generate`` runs on is the question
     alone, not ``ids``; :func:`memlong.recipes.ask.answer_end` is one). ``memory``: the
@@ -216,8 +223,30 @@ def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery
     else:
         if method == "base_truncated":
             ids = ids[:, -(base_window - new_tokens):]
+        elif method == "rag":
+            ids = _rag_ids(model, ids, context, new_tokens, base_window, retrieved)
         if stop is not None:
             kw["stopping_criteria"] = StoppingCriteriaList([stop(tok)])
         with torch.no_grad():
             out = base.generate(ids, attention_mask=torch.ones_like(ids), **kw)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _rag_ids(model, ids, context, new_tokens: int, base_window: int, retrieved: list | None):
+    """The ``rag`` prompt ``[1, L']`` of ``ids`` ``[1, L]`` (see :func:`generate_answer`)."""
+    import torch
+
+    from memlong.rag import RagPromptTooLong, rag_prompt
+
+    if context is None:
+        raise ValueError("generate_answer(method='rag') needs context=(start, end): the span of the context in "
+                         "ids, the question being ids[end:]; pass it, or use another method")
+    if ids.shape[0] != 1:
+        raise ValueError(f"generate_answer(method='rag') answers one prompt at a time; got {ids.shape[0]} rows")
+    try:
+        prompt = rag_prompt(model, ids[0], context, new_tokens, base_window)
+    except RagPromptTooLong as e:
+        raise Skip(str(e)) from None
+    if retrieved is not None:
+        retrieved.append(prompt)
+    return torch.tensor([prompt.ids], dtype=ids.dtype, device=ids.device)

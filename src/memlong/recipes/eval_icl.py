@@ -8,7 +8,13 @@ the same token stream, M demonstrations first, and differs only in what it can s
   local window (``--set local_window=N``) into the memory bank before the input is read;
 * ``memlong_no_memory``: the same model and local window with retrieval off;
 * ``in_context``: the base model with all K+M demonstrations in its context, only where every
-  prompt fits its window (otherwise reported as skipped, with the reason).
+  prompt fits its window (otherwise reported as skipped, with the reason);
+* ``rag`` (the paper's "w./ RAG"): the base model with the ``top_k`` of the M memory
+  demonstrations most similar to the test input (the MemLong model's retriever, cosine:
+  :mod:`memlong.rag`), as text in their order, before the K context demonstrations and the input.
+
+Each row also carries its cost: ``tokens_per_second`` (the prompts' tokens, each counted whole,
+per second of the method's time) and ``bytes_per_token`` (:mod:`memlong.cost`).
 
 The demonstrations are sampled once per trial (``--trials``, seeds ``--seed`` + t) and shared
 by all test inputs of that trial, so the MemLong methods read them once per trial and each test
@@ -34,7 +40,7 @@ import copy
 
 from memlong.recipes.eval_common import Skip, load_models, measured, write_report
 
-METHODS = ("memlong", "memlong_no_memory", "in_context")
+METHODS = ("memlong", "memlong_no_memory", "in_context", "rag")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,6 +94,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
     import random
     from collections import Counter
 
+    from memlong.cost import bytes_per_token, tokens_per_second
     from memlong.data.icl import demo_text, query_text
     from memlong.evaluation import continuation_logprobs, continuation_rows
 
@@ -105,6 +112,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
     trials = []  # per trial: token ids of every test prompt
     prefixes = []  # per trial: the demonstrations every prompt of the trial starts with
     question_tokens = []  # per trial: tokens of each test input (the requery question)
+    rag_parts = []  # per trial: the memory demonstrations one by one, the context ones, each test input
     share, local = [], []  # per prompt: memory-demonstration tokens banked, context ones in the window (shares)
     for t in range(args.trials):
         demos = random.Random(args.seed + t).sample(pool, K + M)
@@ -114,6 +122,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
         queries = [ids(query_text(task, ex)) for ex in tests]
         prompts = [mem + ctx + q for q in queries]
         prefixes.append(mem + ctx)
+        rag_parts.append(([ids(demo_text(task, d)) for d in demos[:M]], ctx, queries))
         question_tokens.append([len(q) for q in queries])
         for p in prompts:
             # the prompt's last token (chunk J) sees chunks J-w..J; chunks 0..J-w-1 are in the bank
@@ -143,18 +152,26 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
         if method == "memlong":  # (memlong_no_memory drops what leaves its window)
             row["memory_tokens_banked"] = round(sum(share) / len(share), 4) if M else None
             row["requery"] = args.requery
-        if method != "in_context":
+        if method in ("memlong", "memlong_no_memory"):
             row["context_tokens_in_window"] = round(sum(local) / len(local), 4) if K else None
+        if method == "rag":
+            row["rag_top_k"] = cfg.top_k
         with measured(row, "accuracy"):
             if method == "in_context" and longest > base_window:
                 raise Skip(f"prompts of up to {longest} tokens do not fit the base model's window ({base_window})")
+            plain = trials
+            if method == "rag":  # timed with the method: embedding the demonstrations is its reading
+                plain = [_rag_prompts(model, *parts) for parts in rag_parts]
+                need = max(len(p) for prompts in plain for p in prompts) + max(len(c) for c in cands)
+                if need > base_window:
+                    raise Skip(f"rag prompts of up to {need} tokens do not fit the base model's window ({base_window})")
             per_trial, predicted = [], Counter()
-            for prompts, questions, prefix in zip(trials, question_tokens, prefixes):
+            for prompts, questions, prefix in zip(plain, question_tokens, prefixes):
                 hits = 0
                 shared = _read_prefix(model, prefix, continuation_rows(cands), method == "memlong") \
-                    if method != "in_context" and prefix else None
+                    if method in ("memlong", "memlong_no_memory") and prefix else None
                 for prompt, n, ex in zip(prompts, questions, tests):
-                    if method == "in_context":
+                    if method in ("in_context", "rag"):
                         scores = continuation_logprobs(base, prompt, cands)
                     else:  # every prompt of the trial continues from a copy of the shared demonstrations
                         scores = continuation_logprobs(model, prompt, cands, use_memory=method == "memlong",
@@ -167,6 +184,10 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
                 per_trial.append(hits / len(tests))
             row.update(accuracy=sum(per_trial) / len(per_trial), accuracy_per_trial=per_trial,
                        predicted=dict(sorted(predicted.items())))  # a model stuck on one label shows here
+        read = sum(len(p) for prompts in trials for p in prompts)
+        row["tokens_per_second"] = tokens_per_second(read, row["seconds"]) if row["accuracy"] is not None else None
+        items = [d for demos, _, _ in rag_parts for d in demos]  # rag keeps an embedding per memory demonstration
+        row["bytes_per_token"] = bytes_per_token(method, model, base, (len(items), sum(map(len, items))))
         results.append(row)
         acc = f"{row['accuracy']:.3f}" if row["accuracy"] is not None else "-"
         per = ",".join(f"{a:.2f}" for a in row.get("accuracy_per_trial", [])) or "-"
@@ -176,6 +197,19 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
               f"{pred or row.get('note', '')}", flush=True)
     print(f"(majority-class accuracy of the test examples: {majority:.3f}; label words: {', '.join(task.label_words)})")
     return results
+
+
+def _rag_prompts(model, demos: list[list[int]], ctx: list[int], queries: list[list[int]]) -> list[list[int]]:
+    """``rag``'s prompt for each test input of a trial: the ``top_k`` memory demonstrations
+    (``demos``, one token list each) most similar to it, in their order, then the context
+    demonstrations and the input. The demonstrations are embedded once, the inputs in one batch."""
+    from memlong.rag import rank
+
+    retriever, k = model.memlong_retriever, model.memlong_config.top_k
+    if not demos:
+        return [ctx + q for q in queries]
+    emb, q_emb = retriever.embed(demos), retriever.embed(queries)
+    return [[t for i in rank(emb, e, k)[0] for t in demos[i]] + ctx + q for e, q in zip(q_emb, queries)]
 
 
 def _read_prefix(model, prefix: list[int], rows: int, retrieval: bool):

@@ -4,7 +4,10 @@ the greedily generated digits, over several trials per length and depth, for the
 ``eval ppl``. For ``memlong`` with the question re-querying memory (the default), each answer also
 records whether the chunks the question retrieves hold the key (``key_retrieved``) and the rank
 of the key's chunk among all banked chunks by the retriever's similarity (``key_chunk_rank``,
-1 = best): a miss is then a retrieval miss or a reading miss.
+1 = best): a miss is then a retrieval miss or a reading miss. ``rag`` (the base model on the
+``top_k`` haystack chunks most similar to the question, as text: :mod:`memlong.rag`) records the
+same two of its own chunks. Every row also carries its cost: ``tokens_per_second`` (prompt
+tokens per second of the method's time) and ``bytes_per_token`` (:mod:`memlong.cost`).
 
     memlong eval passkey --model PATH --data PATH --lengths 4096,65536 --depths 0.1,0.5,0.9 --trials 3
 """
@@ -113,29 +116,52 @@ def passkey_cases(args, tok, lengths: list[int]) -> Iterator[tuple[int, float, l
             yield L, depth, cases
 
 
+def rag_key_retrieval(tok, ids: list[int], rag, key: str) -> dict:
+    """As :func:`key_retrieval`, for the chunks ``rag`` (a :class:`memlong.rag.RagPrompt` of the
+    prompt ``ids``) put in its prompt: whether one holds ``key``, and the rank of the best chunk
+    holding it among all the context's chunks by similarity to the question (1 = best; None when
+    no chunk holds all its digits)."""
+    holds = {i for i, (a, b) in enumerate(rag.spans) if key in tok.decode(ids[a:b])}
+    ranks = [r + 1 for r, i in enumerate(rag.ranking) if i in holds]
+    return {"key_retrieved": any(i in holds for i in rag.chosen), "key_chunk_rank": min(ranks) if ranks else None,
+            **rag.record()}
+
+
 def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=frozenset()) -> Iterator[dict]:
+    from memlong.cost import bytes_per_token, tokens_per_second
+
     new_tokens = 8
-    q = len(passkey_question_ids(tok)) if args.requery else False
+    q_len = len(passkey_question_ids(tok))
+    q = q_len if args.requery else False
     for L, depth, cases in passkey_cases(args, tok, lengths):
         for method in methods:
             row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
             if _cell(row) in have:
                 continue
+            rag_kept = (0, 0)  # rag: embeddings kept, context tokens they cover
             with measured(row, "accuracy"):
                 if method == "base_full" and L > args.max_base_length:
                     raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
                 hits, answers = 0, []
                 for key, ids in cases:
                     memory = model.new_memory(1) if method == "memlong" and q else None
+                    rag: list = []  # the haystack is the context, the question its tail
                     answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window,
-                                             memory=memory)
+                                             memory=memory, context=(0, ids.shape[1] - q_len), retrieved=rag)
                     hits += int(passkey_digits(answer) == key)
                     answers.append({"key": key, "answer": answer})
                     if memory is not None:
                         answers[-1].update(key_retrieval(model, tok, memory, ids[0, -q:].tolist(), key))
+                    if rag:
+                        answers[-1].update(rag_key_retrieval(tok, ids[0].tolist(), rag[0], key))
+                        rag_kept = (rag_kept[0] + len(rag[0].spans), rag_kept[1] + rag[0].context_tokens)
                 row.update(accuracy=hits / len(cases), answers=answers)
                 if any("key_retrieved" in a for a in answers):
                     row["key_retrieved"] = sum(a["key_retrieved"] for a in answers) / len(answers)
+            row["tokens_per_second"] = tokens_per_second(L * len(cases), row["seconds"]) \
+                if row.get("accuracy") is not None else None
+            row["bytes_per_token"] = bytes_per_token(method, model, base, rag_kept) \
+                if method != "rag" or rag_kept[1] else None
             acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
             found = f"key retrieved {row['key_retrieved']:.2f}  " if "key_retrieved" in row else ""
             print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  {found}({row['trials']} trials) "

@@ -25,7 +25,10 @@ import argparse
 import math
 from collections.abc import Iterator
 
-from memlong.recipes.eval_common import DATA_HELP, METHODS, Skip, measured, run_by_length
+from memlong.recipes.eval_common import DATA_HELP, Skip, measured, run_by_length
+
+#: perplexity scores text, it asks no question: no ``rag`` (which retrieves with a question)
+METHODS = ("memlong", "memlong_no_memory", "base_full", "base_truncated")
 
 DEFAULT_LENGTHS = "1024,2048,4096,8192,16384,32768"
 
