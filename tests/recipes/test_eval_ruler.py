@@ -26,11 +26,12 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
     out = tmp_path / "ruler.json"
     assert ruler_cli(setup, "--data", str(setup / "corpus"), "--lengths", "1500,1700", "--samples", "2",
                      "--tasks", "niah_single_1,niah_single_2,qa_1,niah_multikey_1_noise", "--max-base-length", "1600",
+                     "--methods", "memlong,base_full,rag",
                      "--json", str(out), "--plot", str(tmp_path / "ruler.png")) == 0
     report = json.loads(out.read_text())
     rows = report["results"]
     tasks = ["niah_single_1", "niah_single_2", "qa_1", "niah_multikey_1_noise"]
-    methods = ["memlong", "memlong_no_memory", "base_full", "base_truncated"]
+    methods = ["memlong", "base_full", "rag"]
     assert [(r["task"], r["length"], r["method"]) for r in rows] == [
         (t, L, m) for L in (1500, 1700) for m in methods for t in tasks]  # a length, a method at a time
     for r in rows:
@@ -48,6 +49,10 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
             assert "mentioned in the provided text" in e["prompt_tail"]
             assert e["score"] == ruler.score(e["output"], e["expected"])
         assert r["score"] == pytest.approx(sum(e["score"] for e in r["examples"]) / 2)
+        assert r["tokens_per_second"] > 0 and r["bytes_per_token"] > 0
+        if r["method"] == "rag":  # the chunks it read, and whether they held the needle
+            assert all(len(e["rag_chunks"]) <= 4 and len(e["statements_retrieved"]) == len(e["positions"])
+                       for e in r["examples"])
     # the same prompts for every method
     by = {}
     for r in rows:

@@ -8,9 +8,10 @@ Graham's essays); qa_1 and qa_2 run when ``--qa-squad`` (SQuAD v2.0 dev json) an
 ``--qa-hotpotqa`` (HotpotQA dev json) are given, else they are reported as not run. An instruct
 model's prompts are wrapped in its chat template, as RULER does (``--no-chat-template``: plain).
 
-Each prompt is answered greedily by the methods of ``eval ppl`` (memlong, memlong_no_memory,
-base_full up to ``--max-base-length``, base_truncated), the MemLong methods retrieving again with
-the question and answer prefix (``generate(requery=N)``); the whole generation (RULER's token
+Each prompt is answered greedily by memlong and memlong_no_memory (retrieving again with the
+question and answer prefix, ``generate(requery=N)``), rag (the base model on the context's top-k
+chunks for the question, as text, :mod:`memlong.rag`), base_full (up to ``--max-base-length``)
+and base_truncated (the base on the prompt's last tokens that fit its window); the whole generation (RULER's token
 budget, no stop words) is scored with RULER's metric (string_match_all; qa: string_match_part).
 A cell's score is the mean over its samples with a 95% interval (Wilson's for accuracies);
 RULER's mean at a length is the mean over RULER's tasks that ran, with the tasks named. Our extra
@@ -18,7 +19,8 @@ variants (``--tasks`` names ending in ``_noise``) are reported apart, never in t
 
 All prompts are built, and every length checked against every task, before a model is loaded.
 Output: a table; ``--json``: a record per task, length and method (score, interval, each sample's
-prompt tail, expected strings and output, seconds), RULER's means and the config (rewritten after
+prompt tail, expected strings and output, seconds, tokens read per second, bytes kept per token;
+rag: whether its chunks held the answered statements), RULER's means and the config (rewritten after
 every cell: ``--resume`` continues a run cut short); ``--plot``: a heatmap per method above RULER's
 mean against length.
 
@@ -194,6 +196,7 @@ def _cell(row: dict) -> tuple:
 def _measure(args, task, L, samples, method, tok, model, base, base_window) -> dict:
     import torch
 
+    from memlong.cost import bytes_per_token, tokens_per_second
     from memlong.data.ruler import score
     from memlong.evaluation import mean_interval
 
@@ -203,16 +206,26 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
     with measured(row, "score"):
         if method == "base_full" and L > args.max_base_length:
             raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
-        examples = []
+        examples, rag_kept = [], (0, 0)  # rag: embeddings kept, context tokens they cover
         for s in samples:
-            ids = torch.tensor([s.ids])
+            ids, rag = torch.tensor([s.ids]), []
             text = generate_answer(method, model, base, tok, ids, s.max_new_tokens,
-                                   s.question_tokens if args.requery else False, base_window)
+                                   s.question_tokens if args.requery else False, base_window, context=s.span,
+                                   retrieved=rag)
             examples.append({"prompt_tail": tok.decode(s.ids[-s.question_tokens:]), "expected": s.answers,
                              "output": text, "score": score(text, s.answers, spec.metric),
                              "positions": s.positions, "prompt_tokens": len(s.ids)})
+            if rag:  # which answered statements the chunks rag read hold
+                chosen = [rag[0].spans[i] for i in rag[0].chosen]
+                examples[-1]["statements_retrieved"] = [any(a <= p < b for a, b in chosen) for p in s.positions]
+                examples[-1].update(rag[0].record())
+                rag_kept = (rag_kept[0] + len(rag[0].spans), rag_kept[1] + rag[0].context_tokens)
         mean, lo, hi = mean_interval([e["score"] for e in examples])
         row.update(score=mean, interval=[round(lo, 4), round(hi, 4)], examples=examples)
+    if row.get("score") is not None:
+        row["tokens_per_second"] = tokens_per_second(sum(len(s.ids) for s in samples), row["seconds"])
+        row["bytes_per_token"] = bytes_per_token(method, model, base, rag_kept) if method != "rag" or rag_kept[1] \
+            else None
     value = f"{row['score']:.2f} [{row['interval'][0]:.2f}, {row['interval'][1]:.2f}]" if row.get("score") is not None \
         else "-"
     print(f"{method:>18} {task:>22} L={L:>7}  score {value}  ({len(samples)} samples, {row['seconds']:.1f} s) "
