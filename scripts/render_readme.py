@@ -272,19 +272,31 @@ def _passkey_table(results: list[dict]) -> list[str]:
     the share of trials whose question retrieved the key's chunk."""
     depths = sorted({r["depth"] for r in results})
     found = any("key_retrieved" in a for r in results for a in r.get("answers", []))
-    out = ["| length | method | " + " | ".join(f"depth {d}" for d in depths) + " | mean | "
+    out = ["| length | method | " + " | ".join(f"depth {d}" for d in depths) + " | mean [95% interval] | "
            + ("key retrieved | " if found else "") + "trials per depth |",
            "|---:|---|" + "---:|" * (len(depths) + 2 + found)]
     for key in dict.fromkeys((r["length"], r["method"]) for r in results):
         rows = {r["depth"]: r for r in results if (r["length"], r["method"]) == key}
-        accs = [rows[d]["accuracy"] for d in depths if d in rows and rows[d].get("accuracy") is not None]
-        mean = f"{sum(accs) / len(accs):.2f}" if accs else "-"
+        mean = _passkey_mean(list(rows.values()))
         cells = " | ".join(_cell(rows[d], "accuracy") if d in rows else "" for d in depths)
         trials = max(r.get("trials", 0) for r in rows.values())
         hits = [a["key_retrieved"] for r in rows.values() for a in r.get("answers", []) if "key_retrieved" in a]
         share = (f"{sum(hits) / len(hits):.2f} | " if hits else "- | ") if found else ""
         out.append(f"| {key[0]:,} | {key[1]} | {cells} | {mean} | {share}{trials} |")
     return out
+
+
+def _passkey_mean(rows: list[dict]) -> str:
+    """Accuracy over every trial of a length and method, with its 95% Wilson interval."""
+    from memlong.evaluation import wilson
+
+    done = [r for r in rows if r.get("accuracy") is not None]
+    n = sum(r["trials"] for r in done)
+    if not n:
+        return "-"
+    hits = round(sum(r["accuracy"] * r["trials"] for r in done))
+    lo, hi = wilson(hits, n)
+    return f"{hits / n:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def _ruler_label(r: dict) -> str:

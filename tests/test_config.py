@@ -80,3 +80,23 @@ def test_unknown_field_and_corrupt_json(tmp_path):
     (tmp_path / "memlong_config.json").write_text("{not json")
     with pytest.raises(MemLongConfigError, match="not valid JSON"):
         MemLongConfig.from_pretrained(tmp_path)
+
+
+def test_choices_come_from_the_field_types_and_a_retired_field_loads():
+    import typing
+
+    from memlong.config import MemLongConfig, MemLongConfigError, _choices
+
+    for name, choices in _choices().items():  # every Literal field is checked against its own values
+        for v in choices:
+            if v is not None:
+                MemLongConfig(**{name: v, **({"mode": "training_free"} if v == "training_free" else {})})
+        with pytest.raises(MemLongConfigError, match=name):
+            MemLongConfig(**{name: "no-such-value"})
+    hints = typing.get_type_hints(MemLongConfig)
+    assert set(_choices()) == {n for n, h in hints.items() if "Literal" in str(h)}
+    # a config saved before `extra` was retired loads, and compares equal
+    old = {**MemLongConfig().to_dict(), "extra": {}}
+    assert MemLongConfig.from_dict(old) == MemLongConfig() and MemLongConfig().differences(old) == []
+    with pytest.raises(MemLongConfigError, match="extra"):
+        MemLongConfig.from_dict({**old, "extra": {"x": 1}})

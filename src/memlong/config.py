@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 EvictionPolicy = Literal["counter", "fifo"]
 GateMode = Literal["head", "layer"]
@@ -20,17 +21,13 @@ Fusion = Literal["separate", "joint"]
 QueryMode = Literal["causal", "chunk"]
 SearchBackend = Literal["torch", "faiss", "auto"]
 Mode = Literal["memlong", "training_free"]
+MemoryPositions = Literal["paper", "none"]
+QuestionOrder = Literal["stream", "score"]
+BankDtype = Literal["float32", "float16", "bfloat16", "int8", "float8_e4m3fn"]
+BankDevice = Literal["model", "cpu", "mmap"]
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": ("memlong", "training_free"),
-    "eviction": ("counter", "fifo"),
-    "gate_mode": ("head", "layer"),
-    "gate_activation": ("tanh", "identity"),
-    "fusion": ("separate", "joint"),
-    "retrieval_query": ("causal", "chunk"),
-    "memory_positions": ("paper", "none"),
-    "search_backend": ("torch", "faiss", "auto"),
-}
+#: retired fields and the only value they ever held: ignored in a saved config that has them
+_RETIRED = {"extra": {}}
 
 CONFIG_NAME = "memlong_config.json"
 
@@ -41,153 +38,49 @@ class MemLongConfigError(ValueError):
 
 @dataclass
 class MemLongConfig:
-    """Everything that defines a MemLong model on top of a base causal LM.
-
-    Attributes:
-        mode: ``"memlong"`` (the paper, default): the bank stores the memory layer's K/V and the
-            retrieval layers mix memory in through gates that start closed, so memory helps only
-            after adaptation training (``memlong train``). ``"training_free"`` (what InfLLM and
-            EM-LLM do, for a pretrained model as it is): each retrieval layer stores its own K/V
-            of every chunk, and attends to the retrieved chunks and its local window in one
-            softmax with no gate, the retrieved chunks placed just before the local window in
-            their original order (positions the model was trained on). ``memory_layer``, the
-            gates, ``fusion`` and ``memory_positions`` are not used in that mode; the bank holds
-            one K/V per retrieval layer (``len(retrieval_layers)`` times the bytes per token).
-        memory_layer: 1-based index of the memory layer. Layers 1..memory_layer are the frozen
-            lower stack; this layer's keys and values are what the memory bank stores.
-        retrieval_layers: 1-based indices of the layers that attend to retrieved chunks; each
-            must be above ``memory_layer``. The paper finds a few spaced layers beat "all upper
-            layers" (Table 3).
-        chunk_size: tokens per chunk (tau). The unit of memory, retrieval and eviction.
-        top_k: chunks retrieved for each chunk of input.
-        memory_capacity: bank capacity in **tokens** (a whole number of chunks is used:
-            ``memory_capacity // chunk_size``). The paper evaluates 4K and 32K.
-        local_window: tokens of local context, a multiple of ``chunk_size``. A token sees the
-            previous ``local_window // chunk_size - 1`` whole chunks and its own chunk up to
-            itself; a chunk is written to memory when it leaves that window.
-        eviction: ``"counter"`` (paper: keep newest 10%, drop oldest 10%, delete the
-            least-retrieved of the middle until the bank is at 50%) or ``"fifo"`` (drop the
-            oldest chunk to make room for the new one).
-        evict_keep_newest, evict_drop_oldest, evict_target: the fractions of the counter rule.
-        gate_mode: one gate per head (``"head"``) or one per retrieval layer (``"layer"``).
-        gate_activation: the gate's value is ``tanh(theta)`` (LLaMA-Adapter) or ``theta``.
-            ``theta`` starts at 0, where every retrieval layer equals the base model exactly.
-        fusion: ``"separate"`` (paper eq. 2-5: a softmax over local scores, a softmax over
-            memory scores, memory scaled by the gate) or ``"joint"`` (one softmax over memory
-            and local keys, mixed in by the gate: ``local + g * (joint - local)``).
-        retrieval_query: ``"causal"`` (default): chunk j is retrieved for with the embedding
-            of chunk j-1, so nothing depends on tokens not yet seen. ``"chunk"``: the paper's
-            way, the chunk's own text; this leaks future tokens into earlier predictions and
-            is kept only for replication.
-        search_backend: exact cosine top-k with faiss ``IndexFlatIP`` (``"faiss"``, default: for
-            the one query per chunk MemLong makes, it measured faster than a torch scan at every
-            size from 1k to 100k chunks, docs/results/bench_search.json), a torch scan
-            (``"torch"``), or ``"auto"``: exact up to ``approximate_above`` chunks, faiss HNSW
-            above (rebuilt after evictions; :class:`memlong.memory.index.AutoIndex`).
-        approximate_above: the ``"auto"`` backend's switch point in chunks (default 3000: where
-            HNSW became faster than exact search on MiniLM embeddings with recall@k 1.0,
-            docs/results/bench_search_minilm.json).
-        retrieval_offsets: which chunks each hit brings: for a hit with chunk id ``j``, the
-            stored chunks ``j + o``. ``(0,)`` (default): the hits, as in the paper. ``(0, 1)``:
-            each hit and its continuation (RETRO's neighbour + continuation). With causal
-            retrieval the query is the previous chunk, so the hit resembles text the local
-            window already holds and its continuation is what predicts the chunk being read.
-        memory_positions: RoPE in memory attention. ``"paper"``: memory keys at position 0 and
-            each query at its position in the local window (as in the paper and the Focused
-            Transformer), so a query-memory score depends on where the query sits in the window.
-            ``"none"``: neither side rotated; memory attention matches content only (retrieved
-            chunks have no meaningful distance to the query). Both equal the base at gate 0.
-        rerank_candidates, rerank_window: when a question is asked (``generate(requery=...)``,
-            :meth:`~memlong.cache.MemLongCache.focus_on`), the top ``rerank_candidates`` chunks are
-            scored again by their best window of ``rerank_window`` tokens (half-overlapping) and
-            the best ``top_k`` kept: a short fact inside a chunk of other text matches its window
-            far better than the whole chunk. ``rerank_candidates=0`` turns it off. Reading is
-            not affected.
-        rerank_index: keep a window index in the bank (default): the windows of ``rerank_window``
-            tokens of every banked chunk are embedded once, when a question first needs them (one
-            retriever batch; :meth:`~memlong.cache.MemLongCache.index_windows` does it ahead), and
-            stored beside the chunk (float16), so a question scores **every** banked chunk by its
-            best window and ``rerank_candidates`` only switches re-ranking on or off. Reading alone
-            never pays for it; the first question pays about 18% of the reading time with MiniLM
-            (later ones only for chunks banked since), plus ``windows x dim x 2`` bytes per chunk
-            (7 x 384 x 2 for 128-token chunks, 32-token windows and MiniLM). ``False``: the windows
-            of the top ``rerank_candidates`` chunks are embedded at each question (a fact in a chunk
-            whose whole-chunk embedding ranks lower is never seen).
-        lexical_weight: a question's chunk score adds ``lexical_weight`` times the share of the
-            question's rarity-weighted words and word pairs the chunk holds (BM25 over the bank's
-            chunks, in [0, 1]: :func:`~memlong.memory.bank.lexical_scores`) to its embedding score
-            (with re-ranking on). An embedding can miss what the words say: MiniLM puts chunks of
-            code full of ``pass`` above "The pass key is 65125" for "What is the pass key?".
-            ``0``: embeddings alone. Reading is not affected (only questions are). The default,
-            0.5, was chosen on the validation split (``scripts/experiments/tune_lexical_weight.py``): it
-            found planted facts among chunks sharing the question's words and RULER's needles
-            among needles with other keys, and moved no fact asked in other words down.
-        question_offsets: the chunks a question's hits bring (as ``retrieval_offsets``, for
-            ``generate(requery=...)`` / ``focus_on`` only); ``None`` (default): ``retrieval_offsets``.
-            ``(0, 1)`` also brings each hit's continuation: a statement that straddles a chunk
-            boundary ("... magic number for sleepy-parrot is: 415469" | "3.") is read whole.
-        question_order: the order in which a question reads its chunks before the local window:
-            ``"stream"`` (default: as in the text) or ``"score"``: the worst hit first and the
-            best last, nearest the question, each hit followed by the chunks its offsets bring
-            (a small model tends to answer from the nearest of several similar statements).
-        question_reread: a question first reads its hits again, as text just before it
-            (``generate(requery=...)``, ``memlong ask``): the ``top_k`` chunks it retrieves from the
-            bank as it is when asked (with what ``question_offsets`` brings, in ``question_order``)
-            enter the local window, so the answer finds a fact a few hundred tokens back as well as
-            in memory placed before the window. Costs reading up to ``top_k *
-            len(question_offsets)`` chunks per question; the memory then holds them as read text:
-            the window's oldest chunks are banked meanwhile, so the question's own search runs on
-            that bank. When the reread text leaves the window (the question, the answer or later
-            reading outgrowing it), a chunk made only of it is dropped, not banked again (the bank
-            holds it already). ``False`` (default): the question reads its hits as memory only; the
-            shipped default model turns it on.
-        sink_tokens: ``training_free`` mode: the first ``sink_tokens`` tokens a sequence read stay
-            visible to every later query in every retrieval layer once the local window has slid
-            past them, placed first, before the retrieved chunks (the attention sinks of
-            StreamingLLM, InfLLM's initial tokens). A pretrained model puts much of its attention
-            on the first tokens it saw; without them a slid window reads badly (on the default
-            model a passkey 430 tokens back, inside the window, was missed). ``0`` (default) keeps
-            none; at most ``chunk_size``. Must be 0 in ``"memlong"`` mode.
-        bank_dtype: dtype of stored keys/values (``None``: the model's dtype): ``"float32"``,
-            ``"float16"``, ``"bfloat16"``, or compressed ``"int8"`` / ``"float8_e4m3fn"`` (one
-            float32 scale per head and token; dequantized when retrieved).
-        bank_device: where the bank's K/V live: ``"model"`` (the model's device), ``"cpu"``
-            (host memory, pinned when the model is on a GPU; only retrieved chunks are copied to the
-            model's device) or ``"mmap"`` (a memory-mapped file in ``bank_mmap_dir``, the system
-            temporary folder when ``None``; the OS pages it in and out).
+    """Everything that defines a MemLong model on top of a base causal LM: validated when built,
+    saved as JSON beside a model. One line per field below; what each does and why it has its
+    default: docs/CONFIG.md. ``MemLongConfig()`` is the paper's layout; the shipped default model
+    (:mod:`memlong.pretrained`) differs (``training_free`` mode, every layer banked, sinks and
+    ``question_reread`` on), as its own ``memlong_config.json`` says.
     """
 
-    mode: Mode = "memlong"
-    memory_layer: int = 13
-    retrieval_layers: tuple[int, ...] = (14, 18, 22, 26)
-    chunk_size: int = 128
-    top_k: int = 4
-    memory_capacity: int = 32768
-    local_window: int = 1024
-    eviction: EvictionPolicy = "counter"
-    evict_keep_newest: float = 0.1
-    evict_drop_oldest: float = 0.1
-    evict_target: float = 0.5
-    gate_mode: GateMode = "head"
-    gate_activation: GateActivation = "tanh"
-    fusion: Fusion = "separate"
-    retrieval_query: QueryMode = "causal"
-    search_backend: SearchBackend = "faiss"
-    approximate_above: int = 3000
-    retrieval_offsets: tuple[int, ...] = (0,)
-    memory_positions: str = "paper"
-    rerank_candidates: int = 32
-    rerank_window: int = 32
-    rerank_index: bool = True
-    lexical_weight: float = 0.5
-    question_offsets: tuple[int, ...] | None = None
-    question_order: str = "stream"
-    question_reread: bool = False
-    sink_tokens: int = 0
-    bank_dtype: str | None = None
-    bank_device: str = "model"
-    bank_mmap_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # what the memory is and where it sits
+    mode: Mode = "memlong"  # "memlong" (the paper: one memory layer, gated) or "training_free" (every retrieval layer banks)
+    memory_layer: int = 13  # 1-based: the top of the frozen lower stack; its K/V are banked (memlong mode)
+    retrieval_layers: tuple[int, ...] = (14, 18, 22, 26)  # 1-based layers that attend to retrieved chunks
+    chunk_size: int = 128  # tokens per chunk: the unit of memory, retrieval and eviction
+    top_k: int = 4  # chunks retrieved for each chunk read (and for a question)
+    memory_capacity: int = 32768  # bank capacity in tokens (memory_capacity // chunk_size chunks)
+    local_window: int = 1024  # tokens of local context, a multiple of chunk_size
+    sink_tokens: int = 0  # training_free: the first tokens read stay visible to every query (attention sinks)
+    # eviction when the bank is full
+    eviction: EvictionPolicy = "counter"  # the paper's retrieval-counter rule, or "fifo"
+    evict_keep_newest: float = 0.1  # counter rule: the newest share always kept
+    evict_drop_oldest: float = 0.1  # counter rule: the oldest share always dropped
+    evict_target: float = 0.5  # counter rule: the share of capacity left after an eviction
+    # how memory mixes into attention (memlong mode)
+    gate_mode: GateMode = "head"  # one gate per head or per retrieval layer
+    gate_activation: GateActivation = "tanh"  # the gate's value: tanh(theta) or theta; theta starts at 0
+    fusion: Fusion = "separate"  # paper eq. 2-5 (two softmaxes) or "joint" (one)
+    memory_positions: MemoryPositions = "paper"  # RoPE in memory attention: keys at 0 ("paper") or none
+    # retrieval while reading
+    retrieval_query: QueryMode = "causal"  # chunk j searched with chunk j-1 ("chunk": the paper's, leaks the future)
+    retrieval_offsets: tuple[int, ...] = (0,)  # the stored chunks j + o a hit j brings
+    search_backend: SearchBackend = "faiss"  # exact faiss, a torch scan, or "auto" (HNSW above approximate_above)
+    approximate_above: int = 3000  # "auto": chunks from which the search is approximate
+    # question time: how a question searches and reads the bank (QUESTION_FIELDS)
+    rerank_candidates: int = 32  # chunks a question re-scores by their best window (0: off)
+    rerank_window: int = 32  # tokens per window of that re-scoring
+    rerank_index: bool = True  # keep every banked chunk's window embeddings (a question scores them all)
+    lexical_weight: float = 0.5  # weight of the question's rarity-weighted words in a chunk's score
+    question_offsets: tuple[int, ...] | None = None  # the chunks a question's hits bring (None: retrieval_offsets)
+    question_order: QuestionOrder = "stream"  # a question reads its hits in text order or by score (best last)
+    question_reread: bool = False  # a question first reads its hits again as text just before it
+    # bank storage
+    bank_dtype: BankDtype | None = None  # stored K/V dtype (None: the model's); int8/float8 compressed
+    bank_device: BankDevice = "model"  # the model's device, host memory ("cpu") or a memory-mapped file
+    bank_mmap_dir: str | None = None  # "mmap": the folder of the file (None: the system's temporary one)
 
     #: Fields that only change how a question searches the bank, never what reading stores: a
     #: saved memory loads into a model whose config differs in these alone. (``question_reread``
@@ -266,10 +159,11 @@ class MemLongConfig:
                 f"{self.memory_capacity} tokens holds fewer than top_k={self.top_k} chunks of "
                 f"{self.chunk_size} tokens; raise it to at least {self.top_k * self.chunk_size}",
             )
-        for name, choices in _CHOICES.items():
+        for name, choices in _choices().items():
             v = getattr(self, name)
             if v not in choices:
-                bad(name, f"unknown value {v!r}; choose one of {list(choices)}")
+                bad(name, f"unknown value {v!r}; choose one of {[c for c in choices if c is not None]}"
+                          + (" or None" if None in choices else ""))
         for name in ("evict_keep_newest", "evict_drop_oldest"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
@@ -289,13 +183,6 @@ class MemLongConfig:
             if (not isinstance(offs, tuple) or not offs or len(set(offs)) != len(offs)
                     or any(isinstance(o, bool) or not isinstance(o, int) or abs(o) > 8 for o in offs)):
                 bad(name, f"must be distinct ints in [-8, 8], at least one, e.g. (0,) or (0, 1); got {offs!r}")
-        if self.question_order not in ("stream", "score"):
-            bad("question_order", f"must be 'stream' or 'score', got {self.question_order!r}")
-        dtypes = ("float32", "float16", "bfloat16", "int8", "float8_e4m3fn")
-        if self.bank_dtype is not None and self.bank_dtype not in dtypes:
-            bad("bank_dtype", f"must be None or one of {list(dtypes)}, got {self.bank_dtype!r}")
-        if self.bank_device not in ("model", "cpu", "mmap"):
-            bad("bank_device", f"must be 'model', 'cpu' or 'mmap', got {self.bank_device!r}")
         if self.bank_mmap_dir is not None and self.bank_device != "mmap":
             bad("bank_mmap_dir", f"is only used with bank_device='mmap' (bank_device is {self.bank_device!r})")
 
@@ -390,7 +277,7 @@ class MemLongConfig:
         """The fields, except ``ignore``, in which ``saved`` (a :meth:`to_dict` written earlier,
         perhaps by an older version) differs from this config; a field added since compares as
         its default (what the saving version did)."""
-        mine = self.to_dict()
+        mine, saved = self.to_dict(), _without_retired(saved)
         default = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
         return sorted(k for k in (set(saved) | set(mine)) - ignore if saved.get(k, default.get(k)) != mine.get(k))
 
@@ -402,6 +289,7 @@ class MemLongConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemLongConfig:
+        d = _without_retired(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -433,3 +321,20 @@ class MemLongConfig:
         except json.JSONDecodeError as e:
             raise MemLongConfigError(f"{path} is not valid JSON ({e}); the file is corrupted") from e
         return cls.from_dict(d)
+
+
+def _without_retired(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` without the retired fields that hold their only value (a config saved by an older version)."""
+    return {k: v for k, v in d.items() if not (k in _RETIRED and v == _RETIRED[k])}
+
+
+@cache
+def _choices() -> dict[str, tuple]:
+    """field -> its allowed values, from the ``Literal`` types of :class:`MemLongConfig`'s fields."""
+    out = {}
+    for name, hint in get_type_hints(MemLongConfig).items():
+        args = get_args(hint)
+        literals = [a for a in args if get_origin(a) is Literal] if get_origin(hint) is not Literal else [hint]
+        if literals:
+            out[name] = tuple(v for lit in literals for v in get_args(lit)) + ((None,) if type(None) in args else ())
+    return out
