@@ -30,6 +30,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memlong import attention
+from memlong.bases import resolve_base
 from memlong.cache import MemLongCache
 from memlong.config import CONFIG_NAME, MemLongConfig, MemLongConfigError
 from memlong.memory import BankLayout
@@ -582,8 +583,6 @@ def from_pretrained(
         base = base_model or info["base_model"]
         if base_model is None and info.get("local"):
             base = os.path.normpath(os.path.join(path, base))
-        from memlong.pretrained import resolve_base
-
         base = resolve_base(base)
         model = AutoModelForCausalLM.from_pretrained(base, **hf_kwargs)
     else:

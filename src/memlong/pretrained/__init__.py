@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from memlong.bases import register_base, resolve_base
 from memlong.pretrained.smollm2 import DefaultModelUnavailable, converted_model_path
 
 # Point the package's default at another local folder or hub name without code changes.
@@ -29,7 +30,7 @@ ENV_VAR = "MEMLONG_BASE_MODEL"
 
 #: The shipped default MemLong model: memlong_config.json + memlong_base.json naming DEFAULT_BASE.
 DEFAULT_MEMLONG_MODEL: Path = Path(__file__).resolve().parent / "default"
-#: The name memlong_base.json uses for the default base model (resolved by :func:`resolve_base`).
+#: The name memlong_base.json uses for the default base model (:mod:`memlong.bases` resolves it).
 DEFAULT_BASE = "memlong:default"
 
 __all__ = ["ENV_VAR", "DEFAULT_BASE", "DEFAULT_MEMLONG_MODEL", "DefaultModelUnavailable", "base_model_of",
@@ -62,10 +63,7 @@ def load_default_base_model(dtype=None):
     return model.eval(), tokenizer
 
 
-def resolve_base(name: str) -> str:
-    """A base model name as written in ``memlong_base.json``: :data:`DEFAULT_BASE` becomes the
-    default base model's path; anything else is returned as it is."""
-    return default_base_model_path() if name == DEFAULT_BASE else name
+register_base(DEFAULT_BASE, default_base_model_path)  # memlong_base.json's name for it, resolved by the loader
 
 
 def _model_dir(name_or_path) -> Path:
