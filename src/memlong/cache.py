@@ -85,6 +85,7 @@ class MemLongCache(Cache):
         self.columns = 0  # input columns consumed (padding included), for transformers' generate
         self.origin = 0  # columns that generate() should treat as already outside input_ids
         self.retriever_info = retriever_info  # the model's retriever.describe(), saved with banks
+        self.metadata: dict = {}  # what a loaded memory was saved with (save(metadata=...))
         self._clear_rows(range(batch_size), init=True)
 
     def _new_bank(self) -> MemoryBank:
@@ -167,14 +168,17 @@ class MemLongCache(Cache):
         self.banks[row] = bank
 
     # ------------------------------------------------------------------ whole-memory persistence
-    def save(self, directory: str | os.PathLike) -> str:
+    def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> str:
         """Saves everything needed to continue exactly where reading stopped: every row's bank,
         the local window's keys/values for all layers, the chunks still in the window and the
-        retrieval of the chunk in progress.
+        retrieval of the chunk in progress; ``metadata`` (JSON) goes into ``memory.json`` as is.
 
         Atomic: the state goes into a new version folder; ``memory.json``, which names it, is
-        replaced in one ``os.replace``; older versions are removed after. A crash leaves the
-        previous save loadable.
+        replaced in one ``os.replace``; older versions, and folders of saves killed before
+        that point, are removed after. A process killed at any point leaves the previous save
+        loadable and unchanged, or the new one complete (:meth:`load` reads only the version
+        ``memory.json`` names). Two processes must not save into one folder at once (``memlong
+        ask`` locks it: :mod:`memlong.memory.lock`).
         """
         import json
         import shutil
@@ -182,7 +186,7 @@ class MemLongCache(Cache):
 
         from safetensors.torch import save_file
 
-        from memlong.memory.bank import _fsync, _sha256
+        from memlong.memory.bank import _fsync, _fsync_dir, _sha256
 
         if self.broken:
             raise RuntimeError(f"refusing to save a memory left inconsistent ({self.broken}); reset it first")
@@ -230,12 +234,15 @@ class MemLongCache(Cache):
             "chunk_chars": [{str(c): t for c, t in d.items()} for d in self.chunk_chars],
             "mem_none": mem_none,
             "reread": self.reread,
+            "metadata": metadata or {},
         }
+        _fsync_dir(vdir)
         path = os.path.join(directory, MEMORY_JSON)
         with open(path + ".tmp", "w") as f:
             json.dump(meta, f)
         _fsync(path + ".tmp")
-        os.replace(path + ".tmp", path)
+        os.replace(path + ".tmp", path)  # the commit: before it the previous save is the memory, after it this one
+        _fsync_dir(directory)
         for name in os.listdir(directory):
             if name.startswith("v-") and name != version:
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
@@ -299,6 +306,7 @@ class MemLongCache(Cache):
         for b, j in meta["mem_none"]:
             cache.chunk_mem[b][j] = None
         cache.reread = [[[int(s), int(e)] for s, e in row] for row in meta.get("reread", [[]] * B)]  # older saves record none
+        cache.metadata = dict(meta.get("metadata") or {})
         return cache
 
     def window_tokens(self, row: int = 0) -> int:
