@@ -14,7 +14,7 @@ import torch
 
 import memlong
 from memlong.cache import MEMORY_JSON, MemLongCache
-from memlong.memory import BankLayout
+from memlong.memory import BankLayout, MemoryBank
 
 from killing import Killer
 
@@ -63,17 +63,25 @@ def grow(m: MemLongCache, seed: int) -> None:
     m.chunk_tokens = [{seen // TAU: [1, 2, 3]}]
 
 
-def fingerprint(m: MemLongCache) -> str:
-    """A digest of everything the memory holds (the bank in stream order, the window, the counters)."""
-    h = hashlib.sha256()
-    bank = m.bank(0)
+def bank_fingerprint(bank: MemoryBank, h=None) -> str:
+    """A digest of what a bank holds, in stream order."""
+    h = h or hashlib.sha256()
     slots = bank.valid.nonzero().flatten()
     slots = slots[torch.argsort(bank.chunk_ids[slots])]
     for t in (bank.keys[slots], bank.values[slots], bank.embeddings[slots], bank.chunk_ids[slots], bank.spans[slots],
-              bank.token_ids[slots], bank.text_spans[slots], bank.counts[slots], m.win_pos,
-              *m.win_k, *m.win_v):
+              bank.token_ids[slots], bank.text_spans[slots], bank.counts[slots]):
         h.update(t.contiguous().numpy().tobytes())
-    h.update(repr((m.seen, m.columns, m.chunk_tokens, bank.evicted_report())).encode())
+    h.update(repr(bank.evicted_report()).encode())
+    return h.hexdigest()
+
+
+def fingerprint(m: MemLongCache) -> str:
+    """A digest of everything the memory holds (the bank, the window, the counters)."""
+    h = hashlib.sha256()
+    bank_fingerprint(m.bank(0), h)
+    for t in (m.win_pos, *m.win_k, *m.win_v):
+        h.update(t.contiguous().numpy().tobytes())
+    h.update(repr((m.seen, m.columns, m.chunk_tokens)).encode())
     return h.hexdigest()
 
 
@@ -101,7 +109,12 @@ def jobs(directory: str, seed: int) -> dict:
         loaded.save(directory)
         return {"start": start, "end": time.perf_counter()}
 
-    return {"save": save, "read_then_save": read_then_save}
+    def save_bank():
+        start = time.perf_counter()
+        memory.save_bank(os.path.join(directory, "bank"))
+        return {"start": start, "end": time.perf_counter()}
+
+    return {"save": save, "read_then_save": read_then_save, "save_bank": save_bank}
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +170,23 @@ def test_a_save_keeps_its_metadata_and_a_leftover_folder_is_not_loaded(tmp_path)
     (tmp_path / "v-killedsave0" / "window.safetensors").write_bytes(b"half a file")
     back = load(tmp_path)
     assert back.metadata == {"writer": "test"} and fingerprint(back) == fingerprint(m)
+
+
+def test_a_bank_save_killed_at_any_point_leaves_the_old_bank_or_the_new_one(killer):
+    directory = killer.directory / "bank"
+    old, new = build_memory(seed=1), build_memory(seed=2)
+    old_print, new_print = bank_fingerprint(old.bank(0)), bank_fingerprint(new.bank(0))
+    old.save_bank(directory)
+    times = kill_times(killer, "save_bank", kills=6, seed=1)
+    outcomes = []
+    for seconds in times:
+        old.save_bank(directory)
+        result = killer.run(seconds, "save_bank")
+        m = MemLongCache(config(), layout(), LAYERS)
+        m.load_bank(directory)  # never an error
+        found = bank_fingerprint(m.bank(0))
+        assert found in (old_print, new_print), f"killed at {seconds:.3f} s: a bank that is neither"
+        outcomes.append((result["killed"], found == new_print))
+    assert any(killed and not new for killed, new in outcomes), f"no kill interrupted a save: {outcomes}"
+    old.save_bank(directory)
+    assert len(list(directory.glob("bank-*"))) == 1 and bank_fingerprint(MemoryBank.load(directory)) == old_print
