@@ -22,6 +22,7 @@ of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval laye
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 
 import torch
@@ -37,6 +38,26 @@ from memlong.retriever import Retriever
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
 MEMORY_FORMAT = "memlong-memory-v1"
 MEMORY_JSON = "memory.json"
+_VERSION = re.compile(r"v-[0-9a-f]{12}")  # a save's version folder (save names them so)
+
+
+def is_save_leftover(name: str, directory: str | os.PathLike | None = None) -> bool:
+    """Whether ``name`` in a memory's folder is what a killed :meth:`MemLongCache.save` can leave
+    (a version folder that ``memory.json`` does not name, or its temporary file), which :meth:`load`
+    ignores and the next save removes. With ``directory``, the version it names is not a leftover."""
+    if name == MEMORY_JSON + ".tmp":
+        return True
+    if not _VERSION.fullmatch(name):
+        return False
+    if directory is None:
+        return True
+    try:
+        import json
+
+        with open(os.path.join(directory, MEMORY_JSON)) as f:
+            return json.load(f).get("version") != name
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 @torch.no_grad()
@@ -243,8 +264,8 @@ class MemLongCache(Cache):
         _fsync(path + ".tmp")
         os.replace(path + ".tmp", path)  # the commit: before it the previous save is the memory, after it this one
         _fsync_dir(directory)
-        for name in os.listdir(directory):
-            if name.startswith("v-") and name != version:
+        for name in os.listdir(directory):  # older versions and leftovers of killed saves; nothing else
+            if _VERSION.fullmatch(name) and name != version:
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
         return path
 

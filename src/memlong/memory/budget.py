@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+class EvictionWarning(UserWarning):
+    """An input is longer than the memory holds: part of it will be evicted while reading."""
+
+
 @dataclass(frozen=True)
 class ReadingPlan:
     """What reading ``tokens`` more tokens into a memory will keep (row 0 unless told)."""
@@ -35,7 +39,8 @@ class ReadingPlan:
 
     @property
     def kept_tokens(self) -> int:
-        """Of the tokens read, those in the bank or the window when reading ends (at most)."""
+        """Of the tokens read, those in the bank or the window when reading ends (into a memory
+        that held chunks already, eviction may drop some of those instead: then at least this)."""
         return max(0, self.tokens - self.evicted_tokens)
 
     @property
