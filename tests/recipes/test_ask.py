@@ -323,3 +323,41 @@ def test_default_model_finds_a_fact_planted_near_the_start_of_32k_tokens(tmp_pat
           f"answer {r['questions'][0]['answer']!r}; retrieved {[(c['chunk_id'], c['score']) for c in r['questions'][0]['retrieved']]}")
     assert r["tokens_read"] > 32_768
     assert "48213" in r["questions"][0]["answer"]
+
+
+def test_eviction_is_announced_before_reading_and_reported_after(model_dir, files, tmp_path, capsys):
+    out, mem = tmp_path / "out.json", tmp_path / "mem"
+    assert ask(model_dir, *files, "-q", QUESTION, "--set", "memory_capacity=512", "--memory", mem, "--json", out) == 0
+    printed = capsys.readouterr().out
+    r = report(out)
+    plan, evicted = r["reading_plan"], r["evicted"]
+    assert plan["tokens"] == r["tokens_read"] and plan["evicted_chunks"] > 0 and plan["capacity_tokens"] == 512
+    needed = plan["capacity_needed"]
+    warning = printed[printed.index("warning: "):printed.index("tokens read:")]
+    assert printed.index("warning: ") < printed.index("tokens read:")  # before reading
+    assert f"{plan['tokens']:,} tokens to read" in warning and f"{plan['kept_tokens']:,} tokens will be kept" in warning
+    assert f"{plan['evicted_tokens']:,} ({plan['evicted_chunks']:,} chunks of 16) evicted" in warning
+    assert f"--set memory_capacity={needed}" in warning and "MiB of bank" in warning or "KiB of bank" in warning
+    # after reading: what went, as planned, in tokens and in the files
+    assert evicted["chunks"] == plan["evicted_chunks"] and evicted["tokens"] == plan["evicted_tokens"]
+    assert f"evicted while reading: {evicted['chunks']:,} chunks ({evicted['tokens']:,} tokens)" in printed
+    assert sum(b - a for a, b in evicted["spans"]) == evicted["tokens"]
+    texts = {str(f): f.read_text() for f in files}
+    pieces = evicted["files"]
+    assert pieces and {p["file"] for p in pieces} <= set(texts)
+    for p in pieces:
+        a, b = p["chars"]
+        body = texts[p["file"]]
+        assert 0 <= a < b <= len(body)
+        assert p["lines"] == [body.count("\n", 0, a) + 1, body.count("\n", 0, b - 1) + 1]
+    first = pieces[0]
+    assert f"{first['file']} characters {first['chars'][0]:,}-{first['chars'][1]:,}" in printed
+    # a reused memory says what was evicted when it was read
+    assert ask(model_dir, *files, "-q", QUESTION, "--set", "memory_capacity=512", "--memory", mem, "--json", out) == 0
+    assert f"evicted when this memory was read: {evicted['chunks']:,} chunks" in capsys.readouterr().out
+    assert report(out)["evicted"] == evicted
+    # the capacity the warning names keeps everything: no warning, nothing evicted
+    assert ask(model_dir, *files, "-q", QUESTION, "--set", f"memory_capacity={needed}", "--json", out) == 0
+    printed = capsys.readouterr().out
+    assert "warning:" not in printed and "evicted" not in printed
+    assert report(out)["evicted"]["chunks"] == 0 and not report(out)["reading_plan"]["evicted_chunks"]

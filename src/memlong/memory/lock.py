@@ -30,7 +30,7 @@ class FolderBusy(RuntimeError):
     def __init__(self, directory, holder: dict, waited: float):
         self.directory, self.holder, self.waited = str(directory), holder, waited
         super().__init__(f"{directory} is in use by another process ({describe_holder(holder)}); "
-                         f"waited {waited:.0f} s")
+                         f"waited {waited:.1f} s")
 
 
 def describe_holder(holder: dict) -> str:

@@ -468,7 +468,7 @@ def _locked(memory_dir: Path | None, timeout: float):
     except FolderBusy as e:
         raise SystemExit(
             f"memlong ask: another memlong process is using --memory {memory_dir} ({describe_holder(e.holder)}); "
-            f"waited {e.waited:.0f} s for it. Let it finish and run this again (it saves its memory there, which "
+            f"waited {e.waited:.1f} s for it. Let it finish and run this again (it saves its memory there, which "
             "this call then reuses if the files are the same), wait longer with --lock-timeout SECONDS, or pass "
             "another --memory DIR") from None
     except OSError as e:
@@ -507,9 +507,13 @@ def eviction_report(memory, files: list[SourceFile], reused: bool) -> dict:
     print(f"evicted {when}: {report['chunks']:,} chunks ({report['tokens']:,} tokens) did not fit in the memory "
           f"(memory_capacity {memory.bank(0).capacity * memory.config.chunk_size:,} tokens); questions cannot see "
           f"them. Token ranges: " + _ranges(f"{a:,}-{b:,}" for a, b in report["spans"]), flush=True)
-    print("  in the files: " + _ranges(f"{r['file']} characters {r['chars'][0]:,}-{r['chars'][1]:,} (lines "
-                                       f"{r['lines'][0]:,}-{r['lines'][1]:,})" for r in report["files"]), flush=True)
+    print("  in the files: " + _ranges(f"{r['file']} characters {r['chars'][0]:,}-{r['chars'][1]:,} ({_lines(r['lines'])})"
+                                       for r in report["files"]), flush=True)
     return report
+
+
+def _lines(lines: list[int]) -> str:
+    return f"line {lines[0]:,}" if lines[0] == lines[1] else f"lines {lines[0]:,}-{lines[1]:,}"
 
 
 def _ranges(items) -> str:
