@@ -2,10 +2,11 @@
 SIGKILL at chosen times, so that a test can check what a kill at that point leaves on disk.
 
 ``Killer("module:setup", **kwargs)`` starts ``python tests/killing.py`` (with this tree's ``src``
-and ``tests`` on its path, one torch thread), which imports ``module``, calls ``setup(**kwargs)``
+and ``tests`` on its path, one torch thread), which imports ``module`` (``recipes/test_ask``: a
+module of a folder under ``tests``), calls ``setup(**kwargs)``
 once (imports, models, memories: the slow part) and gets the jobs, a dict of callables each doing
 one save (they may return a dict of ``time.perf_counter()`` marks). Then each
-``killer.run(seconds, job)`` forks a child running ``jobs[job]()`` and kills it ``seconds`` after
+``killer.run(seconds, job, **kwargs)`` forks a child running ``jobs[job](**kwargs)`` and kills it ``seconds`` after
 the fork (``None``: lets it finish and returns its marks, relative to the fork). A fork costs
 milliseconds: nothing is imported again.
 """
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,9 +41,10 @@ class Killer:
             raise RuntimeError(f"the killing helper exited ({self.proc.wait()}); its stderr is above")
         return json.loads(line)
 
-    def run(self, seconds: float | None, job: str) -> dict:
+    def run(self, seconds: float | None, job: str, **kwargs) -> dict:
         """``{"killed": bool, "marks": {...}}``: whether the child died of the kill (else it finished)."""
-        self.proc.stdin.write(f"{-1 if seconds is None else seconds} {job}\n")
+        self.proc.stdin.write(json.dumps({"seconds": -1 if seconds is None else seconds, "job": job,
+                                          "kwargs": kwargs}) + "\n")
         self.proc.stdin.flush()
         answer = self._answer()
         if "error" in answer:
@@ -66,12 +69,15 @@ def _serve(target: str, kwargs: dict) -> None:
 
     torch.set_num_threads(1)
     module, func = target.split(":")
+    folder, _, module = module.rpartition("/")
+    if folder:
+        sys.path.insert(0, str(HERE / folder))
     jobs = getattr(importlib.import_module(module), func)(**kwargs)
     out = sys.stdout
     print(json.dumps({"ready": True}), file=out, flush=True)
     for line in sys.stdin:
-        seconds, name = line.split()
-        seconds, job = float(seconds), jobs[name]
+        order = json.loads(line)
+        seconds, job = float(order["seconds"]), partial(jobs[order["job"]], **order["kwargs"])
         read, write = os.pipe()
         t0 = time.perf_counter()
         pid = os.fork()

@@ -4,6 +4,7 @@ saved as a directory with a small BPE tokenizer (conftest), so `--model DIR` loa
 
 import io
 import json
+import os
 import sys
 import sysconfig
 import time
@@ -361,3 +362,139 @@ def test_eviction_is_announced_before_reading_and_reported_after(model_dir, file
     printed = capsys.readouterr().out
     assert "warning:" not in printed and "evicted" not in printed
     assert report(out)["evicted"]["chunks"] == 0 and not report(out)["reading_plan"]["evicted_chunks"]
+
+
+# ------------------------------------------------------------------ killed and concurrent processes
+def jobs(model_dir: str) -> dict:
+    """In the killing helper (:mod:`killing`): ``ask`` runs ``memlong ask FILES --memory DIR`` on a
+    model loaded once, returning when its save and its manifest began and ended."""
+    import argparse
+
+    import memlong.recipes.ask as verb
+    from memlong.cache import MemLongCache
+
+    loaded = verb._load_model(argparse.Namespace(model=model_dir, retriever="hashing", overrides=[]))
+    verb._load_model = lambda args: loaded  # a forked child reads and saves; loading was done once, here
+    marks = {}
+
+    def timed(name, f):
+        def wrapper(*a, **k):
+            marks[f"{name}_start"] = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                marks[f"{name}_end"] = time.perf_counter()
+
+        return wrapper
+
+    MemLongCache.save = timed("save", MemLongCache.save)
+    verb.write_manifest = timed("manifest", verb.write_manifest)
+
+    def run(files, memory, timeout=30):
+        main(["ask", *files, "--memory", memory, "-q", QUESTION, "--model", model_dir, "--retriever", "hashing",
+              "--max-new-tokens", "1", "--threads", "1", "--lock-timeout", str(timeout)])
+        return marks
+
+    return {"ask": run}
+
+
+@pytest.fixture(scope="module")
+def killer(model_dir):
+    from killing import Killer
+
+    with Killer("recipes/test_ask:jobs", model_dir=str(model_dir)) as k:
+        yield k
+
+
+@pytest.fixture
+def small_files(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text((LIB / "argparse.py").read_text()[:700])
+    b.write_text((LIB / "textwrap.py").read_text()[:600])
+    return a, b
+
+
+def _decide(model, model_dir, directory, sources):
+    """What `ask` would do with DIR for these sources, and, when it reuses it, the tokens it loads."""
+    import argparse
+
+    from memlong.recipes.ask import plan_reuse
+
+    action, _ = plan_reuse(directory, sources, model, argparse.Namespace(model=str(model_dir)))
+    return action, (model.load_memory(directory).seen[0] if action == "reuse" else None)
+
+
+def test_ask_killed_while_saving_leaves_a_memory_it_reuses_or_reads_again(model_dir, small_files, tmp_path, killer):
+    import argparse
+    import random
+    import shutil
+
+    from memlong.recipes.ask import _load_model, read_source
+
+    mem, pristine = tmp_path / "mem", tmp_path / "pristine"
+    files = [str(f) for f in small_files]
+    killer.run(None, "ask", files=files, memory=str(pristine))  # the memory of the files as they are
+    old = [read_source(f) for f in files]
+    old_tokens = json.loads((pristine / MANIFEST).read_text())["tokens"]
+    small_files[1].write_text(small_files[1].read_text() + "\nOne more line at the end.\n")
+    new = [read_source(f) for f in files]
+    shutil.copytree(pristine, mem)
+    marks = killer.run(None, "ask", files=files, memory=str(mem))["marks"]  # reads the changed files, saves
+    new_tokens = json.loads((mem / MANIFEST).read_text())["tokens"]
+    assert new_tokens > old_tokens
+    model, _ = _load_model(argparse.Namespace(model=str(model_dir), retriever="hashing", overrides=[]))
+    rng = random.Random(0)
+    times = sorted(rng.uniform(marks["save_start"] - 0.02, marks["manifest_end"] + 0.01) for _ in range(6))
+    outcomes = []
+    for i, seconds in enumerate(times):
+        shutil.rmtree(mem)
+        if i % 2 == 0:
+            shutil.copytree(pristine, mem)  # a save over the old memory; odd kills: the first save into DIR
+        killed = killer.run(seconds, "ask", files=files, memory=str(mem))["killed"]
+        # never refused, never a half-written memory: the old one whole, the new one whole, or read again
+        with_old = _decide(model, model_dir, mem, old) if i % 2 == 0 else ("read", None)
+        with_new = _decide(model, model_dir, mem, new)
+        assert with_old in (("reuse", old_tokens), ("reread", None), ("read", None)), (seconds, with_old)
+        assert with_new in (("reuse", new_tokens), ("reread", None), ("read", None)), (seconds, with_new)
+        assert not (with_old[0] == with_new[0] == "reuse")
+        outcomes.append((killed, with_old[0], with_new[0]))
+    assert any(killed for killed, *_ in outcomes) and any(n != "reuse" for *_, n in outcomes), outcomes
+    # ... and the verb itself carries on from whatever a kill left
+    assert main(["ask", *files, "--memory", str(mem), "-q", QUESTION, "--model", str(model_dir), "--retriever",
+                 "hashing", "--max-new-tokens", "1"]) == 0
+    assert _decide(model, model_dir, mem, new) == ("reuse", new_tokens)
+    assert not [p.name for p in mem.iterdir() if p.name.endswith(".tmp")]
+    assert len([p for p in mem.iterdir() if p.name.startswith("v-")]) == 1
+
+
+def test_two_asks_on_one_memory_one_reads_and_saves_the_other_waits_and_reuses(model_dir, small_files, tmp_path,
+                                                                                 killer, capsys):
+    import threading
+
+    mem, files = tmp_path / "mem", [str(f) for f in small_files]
+    child = {}
+    other = threading.Thread(target=lambda: child.update(killer.run(None, "ask", files=files, memory=str(mem))))
+    other.start()
+    time.sleep(0.05)
+    assert main(["ask", *files, "--memory", str(mem), "-q", QUESTION, "--model", str(model_dir), "--retriever",
+                 "hashing", "--max-new-tokens", "1"]) == 0
+    other.join(timeout=60)
+    printed = capsys.readouterr().out
+    child_saved = "save_start" in child["marks"]
+    we_saved = "saved the memory to" in printed
+    assert child_saved != we_saved, (child, printed)  # exactly one process read and saved; the other reused
+    if child_saved:
+        assert "nothing read" in printed
+    assert len([p for p in mem.iterdir() if p.name.startswith("v-")]) == 1
+
+
+def test_a_second_ask_gives_up_on_a_memory_another_process_holds(model_dir, small_files, tmp_path, killer, capsys):
+    from memlong.memory.lock import folder_lock
+
+    mem, files = tmp_path / "mem", [str(f) for f in small_files]
+    with folder_lock(mem, timeout=0):  # this process holds DIR, as a first `memlong ask` reading would
+        with pytest.raises(AssertionError, match=r"(?s)another memlong process is using --memory .*"
+                                                 rf"pid {os.getpid()}.*waited 0\.\d s .*--lock-timeout.*another "
+                                                 r"--memory DIR"):
+            killer.run(None, "ask", files=files, memory=str(mem), timeout=0.5)
+    assert sorted(p.name for p in mem.iterdir()) == [".memlong.lock"]  # nothing read, nothing saved
