@@ -498,3 +498,49 @@ def test_a_second_ask_gives_up_on_a_memory_another_process_holds(model_dir, smal
                                                  r"--memory DIR"):
             killer.run(None, "ask", files=files, memory=str(mem), timeout=0.5)
     assert sorted(p.name for p in mem.iterdir()) == [".memlong.lock"]  # nothing read, nothing saved
+
+
+@pytest.fixture(scope="module")
+def small_capacity_model(model_dir, tmp_path_factory):
+    """The test model with a bank of 512 tokens: the files (about 2,200 tokens) do not fit."""
+    import shutil
+
+    from memlong.config import CONFIG_NAME
+
+    d = tmp_path_factory.mktemp("small_capacity") / "model"
+    shutil.copytree(model_dir, d)
+    config = json.loads((d / CONFIG_NAME).read_text())
+    (d / CONFIG_NAME).write_text(json.dumps({**config, "memory_capacity": 512}))
+    return d
+
+
+def test_capacity_is_raised_to_hold_the_files_unless_evict(small_capacity_model, files, tmp_path, capsys):
+    out, mem = tmp_path / "out.json", tmp_path / "mem"
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--memory", mem, "--json", out) == 0
+    printed = capsys.readouterr().out
+    r = report(out)
+    needed = r["capacity"]["to"]
+    assert r["capacity"]["raised"] and r["capacity"]["from"] == 512 and needed > 512
+    assert f"raised to {needed:,} for this call" in printed and "--evict keeps 512" in printed
+    assert r["memlong_config"]["memory_capacity"] == needed and r["evicted"]["chunks"] == 0
+    assert "warning:" not in printed and not r["reading_plan"]["evicted_chunks"]
+    # the same files: the saved memory (read with that capacity) is reused
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert "nothing read" in capsys.readouterr().out
+    # --evict: the model's capacity, evicting, said before and after; the saved memory is read again, not refused
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--memory", mem, "--evict", "--json", out) == 0
+    printed = capsys.readouterr().out
+    assert f"memory_capacity {needed} -> 512" in printed and "warning:" in printed and "evicted while reading" in printed
+    assert report(out)["memlong_config"]["memory_capacity"] == 512 and report(out)["evicted"]["chunks"] > 0
+
+
+def test_capacity_is_not_raised_past_the_available_memory(small_capacity_model, files, tmp_path, capsys,
+                                                          monkeypatch):
+    import memlong.memory.budget as budget
+
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(budget, "available_memory", lambda: 100_000)
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--json", out) == 0
+    printed = capsys.readouterr().out
+    assert "not raising memory_capacity" in printed and "97.7 KiB of memory is available" in printed
+    assert "warning:" in printed and report(out)["evicted"]["chunks"] > 0 and not report(out)["capacity"]["raised"]

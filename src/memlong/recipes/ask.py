@@ -23,11 +23,14 @@ saving leaves the previous memory or the new one, whole: the next call reuses it
 One process at a time uses DIR (a lock, ``DIR/.memlong.lock``): another waits for it up to
 ``--lock-timeout`` seconds, then stops saying so.
 
-Nothing is dropped silently: a text longer than the memory holds (``memory_capacity`` tokens of
-bank plus the local window) is still read, and eviction drops chunks as it goes; before reading,
-``ask`` says how many tokens will be kept and evicted and the ``--set memory_capacity=N`` that
-would keep them all (and the bytes that takes); after reading (and when a saved memory is
-reused), which token ranges were evicted and where they stand in the files (also in ``--json``).
+Nothing is dropped silently. Files longer than the memory holds (``memory_capacity`` tokens of
+bank plus the local window) get, by default, a ``memory_capacity`` raised for this call to hold
+them all, when the bank then fits in half the available memory with a copy for a question
+(``--evict`` keeps the model's and evicts instead). Otherwise eviction drops chunks while
+reading: before reading, ``ask`` says how many tokens will be kept and evicted and the ``--set
+memory_capacity=N`` that would keep them all (and the bytes that takes); after reading (and when
+a saved memory is reused), which token ranges were evicted and where they stand in the files
+(also in ``--json``).
 
 The model is the default MemLong model (SmolLM2-135M-Instruct, training-free) unless ``--model``
 names another (a MemLong directory or a base model). ``--show-retrieved`` prints the chunks a
@@ -83,6 +86,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--set question_order=score --set question_offsets=[0,1] --set top_k=8. A saved --memory "
                         "is reused across the fields that only decide how questions search (MemLongConfig."
                         "QUESTION_FIELDS); another field needs a new --memory")
+    p.add_argument("--evict", action="store_true",
+                   help="keep the model's memory_capacity for files longer than it holds, evicting chunks while "
+                        "reading (by default it is raised for this call to hold all of the files when the bank then "
+                        "fits in half the available memory); ask says what was evicted")
     p.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="with --memory: how long to wait for another memlong process using the same DIR before "
                         "giving up (default 300)")
@@ -283,14 +290,18 @@ def plan_reuse(directory: Path | None, files: list[SourceFile], model, args) -> 
     mine = model_identity(args.model)
     if manifest.get("model") != mine:
         raise _refuse(directory, f"it was read by the model {manifest.get('model')!r}, and this call uses {mine!r}")
-    diff = model.memlong_config.memory_differences(manifest.get("memlong_config") or {})
-    if diff:
+    saved_config = manifest.get("memlong_config") or {}
+    diff = model.memlong_config.memory_differences(saved_config)
+    capacity_changed = diff == ["memory_capacity"]  # ask sets it to hold the files: changed files change it
+    if diff and not capacity_changed:
         raise _refuse(directory, f"it was read with another MemLong config (differs in {diff})")
     try:
         check_retriever(manifest.get("retriever"), model.memlong_retriever.describe(), directory)
     except BankFileError as e:
         raise _refuse(directory, str(e).split(";")[0]) from None
     reasons = changed_files(saved_files, files)
+    if capacity_changed:
+        reasons.append(f"memory_capacity {saved_config.get('memory_capacity')} -> {model.memlong_config.memory_capacity}")
     if manifest.get("memlong_version") != memlong.__version__:
         reasons.append(f"saved by memlong {manifest.get('memlong_version')}, this is {memlong.__version__}")
     saved_version = _memory_version(directory)  # None when memory.json is unreadable: loading it says why
@@ -541,25 +552,52 @@ def _reuse(model, memory_dir: Path, files: list[SourceFile], report: dict):
     return memory
 
 
-def _read(model, tok, text: str, files: list[SourceFile], memory_dir: Path | None, reasons: list[str], args,
-          report: dict):
-    """Reads the files into a new memory (saying first what will not fit, after what did not) and
-    saves it to ``memory_dir``."""
-    from memlong.memory.budget import plan_reading
+def fit_capacity(model, tok, text: str, args, report: dict):
+    """The :class:`~memlong.memory.budget.ReadingPlan` of reading ``text``; when it would evict,
+    ``memory_capacity`` is first raised (for this call) to hold all of it, unless ``--evict``, a
+    ``--set memory_capacity``, or the bank would then need more than half the available memory
+    with one copy for a question (:func:`answer` reads into a copy)."""
+    import dataclasses
 
+    from memlong.memory.budget import available_memory, human_bytes, plan_reading
+
+    plan = plan_reading(model.new_memory(), len(tok(text, add_special_tokens=False)["input_ids"]))
+    chosen = any(o.partition("=")[0].strip() == "memory_capacity" for o in args.overrides)
+    if not plan.evicts or args.evict or chosen:
+        return plan
+    available = available_memory()
+    if available is None or 2 * plan.bytes_needed > available / 2:
+        have = "unknown" if available is None else human_bytes(available)
+        report["capacity"] = {"raised": False, "available_bytes": available}
+        print(f"memory: not raising memory_capacity to hold the files: the bank would take "
+              f"{human_bytes(plan.bytes_needed)} (twice that with a question's copy), and {have} of memory is "
+              "available", flush=True)
+        return plan
+    old = model.memlong_config.memory_capacity
+    model.memlong_config = dataclasses.replace(model.memlong_config, memory_capacity=plan.capacity_needed)
+    report["capacity"] = {"raised": True, "from": old, "to": plan.capacity_needed, "available_bytes": available}
+    report["memlong_config"] = model.memlong_config.to_dict()
+    print(f"memory: the files ({plan.tokens:,} tokens) are more than memory_capacity {old:,} holds: raised to "
+          f"{plan.capacity_needed:,} for this call, so that nothing is evicted (a bank of about "
+          f"{human_bytes(plan.bytes_needed)}; --evict keeps {old:,} and evicts instead)", flush=True)
+    return plan_reading(model.new_memory(), plan.tokens)
+
+
+def _read(model, text: str, files: list[SourceFile], memory_dir: Path | None, reasons: list[str], plan, args,
+          report: dict):
+    """Reads the files into a new memory (``plan``, :func:`fit_capacity`: saying first what will not
+    fit; after, what did not) and saves it to ``memory_dir``."""
     if reasons:
         print(f"memory: {memory_dir} is out of date, reading again:", flush=True)
         for r in reasons:
             print(f"  {r}", flush=True)
     names = ", ".join(f.given for f in files)
-    memory = model.new_memory()
-    plan = plan_reading(memory, len(tok(text, add_special_tokens=False)["input_ids"]))
     report["reading_plan"] = plan.to_dict()
     print(f"reading {len(files)} file(s) ({names}): {len(text):,} characters, {plan.tokens:,} tokens", flush=True)
     if plan.evicts:
         print(f"warning: {plan.warning('--set memory_capacity=N')}", flush=True)
     t0 = time.perf_counter()
-    memory = model.ingest_text(text, memory, progress=True, warn_eviction=False)
+    memory = model.ingest_text(text, model.new_memory(), progress=True, warn_eviction=False)
     seconds = time.perf_counter() - t0
     tokens = memory.seen[0]
     print(f"tokens read: {tokens:,} in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s)", flush=True)
@@ -598,13 +636,14 @@ def run(args) -> int:
     text = join_sources(files)
     model, tok = _load_model(args)
     report.update(retriever=model.memlong_retriever.describe(), memlong_config=model.memlong_config.to_dict())
+    plan = fit_capacity(model, tok, text, args, report)  # the capacity reading uses, before a saved one is judged
 
     with _locked(memory_dir, args.lock_timeout):  # deciding, reading and saving: one process at a time
         action, reasons = plan_reuse(memory_dir, files, model, args)
         if action == "reuse":
             memory = _reuse(model, memory_dir, files, report)
         else:
-            memory = _read(model, tok, text, files, memory_dir, reasons, args, report)
+            memory = _read(model, text, files, memory_dir, reasons, plan, args, report)
 
     _index_windows(model, memory, report)  # a memory saved without it (nothing to do after a fresh read)
     chat = uses_chat(tok, args.format)
