@@ -41,23 +41,11 @@ MEMORY_JSON = "memory.json"
 _VERSION = re.compile(r"v-[0-9a-f]{12}")  # a save's version folder (save names them so)
 
 
-def is_save_leftover(name: str, directory: str | os.PathLike | None = None) -> bool:
-    """Whether ``name`` in a memory's folder is what a killed :meth:`MemLongCache.save` can leave
-    (a version folder that ``memory.json`` does not name, or its temporary file), which :meth:`load`
-    ignores and the next save removes. With ``directory``, the version it names is not a leftover."""
-    if name == MEMORY_JSON + ".tmp":
-        return True
-    if not _VERSION.fullmatch(name):
-        return False
-    if directory is None:
-        return True
-    try:
-        import json
-
-        with open(os.path.join(directory, MEMORY_JSON)) as f:
-            return json.load(f).get("version") != name
-    except (OSError, ValueError, AttributeError):
-        return True
+def is_save_leftover(name: str) -> bool:
+    """Whether ``name`` can be what a killed :meth:`MemLongCache.save` leaves in a memory's folder: a
+    version folder (a leftover unless ``memory.json`` names it, which :meth:`~MemLongCache.load`
+    follows and the next save keeps) or its temporary ``memory.json``."""
+    return name == MEMORY_JSON + ".tmp" or bool(_VERSION.fullmatch(name))
 
 
 @torch.no_grad()

@@ -544,3 +544,22 @@ def test_capacity_is_not_raised_past_the_available_memory(small_capacity_model, 
     printed = capsys.readouterr().out
     assert "not raising memory_capacity" in printed and "97.7 KiB of memory is available" in printed
     assert "warning:" in printed and report(out)["evicted"]["chunks"] > 0 and not report(out)["capacity"]["raised"]
+
+
+def test_what_a_killed_first_save_leaves_is_read_over_and_cleaned(model_dir, files, tmp_path, capsys):
+    mem = tmp_path / "mem"
+    (mem / "v-0123456789ab").mkdir(parents=True)  # a version folder a kill left before memory.json
+    (mem / "v-0123456789ab" / "window.safetensors").write_bytes(b"half")
+    (mem / "memory.json.tmp").write_text("{")
+    (mem / ".memlong.lock").write_text("")
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert f"saved the memory to {mem}" in capsys.readouterr().out
+    assert not (mem / "v-0123456789ab").exists()
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert "nothing read" in capsys.readouterr().out
+    # a folder of the user's that merely looks like one is not ours: refused, kept
+    other = tmp_path / "other"
+    (other / "v-notes").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="other files in it"):
+        ask(model_dir, *files, "-q", QUESTION, "--memory", other)
+    assert (other / "v-notes").is_dir()
