@@ -8,7 +8,7 @@ attend to them beside the local window.
 
 from memlong.cache import MemLongCache
 from memlong.config import MemLongConfig, MemLongConfigError
-from memlong.memory import BankFileError, BankLayout, MemoryBank
+from memlong.memory import BankFileError, BankLayout, EvictionWarning, MemoryBank
 from memlong.modeling import SUPPORTED_FAMILIES, UnsupportedModelError, from_pretrained, wrap
 from memlong.retriever import EmbeddingRetriever, HashingRetriever, Retriever, SentenceTransformerRetriever
 from memlong import pretrained  # noqa: E402,F401  (registers the default model's base, memlong:default)
@@ -20,6 +20,7 @@ __all__ = [
     "BankFileError",
     "BankLayout",
     "EmbeddingRetriever",
+    "EvictionWarning",
     "HashingRetriever",
     "MemLongCache",
     "MemLongConfig",

@@ -22,6 +22,7 @@ of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval laye
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 
 import torch
@@ -37,6 +38,14 @@ from memlong.retriever import Retriever
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
 MEMORY_FORMAT = "memlong-memory-v1"
 MEMORY_JSON = "memory.json"
+_VERSION = re.compile(r"v-[0-9a-f]{12}")  # a save's version folder (save names them so)
+
+
+def is_save_leftover(name: str) -> bool:
+    """Whether ``name`` can be what a killed :meth:`MemLongCache.save` leaves in a memory's folder: a
+    version folder (a leftover unless ``memory.json`` names it, which :meth:`~MemLongCache.load`
+    follows and the next save keeps) or its temporary ``memory.json``."""
+    return name == MEMORY_JSON + ".tmp" or bool(_VERSION.fullmatch(name))
 
 
 @torch.no_grad()
@@ -85,6 +94,7 @@ class MemLongCache(Cache):
         self.columns = 0  # input columns consumed (padding included), for transformers' generate
         self.origin = 0  # columns that generate() should treat as already outside input_ids
         self.retriever_info = retriever_info  # the model's retriever.describe(), saved with banks
+        self.metadata: dict = {}  # what a loaded memory was saved with (save(metadata=...))
         self._clear_rows(range(batch_size), init=True)
 
     def _new_bank(self) -> MemoryBank:
@@ -167,14 +177,17 @@ class MemLongCache(Cache):
         self.banks[row] = bank
 
     # ------------------------------------------------------------------ whole-memory persistence
-    def save(self, directory: str | os.PathLike) -> str:
+    def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> str:
         """Saves everything needed to continue exactly where reading stopped: every row's bank,
         the local window's keys/values for all layers, the chunks still in the window and the
-        retrieval of the chunk in progress.
+        retrieval of the chunk in progress; ``metadata`` (JSON) goes into ``memory.json`` as is.
 
         Atomic: the state goes into a new version folder; ``memory.json``, which names it, is
-        replaced in one ``os.replace``; older versions are removed after. A crash leaves the
-        previous save loadable.
+        replaced in one ``os.replace``; older versions, and folders of saves killed before
+        that point, are removed after. A process killed at any point leaves the previous save
+        loadable and unchanged, or the new one complete (:meth:`load` reads only the version
+        ``memory.json`` names). Two processes must not save into one folder at once (``memlong
+        ask`` locks it: :mod:`memlong.memory.lock`).
         """
         import json
         import shutil
@@ -182,7 +195,7 @@ class MemLongCache(Cache):
 
         from safetensors.torch import save_file
 
-        from memlong.memory.bank import _fsync, _sha256
+        from memlong.memory.bank import _fsync, _fsync_dir, _sha256
 
         if self.broken:
             raise RuntimeError(f"refusing to save a memory left inconsistent ({self.broken}); reset it first")
@@ -230,14 +243,17 @@ class MemLongCache(Cache):
             "chunk_chars": [{str(c): t for c, t in d.items()} for d in self.chunk_chars],
             "mem_none": mem_none,
             "reread": self.reread,
+            "metadata": metadata or {},
         }
+        _fsync_dir(vdir)
         path = os.path.join(directory, MEMORY_JSON)
         with open(path + ".tmp", "w") as f:
             json.dump(meta, f)
         _fsync(path + ".tmp")
-        os.replace(path + ".tmp", path)
-        for name in os.listdir(directory):
-            if name.startswith("v-") and name != version:
+        os.replace(path + ".tmp", path)  # the commit: before it the previous save is the memory, after it this one
+        _fsync_dir(directory)
+        for name in os.listdir(directory):  # older versions and leftovers of killed saves; nothing else
+            if _VERSION.fullmatch(name) and name != version:
                 shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
         return path
 
@@ -299,6 +315,7 @@ class MemLongCache(Cache):
         for b, j in meta["mem_none"]:
             cache.chunk_mem[b][j] = None
         cache.reread = [[[int(s), int(e)] for s, e in row] for row in meta.get("reread", [[]] * B)]  # older saves record none
+        cache.metadata = dict(meta.get("metadata") or {})
         return cache
 
     def window_tokens(self, row: int = 0) -> int:

@@ -23,6 +23,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+import warnings
 from typing import Any
 
 import torch
@@ -270,13 +271,27 @@ class MemLongMixin:
         )
 
     @torch.no_grad()
-    def ingest_text(self, text: str, memory: MemLongCache | None = None, progress: bool = False) -> MemLongCache:
+    def ingest_text(self, text: str, memory: MemLongCache | None = None, progress: bool = False,
+                    warn_eviction: bool = True) -> MemLongCache:
         """Tokenizes ``text`` with the model's tokenizer and reads it into memory; each banked
-        chunk records its character span in ``text`` (``bank.text_spans``, ``entries()``)."""
+        chunk records its character span in ``text`` (``bank.text_spans``, ``entries()``).
+
+        Before reading, when the text is longer than the memory holds (the bank's
+        ``memory_capacity`` plus the local window), an :class:`~memlong.memory.budget.EvictionWarning`
+        says how many tokens will be kept and evicted and the capacity that would keep them all
+        (``warn_eviction=False``: a caller that reports it itself, :func:`~memlong.memory.budget.plan_reading`);
+        after reading, ``memory.bank(0).evicted_report()`` says which token and character ranges went."""
+        from memlong.memory.budget import EvictionWarning, plan_reading
+
         tok = self.memlong_tokenizer
         if tok is None:
             raise ValueError("ingest_text needs the tokenizer: pass tokenizer= to memlong.wrap / from_pretrained")
         enc = tok(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
+        memory = memory if memory is not None else self.new_memory(1)
+        plan = plan_reading(memory, enc["input_ids"].shape[1])
+        if warn_eviction and plan.evicts:
+            warnings.warn(EvictionWarning(plan.warning(
+                "model.memlong_config.memory_capacity = N, then a new memory (model.new_memory())")), stacklevel=3)
         return self.ingest(enc["input_ids"], memory, progress=progress, char_offsets=enc["offset_mapping"])
 
     @torch.no_grad()

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -401,3 +402,73 @@ def test_slot_bytes_is_what_a_slot_holds(layout):
     bank = random_bank(layout, n=9)
     assert bank.num_slots > 0 and bank.nbytes() == bank.num_slots * layout.slot_bytes()
     assert layout.bytes_per_token() == layout.slot_bytes() / TAU > layout.kv_bytes_per_token()
+@pytest.mark.parametrize("eviction, capacity, fractions", [
+    ("counter", 10, (0.1, 0.1, 0.5)), ("counter", 7, (0.1, 0.2, 0.9)), ("fifo", 4, (0.1, 0.1, 0.5)),
+    ("counter", 1, (0.0, 0.0, 0.5)),
+])
+def test_chunks_after_predicts_what_eviction_leaves(eviction, capacity, fractions):
+    keep, drop, target = fractions
+    bank = MemoryBank(BankLayout(capacity, TAU, H, D, E), eviction=eviction, keep_newest=keep, drop_oldest=drop,
+                      target=target, search_backend="torch")
+    predicted = [bank.chunks_after(n) for n in range(40)]
+    for n in range(40):
+        assert len(bank) == predicted[n], n
+        assert bank.chunks_after(0) == len(bank) and bank.chunks_after(3) == make_like(bank, 3)
+        add(bank, n)
+
+
+def make_like(bank, n):
+    """Chunks ``bank`` holds after ``n`` more adds, by adding them to a copy."""
+    import copy
+
+    other = copy.deepcopy(bank)
+    start = int(other.chunk_ids.max()) + 1 if len(other) else 0
+    for c in range(start, start + n):
+        add(other, c)
+    return len(other)
+
+
+def test_eviction_is_recorded_with_its_token_and_text_spans(tmp_path):
+    bank = make_bank(10)
+    for c in range(10):
+        kv = torch.full((H, TAU, D), float(c))
+        bank.add(kv, -kv, unit(c), chunk_id=c, span=(c * TAU, (c + 1) * TAU), text_span=(c * 10, c * 10 + 10))
+    bank.counts[bank.valid] = torch.tensor([9, 0, 5, 1, 7, 2, 8, 3, 0, 4])[bank.chunk_ids[bank.valid]]
+    assert bank.evicted_report() == {"rounds": 0, "chunks": 0, "tokens": 0, "spans": [], "text_spans": []}
+    add(bank, 10)  # evicts 0, 1, 3, 5, 8 (test_counter_rule_hand_computed)
+    report = bank.evicted_report()
+    assert report["rounds"] == 1 and report["chunks"] == 5 and report["tokens"] == 5 * TAU
+    assert report["spans"] == [[0, 2 * TAU], [3 * TAU, 4 * TAU], [5 * TAU, 6 * TAU], [8 * TAU, 9 * TAU]]
+    assert report["text_spans"] == [[0, 20], [30, 40], [50, 60], [80, 90]]
+    bank.save(tmp_path)
+    assert MemoryBank.load(tmp_path).evicted_report() == report  # kept with the saved bank
+    bank.reset()
+    assert bank.evicted_report()["chunks"] == 0 and bank.evicted_report()["spans"] == []
+
+
+def test_merged_ranges_stay_sorted_and_disjoint():
+    from memlong.memory.bank import _merge_range
+
+    ranges = []
+    for r in ([8, 12], [0, 4], [4, 6], [20, 24], [12, 16], [30, 31], [2, 21]):
+        _merge_range(ranges, r)
+    assert ranges == [[0, 24], [30, 31]]
+
+
+@pytest.mark.parametrize("dtype, window", [(torch.float32, 0), (torch.int8, 2)])
+def test_slot_bytes_is_what_a_used_slot_takes(dtype, window):
+    bank = MemoryBank(BankLayout(64, TAU, H, D, E, dtype=dtype, index_window=window), search_backend="torch")
+    for c in range(9):
+        add(bank, c)
+    assert bank.slot_bytes() == bank.nbytes() / bank.num_slots + E * 4  # + the index's copy of the embedding
+
+
+def test_a_save_cleans_tensor_files_left_by_a_killed_save(tmp_path):
+    bank = filled()
+    bank.save(tmp_path)
+    (tmp_path / "bank-deadbeef0000.safetensors.tmp").write_bytes(b"half")  # killed while writing
+    (tmp_path / "bank-deadbeef0001.safetensors").write_bytes(b"whole, never named in bank.json")
+    assert ids(MemoryBank.load(tmp_path)) == ids(bank)  # ignored by load
+    bank.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bank-")) == \
+        [json.loads((tmp_path / "bank.json").read_text())["tensors"]]

@@ -4,6 +4,7 @@ saved as a directory with a small BPE tokenizer (conftest), so `--model DIR` loa
 
 import io
 import json
+import os
 import sys
 import sysconfig
 import time
@@ -178,11 +179,13 @@ def test_corrupted_or_foreign_memory_is_refused_and_kept(model_dir, files, tmp_p
     with pytest.raises(SystemExit, match="ask_manifest.json is unreadable or corrupted"):
         ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
 
-    # a memory saved without `memlong ask` (no manifest): which files it holds is unknown
+    # a memory saved without `memlong ask` (no manifest, memory.json not marked as ask's): which files it
+    # holds is unknown
     (mem / MANIFEST).unlink()
+    (mem / "memory.json").write_text(json.dumps({**json.loads(good), "metadata": {}}))
     with pytest.raises(SystemExit, match="not saved by `memlong ask`"):
         ask(model_dir, *files, "-q", QUESTION, "--memory", mem)
-    assert (mem / "memory.json").read_text() == good
+    (mem / "memory.json").write_text(good)
 
     (mem / MANIFEST).write_text(json.dumps(manifest))  # restored: usable again
     assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
@@ -358,3 +361,240 @@ def test_rag_answers_with_the_base_model_on_the_chunks_most_like_the_question(mo
     # no memory is read with --rag: --memory does not apply
     with pytest.raises(SystemExit, match="--rag reads no memory"):
         ask(model_dir, *files, "--rag", "-q", question, "--memory", tmp_path / "mem")
+def test_eviction_is_announced_before_reading_and_reported_after(model_dir, files, tmp_path, capsys):
+    out, mem = tmp_path / "out.json", tmp_path / "mem"
+    assert ask(model_dir, *files, "-q", QUESTION, "--set", "memory_capacity=512", "--memory", mem, "--json", out) == 0
+    printed = capsys.readouterr().out
+    r = report(out)
+    plan, evicted = r["reading_plan"], r["evicted"]
+    assert plan["tokens"] == r["tokens_read"] and plan["evicted_chunks"] > 0 and plan["capacity_tokens"] == 512
+    needed = plan["capacity_needed"]
+    warning = printed[printed.index("warning: "):printed.index("tokens read:")]
+    assert printed.index("warning: ") < printed.index("tokens read:")  # before reading
+    assert f"{plan['tokens']:,} tokens to read" in warning and f"{plan['kept_tokens']:,} tokens will be kept" in warning
+    assert f"{plan['evicted_tokens']:,} ({plan['evicted_chunks']:,} chunks of 16) evicted" in warning
+    assert f"--set memory_capacity={needed}" in warning and "MiB of bank" in warning or "KiB of bank" in warning
+    # after reading: what went, as planned, in tokens and in the files
+    assert evicted["chunks"] == plan["evicted_chunks"] and evicted["tokens"] == plan["evicted_tokens"]
+    assert f"evicted while reading: {evicted['chunks']:,} chunks ({evicted['tokens']:,} tokens)" in printed
+    assert sum(b - a for a, b in evicted["spans"]) == evicted["tokens"]
+    texts = {str(f): f.read_text() for f in files}
+    pieces = evicted["files"]
+    assert pieces and {p["file"] for p in pieces} <= set(texts)
+    for p in pieces:
+        a, b = p["chars"]
+        body = texts[p["file"]]
+        assert 0 <= a < b <= len(body)
+        assert p["lines"] == [body.count("\n", 0, a) + 1, body.count("\n", 0, b - 1) + 1]
+    first = pieces[0]
+    assert f"{first['file']} characters {first['chars'][0]:,}-{first['chars'][1]:,}" in printed
+    # a reused memory says what was evicted when it was read
+    assert ask(model_dir, *files, "-q", QUESTION, "--set", "memory_capacity=512", "--memory", mem, "--json", out) == 0
+    assert f"evicted when this memory was read: {evicted['chunks']:,} chunks" in capsys.readouterr().out
+    assert report(out)["evicted"] == evicted
+    # the capacity the warning names keeps everything: no warning, nothing evicted
+    assert ask(model_dir, *files, "-q", QUESTION, "--set", f"memory_capacity={needed}", "--json", out) == 0
+    printed = capsys.readouterr().out
+    assert "warning:" not in printed and "evicted" not in printed
+    assert report(out)["evicted"]["chunks"] == 0 and not report(out)["reading_plan"]["evicted_chunks"]
+
+
+# ------------------------------------------------------------------ killed and concurrent processes
+def jobs(model_dir: str) -> dict:
+    """In the killing helper (:mod:`killing`): ``ask`` runs ``memlong ask FILES --memory DIR`` on a
+    model loaded once, returning when its save and its manifest began and ended."""
+    import argparse
+
+    import memlong.recipes.ask as verb
+    from memlong.cache import MemLongCache
+
+    loaded = verb._load_model(argparse.Namespace(model=model_dir, retriever="hashing", overrides=[]))
+    verb._load_model = lambda args: loaded  # a forked child reads and saves; loading was done once, here
+    marks = {}
+
+    def timed(name, f):
+        def wrapper(*a, **k):
+            marks[f"{name}_start"] = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                marks[f"{name}_end"] = time.perf_counter()
+
+        return wrapper
+
+    MemLongCache.save = timed("save", MemLongCache.save)
+    verb.write_manifest = timed("manifest", verb.write_manifest)
+
+    def run(files, memory, timeout=30):
+        main(["ask", *files, "--memory", memory, "-q", QUESTION, "--model", model_dir, "--retriever", "hashing",
+              "--max-new-tokens", "1", "--threads", "1", "--lock-timeout", str(timeout)])
+        return marks
+
+    return {"ask": run}
+
+
+@pytest.fixture(scope="module")
+def killer(model_dir):
+    from killing import Killer
+
+    with Killer("recipes/test_ask:jobs", model_dir=str(model_dir)) as k:
+        yield k
+
+
+@pytest.fixture
+def small_files(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text((LIB / "argparse.py").read_text()[:700])
+    b.write_text((LIB / "textwrap.py").read_text()[:600])
+    return a, b
+
+
+def _decide(model, model_dir, directory, sources):
+    """What `ask` would do with DIR for these sources, and, when it reuses it, the tokens it loads."""
+    import argparse
+
+    from memlong.recipes.ask import plan_reuse
+
+    action, _ = plan_reuse(directory, sources, model, argparse.Namespace(model=str(model_dir)))
+    return action, (model.load_memory(directory).seen[0] if action == "reuse" else None)
+
+
+def test_ask_killed_while_saving_leaves_a_memory_it_reuses_or_reads_again(model_dir, small_files, tmp_path, killer):
+    import argparse
+    import random
+    import shutil
+
+    from memlong.recipes.ask import _load_model, read_source
+
+    mem, pristine = tmp_path / "mem", tmp_path / "pristine"
+    files = [str(f) for f in small_files]
+    killer.run(None, "ask", files=files, memory=str(pristine))  # the memory of the files as they are
+    old = [read_source(f) for f in files]
+    old_tokens = json.loads((pristine / MANIFEST).read_text())["tokens"]
+    small_files[1].write_text(small_files[1].read_text() + "\nOne more line at the end.\n")
+    new = [read_source(f) for f in files]
+    shutil.copytree(pristine, mem)
+    marks = killer.run(None, "ask", files=files, memory=str(mem))["marks"]  # reads the changed files, saves
+    new_tokens = json.loads((mem / MANIFEST).read_text())["tokens"]
+    assert new_tokens > old_tokens
+    model, _ = _load_model(argparse.Namespace(model=str(model_dir), retriever="hashing", overrides=[]))
+    rng = random.Random(0)
+    times = sorted(rng.uniform(marks["save_start"] - 0.02, marks["manifest_end"] + 0.01) for _ in range(6))
+    outcomes = []
+    for i, seconds in enumerate(times):
+        shutil.rmtree(mem)
+        if i % 2 == 0:
+            shutil.copytree(pristine, mem)  # a save over the old memory; odd kills: the first save into DIR
+        killed = killer.run(seconds, "ask", files=files, memory=str(mem))["killed"]
+        # never refused, never a half-written memory: the old one whole, the new one whole, or read again
+        with_old = _decide(model, model_dir, mem, old) if i % 2 == 0 else ("read", None)
+        with_new = _decide(model, model_dir, mem, new)
+        assert with_old in (("reuse", old_tokens), ("reread", None), ("read", None)), (seconds, with_old)
+        assert with_new in (("reuse", new_tokens), ("reread", None), ("read", None)), (seconds, with_new)
+        assert not (with_old[0] == with_new[0] == "reuse")
+        outcomes.append((killed, with_old[0], with_new[0]))
+    assert any(killed for killed, *_ in outcomes) and any(n != "reuse" for *_, n in outcomes), outcomes
+    # ... and the verb itself carries on from whatever a kill left
+    assert main(["ask", *files, "--memory", str(mem), "-q", QUESTION, "--model", str(model_dir), "--retriever",
+                 "hashing", "--max-new-tokens", "1"]) == 0
+    assert _decide(model, model_dir, mem, new) == ("reuse", new_tokens)
+    assert not [p.name for p in mem.iterdir() if p.name.endswith(".tmp")]
+    assert len([p for p in mem.iterdir() if p.name.startswith("v-")]) == 1
+
+
+def test_two_asks_on_one_memory_one_reads_and_saves_the_other_waits_and_reuses(model_dir, small_files, tmp_path,
+                                                                                 killer, capsys):
+    import threading
+
+    mem, files = tmp_path / "mem", [str(f) for f in small_files]
+    child = {}
+    other = threading.Thread(target=lambda: child.update(killer.run(None, "ask", files=files, memory=str(mem))))
+    other.start()
+    time.sleep(0.05)
+    assert main(["ask", *files, "--memory", str(mem), "-q", QUESTION, "--model", str(model_dir), "--retriever",
+                 "hashing", "--max-new-tokens", "1"]) == 0
+    other.join(timeout=60)
+    printed = capsys.readouterr().out
+    child_saved = "save_start" in child["marks"]
+    we_saved = "saved the memory to" in printed
+    assert child_saved != we_saved, (child, printed)  # exactly one process read and saved; the other reused
+    if child_saved:
+        assert "nothing read" in printed
+    assert len([p for p in mem.iterdir() if p.name.startswith("v-")]) == 1
+
+
+def test_a_second_ask_gives_up_on_a_memory_another_process_holds(model_dir, small_files, tmp_path, killer, capsys):
+    from memlong.memory.lock import folder_lock
+
+    mem, files = tmp_path / "mem", [str(f) for f in small_files]
+    with folder_lock(mem, timeout=0):  # this process holds DIR, as a first `memlong ask` reading would
+        with pytest.raises(AssertionError, match=r"(?s)another memlong process is using --memory .*"
+                                                 rf"pid {os.getpid()}.*waited 0\.\d s .*--lock-timeout.*another "
+                                                 r"--memory DIR"):
+            killer.run(None, "ask", files=files, memory=str(mem), timeout=0.5)
+    assert sorted(p.name for p in mem.iterdir()) == [".memlong.lock"]  # nothing read, nothing saved
+
+
+@pytest.fixture(scope="module")
+def small_capacity_model(model_dir, tmp_path_factory):
+    """The test model with a bank of 512 tokens: the files (about 2,200 tokens) do not fit."""
+    import shutil
+
+    from memlong.config import CONFIG_NAME
+
+    d = tmp_path_factory.mktemp("small_capacity") / "model"
+    shutil.copytree(model_dir, d)
+    config = json.loads((d / CONFIG_NAME).read_text())
+    (d / CONFIG_NAME).write_text(json.dumps({**config, "memory_capacity": 512}))
+    return d
+
+
+def test_capacity_is_raised_to_hold_the_files_unless_evict(small_capacity_model, files, tmp_path, capsys):
+    out, mem = tmp_path / "out.json", tmp_path / "mem"
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--memory", mem, "--json", out) == 0
+    printed = capsys.readouterr().out
+    r = report(out)
+    needed = r["capacity"]["to"]
+    assert r["capacity"]["raised"] and r["capacity"]["from"] == 512 and needed > 512
+    assert f"raised to {needed:,} for this call" in printed and "--evict keeps 512" in printed
+    assert r["memlong_config"]["memory_capacity"] == needed and r["evicted"]["chunks"] == 0
+    assert "warning:" not in printed and not r["reading_plan"]["evicted_chunks"]
+    # the same files: the saved memory (read with that capacity) is reused
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert "nothing read" in capsys.readouterr().out
+    # --evict: the model's capacity, evicting, said before and after; the saved memory is read again, not refused
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--memory", mem, "--evict", "--json", out) == 0
+    printed = capsys.readouterr().out
+    assert f"memory_capacity {needed} -> 512" in printed and "warning:" in printed and "evicted while reading" in printed
+    assert report(out)["memlong_config"]["memory_capacity"] == 512 and report(out)["evicted"]["chunks"] > 0
+
+
+def test_capacity_is_not_raised_past_the_available_memory(small_capacity_model, files, tmp_path, capsys,
+                                                          monkeypatch):
+    import memlong.memory.budget as budget
+
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(budget, "available_memory", lambda: 100_000)
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--json", out) == 0
+    printed = capsys.readouterr().out
+    assert "not raising memory_capacity" in printed and "97.7 KiB of memory is available" in printed
+    assert "warning:" in printed and report(out)["evicted"]["chunks"] > 0 and not report(out)["capacity"]["raised"]
+
+
+def test_what_a_killed_first_save_leaves_is_read_over_and_cleaned(model_dir, files, tmp_path, capsys):
+    mem = tmp_path / "mem"
+    (mem / "v-0123456789ab").mkdir(parents=True)  # a version folder a kill left before memory.json
+    (mem / "v-0123456789ab" / "window.safetensors").write_bytes(b"half")
+    (mem / "memory.json.tmp").write_text("{")
+    (mem / ".memlong.lock").write_text("")
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert f"saved the memory to {mem}" in capsys.readouterr().out
+    assert not (mem / "v-0123456789ab").exists()
+    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
+    assert "nothing read" in capsys.readouterr().out
+    # a folder of the user's that merely looks like one is not ours: refused, kept
+    other = tmp_path / "other"
+    (other / "v-notes").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="other files in it"):
+        ask(model_dir, *files, "-q", QUESTION, "--memory", other)
+    assert (other / "v-notes").is_dir()

@@ -65,6 +65,9 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     r = s["reading"]
     assert r["memory"]["tokens"] == r["no_memory"]["tokens"] == d["tokens"] and r["memory"]["tokens_per_s"] > 0
     assert s["bank"]["chunks"] > 0 and s["bank"]["bytes"] > 0 and s["bank"]["bytes_per_token"] > 0
+    # the document fits (capacity 8192 tokens): no warning before reading, nothing evicted
+    assert s["bank"]["reading_plan"]["tokens"] == d["tokens"] and not s["bank"]["reading_plan"]["evicted_chunks"]
+    assert s["bank"]["evicted"]["chunks"] == 0 and "warning:" not in printed and "evicted while" not in printed
     assert s["peak_rss_bytes"] >= s["peak_rss_bytes_reading_with_memory"] > 0
     # the baselines, the base model alone: rag (top-2 chunks of 64 tokens as text) and base_truncated
     for f in s["facts"]:

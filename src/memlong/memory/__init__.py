@@ -1,5 +1,6 @@
 """Chunk-level memory: one bank per sequence, exact cosine search, eviction, persistence."""
 
 from memlong.memory.bank import BankFileError, BankLayout, MemoryBank
+from memlong.memory.budget import EvictionWarning, ReadingPlan, plan_reading
 
-__all__ = ["BankFileError", "BankLayout", "MemoryBank"]
+__all__ = ["BankFileError", "BankLayout", "EvictionWarning", "MemoryBank", "ReadingPlan", "plan_reading"]

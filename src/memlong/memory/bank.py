@@ -220,6 +220,11 @@ class MemoryBank:
         self.search_backend = search_backend
         self.approximate_above = approximate_above
         self.evictions = 0  # number of eviction rounds, for logs and tests
+        # what eviction dropped, so that it is never silent: merged [start, end) token ranges and,
+        # where the text was given, character ranges (``evicted_report``)
+        self.evicted_chunks = 0
+        self.evicted_spans: list[list[int]] = []
+        self.evicted_text_spans: list[list[int]] = []
         self.metadata: dict = {}  # what a loaded bank was saved with
         self._allocate(0)
 
@@ -285,6 +290,11 @@ class MemoryBank:
     @property
     def capacity(self) -> int:
         return self.layout.capacity
+
+    def slot_bytes(self) -> int:
+        """Bytes one slot takes in this bank's tensors (:meth:`nbytes` per slot) plus its search
+        index entry: what each chunk of capacity costs once used."""
+        return self.layout.slot_bytes() + self.layout.embed_dim * 4  # the index keeps its own copy of the embedding
 
     def nbytes(self) -> int:
         """Bytes held by the bank's tensors (allocated slots, used or free)."""
@@ -384,14 +394,9 @@ class MemoryBank:
             return order
         if self.eviction == "fifo":
             return order[:1]
-        C = self.capacity
-        n_old = min(n, math.floor(self.drop_oldest * C))
-        n_new = min(n - n_old, math.floor(self.keep_newest * C))
-        keep_total = min(n, max(0, math.floor(self.target * C)))
-        to_delete = n - keep_total
+        n_old, n_new, more = self._counter_round(n)
         oldest = order[:n_old]
         middle = order[n_old : n - n_new]
-        more = max(0, to_delete - n_old)
         if more > middle.numel():
             raise RuntimeError("eviction fractions leave too few middle chunks")  # guarded by config
         # Least-retrieved first; stable sort keeps age order among equal counts (older first).
@@ -399,15 +404,55 @@ class MemoryBank:
         victims = torch.cat([oldest, by_count[:more]])
         return torch.sort(victims).values
 
+    def _counter_round(self, n: int) -> tuple[int, int, int]:
+        """The counter rule's round with ``n`` chunks stored: (oldest dropped, newest kept, least
+        retrieved of the middle dropped)."""
+        C = self.capacity
+        n_old = min(n, math.floor(self.drop_oldest * C))
+        n_new = min(n - n_old, math.floor(self.keep_newest * C))
+        keep_total = min(n, max(0, math.floor(self.target * C)))
+        return n_old, n_new, max(0, n - keep_total - n_old)
+
+    def chunks_after(self, n: int) -> int:
+        """Chunks stored after ``n`` more are added (pure): what the policy's rounds leave, which
+        depends only on the counts (``fifo`` frees one slot a round, ``counter`` down to
+        ``floor(target * capacity)``), not on which chunks go."""
+        stored, C = len(self), self.capacity
+        if stored + n <= C:
+            return stored + n
+        n -= C - stored  # the adds that fill the bank; each later add first evicts a round
+        n_old, _, more = self._counter_round(C)
+        after = C - 1 if self.eviction == "fifo" else C - n_old - more
+        per_round = C - after  # adds between two rounds (a round frees at least one slot)
+        return after + 1 + (n - 1) % per_round
+
     def evict(self) -> torch.Tensor:
-        """Applies :meth:`eviction_plan`; returns the freed slots."""
+        """Applies :meth:`eviction_plan`; returns the freed slots. What it drops is recorded
+        (:meth:`evicted_report`)."""
         victims = self.eviction_plan()
+        self._record_evicted(victims)
         self.index.remove(victims)
         self.chunk_ids[victims] = -1
         self.counts[victims] = 0
         self.windowed[victims] = False
         self.evictions += 1
         return victims
+
+    def _record_evicted(self, victims: torch.Tensor) -> None:
+        self.evicted_chunks += int(victims.numel())
+        for s in victims[torch.argsort(self.chunk_ids[victims])].tolist():
+            _merge_range(self.evicted_spans, self.spans[s].tolist())
+            a, b = self.text_spans[s].tolist()
+            if 0 <= a < b:
+                _merge_range(self.evicted_text_spans, [a, b])
+
+    def evicted_report(self) -> dict:
+        """What eviction has dropped since the bank was created or reset: ``rounds``, ``chunks``,
+        ``tokens``, the token ranges ``spans`` (``[start, end)``, merged where adjacent, in stream
+        order) and the character ranges ``text_spans`` of those whose text was given."""
+        return {"rounds": self.evictions, "chunks": self.evicted_chunks,
+                "tokens": self.evicted_chunks * self.layout.chunk_size,
+                "spans": [list(r) for r in self.evicted_spans], "text_spans": [list(r) for r in self.evicted_text_spans]}
 
     def drop_window_index(self) -> None:
         """Forgets the window index (a bank loaded into a model whose config keeps another one, or
@@ -418,7 +463,8 @@ class MemoryBank:
 
     def reset(self) -> None:
         """Forgets everything (keeps the layout)."""
-        self.evictions = 0
+        self.evictions = self.evicted_chunks = 0
+        self.evicted_spans, self.evicted_text_spans = [], []
         self._allocate(0)
 
     # ------------------------------------------------------------------ search
@@ -636,6 +682,8 @@ class MemoryBank:
             "search_backend": self.search_backend,
             "approximate_above": self.approximate_above,
             "evictions": self.evictions,
+            "evicted": {"chunks": self.evicted_chunks, "spans": self.evicted_spans,
+                        "text_spans": self.evicted_text_spans},
             "metadata": metadata or {},
         }
         json_path = os.path.join(directory, BANK_JSON)
@@ -647,8 +695,12 @@ class MemoryBank:
             json.dump(meta, f, indent=2)
         _fsync(json_path + ".tmp")
         os.replace(json_path + ".tmp", json_path)
+        _fsync_dir(directory)
         if old and old != name and os.path.isfile(os.path.join(directory, old)):
             os.remove(os.path.join(directory, old))
+        for leftover in os.listdir(directory):  # tensor files of saves killed before their bank.json
+            if leftover.startswith("bank-") and ".safetensors" in leftover and leftover != name:
+                os.remove(os.path.join(directory, leftover))
         return json_path
 
     @classmethod
@@ -722,6 +774,10 @@ class MemoryBank:
         bank = cls(layout, meta.get("eviction", "counter"), keep, drop, target, meta.get("search_backend", "faiss"),
                   meta.get("approximate_above", APPROXIMATE_ABOVE))
         bank.evictions = int(meta.get("evictions", 0))
+        evicted = meta.get("evicted") or {}  # banks saved before this bookkeeping: none recorded
+        bank.evicted_chunks = int(evicted.get("chunks", 0))
+        bank.evicted_spans = [[int(a), int(b)] for a, b in evicted.get("spans", [])]
+        bank.evicted_text_spans = [[int(a), int(b)] for a, b in evicted.get("text_spans", [])]
         bank.metadata = dict(meta.get("metadata") or {})
         while bank.num_slots < n:
             bank._grow()
@@ -779,6 +835,35 @@ def _sha256(path: str) -> str:
 def _fsync(path: str) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _fsync_dir(directory) -> None:
+    """Makes a rename in ``directory`` durable (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _merge_range(ranges: list[list[int]], r: list[int]) -> None:
+    """Adds ``[start, end)`` to sorted disjoint ``ranges``, merging it with those it touches or overlaps."""
+    import bisect
+
+    a, b = int(r[0]), int(r[1])
+    i = bisect.bisect_left(ranges, [a, b])
+    if i and ranges[i - 1][1] >= a:  # touches the one before: extend it
+        i -= 1
+        ranges[i][1] = max(ranges[i][1], b)
+    else:
+        ranges.insert(i, [a, b])
+    while i + 1 < len(ranges) and ranges[i + 1][0] <= ranges[i][1]:
+        ranges[i][1] = max(ranges[i][1], ranges.pop(i + 1)[1])
 
 
 def read_metadata(directory, name: str, fmt: str, what: str) -> dict:

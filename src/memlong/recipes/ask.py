@@ -18,7 +18,19 @@ file's path, size and sha256, the model, its MemLong config, the retriever, the 
 version). A later call with the same files and model loads it instead of reading again; when a
 file changed it says which and reads again, replacing the saved memory only once the new one is
 complete. A memory that cannot be loaded (corrupted, or written by another model, config or
-retriever) is refused with what was wrong, never used and never deleted.
+retriever) is refused with what was wrong, never used and never deleted. A process killed while
+saving leaves the previous memory or the new one, whole: the next call reuses it or reads again.
+One process at a time uses DIR (a lock, ``DIR/.memlong.lock``): another waits for it up to
+``--lock-timeout`` seconds, then stops saying so.
+
+Nothing is dropped silently. Files longer than the memory holds (``memory_capacity`` tokens of
+bank plus the local window) get, by default, a ``memory_capacity`` raised for this call to hold
+them all, when the bank then fits in half the available memory with a copy for a question
+(``--evict`` keeps the model's and evicts instead). Otherwise eviction drops chunks while
+reading: before reading, ``ask`` says how many tokens will be kept and evicted and the ``--set
+memory_capacity=N`` that would keep them all (and the bytes that takes); after reading (and when
+a saved memory is reused), which token ranges were evicted and where they stand in the files
+(also in ``--json``).
 
 The model is the default MemLong model (SmolLM2-135M-Instruct, training-free) unless ``--model``
 names another (a MemLong directory or a base model). ``--show-retrieved`` prints the chunks a
@@ -35,6 +47,7 @@ model alone reads that short prompt. Nothing is read into memory (``--memory`` d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -46,6 +59,8 @@ from pathlib import Path
 
 MANIFEST = "ask_manifest.json"
 MANIFEST_FORMAT = "memlong-ask-v1"
+SAVED_BY = "memlong ask"  # in memory.json's metadata: a memory whose manifest a killed save did not write
+MAX_RANGES_PRINTED = 8
 SEPARATOR = "\n\n"  # between files: one blank line
 PREVIEW_CHARS = 200
 #: where a plain answer ends (the model tends to go on with more text): a new question, or a blank
@@ -82,6 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--set question_order=score --set question_offsets=[0,1] --set top_k=8. A saved --memory "
                         "is reused across the fields that only decide how questions search (MemLongConfig."
                         "QUESTION_FIELDS); another field needs a new --memory")
+    p.add_argument("--evict", action="store_true",
+                   help="keep the model's memory_capacity for files longer than it holds, evicting chunks while "
+                        "reading (by default it is raised for this call to hold all of the files when the bank then "
+                        "fits in half the available memory); ask says what was evicted")
+    p.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="with --memory: how long to wait for another memlong process using the same DIR before "
+                        "giving up (default 300)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, metavar="OUT", help="write everything printed here, as JSON")
@@ -170,13 +192,28 @@ def model_identity(name: str | None) -> str:
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
-def _memory_version(directory: Path) -> str | None:
+def _memory_json(directory: Path) -> dict:
+    """The saved memory's ``memory.json`` ({} when missing or unreadable: loading it says why)."""
     from memlong.cache import MEMORY_JSON
 
     try:
-        return json.loads((directory / MEMORY_JSON).read_text()).get("version")
-    except (OSError, ValueError, AttributeError):
-        return None
+        meta = json.loads((directory / MEMORY_JSON).read_text())
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _memory_version(directory: Path) -> str | None:
+    return _memory_json(directory).get("version")
+
+
+def _ours(name: str) -> bool:
+    """Whether a file in a --memory folder without a memory is ours to ignore (and replace): the lock,
+    what a killed save leaves."""
+    from memlong.cache import is_save_leftover
+    from memlong.memory.lock import LOCK_NAME
+
+    return name in (LOCK_NAME, MANIFEST + ".tmp") or is_save_leftover(name)
 
 
 def manifest_for(files: list[SourceFile], model, args, tokens: int, directory: Path) -> dict:
@@ -245,11 +282,13 @@ def plan_reuse(directory: Path | None, files: list[SourceFile], model, args) -> 
     has_memory = (directory / MEMORY_JSON).exists()
     if not manifest_path.exists():
         if has_memory:
+            if (_memory_json(directory).get("metadata") or {}).get("saved_by") == SAVED_BY:
+                return "reread", [f"a save was interrupted before its {MANIFEST} was written"]
             raise _refuse(directory, f"it holds a memory but no {MANIFEST}, so which files it was read from is "
                                      "unknown (it was not saved by `memlong ask`)")
-        if any(directory.iterdir()):
+        if any(not _ours(p.name) for p in directory.iterdir()):
             raise _refuse(directory, "it is a folder with other files in it, not a memory saved by `memlong ask`")
-        return "read", []
+        return "read", []  # empty, or what a save killed before its memory.json left (removed by the next save)
     try:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != MANIFEST_FORMAT:
@@ -262,14 +301,18 @@ def plan_reuse(directory: Path | None, files: list[SourceFile], model, args) -> 
     mine = model_identity(args.model)
     if manifest.get("model") != mine:
         raise _refuse(directory, f"it was read by the model {manifest.get('model')!r}, and this call uses {mine!r}")
-    diff = model.memlong_config.memory_differences(manifest.get("memlong_config") or {})
-    if diff:
+    saved_config = manifest.get("memlong_config") or {}
+    diff = model.memlong_config.memory_differences(saved_config)
+    capacity_changed = diff == ["memory_capacity"]  # ask sets it to hold the files: changed files change it
+    if diff and not capacity_changed:
         raise _refuse(directory, f"it was read with another MemLong config (differs in {diff})")
     try:
         check_retriever(manifest.get("retriever"), model.memlong_retriever.describe(), directory)
     except BankFileError as e:
         raise _refuse(directory, str(e).split(";")[0]) from None
     reasons = changed_files(saved_files, files)
+    if capacity_changed:
+        reasons.append(f"memory_capacity {saved_config.get('memory_capacity')} -> {model.memlong_config.memory_capacity}")
     if manifest.get("memlong_version") != memlong.__version__:
         reasons.append(f"saved by memlong {manifest.get('memlong_version')}, this is {memlong.__version__}")
     saved_version = _memory_version(directory)  # None when memory.json is unreadable: loading it says why
@@ -428,6 +471,165 @@ def _load_model(args):
                          "directory or a base model name or path") from None
 
 
+@contextlib.contextmanager
+def _locked(memory_dir: Path | None, timeout: float):
+    """Holds ``--memory DIR``'s lock (:func:`memlong.memory.lock.folder_lock`) inside the ``with``;
+    exits saying who holds it when another process keeps it past ``timeout``."""
+    if memory_dir is None:
+        yield
+        return
+    from memlong.memory.lock import FolderBusy, describe_holder, folder_lock
+
+    def waiting(holder: dict) -> None:
+        print(f"memory: {memory_dir} is in use by another memlong process ({describe_holder(holder)}); waiting for "
+              f"it, up to {timeout:.0f} s (--lock-timeout)", flush=True)
+
+    try:
+        with folder_lock(memory_dir, timeout, on_wait=waiting):
+            yield
+    except FolderBusy as e:
+        raise SystemExit(
+            f"memlong ask: another memlong process is using --memory {memory_dir} ({describe_holder(e.holder)}); "
+            f"waited {e.waited:.1f} s for it. Let it finish and run this again (it saves its memory there, which "
+            "this call then reuses if the files are the same), wait longer with --lock-timeout SECONDS, or pass "
+            "another --memory DIR") from None
+    except OSError as e:
+        raise SystemExit(f"memlong ask: cannot use --memory {memory_dir} ({e.strerror or e}); pass a folder you "
+                         "can write to") from None
+
+
+def evicted_in_files(files: list[SourceFile], text_spans: list[list[int]]) -> list[dict]:
+    """Where evicted character ranges of the joined text stand in the files: ``{file, chars,
+    lines}`` per piece (characters ``[start, end)`` of that file, lines 1-based, inclusive)."""
+    import bisect
+
+    newlines = {}
+    out = []
+    for a, b in text_spans:
+        for f in files:
+            lo, hi = max(a, f.start), min(b, f.start + len(f.text.rstrip("\n")))  # as join_sources joined it
+            if lo >= hi:
+                continue
+            if f.given not in newlines:
+                newlines[f.given] = [i for i, c in enumerate(f.text) if c == "\n"]
+            nl = newlines[f.given]
+            first, last = bisect.bisect_left(nl, lo - f.start) + 1, bisect.bisect_left(nl, hi - 1 - f.start) + 1
+            out.append({"file": f.given, "chars": [lo - f.start, hi - f.start], "lines": [first, last]})
+    return out
+
+
+def eviction_report(memory, files: list[SourceFile], reused: bool) -> dict:
+    """What eviction dropped from the memory (:meth:`MemoryBank.evicted_report`, with the pieces of
+    the files it was), printed when anything was; for ``--json``."""
+    report = memory.bank(0).evicted_report()
+    report["files"] = evicted_in_files(files, report["text_spans"])
+    if not report["chunks"]:
+        return report
+    when = "when this memory was read" if reused else "while reading"
+    print(f"evicted {when}: {report['chunks']:,} chunks ({report['tokens']:,} tokens) did not fit in the memory "
+          f"(memory_capacity {memory.bank(0).capacity * memory.config.chunk_size:,} tokens); questions cannot see "
+          f"them. Token ranges: " + _ranges(f"{a:,}-{b:,}" for a, b in report["spans"]), flush=True)
+    print("  in the files: " + _ranges(f"{r['file']} characters {r['chars'][0]:,}-{r['chars'][1]:,} ({_lines(r['lines'])})"
+                                       for r in report["files"]), flush=True)
+    return report
+
+
+def _lines(lines: list[int]) -> str:
+    return f"line {lines[0]:,}" if lines[0] == lines[1] else f"lines {lines[0]:,}-{lines[1]:,}"
+
+
+def _ranges(items) -> str:
+    items = list(items)
+    more = len(items) - MAX_RANGES_PRINTED
+    return "; ".join(items[:MAX_RANGES_PRINTED]) + (f"; and {more:,} more (all in --json)" if more > 0 else "")
+
+
+def _reuse(model, memory_dir: Path, files: list[SourceFile], report: dict):
+    """The saved memory, loaded (refused with what was wrong when it cannot be)."""
+    from memlong.memory.bank import BankFileError
+
+    t0 = time.perf_counter()
+    try:
+        memory = model.load_memory(memory_dir)
+    except (BankFileError, OSError, ValueError, KeyError, RuntimeError) as e:
+        raise _refuse(memory_dir, f"loading it failed: {e}") from None
+    tokens, load_s = memory.seen[0], time.perf_counter() - t0
+    print(f"memory: {memory_dir} holds these files, unchanged: loaded {tokens:,} tokens in {load_s:.1f} s; "
+          "nothing read", flush=True)
+    report.update(memory={"dir": str(memory_dir), "reused": True, "load_seconds": round(load_s, 3)},
+                  tokens_in_memory=tokens, tokens_read=0, seconds=0.0, tokens_per_s=None)
+    print("tokens read: 0", flush=True)
+    report["evicted"] = eviction_report(memory, files, reused=True)
+    return memory
+
+
+def fit_capacity(model, tok, text: str, args, report: dict):
+    """The :class:`~memlong.memory.budget.ReadingPlan` of reading ``text``; when it would evict,
+    ``memory_capacity`` is first raised (for this call) to hold all of it, unless ``--evict``, a
+    ``--set memory_capacity``, or the bank would then need more than half the available memory
+    with one copy for a question (:func:`answer` reads into a copy)."""
+    import dataclasses
+
+    from memlong.memory.budget import available_memory, human_bytes, plan_reading
+
+    plan = plan_reading(model.new_memory(), len(tok(text, add_special_tokens=False)["input_ids"]))
+    chosen = any(o.partition("=")[0].strip() == "memory_capacity" for o in args.overrides)
+    if not plan.evicts or args.evict or chosen:
+        return plan
+    available = available_memory()
+    if available is None or 2 * plan.bytes_needed > available / 2:
+        have = "unknown" if available is None else human_bytes(available)
+        report["capacity"] = {"raised": False, "available_bytes": available}
+        print(f"memory: not raising memory_capacity to hold the files: the bank would take "
+              f"{human_bytes(plan.bytes_needed)} (twice that with a question's copy), and {have} of memory is "
+              "available", flush=True)
+        return plan
+    old = model.memlong_config.memory_capacity
+    model.memlong_config = dataclasses.replace(model.memlong_config, memory_capacity=plan.capacity_needed)
+    report["capacity"] = {"raised": True, "from": old, "to": plan.capacity_needed, "available_bytes": available}
+    report["memlong_config"] = model.memlong_config.to_dict()
+    print(f"memory: the files ({plan.tokens:,} tokens) are more than memory_capacity {old:,} holds: raised to "
+          f"{plan.capacity_needed:,} for this call, so that nothing is evicted (a bank of about "
+          f"{human_bytes(plan.bytes_needed)}; --evict keeps {old:,} and evicts instead)", flush=True)
+    return plan_reading(model.new_memory(), plan.tokens)
+
+
+def _read(model, text: str, files: list[SourceFile], memory_dir: Path | None, reasons: list[str], plan, args,
+          report: dict):
+    """Reads the files into a new memory (``plan``, :func:`fit_capacity`: saying first what will not
+    fit; after, what did not) and saves it to ``memory_dir``."""
+    if reasons:
+        print(f"memory: {memory_dir} is out of date, reading again:", flush=True)
+        for r in reasons:
+            print(f"  {r}", flush=True)
+    names = ", ".join(f.given for f in files)
+    report["reading_plan"] = plan.to_dict()
+    print(f"reading {len(files)} file(s) ({names}): {len(text):,} characters, {plan.tokens:,} tokens", flush=True)
+    if plan.evicts:
+        print(f"warning: {plan.warning('--set memory_capacity=N')}", flush=True)
+    t0 = time.perf_counter()
+    memory = model.ingest_text(text, model.new_memory(), progress=True, warn_eviction=False)
+    seconds = time.perf_counter() - t0
+    tokens = memory.seen[0]
+    print(f"tokens read: {tokens:,} in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s)", flush=True)
+    report.update(tokens_in_memory=tokens, tokens_read=tokens, seconds=round(seconds, 3),
+                  tokens_per_s=round(tokens / seconds, 1))
+    report["memory"] = {"dir": str(memory_dir) if memory_dir else None, "reused": False, "changed": reasons}
+    report["evicted"] = eviction_report(memory, files, reused=False)
+    _index_windows(model, memory, report)  # before saving: a reused memory has it too
+    if memory_dir is not None:
+        try:
+            # atomic: the previous memory stays loadable until this completes; a memory.json marked as ours
+            # without a manifest after it (a kill in between) is read again, not refused
+            memory.save(memory_dir, metadata={"saved_by": SAVED_BY})
+            write_manifest(memory_dir, manifest_for(files, model, args, tokens, memory_dir))
+        except OSError as e:
+            raise SystemExit(f"memlong ask: could not save the memory to {memory_dir} ({e}); a memory saved "
+                             "there before is unchanged") from None
+        print(f"saved the memory to {memory_dir}", flush=True)
+    return memory
+
+
 def run(args) -> int:
     import torch
 
@@ -435,6 +637,8 @@ def run(args) -> int:
         raise SystemExit(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
     if args.question is not None and not all(q.strip() for q in args.question):
         raise SystemExit("--question must not be empty")
+    if args.lock_timeout < 0:
+        raise SystemExit(f"--lock-timeout must be >= 0 seconds; got {args.lock_timeout}")
     files = [read_source(f) for f in args.files]  # bad input fails before any model is loaded
     memory_dir = check_memory_dir(args.memory)
     if args.threads:
@@ -448,48 +652,14 @@ def run(args) -> int:
                   method="rag" if args.rag else "memlong")
     if args.rag:
         return _run_rag(args, model, tok, text, files, report)
+    plan = fit_capacity(model, tok, text, args, report)  # the capacity reading uses, before a saved one is judged
 
-    action, reasons = plan_reuse(memory_dir, files, model, args)
-    memory = None
-    if action == "reuse":
-        from memlong.memory.bank import BankFileError
-
-        t0 = time.perf_counter()
-        try:
-            memory = model.load_memory(memory_dir)
-        except (BankFileError, OSError, ValueError, KeyError, RuntimeError) as e:
-            raise _refuse(memory_dir, f"loading it failed: {e}") from None
-        tokens, load_s = memory.seen[0], time.perf_counter() - t0
-        print(f"memory: {memory_dir} holds these files, unchanged: loaded {tokens:,} tokens in {load_s:.1f} s; "
-              "nothing read", flush=True)
-        report.update(memory={"dir": str(memory_dir), "reused": True, "load_seconds": round(load_s, 3)},
-                      tokens_in_memory=tokens, tokens_read=0, seconds=0.0, tokens_per_s=None)
-        print("tokens read: 0", flush=True)
-    else:
-        if reasons:
-            print(f"memory: {memory_dir} is out of date, reading again:", flush=True)
-            for r in reasons:
-                print(f"  {r}", flush=True)
-        names = ", ".join(f.given for f in files)
-        print(f"reading {len(files)} file(s) ({names}): {len(text):,} characters", flush=True)
-        t0 = time.perf_counter()
-        memory = model.ingest_text(text, progress=True)
-        seconds = time.perf_counter() - t0
-        tokens = memory.seen[0]
-        print(f"tokens read: {tokens:,} in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s)", flush=True)
-        report.update(tokens_in_memory=tokens, tokens_read=tokens, seconds=round(seconds, 3),
-                      tokens_per_s=round(tokens / seconds, 1))
-        report["memory"] = {"dir": str(memory_dir) if memory_dir else None, "reused": False, "changed": reasons}
-        _index_windows(model, memory, report)  # before saving: a reused memory has it too
-        if memory_dir is not None:
-            try:
-                memory_dir.mkdir(parents=True, exist_ok=True)
-                memory.save(memory_dir)  # atomic: the previous memory stays loadable until this completes
-                write_manifest(memory_dir, manifest_for(files, model, args, tokens, memory_dir))
-            except OSError as e:
-                raise SystemExit(f"memlong ask: could not save the memory to {memory_dir} ({e}); a memory saved "
-                                 "there before is unchanged") from None
-            print(f"saved the memory to {memory_dir}", flush=True)
+    with _locked(memory_dir, args.lock_timeout):  # deciding, reading and saving: one process at a time
+        action, reasons = plan_reuse(memory_dir, files, model, args)
+        if action == "reuse":
+            memory = _reuse(model, memory_dir, files, report)
+        else:
+            memory = _read(model, text, files, memory_dir, reasons, plan, args, report)
 
     _index_windows(model, memory, report)  # a memory saved without it (nothing to do after a fresh read)
 

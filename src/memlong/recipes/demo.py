@@ -327,6 +327,7 @@ def _print_answer(name: str, rec: dict, fact: dict) -> None:
 def run(args) -> int:
     import torch
 
+    from memlong.memory.budget import plan_reading
     from memlong.pretrained import load_memlong_model
 
     t_start = time.perf_counter()
@@ -387,6 +388,9 @@ def run(args) -> int:
     for f in facts:
         f["token"] = next((i for i, s in enumerate(starts) if s >= f["chars"][0]), L)
         print(f"  planted at {f['depth']:.0%} (token {f['token']:,}): {f['fact']!r}")
+    plan = plan_reading(model.new_memory(1), L)
+    if plan.evicts:  # said before reading: nothing is dropped silently
+        print(f"  warning: {plan.warning('memory_capacity=N in the MemLong config of a --model DIR')}")
     score = min(args.score, L - 1)
     print(f"  the local window holds {model.memlong_config.local_window:,} tokens; every fact lies "
           f"{min(L - f['token'] for f in facts):,}+ tokens before the questions")
@@ -407,12 +411,18 @@ def run(args) -> int:
                 "bytes": bank.nbytes(), "bytes_per_token": round(bank.nbytes() / max(1, banked), 1),
                 "kv_bytes_per_token": bank.layout.kv_bytes_per_token(),
                 "memory_bytes_with_window": memory.nbytes(),
+                "evicted": bank.evicted_report(), "reading_plan": plan.to_dict(),
             }
             in_bank = [e for e in bank.entries() if e["text_span"][0] >= 0]
             for f in facts:
                 f["fact_chunks"] = [e["chunk_id"] for e in in_bank if _overlaps(e["text_span"], f["chars"])]
             print(f"  bank: {bank_info['chunks']:,} chunks ({banked:,} tokens), {bank_info['bytes'] / 2**20:,.1f} MiB, "
                   f"{bank_info['bytes_per_token']:,.0f} bytes per token, {bank.evictions} evictions", flush=True)
+            evicted = bank_info["evicted"]
+            if evicted["chunks"]:
+                print(f"  evicted while reading: {evicted['chunks']:,} chunks ({evicted['tokens']:,} tokens), token "
+                      f"ranges {', '.join(f'{a:,}-{b:,}' for a, b in evicted['spans'][:8])}"
+                      f"{' ...' if len(evicted['spans']) > 8 else ''} (all in --json)", flush=True)
         print(f"  asking the {len(facts)} questions, each from a copy of this memory "
               f"(greedy, {args.max_new_tokens} new tokens, requery=True)", flush=True)
         if memory.retrieval:  # the window index once, before the copies (each would build it again)
