@@ -10,8 +10,8 @@ $M eval ppl --data runs/corpus --lengths 16384 --max-documents 3 --methods memlo
 # RULER as RULER defines it (11 of its 13 tasks: qa_1/qa_2 need --qa-squad/--qa-hotpotqa files), 10 samples a task at
 # 4k and 16k, 5 at 32k; --resume continues a run cut short. At 4k the base model with full attention is the ceiling.
 $M eval ruler --data runs/corpus --lengths 4096 --samples 10 --methods base_full,rag,memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_4k.json --plot docs/results/default_ruler_4k.png
-$M eval ruler --data runs/corpus --lengths 16384 --samples 10 --methods rag,base_truncated,memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_16k.json --plot docs/results/default_ruler_16k.png
-$M eval ruler --data runs/corpus --lengths 32768 --samples 5 --methods rag,base_truncated,memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_32k.json --plot docs/results/default_ruler_32k.png
+$M eval ruler --data runs/corpus --lengths 16384 --samples 10 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_16k.json --plot docs/results/default_ruler_16k.png
+$M eval ruler --data runs/corpus --lengths 32768 --samples 5 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_32k.json --plot docs/results/default_ruler_32k.png
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
 # 64k: five depths x 2 trials, about 1.5 hours on one thread; --resume continues a run cut short
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_64k.json

@@ -190,3 +190,12 @@ def test_a_bank_save_killed_at_any_point_leaves_the_old_bank_or_the_new_one(kill
     assert any(killed and not new for killed, new in outcomes), f"no kill interrupted a save: {outcomes}"
     old.save_bank(directory)
     assert len(list(directory.glob("bank-*"))) == 1 and bank_fingerprint(MemoryBank.load(directory)) == old_print
+
+
+def test_clone_is_an_independent_copy():
+    memory = build_memory(seed=1)
+    before = fingerprint(memory)
+    twin = memory.clone()
+    assert fingerprint(twin) == before and twin is not memory
+    grow(twin, seed=2)  # what the copy reads (a question, its answer) leaves the original as it was
+    assert fingerprint(memory) == before and fingerprint(twin) != before

@@ -21,6 +21,7 @@ of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval laye
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Callable
@@ -150,6 +151,11 @@ class MemLongCache(Cache):
     def bank(self, row: int = 0) -> MemoryBank:
         """The memory bank of batch row ``row``."""
         return self.banks[row]
+
+    def clone(self) -> MemLongCache:
+        """An independent copy of this memory (every row's bank, the window, the chunk in progress):
+        what is read into the copy, a question and its answer say, leaves this one as it was."""
+        return copy.deepcopy(self)
 
     def reset(self, rows: list[int] | None = None) -> None:
         """Forgets rows (default: all): window, bank and records. Use at document boundaries."""

@@ -23,14 +23,6 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-def int_tuple(text: str) -> tuple[int, ...]:
-    """argparse type for comma-separated integers (``"0,1"`` -> ``(0, 1)``)."""
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1; got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memlong", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", metavar="VERB")

@@ -323,6 +323,38 @@ class MemLongConfig:
         return cls.from_dict(d)
 
 
+# ------------------------------------------------------------------ reading-time overrides (--set)
+#: fields whose value shapes the weights (gates, trained layers): not changeable at reading time
+WEIGHT_FIELDS = ("mode", "memory_layer", "retrieval_layers", "gate_mode", "gate_activation")
+
+
+def reading_overrides(config: MemLongConfig, overrides: list[str]) -> MemLongConfig:
+    """``config`` with ``FIELD=VALUE`` overrides (VALUE in JSON; a bare word is taken as a string)."""
+    changes = {}
+    for item in overrides:
+        field, sep, raw = item.partition("=")
+        field = field.strip()
+        if not sep or not hasattr(config, field):
+            raise MemLongConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD a MemLongConfig field")
+        # training_free mode trains nothing: which layers bank and retrieve may change at reading time
+        if field in WEIGHT_FIELDS and not (config.mode == "training_free" and field == "retrieval_layers"):
+            raise MemLongConfigError(f"--set {field}: the trained weights depend on it; it cannot change at reading time")
+        try:
+            changes[field] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[field] = raw
+    return dataclasses.replace(config, **changes)
+
+
+def apply_overrides(model, overrides: list[str]) -> None:
+    """Sets ``--set FIELD=VALUE`` overrides (:func:`reading_overrides`) on a loaded MemLong model's
+    config, checked against the model (a MemLongConfigError says what is wrong)."""
+    if overrides:
+        model.memlong_config = reading_overrides(model.memlong_config, overrides)
+        model.memlong_config.validate_for_model(model.config.num_hidden_layers,
+                                                getattr(model.config, "max_position_embeddings", None))
+
+
 def _without_retired(d: dict[str, Any]) -> dict[str, Any]:
     """``d`` without the retired fields that hold their only value (a config saved by an older version)."""
     return {k: v for k, v in d.items() if not (k in _RETIRED and v == _RETIRED[k])}

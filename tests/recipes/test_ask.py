@@ -225,47 +225,6 @@ def test_show_retrieved_prints_chunk_text_from_the_files(model_dir, files, tmp_p
         assert repr(r["text"].replace("\n", " ")) in printed
 
 
-def test_a_plain_answer_ends_at_a_blank_line_or_the_next_question(bpe_tokenizer_dir):
-    from memlong.recipes.ask import answer_end
-
-    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
-    prompt = tok("\n\nQuestion: What is the code?\nAnswer:", add_special_tokens=False)["input_ids"]
-    end = answer_end(tok, len(prompt))
-
-    def stops(generated: str) -> bool:
-        ids = torch.tensor([prompt + tok(generated, add_special_tokens=False)["input_ids"]])
-        return bool(end(ids, None)[0])
-
-    assert not stops("\n\nThe code is 48213.")  # leading blank lines are not an end
-    assert stops("\n\nThe code is 48213.\n\nThe code") and stops(" 48213.\nQuestion: and")
-    assert not stops(" 48213.\nIt opens the vault.")
-
-
-def test_a_plain_answer_without_a_start_is_judged_from_the_first_token_generated(bpe_tokenizer_dir):
-    # generate(requery=N) runs the criterion on the question alone, not on the whole prompt
-    from memlong.recipes.ask import answer_end
-
-    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
-    prompt = tok("Some text.\n\nQuestion: What is the code?\nAnswer:", add_special_tokens=False)["input_ids"]
-    end = answer_end(tok)
-    assert not end(torch.tensor([prompt + tok(" 4", add_special_tokens=False)["input_ids"]]), None)[0]
-    assert end(torch.tensor([prompt + tok(" 48213.\n\nThe", add_special_tokens=False)["input_ids"]]), None)[0]
-
-
-@pytest.mark.parametrize("generated, answer, ended", [
-    (" 48213.\n\nThe code", "48213.", True),
-    ("\n\nThe code is 48213.\nQuestion: and", "The code is 48213.", True),
-    (":\n\n- 4154693\n- 1552141\n\nMore", ":\n\n- 4154693\n- 1552141", True),  # a list is not cut to ":"
-    (":\nQuestion: what", ":", True),  # a new question ends even an answer not begun
-    (":\n\n", ":\n\n", False),
-    (" 4154693.", "4154693.", False),
-])
-def test_a_plain_answer_ends_at_a_new_question_or_a_blank_line_once_begun(generated, answer, ended):
-    from memlong.recipes.ask import plain_answer
-
-    assert plain_answer(generated) == (answer, ended)
-
-
 def test_bad_inputs_give_clear_errors(model_dir, files, tmp_path):
     empty, folder, latin = tmp_path / "empty.txt", tmp_path / "folder", tmp_path / "latin1.txt"
     empty.write_text("  \n")
@@ -329,7 +288,8 @@ def test_default_model_finds_a_fact_planted_near_the_start_of_32k_tokens(tmp_pat
 def test_rag_answers_with_the_base_model_on_the_chunks_most_like_the_question(model_dir, files, tmp_path, capsys):
     from memlong.pretrained import load_memlong_model
     from memlong.rag import rag_prompt
-    from memlong.recipes.ask import join_sources, load_base, plain_answer, question_ids, read_source
+    from memlong.qa import load_base, plain_answer, question_ids
+    from memlong.recipes.ask import join_sources, read_source
 
     out = tmp_path / "out.json"
     question = "How is the text wrapped into lines?"
@@ -361,6 +321,8 @@ def test_rag_answers_with_the_base_model_on_the_chunks_most_like_the_question(mo
     # no memory is read with --rag: --memory does not apply
     with pytest.raises(SystemExit, match="--rag reads no memory"):
         ask(model_dir, *files, "--rag", "-q", question, "--memory", tmp_path / "mem")
+
+
 def test_eviction_is_announced_before_reading_and_reported_after(model_dir, files, tmp_path, capsys):
     out, mem = tmp_path / "out.json", tmp_path / "mem"
     assert ask(model_dir, *files, "-q", QUESTION, "--set", "memory_capacity=512", "--memory", mem, "--json", out) == 0

@@ -234,7 +234,7 @@ def test_passkey_key_retrieval_finds_the_keys_chunk(setup, short_run):
 
 def test_eval_reading_time_overrides(setup, short_run, tmp_path):
     from memlong.config import MemLongConfig, MemLongConfigError
-    from memlong.recipes.eval_common import reading_overrides
+    from memlong.config import reading_overrides
 
     cfg = MemLongConfig(memory_layer=2, retrieval_layers=(3,), chunk_size=8, memory_capacity=64, local_window=32)
     got = reading_overrides(cfg, ["bank_dtype=int8", "retrieval_offsets=[0,1]", "top_k=3"])

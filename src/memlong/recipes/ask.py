@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -57,15 +56,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from memlong.qa import BaseModelUnavailable, answer, load_base, question_ids, rag_answer
+
 MANIFEST = "ask_manifest.json"
 MANIFEST_FORMAT = "memlong-ask-v1"
 SAVED_BY = "memlong ask"  # in memory.json's metadata: a memory whose manifest a killed save did not write
 MAX_RANGES_PRINTED = 8
 SEPARATOR = "\n\n"  # between files: one blank line
 PREVIEW_CHARS = 200
-#: where a plain answer ends (the model tends to go on with more text): a new question, or a blank
-#: line once the answer has begun (a list may open with ":" and a blank line): :func:`plain_answer`
-STOPS = ("\nQuestion:", "\n\n")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -332,20 +330,6 @@ def uses_chat(tok, fmt: str) -> bool:
     return fmt == "chat"
 
 
-def question_ids(tok, question: str, chat: bool) -> tuple[list[int], list[int]]:
-    """(prompt ids, the ids retrieval embeds). plain: the prompt ``Question: ...`` / ``Answer:``
-    after a blank line, embedded whole (``generate(requery=True)``); chat: the chat template
-    around the question, retrieval on the question alone (the template's system prompt would
-    blur its embedding)."""
-    if chat:
-        text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                       add_generation_prompt=True)
-        prompt = tok(SEPARATOR + text, add_special_tokens=False)["input_ids"]
-        return prompt, tok(question, add_special_tokens=False)["input_ids"]
-    prompt = tok(f"{SEPARATOR}Question: {question}\nAnswer:", add_special_tokens=False)["input_ids"]
-    return prompt, prompt
-
-
 def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list[SourceFile]) -> list[dict]:
     """The chunks of the bank a question retrieves for its answer (the search and re-ranking the
     model runs, :meth:`MemLongCache.question_hits`), best first; their text from the files via
@@ -366,36 +350,6 @@ def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list
     return out
 
 
-def plain_answer(text: str) -> tuple[str, bool]:
-    """The plain answer in generated ``text`` and whether it has ended: from its first non-blank
-    character to the first of :data:`STOPS`, a blank line counting only after the answer's first
-    letter or digit (as RULER scores a whole generation, a list opening ":\\n\\n- 4154693" is not cut
-    to ":")."""
-    text = text.lstrip()
-    begun = next((i for i, c in enumerate(text) if c.isalnum()), len(text))
-    ends = [j for stop in STOPS if (j := text.find(stop, begun if stop.isspace() else 0)) >= 0]
-    return (text[:min(ends)], True) if ends else (text, False)
-
-
-def answer_end(tok, start: int | None = None):
-    """A stopping criterion: a plain answer (generated from column ``start`` on; None: from the first
-    token generated, whatever prompt the ``generate`` call running it was given) ends where
-    :func:`plain_answer` says. One criterion per ``generate`` call."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class AnswerEnd(StoppingCriteria):
-        begin = start
-
-        def __call__(self, input_ids, scores, **kwargs):
-            if self.begin is None:  # first call: one token generated
-                self.begin = input_ids.shape[1] - 1
-            done = plain_answer(tok.decode(input_ids[0, self.begin:], skip_special_tokens=True))[1]
-            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-    return AnswerEnd()
-
-
 def _index_windows(model, memory, report: dict) -> None:
     """Builds the bank's window index once (``rerank_index``), before questions read into copies of
     the memory: otherwise every copy would build it again."""
@@ -404,35 +358,6 @@ def _index_windows(model, memory, report: dict) -> None:
     if n:
         report["window_index_seconds"] = round(report.get("window_index_seconds", 0) + time.perf_counter() - t0, 3)
         print(f"window index: {n:,} chunks in {time.perf_counter() - t0:.1f} s", flush=True)
-
-
-def answer(model, tok, memory, question: str, chat: bool, max_new_tokens: int) -> tuple[str, float]:
-    """Greedy answer to ``question`` from ``memory`` (which the answer reads into: pass a copy to
-    keep it), and its seconds. Retrieval is focused on the question (``generate(requery=True)``;
-    with the chat template, on the question without the template around it)."""
-    import torch
-
-    prompt, query = question_ids(tok, question, chat)
-    ids = torch.tensor([prompt], device=model.device)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    t0 = time.perf_counter()
-    if chat:
-        model.focus_question(memory, [query[-model.memlong_config.chunk_size:]])
-        try:
-            out = model.generate(ids, memory=memory, **kw)
-        finally:
-            memory.unfocus()
-    else:  # one paragraph: stop at a blank line or another "Question:"
-        from transformers import StoppingCriteriaList
-
-        out = model.generate(ids, memory=memory, requery=True,
-                             stopping_criteria=StoppingCriteriaList([answer_end(tok, len(prompt))]), **kw)
-    seconds = time.perf_counter() - t0
-    text = tok.decode(out[0, len(prompt):], skip_special_tokens=True)
-    if not chat:
-        text = plain_answer(text)[0]
-    return text.strip(), seconds
 
 
 def stdin_questions(stream=None):
@@ -458,7 +383,7 @@ def _load_model(args):
     """(model, tokenizer): the one place ``ask`` loads a model."""
     from memlong.config import MemLongConfigError
     from memlong.pretrained import DefaultModelUnavailable, load_memlong_model
-    from memlong.recipes.eval_common import apply_overrides
+    from memlong.config import apply_overrides
 
     try:
         model, tok = load_memlong_model(args.model, retriever=args.retriever)
@@ -668,7 +593,7 @@ def run(args) -> int:
         if args.show_retrieved:
             row["retrieved"] = retrieved_chunks(model, memory, question_ids(tok, question, chat)[1], text, files)
         # Each question reads into its own copy, so every answer comes from the text alone.
-        work = memory if last else copy.deepcopy(memory)
+        work = memory if last else memory.clone()
         row["answer"], secs = answer(model, tok, work, question, chat, args.max_new_tokens)
         row["seconds"] = round(secs, 3)
         return row
@@ -703,48 +628,17 @@ def _answer_questions(args, tok, report: dict, respond) -> int:
     return 0
 
 
-def load_base(args_model):
-    """The base model of the MemLong model ``args_model`` (:func:`memlong.pretrained.base_model_of`),
-    float32, eval mode: what ``--rag`` answers with."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from memlong.pretrained import base_model_of
-
-    path = base_model_of(args_model)
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot load the base model {path!r} that rag answers with ({e}); pass --model with a "
-                         "MemLong directory whose base is available") from None
-
-
-def rag_answer(model, base, tok, doc: list[int], embeddings, question: str, chat: bool, max_new_tokens: int):
-    """The rag baseline's answer to ``question`` about ``doc`` (the files' token ids; ``embeddings``
-    their chunks' from :func:`memlong.rag.embed_context`), put as :func:`answer` puts it: (the
-    answer, the :class:`~memlong.rag.RagPrompt`, seconds)."""
-    from transformers import StoppingCriteriaList
-
-    from memlong.rag import rag_generate
-
-    prompt, _ = question_ids(tok, question, chat)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    stop = {} if chat else {"stopping_criteria": StoppingCriteriaList([answer_end(tok)])}
-    t0 = time.perf_counter()
-    rag, out = rag_generate(model, base, doc + prompt, (0, len(doc)), max_new_tokens, embeddings=embeddings,
-                            pad_token_id=pad, **stop)
-    text = tok.decode(out, skip_special_tokens=True)
-    if not chat:
-        text = plain_answer(text)[0]
-    return text.strip(), rag, time.perf_counter() - t0
-
-
 def _run_rag(args, model, tok, text: str, files: list[SourceFile], report: dict) -> int:
     """``--rag``: the files' chunks embedded once, each question answered by the base model on the
     chunks most similar to it (:func:`rag_answer`)."""
     from memlong.rag import RagPromptTooLong, embed_context
 
-    base = load_base(args.model)
+    from memlong.pretrained import base_model_of
+
+    try:
+        base = load_base(base_model_of(args.model))
+    except BaseModelUnavailable as e:
+        raise SystemExit(f"memlong ask: --rag: {e}") from None
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     doc, offsets = enc["input_ids"], enc["offset_mapping"]
     t0 = time.perf_counter()

@@ -38,7 +38,6 @@ import random
 import re
 import resource
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
@@ -255,7 +254,7 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
 def _ask(model, tok, memory, fact: dict, text: str, max_new_tokens: int) -> dict:
     """One question on ``memory`` (consumed), put as ``memlong ask`` puts it (``Question: ...`` /
     ``Answer:``, retrieval focused on it): the chunks it retrieves, the greedy answer."""
-    from memlong.recipes.ask import answer, question_ids
+    from memlong.qa import answer, question_ids
 
     prompt, query = question_ids(tok, fact["question"], chat=False)
     rec: dict = {"prompt": tok.decode(prompt)}
@@ -269,14 +268,14 @@ def _ask(model, tok, memory, fact: dict, text: str, max_new_tokens: int) -> dict
 
 def _baselines(model, tok, base, ids, offsets, facts: list[dict], max_new_tokens: int) -> tuple[list, list, float]:
     """Each fact's question put to the base model alone, as :func:`_ask` puts it: ``rag`` (the
-    document's chunks embedded once; the answer reads the top-k as text, :func:`memlong.recipes.ask.rag_answer`)
+    document's chunks embedded once; the answer reads the top-k as text, :func:`memlong.qa.rag_answer`)
     and ``base_truncated`` (the document's last tokens that fit the base model's context before
     the question). (rag records, base_truncated records, seconds embedding the chunks)."""
     import torch
     from transformers import StoppingCriteriaList
 
     from memlong.rag import embed_context
-    from memlong.recipes.ask import answer_end, plain_answer, question_ids, rag_answer
+    from memlong.qa import answer_end, plain_answer, question_ids, rag_answer
 
     doc, spans = ids[0].tolist(), offsets[0].tolist()
     t0 = time.perf_counter()
@@ -429,27 +428,28 @@ def run(args) -> int:
             t0 = time.perf_counter()
             memory.index_windows(model.memlong_retriever)
             rec["window_index_seconds"] = round(time.perf_counter() - t0, 2)
-        with tempfile.TemporaryDirectory(prefix="memlong-demo-") as tmp:
+        rec["memory_copy_seconds"] = 0.0
+        for i, f in enumerate(facts):
+            print(f"  Q{i + 1} ({f['depth']:.0%}): {f['question']!r}  expected {f['expected']!r}", flush=True)
             t0 = time.perf_counter()
-            memory.save(tmp)
-            del memory
-            rec["memory_copy_seconds"] = round(time.perf_counter() - t0, 2)
-            for i, f in enumerate(facts):
-                print(f"  Q{i + 1} ({f['depth']:.0%}): {f['question']!r}  expected {f['expected']!r}", flush=True)
-                t0 = time.perf_counter()
-                copy = model.load_memory(tmp)
-                rec["memory_copy_seconds"] = round(rec["memory_copy_seconds"] + time.perf_counter() - t0, 2)
-                a = _ask(model, tok, copy, f, text, args.max_new_tokens)
-                del copy
-                answers[name].append(a)
-                _print_answer("with memory" if use else "without memory", a, f)
+            copy = memory.clone()  # each question reads into its own copy
+            rec["memory_copy_seconds"] = round(rec["memory_copy_seconds"] + time.perf_counter() - t0, 2)
+            a = _ask(model, tok, copy, f, text, args.max_new_tokens)
+            del copy
+            answers[name].append(a)
+            _print_answer("with memory" if use else "without memory", a, f)
+        del memory
 
     print("\n[5/5] the baselines, the base model alone: rag (the top-k chunks as text) and base_truncated "
           "(the last tokens that fit its context)", flush=True)
     from memlong.cost import bytes_per_token
-    from memlong.recipes.ask import load_base
+    from memlong.pretrained import base_model_of
+    from memlong.qa import BaseModelUnavailable, load_base
 
-    base = load_base(args.model)
+    try:
+        base = load_base(base_model_of(args.model))
+    except BaseModelUnavailable as e:
+        raise SystemExit(f"memlong demo: {e}") from None
     answers["rag"], answers["base_truncated"], rag_seconds = _baselines(model, tok, base, ids, offsets, facts,
                                                                         args.max_new_tokens)
     cost = {}

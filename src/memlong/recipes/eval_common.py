@@ -8,7 +8,6 @@ the JSON report. The tasks themselves are :mod:`memlong.recipes.eval_ppl`,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,45 +22,13 @@ DATA_HELP = ("a corpus folder (its --split), a .jsonl file, a text file (one doc
              "or a datasets name")
 
 
-# fields whose value shapes the weights (gates, trained layers): not changeable at reading time
-_WEIGHT_FIELDS = ("mode", "memory_layer", "retrieval_layers", "gate_mode", "gate_activation")
-
-
-def reading_overrides(config, overrides: list[str]):
-    """``config`` with ``FIELD=VALUE`` overrides (VALUE in JSON; a bare word is taken as a string)."""
-    from memlong.config import MemLongConfigError
-
-    changes = {}
-    for item in overrides:
-        field, sep, raw = item.partition("=")
-        field = field.strip()
-        if not sep or not hasattr(config, field):
-            raise MemLongConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD a MemLongConfig field")
-        # training_free mode trains nothing: which layers bank and retrieve may change at reading time
-        if field in _WEIGHT_FIELDS and not (config.mode == "training_free" and field == "retrieval_layers"):
-            raise MemLongConfigError(f"--set {field}: the trained weights depend on it; it cannot change at reading time")
-        try:
-            changes[field] = json.loads(raw)
-        except json.JSONDecodeError:
-            changes[field] = raw
-    return dataclasses.replace(config, **changes)
-
-
-def apply_overrides(model, overrides: list[str]) -> None:
-    """Sets ``--set FIELD=VALUE`` overrides (:func:`reading_overrides`) on a loaded MemLong model's
-    config, checked against the model (a MemLongConfigError says what is wrong)."""
-    if overrides:
-        model.memlong_config = reading_overrides(model.memlong_config, overrides)
-        model.memlong_config.validate_for_model(model.config.num_hidden_layers,
-                                                getattr(model.config, "max_position_embeddings", None))
-
-
 def load_models(args, methods):
     """(tokenizer, MemLong model, base model or None, base window, base path). The base model is
     loaded only when one of ``methods`` needs it (:data:`BASE_METHODS`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from memlong.config import apply_overrides
     from memlong.pretrained import base_model_of, load_memlong_model
 
     model, tok = load_memlong_model(args.model, retriever=args.retriever)
@@ -207,7 +174,7 @@ def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery
     for a caller to look into afterwards).
     ``stop``: a stopping criterion factory ``tok -> StoppingCriteria``, judging the text from the
     first token generated (with ``requery`` the prompt that ``generate`` runs on is the question
-    alone, not ``ids``; :func:`memlong.recipes.ask.answer_end` is one). ``memory``: the
+    alone, not ``ids``; :func:`memlong.qa.answer_end` is one). ``memory``: the
     fresh memory the MemLong methods read into (default: a new one), for a caller to look into
     afterwards."""
     import torch

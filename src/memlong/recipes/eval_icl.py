@@ -36,7 +36,6 @@ labelled ``python`` / ``manual`` / ``java`` by their source (see :mod:`memlong.d
 from __future__ import annotations
 
 import argparse
-import copy
 
 from memlong.recipes.eval_common import Skip, load_models, measured, write_report
 
@@ -176,7 +175,7 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
                     else:  # every prompt of the trial continues from a copy of the shared demonstrations
                         scores = continuation_logprobs(model, prompt, cands, use_memory=method == "memlong",
                                                        requery=n if args.requery and method == "memlong" else 0,
-                                                       memory=copy.deepcopy(shared) if shared else None,
+                                                       memory=shared.clone() if shared else None,
                                                        read=len(prefix) if shared else 0)
                     guess = max(range(len(scores)), key=scores.__getitem__)
                     predicted[task.label_words[guess]] += 1

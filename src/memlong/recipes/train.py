@@ -28,7 +28,13 @@ import time
 import warnings
 from pathlib import Path
 
-from memlong.cli import int_tuple
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """argparse type for comma-separated integers (``"0,1"`` -> ``(0, 1)``)."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1; got {text!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

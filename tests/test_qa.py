@@ -1,0 +1,46 @@
+"""Answering questions (memlong.qa): where a plain answer ends, judged as it is generated."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+
+def test_a_plain_answer_ends_at_a_blank_line_or_the_next_question(bpe_tokenizer_dir):
+    from memlong.qa import answer_end
+
+    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
+    prompt = tok("\n\nQuestion: What is the code?\nAnswer:", add_special_tokens=False)["input_ids"]
+    end = answer_end(tok, len(prompt))
+
+    def stops(generated: str) -> bool:
+        ids = torch.tensor([prompt + tok(generated, add_special_tokens=False)["input_ids"]])
+        return bool(end(ids, None)[0])
+
+    assert not stops("\n\nThe code is 48213.")  # leading blank lines are not an end
+    assert stops("\n\nThe code is 48213.\n\nThe code") and stops(" 48213.\nQuestion: and")
+    assert not stops(" 48213.\nIt opens the vault.")
+
+
+def test_a_plain_answer_without_a_start_is_judged_from_the_first_token_generated(bpe_tokenizer_dir):
+    # generate(requery=N) runs the criterion on the question alone, not on the whole prompt
+    from memlong.qa import answer_end
+
+    tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
+    prompt = tok("Some text.\n\nQuestion: What is the code?\nAnswer:", add_special_tokens=False)["input_ids"]
+    end = answer_end(tok)
+    assert not end(torch.tensor([prompt + tok(" 4", add_special_tokens=False)["input_ids"]]), None)[0]
+    assert end(torch.tensor([prompt + tok(" 48213.\n\nThe", add_special_tokens=False)["input_ids"]]), None)[0]
+
+
+@pytest.mark.parametrize("generated, answer, ended", [
+    (" 48213.\n\nThe code", "48213.", True),
+    ("\n\nThe code is 48213.\nQuestion: and", "The code is 48213.", True),
+    (":\n\n- 4154693\n- 1552141\n\nMore", ":\n\n- 4154693\n- 1552141", True),  # a list is not cut to ":"
+    (":\nQuestion: what", ":", True),  # a new question ends even an answer not begun
+    (":\n\n", ":\n\n", False),
+    (" 4154693.", "4154693.", False),
+])
+def test_a_plain_answer_ends_at_a_new_question_or_a_blank_line_once_begun(generated, answer, ended):
+    from memlong.qa import plain_answer
+
+    assert plain_answer(generated) == (answer, ended)
