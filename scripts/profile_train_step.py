@@ -7,6 +7,7 @@ of a training document, float32, one thread; segments 3-6 averaged (memory full 
 It times the forward through the frozen lower stack (layers 1..15: what precomputing their
 outputs once per training document would save, with the retriever's embedding of each chunk),
 the upper layers' forward, and the backward. Layer boundaries are timed with forward hooks."""
+
 import argparse
 import json
 import time
@@ -54,14 +55,26 @@ def main() -> None:
             out.loss.backward()
             t2 = time.perf_counter()
         trained.zero_grad(set_to_none=True)
-        rows.append({"step_s": t2 - t0, "forward_s": t1 - t0, "backward_s": t2 - t1,
-                     "lower_forward_s": marks["lower"] - marks["start"], "upper_forward_s": marks["upper"] - marks["lower"],
-                     "retriever_s": t.seconds.get("retriever", 0.0)})
+        rows.append(
+            {
+                "step_s": t2 - t0,
+                "forward_s": t1 - t0,
+                "backward_s": t2 - t1,
+                "lower_forward_s": marks["lower"] - marks["start"],
+                "upper_forward_s": marks["upper"] - marks["lower"],
+                "retriever_s": t.seconds.get("retriever", 0.0),
+            }
+        )
     later = rows[2:]
     mean = {k: round(sum(r[k] for r in later) / len(later), 3) for k in rows[0]}
     mean["precompute_would_save"] = round((mean["lower_forward_s"] + mean["retriever_s"]) / mean["step_s"], 3)
-    res = {"memory_layer": cfg.memory_layer, "retrieval_layers": list(cfg.retrieval_layers), "mean_segments_3_to_6": mean,
-           "segments": rows, "machine": profiling.machine()}
+    res = {
+        "memory_layer": cfg.memory_layer,
+        "retrieval_layers": list(cfg.retrieval_layers),
+        "mean_segments_3_to_6": mean,
+        "segments": rows,
+        "machine": profiling.machine(),
+    }
     print(json.dumps(mean, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -36,17 +36,21 @@ MIB = 2**20
 
 def _machine(data: dict, path: Path) -> str:
     m = data["machine"]
-    return (f"measured by `{data['command']}` on {m['cpu_count']} CPU cores ({m['platform']}, torch {m['torch']}); "
-            f"JSON: `{path.relative_to(ROOT)}`")
+    return (
+        f"measured by `{data['command']}` on {m['cpu_count']} CPU cores ({m['platform']}, torch {m['torch']}); "
+        f"JSON: `{path.relative_to(ROOT)}`"
+    )
 
 
 def _model_line(r: dict) -> str:
     c = r["config"]
-    return (f"Model: {r.get('model', 'random-weight Llama')}, {r['params'] / 1e6:.1f}M parameters, "
-            f"{r['threads']} torch thread(s); MemLong: chunk {c['chunk_size']}, window {c['local_window']}, "
-            f"top-k {c['top_k']}, capacity {c['memory_capacity']:,} tokens, memory layer {c['memory_layer']}, "
-            f"retrieval layers {c['retrieval_layers']}, search {c['search_backend']}; "
-            f"retriever {r['retriever']['class']}.")
+    return (
+        f"Model: {r.get('model', 'random-weight Llama')}, {r['params'] / 1e6:.1f}M parameters, "
+        f"{r['threads']} torch thread(s); MemLong: chunk {c['chunk_size']}, window {c['local_window']}, "
+        f"top-k {c['top_k']}, capacity {c['memory_capacity']:,} tokens, memory layer {c['memory_layer']}, "
+        f"retrieval layers {c['retrieval_layers']}, search {c['search_backend']}; "
+        f"retriever {r['retriever']['class']}."
+    )
 
 
 def bench_section(path: Path) -> str:
@@ -54,20 +58,28 @@ def bench_section(path: Path) -> str:
     rows = {(r["method"], r["tokens"]): r for r in data["results"]}
     sizes = sorted({r["tokens"] for r in data["results"]})
     out = [
-        (f"Ingestion of real text (Python stdlib sources), {_machine(data, path)}. "
-        "`base_full`: the same base model with full causal attention, reading the text in chunked prefill "
-        "into a KV cache; `base_sliding`: the same weights with a sliding-window mask of the window's length "
-        "and a rolling KV cache (no memory); `base_windows`: plain forwards over consecutive disjoint windows "
-        "(the cost floor). State: MemLong's bank, or the baseline's KV cache at the end. "
-        "A baseline that runs out of time or memory is reported as such."),
+        (
+            f"Ingestion of real text (Python stdlib sources), {_machine(data, path)}. "
+            "`base_full`: the same base model with full causal attention, reading the text in chunked prefill "
+            "into a KV cache; `base_sliding`: the same weights with a sliding-window mask of the window's length "
+            "and a rolling KV cache (no memory); `base_windows`: plain forwards over consecutive disjoint windows "
+            "(the cost floor). State: MemLong's bank, or the baseline's KV cache at the end. "
+            "A baseline that runs out of time or memory is reported as such."
+        ),
     ]
     gen = any("generate_tokens_per_s" in r for r in data["results"])
     if gen:
-        out[0] += (" Generate: greedy decoding with `generate()` after the read (`--generate`); `base_windows` "
-                   "decodes after a prompt of one window (its prefill not timed): the base at its own context.")
-    out += ["", "| tokens | method | tokens/s | " + ("generate tokens/s | " if gen else "")
-            + "peak RSS (MiB) | state (MiB) | bank chunks | MemLong time split (s) |",
-            "|---:|---|---:|" + ("---:|" if gen else "") + "---:|---:|---:|---|"]
+        out[0] += (
+            " Generate: greedy decoding with `generate()` after the read (`--generate`); `base_windows` "
+            "decodes after a prompt of one window (its prefill not timed): the base at its own context."
+        )
+    out += [
+        "",
+        "| tokens | method | tokens/s | "
+        + ("generate tokens/s | " if gen else "")
+        + "peak RSS (MiB) | state (MiB) | bank chunks | MemLong time split (s) |",
+        "|---:|---|---:|" + ("---:|" if gen else "") + "---:|---:|---:|---|",
+    ]
     ratios = []
     for n in sizes:
         for method in METHODS:
@@ -88,7 +100,9 @@ def bench_section(path: Path) -> str:
         if "tokens_per_s" in m and "tokens_per_s" in w:
             line = f"{n:,} tokens: MemLong reads at {m['tokens_per_s'] / w['tokens_per_s']:.2f}x base_windows' tokens/s"
             if "generate_tokens_per_s" in m and "generate_tokens_per_s" in w:
-                line += f", and generates at {m['generate_tokens_per_s'] / w['generate_tokens_per_s']:.2f}x its decoding"
+                line += (
+                    f", and generates at {m['generate_tokens_per_s'] / w['generate_tokens_per_s']:.2f}x its decoding"
+                )
             ratios.append(line + ".")
     if ratios:
         out += [""] + [f"- {line}" for line in ratios]
@@ -118,21 +132,29 @@ def million_section(path: Path, runs: list[Path] | None = None, capacity_note: s
         "",
         *[f"- {_machine(d, p)}" for d, p in zip(datas, runs)],
         "",
-        ("Other jobs (tests, other benchmarks, a training experiment) often "
-         "shared the 2 cores, so tokens/s are lower bounds that vary with the load (load: the 1-minute load "
-         "average when the run ended; 1 is this run alone); memory figures are unaffected. "
-         + (capacity_note or "The capacity holds every chunk of the longest input, so the bank grows with the text "
-            "by design; everything else should not: compare peak RSS minus the bank.")),
+        (
+            "Other jobs (tests, other benchmarks, a training experiment) often "
+            "shared the 2 cores, so tokens/s are lower bounds that vary with the load (load: the 1-minute load "
+            "average when the run ended; 1 is this run alone); memory figures are unaffected. "
+            + (
+                capacity_note
+                or "The capacity holds every chunk of the longest input, so the bank grows with the text "
+                "by design; everything else should not: compare peak RSS minus the bank."
+            )
+        ),
         "",
-        ("| allocator | load | tokens | tokens/s | peak RSS (MiB) | RSS before ingest (MiB) | bank (MiB) | peak RSS − bank (MiB) "
-         "| bank chunks | bank bytes/token | banked K/V bytes/token |"),
+        (
+            "| allocator | load | tokens | tokens/s | peak RSS (MiB) | RSS before ingest (MiB) | bank (MiB) | peak RSS − bank (MiB) "
+            "| bank chunks | bank bytes/token | banked K/V bytes/token |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ok = []
     for data in datas:
         load = data["machine"]["load_avg_1_5_15"][0]  # at the end of the run: what else shared the CPU
-        rows = sorted((r for r in data["results"] if r["method"] == "memlong" and "error" not in r),
-                      key=lambda r: r["tokens"])
+        rows = sorted(
+            (r for r in data["results"] if r["method"] == "memlong" and "error" not in r), key=lambda r: r["tokens"]
+        )
         ok += rows
         for r in rows:
             out.append(
@@ -147,9 +169,12 @@ def million_section(path: Path, runs: list[Path] | None = None, capacity_note: s
     if ok:
         r = ok[-1]
         extra = r["bank_bytes_per_token"] - r["kv_bytes_per_token"]
-        out += ["", f"Bank overhead beyond the banked layers' keys and values: {extra:.1f} bytes per token "
-                f"({100 * extra / r['kv_bytes_per_token']:.1f}%: retrieval embedding, token ids, spans, counters). "
-                + _model_line(r)]
+        out += [
+            "",
+            f"Bank overhead beyond the banked layers' keys and values: {extra:.1f} bytes per token "
+            f"({100 * extra / r['kv_bytes_per_token']:.1f}%: retrieval embedding, token ids, spans, counters). "
+            + _model_line(r),
+        ]
     return "\n".join(out)
 
 
@@ -160,19 +185,28 @@ def question_options_section(paths: list[Path]) -> str:
     for path in paths:
         data = json.loads(path.read_text())
         c = data["config"]
-        flags = (f"--data {c['data']} --lengths {c['lengths']} --ruler-tasks {c['ruler_tasks']} "
-                 f"--ruler-samples {c['ruler_samples']} --passkey-depths {c['passkey_depths']} "
-                 f"--passkey-trials {c['passkey_trials']} --seed {c['seed']}")
+        flags = (
+            f"--data {c['data']} --lengths {c['lengths']} --ruler-tasks {c['ruler_tasks']} "
+            f"--ruler-samples {c['ruler_samples']} --passkey-depths {c['passkey_depths']} "
+            f"--passkey-trials {c['passkey_trials']} --seed {c['seed']}"
+        )
         variants = list(c["variants"])
         if variants != ["stream", "best_last", "stream_next", "best_last_next"]:  # the script's default set
             flags += f" --variants {','.join(variants)}"
-        out += [f"`python scripts/experiments/compare_question_options.py {flags} --json {path.relative_to(ROOT)}`", "",
-                "| task | length | prompts | " + " | ".join(variants) + " |", "|---|---:|---:|" + "---:|" * len(variants)]
+        out += [
+            f"`python scripts/experiments/compare_question_options.py {flags} --json {path.relative_to(ROOT)}`",
+            "",
+            "| task | length | prompts | " + " | ".join(variants) + " |",
+            "|---|---:|---:|" + "---:|" * len(variants),
+        ]
         for task, by_length in data["summary"].items():
             for length, cells in by_length.items():
                 n = cells[variants[0]]["prompts"]
-                out.append(f"| {task} | {int(length):,} | {n} | "
-                           + " | ".join(f"{cells[v]['score']:.2f}" for v in variants) + " |")
+                out.append(
+                    f"| {task} | {int(length):,} | {n} | "
+                    + " | ".join(f"{cells[v]['score']:.2f}" for v in variants)
+                    + " |"
+                )
         out.append("")
     return "\n".join(out).rstrip()
 
@@ -188,8 +222,10 @@ def search_section(path: Path) -> str:
     out += ["", "| vectors | chunks | index | query (ms) | recall@k | build (s) |", "|---|---:|---|---:|---:|---:|"]
     for p in runs:
         for r in json.loads(p.read_text())["results"]:
-            out.append(f"| {r.get('vectors', 'random')} | {r['chunks']:,} | {r['index']} | {r['query_ms']:.3f} | "
-                       f"{r['recall_at_k']:.3f} | {r['build_s']:.2f} |")
+            out.append(
+                f"| {r.get('vectors', 'random')} | {r['chunks']:,} | {r['index']} | {r['query_ms']:.3f} | "
+                f"{r['recall_at_k']:.3f} | {r['build_s']:.2f} |"
+            )
     return "\n".join(out)
 
 
@@ -206,8 +242,7 @@ def retriever_section(path: Path) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for r in data["results"]:
-        cost = (f"{r['chunks_per_s']:,.0f} | {r['ms_per_chunk']:.3f}" if r.get("chunks_per_s") is not None
-                else "- | -")
+        cost = f"{r['chunks_per_s']:,.0f} | {r['ms_per_chunk']:.3f}" if r.get("chunks_per_s") is not None else "- | -"
         out.append(f"| {r['retriever']} | {cost} | {r['recall_at_k']:.3f} | {r['next_hit_at_k']:.3f} |")
     return "\n".join(out)
 
@@ -217,11 +252,15 @@ def _eval_command(c: dict, path: Path) -> str:
     return eval_command(c, shown)
 
 
-OLDER_QUESTIONS = ("measured before a later change in how questions search or read the memory (the bank's window "
-                   "index `rerank_index`, the question's words `lexical_weight` or rereading its hits `question_reread`, "
-                   "all on by default since)")
-REREAD_NOTE = ("Measured before the default model's questions reread their hits (`question_reread`, on by default "
-               "since): each question read its hits as memory only")
+OLDER_QUESTIONS = (
+    "measured before a later change in how questions search or read the memory (the bank's window "
+    "index `rerank_index`, the question's words `lexical_weight` or rereading its hits `question_reread`, "
+    "all on by default since)"
+)
+REREAD_NOTE = (
+    "Measured before the default model's questions reread their hits (`question_reread`, on by default "
+    "since): each question read its hits as memory only"
+)
 
 
 def _older_search_note(c: dict, repeat: bool = True) -> str:
@@ -230,15 +269,22 @@ def _older_search_note(c: dict, repeat: bool = True) -> str:
     m = c.get("memlong") or {}
     if "rerank_index" not in m:
         n, w = m.get("rerank_candidates"), m.get("rerank_window")
-        how = (f"re-ranked the top {n} chunks by whole-chunk similarity by their best {w}-token window" if n
-               else "searched by whole-chunk similarity")
+        how = (
+            f"re-ranked the top {n} chunks by whole-chunk similarity by their best {w}-token window"
+            if n
+            else "searched by whole-chunk similarity"
+        )
         flag = "`--set rerank_index=false --set lexical_weight=0`" if n else "`--set rerank_candidates=0`"
-        return (f"Measured before the bank's window index (`rerank_index`) and the question's words "
-                f"(`lexical_weight`), both on by default since: the question {how}"
-                + (f"; {flag} repeats that." if repeat else "."))
-    return ("Measured before questions weighed their words (`lexical_weight`, 0.5 by default since): chunks were "
-            "scored by embeddings alone (every chunk by its best window)"
-            + ("; `--set lexical_weight=0` repeats that." if repeat else "."))
+        return (
+            f"Measured before the bank's window index (`rerank_index`) and the question's words "
+            f"(`lexical_weight`), both on by default since: the question {how}"
+            + (f"; {flag} repeats that." if repeat else ".")
+        )
+    return (
+        "Measured before questions weighed their words (`lexical_weight`, 0.5 by default since): chunks were "
+        "scored by embeddings alone (every chunk by its best window)"
+        + ("; `--set lexical_weight=0` repeats that." if repeat else ".")
+    )
 
 
 def _asks(c: dict) -> bool:
@@ -272,9 +318,14 @@ def _passkey_table(results: list[dict]) -> list[str]:
     the share of trials whose question retrieved the key's chunk."""
     depths = sorted({r["depth"] for r in results})
     found = any("key_retrieved" in a for r in results for a in r.get("answers", []))
-    out = ["| length | method | " + " | ".join(f"depth {d}" for d in depths) + " | mean [95% interval] | "
-           + ("key retrieved | " if found else "") + "trials per depth |",
-           "|---:|---|" + "---:|" * (len(depths) + 2 + found)]
+    out = [
+        "| length | method | "
+        + " | ".join(f"depth {d}" for d in depths)
+        + " | mean [95% interval] | "
+        + ("key retrieved | " if found else "")
+        + "trials per depth |",
+        "|---:|---|" + "---:|" * (len(depths) + 2 + found),
+    ]
     for key in dict.fromkeys((r["length"], r["method"]) for r in results):
         rows = {r["depth"]: r for r in results if (r["length"], r["method"]) == key}
         mean = _passkey_mean(list(rows.values()))
@@ -308,9 +359,11 @@ def _old_ruler(c: dict) -> bool:
     return c["task"] == "ruler" and "haystacks" in c
 
 
-OLD_RULER_NOTE = ("Measured with `memlong eval ruler` as it was before it followed RULER's definitions (its own task "
-                  "variants and word lists, labelled prompts, answers cut early, one sample per cell): not comparable "
-                  "with RULER's tables or the RULER results here; `git checkout a49c312` repeats it.")
+OLD_RULER_NOTE = (
+    "Measured with `memlong eval ruler` as it was before it followed RULER's definitions (its own task "
+    "variants and word lists, labelled prompts, answers cut early, one sample per cell): not comparable "
+    "with RULER's tables or the RULER results here; `git checkout a49c312` repeats it."
+)
 
 
 def _interval_cell(r: dict, key: str = "score") -> str:
@@ -331,11 +384,14 @@ def _ruler_table(results: list[dict], means: list[dict] | None = None) -> list[s
         out.append(f"| {label} | " + " | ".join(cell(rows[c]) if c in rows else "" for c in cols) + " |")
     samples = max(r.get("samples", 0) for r in results)
     if means is None:
-        out.append(f"| mean ({samples} sample(s) per cell) | " + " | ".join(_mean_score(results, *c) for c in cols) + " |")
+        out.append(
+            f"| mean ({samples} sample(s) per cell) | " + " | ".join(_mean_score(results, *c) for c in cols) + " |"
+        )
         return out
     by = {(m["length"], m["method"]): m for m in means}
-    out.append(f"| RULER's mean ({samples} samples per task) | " + " | ".join(
-        _ruler_mean(by.get(c)) for c in cols) + " |")
+    out.append(
+        f"| RULER's mean ({samples} samples per task) | " + " | ".join(_ruler_mean(by.get(c)) for c in cols) + " |"
+    )
     return out
 
 
@@ -360,12 +416,13 @@ def base_ppl_section(paths: list[Path]) -> str:
         data = json.loads(path.read_text())
         commands.append(f"`{_eval_command(data['config'], path)}`")
         rows += [r for r in data["results"] if r["method"] == "base_full"]
-    out = ["| length | ppl of the last tokens (base, full attention) | tokens scored | documents |",
-           "|---:|---:|---:|---:|"]
+    out = [
+        "| length | ppl of the last tokens (base, full attention) | tokens scored | documents |",
+        "|---:|---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: r["length"]):
         out.append(f"| {r['length']:,} | {_cell(r, 'ppl', '{:.3f}')} | {r['tokens_scored']:,} | {r['documents']} |")
     return "\n".join(out + ["", "From " + "; ".join(commands) + "."])
-
 
 
 def headline_section(paths: list[Path]) -> str:
@@ -386,8 +443,12 @@ def headline_section(paths: list[Path]) -> str:
                 col, cell = f"ppl {r['length'] // 1024}k", _cell(r, "ppl", "{:.3f}").split(":")[0]
             elif task == "ruler" and "ruler_means" in data:  # RULER's mean over its tasks, with its interval
                 col = f"RULER {r['length'] // 1024}k"
-                cell = _ruler_mean(next((m for m in data["ruler_means"]
-                                         if (m["length"], m["method"]) == (r["length"], r["method"])), None))
+                cell = _ruler_mean(
+                    next(
+                        (m for m in data["ruler_means"] if (m["length"], m["method"]) == (r["length"], r["method"])),
+                        None,
+                    )
+                )
             elif task in ("passkey", "ruler"):
                 key = "accuracy" if task == "passkey" else "score"
                 name = "ruler (old) " if _old_ruler(data["config"]) else f"{task} "
@@ -398,17 +459,21 @@ def headline_section(paths: list[Path]) -> str:
             (old.add if before else old.discard)(col)
     if not cols:
         return "Not measured yet: run the commands in docs/RESULTS.md."
-    methods = [m for m in ("memlong", "memlong_no_memory", "rag", "base_full", "base_truncated")
-               if any(m in c for c in cols.values())]
+    methods = [
+        m
+        for m in ("memlong", "memlong_no_memory", "rag", "base_full", "base_truncated")
+        if any(m in c for c in cols.values())
+    ]
     out = ["| method | " + " | ".join(c + " *" * (c in old) for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
         out.append(f"| {m} | " + " | ".join(c.get(m, "not run") for c in cols.values()) + " |")
-    out += ["", "From " + ", ".join(sources) + " (commands and per-depth/per-task tables: "
-            "[docs/RESULTS.md](docs/RESULTS.md))."]
+    out += [
+        "",
+        "From " + ", ".join(sources) + " (commands and per-depth/per-task tables: [docs/RESULTS.md](docs/RESULTS.md)).",
+    ]
     if old:
         out[-1] += f" \\* {OLDER_QUESTIONS[0].upper()}{OLDER_QUESTIONS[1:]}: see its table there."
     return "\n".join(out)
-
 
 
 def results_section(paths: list[Path]) -> str:
@@ -428,7 +493,10 @@ def results_section(paths: list[Path]) -> str:
         if _old_ruler(c):
             out += [OLD_RULER_NOTE, ""]
         if c["task"] == "ppl":
-            out += ["| length | method | ppl of the last tokens | tokens scored | documents |", "|---:|---|---:|---:|---:|"]
+            out += [
+                "| length | method | ppl of the last tokens | tokens scored | documents |",
+                "|---:|---|---:|---:|---:|",
+            ]
             for r in data["results"]:
                 ppl = f"{r['ppl']:.3f}" if r.get("ppl") is not None else r.get("note", "-")
                 out.append(f"| {r['length']:,} | {r['method']} | {ppl} | {r['tokens_scored']:,} | {r['documents']} |")
@@ -437,11 +505,16 @@ def results_section(paths: list[Path]) -> str:
         elif c["task"] == "ruler":
             out += _ruler_table(data["results"], data.get("ruler_means"))
         else:
-            out += ["| task | method | K in context | M in memory | accuracy | examples |", "|---|---|---:|---:|---:|---:|"]
+            out += [
+                "| task | method | K in context | M in memory | accuracy | examples |",
+                "|---|---|---:|---:|---:|---:|",
+            ]
             for r in data["results"]:
                 acc = f"{r['accuracy']:.3f}" if r.get("accuracy") is not None else r.get("note", "-")
-                out.append(f"| {r['task']} | {r['method']} | {r['shots_context']} | {r['shots_memory']} | {acc} | "
-                           f"{r.get('examples', '')} |")
+                out.append(
+                    f"| {r['task']} | {r['method']} | {r['shots_context']} | {r['shots_memory']} | {acc} | "
+                    f"{r.get('examples', '')} |"
+                )
         if c.get("plot") and (ROOT / c["plot"]).exists():
             out += ["", f"![{c['task']}]({c['plot']})"]
         out.append("")
@@ -449,17 +522,24 @@ def results_section(paths: list[Path]) -> str:
 
 
 # The earlier 7.5M reference model's evaluations (docs/HISTORY.md).
-REFERENCE_RESULTS = [RESULTS / f"reference_{name}.json" for name in
-                     ("ppl_validation", "ppl_test", "copy_probe", "ppl_test_int8", "ppl_test_fp8", "passkey", "icl")]
+REFERENCE_RESULTS = [
+    RESULTS / f"reference_{name}.json"
+    for name in ("ppl_validation", "ppl_test", "copy_probe", "ppl_test_int8", "ppl_test_fp8", "passkey", "icl")
+]
+
 
 def demo_section(path: Path) -> str:
     """The default model's `memlong demo` run: facts asked with and without memory, ppl, speed."""
     d = json.loads(path.read_text())
     doc = d["document"]
     parts = " + ".join(f"{p['doc_id']} ({p['tokens']:,})" for p in doc["parts"])
-    out = [f"`memlong demo --json {path.relative_to(ROOT)}` on {doc['tokens']:,} tokens of held-out text ({parts}), "
-           f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:", "",
-           "| fact (depth) | expected | fact's chunk retrieved | with memory | without memory |", "|---|---|---|---|---|"]
+    out = [
+        f"`memlong demo --json {path.relative_to(ROOT)}` on {doc['tokens']:,} tokens of held-out text ({parts}), "
+        f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:",
+        "",
+        "| fact (depth) | expected | fact's chunk retrieved | with memory | without memory |",
+        "|---|---|---|---|---|",
+    ]
     if "lexical_weight" not in d["model"]:  # its questions searched as before the window index / lexical term
         model = d["model"] if "rerank_index" in d["model"] else {"rerank_candidates": 32, "rerank_window": 32}
         out[1:1] = ["", _older_search_note({"memlong": model}, repeat=False)]
@@ -467,50 +547,121 @@ def demo_section(path: Path) -> str:
         out[1:1] = ["", REREAD_NOTE + "."]
     for f in d["facts"]:
         hit = "yes" if any(r.get("has_fact") for r in f["memory"]["retrieved"]) else "no"
-        ans = {k: ("right" if f[k]["correct"] else "wrong") + f": {f[k]['answer'][:40]!r}" for k in ("memory", "no_memory")}
-        out.append(f"| {f['question']} ({f['depth']:.0%}) | {f['expected']} | {hit} | {ans['memory']} | {ans['no_memory']} |")
+        ans = {
+            k: ("right" if f[k]["correct"] else "wrong") + f": {f[k]['answer'][:40]!r}" for k in ("memory", "no_memory")
+        }
+        out.append(
+            f"| {f['question']} ({f['depth']:.0%}) | {f['expected']} | {hit} | {ans['memory']} | {ans['no_memory']} |"
+        )
     ppl, rd, bank = d["ppl"], d["reading"], d["bank"]
-    out += ["", "| measure | with memory | without memory |", "|---|---:|---:|",
-            f"| ppl of the last {ppl['tokens_scored']:,} tokens | {ppl['with_memory']:.3f} | {ppl['without_memory']:.3f} |",
-            f"| reading speed (tokens/s) | {rd['memory']['tokens_per_s']:.0f} | {rd['no_memory']['tokens_per_s']:.0f} |",
-            f"| peak RSS after reading (MiB) | {rd['memory']['peak_rss_bytes_after_read'] / 2**20:,.0f} | "
-            f"{rd['no_memory']['peak_rss_bytes_after_read'] / 2**20:,.0f} |",
-            f"| bank | {bank['chunks']} chunks, {bank['bytes'] / 2**20:,.0f} MiB, {bank['kv_bytes_per_token']:,} bytes/token of K/V | - |"]
+    out += [
+        "",
+        "| measure | with memory | without memory |",
+        "|---|---:|---:|",
+        f"| ppl of the last {ppl['tokens_scored']:,} tokens | {ppl['with_memory']:.3f} | {ppl['without_memory']:.3f} |",
+        f"| reading speed (tokens/s) | {rd['memory']['tokens_per_s']:.0f} | {rd['no_memory']['tokens_per_s']:.0f} |",
+        f"| peak RSS after reading (MiB) | {rd['memory']['peak_rss_bytes_after_read'] / 2**20:,.0f} | "
+        f"{rd['no_memory']['peak_rss_bytes_after_read'] / 2**20:,.0f} |",
+        f"| bank | {bank['chunks']} chunks, {bank['bytes'] / 2**20:,.0f} MiB, {bank['kv_bytes_per_token']:,} bytes/token of K/V | - |",
+    ]
     return "\n".join(out)
 
 
 # The default model (SmolLM2-135M, training_free): README's headline table and docs/RESULTS.md.
-DEFAULT_RESULTS = [RESULTS / f"default_{name}.json" for name in
-                   ("ppl_test", "ppl_same_text", "ppl_to_64k", "ppl_by_length", "passkey", "passkey_32k", "passkey_64k",
-                    "passkey_64k_rerank_all", "passkey_128k", "passkey_no_sink", "passkey_upper_layers", "ruler_4k",
-                    "ruler_16k", "ruler_32k", "ruler", "ruler_long", "icl", "icl_no_requery")]
-DEFAULT_HEADLINE = [RESULTS / f"default_{name}.json" for name in
-                    ("ppl_same_text", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "ruler", "ruler_long",
-                     "ruler_4k", "ruler_16k", "ruler_32k", "icl")]
+DEFAULT_RESULTS = [
+    RESULTS / f"default_{name}.json"
+    for name in (
+        "ppl_test",
+        "ppl_same_text",
+        "ppl_to_64k",
+        "ppl_by_length",
+        "passkey",
+        "passkey_32k",
+        "passkey_64k",
+        "passkey_64k_rerank_all",
+        "passkey_128k",
+        "passkey_no_sink",
+        "passkey_upper_layers",
+        "ruler_4k",
+        "ruler_16k",
+        "ruler_32k",
+        "ruler",
+        "ruler_long",
+        "icl",
+        "icl_no_requery",
+    )
+]
+DEFAULT_HEADLINE = [
+    RESULTS / f"default_{name}.json"
+    for name in (
+        "ppl_same_text",
+        "passkey",
+        "passkey_32k",
+        "passkey_64k",
+        "passkey_128k",
+        "ruler",
+        "ruler_long",
+        "ruler_4k",
+        "ruler_16k",
+        "ruler_32k",
+        "icl",
+    )
+]
 
-LONG_CAPACITY = ("The bank's capacity is the default model's (131,072 tokens): once it is full, eviction keeps it "
-                 "at that size, so the cost per token and the memory should stay flat however long the input.")
+LONG_CAPACITY = (
+    "The bank's capacity is the default model's (131,072 tokens): once it is full, eviction keeps it "
+    "at that size, so the cost per token and the memory should stay flat however long the input."
+)
 
-SECTIONS = {"demo": (RESULTS / "demo.json", demo_section),
-            "default_headline": (RESULTS / "default_passkey.json", lambda _: headline_section(DEFAULT_HEADLINE)),
-            "default_results": (RESULTS / "default_passkey.json", lambda _: results_section(DEFAULT_RESULTS)),
-            "base_ppl": (RESULTS / "default_ppl_by_length.json", lambda _: base_ppl_section(
-                [RESULTS / "default_base_ppl_short.json", RESULTS / "default_ppl_by_length.json"])),
-            "bench_default": (RESULTS / "bench_ingest_default.json", bench_section),
-            "bench": (RESULTS / "bench_ingest.json", bench_section),
-            "retriever": (RESULTS / "bench_retriever.json", retriever_section),
-            "results": (RESULTS / "reference_ppl_test.json", lambda _: results_section(REFERENCE_RESULTS)),
-            "million": (RESULTS / "bench_million.json", million_section),
-            "long_default": (RESULTS / "bench_long_default.json", lambda p: million_section(p, [p], LONG_CAPACITY)),
-            "search": (RESULTS / "bench_search_minilm.json", search_section),
-            "question_options": (RESULTS / "question_options_validation_16k.json", lambda _: "\n\n".join((
+SECTIONS = {
+    "demo": (RESULTS / "demo.json", demo_section),
+    "default_headline": (RESULTS / "default_passkey.json", lambda _: headline_section(DEFAULT_HEADLINE)),
+    "default_results": (RESULTS / "default_passkey.json", lambda _: results_section(DEFAULT_RESULTS)),
+    "base_ppl": (
+        RESULTS / "default_ppl_by_length.json",
+        lambda _: base_ppl_section([RESULTS / "default_base_ppl_short.json", RESULTS / "default_ppl_by_length.json"]),
+    ),
+    "bench_default": (RESULTS / "bench_ingest_default.json", bench_section),
+    "bench": (RESULTS / "bench_ingest.json", bench_section),
+    "retriever": (RESULTS / "bench_retriever.json", retriever_section),
+    "results": (RESULTS / "reference_ppl_test.json", lambda _: results_section(REFERENCE_RESULTS)),
+    "million": (RESULTS / "bench_million.json", million_section),
+    "long_default": (RESULTS / "bench_long_default.json", lambda p: million_section(p, [p], LONG_CAPACITY)),
+    "search": (RESULTS / "bench_search_minilm.json", search_section),
+    "question_options": (
+        RESULTS / "question_options_validation_16k.json",
+        lambda _: "\n\n".join(
+            (
                 question_options_section(sorted(RESULTS.glob("question_options_validation_*.json"), key=_length_order)),
-                results_section([RESULTS / "question_options_icl_validation.json",
-                                 RESULTS / "question_options_icl_validation_options.json"])))),
-            "question_reread": (RESULTS / "question_reread_validation_16k.json", lambda _: "\n\n".join(filter(None, (
-                question_options_section(sorted(RESULTS.glob("question_reread_validation_*.json"), key=_length_order)),
-                results_section([RESULTS / "question_reread_icl_validation.json",
-                                 RESULTS / "question_reread_score_icl_validation.json"])))))}
+                results_section(
+                    [
+                        RESULTS / "question_options_icl_validation.json",
+                        RESULTS / "question_options_icl_validation_options.json",
+                    ]
+                ),
+            )
+        ),
+    ),
+    "question_reread": (
+        RESULTS / "question_reread_validation_16k.json",
+        lambda _: "\n\n".join(
+            filter(
+                None,
+                (
+                    question_options_section(
+                        sorted(RESULTS.glob("question_reread_validation_*.json"), key=_length_order)
+                    ),
+                    results_section(
+                        [
+                            RESULTS / "question_reread_icl_validation.json",
+                            RESULTS / "question_reread_score_icl_validation.json",
+                        ]
+                    ),
+                ),
+            )
+        ),
+    ),
+}
 
 
 def _length_order(path: Path) -> tuple[int, str]:
@@ -532,8 +683,9 @@ def render(text: str, page: Path = ROOT / "README.md") -> str:
 def _relative_links(body: str, page: Path) -> str:
     """Markdown link targets under docs/ (sections write them from the repository root) made
     relative to the folder of ``page``, where the reader's viewer resolves them."""
-    return re.sub(r"\]\((docs/[^)\s]+)\)",
-                  lambda m: "](" + os.path.relpath(ROOT / m.group(1), page.resolve().parent) + ")", body)
+    return re.sub(
+        r"\]\((docs/[^)\s]+)\)", lambda m: "](" + os.path.relpath(ROOT / m.group(1), page.resolve().parent) + ")", body
+    )
 
 
 DEFAULT_CARD = ROOT / "src" / "memlong" / "pretrained" / "default" / "README.md"
@@ -563,8 +715,10 @@ def main(argv: list[str] | None = None) -> int:
             f.write_text(new)
             print(f"updated {f}")
     if stale:
-        print(f"out of date: {', '.join(str(f.relative_to(ROOT)) for f in stale)}: run python scripts/render_readme.py",
-              file=sys.stderr)
+        print(
+            f"out of date: {', '.join(str(f.relative_to(ROOT)) for f in stale)}: run python scripts/render_readme.py",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -59,19 +59,31 @@ FAMILIES = {
     "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 4096}),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 8}),
-    "mixtral": (MixtralConfig, MixtralForCausalLM, {"sliding_window": 4096, "num_local_experts": 2,
-                                                    "num_experts_per_tok": 1}),
-    "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM, {"head_dim": 8, "num_experts": 2, "num_experts_per_tok": 1,
-                                                        "moe_intermediate_size": 32}),
+    "mixtral": (
+        MixtralConfig,
+        MixtralForCausalLM,
+        {"sliding_window": 4096, "num_local_experts": 2, "num_experts_per_tok": 1},
+    ),
+    "qwen3_moe": (
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+        {"head_dim": 8, "num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 32},
+    ),
     "gemma": (GemmaConfig, GemmaForCausalLM, {"head_dim": 8}),
     "olmo": (OlmoConfig, OlmoForCausalLM, {}),
     "olmo2": (Olmo2Config, Olmo2ForCausalLM, {}),
     # attention_multiplier: a non-default attention scale, passed to the attention as `scaling`
-    "granite": (GraniteConfig, GraniteForCausalLM, {"attention_multiplier": 0.3, "embedding_multiplier": 2.0,
-                                                    "residual_multiplier": 0.5, "logits_scaling": 2.0}),
+    "granite": (
+        GraniteConfig,
+        GraniteForCausalLM,
+        {"attention_multiplier": 0.3, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 2.0},
+    ),
     "phi3": (Phi3Config, Phi3ForCausalLM, {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
-    "starcoder2": (Starcoder2Config, Starcoder2ForCausalLM, {"sliding_window": 4096, "bos_token_id": 1,
-                                                            "eos_token_id": 2}),
+    "starcoder2": (
+        Starcoder2Config,
+        Starcoder2ForCausalLM,
+        {"sliding_window": 4096, "bos_token_id": 1, "eos_token_id": 2},
+    ),
 }
 
 
@@ -120,8 +132,15 @@ def assert_padded_batch_equals_each_sequence_alone(m, lengths=(130, 77, 9), side
 
 
 def small_memlong_config(**kw) -> memlong.MemLongConfig:
-    base = dict(memory_layer=2, retrieval_layers=(3, 4), chunk_size=8, top_k=2, memory_capacity=48, local_window=32,
-                rerank_window=4)  # half-overlapping windows of 4: the window index is built in every test
+    base = dict(
+        memory_layer=2,
+        retrieval_layers=(3, 4),
+        chunk_size=8,
+        top_k=2,
+        memory_capacity=48,
+        local_window=32,
+        rerank_window=4,
+    )  # half-overlapping windows of 4: the window index is built in every test
     base.update(kw)
     return memlong.MemLongConfig(**base)
 
@@ -154,8 +173,10 @@ def bpe_tokenizer_dir(tmp_path_factory):
     from memlong.tokenizer import train_and_save
 
     lib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [(lib / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "inspect.py", "textwrap.py",
-                                                     "shutil.py", "tempfile.py")]
+    texts = [
+        (lib / n).read_text()[:8000]
+        for n in ("argparse.py", "typing.py", "inspect.py", "textwrap.py", "shutil.py", "tempfile.py")
+    ]
     folder = tmp_path_factory.mktemp("bpe_tokenizer")
     train_and_save(texts, 512, folder)
     return folder
@@ -170,9 +191,18 @@ def save_tiny_lm(folder, tokenizer_dir, layers: int = 4, seed: int = 0, **config
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    cfg = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-               num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
-               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     cfg.update(config)
     torch.manual_seed(seed)
     LlamaForCausalLM(LlamaConfig(**cfg)).eval().save_pretrained(str(folder))
@@ -228,11 +258,22 @@ def save_tiny_memlong_model(texts: list[str], directory, max_position_embeddings
 
     tok = train_and_save(texts, 512, directory)
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=4,
-                                      max_position_embeddings=max_position_embeddings))
-    m = memlong.wrap(lm, small_memlong_config(chunk_size=16, local_window=64, memory_capacity=1024),
-                     retriever=memlong.HashingRetriever(dim=32))
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=max_position_embeddings,
+        )
+    )
+    m = memlong.wrap(
+        lm,
+        small_memlong_config(chunk_size=16, local_window=64, memory_capacity=1024),
+        retriever=memlong.HashingRetriever(dim=32),
+    )
     set_gates(m)
     m.save_pretrained(directory)
 
@@ -247,8 +288,9 @@ def eval_setup(tmp_path_factory):
 
     lib = Path(sysconfig.get_paths()["stdlib"])
     root = tmp_path_factory.mktemp("eval")
-    save_tiny_memlong_model([(lib / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "textwrap.py",
-                                                                     "shutil.py")], root / "model")
+    save_tiny_memlong_model(
+        [(lib / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "textwrap.py", "shutil.py")], root / "model"
+    )
     (root / "corpus").mkdir()
     with open(root / "corpus" / "test.jsonl", "w") as f:
         for i, name in enumerate(("inspect.py", "tempfile.py")):

@@ -28,10 +28,19 @@ SRC = HERE.parent / "src"
 
 class Killer:
     def __init__(self, target: str, **kwargs):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")]),
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), target, json.dumps(kwargs)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), target, json.dumps(kwargs)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         ready = self._answer()
         assert ready == {"ready": True}, ready
 
@@ -43,8 +52,9 @@ class Killer:
 
     def run(self, seconds: float | None, job: str, **kwargs) -> dict:
         """``{"killed": bool, "marks": {...}}``: whether the child died of the kill (else it finished)."""
-        self.proc.stdin.write(json.dumps({"seconds": -1 if seconds is None else seconds, "job": job,
-                                          "kwargs": kwargs}) + "\n")
+        self.proc.stdin.write(
+            json.dumps({"seconds": -1 if seconds is None else seconds, "job": job, "kwargs": kwargs}) + "\n"
+        )
         self.proc.stdin.flush()
         answer = self._answer()
         if "error" in answer:
@@ -107,8 +117,11 @@ def _serve(target: str, kwargs: dict) -> None:
             error = json.loads(report).get("error") if report else f"exit {os.waitstatus_to_exitcode(status)}"
             print(json.dumps({"killed": False, "error": error}), file=out, flush=True)
             continue
-        print(json.dumps({"killed": killed, "marks": json.loads(report) if report and not killed else {}}),
-              file=out, flush=True)
+        print(
+            json.dumps({"killed": killed, "marks": json.loads(report) if report and not killed else {}}),
+            file=out,
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

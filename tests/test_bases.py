@@ -34,6 +34,11 @@ def test_no_component_imports_the_pretrained_package():
         if rel.parts[0] in ("pretrained", "recipes") or rel.name in ("__init__.py", "__main__.py", "cli.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             assert not any(n == "memlong.pretrained" or n.startswith("memlong.pretrained.") for n in names), rel

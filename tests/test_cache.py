@@ -23,8 +23,14 @@ CHUNKS = 200  # about 3 MB of K/V: a save takes long enough (tens of ms) to be k
 
 
 def config() -> memlong.MemLongConfig:
-    return memlong.MemLongConfig(memory_layer=2, retrieval_layers=(3, 4), chunk_size=TAU, top_k=2,
-                                 memory_capacity=TAU * 2 * CHUNKS, local_window=WINDOW)
+    return memlong.MemLongConfig(
+        memory_layer=2,
+        retrieval_layers=(3, 4),
+        chunk_size=TAU,
+        top_k=2,
+        memory_capacity=TAU * 2 * CHUNKS,
+        local_window=WINDOW,
+    )
 
 
 def layout() -> BankLayout:
@@ -40,8 +46,15 @@ def build_memory(seed: int, chunks: int = CHUNKS) -> MemLongCache:
     for c in range(chunks):
         kv = torch.randn(H, TAU, D, generator=g)
         e = torch.randn(E, generator=g)
-        m.bank(0).add(kv, -kv, e / e.norm(), chunk_id=c, span=(c * TAU, (c + 1) * TAU),
-                      token_ids=torch.randint(0, 100, (TAU,), generator=g), text_span=(c * 30, c * 30 + 30))
+        m.bank(0).add(
+            kv,
+            -kv,
+            e / e.norm(),
+            chunk_id=c,
+            span=(c * TAU, (c + 1) * TAU),
+            token_ids=torch.randint(0, 100, (TAU,), generator=g),
+            text_span=(c * 30, c * 30 + 30),
+        )
     grow(m, seed)
     return m
 
@@ -52,8 +65,13 @@ def grow(m: MemLongCache, seed: int) -> None:
     bank = m.bank(0)
     c = int(bank.chunk_ids.max()) + 1 if len(bank) else 0
     kv = torch.randn(H, TAU, D, generator=g)
-    bank.add(kv, kv, torch.nn.functional.normalize(torch.randn(E, generator=g), dim=0), chunk_id=c,
-             span=(c * TAU, (c + 1) * TAU))
+    bank.add(
+        kv,
+        kv,
+        torch.nn.functional.normalize(torch.randn(E, generator=g), dim=0),
+        chunk_id=c,
+        span=(c * TAU, (c + 1) * TAU),
+    )
     seen = (c + 1) * TAU + WINDOW - 3
     m.seen, m.columns = [seen], seen
     for layer in range(LAYERS):
@@ -68,8 +86,16 @@ def bank_fingerprint(bank: MemoryBank, h=None) -> str:
     h = h or hashlib.sha256()
     slots = bank.valid.nonzero().flatten()
     slots = slots[torch.argsort(bank.chunk_ids[slots])]
-    for t in (bank.keys[slots], bank.values[slots], bank.embeddings[slots], bank.chunk_ids[slots], bank.spans[slots],
-              bank.token_ids[slots], bank.text_spans[slots], bank.counts[slots]):
+    for t in (
+        bank.keys[slots],
+        bank.values[slots],
+        bank.embeddings[slots],
+        bank.chunk_ids[slots],
+        bank.spans[slots],
+        bank.token_ids[slots],
+        bank.text_spans[slots],
+        bank.counts[slots],
+    ):
         h.update(t.contiguous().numpy().tobytes())
     h.update(repr(bank.evicted_report()).encode())
     return h.hexdigest()

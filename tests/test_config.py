@@ -14,9 +14,20 @@ def test_paper_defaults_and_numbering():
 
 
 def test_json_round_trip(tmp_path):
-    c = MemLongConfig(memory_layer=2, retrieval_layers=[3, 4], chunk_size=8, top_k=2, memory_capacity=64,
-                      local_window=32, eviction="fifo", fusion="joint", retrieval_offsets=[0, 1],
-                      question_offsets=[0, 1], question_order="score", question_reread=True)
+    c = MemLongConfig(
+        memory_layer=2,
+        retrieval_layers=[3, 4],
+        chunk_size=8,
+        top_k=2,
+        memory_capacity=64,
+        local_window=32,
+        eviction="fifo",
+        fusion="joint",
+        retrieval_offsets=[0, 1],
+        question_offsets=[0, 1],
+        question_order="score",
+        question_reread=True,
+    )
     c.save_pretrained(tmp_path)
     assert MemLongConfig.from_pretrained(tmp_path) == c
     json.loads(c.to_json_string())
@@ -63,15 +74,19 @@ def test_invalid_values_name_the_field(kwargs, field):
 
 
 def test_model_dependent_checks():
-    c = MemLongConfig(memory_layer=2, retrieval_layers=(3, 9), chunk_size=8, top_k=2, memory_capacity=64, local_window=32)
+    c = MemLongConfig(
+        memory_layer=2, retrieval_layers=(3, 9), chunk_size=8, top_k=2, memory_capacity=64, local_window=32
+    )
     with pytest.raises(MemLongConfigError, match="beyond the model"):
         c.validate_for_model(num_layers=4)
     with pytest.raises(MemLongConfigError, match="memory_layer"):
-        MemLongConfig(memory_layer=4, retrieval_layers=(5,), chunk_size=8, top_k=1, memory_capacity=8,
-                      local_window=8).validate_for_model(4)
+        MemLongConfig(
+            memory_layer=4, retrieval_layers=(5,), chunk_size=8, top_k=1, memory_capacity=8, local_window=8
+        ).validate_for_model(4)
     with pytest.raises(MemLongConfigError, match="max_position_embeddings"):
-        MemLongConfig(memory_layer=1, retrieval_layers=(2,), chunk_size=8, top_k=1, memory_capacity=8,
-                      local_window=64).validate_for_model(4, max_positions=32)
+        MemLongConfig(
+            memory_layer=1, retrieval_layers=(2,), chunk_size=8, top_k=1, memory_capacity=8, local_window=64
+        ).validate_for_model(4, max_positions=32)
 
 
 def test_unknown_field_and_corrupt_json(tmp_path):

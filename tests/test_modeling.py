@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import memlong
+
 from conftest import (
     FAMILIES,
     VOCAB,
@@ -48,7 +49,9 @@ def test_parity_with_empty_memory(family):
     torch.testing.assert_close(m(ids).logits, ref(ids).logits, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family, fusion", [(f, "separate") for f in FAMILIES] + [("llama", "joint"), ("qwen3", "joint")])
+@pytest.mark.parametrize(
+    "family, fusion", [(f, "separate") for f in FAMILIES] + [("llama", "joint"), ("qwen3", "joint")]
+)
 @torch.no_grad()
 def test_gate_at_initial_value_equals_base_on_its_window(family, fusion):
     model, ref = tiny_model(family)
@@ -73,15 +76,27 @@ def test_memory_changes_output_when_gates_open(memlong_model):
     assert (got[:, w + cfg.chunk_size :] - expected[:, w + cfg.chunk_size :]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family, fusion, positions", [("llama", "separate", "paper"), ("qwen3", "separate", "paper"),
-                                                      ("llama", "joint", "paper"), ("llama", "separate", "none"),
-                                                      ("gemma", "separate", "paper"), ("phi3", "separate", "paper"),
-                                                      ("granite", "separate", "paper"), ("olmo2", "separate", "paper")])
+@pytest.mark.parametrize(
+    "family, fusion, positions",
+    [
+        ("llama", "separate", "paper"),
+        ("qwen3", "separate", "paper"),
+        ("llama", "joint", "paper"),
+        ("llama", "separate", "none"),
+        ("gemma", "separate", "paper"),
+        ("phi3", "separate", "paper"),
+        ("granite", "separate", "paper"),
+        ("olmo2", "separate", "paper"),
+    ],
+)
 @torch.no_grad()
 def test_no_dependence_on_future_tokens(family, fusion, positions):
     model, _ = tiny_model(family)
-    m = memlong.wrap(model, small_memlong_config(fusion=fusion, memory_positions=positions),
-                     retriever=memlong.HashingRetriever(dim=32))
+    m = memlong.wrap(
+        model,
+        small_memlong_config(fusion=fusion, memory_positions=positions),
+        retriever=memlong.HashingRetriever(dim=32),
+    )
     set_gates(m)
     ids = rand_ids(1, 140, seed=3)
     base = m(ids).logits
@@ -247,8 +262,15 @@ def test_generate_continues_from_ingested_memory_and_samples(memlong_model):
     assert memory.get_seq_length() == 200
     question = rand_ids(1, 5, seed=7)
     torch.manual_seed(0)
-    out = m.generate(question, memory=memory, attention_mask=torch.ones_like(question), max_new_tokens=12,
-                     do_sample=True, top_k=20, pad_token_id=0)
+    out = m.generate(
+        question,
+        memory=memory,
+        attention_mask=torch.ones_like(question),
+        max_new_tokens=12,
+        do_sample=True,
+        top_k=20,
+        pad_token_id=0,
+    )
     assert out.shape == (1, 17) and torch.equal(out[:, :5], question)
     # same as reading doc + question in one stream
     again = m.ingest(doc)
@@ -295,10 +317,25 @@ def test_requery_retrieves_with_the_question():
     # generate(requery=True): the prompt's last chunk_size tokens are the question; it is read
     # (and answered) retrieving with the question's own embedding (focus_on), the rest as usual
     prompt = torch.cat([doc, question], 1)
-    plain = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=False,
-                       pad_token_id=0, output_scores=True, return_dict_in_generate=True)
-    asked = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, do_sample=False,
-                       pad_token_id=0, output_scores=True, return_dict_in_generate=True, requery=True)
+    plain = m.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    asked = m.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        requery=True,
+    )
     assert torch.equal(asked.sequences[:, : prompt.shape[1]], prompt) and asked.sequences.shape == (1, 306)
     by_hand = m.ingest(prompt[:, :-8])
     by_hand.focus_on(m.memlong_retriever, [prompt[0, -8:].tolist()])
@@ -310,8 +347,7 @@ def test_requery_retrieves_with_the_question():
     # with a memory, the whole prompt is the question; requery=N takes its last N tokens
     mem_a, mem_b = m.ingest(doc), m.ingest(doc)
     a = m.generate(question, memory=mem_a, max_new_tokens=2, do_sample=False, pad_token_id=0, requery=True)
-    b = m.generate(question, memory=mem_b, max_new_tokens=2, do_sample=False, pad_token_id=0,
-                   requery=question.shape[1])
+    b = m.generate(question, memory=mem_b, max_new_tokens=2, do_sample=False, pad_token_id=0, requery=question.shape[1])
     assert torch.equal(a, b) and mem_a.focus == [None]  # focus ends with the answer
     with pytest.raises(ValueError, match="1..7"):
         m.generate(question, memory=mem_a, max_new_tokens=2, requery=9)
@@ -331,8 +367,16 @@ def test_unsupported_model_names_supported_families():
 def test_partial_rotary_models_are_refused():
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    cfg = Phi3Config(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=8,
-                     num_key_value_heads=4, pad_token_id=0, partial_rotary_factor=0.5)
+    cfg = Phi3Config(
+        vocab_size=101,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        pad_token_id=0,
+        partial_rotary_factor=0.5,
+    )
     with pytest.raises(memlong.UnsupportedModelError, match="partial_rotary_factor=0.5"):
         memlong.wrap(Phi3ForCausalLM(cfg), small_memlong_config())
 
@@ -360,6 +404,7 @@ def test_bank_save_load_through_cache(memlong_model, tmp_path):
     cache.save_bank(tmp_path / "bank")
     fresh = m.new_memory()
     fresh.load_bank(tmp_path / "bank")
+
     def content(bank):
         return [(e["chunk_id"], e["span"], e["count"]) for e in bank.entries()]
 
@@ -465,9 +510,13 @@ def test_faiss_backend_and_fifo_run_through_the_model():
 def test_bank_tiers_and_compression_through_the_model(tmp_path):
     ids = rand_ids(1, 160, seed=17)
     outs = {}
-    for name, kw in {"plain": {}, "cpu": dict(bank_device="cpu"),
-                     "mmap": dict(bank_device="mmap", bank_mmap_dir=str(tmp_path)),
-                     "int8": dict(bank_dtype="int8"), "fp8": dict(bank_dtype="float8_e4m3fn")}.items():
+    for name, kw in {
+        "plain": {},
+        "cpu": dict(bank_device="cpu"),
+        "mmap": dict(bank_device="mmap", bank_mmap_dir=str(tmp_path)),
+        "int8": dict(bank_dtype="int8"),
+        "fp8": dict(bank_dtype="float8_e4m3fn"),
+    }.items():
         outs[name] = gated_llama(**kw)[0](ids)
         assert len(outs[name].memory.bank(0)) > 0
     for tier in ("cpu", "mmap"):  # where K/V are stored changes nothing
@@ -486,7 +535,9 @@ def test_retrieval_off_is_the_windowed_base_even_with_open_gates(memlong_model):
     ids = rand_ids(1, 100, seed=18)
     out = m(ids, cache=m.new_memory(1, retrieval=False))
     assert len(out.memory.bank(0)) == 0
-    torch.testing.assert_close(out.logits, windowed_reference(ref, ids, cfg.chunk_size, cfg.local_window), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        out.logits, windowed_reference(ref, ids, cfg.chunk_size, cfg.local_window), atol=ATOL, rtol=0
+    )
 
 
 @torch.no_grad()
@@ -518,8 +569,9 @@ def test_memory_from_another_config_is_refused(memlong_model, tmp_path):
         other.load_memory(tmp_path / "mem")
     # how a question searches is not part of what reading stored
     model, _ = tiny_model("llama")
-    asks = memlong.wrap(model, small_memlong_config(lexical_weight=2.0, rerank_candidates=5),
-                        retriever=memlong.HashingRetriever(dim=32))
+    asks = memlong.wrap(
+        model, small_memlong_config(lexical_weight=2.0, rerank_candidates=5), retriever=memlong.HashingRetriever(dim=32)
+    )
     assert asks.load_memory(tmp_path / "mem").seen == m.load_memory(tmp_path / "mem").seen
 
 
@@ -536,8 +588,11 @@ def test_local_window_must_fit_a_sliding_window_model(family):
     model = FAMILIES[family][1](cfg)
     with pytest.raises(memlong.MemLongConfigError, match="sliding window"):
         memlong.wrap(model, small_memlong_config(local_window=32), retriever=memlong.HashingRetriever(dim=32))
-    memlong.wrap(model, small_memlong_config(local_window=16, chunk_size=8, memory_capacity=48),
-                 retriever=memlong.HashingRetriever(dim=32))  # fits
+    memlong.wrap(
+        model,
+        small_memlong_config(local_window=16, chunk_size=8, memory_capacity=48),
+        retriever=memlong.HashingRetriever(dim=32),
+    )  # fits
 
 
 @torch.no_grad()
@@ -550,8 +605,11 @@ def test_window_index_is_built_when_a_question_needs_it(tmp_path):
     ids = torch.randint(0, VOCAB, (1, 203), generator=torch.Generator().manual_seed(3))
     retriever = memlong.HashingRetriever(dim=32)
     with_index = memlong.wrap(tiny_model("llama")[0], small_memlong_config(memory_capacity=400), retriever=retriever)
-    without = memlong.wrap(tiny_model("llama")[0], small_memlong_config(memory_capacity=400, rerank_index=False,
-                                                                          rerank_candidates=1000), retriever=retriever)
+    without = memlong.wrap(
+        tiny_model("llama")[0],
+        small_memlong_config(memory_capacity=400, rerank_index=False, rerank_candidates=1000),
+        retriever=retriever,
+    )
     set_gates(with_index)
     set_gates(without)
     out, out_plain = with_index(ids), without(ids)
@@ -567,13 +625,18 @@ def test_window_index_is_built_when_a_question_needs_it(tmp_path):
     slots = torch.tensor([e["slot"] for e in bank.entries()])
     plain_slots = torch.tensor([e["slot"] for e in plain.entries()])
     cos = bank.embeddings[slots] @ q
-    torch.testing.assert_close(search["rescore"](slots, cos), embed_search["rescore"](plain_slots, cos),
-                               atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        search["rescore"](slots, cos), embed_search["rescore"](plain_slots, cos), atol=2e-3, rtol=0
+    )
     assert not bank.unwindowed().numel()  # the question indexed every chunk
     for e in bank.entries():
         toks = bank.token_ids[e["slot"]].tolist()
-        assert torch.equal(bank.window_embeddings[e["slot"]], retriever.embed([toks[s : s + 4] for s in (0, 2, 4)]).half())
-    assert torch.equal(out.memory.question_hits(retriever, question)[0], out_plain.memory.question_hits(retriever, question)[0])
+        assert torch.equal(
+            bank.window_embeddings[e["slot"]], retriever.embed([toks[s : s + 4] for s in (0, 2, 4)]).half()
+        )
+    assert torch.equal(
+        out.memory.question_hits(retriever, question)[0], out_plain.memory.question_hits(retriever, question)[0]
+    )
     # reading on: new chunks arrive unindexed; index_windows embeds only them
     n = len(bank)
     more = with_index(ids[:, :40], past_key_values=out.memory).memory
@@ -594,11 +657,16 @@ def test_window_index_is_built_when_a_question_needs_it(tmp_path):
     across = without.load_memory(tmp_path / "mem")
     assert across.bank(0).window_embeddings is None and len(across.bank(0)) == n + 5
     nxt = ids[:, 150:170]
-    torch.testing.assert_close(without(nxt, past_key_values=across).logits,
-                               with_index(nxt, past_key_values=with_index.load_memory(tmp_path / "mem")).logits,
-                               atol=0, rtol=0)
-    assert torch.equal(across.question_hits(retriever, question)[0],
-                       with_index.load_memory(tmp_path / "mem").question_hits(retriever, question)[0])
+    torch.testing.assert_close(
+        without(nxt, past_key_values=across).logits,
+        with_index(nxt, past_key_values=with_index.load_memory(tmp_path / "mem")).logits,
+        atol=0,
+        rtol=0,
+    )
+    assert torch.equal(
+        across.question_hits(retriever, question)[0],
+        with_index.load_memory(tmp_path / "mem").question_hits(retriever, question)[0],
+    )
     # a memory dropped while focused on a question is freed at once (no reference cycle through it)
     import weakref
 
@@ -623,8 +691,12 @@ def test_lexical_weight_adds_the_question_words_to_each_chunk_score():
     outs = []
     for index in (True, False):
         kw = dict(memory_capacity=400, rerank_index=index, rerank_candidates=1000)
-        plain = memlong.wrap(tiny_model("llama")[0], small_memlong_config(lexical_weight=0.0, **kw), retriever=retriever)
-        lexical = memlong.wrap(tiny_model("llama")[0], small_memlong_config(lexical_weight=0.5, **kw), retriever=retriever)
+        plain = memlong.wrap(
+            tiny_model("llama")[0], small_memlong_config(lexical_weight=0.0, **kw), retriever=retriever
+        )
+        lexical = memlong.wrap(
+            tiny_model("llama")[0], small_memlong_config(lexical_weight=0.5, **kw), retriever=retriever
+        )
         out, out_plain = lexical(ids), plain(ids)
         torch.testing.assert_close(out.logits, out_plain.logits, atol=0, rtol=0)
         memory, bank = out.memory, out.memory.bank(0)
@@ -647,8 +719,11 @@ def test_question_hits_are_what_a_focused_question_reads():
     """memory.question_hits (what `memlong ask --show-retrieved` and the demo list) returns the
     chunks focus_on() then retrieves for the question, best first, without bumping counters."""
     model, _ = tiny_model("llama")
-    m = memlong.wrap(model, small_memlong_config(rerank_candidates=6, rerank_window=4, memory_capacity=400),
-                     retriever=memlong.HashingRetriever(dim=32))
+    m = memlong.wrap(
+        model,
+        small_memlong_config(rerank_candidates=6, rerank_window=4, memory_capacity=400),
+        retriever=memlong.HashingRetriever(dim=32),
+    )
     ids = torch.randint(0, VOCAB, (1, 203), generator=torch.Generator().manual_seed(3))
     memory = m.ingest(ids)
     bank = memory.bank(0)
@@ -670,9 +745,14 @@ def test_a_question_reads_its_hits_best_last_with_their_continuations():
     reading (no question) is the same model."""
     ids = torch.randint(0, VOCAB, (1, 203), generator=torch.Generator().manual_seed(3))
     question = ids[0, 40:46].tolist()
-    models = [memlong.wrap(tiny_model("llama")[0], small_memlong_config(memory_capacity=400, **kw),
-                           retriever=memlong.HashingRetriever(dim=32))
-              for kw in ({}, dict(question_order="score", question_offsets=(0, 1)))]
+    models = [
+        memlong.wrap(
+            tiny_model("llama")[0],
+            small_memlong_config(memory_capacity=400, **kw),
+            retriever=memlong.HashingRetriever(dim=32),
+        )
+        for kw in ({}, dict(question_order="score", question_offsets=(0, 1)))
+    ]
     for m in models:
         set_gates(m)
     plain, ordered = (m(ids) for m in models)
@@ -729,10 +809,12 @@ def test_question_reread_text_is_not_banked_again(tmp_path):
         assert 26 not in ids and {25, 27, 28} <= set(ids)
         tokens = [tuple(t) for t in bank.token_ids[bank.chunk_ids >= 0].tolist()]
         assert len(set(tokens)) == len(tokens)  # no chunk twice
-    torch.testing.assert_close(m(more[:, :5], cache=mem).logits, m(more[:, :5], cache=loaded).logits, atol=ATOL,
-                               rtol=0)
-    plain = memlong.wrap(tiny_model("llama")[0], dataclasses.replace(m.memlong_config, question_reread=False),
-                         retriever=m.memlong_retriever)
+    torch.testing.assert_close(m(more[:, :5], cache=mem).logits, m(more[:, :5], cache=loaded).logits, atol=ATOL, rtol=0)
+    plain = memlong.wrap(
+        tiny_model("llama")[0],
+        dataclasses.replace(m.memlong_config, question_reread=False),
+        retriever=m.memlong_retriever,
+    )
     mem, _ = asked(plain)
     plain.ingest(more, mem)
     assert set(range(30)) <= set(mem.bank(0).chunk_ids.tolist())
@@ -746,8 +828,11 @@ def test_question_reread_reads_the_hits_as_text_before_the_question():
     the prompt and the answer only. Each row of a batch is read as alone (left-padded when the
     rows' hits differ in length), and a memory with nothing banked reads nothing more."""
     m, _ = gated_llama(memory_capacity=400, question_offsets=(0, 1), question_order="score", question_reread=True)
-    plain = memlong.wrap(tiny_model("llama")[0], dataclasses.replace(m.memlong_config, question_reread=False),
-                         retriever=m.memlong_retriever)
+    plain = memlong.wrap(
+        tiny_model("llama")[0],
+        dataclasses.replace(m.memlong_config, question_reread=False),
+        retriever=m.memlong_retriever,
+    )
     set_gates(plain)
     docs = rand_ids(2, 200, seed=8)
     docs[:, 16:24] = torch.arange(90, 98)  # chunk 2 of both rows

@@ -32,14 +32,17 @@ def test_a_plain_answer_without_a_start_is_judged_from_the_first_token_generated
     assert end(torch.tensor([prompt + tok(" 48213.\n\nThe", add_special_tokens=False)["input_ids"]]), None)[0]
 
 
-@pytest.mark.parametrize("generated, answer, ended", [
-    (" 48213.\n\nThe code", "48213.", True),
-    ("\n\nThe code is 48213.\nQuestion: and", "The code is 48213.", True),
-    (":\n\n- 4154693\n- 1552141\n\nMore", ":\n\n- 4154693\n- 1552141", True),  # a list is not cut to ":"
-    (":\nQuestion: what", ":", True),  # a new question ends even an answer not begun
-    (":\n\n", ":\n\n", False),
-    (" 4154693.", "4154693.", False),
-])
+@pytest.mark.parametrize(
+    "generated, answer, ended",
+    [
+        (" 48213.\n\nThe code", "48213.", True),
+        ("\n\nThe code is 48213.\nQuestion: and", "The code is 48213.", True),
+        (":\n\n- 4154693\n- 1552141\n\nMore", ":\n\n- 4154693\n- 1552141", True),  # a list is not cut to ":"
+        (":\nQuestion: what", ":", True),  # a new question ends even an answer not begun
+        (":\n\n", ":\n\n", False),
+        (" 4154693.", "4154693.", False),
+    ],
+)
 def test_a_plain_answer_ends_at_a_new_question_or_a_blank_line_once_begun(generated, answer, ended):
     from memlong.qa import plain_answer
 

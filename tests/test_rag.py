@@ -49,8 +49,11 @@ def test_rag_picks_the_chunk_most_like_the_question_and_keeps_document_order():
     # the scores are the cosines of the retriever the memory uses, on the chunks' and the question's tokens
     emb = model.memlong_retriever.embed([ids[a:b] for a, b in rag.spans] + [ids[80:]])
     torch.testing.assert_close(torch.tensor(rag.scores), emb[:-1] @ emb[-1])
-    assert rag.record() == {"rag_chunks": [1, 6], "rag_scores": [round(rag.scores[1], 4), round(rag.scores[6], 4)],
-                            "rag_context_chunks": 10}
+    assert rag.record() == {
+        "rag_chunks": [1, 6],
+        "rag_scores": [round(rag.scores[1], 4), round(rag.scores[6], 4)],
+        "rag_context_chunks": 10,
+    }
     # a preamble before the context stays where it is; chunks are cut at the memory's boundaries
     pre = rag_prompt(model, ids, (5, 80), k=1)
     assert pre.spans[0] == (5, 8) and pre.chosen == [6] and pre.ids == ids[:5] + ids[48:56] + ids[80:]
@@ -102,9 +105,10 @@ def test_generate_answer_rag_runs_the_base_model_on_the_rag_prompt():
     answer = generate_answer("rag", model, base, tok, ids, 4, False, 512, context=(0, 80), retrieved=got)
     assert len(got) == 1 and got[0].chosen == rag_prompt(model, ids[0], (0, 80)).chosen
     prompt = torch.tensor([got[0].ids])
-    want = base.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False,
-                         pad_token_id=0)
-    assert answer == tok.decode(want[0, prompt.shape[1]:])
+    want = base.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False, pad_token_id=0
+    )
+    assert answer == tok.decode(want[0, prompt.shape[1] :])
     with pytest.raises(ValueError, match=r"needs context=\(start, end\)"):
         generate_answer("rag", model, base, tok, ids, 4, False, 512)
     with pytest.raises(Skip, match="over the base model's 20-token context"):  # recorded as skipped, not made up

@@ -52,14 +52,23 @@ def test_results_tables_name_their_commands():
     assert "| 4,096 | memlong |" in text
 
 
-
 def test_passkey_table_shows_the_share_of_keys_retrieved():
     render_readme = _render_readme()
     answers = [{"key": "1", "answer": "1", "key_retrieved": True}, {"key": "2", "answer": "x", "key_retrieved": False}]
-    rows = [{"method": "memlong", "length": 4096, "depth": d, "trials": 2, "accuracy": 0.5, "answers": answers}
-            for d in (0.1, 0.9)]
-    rows.append({"method": "memlong_no_memory", "length": 4096, "depth": 0.1, "trials": 2, "accuracy": 0.0,
-                 "answers": [{"key": "1", "answer": "x"}]})
+    rows = [
+        {"method": "memlong", "length": 4096, "depth": d, "trials": 2, "accuracy": 0.5, "answers": answers}
+        for d in (0.1, 0.9)
+    ]
+    rows.append(
+        {
+            "method": "memlong_no_memory",
+            "length": 4096,
+            "depth": 0.1,
+            "trials": 2,
+            "accuracy": 0.0,
+            "answers": [{"key": "1", "answer": "x"}],
+        }
+    )
     table = render_readme._passkey_table(rows)
     assert "key retrieved" in table[0] and table[2].endswith("| 0.50 | 0.50 | 2 |") and "| - | 2 |" in table[3]
     assert "key retrieved" not in render_readme._passkey_table(rows[2:])[0]
@@ -70,12 +79,28 @@ def test_results_measured_before_the_window_index_say_so(tmp_path):
     RESULTS.md table and in the headline's column, since its command now retrieves otherwise."""
     render_readme = _render_readme()
     row = {"method": "memlong", "length": 4096, "depth": 0.5, "trials": 1, "accuracy": 1.0}
-    config = {"task": "passkey", "methods": "memlong", "lengths": "4096", "data": "d", "depths": "0.5", "trials": 1,
-              "memlong": {"top_k": 4}}
+    config = {
+        "task": "passkey",
+        "methods": "memlong",
+        "lengths": "4096",
+        "data": "d",
+        "depths": "0.5",
+        "trials": 1,
+        "memlong": {"top_k": 4},
+    }
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps({"config": config, "results": [row]}))
-    new.write_text(json.dumps({"config": {**config, "memlong": {"top_k": 4, "rerank_index": True, "lexical_weight": 0.5,
-                                                                "question_reread": True}}, "results": [row]}))
+    new.write_text(
+        json.dumps(
+            {
+                "config": {
+                    **config,
+                    "memlong": {"top_k": 4, "rerank_index": True, "lexical_weight": 0.5, "question_reread": True},
+                },
+                "results": [row],
+            }
+        )
+    )
     assert "before the bank's window index" in render_readme.results_section([old])
     assert "window index" not in render_readme.results_section([new])
     # a run with the window index but before the lexical term is marked too
@@ -86,7 +111,9 @@ def test_results_measured_before_the_window_index_say_so(tmp_path):
     assert not render_readme._older_search(ppl)  # reading is not affected
     render_readme.ROOT = tmp_path  # the headline names its sources relative to the repository
     assert "| passkey 4k * |" in render_readme.headline_section([old])
-    assert "| passkey 4k |" in render_readme.headline_section([old, new]) and "*" not in render_readme.headline_section([new])
+    assert "| passkey 4k |" in render_readme.headline_section([old, new]) and "*" not in render_readme.headline_section(
+        [new]
+    )
 
 
 def test_default_model_results_measured_before_question_reread_say_so(tmp_path):
@@ -96,8 +123,16 @@ def test_default_model_results_measured_before_question_reread_say_so(tmp_path):
     render_readme = _render_readme()
     row = {"method": "memlong", "length": 4096, "depth": 0.5, "trials": 1, "accuracy": 1.0}
     search = {"top_k": 4, "rerank_index": True, "lexical_weight": 0.5}
-    config = {"task": "passkey", "model": None, "methods": "memlong", "lengths": "4096", "data": "d", "depths": "0.5",
-              "trials": 1, "memlong": search}
+    config = {
+        "task": "passkey",
+        "model": None,
+        "methods": "memlong",
+        "lengths": "4096",
+        "data": "d",
+        "depths": "0.5",
+        "trials": 1,
+        "memlong": search,
+    }
     before = tmp_path / "before.json"
     before.write_text(json.dumps({"config": config, "results": [row]}))
     assert render_readme._before_reread(config)

@@ -19,8 +19,13 @@ def ids_of(tok, text):
 def test_default_retriever_is_offline_minilm(minilm):
     tok, r = minilm
     assert r.dim == 384
-    e = r.embed([ids_of(tok, "the cat sat on the mat"), ids_of(tok, "a feline rested on a rug"),
-                 ids_of(tok, "stock markets fell sharply today")])
+    e = r.embed(
+        [
+            ids_of(tok, "the cat sat on the mat"),
+            ids_of(tok, "a feline rested on a rug"),
+            ids_of(tok, "stock markets fell sharply today"),
+        ]
+    )
     assert e.shape == (3, 384)
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(3))
     assert e[0] @ e[1] > e[0] @ e[2] + 0.3  # paraphrase closer than an unrelated sentence
@@ -56,13 +61,28 @@ def test_semantic_needle_retrieved_from_far_back_through_the_model(minilm):
     chunks[2] = needle
     chunks[57] = question  # the causal query of chunk 58
     ids = torch.tensor([sum(chunks, [])])
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
-    m = memlong.wrap(LlamaForCausalLM(cfg).eval(),
-                     memlong.MemLongConfig(memory_layer=1, retrieval_layers=(2,), chunk_size=tau, top_k=1,
-                                           memory_capacity=64 * tau, local_window=4 * tau),
-                     retriever=r)
+    m = memlong.wrap(
+        LlamaForCausalLM(cfg).eval(),
+        memlong.MemLongConfig(
+            memory_layer=1,
+            retrieval_layers=(2,),
+            chunk_size=tau,
+            top_k=1,
+            memory_capacity=64 * tau,
+            local_window=4 * tau,
+        ),
+        retriever=r,
+    )
     cache = m.ingest(ids)
     counts = {e["chunk_id"]: e["count"] for e in cache.bank(0).entries()}
     assert counts[2] >= 1, counts
@@ -72,13 +92,24 @@ def test_semantic_needle_retrieved_from_far_back_through_the_model(minilm):
 def test_ingest_text_records_character_spans(minilm):
     tok, r = minilm
     text = "The quick brown fox jumps over the lazy dog. " * 40
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
-    m = memlong.wrap(LlamaForCausalLM(cfg).eval(),
-                     memlong.MemLongConfig(memory_layer=1, retrieval_layers=(2,), chunk_size=16, top_k=1,
-                                           memory_capacity=1024, local_window=64),
-                     retriever=memlong.HashingRetriever(), tokenizer=tok)
+    m = memlong.wrap(
+        LlamaForCausalLM(cfg).eval(),
+        memlong.MemLongConfig(
+            memory_layer=1, retrieval_layers=(2,), chunk_size=16, top_k=1, memory_capacity=1024, local_window=64
+        ),
+        retriever=memlong.HashingRetriever(),
+        tokenizer=tok,
+    )
     bank = m.ingest_text(text).bank(0)
     assert len(bank) > 10
     for e in bank.entries():
@@ -98,8 +129,12 @@ def _emb_retriever(seed=0, vocab=101, dim=32, **kw):
 def test_embedding_retriever_is_deterministic_unit_norm_and_batch_equals_single():
     g = torch.Generator().manual_seed(1)
     chunks = [torch.randint(0, 101, (n,), generator=g).tolist() for n in (8, 8, 5, 8)]
-    for kw in ({}, {"whiten": False}, {"center": False, "whiten": False},
-               {"token_weights": torch.rand(101, generator=g)}):
+    for kw in (
+        {},
+        {"whiten": False},
+        {"center": False, "whiten": False},
+        {"token_weights": torch.rand(101, generator=g)},
+    ):
         r = _emb_retriever(**kw)
         e = r.embed(chunks)
         assert e.shape == (4, 32) and e.dtype == torch.float32
@@ -195,7 +230,9 @@ def test_embedding_retriever_through_wrap_end_to_end():
     model, _ = tiny_model_pair()
     r = memlong.EmbeddingRetriever.from_model(model)
     m = memlong.wrap(model, small_memlong_config(top_k=1), retriever="embedding")  # a name resolves on this model
-    assert isinstance(m.memlong_retriever, memlong.EmbeddingRetriever) and m.memlong_retriever.describe() == r.describe()
+    assert (
+        isinstance(m.memlong_retriever, memlong.EmbeddingRetriever) and m.memlong_retriever.describe() == r.describe()
+    )
     set_gates(m)
     g = torch.Generator().manual_seed(3)
     tau = m.memlong_config.chunk_size
@@ -215,34 +252,67 @@ def test_bench_retriever_runs_end_to_end(tmp_path, monkeypatch, bpe_tokenizer_di
     import sysconfig
     from pathlib import Path
 
-    from conftest import save_tiny_lm
     from transformers import AutoTokenizer
 
     from memlong.cli import main
     from memlong.pretrained import ENV_VAR
     from memlong.retriever import count_tokens, save_token_counts
 
+    from conftest import save_tiny_lm
+
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     # each text repeats every ~6 chunks, so the next chunk often copies an earlier one
-    docs = [{"id": f"stdlib/{n}", "source": "stdlib", "text": (stdlib / n).read_text()[:400] * 8}
-            for n in ("argparse.py", "textwrap.py")]
+    docs = [
+        {"id": f"stdlib/{n}", "source": "stdlib", "text": (stdlib / n).read_text()[:400] * 8}
+        for n in ("argparse.py", "textwrap.py")
+    ]
     # The default base replaced by a tiny model folder that ships token counts (SIF weights).
     base = save_tiny_lm(tmp_path / "base", bpe_tokenizer_dir)
     tok = AutoTokenizer.from_pretrained(str(base))
-    seqs = [tok((stdlib / n).read_text()[:4000], add_special_tokens=False)["input_ids"] for n in ("shutil.py", "typing.py")]
+    seqs = [
+        tok((stdlib / n).read_text()[:4000], add_special_tokens=False)["input_ids"] for n in ("shutil.py", "typing.py")
+    ]
     save_token_counts(base, count_tokens(seqs, len(tok)), {"split": "test"})
     monkeypatch.setenv(ENV_VAR, str(base))
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
     out = tmp_path / "bench.json"
-    rc = main(["bench", "retriever", "--corpus", str(corpus), "--sample-corpus", str(corpus), "--chunks", "24",
-               "--chunk-size", "32", "--max-doc-chunks", "12", "--sample-tokens", "500", "--threads", "1",
-               "--json", str(out)])
+    rc = main(
+        [
+            "bench",
+            "retriever",
+            "--corpus",
+            str(corpus),
+            "--sample-corpus",
+            str(corpus),
+            "--chunks",
+            "24",
+            "--chunk-size",
+            "32",
+            "--max-doc-chunks",
+            "12",
+            "--sample-tokens",
+            "500",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     rows = {r["retriever"]: r for r in report["results"]}
-    assert set(rows) == {"minilm", "hashing", "embedding_mean", "embedding_centered", "embedding_whitened",
-                         "embedding", "embedding_sif", "embedding_sif_self", "random"}
+    assert set(rows) == {
+        "minilm",
+        "hashing",
+        "embedding_mean",
+        "embedding_centered",
+        "embedding_whitened",
+        "embedding",
+        "embedding_sif",
+        "embedding_sif_self",
+        "random",
+    }
     # the base folder has token counts: `embedding` is SIF-weighted, `embedding_whitened` not
     assert rows["embedding"]["describe"]["token_weights"] is not None
     assert rows["embedding_whitened"]["describe"]["token_weights"] is None

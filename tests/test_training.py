@@ -25,8 +25,14 @@ def test_plant_recall_copies_from_beyond_the_gap():
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_stream_applies_recall_at_its_rate(rate):
     docs = [" ".join(str(i) for i in range(d * 1000, d * 1000 + 800)) for d in range(3)]
-    stream = SegmentStream(documents=lambda: iter(docs), tokenize=lambda t: [int(w) for w in t.split()],
-                           batch_size=1, segment=64, recall_rate=rate, recall_span=32)
+    stream = SegmentStream(
+        documents=lambda: iter(docs),
+        tokenize=lambda t: [int(w) for w in t.split()],
+        batch_size=1,
+        segment=64,
+        recall_rate=rate,
+        recall_span=32,
+    )
     tokens = []
     while len(tokens) < 800:
         b = stream.next_batch()

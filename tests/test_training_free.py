@@ -5,6 +5,9 @@ window is retrieved, in every layer, it is the stock model with full attention."
 
 import pytest
 import torch
+
+import memlong
+
 from conftest import (
     VOCAB,
     assert_padded_batch_equals_each_sequence_alone,
@@ -12,8 +15,6 @@ from conftest import (
     small_memlong_config,
     tiny_model,
 )
-
-import memlong
 
 ATOL = 1e-5
 
@@ -182,8 +183,9 @@ def test_bank_holds_each_retrieval_layers_kv_and_saves(tmp_path, sink):
 def test_config_checks_for_training_free_mode():
     # retrieval layers need not be above the memory layer; positions must fit the model
     memlong.MemLongConfig(mode="training_free", memory_layer=13, retrieval_layers=(1, 2, 3))
-    cfg = small_memlong_config(mode="training_free", memory_layer=1, retrieval_layers=(1, 2), top_k=60,
-                               memory_capacity=4000, local_window=64)
+    cfg = small_memlong_config(
+        mode="training_free", memory_layer=1, retrieval_layers=(1, 2), top_k=60, memory_capacity=4000, local_window=64
+    )
     model, _ = tiny_model("llama")  # max_position_embeddings 512 < 60 * 8 + 64
     with pytest.raises(memlong.MemLongConfigError, match="max_position_embeddings"):
         memlong.wrap(model, cfg, retriever=memlong.HashingRetriever(dim=32))
@@ -193,8 +195,15 @@ def test_config_checks_for_training_free_mode():
         memlong.MemLongConfig(sink_tokens=4)  # MemLong mode has no sink
     with pytest.raises(memlong.MemLongConfigError, match="sink_tokens.*0..chunk_size=8"):
         small_memlong_config(mode="training_free", sink_tokens=9)
-    cfg = small_memlong_config(mode="training_free", memory_layer=1, retrieval_layers=(1, 2), top_k=56,
-                               memory_capacity=4000, local_window=64, sink_tokens=8)  # 8 + 448 + 64 > 512
+    cfg = small_memlong_config(
+        mode="training_free",
+        memory_layer=1,
+        retrieval_layers=(1, 2),
+        top_k=56,
+        memory_capacity=4000,
+        local_window=64,
+        sink_tokens=8,
+    )  # 8 + 448 + 64 > 512
     with pytest.raises(memlong.MemLongConfigError, match="8 \\+ 448 \\+ 64"):
         memlong.wrap(tiny_model("llama")[0], cfg, retriever=memlong.HashingRetriever(dim=32))
 

@@ -18,6 +18,7 @@ Kept as the record of a study, apart from the package (nothing imports it): it w
 the RULER generator before `memlong eval ruler` followed RULER's own definitions, so it runs as it
 did only from commit a49c312 (`git checkout a49c312 -- src scripts`), where its JSONs were measured.
 """
+
 import argparse
 import copy
 import dataclasses
@@ -92,7 +93,9 @@ def main() -> None:
     if args.resume and os.path.exists(args.json):
         report = json.load(open(args.json))
         if report["config"] != _config(args, model):
-            raise SystemExit(f"--resume: {args.json} was made with other flags or another model config; use a new --json")
+            raise SystemExit(
+                f"--resume: {args.json} was made with other flags or another model config; use a new --json"
+            )
         done = {r["prompt"]: r for r in report["prompts"]}
     rows = []
     for name, task, L, ids, q, answers, new_tokens in prompts:
@@ -103,8 +106,14 @@ def main() -> None:
         ids = torch.tensor([ids])
         memory = model.ingest(ids[:, :-q])  # what generate(requery=q) reads before the question
         memory.index_windows(model.memlong_retriever)  # once, not in every copy (the first question's work)
-        row = {"prompt": name, "task": task, "length": L, "expected": answers,
-               "read_seconds": round(time.perf_counter() - t0, 1), "answers": {}}
+        row = {
+            "prompt": name,
+            "task": task,
+            "length": L,
+            "expected": answers,
+            "read_seconds": round(time.perf_counter() - t0, 1),
+            "answers": {},
+        }
         question = ids[:, -q:]
         if task == "passkey":
             row["hits"] = question_hits(model, tok, memory, question[0].tolist(), answers[0])
@@ -112,8 +121,15 @@ def main() -> None:
             m = copy.deepcopy(memory)
             m.config = dataclasses.replace(memory.config, **fields)
             stop = StoppingCriteriaList([answer_end(tok, q)]) if task != "passkey" else None
-            out = model.generate(question, memory=m, requery=True, max_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, stopping_criteria=stop)
+            out = model.generate(
+                question,
+                memory=m,
+                requery=True,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                stopping_criteria=stop,
+            )
             text = tok.decode(out[0, q:], skip_special_tokens=True)
             if task == "passkey":
                 s = float(passkey_digits(text) == answers[0])
@@ -121,8 +137,12 @@ def main() -> None:
                 text = plain_answer(text)[0]
                 s = score(text, answers)
             row["answers"][variant] = {"output": text.strip()[:80], "score": s}
-        print(json.dumps({k: row[k] for k in ("prompt", "read_seconds")} |
-                         {v: a["score"] for v, a in row["answers"].items()}), flush=True)
+        print(
+            json.dumps(
+                {k: row[k] for k in ("prompt", "read_seconds")} | {v: a["score"] for v, a in row["answers"].items()}
+            ),
+            flush=True,
+        )
         rows.append(row)
         _write(args, model, rows)
     _write(args, model, rows, final=True)
@@ -132,7 +152,7 @@ def question_hits(model, tok, memory, question: list[int], key: str) -> list[dic
     """The chunks the question retrieves under the model's config, best first: chunk id, score,
     whether it holds the key, and the start of its text (what a reading miss read besides the key)."""
     bank = memory.bank(0)
-    slots, scores = memory.question_hits(model.memlong_retriever, question[-model.memlong_config.chunk_size:])
+    slots, scores = memory.question_hits(model.memlong_retriever, question[-model.memlong_config.chunk_size :])
     hits = []
     for s, score in zip(slots.tolist(), scores.tolist()):
         text = tok.decode(bank.token_ids[s].tolist())
@@ -142,8 +162,14 @@ def question_hits(model, tok, memory, question: list[int], key: str) -> list[dic
 
 def _config(args, model) -> dict:
     chosen = {v: VARIANTS[v] for v in args.variants.split(",")}
-    return {**vars(args), "resume": None, "json": None, "threads": None, "variants": _jsonable(chosen),
-            "memlong": model.memlong_config.to_dict()}
+    return {
+        **vars(args),
+        "resume": None,
+        "json": None,
+        "threads": None,
+        "variants": _jsonable(chosen),
+        "memlong": model.memlong_config.to_dict(),
+    }
 
 
 def _jsonable(x):
@@ -156,8 +182,13 @@ def _write(args, model, rows, final=False) -> None:
         for variant, a in r["answers"].items():
             cell = summary.setdefault(r["task"], {}).setdefault(str(r["length"]), {}).setdefault(variant, [])
             cell.append(a["score"])
-    summary = {t: {L: {v: {"score": round(sum(s) / len(s), 3), "prompts": len(s)} for v, s in by_v.items()}
-                   for L, by_v in by_L.items()} for t, by_L in summary.items()}
+    summary = {
+        t: {
+            L: {v: {"score": round(sum(s) / len(s), 3), "prompts": len(s)} for v, s in by_v.items()}
+            for L, by_v in by_L.items()
+        }
+        for t, by_L in summary.items()
+    }
     with open(args.json, "w") as f:
         json.dump({"summary": summary, "prompts": rows, "config": _config(args, model)}, f, indent=1)
         f.write("\n")

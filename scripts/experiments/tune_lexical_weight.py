@@ -18,6 +18,7 @@ Kept as the record of a study, apart from the package (nothing imports it): it w
 the RULER generator before `memlong eval ruler` followed RULER's own definitions, so it runs as it
 did only from commit a49c312 (`git checkout a49c312 -- src scripts`), where its JSONs were measured.
 """
+
 import argparse
 import json
 import random
@@ -28,16 +29,37 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
 TAU, W = 128, 32
 FACTS = [  # (fact, question in other words)
     ("The quarterly meeting has been moved to Thursday afternoon.", "On which day will the gathering take place?"),
-    ("Dr. Imani Okafor leads the cardiology department at Westbrook Hospital.", "Who is in charge of heart medicine at the clinic?"),
-    ("Our office cat is named Biscuit and she sleeps on the printer.", "What do we call the feline that lives at work?"),
-    ("The bridge over the Tamsen river was closed for repairs last spring.", "Why could nobody cross the waterway a few months ago?"),
+    (
+        "Dr. Imani Okafor leads the cardiology department at Westbrook Hospital.",
+        "Who is in charge of heart medicine at the clinic?",
+    ),
+    (
+        "Our office cat is named Biscuit and she sleeps on the printer.",
+        "What do we call the feline that lives at work?",
+    ),
+    (
+        "The bridge over the Tamsen river was closed for repairs last spring.",
+        "Why could nobody cross the waterway a few months ago?",
+    ),
     ("Maria's flight to Lisbon leaves at 6:40 in the morning.", "When does her plane to Portugal depart?"),
-    ("The new library wing cost 4.2 million dollars to build.", "How expensive was the construction of the extra section for books?"),
+    (
+        "The new library wing cost 4.2 million dollars to build.",
+        "How expensive was the construction of the extra section for books?",
+    ),
     ("Tomas prefers green tea without sugar.", "How does he like his drink?"),
-    ("The warehouse alarm code was changed to 7731.", "What are the digits that disarm the storage building security system?"),
-    ("Our team lost the final match three goals to one.", "What was the score when the squad was defeated in the championship game?"),
+    (
+        "The warehouse alarm code was changed to 7731.",
+        "What are the digits that disarm the storage building security system?",
+    ),
+    (
+        "Our team lost the final match three goals to one.",
+        "What was the score when the squad was defeated in the championship game?",
+    ),
     ("The recipe needs two cups of flour and one egg.", "Which ingredients go into the dish?"),
-    ("Professor Lindqvist retired after forty years of teaching physics.", "How long did the scientist work as an educator?"),
+    (
+        "Professor Lindqvist retired after forty years of teaching physics.",
+        "How long did the scientist work as an educator?",
+    ),
     ("The shipment of laptops arrives at the Denver depot on May 3.", "When will the computers reach Colorado?"),
 ]
 
@@ -65,7 +87,7 @@ def main() -> None:
     def embedded(chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each chunk's embedding [n, dim] and its windows' [n, windows, dim]."""
         whole = retriever.embed(chunks).float()
-        windows = retriever.embed([c[s:s + W] for c in chunks for s in starts]).float()
+        windows = retriever.embed([c[s : s + W] for c in chunks for s in starts]).float()
         return whole, windows.view(len(chunks), len(starts), -1)
 
     def dense(emb: tuple[torch.Tensor, torch.Tensor], question: list[int]) -> torch.Tensor:
@@ -131,7 +153,7 @@ def main() -> None:
         bank = torch.tensor(s.ids[: m * TAU]).view(m, TAU)
         asked = [(p, len(x)) for p, x in zip(s.positions, s.statements) if any(a in tok.decode(x) for a in s.answers)]
         answer = sorted({j for p, k in asked for j in range(p // TAU, (p + k - 1) // TAU + 1) if j < m})
-        question = s.ids[-s.question_tokens:]
+        question = s.ids[-s.question_tokens :]
         trials.append(ranks(dense(embedded(bank.tolist()), question), bank, question, answer))
     results["ruler_niah_multikey_16k"] = trials
     summary = {}
@@ -139,8 +161,11 @@ def main() -> None:
         summary[task] = {}
         for w in WEIGHTS:
             r = [x[str(w)] for x in results[task]]
-            summary[task][str(w)] = {"top4": round(sum(v <= 4 for v in r) / len(r), 3),
-                                     "top1": round(sum(v == 1 for v in r) / len(r), 3), "worst": max(r)}
+            summary[task][str(w)] = {
+                "top4": round(sum(v <= 4 for v in r) / len(r), 3),
+                "top1": round(sum(v == 1 for v in r) / len(r), 3),
+                "worst": max(r),
+            }
     results["summary"] = summary
     print(json.dumps(summary, indent=1))
     if args.json:

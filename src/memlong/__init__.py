@@ -6,12 +6,12 @@ through the upper layers, the most relevant past chunks are retrieved and the re
 attend to them beside the local window.
 """
 
+from memlong import pretrained  # noqa: E402,F401  (registers the default model's base, memlong:default)
 from memlong.cache import MemLongCache
 from memlong.config import MemLongConfig, MemLongConfigError
 from memlong.memory import BankFileError, BankLayout, EvictionWarning, MemoryBank
 from memlong.modeling import SUPPORTED_FAMILIES, UnsupportedModelError, from_pretrained, wrap
 from memlong.retriever import EmbeddingRetriever, HashingRetriever, Retriever, SentenceTransformerRetriever
-from memlong import pretrained  # noqa: E402,F401  (registers the default model's base, memlong:default)
 
 # The release (CHANGELOG.md); equal to pyproject.toml's version (tests/test_version.py).
 __version__ = "0.2.0"

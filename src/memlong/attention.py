@@ -134,11 +134,16 @@ class DecodeBuffer:
         ``wk_rot``: the rotated window the cache handed over (:func:`_handed_rotated_window`), or None."""
         M, L = self.mem_k.shape[2], wk.shape[2]
         return (
-            mem_k is self.mem_k and wk_rot is not None and L + S <= self.k.shape[2]
+            mem_k is self.mem_k
+            and wk_rot is not None
+            and L + S <= self.k.shape[2]
             and wk.dtype == wv.dtype == wk_rot.dtype == self.k.dtype
-            and wk.data_ptr() == self.k.data_ptr() and wk.stride() == self.k.stride()
-            and wk_rot.data_ptr() == self.kr[:, :, M:].data_ptr() and wk_rot.stride() == self.kr.stride()
-            and wv.data_ptr() == self.v[:, :, M:].data_ptr() and wv.stride() == self.v.stride()
+            and wk.data_ptr() == self.k.data_ptr()
+            and wk.stride() == self.k.stride()
+            and wk_rot.data_ptr() == self.kr[:, :, M:].data_ptr()
+            and wk_rot.stride() == self.kr.stride()
+            and wv.data_ptr() == self.v[:, :, M:].data_ptr()
+            and wv.stride() == self.v.stride()
             and wv.shape[2] == L
         )
 
@@ -193,7 +198,9 @@ def _from_grid(y: torch.Tensor, ctx: CallContext, S: int) -> torch.Tensor:
 def _local_attention(q, k, v, ctx: CallContext, p: float, scale: float) -> torch.Tensor:
     """Causal attention over the block-sliding window: ``[B, H, S, D]``."""
     if ctx.local_blocks is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.local_mask, dropout_p=p, scale=scale, enable_gqa=True)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.local_mask, dropout_p=p, scale=scale, enable_gqa=True
+        )
     return torch.cat(
         [
             F.scaled_dot_product_attention(
@@ -233,8 +240,13 @@ def _memlong_attention(
     layer = module.layer_idx
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     wk, wv = ctx.window_k[layer], ctx.window_v[layer]
-    if (ctx.decode_buffers is not None and wk is not None and layer in ctx.retrieval_layers
-            and ctx.mem_k is not None and not (module.training or torch.is_grad_enabled())):
+    if (
+        ctx.decode_buffers is not None
+        and wk is not None
+        and layer in ctx.retrieval_layers
+        and ctx.mem_k is not None
+        and not (module.training or torch.is_grad_enabled())
+    ):
         return _buffered_attention(layer, query, key, value, ctx, scale), None
     keys = key if wk is None else torch.cat([wk.to(key.dtype), key], dim=2)
     values = value if wv is None else torch.cat([wv.to(value.dtype), value], dim=2)
@@ -267,13 +279,19 @@ def _memlong_attention(
     if ctx.fusion == "separate":
         local = _local_attention(q_local, k_local, values, ctx, p, scale)
         mem = F.scaled_dot_product_attention(
-            q_mem, ctx.mem_k.to(query.dtype), ctx.mem_v.to(query.dtype), attn_mask=ctx.mem_valid,
-            dropout_p=p, scale=scale, enable_gqa=True,
+            q_mem,
+            ctx.mem_k.to(query.dtype),
+            ctx.mem_v.to(query.dtype),
+            attn_mask=ctx.mem_valid,
+            dropout_p=p,
+            scale=scale,
+            enable_gqa=True,
         )
         out = local + g * _from_grid(mem, ctx, S) * ctx.has_mem
     else:  # joint: one softmax over [memory; local], mixed in by the gate
-        joint, local = _joint_attention(q_local, k_local, values, q_mem, ctx.mem_k.to(query.dtype),
-                                        ctx.mem_v.to(query.dtype), ctx, scale, S)
+        joint, local = _joint_attention(
+            q_local, k_local, values, q_mem, ctx.mem_k.to(query.dtype), ctx.mem_v.to(query.dtype), ctx, scale, S
+        )
         out = local + g * (joint - local)
     return out.transpose(1, 2).contiguous(), None
 
@@ -311,8 +329,9 @@ def _buffered_attention(layer: int, query, key, value, ctx: CallContext, scale: 
     if buf is None or not buf.continues(mem_k, wk, wv, rot, S):
         if rot is None:
             rot = apply_rope(wk.to(key.dtype), ctx.cos_k[:, :, :L], ctx.sin_k[:, :, :L])
-        buf = ctx.decode_buffers[layer] = DecodeBuffer.build(mem_k, mem_v, wk.to(key.dtype), wv.to(key.dtype), rot,
-                                                             S + ctx.chunk_size)
+        buf = ctx.decode_buffers[layer] = DecodeBuffer.build(
+            mem_k, mem_v, wk.to(key.dtype), wv.to(key.dtype), rot, S + ctx.chunk_size
+        )
     buf.k[:, :, L : L + S] = key
     buf.kr[:, :, M + L : M + L + S] = apply_rope(key, ctx.cos_k[:, :, L:], ctx.sin_k[:, :, L:])
     buf.v[:, :, M + L : M + L + S] = value
@@ -322,8 +341,9 @@ def _buffered_attention(layer: int, query, key, value, ctx: CallContext, scale: 
     mvalid = ctx.mem_valid.view(1, 1, 1, M) & ctx.slot_has.view(1, 1, 1, 1)
     full = torch.cat([mvalid.expand(1, 1, S, M), mask], dim=-1)
     q = apply_rope(query, ctx.cos_q, ctx.sin_q)
-    out = F.scaled_dot_product_attention(q, buf.kr[:, :, : M + L + S], buf.v[:, :, : M + L + S], attn_mask=full,
-                                         scale=scale, enable_gqa=True)
+    out = F.scaled_dot_product_attention(
+        q, buf.kr[:, :, : M + L + S], buf.v[:, :, : M + L + S], attn_mask=full, scale=scale, enable_gqa=True
+    )
     return out.transpose(1, 2).contiguous()
 
 
@@ -341,8 +361,11 @@ def _blocked_joint_attention(q, k, v, mem_k, mem_v, ctx: CallContext, p: float, 
         keys = torch.cat([mk[:, t], k[:, :, kl:kh]], dim=2)
         vals = torch.cat([mv[:, t], v[:, :, kl:kh]], dim=2)
         full = torch.cat([mvalid[:, t].expand(B, 1, qh - ql, M), mask.expand(B, 1, qh - ql, kh - kl)], dim=-1)
-        outs.append(F.scaled_dot_product_attention(q[:, :, ql:qh], keys, vals, attn_mask=full, dropout_p=p,
-                                                   scale=scale, enable_gqa=True))
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[:, :, ql:qh], keys, vals, attn_mask=full, dropout_p=p, scale=scale, enable_gqa=True
+            )
+        )
     return torch.cat(outs, dim=2)
 
 

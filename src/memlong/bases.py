@@ -28,6 +28,8 @@ def resolve_base(name: str) -> str:
         return name
     if name not in _RESOLVERS:
         known = ", ".join(sorted(_RESOLVERS)) or "none"
-        raise ValueError(f"unknown base model {name!r} (registered: {known}); the folder was saved with a memlong "
-                         "that shipped it: install that version, or give base_model= (--base-model) a path")
+        raise ValueError(
+            f"unknown base model {name!r} (registered: {known}); the folder was saved with a memlong "
+            "that shipped it: install that version, or give base_model= (--base-model) a path"
+        )
     return _RESOLVERS[name]()

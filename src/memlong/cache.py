@@ -30,10 +30,10 @@ import torch
 from transformers.cache_utils import Cache
 
 from memlong.attention import CallContext
-from memlong.profiling import phase
 from memlong.config import MemLongConfig
 from memlong.memory import BankLayout, MemoryBank
 from memlong.memory.bank import check_retriever, window_starts
+from memlong.profiling import phase
 from memlong.retriever import Retriever
 
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
@@ -58,8 +58,12 @@ def index_bank_windows(banks: list[MemoryBank], retriever: Retriever, chunk_size
         slots = bank.unwindowed() if bank.layout.index_window else torch.zeros(0, dtype=torch.long)
         if slots.numel():
             todo.append((bank, slots, window_starts(chunk_size, bank.layout.index_window)))
-    texts = [t[s : s + bank.layout.index_window] for bank, slots, starts in todo
-             for t in bank.token_ids[slots].tolist() for s in starts]
+    texts = [
+        t[s : s + bank.layout.index_window]
+        for bank, slots, starts in todo
+        for t in bank.token_ids[slots].tolist()
+        for s in starts
+    ]
     if not texts:
         return 0
     with phase("retriever"):
@@ -79,7 +83,12 @@ class MemLongCache(Cache):
     """
 
     def __init__(
-        self, config: MemLongConfig, layout: BankLayout, num_layers: int, batch_size: int = 1, retrieval: bool = True,
+        self,
+        config: MemLongConfig,
+        layout: BankLayout,
+        num_layers: int,
+        batch_size: int = 1,
+        retrieval: bool = True,
         retriever_info: dict | None = None,
     ):
         super().__init__(layers=[])
@@ -101,8 +110,13 @@ class MemLongCache(Cache):
     def _new_bank(self) -> MemoryBank:
         c = self.config
         return MemoryBank(
-            self.layout, c.eviction, c.evict_keep_newest, c.evict_drop_oldest, c.evict_target, c.search_backend,
-            c.approximate_above
+            self.layout,
+            c.eviction,
+            c.evict_keep_newest,
+            c.evict_drop_oldest,
+            c.evict_target,
+            c.search_backend,
+            c.approximate_above,
         )
 
     def _clear_rows(self, rows, init: bool = False) -> None:
@@ -206,7 +220,9 @@ class MemLongCache(Cache):
         if self.broken:
             raise RuntimeError(f"refusing to save a memory left inconsistent ({self.broken}); reset it first")
         if any(f is not None for f in self.focus):
-            raise RuntimeError("refusing to save a memory focused on a question (focus_on); call memory.unfocus() first")
+            raise RuntimeError(
+                "refusing to save a memory focused on a question (focus_on); call memory.unfocus() first"
+            )
         os.makedirs(directory, exist_ok=True)
         version = f"v-{uuid.uuid4().hex[:12]}"
         vdir = os.path.join(directory, version)
@@ -264,8 +280,15 @@ class MemLongCache(Cache):
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, config: MemLongConfig, layout: BankLayout, num_layers: int,
-             device: str | torch.device | None = None, retriever_info: dict | None = None):
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        config: MemLongConfig,
+        layout: BankLayout,
+        num_layers: int,
+        device: str | torch.device | None = None,
+        retriever_info: dict | None = None,
+    ):
         """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``
         (window K/V go to ``device``, the model's; the banks to their tier). Everything is
         checked before anything is returned; errors say which file and why."""
@@ -320,7 +343,9 @@ class MemLongCache(Cache):
                 cache.sink[b] = (value.to(dev), t[f"sink_v.{b}"].to(dev))
         for b, j in meta["mem_none"]:
             cache.chunk_mem[b][j] = None
-        cache.reread = [[[int(s), int(e)] for s, e in row] for row in meta.get("reread", [[]] * B)]  # older saves record none
+        cache.reread = [
+            [[int(s), int(e)] for s, e in row] for row in meta.get("reread", [[]] * B)
+        ]  # older saves record none
         cache.metadata = dict(meta.get("metadata") or {})
         return cache
 
@@ -348,8 +373,10 @@ class MemLongCache(Cache):
         return True
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(batch_size={self.batch_size_}, layers={self.num_layers}, "
-                f"chunks_in_banks={[len(b) for b in self.banks]}, retrieval={self.retrieval})")
+        return (
+            f"{type(self).__name__}(batch_size={self.batch_size_}, layers={self.num_layers}, "
+            f"chunks_in_banks={[len(b) for b in self.banks]}, retrieval={self.retrieval})"
+        )
 
     @property
     def is_linear(self) -> list[bool]:
@@ -510,8 +537,13 @@ class MemLongCache(Cache):
         P = int(max(qrel.max(), krel.max(), qmem.max())) + 1
         cos, sin = rotary(P)
         # keys at the same stream positions, rotated in the same frame as last call: reusable
-        frame = (base.flatten().tolist(), M if training_free else 0, cos.untyped_storage().data_ptr(), cos.dtype,
-                 str(cos.device))
+        frame = (
+            base.flatten().tolist(),
+            M if training_free else 0,
+            cos.untyped_storage().data_ptr(),
+            cos.dtype,
+            str(cos.device),
+        )
         window_rot = self.win_k_rot if frame == self.rot_frame else None
 
         def pick(t, pos):
@@ -524,14 +556,18 @@ class MemLongCache(Cache):
             window_v=list(self.win_v),
             window_k_rotated=None if window_rot is None else list(window_rot),
             local_mask=mask.unsqueeze(1).to(device),
-            cos_q=pick(cos, qrel), sin_q=pick(sin, qrel),
-            cos_k=pick(cos, krel), sin_k=pick(sin, krel),
-            cos_qm=pick(cos, qmem), sin_qm=pick(sin, qmem),
+            cos_q=pick(cos, qrel),
+            sin_q=pick(sin, qrel),
+            cos_k=pick(cos, krel),
+            sin_k=pick(sin, krel),
+            cos_qm=pick(cos, qmem),
+            sin_qm=pick(sin, qmem),
             gate_activation=gate_activation,
             fusion=cfg.fusion,
             training_free=training_free,
             bank_heads={layer: slice(r * H_kv, (r + 1) * H_kv) for r, layer in enumerate(cfg.bank_layers)}
-            if training_free else {},
+            if training_free
+            else {},
         )
 
         # 4. retrieved memory grouped by chunk slot
@@ -551,8 +587,9 @@ class MemLongCache(Cache):
             if last is not None and last["sig"] == sig:
                 mem_k, mem_v = last["mem_k"], last["mem_v"]
             else:
-                mem_k = torch.empty(B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device,
-                                    pin_memory=pin)
+                mem_k = torch.empty(
+                    B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device, pin_memory=pin
+                )
                 mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
                 for b in range(B):
                     for t, parts in enumerate(entries[b]):
@@ -562,8 +599,15 @@ class MemLongCache(Cache):
                             m += k.shape[1]
                         # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
                         mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
-                last = {"sig": sig, "parts": parts_now, "mem_k": mem_k, "mem_v": mem_v, "kpos": None, "rotated": {},
-                        "buffers": {}}
+                last = {
+                    "sig": sig,
+                    "parts": parts_now,
+                    "mem_k": mem_k,
+                    "mem_v": mem_v,
+                    "kpos": None,
+                    "rotated": {},
+                    "buffers": {},
+                }
             self._last_memory = last if B * n == 1 else None
             slot_has = valid.any(-1)  # [B, n]
             valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
@@ -631,8 +675,9 @@ class MemLongCache(Cache):
             raise RuntimeError(f"the first chunk of row {b} is not in the window; state is inconsistent")
         i = int(idx[0])
         dtype = self.layout.out_dtype
-        self.sink[b] = tuple(torch.cat([t[layer][b, :, i : i + s] for layer in layers]).to(dtype)
-                             for t in (self.win_k, self.win_v))
+        self.sink[b] = tuple(
+            torch.cat([t[layer][b, :, i : i + s] for layer in layers]).to(dtype) for t in (self.win_k, self.win_v)
+        )
 
     def _query(self, b: int, j: int, retriever: Retriever) -> torch.Tensor | None:
         """Retrieval query for chunk ``j`` of row ``b`` (None: nothing to retrieve with)."""
@@ -734,7 +779,9 @@ class MemLongCache(Cache):
         return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever, list(tokens)))
 
     @torch.no_grad()
-    def question_tokens(self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None) -> list[list[int]]:
+    def question_tokens(
+        self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None
+    ) -> list[list[int]]:
         """For each of ``rows`` (all by default), the token ids of the chunks a question of
         ``tokens[i]`` retrieves from the bank as it is now (as :meth:`focus_on` would): its hits and
         what ``question_offsets`` bring, in ``question_order``, back to back; counters untouched.
@@ -753,8 +800,13 @@ class MemLongCache(Cache):
             if len(bank) == 0:
                 out.append([])
                 continue
-            slots = bank.select(query, cfg.top_k, self._offsets(question=True), order=cfg.question_order,
-                                **self.question_search(b, query, retriever, list(tokens_b)))
+            slots = bank.select(
+                query,
+                cfg.top_k,
+                self._offsets(question=True),
+                order=cfg.question_order,
+                **self.question_search(b, query, retriever, list(tokens_b)),
+            )
             out.append(bank.token_ids[slots].flatten().tolist())
         return out
 
@@ -820,15 +872,28 @@ class MemLongCache(Cache):
             return
         i = int(idx[0])
         layers = self.config.bank_layers  # training_free: every retrieval layer's K/V, heads stacked
-        k = torch.cat([self.win_k[layer][b, :, i : i + tau] for layer in layers]) if len(layers) > 1 \
+        k = (
+            torch.cat([self.win_k[layer][b, :, i : i + tau] for layer in layers])
+            if len(layers) > 1
             else self.win_k[layers[0]][b, :, i : i + tau]
-        v = torch.cat([self.win_v[layer][b, :, i : i + tau] for layer in layers]) if len(layers) > 1 \
+        )
+        v = (
+            torch.cat([self.win_v[layer][b, :, i : i + tau] for layer in layers])
+            if len(layers) > 1
             else self.win_v[layers[0]][b, :, i : i + tau]
+        )
         tokens = torch.tensor(self.chunk_tokens[b].pop(c), dtype=torch.int32)
         emb = self.chunk_emb[b].pop(c)
         chars = self.chunk_chars[b].pop(c, None)
-        self.banks[b].add(k, v, emb, chunk_id=c, span=(c * tau, (c + 1) * tau), token_ids=tokens,
-                          text_span=tuple(chars) if chars else None)
+        self.banks[b].add(
+            k,
+            v,
+            emb,
+            chunk_id=c,
+            span=(c * tau, (c + 1) * tau),
+            token_ids=tokens,
+            text_span=tuple(chars) if chars else None,
+        )
 
     def _retrieve(self, b: int, query: torch.Tensor | None, search: dict | None = None):
         """Row ``b``'s memory for ``query``; ``search``: a question's re-ranking (:meth:`question_search`)."""

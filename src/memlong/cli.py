@@ -17,9 +17,18 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("memlong.recipes.data", "build the local corpus, train the BPE tokenizer, list long documents"),
     "pretrain": ("memlong.recipes.pretrain", "train a small base LM from scratch, or evaluate its perplexity"),
     "train": ("memlong.recipes.train", "MemLong adaptation training: frozen lower stack, trained upper layers + gates"),
-    "eval": ("memlong.recipes.eval", "evaluation: `memlong eval ppl|passkey|icl|ruler` (perplexity by length, passkey retrieval, in-context learning, RULER's synthetic tasks)"),
-    "bench": ("memlong.recipes.bench", "benchmarks: `memlong bench ingest|search|retriever` (tokens/s and peak memory of reading, search latency and recall, the retrievers' cost and quality)"),
-    "heads": ("memlong.recipes.heads", "previous-token and induction heads of a base model, and the memory layer they suggest"),
+    "eval": (
+        "memlong.recipes.eval",
+        "evaluation: `memlong eval ppl|passkey|icl|ruler` (perplexity by length, passkey retrieval, in-context learning, RULER's synthetic tasks)",
+    ),
+    "bench": (
+        "memlong.recipes.bench",
+        "benchmarks: `memlong bench ingest|search|retriever` (tokens/s and peak memory of reading, search latency and recall, the retrievers' cost and quality)",
+    ),
+    "heads": (
+        "memlong.recipes.heads",
+        "previous-token and induction heads of a base model, and the memory layer they suggest",
+    ),
 }
 
 

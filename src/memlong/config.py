@@ -46,7 +46,9 @@ class MemLongConfig:
     """
 
     # what the memory is and where it sits
-    mode: Mode = "memlong"  # "memlong" (the paper: one memory layer, gated) or "training_free" (every retrieval layer banks)
+    mode: Mode = (
+        "memlong"  # "memlong" (the paper: one memory layer, gated) or "training_free" (every retrieval layer banks)
+    )
     memory_layer: int = 13  # 1-based: the top of the frozen lower stack; its K/V are banked (memlong mode)
     retrieval_layers: tuple[int, ...] = (14, 18, 22, 26)  # 1-based layers that attend to retrieved chunks
     chunk_size: int = 128  # tokens per chunk: the unit of memory, retrieval and eviction
@@ -86,8 +88,16 @@ class MemLongConfig:
     #: saved memory loads into a model whose config differs in these alone. (``question_reread``
     #: reads more text at a question, into the memory that answers it, never before.)
     QUESTION_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"rerank_candidates", "rerank_window", "rerank_index", "lexical_weight", "question_offsets", "question_order",
-         "question_reread"})
+        {
+            "rerank_candidates",
+            "rerank_window",
+            "rerank_index",
+            "lexical_weight",
+            "question_offsets",
+            "question_order",
+            "question_reread",
+        }
+    )
 
     def __post_init__(self) -> None:
         self.retrieval_layers = tuple(int(x) for x in self.retrieval_layers)
@@ -102,8 +112,16 @@ class MemLongConfig:
         def bad(name: str, msg: str) -> None:
             raise MemLongConfigError(f"MemLongConfig.{name}: {msg}")
 
-        for name in ("memory_layer", "chunk_size", "top_k", "memory_capacity", "local_window", "approximate_above",
-                     "rerank_candidates", "rerank_window"):
+        for name in (
+            "memory_layer",
+            "chunk_size",
+            "top_k",
+            "memory_capacity",
+            "local_window",
+            "approximate_above",
+            "rerank_candidates",
+            "rerank_window",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 bad(name, f"must be an int, got {v!r}")
@@ -140,17 +158,25 @@ class MemLongConfig:
         for name in ("rerank_index", "question_reread"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, f"must be True or False, got {getattr(self, name)!r}")
-        if isinstance(self.lexical_weight, bool) or not isinstance(self.lexical_weight, (int, float)) \
-                or not 0 <= self.lexical_weight < float("inf"):
+        if (
+            isinstance(self.lexical_weight, bool)
+            or not isinstance(self.lexical_weight, (int, float))
+            or not 0 <= self.lexical_weight < float("inf")
+        ):
             bad("lexical_weight", f"must be a number >= 0, got {self.lexical_weight!r}")
         if self.rerank_candidates < 0 or self.rerank_window < 1:
-            bad("rerank_candidates", f"rerank_candidates must be >= 0 and rerank_window >= 1, got "
-                                     f"{self.rerank_candidates} and {self.rerank_window}")
+            bad(
+                "rerank_candidates",
+                f"rerank_candidates must be >= 0 and rerank_window >= 1, got "
+                f"{self.rerank_candidates} and {self.rerank_window}",
+            )
         if not 0 <= self.sink_tokens <= self.chunk_size:
             bad("sink_tokens", f"must be in 0..chunk_size={self.chunk_size}, got {self.sink_tokens}")
         if self.sink_tokens and self.mode != "training_free":
-            bad("sink_tokens", f"is a training_free setting; mode is {self.mode!r}: set sink_tokens=0 or "
-                               "mode='training_free'")
+            bad(
+                "sink_tokens",
+                f"is a training_free setting; mode is {self.mode!r}: set sink_tokens=0 or mode='training_free'",
+            )
         if self.approximate_above < 1:
             bad("approximate_above", f"must be >= 1 chunk, got {self.approximate_above}")
         if self.memory_capacity < self.top_k * self.chunk_size:
@@ -162,8 +188,11 @@ class MemLongConfig:
         for name, choices in _choices().items():
             v = getattr(self, name)
             if v not in choices:
-                bad(name, f"unknown value {v!r}; choose one of {[c for c in choices if c is not None]}"
-                          + (" or None" if None in choices else ""))
+                bad(
+                    name,
+                    f"unknown value {v!r}; choose one of {[c for c in choices if c is not None]}"
+                    + (" or None" if None in choices else ""),
+                )
         for name in ("evict_keep_newest", "evict_drop_oldest"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
@@ -180,8 +209,12 @@ class MemLongConfig:
             offs = getattr(self, name)
             if offs is None and name == "question_offsets":
                 continue
-            if (not isinstance(offs, tuple) or not offs or len(set(offs)) != len(offs)
-                    or any(isinstance(o, bool) or not isinstance(o, int) or abs(o) > 8 for o in offs)):
+            if (
+                not isinstance(offs, tuple)
+                or not offs
+                or len(set(offs)) != len(offs)
+                or any(isinstance(o, bool) or not isinstance(o, int) or abs(o) > 8 for o in offs)
+            ):
                 bad(name, f"must be distinct ints in [-8, 8], at least one, e.g. (0,) or (0, 1); got {offs!r}")
         if self.bank_mmap_dir is not None and self.bank_device != "mmap":
             bad("bank_mmap_dir", f"is only used with bank_device='mmap' (bank_device is {self.bank_device!r})")
@@ -293,9 +326,7 @@ class MemLongConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise MemLongConfigError(
-                f"unknown MemLongConfig field(s) {unknown}; known fields: {sorted(known)}"
-            )
+            raise MemLongConfigError(f"unknown MemLongConfig field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**d)
 
     def to_json_string(self) -> str:
@@ -338,7 +369,9 @@ def reading_overrides(config: MemLongConfig, overrides: list[str]) -> MemLongCon
             raise MemLongConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD a MemLongConfig field")
         # training_free mode trains nothing: which layers bank and retrieve may change at reading time
         if field in WEIGHT_FIELDS and not (config.mode == "training_free" and field == "retrieval_layers"):
-            raise MemLongConfigError(f"--set {field}: the trained weights depend on it; it cannot change at reading time")
+            raise MemLongConfigError(
+                f"--set {field}: the trained weights depend on it; it cannot change at reading time"
+            )
         try:
             changes[field] = json.loads(raw)
         except json.JSONDecodeError:
@@ -351,8 +384,9 @@ def apply_overrides(model, overrides: list[str]) -> None:
     config, checked against the model (a MemLongConfigError says what is wrong)."""
     if overrides:
         model.memlong_config = reading_overrides(model.memlong_config, overrides)
-        model.memlong_config.validate_for_model(model.config.num_hidden_layers,
-                                                getattr(model.config, "max_position_embeddings", None))
+        model.memlong_config.validate_for_model(
+            model.config.num_hidden_layers, getattr(model.config, "max_position_embeddings", None)
+        )
 
 
 def _without_retired(d: dict[str, Any]) -> dict[str, Any]:

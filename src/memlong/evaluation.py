@@ -9,8 +9,14 @@ import torch
 
 
 @torch.no_grad()
-def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memory: bool = True,
-               batch_size: int = 1, progress: bool = False) -> tuple[float, int]:
+def window_nll(
+    model,
+    windows: Sequence[torch.Tensor],
+    score_last: int,
+    use_memory: bool = True,
+    batch_size: int = 1,
+    progress: bool = False,
+) -> tuple[float, int]:
     """Sum of next-token NLL over the last ``score_last`` tokens of each window, and their count.
 
     Each window (``[L]`` token ids, all the same length) is read from a fresh memory, so no
@@ -32,7 +38,9 @@ def window_nll(model, windows: Sequence[torch.Tensor], score_last: int, use_memo
             model.ingest(ids[:, :start], memory, progress=True, desc="read")
         logits = model(ids[:, start:], cache=memory, logits_to_keep=n + 1).logits[:, :-1].float()
         targets = ids[:, L - n :]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+        )
         total += float(nll)
         count += targets.numel()
     return total, count
@@ -43,8 +51,9 @@ def perplexity(nll_sum: float, count: int) -> float:
     return math.exp(nll_sum / max(1, count))
 
 
-def token_windows(token_lists: Sequence[Sequence[int]], length: int, max_windows: int | None = None,
-                  per_document: int = 1) -> list[torch.Tensor]:
+def token_windows(
+    token_lists: Sequence[Sequence[int]], length: int, max_windows: int | None = None, per_document: int = 1
+) -> list[torch.Tensor]:
     """Up to ``per_document`` non-overlapping windows of ``length`` tokens from each document
     long enough, taken from its start, in order; at most ``max_windows`` in all."""
     out: list[torch.Tensor] = []
@@ -64,8 +73,15 @@ def continuation_rows(continuations: Sequence[Sequence[int]]) -> int:
 
 
 @torch.no_grad()
-def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[Sequence[int]],
-                          use_memory: bool | None = None, requery: int = 0, memory=None, read: int = 0) -> list[float]:
+def continuation_logprobs(
+    model,
+    prompt: Sequence[int],
+    continuations: Sequence[Sequence[int]],
+    use_memory: bool | None = None,
+    requery: int = 0,
+    memory=None,
+    read: int = 0,
+) -> list[float]:
     """Sum of the log-probabilities of each continuation's tokens after ``prompt``.
 
     Classification by scoring: the predicted label is the argmax. One forward: a single row
@@ -85,10 +101,16 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
         raise ValueError(f"requery={requery}: needs a MemLong model (use_memory) and 1..{len(prompt)} prompt tokens")
     single = continuation_rows(continuations) == 1
     rows = [list(prompt)] if single else [list(prompt) + list(c) for c in continuations]
-    if memory is not None and (use_memory is None or memory.batch_size != len(rows) or memory.seen != [read] * len(rows)
-                               or not 0 < read <= len(prompt) - max(1, requery)):
-        raise ValueError(f"memory: needs a MemLong model and {len(rows)} row(s) that have read the same first "
-                         f"read={read} tokens, before the input (1..{len(prompt) - max(1, requery)})")
+    if memory is not None and (
+        use_memory is None
+        or memory.batch_size != len(rows)
+        or memory.seen != [read] * len(rows)
+        or not 0 < read <= len(prompt) - max(1, requery)
+    ):
+        raise ValueError(
+            f"memory: needs a MemLong model and {len(rows)} row(s) that have read the same first "
+            f"read={read} tokens, before the input (1..{len(prompt) - max(1, requery)})"
+        )
     width = max(len(r) for r in rows)
     device = next(model.parameters()).device
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -108,8 +130,9 @@ def continuation_logprobs(model, prompt: Sequence[int], continuations: Sequence[
         tau = model.memlong_config.chunk_size
         model.focus_question(memory, [list(prompt[-requery:])[-tau:]] * len(rows))  # + the hits reread
         try:
-            logits = model(ids[:, head:].to(device), attention_mask=mask.to(device), logits_to_keep=keep,
-                           **kwargs).logits.float()
+            logits = model(
+                ids[:, head:].to(device), attention_mask=mask.to(device), logits_to_keep=keep, **kwargs
+            ).logits.float()
         finally:
             memory.unfocus()
     else:

@@ -44,9 +44,18 @@ from memlong.retriever import HashingRetriever, Retriever, SentenceTransformerRe
 #: included, because their attention differs: Gemma 2/3 (logit soft-capping), Cohere
 #: (interleaved RoPE), Phi/StableLM and other partial-rotary models.
 SUPPORTED_FAMILIES = {
-    "llama": "Llama", "mistral": "Mistral", "mixtral": "Mixtral", "qwen2": "Qwen2", "qwen3": "Qwen3",
-    "qwen3_moe": "Qwen3-MoE", "gemma": "Gemma", "olmo": "OLMo", "olmo2": "OLMo-2", "granite": "Granite",
-    "phi3": "Phi-3", "starcoder2": "Starcoder2",
+    "llama": "Llama",
+    "mistral": "Mistral",
+    "mixtral": "Mixtral",
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "qwen3_moe": "Qwen3-MoE",
+    "gemma": "Gemma",
+    "olmo": "OLMo",
+    "olmo2": "OLMo-2",
+    "granite": "Granite",
+    "phi3": "Phi-3",
+    "starcoder2": "Starcoder2",
 }
 #: Families whose stock mask is a sliding window whenever ``config.sliding_window`` is set.
 _SLIDING_WHEN_SET = ("mistral", "mixtral", "starcoder2", "phi3", "qwen3_moe")
@@ -107,9 +116,7 @@ class MemLongMixin:
         """Shapes and dtypes of this model's banks (KV heads, head dim, retriever dim)."""
         cfg = self.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        bank_dtype = (
-            getattr(torch, self.memlong_config.bank_dtype) if self.memlong_config.bank_dtype else self.dtype
-        )
+        bank_dtype = getattr(torch, self.memlong_config.bank_dtype) if self.memlong_config.bank_dtype else self.dtype
         return BankLayout(
             capacity=self.memlong_config.capacity_chunks,
             chunk_size=self.memlong_config.chunk_size,
@@ -122,23 +129,36 @@ class MemLongMixin:
             pin_memory=self.memlong_config.bank_device == "cpu" and self.device.type == "cuda",
             compute_dtype=self.dtype,
             mmap_dir=(self.memlong_config.bank_mmap_dir or tempfile.gettempdir())
-            if self.memlong_config.bank_device == "mmap" else None,
+            if self.memlong_config.bank_device == "mmap"
+            else None,
             index_window=self.memlong_config.index_window,
         )
 
     def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:
         """An empty memory (window + bank per row) for ``batch_size`` sequences.
         ``retrieval=False`` gives the no-memory baseline: same model, same local window."""
-        return MemLongCache(self.memlong_config, self._bank_layout(), self.config.num_hidden_layers, batch_size,
-                            retrieval=retrieval, retriever_info=self.memlong_retriever.describe())
+        return MemLongCache(
+            self.memlong_config,
+            self._bank_layout(),
+            self.config.num_hidden_layers,
+            batch_size,
+            retrieval=retrieval,
+            retriever_info=self.memlong_retriever.describe(),
+        )
 
     def load_memory(self, directory: str | os.PathLike) -> MemLongCache:
         """A memory saved with ``memory.save(directory)`` by this model (same MemLong config,
         retriever dimension and K/V shapes); reading continues exactly where it stopped. The
         config may differ in how questions search (``MemLongConfig.QUESTION_FIELDS``:
         ``lexical_weight``, ``rerank_*``), which reading never used."""
-        return MemLongCache.load(directory, self.memlong_config, self._bank_layout(), self.config.num_hidden_layers,
-                                 device=self.device, retriever_info=self.memlong_retriever.describe())
+        return MemLongCache.load(
+            directory,
+            self.memlong_config,
+            self._bank_layout(),
+            self.config.num_hidden_layers,
+            device=self.device,
+            retriever_info=self.memlong_retriever.describe(),
+        )
 
     def _rotary_table(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin ``[P, D]`` for positions ``0..P-1`` from the model's own rotary module,
@@ -233,7 +253,11 @@ class MemLongMixin:
             seg_counts = [min(n, r) for r in remaining]
             with phase("prepare"):
                 ctx = cache.prepare(
-                    seg, seg_counts, self.memlong_retriever, self._rotary_table, self.memlong_config.gate_activation,
+                    seg,
+                    seg_counts,
+                    self.memlong_retriever,
+                    self._rotary_table,
+                    self.memlong_config.gate_activation,
                     None if char_offsets is None else char_offsets[:, off : off + n],
                 )
             # Only positions some row needs go through the LM head (ingestion needs none).
@@ -271,8 +295,9 @@ class MemLongMixin:
         )
 
     @torch.no_grad()
-    def ingest_text(self, text: str, memory: MemLongCache | None = None, progress: bool = False,
-                    warn_eviction: bool = True) -> MemLongCache:
+    def ingest_text(
+        self, text: str, memory: MemLongCache | None = None, progress: bool = False, warn_eviction: bool = True
+    ) -> MemLongCache:
         """Tokenizes ``text`` with the model's tokenizer and reads it into memory; each banked
         chunk records its character span in ``text`` (``bank.text_spans``, ``entries()``).
 
@@ -290,13 +315,24 @@ class MemLongMixin:
         memory = memory if memory is not None else self.new_memory(1)
         plan = plan_reading(memory, enc["input_ids"].shape[1])
         if warn_eviction and plan.evicts:
-            warnings.warn(EvictionWarning(plan.warning(
-                "model.memlong_config.memory_capacity = N, then a new memory (model.new_memory())")), stacklevel=3)
+            warnings.warn(
+                EvictionWarning(
+                    plan.warning("model.memlong_config.memory_capacity = N, then a new memory (model.new_memory())")
+                ),
+                stacklevel=3,
+            )
         return self.ingest(enc["input_ids"], memory, progress=progress, char_offsets=enc["offset_mapping"])
 
     @torch.no_grad()
-    def ingest(self, input_ids: torch.LongTensor, memory: MemLongCache | None = None, attention_mask=None,
-               progress: bool = False, char_offsets: torch.Tensor | None = None, desc: str = "ingest") -> MemLongCache:
+    def ingest(
+        self,
+        input_ids: torch.LongTensor,
+        memory: MemLongCache | None = None,
+        attention_mask=None,
+        progress: bool = False,
+        char_offsets: torch.Tensor | None = None,
+        desc: str = "ingest",
+    ) -> MemLongCache:
         """Reads a long input into ``memory`` (a new one if ``None``) without keeping logits;
         returns the memory. Feeds ``local_window`` tokens per call (a progress bar in tokens
         with ``progress=True``)."""
@@ -314,8 +350,14 @@ class MemLongMixin:
         return memory
 
     # ------------------------------------------------------------------ generation
-    def generate(self, inputs: torch.Tensor | None = None, *args, memory: MemLongCache | None = None,
-                 requery: bool | int = False, **kwargs):
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        *args,
+        memory: MemLongCache | None = None,
+        requery: bool | int = False,
+        **kwargs,
+    ):
         """transformers' ``generate`` with MemLong memory.
 
         ``memory=`` (or ``cache=`` / ``past_key_values=``): continue from a memory that has
@@ -352,13 +394,15 @@ class MemLongMixin:
         memory.origin = memory.columns
         return super().generate(inputs, *args, **{CACHE_ARG: memory}, **kwargs)
 
-    def _generate_requeried(self, input_ids=None, memory=None, attention_mask=None, requery: bool | int = True,
-                            **kwargs):
+    def _generate_requeried(
+        self, input_ids=None, memory=None, attention_mask=None, requery: bool | int = True, **kwargs
+    ):
         if input_ids is None or input_ids.shape[1] < 1:
             raise ValueError("generate(requery=...) needs input_ids (the question to read and retrieve with)")
         if attention_mask is not None and not bool(attention_mask[:, -1].all()):
-            raise ValueError("generate(requery=...) needs the prompt's last column to be real in every row "
-                             "(use left padding)")
+            raise ValueError(
+                "generate(requery=...) needs the prompt's last column to be real in every row (use left padding)"
+            )
         S = input_ids.shape[1]
         if requery is True:  # after a memory that has read text the prompt is the question; else its last chunk
             n = S if memory is not None and memory.columns > 0 else min(S, self.memlong_config.chunk_size)
@@ -406,8 +450,8 @@ class MemLongMixin:
         mask = torch.zeros_like(ids)
         for b, t in enumerate(texts):
             if t:
-                ids[b, R - len(t):] = torch.tensor(t, device=self.device)
-                mask[b, R - len(t):] = 1
+                ids[b, R - len(t) :] = torch.tensor(t, device=self.device)
+                mask[b, R - len(t) :] = 1
         starts = list(memory.seen)
         self.ingest(ids, memory, attention_mask=mask, desc="reread")
         for b, t in enumerate(texts):
@@ -503,7 +547,9 @@ def wrap(
     for i in config.retrieval_layer_indices if config.mode == "memlong" else ():
         attn = model.model.layers[i].self_attn
         shape = (heads,) if config.gate_mode == "head" else (1,)
-        attn.register_parameter(attention.GATE_NAME, nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=ref.device)))
+        attn.register_parameter(
+            attention.GATE_NAME, nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=ref.device))
+        )
     model.__class__ = _memlong_class(type(model))
     model.memlong_config = config
     if isinstance(retriever, str):
@@ -545,15 +591,19 @@ def save_trained(trained: nn.Module, model: nn.Module, directory: str | os.PathL
     if os.path.isdir(base):  # a local base is recorded relative to this directory, so both can move together
         base = os.path.relpath(os.path.abspath(base), os.path.abspath(directory))
     with open(os.path.join(directory, BASE_NAME), "w") as f:
-        json.dump({"base_model": base, "local": os.path.isdir(str(base_model)), "mode": "lora" if lora else "full"},
-                  f, indent=2)
+        json.dump(
+            {"base_model": base, "local": os.path.isdir(str(base_model)), "mode": "lora" if lora else "full"},
+            f,
+            indent=2,
+        )
 
 
 def _save_gates(model: nn.Module, directory: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.float().cpu().contiguous() for k, v in model.memlong_gates().items()},
-              os.path.join(directory, GATES_NAME))
+    save_file(
+        {k: v.float().cpu().contiguous() for k, v in model.memlong_gates().items()}, os.path.join(directory, GATES_NAME)
+    )
 
 
 def _load_gates(model: nn.Module, gates_path: str) -> None:

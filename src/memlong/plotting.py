@@ -46,8 +46,9 @@ def save(fig, path, dpi: int = 120) -> None:
         pyplot().close(fig)
 
 
-def score_grid(ax, cells: list[list[float]], xticks: list[str], yticks: list[str], title: str,
-               fontsize: float = 7) -> None:
+def score_grid(
+    ax, cells: list[list[float]], xticks: list[str], yticks: list[str], title: str, fontsize: float = 7
+) -> None:
     """A heatmap of scores in [0, 1], ``cells[row][column]`` (NaN where nothing was measured), red to
     green, each cell labelled with its value (``-`` where NaN, at ``fontsize``)."""
     ax.imshow(cells, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")

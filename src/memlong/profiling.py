@@ -80,9 +80,11 @@ def slow_bfloat16(device_type: str = "cpu") -> str | None:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability.startswith("AVX512"):
         return None
-    return (f"this CPU's vector capability is {capability} (no AVX-512): torch runs bfloat16 matmuls in its "
-            "reference kernel, measured 10-20x slower than float32 on an AVX2 CPU; train in float32 "
-            "(--mixed-precision no / without --bf16)")
+    return (
+        f"this CPU's vector capability is {capability} (no AVX-512): torch runs bfloat16 matmuls in its "
+        "reference kernel, measured 10-20x slower than float32 on an AVX2 CPU; train in float32 "
+        "(--mixed-precision no / without --bf16)"
+    )
 
 
 def machine() -> dict:
@@ -90,5 +92,10 @@ def machine() -> dict:
     import torch
 
     # The load average says how much other work shared the CPU (timings are lower bounds then).
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }

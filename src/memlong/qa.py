@@ -23,8 +23,9 @@ def question_ids(tok, question: str, chat: bool) -> tuple[list[int], list[int]]:
     around the question, retrieval on the question alone (the template's system prompt would
     blur its embedding)."""
     if chat:
-        text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                       add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
         prompt = tok(QUESTION_SEPARATOR + text, add_special_tokens=False)["input_ids"]
         return prompt, tok(question, add_special_tokens=False)["input_ids"]
     prompt = tok(f"{QUESTION_SEPARATOR}Question: {question}\nAnswer:", add_special_tokens=False)["input_ids"]
@@ -39,7 +40,7 @@ def plain_answer(text: str) -> tuple[str, bool]:
     text = text.lstrip()
     begun = next((i for i, c in enumerate(text) if c.isalnum()), len(text))
     ends = [j for stop in STOPS if (j := text.find(stop, begun if stop.isspace() else 0)) >= 0]
-    return (text[:min(ends)], True) if ends else (text, False)
+    return (text[: min(ends)], True) if ends else (text, False)
 
 
 def answer_end(tok, start: int | None = None):
@@ -55,7 +56,7 @@ def answer_end(tok, start: int | None = None):
         def __call__(self, input_ids, scores, **kwargs):
             if self.begin is None:  # first call: one token generated
                 self.begin = input_ids.shape[1] - 1
-            done = plain_answer(tok.decode(input_ids[0, self.begin:], skip_special_tokens=True))[1]
+            done = plain_answer(tok.decode(input_ids[0, self.begin :], skip_special_tokens=True))[1]
             return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
     return AnswerEnd()
@@ -73,7 +74,7 @@ def answer(model, tok, memory, question: str, chat: bool, max_new_tokens: int) -
     kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     t0 = time.perf_counter()
     if chat:
-        model.focus_question(memory, [query[-model.memlong_config.chunk_size:]])
+        model.focus_question(memory, [query[-model.memlong_config.chunk_size :]])
         try:
             out = model.generate(ids, memory=memory, **kw)
         finally:
@@ -81,10 +82,15 @@ def answer(model, tok, memory, question: str, chat: bool, max_new_tokens: int) -
     else:  # one paragraph: stop at a blank line or another "Question:"
         from transformers import StoppingCriteriaList
 
-        out = model.generate(ids, memory=memory, requery=True,
-                             stopping_criteria=StoppingCriteriaList([answer_end(tok, len(prompt))]), **kw)
+        out = model.generate(
+            ids,
+            memory=memory,
+            requery=True,
+            stopping_criteria=StoppingCriteriaList([answer_end(tok, len(prompt))]),
+            **kw,
+        )
     seconds = time.perf_counter() - t0
-    text = tok.decode(out[0, len(prompt):], skip_special_tokens=True)
+    text = tok.decode(out[0, len(prompt) :], skip_special_tokens=True)
     if not chat:
         text = plain_answer(text)[0]
     return text.strip(), seconds
@@ -102,8 +108,9 @@ def rag_answer(model, base, tok, doc: list[int], embeddings, question: str, chat
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     stop = {} if chat else {"stopping_criteria": StoppingCriteriaList([answer_end(tok)])}
     t0 = time.perf_counter()
-    rag, out = rag_generate(model, base, doc + prompt, (0, len(doc)), max_new_tokens, embeddings=embeddings,
-                            pad_token_id=pad, **stop)
+    rag, out = rag_generate(
+        model, base, doc + prompt, (0, len(doc)), max_new_tokens, embeddings=embeddings, pad_token_id=pad, **stop
+    )
     text = tok.decode(out, skip_special_tokens=True)
     if not chat:
         text = plain_answer(text)[0]
@@ -120,5 +127,7 @@ def load_base(path: str):
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     except (OSError, ValueError) as e:
-        raise BaseModelUnavailable(f"cannot load the base model {path!r} that rag answers with ({e}); pass --model "
-                                   "with a MemLong directory whose base is available") from None
+        raise BaseModelUnavailable(
+            f"cannot load the base model {path!r} that rag answers with ({e}); pass --model "
+            "with a MemLong directory whose base is available"
+        ) from None

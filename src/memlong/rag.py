@@ -62,8 +62,11 @@ class RagPrompt:
 
     def record(self) -> dict:
         """What an evaluation keeps of the retrieval (JSON): chunks chosen, their scores, how many."""
-        return {"rag_chunks": list(self.chosen), "rag_scores": [round(self.scores[i], 4) for i in self.chosen],
-                "rag_context_chunks": len(self.spans)}
+        return {
+            "rag_chunks": list(self.chosen),
+            "rag_scores": [round(self.scores[i], 4) for i in self.chosen],
+            "rag_context_chunks": len(self.spans),
+        }
 
 
 def embedding_bytes_per_token(items: int, tokens: int, dim: int) -> float:
@@ -94,7 +97,9 @@ def rank(items: torch.Tensor, question: torch.Tensor, k: int) -> tuple[list[int]
 
 
 @torch.no_grad()
-def top_k_of(retriever, items: torch.Tensor, question: Sequence[int], k: int) -> tuple[list[int], list[int], list[float]]:
+def top_k_of(
+    retriever, items: torch.Tensor, question: Sequence[int], k: int
+) -> tuple[list[int], list[int], list[float]]:
     """:func:`rank` of item embeddings ``items`` against ``question``'s tokens, embedded by ``retriever``."""
     if not len(question):
         raise ValueError("rag: the question is empty (no tokens after the context); nothing to retrieve with")
@@ -102,8 +107,9 @@ def top_k_of(retriever, items: torch.Tensor, question: Sequence[int], k: int) ->
 
 
 @torch.no_grad()
-def top_k(retriever, items: Sequence[Sequence[int]], question: Sequence[int], k: int
-          ) -> tuple[list[int], list[int], list[float]]:
+def top_k(
+    retriever, items: Sequence[Sequence[int]], question: Sequence[int], k: int
+) -> tuple[list[int], list[int], list[float]]:
     """:func:`rank` of ``items`` (token-id sequences) against ``question``'s tokens, both embedded
     by ``retriever`` in one batch (the retriever batches them: ``embed`` takes them all)."""
     if not len(question):
@@ -123,8 +129,15 @@ def embed_context(model, ids: Sequence[int], context: tuple[int, int]) -> torch.
     return model.memlong_retriever.embed([ids[a:b] for a, b in spans]) if spans else torch.zeros(0, 0)
 
 
-def rag_prompt(model, ids: Sequence[int], context: tuple[int, int], new_tokens: int = 0, window: int | None = None,
-               k: int | None = None, embeddings: torch.Tensor | None = None) -> RagPrompt:
+def rag_prompt(
+    model,
+    ids: Sequence[int],
+    context: tuple[int, int],
+    new_tokens: int = 0,
+    window: int | None = None,
+    k: int | None = None,
+    embeddings: torch.Tensor | None = None,
+) -> RagPrompt:
     """The retrieval-augmented prompt of ``ids`` (a 1-D list or tensor of token ids) whose context
     is ``ids[start:end]`` (``context = (start, end)``) and whose question is the rest, ``ids[end:]``.
 
@@ -149,8 +162,10 @@ def rag_prompt(model, ids: Sequence[int], context: tuple[int, int], new_tokens: 
         chosen, ranking, scores = top_k(model.memlong_retriever, [ids[a:b] for a, b in spans], ids[end:], k)
     else:
         if len(embeddings) != len(spans):
-            raise ValueError(f"rag: {len(embeddings)} chunk embeddings for the {len(spans)} chunks of the context "
-                             f"({start}, {end}); compute them with embed_context on the same prompt and span")
+            raise ValueError(
+                f"rag: {len(embeddings)} chunk embeddings for the {len(spans)} chunks of the context "
+                f"({start}, {end}); compute them with embed_context on the same prompt and span"
+            )
         chosen, ranking, scores = top_k_of(model.memlong_retriever, embeddings, ids[end:], k) if spans else ([], [], [])
     prompt = ids[:start] + [t for i in chosen for t in ids[spans[i][0] : spans[i][1]]] + ids[end:]
     window = window if window is not None else getattr(model.config, "max_position_embeddings", None)
@@ -158,21 +173,36 @@ def rag_prompt(model, ids: Sequence[int], context: tuple[int, int], new_tokens: 
         raise RagPromptTooLong(
             f"the rag prompt has {len(prompt)} tokens ({len(chosen)} chunks of up to {cfg.chunk_size}, "
             f"{start} before the context, {len(ids) - end} of question) and {new_tokens} more are to be generated: "
-            f"over the base model's {window}-token context; lower top_k (--set top_k=N) or shorten the question")
+            f"over the base model's {window}-token context; lower top_k (--set top_k=N) or shorten the question"
+        )
     return RagPrompt(prompt, spans, chosen, ranking, scores, int(model.memlong_retriever.dim))
 
 
 @torch.no_grad()
-def rag_generate(model, base, ids: Sequence[int], context: tuple[int, int], max_new_tokens: int,
-                 embeddings: torch.Tensor | None = None, **generate_kwargs) -> tuple[RagPrompt, list[int]]:
+def rag_generate(
+    model,
+    base,
+    ids: Sequence[int],
+    context: tuple[int, int],
+    max_new_tokens: int,
+    embeddings: torch.Tensor | None = None,
+    **generate_kwargs,
+) -> tuple[RagPrompt, list[int]]:
     """The baseline's greedy answer: :func:`rag_prompt` (``model``'s retriever and chunks; the
     prompt must leave ``max_new_tokens`` within ``base``'s ``max_position_embeddings``), then the
     base model ``base`` alone generates after it. Returns (the prompt and what it retrieved, the
     generated token ids). ``embeddings``: as :func:`rag_prompt`'s. ``generate_kwargs`` go to
     ``base.generate`` (``pad_token_id``, ``stopping_criteria``)."""
-    prompt = rag_prompt(model, ids, context, max_new_tokens, getattr(base.config, "max_position_embeddings", None),
-                        embeddings=embeddings)
+    prompt = rag_prompt(
+        model,
+        ids,
+        context,
+        max_new_tokens,
+        getattr(base.config, "max_position_embeddings", None),
+        embeddings=embeddings,
+    )
     x = torch.tensor([prompt.ids], device=next(base.parameters()).device)
-    out = base.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-                        **generate_kwargs)
-    return prompt, out[0, x.shape[1]:].tolist()
+    out = base.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs
+    )
+    return prompt, out[0, x.shape[1] :].tolist()

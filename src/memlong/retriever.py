@@ -138,7 +138,9 @@ def load_token_counts(folder) -> torch.Tensor | None:
         counts = json.loads(open(path).read())["counts"]
         t = torch.tensor(counts, dtype=torch.long)
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a token-count file ({e}); delete it or rewrite it with save_token_counts") from e
+        raise ValueError(
+            f"{path} is not a token-count file ({e}); delete it or rewrite it with save_token_counts"
+        ) from e
     if t.dim() != 1 or bool((t < 0).any()):
         raise ValueError(f"{path}: 'counts' must be a list of non-negative integers")
     return t
@@ -242,7 +244,9 @@ class EmbeddingRetriever(Retriever):
         if token_weights is not None:
             token_weights = token_weights.detach().to(device="cpu", dtype=torch.float32).clone().reshape(-1)
             if token_weights.shape[0] != weight.shape[0]:
-                raise ValueError(f"token_weights has {token_weights.shape[0]} entries for a vocabulary of {weight.shape[0]}")
+                raise ValueError(
+                    f"token_weights has {token_weights.shape[0]} entries for a vocabulary of {weight.shape[0]}"
+                )
         self.dim = int(weight.shape[1])
         self.token_weights = token_weights
         self._info = {
@@ -288,7 +292,9 @@ class EmbeddingRetriever(Retriever):
         lengths = torch.tensor([len(c) for c in chunks], dtype=torch.long)
         flat = torch.tensor([int(t) for c in chunks for t in c], dtype=torch.long)
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.table.shape[0]):
-            raise ValueError(f"token ids must lie in [0, {self.table.shape[0]}), got {int(flat.min())}..{int(flat.max())}")
+            raise ValueError(
+                f"token ids must lie in [0, {self.table.shape[0]}), got {int(flat.min())}..{int(flat.max())}"
+            )
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
         w = None if self.token_weights is None else self.token_weights[flat]
         # The mean's denominator does not change the direction: normalising the sum is enough.

@@ -56,9 +56,7 @@ def to_transformers(tok, model_max_length: int = 1024):
     )
 
 
-def train_and_save(
-    texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike, model_max_length: int = 1024
-):
+def train_and_save(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike, model_max_length: int = 1024):
     """Train a BPE on ``texts`` and save it with ``save_pretrained`` into ``out_dir``."""
     hf_tok = to_transformers(train_bpe(texts, vocab_size), model_max_length)
     Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -75,8 +75,13 @@ def freeze_for_memlong(model, lora: LoraSpec | None = None, train_final_norm: bo
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.targets),
-            layers_to_transform=upper, layers_pattern="layers", bias="none",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.targets),
+            layers_to_transform=upper,
+            layers_pattern="layers",
+            bias="none",
         )
         trained = get_peft_model(model, cfg)
     for p in gate_parameters(model):
@@ -104,8 +109,15 @@ def plant_passkey(text: str, rng: random.Random, min_gap_chars: int) -> str:
     at = rng.randrange(0, max(1, n // 5))
     ask = rng.randrange(min(n, at + min_gap_chars), n + 1)
     return (
-        text[:at] + "\n" + PASSKEY_STATEMENT.format(key=key) + "\n" + text[at:ask]
-        + "\n" + PASSKEY_QUESTION.format(key=key) + "\n" + text[ask:]
+        text[:at]
+        + "\n"
+        + PASSKEY_STATEMENT.format(key=key)
+        + "\n"
+        + text[at:ask]
+        + "\n"
+        + PASSKEY_QUESTION.format(key=key)
+        + "\n"
+        + text[ask:]
     )
 
 

@@ -11,8 +11,21 @@ from memlong.tokenizer import is_lossless, load_tokenizer
 
 def test_data_recipe_builds_corpus_and_tokenizer(tmp_path, capsys):
     out = tmp_path / "corpus"
-    rc = main(["data", "--out", str(out), "--sources", "stdlib", "--stdlib-root", str(stdlib_root() / "email"),
-               "--vocab-size", "600", "--long-min-tokens", "3000"])
+    rc = main(
+        [
+            "data",
+            "--out",
+            str(out),
+            "--sources",
+            "stdlib",
+            "--stdlib-root",
+            str(stdlib_root() / "email"),
+            "--vocab-size",
+            "600",
+            "--long-min-tokens",
+            "3000",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["splits"]["train"]["documents"] > 0

@@ -56,10 +56,16 @@ def test_folder_documents(tmp_path):
 
 def test_hf_documents_through_datasets_json_builder(tmp_path):
     p = tmp_path / "rows.jsonl"
-    p.write_text("".join(json.dumps({"text": t, "title": f"t{i}"}) + "\n" for i, t in enumerate(["alpha", "", "gamma", "delta"])))
+    p.write_text(
+        "".join(json.dumps({"text": t, "title": f"t{i}"}) + "\n" for i, t in enumerate(["alpha", "", "gamma", "delta"]))
+    )
     skipped = SkipCounter()
     docs = list(hf_documents("json", "train", data_files=str(p), id_field="title", skipped=skipped))
-    assert [(d.id, d.text) for d in docs] == [("json/train/t0", "alpha"), ("json/train/t2", "gamma"), ("json/train/t3", "delta")]
+    assert [(d.id, d.text) for d in docs] == [
+        ("json/train/t0", "alpha"),
+        ("json/train/t2", "gamma"),
+        ("json/train/t3", "delta"),
+    ]
     assert skipped.counts == {"empty": 1}
     limited = list(hf_documents("json", "train", data_files=str(p), streaming=False, limit=1))
     assert [d.text for d in limited] == ["alpha"]

@@ -20,22 +20,78 @@ LIB = Path(sysconfig.get_paths()["stdlib"])
 
 # RULER's scripts/synthetic.yaml, as it is
 SYNTHETIC_YAML = {
-    "niah_single_1": dict(task="niah", type_haystack="noise", type_needle_k="words", type_needle_v="numbers",
-                          num_needle_k=1, num_needle_v=1, num_needle_q=1),
-    "niah_single_2": dict(task="niah", type_haystack="essay", type_needle_k="words", type_needle_v="numbers",
-                          num_needle_k=1, num_needle_v=1, num_needle_q=1),
-    "niah_single_3": dict(task="niah", type_haystack="essay", type_needle_k="words", type_needle_v="uuids",
-                          num_needle_k=1, num_needle_v=1, num_needle_q=1),
-    "niah_multikey_1": dict(task="niah", type_haystack="essay", type_needle_k="words", type_needle_v="numbers",
-                            num_needle_k=4, num_needle_v=1, num_needle_q=1),
-    "niah_multikey_2": dict(task="niah", type_haystack="needle", type_needle_k="words", type_needle_v="numbers",
-                            num_needle_k=1, num_needle_v=1, num_needle_q=1),
-    "niah_multikey_3": dict(task="niah", type_haystack="needle", type_needle_k="uuids", type_needle_v="uuids",
-                            num_needle_k=1, num_needle_v=1, num_needle_q=1),
-    "niah_multivalue": dict(task="niah", type_haystack="essay", type_needle_k="words", type_needle_v="numbers",
-                            num_needle_k=1, num_needle_v=4, num_needle_q=1),
-    "niah_multiquery": dict(task="niah", type_haystack="essay", type_needle_k="words", type_needle_v="numbers",
-                            num_needle_k=1, num_needle_v=1, num_needle_q=4),
+    "niah_single_1": dict(
+        task="niah",
+        type_haystack="noise",
+        type_needle_k="words",
+        type_needle_v="numbers",
+        num_needle_k=1,
+        num_needle_v=1,
+        num_needle_q=1,
+    ),
+    "niah_single_2": dict(
+        task="niah",
+        type_haystack="essay",
+        type_needle_k="words",
+        type_needle_v="numbers",
+        num_needle_k=1,
+        num_needle_v=1,
+        num_needle_q=1,
+    ),
+    "niah_single_3": dict(
+        task="niah",
+        type_haystack="essay",
+        type_needle_k="words",
+        type_needle_v="uuids",
+        num_needle_k=1,
+        num_needle_v=1,
+        num_needle_q=1,
+    ),
+    "niah_multikey_1": dict(
+        task="niah",
+        type_haystack="essay",
+        type_needle_k="words",
+        type_needle_v="numbers",
+        num_needle_k=4,
+        num_needle_v=1,
+        num_needle_q=1,
+    ),
+    "niah_multikey_2": dict(
+        task="niah",
+        type_haystack="needle",
+        type_needle_k="words",
+        type_needle_v="numbers",
+        num_needle_k=1,
+        num_needle_v=1,
+        num_needle_q=1,
+    ),
+    "niah_multikey_3": dict(
+        task="niah",
+        type_haystack="needle",
+        type_needle_k="uuids",
+        type_needle_v="uuids",
+        num_needle_k=1,
+        num_needle_v=1,
+        num_needle_q=1,
+    ),
+    "niah_multivalue": dict(
+        task="niah",
+        type_haystack="essay",
+        type_needle_k="words",
+        type_needle_v="numbers",
+        num_needle_k=1,
+        num_needle_v=4,
+        num_needle_q=1,
+    ),
+    "niah_multiquery": dict(
+        task="niah",
+        type_haystack="essay",
+        type_needle_k="words",
+        type_needle_v="numbers",
+        num_needle_k=1,
+        num_needle_v=1,
+        num_needle_q=4,
+    ),
     "vt": dict(task="variable_tracking", type_haystack="noise", num_chains=1, num_hops=4),
     "cwe": dict(task="common_words_extraction", freq_cw=30, freq_ucw=3, num_cw=10),
     "fwe": dict(task="freq_words_extraction", alpha=2.0),
@@ -43,16 +99,30 @@ SYNTHETIC_YAML = {
     "qa_2": dict(task="qa", dataset="hotpotqa"),
 }
 # RULER's scripts/data/synthetic/constants.py: tokens to generate, and the answer prefixes
-TOKENS_TO_GENERATE = {"niah": 128, "variable_tracking": 30, "common_words_extraction": 120,
-                      "freq_words_extraction": 50, "qa": 32}
-KIND = {"niah": "niah", "variable_tracking": "vt", "common_words_extraction": "cwe", "freq_words_extraction": "fwe",
-        "qa": "qa"}
-NIAH_TEMPLATE = ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
-                 "I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic "
-                 "{type_needle_v} for {query} mentioned in the provided text?")
+TOKENS_TO_GENERATE = {
+    "niah": 128,
+    "variable_tracking": 30,
+    "common_words_extraction": 120,
+    "freq_words_extraction": 50,
+    "qa": 32,
+}
+KIND = {
+    "niah": "niah",
+    "variable_tracking": "vt",
+    "common_words_extraction": "cwe",
+    "freq_words_extraction": "fwe",
+    "qa": "qa",
+}
+NIAH_TEMPLATE = (
+    "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic "
+    "{type_needle_v} for {query} mentioned in the provided text?"
+)
 NIAH_PREFIX = " The special magic {type_needle_v} for {query} mentioned in the provided text are"
-VT_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
-             "assigned the value {query}, they are: ")
+VT_PREFIX = (
+    " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+    "assigned the value {query}, they are: "
+)
 CWE_PREFIX = " Answer: The top 10 words that appear most often in the list are:"
 FWE_PREFIX = " Answer: According to the coded text above, the three most frequently appeared words are:"
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -85,7 +155,12 @@ def test_the_tasks_are_rulers():
         assert spec.kind == KIND[cfg["task"]] and spec.tokens_to_generate == TOKENS_TO_GENERATE[cfg["task"]]
         if spec.kind == "niah":
             assert (spec.haystack, spec.type_k, spec.type_v, spec.num_v, spec.num_q) == (
-                cfg["type_haystack"], cfg["type_needle_k"], cfg["type_needle_v"], cfg["num_needle_v"], cfg["num_needle_q"])
+                cfg["type_haystack"],
+                cfg["type_needle_k"],
+                cfg["type_needle_v"],
+                cfg["num_needle_v"],
+                cfg["num_needle_q"],
+            )
             assert spec.num_k == max(cfg["num_needle_k"], cfg["num_needle_q"])  # niah.py: num_k = max(num_k, num_q)
         elif spec.kind == "vt":
             assert (spec.haystack, spec.num_chains, spec.num_hops) == (cfg["type_haystack"], 1, 4)
@@ -106,7 +181,7 @@ NIAH = [t for t in ruler.ALL_TASKS if ruler.ALL_TASKS[t].kind == "niah"]
 def test_needle_tasks(tok, essay, task):
     spec = ruler.ALL_TASKS[task]
     gen, s = sample(tok, essay, task, 3000)
-    head, context, tail = tok.decode(s.ids[:s.span[0]]), s.text, tok.decode(s.ids[-s.question_tokens:])
+    head, context, tail = tok.decode(s.ids[: s.span[0]]), s.text, tok.decode(s.ids[-s.question_tokens :])
     one = spec.num_q * spec.num_v == 1
     type_v = spec.type_v[:-1] if one else spec.type_v
     needles = NEEDLE.findall(context)
@@ -119,7 +194,7 @@ def test_needle_tasks(tok, essay, task):
     assert len(asked) == spec.num_q and sorted(s.answers) == sorted(v for k in asked for v in keys_of[k])
     assert all(len(keys_of[k]) == spec.num_v for k in asked)
     if spec.haystack == "needle":  # a haystack made of needles: every line but the planted one
-        lines = s.text[len(head):len(s.text) - len(tail)].strip("\n").split("\n")
+        lines = s.text[len(head) : len(s.text) - len(tail)].strip("\n").split("\n")
         assert all(NEEDLE.fullmatch(line) for line in lines) and len(keys_of) == len(lines)
     else:
         assert len(keys_of) == spec.num_k and len(needles) == spec.num_k * spec.num_v
@@ -130,27 +205,34 @@ def test_needle_tasks(tok, essay, task):
     # the template, in the singular when one value is asked (niah.py's replacements), and the answer prefix
     query = re.search(r"for (.+) mentioned in the provided text\?", s.text).group(1)  # in the order asked
     order = re.split(r", and |, ", query)
-    assert sorted(order) == sorted(asked) and query == (", ".join(order[:-1]) + ", and " + order[-1] if len(order) > 1
-                                                         else order[0])
+    assert sorted(order) == sorted(asked) and query == (
+        ", ".join(order[:-1]) + ", and " + order[-1] if len(order) > 1 else order[0]
+    )
     intro, question = NIAH_TEMPLATE.split("{context}")
     prefix = NIAH_PREFIX
     if one:
-        intro, question, prefix = (t.replace("Some", "A").replace("are all", "is").replace("are", "is")
-                                   for t in (intro, question, prefix))
+        intro, question, prefix = (
+            t.replace("Some", "A").replace("are all", "is").replace("are", "is") for t in (intro, question, prefix)
+        )
     assert s.text.startswith(intro.format(type_needle_v=type_v))
-    assert s.text.endswith(question.format(type_needle_v=type_v, query=query) + prefix.format(type_needle_v=type_v, query=query))
+    assert s.text.endswith(
+        question.format(type_needle_v=type_v, query=query) + prefix.format(type_needle_v=type_v, query=query)
+    )
     # placement: noise and needle haystacks one sentence a line; the essay whitespace-collapsed, needles inline
-    body = s.text[len(intro.format(type_needle_v=type_v)):-len(question.format(type_needle_v=type_v, query=query)
-                                                                  + prefix.format(type_needle_v=type_v, query=query))]
+    body = s.text[
+        len(intro.format(type_needle_v=type_v)) : -len(
+            question.format(type_needle_v=type_v, query=query) + prefix.format(type_needle_v=type_v, query=query)
+        )
+    ]
     if spec.haystack == "noise":
         assert set(NEEDLE.sub("", body).split("\n")) == {NOISE, ""}
     elif spec.haystack == "essay":
         assert "\n" not in body  # (two needles at one depth leave two spaces between them, as in niah.py)
         text = NEEDLE.sub("", body).split()
-        assert text == essay[:len(text)]  # the essay from its start, needles between sentences
+        assert text == essay[: len(text)]  # the essay from its start, needles between sentences
     # the needles' token positions point at them
     for p in s.positions:
-        assert tok.decode(s.ids[p:p + 12]).lstrip().startswith("One")
+        assert tok.decode(s.ids[p : p + 12]).lstrip().startswith("One")
 
 
 def test_variable_tracking(tok, essay):
@@ -159,8 +241,9 @@ def test_variable_tracking(tok, essay):
     assert s.text.endswith(VT_PREFIX.format(num_v=5, query=value))
     assert "Question: Find all variables that are assigned the value " + value + " in the text above." in s.text
     # RULER's worked example first: a chain of 3-letter names over noise, answered, then the task
-    example, _, task = s.text.partition("\nMemorize and track the chain(s) of variable assignment hidden in the "
-                                        "following text.\n\n")
+    example, _, task = s.text.partition(
+        "\nMemorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+    )
     assert example.startswith("Memorize and track the chain(s)") and "they are:  " in example
     ex_names = example.strip().split()[-5:]
     assert all(re.fullmatch(r"[A-Z]{3}", n) for n in ex_names)
@@ -199,8 +282,10 @@ def test_common_words(tok, essay, length):
 
 def test_frequent_words(tok, essay):
     gen, s = sample(tok, essay, "fwe", 3000)
-    assert s.text.startswith("Read the following coded text and track the frequency of each coded word. Find the "
-                             "three most frequently appeared coded words. ")
+    assert s.text.startswith(
+        "Read the following coded text and track the frequency of each coded word. Find the "
+        "three most frequently appeared coded words. "
+    )
     assert s.text.endswith("?" + FWE_PREFIX)
     words = s.text.split("coded words. ")[1].split("\nQuestion:")[0].split(" ")
     counts = Counter(words)
@@ -213,16 +298,33 @@ def test_frequent_words(tok, essay):
 
 
 def test_question_answering(tok, tmp_path):
-    squad = {"data": [{"paragraphs": [
-        {"context": f"Paragraph {i} says the river {i} is called Name{i}.",
-         "qas": [{"question": f"What is river {i} called?", "answers": [{"text": f"Name{i}"}], "is_impossible": False}]}
-        for i in range(40)]}]}
+    squad = {
+        "data": [
+            {
+                "paragraphs": [
+                    {
+                        "context": f"Paragraph {i} says the river {i} is called Name{i}.",
+                        "qas": [
+                            {
+                                "question": f"What is river {i} called?",
+                                "answers": [{"text": f"Name{i}"}],
+                                "is_impossible": False,
+                            }
+                        ],
+                    }
+                    for i in range(40)
+                ]
+            }
+        ]
+    }
     (tmp_path / "squad.json").write_text(json.dumps(squad))
     qa = ruler.read_qa(tmp_path / "squad.json", "squad")
     gen, s = sample(tok, None, "qa_1", 800, seed=3, qa=qa)
     assert s.answers == ["Name3"] and "Name3" in s.text and s.text.endswith("Question: What is river 3 called? Answer:")
-    assert s.text.startswith("Answer the question based on the given documents. Only give me the answer and do not "
-                             "output any other words.\n\nThe following are given documents.\n\nDocument 1:\n")
+    assert s.text.startswith(
+        "Answer the question based on the given documents. Only give me the answer and do not "
+        "output any other words.\n\nThe following are given documents.\n\nDocument 1:\n"
+    )
     assert len(s.ids) + 32 <= 800
     assert ruler.score("it is name3, I think", s.answers, "part") == 1.0
     with pytest.raises(ValueError, match="not a squad file"):
@@ -242,15 +344,20 @@ def test_prompt_fits_its_length(tok, essay, task, length):
 
 
 def test_chat_template_wraps_the_task_and_the_answer_prefix_follows(tok, essay):
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     try:
         _, s = sample(tok, essay, "niah_single_1", 2500, chat=True)
     finally:
         tok.chat_template = None
     assert s.text.startswith("<|im_start|>user\nA special magic number is hidden")
-    assert re.search(r"mentioned in the provided text\?<\|im_end\|>\n<\|im_start\|>assistant\n The special magic "
-                     r"number for \S+ mentioned in the provided text is$", s.text)
+    assert re.search(
+        r"mentioned in the provided text\?<\|im_end\|>\n<\|im_start\|>assistant\n The special magic "
+        r"number for \S+ mentioned in the provided text is$",
+        s.text,
+    )
     with pytest.raises(ValueError, match="no chat template"):
         ruler.Generator("niah_single_1", tok, 2500, chat=True)
 
@@ -281,4 +388,8 @@ def test_rulers_metrics():
 
 def test_sentences_cut_after_ends_before_capitals():
     assert ruler.sentences("It rained. Then it stopped! Was it 3 p.m. or so? Yes. e.g. this") == [
-        "It rained.", "Then it stopped!", "Was it 3 p.m. or so?", "Yes. e.g. this"]
+        "It rained.",
+        "Then it stopped!",
+        "Was it 3 p.m. or so?",
+        "Yes. e.g. this",
+    ]

@@ -88,7 +88,7 @@ def test_jdk_documents_from_zip(tmp_path):
     zpath = tmp_path / "src.zip"
     with zipfile.ZipFile(zpath, "w") as z:
         z.writestr("java.base/java/lang/Thing.java", "/** A thing. */\nclass Thing {}\n")
-        z.writestr("java.base/java/lang/Bad.java", b"class Bad { String s = \"\xc3\x28\"; }")
+        z.writestr("java.base/java/lang/Bad.java", b'class Bad { String s = "\xc3\x28"; }')
         z.writestr("java.base/java/lang/Empty.java", "")
         z.writestr("java.base/module-info.class", b"\xca\xfe\xba\xbe")
     skipped = SkipCounter()

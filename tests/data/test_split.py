@@ -22,7 +22,14 @@ def test_split_pinned_values():
     # Pins the hash so a refactor cannot silently reshuffle train and test.
     assert hash_unit("stdlib/argparse.py") == pytest.approx(0.4323462345249389)
     assert [split_of(f"doc{i}", 0.3, 0.3) for i in range(8)] == [
-        "train", "train", "train", "validation", "train", "test", "test", "train"
+        "train",
+        "train",
+        "train",
+        "validation",
+        "train",
+        "test",
+        "test",
+        "train",
     ]
     assert split_of("x", 0.0, 0.0) == "train"
 

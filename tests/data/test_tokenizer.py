@@ -5,7 +5,7 @@ import pytest
 from memlong.tokenizer import EOS_TOKEN, is_lossless, load_tokenizer, train_and_save, train_bpe, vocab_sweep
 
 TEXTS = [
-    "def parse_args(argv=None):\n    \"\"\"Parse the command line.\"\"\"\n    return parser.parse_args(argv)\n",
+    'def parse_args(argv=None):\n    """Parse the command line."""\n    return parser.parse_args(argv)\n',
     "NAME\n       ls - list directory contents\n\nSYNOPSIS\n       ls [OPTION]... [FILE]...\n",
     "public final class String implements java.io.Serializable, Comparable<String> {}\n",
 ] * 20

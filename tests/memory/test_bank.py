@@ -22,8 +22,14 @@ def unit(seed):
 
 def add(bank, cid, emb=None):
     kv = torch.full((H, TAU, D), float(cid))
-    return bank.add(kv, -kv, unit(cid) if emb is None else emb, chunk_id=cid, span=(cid * TAU, (cid + 1) * TAU),
-                    token_ids=torch.arange(TAU) + cid)
+    return bank.add(
+        kv,
+        -kv,
+        unit(cid) if emb is None else emb,
+        chunk_id=cid,
+        span=(cid * TAU, (cid + 1) * TAU),
+        token_ids=torch.arange(TAU) + cid,
+    )
 
 
 def ids(bank):
@@ -157,7 +163,7 @@ class ReferenceBank:
                 n_new = math.floor(0.1 * C)
                 keep = math.floor(0.5 * C)
                 rest = self.items[n_old:]
-                middle, newest = rest[: len(rest) - n_new], rest[len(rest) - n_new:]
+                middle, newest = rest[: len(rest) - n_new], rest[len(rest) - n_new :]
                 more = (n - keep) - n_old
                 ranked = sorted(range(len(middle)), key=lambda i: (middle[i][1], i))
                 drop = set(ranked[:more])
@@ -341,7 +347,9 @@ def test_window_index_follows_its_chunk_through_growth_eviction_and_save(tmp_pat
     back = MemoryBank.load(tmp_path / "with", expected=layout)
     back.check_invariants()
     back_slots = torch.tensor([e["slot"] for e in back.entries()])
-    assert torch.equal(back.window_scores(back_slots, q), bank.window_scores(slots, q)) and not back.unwindowed().numel()
+    assert (
+        torch.equal(back.window_scores(back_slots, q), bank.window_scores(slots, q)) and not back.unwindowed().numel()
+    )
 
     plain = MemoryBank(BankLayout(6, 8, H, D, E), search_backend="torch")
     plain.add(kv, kv, unit(0), chunk_id=0, span=(0, 8), window_embeddings=windows(0))  # ignored: no index
@@ -371,8 +379,14 @@ def test_lexical_scores_weigh_rare_words_and_word_pairs():
     assert lexical_scores(corpus, [], corpus).eq(0).all()
     bank = make_bank()
     for i, toks in enumerate(corpus):
-        bank.add(torch.zeros(H, TAU, D), torch.zeros(H, TAU, D), unit(i), chunk_id=i, span=(TAU * i, TAU * i + TAU),
-                 token_ids=toks)
+        bank.add(
+            torch.zeros(H, TAU, D),
+            torch.zeros(H, TAU, D),
+            unit(i),
+            chunk_id=i,
+            span=(TAU * i, TAU * i + TAU),
+            token_ids=toks,
+        )
     slots = torch.tensor([e["slot"] for e in bank.entries()])
     torch.testing.assert_close(bank.lexical_scores(slots, question), s)
 
@@ -394,22 +408,41 @@ def test_a_dropped_bank_is_freed_at_once(dtype):
         assert gone() is None
 
 
-@pytest.mark.parametrize("layout", [BankLayout(10, TAU, H, D, E), BankLayout(10, TAU, H, D, E, index_window=2),
-                                    BankLayout(10, TAU, H, D, E, dtype=torch.int8, compute_dtype=torch.float32)])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        BankLayout(10, TAU, H, D, E),
+        BankLayout(10, TAU, H, D, E, index_window=2),
+        BankLayout(10, TAU, H, D, E, dtype=torch.int8, compute_dtype=torch.float32),
+    ],
+)
 def test_slot_bytes_is_what_a_slot_holds(layout):
     """``BankLayout.slot_bytes`` (what ``bytes_per_token`` reports per banked token) is what
     ``nbytes`` counts per slot, with a window index and with compressed K/V too."""
     bank = random_bank(layout, n=9)
     assert bank.num_slots > 0 and bank.nbytes() == bank.num_slots * layout.slot_bytes()
     assert layout.bytes_per_token() == layout.slot_bytes() / TAU > layout.kv_bytes_per_token()
-@pytest.mark.parametrize("eviction, capacity, fractions", [
-    ("counter", 10, (0.1, 0.1, 0.5)), ("counter", 7, (0.1, 0.2, 0.9)), ("fifo", 4, (0.1, 0.1, 0.5)),
-    ("counter", 1, (0.0, 0.0, 0.5)),
-])
+
+
+@pytest.mark.parametrize(
+    "eviction, capacity, fractions",
+    [
+        ("counter", 10, (0.1, 0.1, 0.5)),
+        ("counter", 7, (0.1, 0.2, 0.9)),
+        ("fifo", 4, (0.1, 0.1, 0.5)),
+        ("counter", 1, (0.0, 0.0, 0.5)),
+    ],
+)
 def test_chunks_after_predicts_what_eviction_leaves(eviction, capacity, fractions):
     keep, drop, target = fractions
-    bank = MemoryBank(BankLayout(capacity, TAU, H, D, E), eviction=eviction, keep_newest=keep, drop_oldest=drop,
-                      target=target, search_backend="torch")
+    bank = MemoryBank(
+        BankLayout(capacity, TAU, H, D, E),
+        eviction=eviction,
+        keep_newest=keep,
+        drop_oldest=drop,
+        target=target,
+        search_backend="torch",
+    )
     predicted = [bank.chunks_after(n) for n in range(40)]
     for n in range(40):
         assert len(bank) == predicted[n], n
@@ -470,5 +503,6 @@ def test_a_save_cleans_tensor_files_left_by_a_killed_save(tmp_path):
     (tmp_path / "bank-deadbeef0001.safetensors").write_bytes(b"whole, never named in bank.json")
     assert ids(MemoryBank.load(tmp_path)) == ids(bank)  # ignored by load
     bank.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bank-")) == \
-        [json.loads((tmp_path / "bank.json").read_text())["tensors"]]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bank-")) == [
+        json.loads((tmp_path / "bank.json").read_text())["tensors"]
+    ]

@@ -64,14 +64,27 @@ def test_without_retrieval_every_chunk_leaving_the_window_is_dropped():
 def test_ingest_text_warns_before_evicting_and_reports_after(bpe_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512))
-    cfg = memlong.MemLongConfig(memory_layer=2, retrieval_layers=(3, 4), chunk_size=8, top_k=2, memory_capacity=48,
-                                local_window=32)
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+        )
+    )
+    cfg = memlong.MemLongConfig(
+        memory_layer=2, retrieval_layers=(3, 4), chunk_size=8, top_k=2, memory_capacity=48, local_window=32
+    )
     m = memlong.wrap(lm, cfg, retriever=memlong.HashingRetriever(dim=32), tokenizer=tok)
     text = "The quick brown fox jumps over the lazy dog. " * 30
-    with pytest.warns(EvictionWarning, match=r"tokens to read, more than this memory holds .* evicted .*"
-                                             r"memory_capacity = \d+"):
+    with pytest.warns(
+        EvictionWarning,
+        match=r"tokens to read, more than this memory holds .* evicted .*"
+        r"memory_capacity = \d+",
+    ):
         memory = m.ingest_text(text)
     report = memory.bank(0).evicted_report()
     assert report["chunks"] > 0 and sum(b - a for a, b in report["spans"]) == report["tokens"] == 8 * report["chunks"]

@@ -96,8 +96,9 @@ def test_every_backend_breaks_ties_by_score_then_chunk_id():
         # 40 chunks; chunk ids 3, 7, 11, ..., 39 share one embedding
         for cid in range(40):
             kv = torch.full((H, TAU, D), float(cid))
-            bank.add(kv, kv, twins if cid % 4 == 3 else unit(100 + cid), chunk_id=cid,
-                     span=(cid * TAU, (cid + 1) * TAU))
+            bank.add(
+                kv, kv, twins if cid % 4 == 3 else unit(100 + cid), chunk_id=cid, span=(cid * TAU, (cid + 1) * TAU)
+            )
         slots, scores = bank.search(twins, 4, count=False)
         picked[backend] = [int(bank.chunk_ids[s]) for s in slots]
         assert torch.allclose(scores, torch.ones(4), atol=1e-5)

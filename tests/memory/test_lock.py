@@ -29,8 +29,12 @@ with lock.folder_lock(sys.argv[1], timeout=30):
 
 
 def holder(directory):
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), str(LOCK_PY)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory), str(LOCK_PY)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout.readline().strip() == "locked"
     return p
 
@@ -46,7 +50,11 @@ def test_a_second_process_waits_then_gives_up_naming_the_holder(tmp_path):
                 pytest.fail("entered a folder another process holds")
         assert time.monotonic() - t0 >= 0.5
         assert len(waits) == 1 and waits[0]["pid"] == p.pid  # told once who it waits for
-        assert e.value.holder["pid"] == p.pid and f"pid {p.pid}" in str(e.value) and re.search(r"; waited \d+\.\d s$", str(e.value))
+        assert (
+            e.value.holder["pid"] == p.pid
+            and f"pid {p.pid}" in str(e.value)
+            and re.search(r"; waited \d+\.\d s$", str(e.value))
+        )
     finally:
         p.stdin.close()
         p.wait(timeout=10)

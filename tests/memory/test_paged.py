@@ -48,8 +48,13 @@ def test_bank_growth_adds_pages_and_never_moves_stored_chunks(monkeypatch):
     bank = MemoryBank(BankLayout(40, tau, h, d, 6))
     pointers = {}
     for c in range(40):
-        bank.add(torch.full((h, tau, d), float(c)), -torch.full((h, tau, d), float(c)),
-                 torch.nn.functional.normalize(torch.randn(6), dim=0), c, (c * tau, (c + 1) * tau))
+        bank.add(
+            torch.full((h, tau, d), float(c)),
+            -torch.full((h, tau, d), float(c)),
+            torch.nn.functional.normalize(torch.randn(6), dim=0),
+            c,
+            (c * tau, (c + 1) * tau),
+        )
         for i, page in enumerate(bank.keys.pages):
             assert pointers.setdefault(i, page.data_ptr()) == page.data_ptr()  # never reallocated
     sizes = [p.shape[0] for p in bank.keys.pages]

@@ -28,8 +28,8 @@ from memlong.pretrained import (
     DefaultModelUnavailable,
     default_base_model_path,
     load_default_base_model,
+    smollm2,
 )
-from memlong.pretrained import smollm2
 
 
 class FakeGGUF:
@@ -54,8 +54,15 @@ class FakeGGUF:
                 raise RuntimeError("simulated crash while reading the GGUF")
             tok = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
             torch.manual_seed(0)
-            cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+            cfg = LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                tie_word_embeddings=True,
+            )
             return LlamaForCausalLM(cfg).eval(), tok
         finally:
             with self._mutex:
@@ -137,13 +144,16 @@ def _flip_byte(p: Path) -> None:
     p.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name,damage,reason", [
-    ("model.safetensors", _truncate, "bytes, the manifest says"),
-    ("tokenizer.json", Path.unlink, "tokenizer.json is missing"),
-    (smollm2.MANIFEST, Path.unlink, "is missing"),
-    (smollm2.MANIFEST, lambda p: p.write_text("{"), "unreadable"),
-    ("config.json", _flip_byte, "sha256"),
-])
+@pytest.mark.parametrize(
+    "name,damage,reason",
+    [
+        ("model.safetensors", _truncate, "bytes, the manifest says"),
+        ("tokenizer.json", Path.unlink, "tokenizer.json is missing"),
+        (smollm2.MANIFEST, Path.unlink, "is missing"),
+        (smollm2.MANIFEST, lambda p: p.write_text("{"), "unreadable"),
+        ("config.json", _flip_byte, "sha256"),
+    ],
+)
 def test_broken_cache_is_rebuilt(fake, caplog, name, damage, reason):
     path = smollm2.converted_model_path()
     damage(path / name)
@@ -202,9 +212,16 @@ def test_concurrent_conversions_convert_once(fake, monkeypatch):
 def test_conversion_waits_for_another_process_holding_the_lock(fake, caplog):
     fake.models.mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5)",
-         str(fake.models / smollm2.LOCK_NAME)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.5)",
+            str(fake.models / smollm2.LOCK_NAME),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         locked = time.monotonic()
@@ -283,7 +300,11 @@ def test_real_conversion_smollm2(tmp_path, monkeypatch):
     assert cfg.num_hidden_layers == 30 and cfg.vocab_size == len(tok) == 49152
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.max_position_embeddings) == (9, 3, 8192)
     assert (tok.bos_token, tok.eos_token, tok.eos_token_id, model.generation_config.eos_token_id) == (
-        "<|im_start|>", "<|im_end|>", 2, 2)
+        "<|im_start|>",
+        "<|im_end|>",
+        2,
+        2,
+    )
     chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     text = Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()
@@ -311,10 +332,11 @@ def test_shipped_default_memlong_model_is_training_free_on_the_default_base():
 
 def test_load_memlong_model_loads_a_saved_directory_with_overrides(tmp_path, bpe_tokenizer_dir):
     import torch
-    from conftest import small_memlong_config, tiny_model
 
     import memlong
     from memlong.pretrained import load_memlong_model
+
+    from conftest import small_memlong_config, tiny_model
 
     model, _ = tiny_model("llama")
     m = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
@@ -332,11 +354,11 @@ def test_load_memlong_model_loads_a_trained_delta_with_its_local_base_and_tokeni
     the base's tokenizer, and moves together with its base."""
     import shutil
 
-    from conftest import save_tiny_lm
-
     import memlong
     from memlong.modeling import BASE_NAME, save_trained
     from memlong.pretrained import load_memlong_model
+
+    from conftest import save_tiny_lm
 
     base_dir = save_tiny_lm(tmp_path / "pkg" / "base", bpe_tokenizer_dir, layers=4)
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
@@ -371,10 +393,10 @@ def test_load_memlong_model_loads_a_trained_delta_with_its_local_base_and_tokeni
 def test_load_tokenizer_finds_the_tokenizer_load_memlong_model_uses(tmp_path, bpe_tokenizer_dir, monkeypatch):
     """A directory's own tokenizer, else its base's (memlong_base.json: a local base relative to the
     directory, or memlong:default, the default base); the model is never loaded."""
-    from conftest import save_tiny_lm
-
     from memlong.modeling import BASE_NAME
     from memlong.pretrained import DEFAULT_BASE, base_model_of, load_tokenizer
+
+    from conftest import save_tiny_lm
 
     reference = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
     text = "def main(argv=None):"

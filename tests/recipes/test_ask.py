@@ -29,10 +29,26 @@ def model_dir(tmp_path_factory, bpe_tokenizer_dir):
     root = tmp_path_factory.mktemp("ask_model")
     tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512))
-    cfg = small_memlong_config(mode="training_free", memory_layer=1, retrieval_layers=(1, 2, 3, 4), chunk_size=16,
-                               top_k=2, memory_capacity=4096, local_window=64)
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+        )
+    )
+    cfg = small_memlong_config(
+        mode="training_free",
+        memory_layer=1,
+        retrieval_layers=(1, 2, 3, 4),
+        chunk_size=16,
+        top_k=2,
+        memory_capacity=4096,
+        local_window=64,
+    )
     m = memlong.wrap(lm, cfg, retriever=memlong.HashingRetriever())
     m.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
@@ -48,8 +64,20 @@ def files(tmp_path):
 
 
 def ask(model_dir, *argv):
-    return main(["ask", *map(str, argv), "--model", str(model_dir), "--retriever", "hashing", "--max-new-tokens", "4",
-                 "--threads", "1"])
+    return main(
+        [
+            "ask",
+            *map(str, argv),
+            "--model",
+            str(model_dir),
+            "--retriever",
+            "hashing",
+            "--max-new-tokens",
+            "4",
+            "--threads",
+            "1",
+        ]
+    )
 
 
 def report(path) -> dict:
@@ -79,7 +107,9 @@ def test_memory_saved_then_reused_then_reread_when_a_file_changes(model_dir, fil
     assert [f["path"] for f in manifest["files"]] == [str(f.resolve()) for f in files]
     assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in manifest["files"])
     assert manifest["model"] == str(model_dir.resolve()) and manifest["memlong_version"] == memlong.__version__
-    assert manifest["retriever"]["class"] == "HashingRetriever" and manifest["memlong_config"]["mode"] == "training_free"
+    assert (
+        manifest["retriever"]["class"] == "HashingRetriever" and manifest["memlong_config"]["mode"] == "training_free"
+    )
 
     # Unchanged files: the memory is loaded, nothing is read, and the answer is the same.
     from memlong.modeling import MemLongMixin
@@ -119,7 +149,10 @@ def test_memory_saved_then_reused_then_reread_when_a_file_changes(model_dir, fil
     (mem / MANIFEST).write_text(json.dumps({**new, "memory_version": "v-interrupted"}))
     assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
     assert "an interrupted save" in capsys.readouterr().out
-    assert json.loads((mem / MANIFEST).read_text())["memory_version"] == json.loads((mem / "memory.json").read_text())["version"]
+    assert (
+        json.loads((mem / MANIFEST).read_text())["memory_version"]
+        == json.loads((mem / "memory.json").read_text())["version"]
+    )
 
 
 def test_a_file_given_or_dropped_counts_as_a_change(model_dir, files, tmp_path, capsys):
@@ -131,12 +164,28 @@ def test_a_file_given_or_dropped_counts_as_a_change(model_dir, files, tmp_path, 
 
 
 def test_set_changes_how_questions_search_on_a_reused_memory_and_other_fields_need_a_new_one(
-        model_dir, files, tmp_path, capsys):
+    model_dir, files, tmp_path, capsys
+):
     mem, out = tmp_path / "mem", tmp_path / "out.json"
     assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem) == 0
     capsys.readouterr()
-    assert ask(model_dir, *files, "-q", QUESTION, "--memory", mem, "--set", "question_order=score",
-               "--set", "question_offsets=[0,1]", "--json", out) == 0
+    assert (
+        ask(
+            model_dir,
+            *files,
+            "-q",
+            QUESTION,
+            "--memory",
+            mem,
+            "--set",
+            "question_order=score",
+            "--set",
+            "question_offsets=[0,1]",
+            "--json",
+            out,
+        )
+        == 0
+    )
     assert "nothing read" in capsys.readouterr().out
     config = report(out)["memlong_config"]
     assert config["question_order"] == "score" and config["question_offsets"] == [0, 1]
@@ -220,8 +269,10 @@ def test_show_retrieved_prints_chunk_text_from_the_files(model_dir, files, tmp_p
         assert len(r["text"]) <= 200 and r["tokens"][1] - r["tokens"][0] == 16
         line = texts[r["file"]].count("\n", 0, texts[r["file"]].index(r["text"])) + 1
         assert r["line"] == line
-        assert f"chunk {r['chunk_id']:>5}  tokens {r['tokens'][0]:,}-{r['tokens'][1]:,}  score {r['score']:.3f}" \
-               f"  {r['file']}:{r['line']}" in printed
+        assert (
+            f"chunk {r['chunk_id']:>5}  tokens {r['tokens'][0]:,}-{r['tokens'][1]:,}  score {r['score']:.3f}"
+            f"  {r['file']}:{r['line']}" in printed
+        )
         assert repr(r["text"].replace("\n", " ")) in printed
 
 
@@ -276,19 +327,37 @@ def test_default_model_finds_a_fact_planted_near_the_start_of_32k_tokens(tmp_pat
     doc.write_text(text[:cut] + "The secret code of the vault is 48213.\n" + text[cut:])
     out = tmp_path / "ask.json"
     t0 = time.perf_counter()
-    assert main(["ask", str(doc), "--question", "What is the secret code of the vault?", "--max-new-tokens", "20",
-                 "--show-retrieved", "--threads", "2", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                str(doc),
+                "--question",
+                "What is the secret code of the vault?",
+                "--max-new-tokens",
+                "20",
+                "--show-retrieved",
+                "--threads",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = report(out)
-    print(f"{r['tokens_read']} tokens, {r['tokens_per_s']} tokens/s, {time.perf_counter() - t0:.0f} s in all; "
-          f"answer {r['questions'][0]['answer']!r}; retrieved {[(c['chunk_id'], c['score']) for c in r['questions'][0]['retrieved']]}")
+    print(
+        f"{r['tokens_read']} tokens, {r['tokens_per_s']} tokens/s, {time.perf_counter() - t0:.0f} s in all; "
+        f"answer {r['questions'][0]['answer']!r}; retrieved {[(c['chunk_id'], c['score']) for c in r['questions'][0]['retrieved']]}"
+    )
     assert r["tokens_read"] > 32_768
     assert "48213" in r["questions"][0]["answer"]
 
 
 def test_rag_answers_with_the_base_model_on_the_chunks_most_like_the_question(model_dir, files, tmp_path, capsys):
     from memlong.pretrained import load_memlong_model
-    from memlong.rag import rag_prompt
     from memlong.qa import load_base, plain_answer, question_ids
+    from memlong.rag import rag_prompt
     from memlong.recipes.ask import join_sources, read_source
 
     out = tmp_path / "out.json"
@@ -311,12 +380,17 @@ def test_rag_answers_with_the_base_model_on_the_chunks_most_like_the_question(mo
     doc = tok(join_sources([read_source(str(f)) for f in files]), add_special_tokens=False)["input_ids"]
     prompt = question_ids(tok, question, chat=False)[0]
     rag = rag_prompt(model, doc + prompt, (0, len(doc)))
-    assert rag.chosen == q["rag_chunks"] and rag.ids[-len(prompt):] == prompt
+    assert rag.chosen == q["rag_chunks"] and rag.ids[-len(prompt) :] == prompt
     base = load_base(str(model_dir))
     ids = torch.tensor([rag.ids])
-    want = base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
-                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    assert q["answer"] == plain_answer(tok.decode(want[0, ids.shape[1]:], skip_special_tokens=True))[0].strip()
+    want = base.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    assert q["answer"] == plain_answer(tok.decode(want[0, ids.shape[1] :], skip_special_tokens=True))[0].strip()
     assert f"Q: {question}\nA: {q['answer']}" in printed
     # no memory is read with --rag: --memory does not apply
     with pytest.raises(SystemExit, match="--rag reads no memory"):
@@ -331,7 +405,7 @@ def test_eviction_is_announced_before_reading_and_reported_after(model_dir, file
     plan, evicted = r["reading_plan"], r["evicted"]
     assert plan["tokens"] == r["tokens_read"] and plan["evicted_chunks"] > 0 and plan["capacity_tokens"] == 512
     needed = plan["capacity_needed"]
-    warning = printed[printed.index("warning: "):printed.index("tokens read:")]
+    warning = printed[printed.index("warning: ") : printed.index("tokens read:")]
     assert printed.index("warning: ") < printed.index("tokens read:")  # before reading
     assert f"{plan['tokens']:,} tokens to read" in warning and f"{plan['kept_tokens']:,} tokens will be kept" in warning
     assert f"{plan['evicted_tokens']:,} ({plan['evicted_chunks']:,} chunks of 16) evicted" in warning
@@ -388,8 +462,26 @@ def jobs(model_dir: str) -> dict:
     verb.write_manifest = timed("manifest", verb.write_manifest)
 
     def run(files, memory, timeout=30):
-        main(["ask", *files, "--memory", memory, "-q", QUESTION, "--model", model_dir, "--retriever", "hashing",
-              "--max-new-tokens", "1", "--threads", "1", "--lock-timeout", str(timeout)])
+        main(
+            [
+                "ask",
+                *files,
+                "--memory",
+                memory,
+                "-q",
+                QUESTION,
+                "--model",
+                model_dir,
+                "--retriever",
+                "hashing",
+                "--max-new-tokens",
+                "1",
+                "--threads",
+                "1",
+                "--lock-timeout",
+                str(timeout),
+            ]
+        )
         return marks
 
     return {"ask": run}
@@ -457,15 +549,33 @@ def test_ask_killed_while_saving_leaves_a_memory_it_reuses_or_reads_again(model_
         outcomes.append((killed, with_old[0], with_new[0]))
     assert any(killed for killed, *_ in outcomes) and any(n != "reuse" for *_, n in outcomes), outcomes
     # ... and the verb itself carries on from whatever a kill left
-    assert main(["ask", *files, "--memory", str(mem), "-q", QUESTION, "--model", str(model_dir), "--retriever",
-                 "hashing", "--max-new-tokens", "1"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                *files,
+                "--memory",
+                str(mem),
+                "-q",
+                QUESTION,
+                "--model",
+                str(model_dir),
+                "--retriever",
+                "hashing",
+                "--max-new-tokens",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert _decide(model, model_dir, mem, new) == ("reuse", new_tokens)
     assert not [p.name for p in mem.iterdir() if p.name.endswith(".tmp")]
     assert len([p for p in mem.iterdir() if p.name.startswith("v-")]) == 1
 
 
-def test_two_asks_on_one_memory_one_reads_and_saves_the_other_waits_and_reuses(model_dir, small_files, tmp_path,
-                                                                                 killer, capsys):
+def test_two_asks_on_one_memory_one_reads_and_saves_the_other_waits_and_reuses(
+    model_dir, small_files, tmp_path, killer, capsys
+):
     import threading
 
     mem, files = tmp_path / "mem", [str(f) for f in small_files]
@@ -473,8 +583,25 @@ def test_two_asks_on_one_memory_one_reads_and_saves_the_other_waits_and_reuses(m
     other = threading.Thread(target=lambda: child.update(killer.run(None, "ask", files=files, memory=str(mem))))
     other.start()
     time.sleep(0.05)
-    assert main(["ask", *files, "--memory", str(mem), "-q", QUESTION, "--model", str(model_dir), "--retriever",
-                 "hashing", "--max-new-tokens", "1"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                *files,
+                "--memory",
+                str(mem),
+                "-q",
+                QUESTION,
+                "--model",
+                str(model_dir),
+                "--retriever",
+                "hashing",
+                "--max-new-tokens",
+                "1",
+            ]
+        )
+        == 0
+    )
     other.join(timeout=60)
     printed = capsys.readouterr().out
     child_saved = "save_start" in child["marks"]
@@ -490,9 +617,12 @@ def test_a_second_ask_gives_up_on_a_memory_another_process_holds(model_dir, smal
 
     mem, files = tmp_path / "mem", [str(f) for f in small_files]
     with folder_lock(mem, timeout=0):  # this process holds DIR, as a first `memlong ask` reading would
-        with pytest.raises(AssertionError, match=r"(?s)another memlong process is using --memory .*"
-                                                 rf"pid {os.getpid()}.*waited 0\.\d s .*--lock-timeout.*another "
-                                                 r"--memory DIR"):
+        with pytest.raises(
+            AssertionError,
+            match=r"(?s)another memlong process is using --memory .*"
+            rf"pid {os.getpid()}.*waited 0\.\d s .*--lock-timeout.*another "
+            r"--memory DIR",
+        ):
             killer.run(None, "ask", files=files, memory=str(mem), timeout=0.5)
     assert sorted(p.name for p in mem.iterdir()) == [".memlong.lock"]  # nothing read, nothing saved
 
@@ -527,12 +657,13 @@ def test_capacity_is_raised_to_hold_the_files_unless_evict(small_capacity_model,
     # --evict: the model's capacity, evicting, said before and after; the saved memory is read again, not refused
     assert ask(small_capacity_model, *files, "-q", QUESTION, "--memory", mem, "--evict", "--json", out) == 0
     printed = capsys.readouterr().out
-    assert f"memory_capacity {needed} -> 512" in printed and "warning:" in printed and "evicted while reading" in printed
+    assert (
+        f"memory_capacity {needed} -> 512" in printed and "warning:" in printed and "evicted while reading" in printed
+    )
     assert report(out)["memlong_config"]["memory_capacity"] == 512 and report(out)["evicted"]["chunks"] > 0
 
 
-def test_capacity_is_not_raised_past_the_available_memory(small_capacity_model, files, tmp_path, capsys,
-                                                          monkeypatch):
+def test_capacity_is_not_raised_past_the_available_memory(small_capacity_model, files, tmp_path, capsys, monkeypatch):
     import memlong.memory.budget as budget
 
     out = tmp_path / "out.json"

@@ -15,12 +15,37 @@ from memlong.recipes import bench
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = {"--threads", "--json", "--chunk-size", "--top-k"}
-OWN = {"ingest": {"--tokens", "--methods", "--model", "--retriever", "--layers", "--hidden", "--heads", "--kv-heads",
-                  "--window", "--capacity", "--base-timeout", "--max-rss-gb", "--malloc-mmap-threshold", "--generate", "--plot",
-                  "--worker", "--text"},
-       "search": {"--sizes", "--dim", "--queries", "--vectors", "--embeddings-cache", "--indexes", "--text"},
-       "retriever": {"--corpus", "--sample-corpus", "--sample-tokens", "--chunks", "--max-doc-chunks", "--batch",
-                     "--retrievers"}}
+OWN = {
+    "ingest": {
+        "--tokens",
+        "--methods",
+        "--model",
+        "--retriever",
+        "--layers",
+        "--hidden",
+        "--heads",
+        "--kv-heads",
+        "--window",
+        "--capacity",
+        "--base-timeout",
+        "--max-rss-gb",
+        "--malloc-mmap-threshold",
+        "--generate",
+        "--plot",
+        "--worker",
+        "--text",
+    },
+    "search": {"--sizes", "--dim", "--queries", "--vectors", "--embeddings-cache", "--indexes", "--text"},
+    "retriever": {
+        "--corpus",
+        "--sample-corpus",
+        "--sample-tokens",
+        "--chunks",
+        "--max-doc-chunks",
+        "--batch",
+        "--retrievers",
+    },
+}
 
 
 def parser():
@@ -42,8 +67,10 @@ def test_each_benchmark_has_its_own_flags_and_the_shared_ones():
     assert set(subs) == set(OWN)
     for name, sub in subs.items():
         assert flags(sub) == SHARED | OWN[name], name
-    shared = {name: {o: (a.dest, a.default) for a in sub._actions for o in a.option_strings if o in SHARED}
-              for name, sub in subs.items()}
+    shared = {
+        name: {o: (a.dest, a.default) for a in sub._actions for o in a.option_strings if o in SHARED}
+        for name, sub in subs.items()
+    }
     assert all(v == shared["ingest"] for v in shared.values())  # same destination and default in every benchmark
 
 
@@ -63,8 +90,13 @@ def test_help_lists_only_the_benchmark_flags(name, capsys):
 def documented_commands():
     """Every ``memlong bench NAME ...`` command in the README, docs, Makefile, scripts, the bench
     recipes, and the commands the result JSONs record."""
-    sources = [ROOT / "README.md", ROOT / "Makefile", *ROOT.glob("docs/**/*.md"), *ROOT.glob("scripts/*"),
-               *ROOT.glob("src/memlong/recipes/bench*.py")]
+    sources = [
+        ROOT / "README.md",
+        ROOT / "Makefile",
+        *ROOT.glob("docs/**/*.md"),
+        *ROOT.glob("scripts/*"),
+        *ROOT.glob("src/memlong/recipes/bench*.py"),
+    ]
     found = []
     for path in filter(Path.is_file, sources):
         text = path.read_text().replace("\\\\\n", " ").replace("\\\n", " ")  # shell continuations (\\ in docstrings)
@@ -91,11 +123,27 @@ def test_ingest_worker_command_parses_to_the_same_flags():
     """`bench ingest` runs each (method, N) in a worker, `memlong bench ingest --worker METHOD N` with
     every flag that shapes a measurement passed through: that command parses back to the same values."""
     p = parser()
-    args = p.parse_args(["ingest", "--model", "shipped", "--tokens", "1024,2048", "--capacity", "4096", "--text", "t.txt",
-                         "--json", "out.json", "--plot", "out.png"])
+    args = p.parse_args(
+        [
+            "ingest",
+            "--model",
+            "shipped",
+            "--tokens",
+            "1024,2048",
+            "--capacity",
+            "4096",
+            "--text",
+            "t.txt",
+            "--json",
+            "out.json",
+            "--plot",
+            "out.png",
+        ]
+    )
     cmd = bench.worker_command(args, "memlong", 2048)
     assert cmd[1:5] == ["-m", "memlong", "bench", "ingest"]
     again = vars(p.parse_args(cmd[4:]))
     assert again.pop("worker") == ["memlong", "2048"] and again["json"] is None and again["plot"] is None
-    assert {k: v for k, v in again.items() if k not in ("tokens", "methods", "json", "plot")} == \
-        {k: v for k, v in vars(args).items() if k not in ("tokens", "methods", "json", "plot", "worker")}
+    assert {k: v for k, v in again.items() if k not in ("tokens", "methods", "json", "plot")} == {
+        k: v for k, v in vars(args).items() if k not in ("tokens", "methods", "json", "plot", "worker")
+    }

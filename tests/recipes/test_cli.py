@@ -19,14 +19,22 @@ def test_help_and_unknown_verb(capsys):
 def _tiny_memlong_dir(tmp_path, tokenizer_dir):
     """A MemLong directory on a tiny random base (8 layers, a small BPE), training_free like the
     default model, small sizes."""
-    from conftest import save_tiny_lm
-
     from memlong.config import MemLongConfig
+
+    from conftest import save_tiny_lm
 
     base = save_tiny_lm(tmp_path / "tiny-base", tokenizer_dir, layers=8)
     d = tmp_path / "tiny-memlong"
-    MemLongConfig(mode="training_free", memory_layer=1, retrieval_layers=tuple(range(1, 9)), chunk_size=64, top_k=2,
-                  local_window=256, memory_capacity=8192, bank_dtype="bfloat16").save_pretrained(d)
+    MemLongConfig(
+        mode="training_free",
+        memory_layer=1,
+        retrieval_layers=tuple(range(1, 9)),
+        chunk_size=64,
+        top_k=2,
+        local_window=256,
+        memory_capacity=8192,
+        bank_dtype="bfloat16",
+    ).save_pretrained(d)
     (d / "memlong_base.json").write_text(json.dumps({"base_model": str(base), "local": False, "mode": "none"}))
     return d
 
@@ -40,9 +48,30 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     doc = tmp_path / "doc.txt"
     doc.write_text(Path(sysconfig.get_paths()["stdlib"], "argparse.py").read_text()[:12000])
     out = tmp_path / "demo.json"
-    assert main(["demo", "--model", str(_tiny_memlong_dir(tmp_path, bpe_tokenizer_dir)), "--doc", str(doc), "--min-tokens", "0",
-                 "--score", "256", "--retriever", "hashing", "--max-new-tokens", "4", "--threads", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                str(_tiny_memlong_dir(tmp_path, bpe_tokenizer_dir)),
+                "--doc",
+                str(doc),
+                "--min-tokens",
+                "0",
+                "--score",
+                "256",
+                "--retriever",
+                "hashing",
+                "--max-new-tokens",
+                "4",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "SUMMARY" in printed and "without memory" in printed
     s = json.loads(out.read_text())
@@ -160,10 +189,36 @@ def test_demo_default_document_is_held_out():
 def test_bench_ingest_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "memlong", "bench", "ingest", "--tokens", "1024", "--retriever", "hashing",
-         "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2", "--chunk-size", "64",
-         "--window", "256", "--capacity", "512", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "memlong",
+            "bench",
+            "ingest",
+            "--tokens",
+            "1024",
+            "--retriever",
+            "hashing",
+            "--layers",
+            "2",
+            "--hidden",
+            "64",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--chunk-size",
+            "64",
+            "--window",
+            "256",
+            "--capacity",
+            "512",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())["results"]
@@ -177,8 +232,25 @@ def test_bench_ingest_end_to_end(tmp_path):
 
 def test_bench_search_end_to_end(tmp_path):
     out = tmp_path / "search.json"
-    assert main(["bench", "search", "--sizes", "500", "--queries", "20", "--dim", "32",
-                 "--indexes", "torch,faiss_flat,faiss_hnsw", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "search",
+                "--sizes",
+                "500",
+                "--queries",
+                "20",
+                "--dim",
+                "32",
+                "--indexes",
+                "torch,faiss_flat,faiss_hnsw",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {r["index"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["torch"]["recall_at_k"] == 1.0 and rows["faiss_flat"]["recall_at_k"] == 1.0
     assert 0 <= rows["faiss_hnsw"]["recall_at_k"] <= 1 and rows["faiss_hnsw"]["query_ms"] > 0

@@ -16,14 +16,43 @@ from memlong.recipes import eval_ruler
 from memlong.recipes.eval import eval_command
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = {"--model", "--base-model", "--split", "--seed", "--methods", "--retriever", "--set", "--threads", "--json",
-          "--plot", "--data"}
-OWN = {"ppl": {"--score", "--repeat", "--same-text", "--max-documents", "--lengths", "--max-base-length", "--resume"},
-       "passkey": {"--depths", "--trials", "--no-requery", "--lengths", "--max-base-length", "--resume"},
-       "icl": {"--shots-context", "--shots-memory", "--trials", "--max-examples", "--labels", "--demo-split",
-               "--no-requery"},
-       "ruler": {"--tasks", "--samples", "--qa-squad", "--qa-hotpotqa", "--no-chat-template", "--no-requery",
-                 "--lengths", "--max-base-length", "--resume"}}
+SHARED = {
+    "--model",
+    "--base-model",
+    "--split",
+    "--seed",
+    "--methods",
+    "--retriever",
+    "--set",
+    "--threads",
+    "--json",
+    "--plot",
+    "--data",
+}
+OWN = {
+    "ppl": {"--score", "--repeat", "--same-text", "--max-documents", "--lengths", "--max-base-length", "--resume"},
+    "passkey": {"--depths", "--trials", "--no-requery", "--lengths", "--max-base-length", "--resume"},
+    "icl": {
+        "--shots-context",
+        "--shots-memory",
+        "--trials",
+        "--max-examples",
+        "--labels",
+        "--demo-split",
+        "--no-requery",
+    },
+    "ruler": {
+        "--tasks",
+        "--samples",
+        "--qa-squad",
+        "--qa-hotpotqa",
+        "--no-chat-template",
+        "--no-requery",
+        "--lengths",
+        "--max-base-length",
+        "--resume",
+    },
+}
 
 
 def parser():
@@ -45,8 +74,10 @@ def test_each_task_has_its_own_flags_and_the_shared_ones():
     assert set(subs) == set(OWN)
     for task, sub in subs.items():
         assert flags(sub) == SHARED | OWN[task], task
-    shared = {task: {o: (a.dest, a.default) for a in sub._actions for o in a.option_strings if o in SHARED - {"--data"}}
-              for task, sub in subs.items()}
+    shared = {
+        task: {o: (a.dest, a.default) for a in sub._actions for o in a.option_strings if o in SHARED - {"--data"}}
+        for task, sub in subs.items()
+    }
     assert all(v == shared["ppl"] for v in shared.values())  # same destination and default in every task
 
 
@@ -66,8 +97,14 @@ def test_help_lists_only_the_task_flags(task, capsys):
 def documented_commands():
     """Every ``memlong eval TASK ...`` command in the README, docs, model cards, Makefile, scripts and
     the eval recipes."""
-    sources = [ROOT / "README.md", ROOT / "Makefile", *ROOT.glob("docs/**/*.md"), *ROOT.glob("src/memlong/**/*.md"),
-               *ROOT.glob("scripts/*"), *ROOT.glob("src/memlong/recipes/eval*.py")]
+    sources = [
+        ROOT / "README.md",
+        ROOT / "Makefile",
+        *ROOT.glob("docs/**/*.md"),
+        *ROOT.glob("src/memlong/**/*.md"),
+        *ROOT.glob("scripts/*"),
+        *ROOT.glob("src/memlong/recipes/eval*.py"),
+    ]
     found = []
     for path in filter(Path.is_file, sources):
         text = path.read_text().replace("\\\n", " ")  # shell continuations
@@ -95,13 +132,15 @@ def test_commands_rebuilt_from_results_parse_back_to_the_same_flags():
         config = report.get("config") if isinstance(report, dict) else None
         if isinstance(config, dict) and config.get("task") in OWN and "haystacks" not in config:
             configs.append(config)
-    for argv in (["ppl", "--data", "d", "--lengths", "512", "--repeat", "64", "--set", "top_k=2"],
-                 ["ppl", "--data", "d", "--lengths", "256,512", "--same-text"],
-                 ["passkey", "--model", "m", "--data", "d", "--depths", "0.5", "--no-requery"],
-                 ["icl", "--data", "sst2", "--shots-memory", "3"],
-                 ["icl", "--data", "d", "--split", "validation", "--demo-split", "train", "--labels", "a,b"],
-                 ["ruler", "--tasks", "vt,cwe", "--samples", "2", "--seed", "7", "--no-requery", "--no-chat-template"],
-                 ["ruler", "--tasks", "qa_1", "--qa-squad", "s.json"]):
+    for argv in (
+        ["ppl", "--data", "d", "--lengths", "512", "--repeat", "64", "--set", "top_k=2"],
+        ["ppl", "--data", "d", "--lengths", "256,512", "--same-text"],
+        ["passkey", "--model", "m", "--data", "d", "--depths", "0.5", "--no-requery"],
+        ["icl", "--data", "sst2", "--shots-memory", "3"],
+        ["icl", "--data", "d", "--split", "validation", "--demo-split", "train", "--labels", "a,b"],
+        ["ruler", "--tasks", "vt,cwe", "--samples", "2", "--seed", "7", "--no-requery", "--no-chat-template"],
+        ["ruler", "--tasks", "qa_1", "--qa-squad", "s.json"],
+    ):
         configs.append(vars(p.parse_args(argv)))
     assert {c["task"] for c in configs} == set(OWN)
     for config in configs:
@@ -126,8 +165,15 @@ def test_task_modules_do_not_import_the_dispatcher():
     import ast
 
     for path in ROOT.glob("src/memlong/recipes/eval_*.py"):
-        imported = {node.module for node in ast.walk(ast.parse(path.read_text()))
-                    if isinstance(node, ast.ImportFrom) and node.module}
-        imported |= {f"{node.module}.{a.name}" for node in ast.walk(ast.parse(path.read_text()))
-                     if isinstance(node, ast.ImportFrom) and node.module for a in node.names}
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+        imported |= {
+            f"{node.module}.{a.name}"
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+            for a in node.names
+        }
         assert "memlong.recipes.eval" not in imported, path.name

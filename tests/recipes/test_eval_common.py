@@ -11,12 +11,23 @@ from memlong.cli import main
 from memlong.recipes import eval_common
 
 TASKS = {  # task -> (flags, the cells a run measures, in order)
-    "passkey": (["--lengths", "700,900", "--depths", "0.2,0.8", "--trials", "1", "--methods",
-                 "memlong,memlong_no_memory"],
-                [(m, L, d) for L in (700, 900) for d in (0.2, 0.8) for m in ("memlong", "memlong_no_memory")]),
-    "ppl": (["--lengths", "300,600", "--score", "100", "--max-documents", "1", "--methods",
-             "memlong,memlong_no_memory,base_truncated"],
-            [(m, L) for L in (300, 600) for m in ("memlong", "memlong_no_memory", "base_truncated")]),
+    "passkey": (
+        ["--lengths", "700,900", "--depths", "0.2,0.8", "--trials", "1", "--methods", "memlong,memlong_no_memory"],
+        [(m, L, d) for L in (700, 900) for d in (0.2, 0.8) for m in ("memlong", "memlong_no_memory")],
+    ),
+    "ppl": (
+        [
+            "--lengths",
+            "300,600",
+            "--score",
+            "100",
+            "--max-documents",
+            "1",
+            "--methods",
+            "memlong,memlong_no_memory,base_truncated",
+        ],
+        [(m, L) for L in (300, 600) for m in ("memlong", "memlong_no_memory", "base_truncated")],
+    ),
 }
 
 
@@ -29,8 +40,22 @@ def untimed(rows):
 
 
 def eval_cli(eval_setup, task, *extra):
-    return main(["eval", task, "--model", str(eval_setup / "model"), "--retriever", "hashing", "--threads", "1",
-                 "--data", str(eval_setup / "corpus"), *TASKS[task][0], *extra])
+    return main(
+        [
+            "eval",
+            task,
+            "--model",
+            str(eval_setup / "model"),
+            "--retriever",
+            "hashing",
+            "--threads",
+            "1",
+            "--data",
+            str(eval_setup / "corpus"),
+            *TASKS[task][0],
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -87,8 +112,21 @@ def test_a_run_cut_short_resumes_where_it_stopped(eval_setup, task, tmp_path, mo
         assert "measured with the base model" in str(e.value.code) + capsys.readouterr().err
     wrong = "ppl" if task == "passkey" else "passkey"
     with pytest.raises(SystemExit) as e:
-        main(["eval", wrong, "--model", str(eval_setup / "model"), "--retriever", "hashing", "--data",
-              str(eval_setup / "corpus"), "--json", str(cut), "--resume"])
+        main(
+            [
+                "eval",
+                wrong,
+                "--model",
+                str(eval_setup / "model"),
+                "--retriever",
+                "hashing",
+                "--data",
+                str(eval_setup / "corpus"),
+                "--json",
+                str(cut),
+                "--resume",
+            ]
+        )
     assert f"an eval {task} report, not eval {wrong}" in str(e.value.code) + capsys.readouterr().err
     assert json.loads(cut.read_text())["results"] == resumed
 

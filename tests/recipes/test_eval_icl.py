@@ -43,14 +43,43 @@ def setup(tmp_path_factory):
 
 
 def icl(setup, *extra):
-    return main(["eval", "icl", "--model", str(setup / "model"), "--data", f"corpus-source:{setup / 'corpus'}",
-                 "--retriever", "hashing", "--max-examples", "2", *extra])
+    return main(
+        [
+            "eval",
+            "icl",
+            "--model",
+            str(setup / "model"),
+            "--data",
+            f"corpus-source:{setup / 'corpus'}",
+            "--retriever",
+            "hashing",
+            "--max-examples",
+            "2",
+            *extra,
+        ]
+    )
 
 
 def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
     out = tmp_path / "icl.json"
-    assert icl(setup, "--shots-context", "1", "--shots-memory", "4", "--set", "local_window=48", "--trials", "2",
-               "--json", str(out), "--plot", str(tmp_path / "icl.png")) == 0
+    assert (
+        icl(
+            setup,
+            "--shots-context",
+            "1",
+            "--shots-memory",
+            "4",
+            "--set",
+            "local_window=48",
+            "--trials",
+            "2",
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "icl.png"),
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     rows = {r["method"]: r for r in report["results"]}
     assert set(rows) == {"memlong", "memlong_no_memory", "in_context", "rag"}
@@ -145,12 +174,14 @@ def test_a_shared_prefix_read_once_scores_as_the_whole_prompt(memlong_model):
             for x in inputs:
                 n = len(x) if requery else 0
                 want = continuation_logprobs(model, prefix + x, cands, use_memory=use, requery=n)
-                got = continuation_logprobs(model, prefix + x, cands, use_memory=use, requery=n,
-                                            memory=copy.deepcopy(shared), read=len(prefix))
+                got = continuation_logprobs(
+                    model, prefix + x, cands, use_memory=use, requery=n, memory=copy.deepcopy(shared), read=len(prefix)
+                )
                 assert got == pytest.approx(want, abs=1e-4)
     with pytest.raises(ValueError, match="read the same first"):
-        continuation_logprobs(model, prefix + inputs[0], [[5], [17]], use_memory=True,
-                              memory=copy.deepcopy(shared), read=len(prefix) - 1)
+        continuation_logprobs(
+            model, prefix + inputs[0], [[5], [17]], use_memory=True, memory=copy.deepcopy(shared), read=len(prefix) - 1
+        )
 
 
 def test_scores_are_continuation_log_probabilities(memlong_model):
@@ -175,12 +206,15 @@ def test_memory_that_never_leaves_the_window_is_an_error(setup):
         icl(setup, "--shots-context", "0", "--shots-memory", "1", "--set", "local_window=512")
 
 
-@pytest.mark.parametrize("extra, option", [
-    (["--data", "not-a-task"], "--data"),
-    (["--shots-context", "-1"], "--shots-context"),
-    (["--shots-memory", "-2"], "--shots-memory"),
-    (["--methods", "memlong,base_full"], "--methods"),
-])
+@pytest.mark.parametrize(
+    "extra, option",
+    [
+        (["--data", "not-a-task"], "--data"),
+        (["--shots-context", "-1"], "--shots-context"),
+        (["--shots-memory", "-2"], "--shots-memory"),
+        (["--methods", "memlong,base_full"], "--methods"),
+    ],
+)
 def test_bad_options_name_the_option(setup, extra, option):
     argv = ["eval", "icl", "--model", str(setup / "model"), "--data", f"corpus-source:{setup / 'corpus'}", *extra]
     with pytest.raises(SystemExit, match=option):
@@ -189,8 +223,9 @@ def test_bad_options_name_the_option(setup, extra, option):
 
 def test_local_jsonl_labels(tmp_path):
     words = tmp_path / "words.jsonl"
-    words.write_text("".join(json.dumps({"text": f"t{i}", "label": lab}) + "\n"
-                             for i, lab in enumerate(["spam", "ham", "spam"])))
+    words.write_text(
+        "".join(json.dumps({"text": f"t{i}", "label": lab}) + "\n" for i, lab in enumerate(["spam", "ham", "spam"]))
+    )
     examples, labels = jsonl_examples(words)
     assert labels == ("ham", "spam") and [e.label for e in examples] == [1, 0, 1]
     with pytest.raises(ValueError, match="--labels"):
@@ -208,10 +243,20 @@ def test_hub_tasks_map_labels_to_words():
     import datasets
 
     assert find_task("SetFit/sst5") is ICL_TASKS["sst5"] and find_task("rotten_tomatoes") is ICL_TASKS["mr"]
-    assert {t.hub_path for t in ICL_TASKS.values()} == {"SetFit/sst2", "rotten_tomatoes", "SetFit/subj", "SetFit/sst5",
-                                                       "SetFit/mpqa"}
-    sst5 = datasets.Dataset.from_dict({"text": ["awful", "fine", "superb"], "label": [0, 2, 4],
-                                       "label_text": ["very negative", "neutral", "very positive"]})
+    assert {t.hub_path for t in ICL_TASKS.values()} == {
+        "SetFit/sst2",
+        "rotten_tomatoes",
+        "SetFit/subj",
+        "SetFit/sst5",
+        "SetFit/mpqa",
+    }
+    sst5 = datasets.Dataset.from_dict(
+        {
+            "text": ["awful", "fine", "superb"],
+            "label": [0, 2, 4],
+            "label_text": ["very negative", "neutral", "very positive"],
+        }
+    )
     examples = hub_examples(ICL_TASKS["sst5"], "test", sst5)
     assert [ICL_TASKS["sst5"].label_words[e.label] for e in examples] == ["terrible", "okay", "great"]
     assert query_text(ICL_TASKS["sst5"], examples[0]) == "Review: awful\nSentiment:"
@@ -219,9 +264,12 @@ def test_hub_tasks_map_labels_to_words():
     swapped = datasets.Dataset.from_dict({"text": ["x"], "label": [0], "label_text": ["subjective"]})
     with pytest.raises(ValueError, match="expected 'objective'"):
         hub_examples(ICL_TASKS["subj"], "test", swapped)
-    mr = datasets.Dataset.from_dict({"text": ["good film"], "label": [1]},
-                                    features=datasets.Features({"text": datasets.Value("string"),
-                                                                "label": datasets.ClassLabel(names=["neg", "pos"])}))
+    mr = datasets.Dataset.from_dict(
+        {"text": ["good film"], "label": [1]},
+        features=datasets.Features(
+            {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+        ),
+    )
     assert hub_examples(ICL_TASKS["mr"], "test", mr) == [Example("good film", 1)]
 
 
@@ -241,5 +289,6 @@ def test_rag_puts_the_memory_demonstrations_most_like_the_input_before_the_conte
     ctx, queries = [40, 41], [[70, 71, 72, 73], [5, 6, 7, 1, 2]]
     assert _rag_prompts(model, demos, ctx, queries) == [
         [70, 71, 9, 70, 71, 72] + ctx + queries[0],  # in the order they were drawn, not by score
-        [1, 2, 3, 5, 6, 7] + ctx + queries[1]]
+        [1, 2, 3, 5, 6, 7] + ctx + queries[1],
+    ]
     assert _rag_prompts(model, [], ctx, queries) == [ctx + q for q in queries]  # no memory demonstrations

@@ -11,9 +11,33 @@ from memlong.recipes.eval_passkey import passkey_question_ids
 
 def test_rag_rows_record_what_they_retrieved_and_every_row_its_cost(eval_setup, tmp_path):
     out = tmp_path / "pk.json"
-    assert main(["eval", "passkey", "--model", str(eval_setup / "model"), "--retriever", "hashing", "--threads", "1",
-                 "--data", str(eval_setup / "corpus"), "--lengths", "700", "--depths", "0.3", "--trials", "2",
-                 "--methods", "memlong,memlong_no_memory,base_truncated,rag", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "passkey",
+                "--model",
+                str(eval_setup / "model"),
+                "--retriever",
+                "hashing",
+                "--threads",
+                "1",
+                "--data",
+                str(eval_setup / "corpus"),
+                "--lengths",
+                "700",
+                "--depths",
+                "0.3",
+                "--trials",
+                "2",
+                "--methods",
+                "memlong,memlong_no_memory,base_truncated,rag",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
     assert list(rows) == ["memlong", "memlong_no_memory", "base_truncated", "rag"]
     model, tok = load_memlong_model(str(eval_setup / "model"), retriever="hashing")
@@ -28,7 +52,11 @@ def test_rag_rows_record_what_they_retrieved_and_every_row_its_cost(eval_setup, 
     assert rag["bytes_per_token"] == round(chunks * model.memlong_retriever.dim * 4 / context, 2)
     assert rag["key_retrieved"] == sum(a["key_retrieved"] for a in rag["answers"]) / 2
     for a in rag["answers"]:
-        assert len(a["rag_chunks"]) == 2 and a["rag_chunks"] == sorted(a["rag_chunks"]) and a["rag_context_chunks"] == chunks
+        assert (
+            len(a["rag_chunks"]) == 2
+            and a["rag_chunks"] == sorted(a["rag_chunks"])
+            and a["rag_context_chunks"] == chunks
+        )
         assert a["key_chunk_rank"] is None or 1 <= a["key_chunk_rank"] <= chunks
         assert a["key_retrieved"] == (a["key_chunk_rank"] is not None and a["key_chunk_rank"] <= 2)
     # the hashing retriever matches the question's words "pass key" in the key's statement

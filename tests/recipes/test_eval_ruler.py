@@ -24,16 +24,35 @@ def ruler_cli(setup, *extra):
 
 def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
     out = tmp_path / "ruler.json"
-    assert ruler_cli(setup, "--data", str(setup / "corpus"), "--lengths", "1500,1700", "--samples", "2",
-                     "--tasks", "niah_single_1,niah_single_2,qa_1,niah_multikey_1_noise", "--max-base-length", "1600",
-                     "--methods", "memlong,base_full,rag",
-                     "--json", str(out), "--plot", str(tmp_path / "ruler.png")) == 0
+    assert (
+        ruler_cli(
+            setup,
+            "--data",
+            str(setup / "corpus"),
+            "--lengths",
+            "1500,1700",
+            "--samples",
+            "2",
+            "--tasks",
+            "niah_single_1,niah_single_2,qa_1,niah_multikey_1_noise",
+            "--max-base-length",
+            "1600",
+            "--methods",
+            "memlong,base_full,rag",
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "ruler.png"),
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     rows = report["results"]
     tasks = ["niah_single_1", "niah_single_2", "qa_1", "niah_multikey_1_noise"]
     methods = ["memlong", "base_full", "rag"]
     assert [(r["task"], r["length"], r["method"]) for r in rows] == [
-        (t, L, m) for L in (1500, 1700) for m in methods for t in tasks]  # a length, a method at a time
+        (t, L, m) for L in (1500, 1700) for m in methods for t in tasks
+    ]  # a length, a method at a time
     for r in rows:
         if r["task"] == "qa_1":  # no --qa-squad: reported as not run, never a number
             assert r["score"] is None and "not run" in r["note"] and "--qa-squad" in r["note"]
@@ -51,14 +70,17 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
         assert r["score"] == pytest.approx(sum(e["score"] for e in r["examples"]) / 2)
         assert r["tokens_per_second"] > 0 and r["bytes_per_token"] > 0
         if r["method"] == "rag":  # the chunks it read, and whether they held the needle
-            assert all(len(e["rag_chunks"]) <= 4 and len(e["statements_retrieved"]) == len(e["positions"])
-                       for e in r["examples"])
+            assert all(
+                len(e["rag_chunks"]) <= 4 and len(e["statements_retrieved"]) == len(e["positions"])
+                for e in r["examples"]
+            )
     # the same prompts for every method
     by = {}
     for r in rows:
         if r.get("examples"):
             by.setdefault((r["task"], r["length"]), set()).add(
-                json.dumps([(e["prompt_tail"], e["expected"]) for e in r["examples"]]))
+                json.dumps([(e["prompt_tail"], e["expected"]) for e in r["examples"]])
+            )
     assert all(len(v) == 1 for v in by.values())
     # RULER's mean: over its tasks that ran (not qa_1, not our noise variant), saying so
     means = {(m["method"], m["length"]): m for m in report["ruler_means"]}
@@ -80,14 +102,45 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
 
 
 def test_question_answering_with_a_squad_file(setup, tmp_path):
-    squad = {"data": [{"paragraphs": [
-        {"context": f"Paragraph {i} says the river {i} is called Name{i}.",
-         "qas": [{"question": f"What is river {i} called?", "answers": [{"text": f"Name{i}"}], "is_impossible": False}]}
-        for i in range(30)]}]}
+    squad = {
+        "data": [
+            {
+                "paragraphs": [
+                    {
+                        "context": f"Paragraph {i} says the river {i} is called Name{i}.",
+                        "qas": [
+                            {
+                                "question": f"What is river {i} called?",
+                                "answers": [{"text": f"Name{i}"}],
+                                "is_impossible": False,
+                            }
+                        ],
+                    }
+                    for i in range(30)
+                ]
+            }
+        ]
+    }
     (tmp_path / "squad.json").write_text(json.dumps(squad))
     out = tmp_path / "qa.json"
-    assert ruler_cli(setup, "--lengths", "1200", "--samples", "2", "--tasks", "qa_1", "--methods", "base_truncated",
-                     "--qa-squad", str(tmp_path / "squad.json"), "--json", str(out)) == 0
+    assert (
+        ruler_cli(
+            setup,
+            "--lengths",
+            "1200",
+            "--samples",
+            "2",
+            "--tasks",
+            "qa_1",
+            "--methods",
+            "base_truncated",
+            "--qa-squad",
+            str(tmp_path / "squad.json"),
+            "--json",
+            str(out),
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     (row,) = report["results"]
     assert row["max_new_tokens"] == 32 and [e["expected"] for e in row["examples"]] == [["Name0"], ["Name1"]]
@@ -138,16 +191,27 @@ def tokenizer_only(setup, tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("extra, says", [
-    (["--tasks", "niah_single_1,needle"], ["--tasks", "needle", "niah_single_1"]),
-    (["--lengths", "300", "--tasks", "niah_single_1,vt"], ["--lengths", "300", "vt (needs about"]),
-    (["--lengths", "2000", "--tasks", "niah_single_2", "--data", "/nonexistent/corpus"], ["--data", "/nonexistent/corpus"]),
-    (["--lengths", "2000", "--tasks", "niah_single_2,niah_multivalue", "--data", None],
-     ["niah_single_2, niah_multivalue", "give --data"]),
-    (["--lengths", "2000", "--samples", "0"], ["--samples"]),
-    (["--lengths", "2000", "--tasks", "qa_2", "--qa-hotpotqa", "/nonexistent.json"], ["--qa-hotpotqa", "/nonexistent.json"]),
-    (["--methods", "memlong,in_context"], ["--methods"]),
-])
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--tasks", "niah_single_1,needle"], ["--tasks", "needle", "niah_single_1"]),
+        (["--lengths", "300", "--tasks", "niah_single_1,vt"], ["--lengths", "300", "vt (needs about"]),
+        (
+            ["--lengths", "2000", "--tasks", "niah_single_2", "--data", "/nonexistent/corpus"],
+            ["--data", "/nonexistent/corpus"],
+        ),
+        (
+            ["--lengths", "2000", "--tasks", "niah_single_2,niah_multivalue", "--data", None],
+            ["niah_single_2, niah_multivalue", "give --data"],
+        ),
+        (["--lengths", "2000", "--samples", "0"], ["--samples"]),
+        (
+            ["--lengths", "2000", "--tasks", "qa_2", "--qa-hotpotqa", "/nonexistent.json"],
+            ["--qa-hotpotqa", "/nonexistent.json"],
+        ),
+        (["--methods", "memlong,in_context"], ["--methods"]),
+    ],
+)
 def test_bad_input_is_a_usage_error_before_loading(setup, tokenizer_only, capsys, extra, says):
     data = ["--data", str(setup / "corpus")]
     if "--data" in extra:
@@ -164,7 +228,11 @@ def test_ruler_names_its_13_tasks_and_all_adds_our_variants():
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    assert p.parse_args(["ruler"]).tasks == ",".join(ruler.RULER_TASKS) == p.parse_args(["ruler", "--tasks", "ruler"]).tasks
+    assert (
+        p.parse_args(["ruler"]).tasks
+        == ",".join(ruler.RULER_TASKS)
+        == p.parse_args(["ruler", "--tasks", "ruler"]).tasks
+    )
     assert len(ruler.RULER_TASKS) == 13
     assert p.parse_args(["ruler", "--tasks", "all"]).tasks == ",".join(ruler.ALL_TASKS)
     with pytest.raises(SystemExit):

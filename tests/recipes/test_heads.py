@@ -30,8 +30,15 @@ def test_scores_read_the_right_attention_entries():
 
 def test_verb_on_a_tiny_model(tmp_path, capsys):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
     out = tmp_path / "heads.json"
     assert main(["heads", "--model", str(tmp_path / "m"), "--length", "20", "--pool", "40", "--json", str(out)]) == 0

@@ -12,9 +12,31 @@ from memlong.data.sources import SkipCounter, stdlib_documents, stdlib_root
 from memlong.recipes.pretrain import _record_phase, lr_lambda, mean_nll
 from memlong.tokenizer import train_and_save
 
-TINY = ["--layers", "2", "--hidden", "64", "--heads", "8", "--kv-heads", "4", "--seq-len", "32",
-        "--batch-size", "2", "--warmup", "2", "--max-steps", "4", "--eval-every", "2", "--save-every", "2",
-        "--eval-windows-per-source", "2", "--no-progress"]
+TINY = [
+    "--layers",
+    "2",
+    "--hidden",
+    "64",
+    "--heads",
+    "8",
+    "--kv-heads",
+    "4",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "2",
+    "--warmup",
+    "2",
+    "--max-steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--save-every",
+    "2",
+    "--eval-windows-per-source",
+    "2",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +60,14 @@ def test_pretrain_end_to_end_with_resume(corpus, tmp_path):
     straight = tmp_path / "straight"
     assert main(["pretrain", "--corpus", str(corpus), "--out", str(straight), *TINY]) == 0
     final = straight / "final"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "loss.png", "train_summary.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "generation_config.json",
+        "loss.png",
+        "train_summary.json",
+    ):
         assert (final / name).is_file(), name
     summary = json.loads((final / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 2 * 32
@@ -61,8 +90,27 @@ def test_pretrain_end_to_end_with_resume(corpus, tmp_path):
 
     # Evaluation past the 32-token training context runs and writes its table.
     out_json = tmp_path / "ppl.json"
-    assert main(["pretrain", "--eval-only", "--model", str(final), "--corpus", str(corpus), "--split", "test",
-                 "--lengths", "16,32,64", "--docs-per-source", "2", "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--eval-only",
+                "--model",
+                str(final),
+                "--corpus",
+                str(corpus),
+                "--split",
+                "test",
+                "--lengths",
+                "16,32,64",
+                "--docs-per-source",
+                "2",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out_json.read_text())
     assert res["lengths"] == [16, 32, 64]
     for L in ("16", "32", "64"):
@@ -74,8 +122,16 @@ def test_mean_nll_is_the_mean_next_token_loss_of_each_window():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     x = torch.randint(0, 50, (2, 12))
     nll, n = mean_nll(model, x)
     with torch.no_grad():
@@ -89,8 +145,23 @@ def test_continued_pretraining(corpus, tmp_path):
     base = tmp_path / "base"
     assert main(["pretrain", "--corpus", str(corpus), "--out", str(base), *TINY]) == 0
     out = tmp_path / "cont"
-    assert main(["pretrain", "--corpus", str(corpus), "--out", str(out), *TINY, "--layers", "3",
-                 "--init-from", str(base / "final")]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                *TINY,
+                "--layers",
+                "3",
+                "--init-from",
+                str(base / "final"),
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "final" / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 2  # the init model's architecture, not --layers
     a = load_file(str(base / "final" / "model.safetensors"))
@@ -99,8 +170,20 @@ def test_continued_pretraining(corpus, tmp_path):
     summary = json.loads((out / "final" / "train_summary.json").read_text())
     assert [st["steps"] for st in summary["previous_stages"]] == [4] and summary["steps"] == 4
     with pytest.raises(SystemExit, match="--seq-len"):
-        main(["pretrain", "--corpus", str(corpus), "--out", str(tmp_path / "c2"), *TINY,
-              "--init-from", str(base / "final"), "--seq-len", "16"])
+        main(
+            [
+                "pretrain",
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(tmp_path / "c2"),
+                *TINY,
+                "--init-from",
+                str(base / "final"),
+                "--seq-len",
+                "16",
+            ]
+        )
 
 
 def test_pretrain_bf16_autocast_keeps_float32_weights(corpus, tmp_path):
@@ -149,8 +232,10 @@ def test_stages_and_phases_are_recorded(corpus, tmp_path):
     with pytest.raises(SystemExit, match="--finish"):
         main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *TINY, "--finish"])
     assert main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *flags, "--stop-after", "1"]) == 0
-    assert main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *flags, "--lr", "0.002",
-                 "--stop-after", "1"]) == 0
+    assert (
+        main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *flags, "--lr", "0.002", "--stop-after", "1"])
+        == 0
+    )
     assert not (stopped / "final").exists()
     before = load_file(str(stopped / "checkpoint" / "model.safetensors"))
     assert main(["pretrain", "--corpus", str(corpus), "--out", str(stopped), *flags, "--lr", "0.002", "--finish"]) == 0
@@ -161,8 +246,22 @@ def test_stages_and_phases_are_recorded(corpus, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)  # no training step taken
     assert json.loads((stopped / "checkpoint" / "train_summary.json").read_text())["steps"] == 2
     third = tmp_path / "third"
-    assert main(["pretrain", "--corpus", str(corpus), "--out", str(third), *TINY, "--init-from",
-                 str(stopped / "checkpoint"), *tok]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(third),
+                *TINY,
+                "--init-from",
+                str(stopped / "checkpoint"),
+                *tok,
+            ]
+        )
+        == 0
+    )
     stages = json.loads((third / "final" / "train_summary.json").read_text())["previous_stages"]
     assert [st["steps"] for st in stages] == [2, 2] and stages[1]["args"]["max_steps"] == 4
     assert [p["from_step"] for p in stages[1]["phases"]] == [0, 1]

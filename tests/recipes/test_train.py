@@ -19,21 +19,50 @@ import memlong
 from memlong.cli import main
 from memlong.tokenizer import train_and_save
 
-COMMON = ["--window", "64", "--chunk-size", "16", "--top-k", "2", "--capacity", "256", "--retriever", "hashing",
-          "--batch-size", "2", "--eval-windows", "2", "--eval-length", "256", "--eval-score", "64", "--log-every", "1"]
+COMMON = [
+    "--window",
+    "64",
+    "--chunk-size",
+    "16",
+    "--top-k",
+    "2",
+    "--capacity",
+    "256",
+    "--retriever",
+    "hashing",
+    "--batch-size",
+    "2",
+    "--eval-windows",
+    "2",
+    "--eval-length",
+    "256",
+    "--eval-score",
+    "64",
+    "--log-every",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     lib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [(lib / n).read_text()[:8000] for n in ("argparse.py", "typing.py", "inspect.py", "textwrap.py",
-                                                     "shutil.py", "tempfile.py")]
+    texts = [
+        (lib / n).read_text()[:8000]
+        for n in ("argparse.py", "typing.py", "inspect.py", "textwrap.py", "shutil.py", "tempfile.py")
+    ]
     tok = train_and_save(texts, 512, root / "model")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                      initializer_range=0.2)  # an expressive frozen LM head, so upper layers can lower the loss
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+    )  # an expressive frozen LM head, so upper layers can lower the loss
     LlamaForCausalLM(cfg).save_pretrained(root / "model")
     with open(root / "train.jsonl", "w") as f:
         for i, t in enumerate(texts):
@@ -59,8 +88,24 @@ def frozen_and_trained(base_dir, final_dir):
 
 def test_single_process_freezes_learns_resumes_and_reloads(setup):
     run = setup / "run"
-    args = ["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(run),
-            "--lr", "1e-2", "--warmup", "2", "--eval-every", "15", "--save-every", "15", *COMMON]
+    args = [
+        "train",
+        "--model",
+        str(setup / "model"),
+        "--data",
+        str(setup / "train.jsonl"),
+        "--output",
+        str(run),
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "2",
+        "--eval-every",
+        "15",
+        "--save-every",
+        "15",
+        *COMMON,
+    ]
     assert main([*args, "--steps", "30"]) == 0
     ls = [loss for _, loss in losses(run)]
     assert len(ls) == 30
@@ -88,8 +133,11 @@ def test_single_process_freezes_learns_resumes_and_reloads(setup):
 
 
 def bp_names(m, layers, suffix=""):
-    return [n for n, _ in m.named_parameters() if any(n.startswith(f"model.layers.{i}.") for i in layers)
-            and n.endswith(suffix)]
+    return [
+        n
+        for n, _ in m.named_parameters()
+        if any(n.startswith(f"model.layers.{i}.") for i in layers) and n.endswith(suffix)
+    ]
 
 
 def test_lora_saves_only_the_adapter(setup):
@@ -104,9 +152,33 @@ def test_lora_saves_only_the_adapter(setup):
     run = setup / "lora"
     slow = slow_bfloat16("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.warns(UserWarning, match="no AVX-512") if slow else nullcontext():
-        assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"),
-                     "--output", str(run), "--steps", "6", "--lora-r", "4", "--lr", "1e-2", "--eval-every", "0",
-                     "--save-every", "0", "--mixed-precision", "bf16", *COMMON]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    str(setup / "model"),
+                    "--data",
+                    str(setup / "train.jsonl"),
+                    "--output",
+                    str(run),
+                    "--steps",
+                    "6",
+                    "--lora-r",
+                    "4",
+                    "--lr",
+                    "1e-2",
+                    "--eval-every",
+                    "0",
+                    "--save-every",
+                    "0",
+                    "--mixed-precision",
+                    "bf16",
+                    *COMMON,
+                ]
+            )
+            == 0
+        )
     files = set(os.listdir(run / "final"))
     assert "adapter_model.safetensors" in files and "memlong_trained.safetensors" not in files
     assert {t.dtype for t in load_file(str(run / "final" / "adapter_model.safetensors")).values()} == {torch.float32}
@@ -117,9 +189,33 @@ def test_lora_saves_only_the_adapter(setup):
 
 def test_two_processes_with_gloo(setup):
     run = setup / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "memlong", "train",
-           "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(run),
-           "--steps", "6", "--lr", "1e-2", "--eval-every", "0", "--save-every", "3", "--threads", "1", *COMMON]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "memlong",
+        "train",
+        "--model",
+        str(setup / "model"),
+        "--data",
+        str(setup / "train.jsonl"),
+        "--output",
+        str(run),
+        "--steps",
+        "6",
+        "--lr",
+        "1e-2",
+        "--eval-every",
+        "0",
+        "--save-every",
+        "3",
+        "--threads",
+        "1",
+        *COMMON,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout + proc.stderr
@@ -134,17 +230,62 @@ def test_two_processes_with_gloo(setup):
 def short_run(setup):
     """A 2-step training run of its own (no dependence on other tests' order)."""
     run = setup / "short"
-    assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output",
-                 str(run), "--steps", "2", "--eval-every", "0", "--save-every", "0", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(setup / "model"),
+                "--data",
+                str(setup / "train.jsonl"),
+                "--output",
+                str(run),
+                "--steps",
+                "2",
+                "--eval-every",
+                "0",
+                "--save-every",
+                "0",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     return run
 
 
 def test_eval_ppl_on_the_trained_model(setup, short_run, tmp_path):
     run = short_run
     out = tmp_path / "ppl.json"
-    assert main(["eval", "ppl", "--model", str(run / "final"), "--data", str(setup / "train.jsonl"), "--split",
-                 "train", "--lengths", "64,1024", "--score", "64", "--retriever", "hashing", "--max-documents", "2",
-                 "--max-base-length", "512", "--json", str(out), "--plot", str(tmp_path / "ppl.png")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ppl",
+                "--model",
+                str(run / "final"),
+                "--data",
+                str(setup / "train.jsonl"),
+                "--split",
+                "train",
+                "--lengths",
+                "64,1024",
+                "--score",
+                "64",
+                "--retriever",
+                "hashing",
+                "--max-documents",
+                "2",
+                "--max-base-length",
+                "512",
+                "--json",
+                str(out),
+                "--plot",
+                str(tmp_path / "ppl.png"),
+            ]
+        )
+        == 0
+    )
     rows = {(r["method"], r["length"]): r for r in json.loads(out.read_text())["results"]}
     assert set(m for m, _ in rows) == {"memlong", "memlong_no_memory", "base_full", "base_truncated"}
     assert rows[("memlong", 1024)]["tokens_scored"] == 2 * 64 and rows[("memlong", 1024)]["ppl"] > 1
@@ -163,7 +304,8 @@ def test_trained_directory_moves_with_its_local_base(setup, short_run, tmp_path)
     shutil.copytree(setup / "model", tmp_path / "pkg" / "base")
     shutil.copytree(run / "final", tmp_path / "pkg" / "ref" / "final")
     (tmp_path / "pkg" / "ref" / "final" / "memlong_base.json").write_text(
-        json.dumps({**info, "base_model": "../../base"}))
+        json.dumps({**info, "base_model": "../../base"})
+    )
     moved = memlong.from_pretrained(tmp_path / "pkg" / "ref" / "final", retriever=memlong.HashingRetriever())
     here = memlong.from_pretrained(run / "final", retriever=memlong.HashingRetriever())
     ids = torch.randint(0, 500, (1, 200))
@@ -186,26 +328,58 @@ def test_passkey_prompt_and_eval_verb(setup, short_run, tmp_path):
         assert abs(at / len(text) - depth) < 0.15
     run = short_run
     out = tmp_path / "pk.json"
-    assert main(["eval", "passkey", "--model", str(run / "final"), "--data", str(setup / "train.jsonl"), "--split",
-                 "train", "--lengths", "300,600", "--depths", "0.2,0.8", "--trials", "2", "--retriever", "hashing",
-                 "--max-base-length", "300", "--json", str(out), "--plot", str(tmp_path / "pk.png")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "passkey",
+                "--model",
+                str(run / "final"),
+                "--data",
+                str(setup / "train.jsonl"),
+                "--split",
+                "train",
+                "--lengths",
+                "300,600",
+                "--depths",
+                "0.2,0.8",
+                "--trials",
+                "2",
+                "--retriever",
+                "hashing",
+                "--max-base-length",
+                "300",
+                "--json",
+                str(out),
+                "--plot",
+                str(tmp_path / "pk.png"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 2 * 2 * 5  # memlong, memlong_no_memory, base_full, base_truncated, rag
     assert all(r["trials"] == 2 and (r["accuracy"] is None or 0 <= r["accuracy"] <= 1) for r in rows)
     assert [r["note"] for r in rows if r["accuracy"] is None][0].startswith("skipped")
     for r in rows:  # each trial's key and generated answer, for finding out why one failed
         if r["accuracy"] is not None:
-            assert len(r["answers"]) == 2 and all(len(a["key"]) == 5 and isinstance(a["answer"], str) for a in r["answers"])
+            assert len(r["answers"]) == 2 and all(
+                len(a["key"]) == 5 and isinstance(a["answer"], str) for a in r["answers"]
+            )
             assert r["accuracy"] == sum(passkey_digits(a["answer"]) == a["key"] for a in r["answers"]) / 2
         if r["method"] == "memlong":  # where the key was: retrieved for the question, its chunk's rank
             assert r["key_retrieved"] == sum(a["key_retrieved"] for a in r["answers"]) / 2
             for a in r["answers"]:
-                assert a["bank_chunks"] > 0 and (a["key_chunk_rank"] is None or 1 <= a["key_chunk_rank"] <= a["bank_chunks"])
+                assert a["bank_chunks"] > 0 and (
+                    a["key_chunk_rank"] is None or 1 <= a["key_chunk_rank"] <= a["bank_chunks"]
+                )
                 assert not a["key_retrieved"] or a["key_chunk_rank"] is not None
         elif r["method"] == "rag":  # the same for the chunks rag put in its prompt
             assert r["key_retrieved"] == sum(a["key_retrieved"] for a in r["answers"]) / 2
-            assert all(a["key_retrieved"] == (a["key_chunk_rank"] is not None and a["key_chunk_rank"] <= len(a["rag_chunks"]))
-                       for a in r["answers"])
+            assert all(
+                a["key_retrieved"] == (a["key_chunk_rank"] is not None and a["key_chunk_rank"] <= len(a["rag_chunks"]))
+                for a in r["answers"]
+            )
         else:
             assert "key_retrieved" not in r
     assert (tmp_path / "pk.png").stat().st_size > 1000
@@ -233,32 +407,76 @@ def test_passkey_key_retrieval_finds_the_keys_chunk(setup, short_run):
 
 
 def test_eval_reading_time_overrides(setup, short_run, tmp_path):
-    from memlong.config import MemLongConfig, MemLongConfigError
-    from memlong.config import reading_overrides
+    from memlong.config import MemLongConfig, MemLongConfigError, reading_overrides
 
     cfg = MemLongConfig(memory_layer=2, retrieval_layers=(3,), chunk_size=8, memory_capacity=64, local_window=32)
     got = reading_overrides(cfg, ["bank_dtype=int8", "retrieval_offsets=[0,1]", "top_k=3"])
     assert (got.bank_dtype, got.retrieval_offsets, got.top_k) == ("int8", (0, 1), 3)
-    for bad, msg in (("memory_layer=1", "trained weights depend"), ("mode=training_free", "trained weights depend"),
-                     ("nonsense=1", "MemLongConfig field"),
-                     ("top_k=0", "MemLongConfig.top_k")):
+    for bad, msg in (
+        ("memory_layer=1", "trained weights depend"),
+        ("mode=training_free", "trained weights depend"),
+        ("nonsense=1", "MemLongConfig field"),
+        ("top_k=0", "MemLongConfig.top_k"),
+    ):
         with pytest.raises(MemLongConfigError, match=msg):
             reading_overrides(cfg, [bad])
-    free = MemLongConfig(mode="training_free", memory_layer=1, retrieval_layers=(1, 2, 3), chunk_size=8,
-                         memory_capacity=64, local_window=32)
+    free = MemLongConfig(
+        mode="training_free",
+        memory_layer=1,
+        retrieval_layers=(1, 2, 3),
+        chunk_size=8,
+        memory_capacity=64,
+        local_window=32,
+    )
     assert reading_overrides(free, ["retrieval_layers=[2,3]"]).retrieval_layers == (2, 3)  # nothing trained
     with pytest.raises(MemLongConfigError, match="trained weights depend"):
         reading_overrides(cfg, ["retrieval_layers=[3]"])  # MemLong mode: the gates belong to these layers
     out = tmp_path / "ppl.json"
-    assert main(["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"),
-                 "--split", "train", "--lengths", "256", "--score", "64", "--retriever", "hashing",
-                 "--max-documents", "1", "--methods", "memlong", "--set", "bank_dtype=int8", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ppl",
+                "--model",
+                str(short_run / "final"),
+                "--data",
+                str(setup / "train.jsonl"),
+                "--split",
+                "train",
+                "--lengths",
+                "256",
+                "--score",
+                "64",
+                "--retriever",
+                "hashing",
+                "--max-documents",
+                "1",
+                "--methods",
+                "memlong",
+                "--set",
+                "bank_dtype=int8",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     config = json.loads(out.read_text())["config"]
     assert config["memlong"]["bank_dtype"] == "int8"
     assert config["retriever"] == "hashing" and config["retriever_info"]["class"] == "HashingRetriever"
     with pytest.raises(SystemExit):  # a usage error naming the field, not a traceback
-        main(["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"),
-              "--set", "bank_device=gpu"])
+        main(
+            [
+                "eval",
+                "ppl",
+                "--model",
+                str(short_run / "final"),
+                "--data",
+                str(setup / "train.jsonl"),
+                "--set",
+                "bank_device=gpu",
+            ]
+        )
 
 
 @pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("zero2", "DEEPSPEED"), ("fsdp", "FSDP")])
@@ -274,8 +492,22 @@ def test_accelerate_config_files_parse(name, kind):
 
 def test_eval_ppl_copy_probe(setup, short_run, tmp_path):
     out = tmp_path / "copy.json"
-    common = ["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"), "--split",
-              "train", "--score", "64", "--retriever", "hashing", "--max-documents", "2"]
+    common = [
+        "eval",
+        "ppl",
+        "--model",
+        str(short_run / "final"),
+        "--data",
+        str(setup / "train.jsonl"),
+        "--split",
+        "train",
+        "--score",
+        "64",
+        "--retriever",
+        "hashing",
+        "--max-documents",
+        "2",
+    ]
     assert main([*common, "--lengths", "512", "--repeat", "48", "--json", str(out)]) == 0
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["memlong"]["tokens_scored"] == 2 * 48 and rows["base_full"]["tokens_scored"] == 2 * 48
@@ -302,8 +534,24 @@ def test_eval_ppl_same_text(setup, short_run, tmp_path):
     from transformers import AutoTokenizer
 
     out = tmp_path / "same.json"
-    common = ["eval", "ppl", "--model", str(short_run / "final"), "--data", str(setup / "train.jsonl"), "--split",
-              "train", "--score", "64", "--retriever", "hashing", "--max-documents", "2", "--methods", "base_full"]
+    common = [
+        "eval",
+        "ppl",
+        "--model",
+        str(short_run / "final"),
+        "--data",
+        str(setup / "train.jsonl"),
+        "--split",
+        "train",
+        "--score",
+        "64",
+        "--retriever",
+        "hashing",
+        "--max-documents",
+        "2",
+        "--methods",
+        "base_full",
+    ]
     assert main([*common, "--lengths", "128,512", "--same-text", "--json", str(out)]) == 0
     rows = {r["length"]: r for r in json.loads(out.read_text())["results"]}
     assert rows[128]["tokens_scored"] == rows[512]["tokens_scored"] == 2 * 64
@@ -341,9 +589,37 @@ def test_train_layers_retrieval_trains_only_the_retrieval_layers(setup):
     """--train-layers retrieval: LoRA on the retrieval layers (2 and 4, 1-based) alone; the layer
     between them stays frozen like the lower stack, and the run reloads on top of the base."""
     run = setup / "retrieval_only"
-    assert main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(run),
-                 "--steps", "4", "--lora-r", "4", "--lr", "1e-2", "--eval-every", "0", "--save-every", "0",
-                 "--memory-layer", "1", "--retrieval-layers", "2,4", "--train-layers", "retrieval", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(setup / "model"),
+                "--data",
+                str(setup / "train.jsonl"),
+                "--output",
+                str(run),
+                "--steps",
+                "4",
+                "--lora-r",
+                "4",
+                "--lr",
+                "1e-2",
+                "--eval-every",
+                "0",
+                "--save-every",
+                "0",
+                "--memory-layer",
+                "1",
+                "--retrieval-layers",
+                "2,4",
+                "--train-layers",
+                "retrieval",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     m, frozen, changed = frozen_and_trained(setup / "model", run / "final")
     assert all(n in frozen for n in bp_names(m, [0, 2]))
     assert any(n in changed for n in bp_names(m, [1])) and any(n in changed for n in bp_names(m, [3]))

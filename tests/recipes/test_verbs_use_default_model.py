@@ -21,9 +21,17 @@ def tiny_base(tmp_path_factory, bpe_tokenizer_dir):
     root = tmp_path_factory.mktemp("tiny_default_base")
     tok = AutoTokenizer.from_pretrained(str(bpe_tokenizer_dir))
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=30,
-                                 num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=2048)).save_pretrained(root)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=30,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+        )
+    ).save_pretrained(root)
     tok.save_pretrained(root)
     return root
 
@@ -53,17 +61,57 @@ def test_eval_ppl_cut_short_keeps_the_rows_it_measured(default_is_tiny, doc, tmp
     monkeypatch.setattr(eval_ppl, "_nll_plain", die)  # base_truncated, measured after memlong
     out = tmp_path / "ppl.json"
     with pytest.raises(KeyboardInterrupt):
-        main(["eval", "ppl", "--data", str(doc), "--lengths", "1536", "--score", "128", "--retriever", "hashing",
-              "--methods", "memlong,base_truncated", "--threads", "1", "--json", str(out)])
+        main(
+            [
+                "eval",
+                "ppl",
+                "--data",
+                str(doc),
+                "--lengths",
+                "1536",
+                "--score",
+                "128",
+                "--retriever",
+                "hashing",
+                "--methods",
+                "memlong,base_truncated",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
     rows = json.loads(out.read_text())["results"]
     assert [(r["method"], r["length"]) for r in rows] == [("memlong", 1536)] and rows[0]["ppl"] > 1
 
 
 def test_eval_ppl_without_model_uses_the_default_model_and_its_base(default_is_tiny, doc, tmp_path):
     out = tmp_path / "ppl.json"
-    assert main(["eval", "ppl", "--data", str(doc), "--lengths", "1536", "--score", "128", "--retriever", "hashing",
-                 "--methods", "memlong,memlong_no_memory,base_truncated", "--set", "top_k=2",
-                 "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ppl",
+                "--data",
+                str(doc),
+                "--lengths",
+                "1536",
+                "--score",
+                "128",
+                "--retriever",
+                "hashing",
+                "--methods",
+                "memlong,memlong_no_memory,base_truncated",
+                "--set",
+                "top_k=2",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     config = r["config"]
     assert config["model"] is None and config["base_model"] == str(default_is_tiny) and config["base_window"] == 2048
@@ -85,8 +133,25 @@ def test_eval_command_names_a_given_model():
 
 def test_ask_without_model_uses_the_default_model(default_is_tiny, doc, tmp_path, capsys):
     out = tmp_path / "ask.json"
-    assert main(["ask", str(doc), "-q", "What does the parser do?", "--retriever", "hashing", "--max-new-tokens", "3",
-                 "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                str(doc),
+                "-q",
+                "What does the parser do?",
+                "--retriever",
+                "hashing",
+                "--max-new-tokens",
+                "3",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert r["model"] == "default" and r["memlong_config"]["mode"] == "training_free"
     assert r["tokens_read"] > 2048 and "A: " in capsys.readouterr().out
@@ -94,8 +159,29 @@ def test_ask_without_model_uses_the_default_model(default_is_tiny, doc, tmp_path
 
 def test_bench_ingest_shipped_is_the_default_model(default_is_tiny, tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "ingest", "--model", "shipped", "--tokens", "1536", "--methods", "memlong", "--retriever",
-                 "hashing", "--capacity", "4096", "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "ingest",
+                "--model",
+                "shipped",
+                "--tokens",
+                "1536",
+                "--methods",
+                "memlong",
+                "--retriever",
+                "hashing",
+                "--capacity",
+                "4096",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (row,) = json.loads(out.read_text())["results"]
     assert row["model"] == f"default model (${ENV_VAR}={default_is_tiny})"
     assert row["config"]["mode"] == "training_free" and row["config"]["memory_capacity"] == 4096
@@ -110,9 +196,36 @@ def test_train_without_model_adapts_the_default_base(tiny_base, doc, tmp_path, m
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setattr(memlong.pretrained, "default_base_model_path", lambda: str(tiny_base))
     run = tmp_path / "run"
-    assert main(["train", "--data", str(doc), "--output", str(run), "--steps", "1", "--eval-every", "0",
-                 "--save-every", "0", "--window", "64", "--chunk-size", "16", "--capacity", "256", "--retriever",
-                 "hashing", "--batch-size", "1", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(doc),
+                "--output",
+                str(run),
+                "--steps",
+                "1",
+                "--eval-every",
+                "0",
+                "--save-every",
+                "0",
+                "--window",
+                "64",
+                "--chunk-size",
+                "16",
+                "--capacity",
+                "256",
+                "--retriever",
+                "hashing",
+                "--batch-size",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     info = json.loads((run / "final" / "memlong_base.json").read_text())
     assert info["base_model"] == DEFAULT_BASE and info["local"] is False
     m = memlong.from_pretrained(run / "final", retriever="hashing")
@@ -121,9 +234,36 @@ def test_train_without_model_adapts_the_default_base(tiny_base, doc, tmp_path, m
 
 def test_train_with_base_from_the_environment_records_it(default_is_tiny, doc, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(doc), "--output", str(run), "--steps", "1", "--eval-every", "0",
-                 "--save-every", "0", "--window", "64", "--chunk-size", "16", "--capacity", "256", "--retriever",
-                 "hashing", "--batch-size", "1", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(doc),
+                "--output",
+                str(run),
+                "--steps",
+                "1",
+                "--eval-every",
+                "0",
+                "--save-every",
+                "0",
+                "--window",
+                "64",
+                "--chunk-size",
+                "16",
+                "--capacity",
+                "256",
+                "--retriever",
+                "hashing",
+                "--batch-size",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     info = json.loads((run / "final" / "memlong_base.json").read_text())
     assert info["local"] is True and (run / "final" / info["base_model"]).resolve() == default_is_tiny.resolve()
 

@@ -1,11 +1,11 @@
 """Data for MemLong: local document sources, dataset loaders, the split and the corpus files.
 
-    sources.py  stdlib / man pages / JDK sources -> Document(id, source, text), skips counted
-    loaders.py  paper datasets through `datasets`, a folder of .txt files, one text file, a JSONL file
-    split.py    deterministic train/validation/test split by a hash of the document id
-    corpus.py   writes {split}.jsonl + summary.json, streams splits, lists long documents
-    packing.py  token streams packed into fixed-length training windows (resumable)
-    icl.py      labelled examples and prompts for in-context learning (paper tasks, JSONL, corpus source)
+sources.py  stdlib / man pages / JDK sources -> Document(id, source, text), skips counted
+loaders.py  paper datasets through `datasets`, a folder of .txt files, one text file, a JSONL file
+split.py    deterministic train/validation/test split by a hash of the document id
+corpus.py   writes {split}.jsonl + summary.json, streams splits, lists long documents
+packing.py  token streams packed into fixed-length training windows (resumable)
+icl.py      labelled examples and prompts for in-context learning (paper tasks, JSONL, corpus source)
 """
 
 from memlong.data.corpus import build_corpus, iter_split, long_documents, write_corpus

@@ -98,9 +98,7 @@ def iter_split(corpus_dir: str | os.PathLike, split: str) -> Iterator[Document]:
     """Stream the documents of one split of a corpus directory."""
     path = corpus_file(corpus_dir, split)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: build the corpus first with `memlong data --out {corpus_dir}`"
-        )
+        raise FileNotFoundError(f"{path} not found: build the corpus first with `memlong data --out {corpus_dir}`")
     return jsonl_documents(path, id_field="id")
 
 

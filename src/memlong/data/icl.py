@@ -56,16 +56,26 @@ class IclTask:
 
 # The paper's five tasks (Table 2), with the templates and label words of LongMem / kNN prompting.
 ICL_TASKS: dict[str, IclTask] = {
-    "sst2": IclTask("sst2", ("negative", "positive"), "Review:", "Sentiment:", "SetFit/sst2",
-                    label_names=("negative", "positive")),
-    "mr": IclTask("mr", ("negative", "positive"), "Review:", "Sentiment:", "rotten_tomatoes",
-                  label_names=("neg", "pos")),
-    "subj": IclTask("subj", ("objective", "subjective"), "Input:", "Type:", "SetFit/subj",
-                    label_names=("objective", "subjective")),
-    "sst5": IclTask("sst5", ("terrible", "bad", "okay", "good", "great"), "Review:", "Sentiment:", "SetFit/sst5",
-                    label_names=("very negative", "negative", "neutral", "positive", "very positive")),
-    "mpqa": IclTask("mpqa", ("negative", "positive"), "Review:", "Sentiment:", "SetFit/mpqa",
-                    label_names=("negative", "positive")),
+    "sst2": IclTask(
+        "sst2", ("negative", "positive"), "Review:", "Sentiment:", "SetFit/sst2", label_names=("negative", "positive")
+    ),
+    "mr": IclTask(
+        "mr", ("negative", "positive"), "Review:", "Sentiment:", "rotten_tomatoes", label_names=("neg", "pos")
+    ),
+    "subj": IclTask(
+        "subj", ("objective", "subjective"), "Input:", "Type:", "SetFit/subj", label_names=("objective", "subjective")
+    ),
+    "sst5": IclTask(
+        "sst5",
+        ("terrible", "bad", "okay", "good", "great"),
+        "Review:",
+        "Sentiment:",
+        "SetFit/sst5",
+        label_names=("very negative", "negative", "neutral", "positive", "very positive"),
+    ),
+    "mpqa": IclTask(
+        "mpqa", ("negative", "positive"), "Review:", "Sentiment:", "SetFit/mpqa", label_names=("negative", "positive")
+    ),
 }
 
 # corpus-source task: label word of each corpus source (`memlong data`); other sources keep their name.
@@ -108,8 +118,10 @@ def hub_examples(task: IclTask, split: str, dataset=None) -> list[Example]:
         try:
             dataset = datasets.load_dataset(*args, split=split)
         except Exception as e:  # offline, unknown split, ...: say which dataset and what else works
-            raise ValueError(f"could not load {task.hub_path} ({split}) with datasets: {type(e).__name__}: "
-                             f"{str(e)[:300]}; without a hub, give a local .jsonl file of text/label lines") from e
+            raise ValueError(
+                f"could not load {task.hub_path} ({split}) with datasets: {type(e).__name__}: "
+                f"{str(e)[:300]}; without a hub, give a local .jsonl file of text/label lines"
+            ) from e
     names = [n.lower() for n in task.label_names or task.label_words]
     feature = (getattr(dataset, "features", None) or {}).get(task.label_field)
     if getattr(feature, "names", None) and [n.lower() for n in feature.names] != names:
@@ -121,14 +133,18 @@ def hub_examples(task: IclTask, split: str, dataset=None) -> list[Example]:
             raise ValueError(f"{task.hub_path} row {i}: label {label} outside 0..{len(names) - 1}")
         given = row.get("label_text")
         if isinstance(given, str) and given.lower() != names[label]:
-            raise ValueError(f"{task.hub_path} row {i}: label {label} is {given!r} in the data, expected {names[label]!r}")
+            raise ValueError(
+                f"{task.hub_path} row {i}: label {label} is {given!r} in the data, expected {names[label]!r}"
+            )
         text = row[task.text_field]
         if isinstance(text, str) and text.strip():
             out.append(Example(text, label))
     return out
 
 
-def jsonl_examples(path: str | os.PathLike, label_words: Sequence[str] | None = None) -> tuple[list[Example], tuple[str, ...]]:
+def jsonl_examples(
+    path: str | os.PathLike, label_words: Sequence[str] | None = None
+) -> tuple[list[Example], tuple[str, ...]]:
     """Examples of a JSONL file of ``{"text": ..., "label": ...}`` lines, and the label words.
 
     A label is a word (then ``label_words`` defaults to the sorted words of the file, and must
@@ -165,8 +181,9 @@ def jsonl_examples(path: str | os.PathLike, label_words: Sequence[str] | None = 
     return [Example(t, words.index(str(lab))) for _, t, lab in rows], words
 
 
-def corpus_source_examples(corpus: str | os.PathLike, split: str, per_source: int, seed: int = 0,
-                           words: int = 24) -> tuple[list[Example], tuple[str, ...]]:
+def corpus_source_examples(
+    corpus: str | os.PathLike, split: str, per_source: int, seed: int = 0, words: int = 24
+) -> tuple[list[Example], tuple[str, ...]]:
     """Short passages from a ``memlong data`` corpus split, labelled by their source.
 
     ``per_source`` passages of ``words`` whitespace-separated words from each source (a random
@@ -202,9 +219,15 @@ def corpus_source_examples(corpus: str | os.PathLike, split: str, per_source: in
     return interleaved, tuple(SOURCE_WORDS.get(s, s) for s in sources)
 
 
-def load_icl_data(spec: str, split: str = "test", demo_split: str | None = None,
-                  label_words: Sequence[str] | None = None, max_examples: int = 100, pool: int = 64,
-                  seed: int = 0) -> tuple[IclTask, list[Example], list[Example]]:
+def load_icl_data(
+    spec: str,
+    split: str = "test",
+    demo_split: str | None = None,
+    label_words: Sequence[str] | None = None,
+    max_examples: int = 100,
+    pool: int = 64,
+    seed: int = 0,
+) -> tuple[IclTask, list[Example], list[Example]]:
     """``(task, demonstration pool, test examples)`` for ``--data`` ``spec``:
 
     * a name of :data:`ICL_TASKS` or its hub name: test examples from ``split``,
@@ -221,7 +244,7 @@ def load_icl_data(spec: str, split: str = "test", demo_split: str | None = None,
     """
     rng = random.Random(seed)
     if spec.startswith(CORPUS_SOURCE_PREFIX):
-        corpus = spec[len(CORPUS_SOURCE_PREFIX):]
+        corpus = spec[len(CORPUS_SOURCE_PREFIX) :]
         if not Path(corpus).is_dir():
             raise ValueError(f"--data {spec}: {corpus!r} is not a corpus folder (from `memlong data`)")
         demos, words = corpus_source_examples(corpus, demo_split or "validation", pool, seed)
@@ -234,7 +257,9 @@ def load_icl_data(spec: str, split: str = "test", demo_split: str | None = None,
         if label_words:
             task = dataclasses.replace(task, label_words=tuple(label_words))
             if len(task.label_words) != len(task.label_names):
-                raise ValueError(f"--labels gives {len(label_words)} words; {task.name} has {len(task.label_names)} classes")
+                raise ValueError(
+                    f"--labels gives {len(label_words)} words; {task.name} has {len(task.label_names)} classes"
+                )
         tests, demos = hub_examples(task, split), hub_examples(task, demo_split or "train")
         rng.shuffle(tests)
         return task, demos, tests[:max_examples]
@@ -243,7 +268,9 @@ def load_icl_data(spec: str, split: str = "test", demo_split: str | None = None,
         files = [p / f"{split}.jsonl", p / f"{demo_split or 'train'}.jsonl"]
         for f in files:
             if not f.is_file():
-                raise ValueError(f"--data {spec}: a folder needs {files[0].name} and {files[1].name}; {f.name} is missing")
+                raise ValueError(
+                    f"--data {spec}: a folder needs {files[0].name} and {files[1].name}; {f.name} is missing"
+                )
         tests, words = jsonl_examples(files[0], label_words)
         demos, _ = jsonl_examples(files[1], words)
         rng.shuffle(tests)
@@ -253,6 +280,8 @@ def load_icl_data(spec: str, split: str = "test", demo_split: str | None = None,
         rng.shuffle(examples)
         tests, demos = examples[:max_examples], examples[max_examples:]
     else:
-        raise ValueError(f"--data {spec!r} is not a known task ({', '.join(ICL_TASKS)}, or their hub names), "
-                         f"a .jsonl file, a folder, or {CORPUS_SOURCE_PREFIX}CORPUS_DIR")
+        raise ValueError(
+            f"--data {spec!r} is not a known task ({', '.join(ICL_TASKS)}, or their hub names), "
+            f"a .jsonl file, a folder, or {CORPUS_SOURCE_PREFIX}CORPUS_DIR"
+        )
     return IclTask(p.stem, words), demos, tests

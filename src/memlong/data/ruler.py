@@ -59,25 +59,40 @@ DEPTHS = tuple(int(math.floor(100 * i / 39 + 0.5)) for i in range(40))
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
 
 TEMPLATES = {  # RULER's scripts/data/synthetic/constants.py: (template, answer prefix, tokens to generate)
-    "niah": ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
-             "I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic "
-             "{type_needle_v} for {query} mentioned in the provided text?",
-             " The special magic {type_needle_v} for {query} mentioned in the provided text are", 128),
-    "vt": ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
-           "Question: Find all variables that are assigned the value {query} in the text above.",
-           " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
-           "assigned the value {query}, they are: ", 30),
-    "cwe": ("Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
-            "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?",
-            " Answer: The top 10 words that appear most often in the list are:", 120),
-    "fwe": ("Read the following coded text and track the frequency of each coded word. Find the three most "
-            "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
-            "the dots '....'. What are the three most frequently appeared words in the above coded text?",
-            " Answer: According to the coded text above, the three most frequently appeared words are:", 50),
-    "qa": ("Answer the question based on the given documents. Only give me the answer and do not output any other "
-           "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
-           "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}",
-           " Answer:", 32),
+    "niah": (
+        "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
+        "I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic "
+        "{type_needle_v} for {query} mentioned in the provided text?",
+        " The special magic {type_needle_v} for {query} mentioned in the provided text are",
+        128,
+    ),
+    "vt": (
+        "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+        "Question: Find all variables that are assigned the value {query} in the text above.",
+        " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+        "assigned the value {query}, they are: ",
+        30,
+    ),
+    "cwe": (
+        "Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
+        "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?",
+        " Answer: The top 10 words that appear most often in the list are:",
+        120,
+    ),
+    "fwe": (
+        "Read the following coded text and track the frequency of each coded word. Find the three most "
+        "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
+        "the dots '....'. What are the three most frequently appeared words in the above coded text?",
+        " Answer: According to the coded text above, the three most frequently appeared words are:",
+        50,
+    ),
+    "qa": (
+        "Answer the question based on the given documents. Only give me the answer and do not output any other "
+        "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
+        "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}",
+        " Answer:",
+        32,
+    ),
 }
 
 
@@ -116,28 +131,34 @@ def _niah(name, haystack, type_k="words", type_v="numbers", k=1, v=1, q=1) -> Ru
 
 
 #: RULER's 13 tasks, in its order (scripts/config_tasks.sh)
-TASKS: dict[str, RulerTask] = {t.name: t for t in (
-    _niah("niah_single_1", "noise"),
-    _niah("niah_single_2", "essay"),
-    _niah("niah_single_3", "essay", type_v="uuids"),
-    _niah("niah_multikey_1", "essay", k=4),
-    _niah("niah_multikey_2", "needle"),
-    _niah("niah_multikey_3", "needle", type_k="uuids", type_v="uuids"),
-    _niah("niah_multivalue", "essay", v=4),
-    _niah("niah_multiquery", "essay", q=4),
-    RulerTask("vt", "vt", "noise"),
-    RulerTask("cwe", "cwe"),
-    RulerTask("fwe", "fwe"),
-    RulerTask("qa_1", "qa", dataset="squad", metric="part"),
-    RulerTask("qa_2", "qa", dataset="hotpotqa", metric="part"),
-)}
+TASKS: dict[str, RulerTask] = {
+    t.name: t
+    for t in (
+        _niah("niah_single_1", "noise"),
+        _niah("niah_single_2", "essay"),
+        _niah("niah_single_3", "essay", type_v="uuids"),
+        _niah("niah_multikey_1", "essay", k=4),
+        _niah("niah_multikey_2", "needle"),
+        _niah("niah_multikey_3", "needle", type_k="uuids", type_v="uuids"),
+        _niah("niah_multivalue", "essay", v=4),
+        _niah("niah_multiquery", "essay", q=4),
+        RulerTask("vt", "vt", "noise"),
+        RulerTask("cwe", "cwe"),
+        RulerTask("fwe", "fwe"),
+        RulerTask("qa_1", "qa", dataset="squad", metric="part"),
+        RulerTask("qa_2", "qa", dataset="hotpotqa", metric="part"),
+    )
+}
 RULER_TASKS = tuple(TASKS)
 #: our variants: RULER's generator over the noise haystack; reported apart, never in RULER's mean
-EXTRA: dict[str, RulerTask] = {t.name: t for t in (
-    replace(TASKS["niah_multikey_1"], name="niah_multikey_1_noise", haystack="noise"),
-    replace(TASKS["niah_multivalue"], name="niah_multivalue_noise", haystack="noise"),
-    replace(TASKS["niah_multiquery"], name="niah_multiquery_noise", haystack="noise"),
-)}
+EXTRA: dict[str, RulerTask] = {
+    t.name: t
+    for t in (
+        replace(TASKS["niah_multikey_1"], name="niah_multikey_1_noise", haystack="noise"),
+        replace(TASKS["niah_multivalue"], name="niah_multivalue_noise", haystack="noise"),
+        replace(TASKS["niah_multiquery"], name="niah_multiquery_noise", haystack="noise"),
+    )
+}
 ALL_TASKS: dict[str, RulerTask] = {**TASKS, **EXTRA}
 
 
@@ -238,7 +259,7 @@ def sentences(text: str) -> list[str]:
     RULER uses and which needs a download."""
     out, start = [], 0
     for m in _SENTENCE_END.finditer(text):
-        out.append(text[start:m.start()].strip() + text[m.start():m.end()].strip())
+        out.append(text[start : m.start()].strip() + text[m.start() : m.end()].strip())
         start = m.end()
     if start < len(text):
         out.append(text[start:].strip())
@@ -273,7 +294,7 @@ def _niah(spec: RulerTask, n: int, rng: random.Random, essay: list[str] | None):
         cuts = [0] + sorted(int(len(sents) * d / 100) for d in rng.sample(DEPTHS, len(needles))) + [len(sents)]
         parts = []
         for i in range(1, len(cuts)):
-            parts.append(" ".join(sents[cuts[i - 1]:cuts[i]]))
+            parts.append(" ".join(sents[cuts[i - 1] : cuts[i]]))
             if i - 1 < len(needles):
                 parts.append(needles[i - 1])
         context = " ".join(parts)
@@ -281,8 +302,10 @@ def _niah(spec: RulerTask, n: int, rng: random.Random, essay: list[str] | None):
         if spec.haystack == "noise":
             lines = [NOISE] * n
         else:  # "needle": every line a needle with another random key and value
-            lines = [NEEDLE.format(type_v=spec.type_v, key=_random(rng, spec.type_k), value=_random(rng, spec.type_v))
-                     for _ in range(n)]
+            lines = [
+                NEEDLE.format(type_v=spec.type_v, key=_random(rng, spec.type_k), value=_random(rng, spec.type_v))
+                for _ in range(n)
+            ]
         for index, needle in zip(sorted(rng.sample(range(n), len(needles)), reverse=True), needles):
             lines.insert(index, needle)
         context = "\n".join(lines)
@@ -300,8 +323,10 @@ def niah_template(spec: RulerTask) -> tuple[str, str, str]:
     template, prefix, _ = TEMPLATES["niah"]
     type_v = spec.type_v
     if spec.num_q * spec.num_v == 1:
+
         def one(t: str) -> str:
             return t.replace("Some", "A").replace("are all", "is").replace("are", "is").replace("answers", "answer")
+
         template, prefix, type_v = one(template), one(prefix), type_v[:-1]
     return template, prefix, type_v
 
@@ -337,7 +362,7 @@ def _cwe_list(rng: random.Random, num_words: int, common: int, uncommon: int, nu
 
 
 def _fwe(spec: RulerTask, n: int, vocab: list[str]):
-    counts = [int(n * k ** -spec.alpha / _zeta(spec.alpha)) for k in range(1, len(vocab) + 1)]
+    counts = [int(n * k**-spec.alpha / _zeta(spec.alpha)) for k in range(1, len(vocab) + 1)]
     return [w for w, c in zip(vocab, counts) for _ in range(c)]
 
 
@@ -389,8 +414,17 @@ class Generator:
     search (RULER's), then each sample drawn with it (smaller by RULER's increment while a draw is too
     long)."""
 
-    def __init__(self, task: str, tok, length: int, *, chat: bool = False, essay: list[str] | None = None,
-                 qa: QaSet | None = None, probe_seed: str = "probe"):
+    def __init__(
+        self,
+        task: str,
+        tok,
+        length: int,
+        *,
+        chat: bool = False,
+        essay: list[str] | None = None,
+        qa: QaSet | None = None,
+        probe_seed: str = "probe",
+    ):
         if task not in ALL_TASKS:
             raise ValueError(f"unknown RULER task {task!r}; choose among {', '.join(ALL_TASKS)}")
         self.spec, self.tok, self.length, self.essay, self.qa = ALL_TASKS[task], tok, length, essay, qa
@@ -416,15 +450,27 @@ class Generator:
         if spec.kind == "niah":
             context, query, answers, needles = _niah(spec, n, rng, self.essay)
             template, prefix, type_v = niah_template(spec)
-            return self._split(before, template.format(type_needle_v=type_v, context="\x00", query=query),
-                               context, after + prefix.format(type_needle_v=type_v, query=query), answers, needles)
+            return self._split(
+                before,
+                template.format(type_needle_v=type_v, context="\x00", query=query),
+                context,
+                after + prefix.format(type_needle_v=type_v, query=query),
+                answers,
+                needles,
+            )
         if spec.kind == "vt":
             context, value, names = _vt(spec, n, rng)
             template, prefix, _ = TEMPLATES["vt"]
             example = self._randomized_vt_example(rng)
             needles = [ln for ln in context.split("\n") if ln.startswith("VAR ")]
-            return self._split(before + example + "\n", template.format(context="\x00", query=value), context,
-                               after + prefix.format(num_v=spec.num_hops + 1, query=value), names, needles)
+            return self._split(
+                before + example + "\n",
+                template.format(context="\x00", query=value),
+                context,
+                after + prefix.format(num_v=spec.num_hops + 1, query=value),
+                names,
+                needles,
+            )
         if spec.kind == "cwe":
             template, prefix, _ = TEMPLATES["cwe"]
             if self.length < 4096:
@@ -434,8 +480,15 @@ class Generator:
             ex_list, ex_answer = _cwe_list(rng, ex_n, ex_c, ex_u, spec.num_cw)
             context, answers = _cwe_list(rng, n, common, uncommon, spec.num_cw)
             # RULER's few-shot example: the whole wrapped prompt with its answer, then a newline
-            example = (before + template.format(context=ex_list) + after + prefix + " "
-                       + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_answer)) + "\n")
+            example = (
+                before
+                + template.format(context=ex_list)
+                + after
+                + prefix
+                + " "
+                + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_answer))
+                + "\n"
+            )
             return self._split(example + before, template.format(context="\x00"), context, after + prefix, answers)
         if spec.kind == "fwe":
             template, prefix, _ = TEMPLATES["fwe"]
@@ -453,8 +506,9 @@ class Generator:
         template, prefix, _ = TEMPLATES["qa"]
         q = self.qa.questions[index % len(self.qa.questions)]
         context = _qa_context(q, n, self.qa.docs, rng)
-        return self._split(before, template.format(context="\x00", query=q["query"]), context, after + prefix,
-                           list(q["outputs"]))
+        return self._split(
+            before, template.format(context="\x00", query=q["query"]), context, after + prefix, list(q["outputs"])
+        )
 
     @staticmethod
     def _split(before: str, filled: str, context: str, end: str, answers, needles=()) -> _Parts:
@@ -519,7 +573,7 @@ class Generator:
     def _randomized_vt_example(self, rng: random.Random) -> str:
         """RULER's randomize_icl: new names for the example's variables and a new value."""
         example = self._vt_example
-        for item in example.strip().split()[-(self.spec.num_hops + 1):]:
+        for item in example.strip().split()[-(self.spec.num_hops + 1) :]:
             example = example.replace(item, "".join(rng.choices(string.ascii_uppercase, k=len(item))))
         return example.replace("12345", str(rng.randint(10000, 99998)))
 
@@ -536,13 +590,23 @@ class Generator:
             lo, hi = self.floor, n  # lo fits (or is the least there is), hi does not
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if self.tokens(self.parts(mid, random.Random(seed), index)) <= self.budget else (lo, mid)
+                lo, hi = (
+                    (mid, hi) if self.tokens(self.parts(mid, random.Random(seed), index)) <= self.budget else (lo, mid)
+                )
             p = self.parts(lo, random.Random(seed), index)
         h, c, t = self.enc(p.head), self.enc(p.context), self.enc(p.tail)
         if len(h) + len(c) + len(t) > self.budget:
             raise PromptTooShort(self.spec.name, self.length, len(h) + len(c) + len(t) + self.spec.tokens_to_generate)
-        return RulerSample(self.spec.name, h + c + t, p.answers, len(t), self.spec.tokens_to_generate,
-                           span=(len(h), len(h) + len(c)), positions=self._positions(p, len(h)), text=p.text)
+        return RulerSample(
+            self.spec.name,
+            h + c + t,
+            p.answers,
+            len(t),
+            self.spec.tokens_to_generate,
+            span=(len(h), len(h) + len(c)),
+            positions=self._positions(p, len(h)),
+            text=p.text,
+        )
 
     def _positions(self, p: _Parts, offset: int) -> list[int]:
         """Token offsets in the prompt of the context's answered statements."""
@@ -594,15 +658,26 @@ def read_qa(path: str | Path, dataset: str) -> QaSet:
                 for p in d["paragraphs"]:
                     for qa in p["qas"]:
                         if not qa.get("is_impossible", False):
-                            qas.append({"query": qa["question"], "outputs": [a["text"] for a in qa["answers"]],
-                                        "context": [index[p["context"]]],
-                                        "more_context": [i for i in more if i != index[p["context"]]]})
+                            qas.append(
+                                {
+                                    "query": qa["question"],
+                                    "outputs": [a["text"] for a in qa["answers"]],
+                                    "context": [index[p["context"]]],
+                                    "more_context": [i for i in more if i != index[p["context"]]],
+                                }
+                            )
         elif dataset == "hotpotqa":
             docs = sorted({f"{t}\n{''.join(p)}" for d in data for t, p in d["context"]})
             index = {c: i for i, c in enumerate(docs)}
-            qas = [{"query": d["question"], "outputs": [d["answer"]],
-                    "context": [index[f"{t}\n{''.join(p)}"] for t, p in d["context"]], "more_context": []}
-                   for d in data]
+            qas = [
+                {
+                    "query": d["question"],
+                    "outputs": [d["answer"]],
+                    "context": [index[f"{t}\n{''.join(p)}"] for t, p in d["context"]],
+                    "more_context": [],
+                }
+                for d in data
+            ]
         else:
             raise ValueError(f"unknown qa dataset {dataset!r}; choose squad or hotpotqa")
     except (KeyError, TypeError) as e:

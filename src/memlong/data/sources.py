@@ -256,9 +256,7 @@ def find_jdk_src_zip() -> Path | None:
     return None
 
 
-def jdk_documents(
-    path: str | os.PathLike | None = None, skipped: SkipCounter | None = None
-) -> Iterator[Document]:
+def jdk_documents(path: str | os.PathLike | None = None, skipped: SkipCounter | None = None) -> Iterator[Document]:
     """Yield the ``*.java`` files of a JDK ``src.zip`` as documents ``jdk/<member>``.
 
     With ``path=None`` the zip is searched for; if no JDK sources are installed, nothing is

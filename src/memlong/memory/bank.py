@@ -32,12 +32,12 @@ the bank does not hold its old and new storage at once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import uuid
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
@@ -95,8 +95,12 @@ class BankLayout:
         ids (int32) and the per-slot records (windowed flag, chunk id, token and text spans,
         counter). The search index's own copy of the embedding (faiss) is not counted."""
         per_slot_records = 1 + 8 + 2 * 8 + 8 + 2 * 8  # windowed, chunk_ids, spans, counts, text_spans
-        return (self.chunk_size * (self.kv_bytes_per_token() + 4) + 4 * self.embed_dim
-                + 2 * self.windows * self.embed_dim + per_slot_records)
+        return (
+            self.chunk_size * (self.kv_bytes_per_token() + 4)
+            + 4 * self.embed_dim
+            + 2 * self.windows * self.embed_dim
+            + per_slot_records
+        )
 
     def bytes_per_token(self) -> float:
         """What the bank keeps per banked token: :meth:`slot_bytes` over ``chunk_size``."""
@@ -126,8 +130,9 @@ def _grams(ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([ids, ids[..., :-1] * _BIGRAM + ids[..., 1:]], -1)
 
 
-def lexical_scores(corpus: torch.Tensor, question: list[int] | torch.Tensor,
-                   chunks: torch.Tensor | None = None) -> torch.Tensor:
+def lexical_scores(
+    corpus: torch.Tensor, question: list[int] | torch.Tensor, chunks: torch.Tensor | None = None
+) -> torch.Tensor:
     """The share of a question's words and word pairs that each of ``chunks`` ``[m, tau]``
     holds, each weighted by its rarity: the question's distinct token unigrams and bigrams,
     weighted by BM25's inverse document frequency over ``corpus`` ``[n, tau]`` (every stored
@@ -239,8 +244,9 @@ class MemoryBank:
         for t in self._kv_storage():
             t.extend(n)
         self.embeddings = torch.zeros(n, L.embed_dim, dtype=torch.float32, device=L.device)
-        self.window_embeddings = (torch.zeros(n, L.windows, L.embed_dim, dtype=torch.float16, device=L.device)
-                                  if L.windows else None)
+        self.window_embeddings = (
+            torch.zeros(n, L.windows, L.embed_dim, dtype=torch.float16, device=L.device) if L.windows else None
+        )
         self.windowed = torch.zeros(n, dtype=torch.bool)
         self.chunk_ids = torch.full((n,), -1, dtype=torch.long)
         self.spans = torch.zeros(n, 2, dtype=torch.long)
@@ -298,9 +304,20 @@ class MemoryBank:
 
     def nbytes(self) -> int:
         """Bytes held by the bank's tensors (allocated slots, used or free)."""
-        ts = (self.keys, self.values, self.key_scales, self.value_scales, self.embeddings, self.window_embeddings,
-              self.windowed, self.chunk_ids,
-              self.spans, self.token_ids, self.counts, self.text_spans)
+        ts = (
+            self.keys,
+            self.values,
+            self.key_scales,
+            self.value_scales,
+            self.embeddings,
+            self.window_embeddings,
+            self.windowed,
+            self.chunk_ids,
+            self.spans,
+            self.token_ids,
+            self.counts,
+            self.text_spans,
+        )
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
     # ------------------------------------------------------------------ write
@@ -336,8 +353,9 @@ class MemoryBank:
         if embedding.shape != (L.embed_dim,):
             raise ValueError(f"embedding must be [{L.embed_dim}], got {tuple(embedding.shape)}")
         if L.windows and window_embeddings is not None and window_embeddings.shape != (L.windows, L.embed_dim):
-            raise ValueError(f"window_embeddings must be [{L.windows}, {L.embed_dim}], got "
-                             f"{tuple(window_embeddings.shape)}")
+            raise ValueError(
+                f"window_embeddings must be [{L.windows}, {L.embed_dim}], got {tuple(window_embeddings.shape)}"
+            )
         n = len(self)
         if n and chunk_id <= int(self.chunk_ids.max()):
             raise ValueError(f"chunk ids must increase: got {chunk_id} after {int(self.chunk_ids.max())}")
@@ -371,7 +389,8 @@ class MemoryBank:
             self.values[slot] = values.to(device=dev, dtype=self.values.dtype)
             return
         for data, scales, store, store_scales in (
-            (keys, key_scales, self.keys, self.key_scales), (values, value_scales, self.values, self.value_scales)
+            (keys, key_scales, self.keys, self.key_scales),
+            (values, value_scales, self.values, self.value_scales),
         ):
             if scales is None:
                 data, scales = quantize(data, self.layout.dtype)
@@ -450,9 +469,13 @@ class MemoryBank:
         """What eviction has dropped since the bank was created or reset: ``rounds``, ``chunks``,
         ``tokens``, the token ranges ``spans`` (``[start, end)``, merged where adjacent, in stream
         order) and the character ranges ``text_spans`` of those whose text was given."""
-        return {"rounds": self.evictions, "chunks": self.evicted_chunks,
-                "tokens": self.evicted_chunks * self.layout.chunk_size,
-                "spans": [list(r) for r in self.evicted_spans], "text_spans": [list(r) for r in self.evicted_text_spans]}
+        return {
+            "rounds": self.evictions,
+            "chunks": self.evicted_chunks,
+            "tokens": self.evicted_chunks * self.layout.chunk_size,
+            "spans": [list(r) for r in self.evicted_spans],
+            "text_spans": [list(r) for r in self.evicted_text_spans],
+        }
 
     def drop_window_index(self) -> None:
         """Forgets the window index (a bank loaded into a model whose config keeps another one, or
@@ -512,8 +535,9 @@ class MemoryBank:
         if not L.windows:
             raise ValueError("this bank keeps no window index (BankLayout.index_window is 0)")
         if embeddings.shape != (len(slots), L.windows, L.embed_dim):
-            raise ValueError(f"window embeddings must be [{len(slots)}, {L.windows}, {L.embed_dim}], got "
-                             f"{tuple(embeddings.shape)}")
+            raise ValueError(
+                f"window embeddings must be [{len(slots)}, {L.windows}, {L.embed_dim}], got {tuple(embeddings.shape)}"
+            )
         self.window_embeddings[slots.to(self.window_embeddings.device)] = embeddings.to(self.window_embeddings)
         self.windowed[slots] = True
 
@@ -551,8 +575,15 @@ class MemoryBank:
             return slots[order], scores[order]
         return self.search(query, k, count=False)
 
-    def retrieve(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,), rescore=None,
-                 candidates: int = 0, order: str = "stream") -> torch.Tensor:
+    def retrieve(
+        self,
+        query: torch.Tensor,
+        k: int,
+        offsets: tuple[int, ...] = (0,),
+        rescore=None,
+        candidates: int = 0,
+        order: str = "stream",
+    ) -> torch.Tensor:
         """Slots to read for ``query``: for each of the top-``k`` chunks (chunk id ``j``), the
         stored chunks ``j + o`` for ``o`` in ``offsets`` (``(0,)``: the hits themselves, the
         paper; ``(0, 1)``: each hit and the chunk that followed it, RETRO's neighbour and
@@ -567,15 +598,22 @@ class MemoryBank:
         self.counts[slots] += 1
         return slots
 
-    def select(self, query: torch.Tensor, k: int, offsets: tuple[int, ...] = (0,), rescore=None,
-               candidates: int = 0, order: str = "stream") -> torch.Tensor:
+    def select(
+        self,
+        query: torch.Tensor,
+        k: int,
+        offsets: tuple[int, ...] = (0,),
+        rescore=None,
+        candidates: int = 0,
+        order: str = "stream",
+    ) -> torch.Tensor:
         """The slots :meth:`retrieve` returns, in its order, counters untouched."""
         slots, _ = self.best(query, k, rescore, candidates)
         if order == "score":
-            stored = {int(c): s for s, c in zip(self.valid.nonzero().flatten().tolist(),
-                                                self.chunk_ids[self.valid].tolist())}
-            picked = [stored[j + o] for j in self.chunk_ids[slots.flip(0)].tolist() for o in offsets
-                      if j + o in stored]
+            stored = {
+                int(c): s for s, c in zip(self.valid.nonzero().flatten().tolist(), self.chunk_ids[self.valid].tolist())
+            }
+            picked = [stored[j + o] for j in self.chunk_ids[slots.flip(0)].tolist() for o in offsets if j + o in stored]
             last = {s: i for i, s in enumerate(picked)}
             slots = torch.tensor([s for i, s in enumerate(picked) if last[s] == i], dtype=torch.long)
         else:
@@ -682,8 +720,11 @@ class MemoryBank:
             "search_backend": self.search_backend,
             "approximate_above": self.approximate_above,
             "evictions": self.evictions,
-            "evicted": {"chunks": self.evicted_chunks, "spans": self.evicted_spans,
-                        "text_spans": self.evicted_text_spans},
+            "evicted": {
+                "chunks": self.evicted_chunks,
+                "spans": self.evicted_spans,
+                "text_spans": self.evicted_text_spans,
+            },
             "metadata": metadata or {},
         }
         json_path = os.path.join(directory, BANK_JSON)
@@ -746,7 +787,9 @@ class MemoryBank:
         if not os.path.isfile(tpath):
             raise BankFileError(f"{tpath} is missing: the bank directory is incomplete")
         if _sha256(tpath) != meta.get("sha256"):
-            raise BankFileError(f"{tpath} does not match the checksum in {BANK_JSON}: the file is truncated or corrupted")
+            raise BankFileError(
+                f"{tpath} does not match the checksum in {BANK_JSON}: the file is truncated or corrupted"
+            )
         try:
             t = load_file(tpath)
         except (SafetensorError, OSError, ValueError) as e:
@@ -754,8 +797,14 @@ class MemoryBank:
         n = int(meta["num_chunks"])
         kv = (n, layout.num_kv_heads, layout.chunk_size, layout.head_dim)
         want = {
-            "keys": kv, "values": kv, "embeddings": (n, layout.embed_dim), "chunk_ids": (n,),
-            "spans": (n, 2), "token_ids": (n, layout.chunk_size), "counts": (n,), "text_spans": (n, 2),
+            "keys": kv,
+            "values": kv,
+            "embeddings": (n, layout.embed_dim),
+            "chunk_ids": (n,),
+            "spans": (n, 2),
+            "token_ids": (n, layout.chunk_size),
+            "counts": (n,),
+            "text_spans": (n, 2),
         }
         if layout.quantized:
             want["key_scales"] = want["value_scales"] = kv[:3]
@@ -771,8 +820,15 @@ class MemoryBank:
         if n > layout.capacity:
             raise BankFileError(f"{tpath}: {n} chunks exceed the saved capacity {layout.capacity}")
         keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
-        bank = cls(layout, meta.get("eviction", "counter"), keep, drop, target, meta.get("search_backend", "faiss"),
-                  meta.get("approximate_above", APPROXIMATE_ABOVE))
+        bank = cls(
+            layout,
+            meta.get("eviction", "counter"),
+            keep,
+            drop,
+            target,
+            meta.get("search_backend", "faiss"),
+            meta.get("approximate_above", APPROXIMATE_ABOVE),
+        )
         bank.evictions = int(meta.get("evictions", 0))
         evicted = meta.get("evicted") or {}  # banks saved before this bookkeeping: none recorded
         bank.evicted_chunks = int(evicted.get("chunks", 0))

@@ -58,19 +58,26 @@ class ReadingPlan:
         return (self.stored_chunks + self.banked_chunks) * self.bytes_per_chunk
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "evicted_chunks": self.evicted_chunks, "evicted_tokens": self.evicted_tokens,
-                "kept_tokens": self.kept_tokens, "capacity_needed": self.capacity_needed,
-                "bytes_needed": self.bytes_needed}
+        return {
+            **asdict(self),
+            "evicted_chunks": self.evicted_chunks,
+            "evicted_tokens": self.evicted_tokens,
+            "kept_tokens": self.kept_tokens,
+            "capacity_needed": self.capacity_needed,
+            "bytes_needed": self.bytes_needed,
+        }
 
     def warning(self, raise_with: str = "memory_capacity") -> str:
         """One paragraph for a user, before reading: what is kept, what is evicted, and how to keep
         everything (``raise_with``: how this program sets the capacity, e.g. ``--set memory_capacity=N``)."""
-        return (f"{self.tokens:,} tokens to read, more than this memory holds ({self.capacity_tokens:,} tokens of "
-                f"bank, memory_capacity, plus the local window): about {self.kept_tokens:,} tokens will be kept and "
-                f"{self.evicted_tokens:,} ({self.evicted_chunks:,} chunks of {self.chunk_size}) evicted while "
-                f"reading; a question about an evicted part is answered from what remains. To keep everything: "
-                f"{raise_with.replace('N', str(self.capacity_needed))} (about {human_bytes(self.bytes_needed)} "
-                f"of bank)")
+        return (
+            f"{self.tokens:,} tokens to read, more than this memory holds ({self.capacity_tokens:,} tokens of "
+            f"bank, memory_capacity, plus the local window): about {self.kept_tokens:,} tokens will be kept and "
+            f"{self.evicted_tokens:,} ({self.evicted_chunks:,} chunks of {self.chunk_size}) evicted while "
+            f"reading; a question about an evicted part is answered from what remains. To keep everything: "
+            f"{raise_with.replace('N', str(self.capacity_needed))} (about {human_bytes(self.bytes_needed)} "
+            f"of bank)"
+        )
 
 
 def plan_reading(memory, tokens: int, row: int = 0) -> ReadingPlan:
@@ -87,8 +94,15 @@ def plan_reading(memory, tokens: int, row: int = 0) -> ReadingPlan:
     stored = len(bank)
     # without retrieval (the no-memory baseline) nothing is banked: every chunk leaving the window is dropped
     after = bank.chunks_after(banked) if memory.retrieval else stored
-    return ReadingPlan(tokens=tokens, chunk_size=tau, stored_chunks=stored, banked_chunks=banked, chunks_after=after,
-                       capacity_tokens=bank.capacity * tau, bytes_per_chunk=bank.slot_bytes())
+    return ReadingPlan(
+        tokens=tokens,
+        chunk_size=tau,
+        stored_chunks=stored,
+        banked_chunks=banked,
+        chunks_after=after,
+        capacity_tokens=bank.capacity * tau,
+        bytes_per_chunk=bank.slot_bytes(),
+    )
 
 
 def human_bytes(n: float) -> str:
@@ -115,4 +129,3 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
-

@@ -70,8 +70,9 @@ class FaissIndex:
 
     def add_many(self, slots: torch.Tensor, vectors: torch.Tensor) -> None:
         if slots.numel():
-            self.index.add_with_ids(vectors.detach().float().cpu().contiguous().numpy(),
-                                    slots.cpu().numpy().astype("int64"))
+            self.index.add_with_ids(
+                vectors.detach().float().cpu().contiguous().numpy(), slots.cpu().numpy().astype("int64")
+            )
 
     def remove(self, slots: torch.Tensor) -> None:
         if slots.numel():

@@ -29,8 +29,7 @@ class FolderBusy(RuntimeError):
 
     def __init__(self, directory, holder: dict, waited: float):
         self.directory, self.holder, self.waited = str(directory), holder, waited
-        super().__init__(f"{directory} is in use by another process ({describe_holder(holder)}); "
-                         f"waited {waited:.1f} s")
+        super().__init__(f"{directory} is in use by another process ({describe_holder(holder)}); waited {waited:.1f} s")
 
 
 def describe_holder(holder: dict) -> str:
@@ -75,8 +74,13 @@ def folder_lock(directory, timeout: float, on_wait=None, poll: float = 0.1):
                     on_wait(read_holder(directory))
                     on_wait = None
                 time.sleep(min(poll, max(0.0, timeout - waited)))
-        me = json.dumps({"pid": os.getpid(), "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
-                         "since": time.time()})
+        me = json.dumps(
+            {
+                "pid": os.getpid(),
+                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+                "since": time.time(),
+            }
+        )
         os.ftruncate(fd, 0)
         os.pwrite(fd, me.encode(), 0)
         yield

@@ -33,8 +33,18 @@ DEFAULT_MEMLONG_MODEL: Path = Path(__file__).resolve().parent / "default"
 #: The name memlong_base.json uses for the default base model (:mod:`memlong.bases` resolves it).
 DEFAULT_BASE = "memlong:default"
 
-__all__ = ["ENV_VAR", "DEFAULT_BASE", "DEFAULT_MEMLONG_MODEL", "DefaultModelUnavailable", "base_model_of",
-           "default_base_model_path", "load_default_base_model", "load_memlong_model", "load_tokenizer", "resolve_base"]
+__all__ = [
+    "ENV_VAR",
+    "DEFAULT_BASE",
+    "DEFAULT_MEMLONG_MODEL",
+    "DefaultModelUnavailable",
+    "base_model_of",
+    "default_base_model_path",
+    "load_default_base_model",
+    "load_memlong_model",
+    "load_tokenizer",
+    "resolve_base",
+]
 
 
 def default_base_model_path() -> str:
@@ -128,6 +138,7 @@ def load_memlong_model(name_or_path=None, retriever="minilm", dtype=None, overri
         if config is None:
             raise ValueError(f"config overrides need a MemLong directory; {path} has no {CONFIG_NAME}")
         config = dataclasses.replace(config, **overrides)
-    model = memlong.from_pretrained(str(path), config=config, retriever=retriever, tokenizer=tokenizer,
-                                    dtype=dtype or torch.float32)
+    model = memlong.from_pretrained(
+        str(path), config=config, retriever=retriever, tokenizer=tokenizer, dtype=dtype or torch.float32
+    )
     return model.eval(), tokenizer

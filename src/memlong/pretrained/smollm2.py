@@ -83,7 +83,8 @@ def load_from_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
 
     if importlib.util.find_spec("gguf") is None:
         raise DefaultModelUnavailable(
-            f"reading {gguf} needs the package gguf: run `{INSTALL_COMMAND}` (`make` does this)")
+            f"reading {gguf} needs the package gguf: run `{INSTALL_COMMAND}` (`make` does this)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     return model, tokenizer
@@ -196,8 +197,13 @@ def _convert(gguf: Path, source: dict, dest: Path) -> None:
             _fsync(p)
             st = p.stat()
             files[p.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(p)}
-        manifest = {"format": FORMAT, "source": source, "files": files, "transformers": transformers.__version__,
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        manifest = {
+            "format": FORMAT,
+            "source": source,
+            "files": files,
+            "transformers": transformers.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _fsync(tmp / MANIFEST)
         _fsync(tmp)

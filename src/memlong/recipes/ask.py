@@ -68,40 +68,78 @@ PREVIEW_CHARS = 200
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="text files (UTF-8) to read, in this order")
-    p.add_argument("--question", "-q", action="append", default=None,
-                   help="a question to answer (repeatable); without it, questions are read from stdin, one per "
-                        "line, until an empty line or EOF")
-    p.add_argument("--model", default=None,
-                   help="a MemLong directory (save_pretrained / memlong train) or a base model name or path "
-                        "(default: the default MemLong model, SmolLM2-135M-Instruct in training-free mode)")
-    p.add_argument("--retriever", default="minilm",
-                   help="minilm (default), hashing, embedding, or a sentence-transformers name/path")
-    p.add_argument("--memory", default=None, metavar="DIR",
-                   help="save the memory here after reading; reuse it on later calls while the files and the "
-                        "model are unchanged")
-    p.add_argument("--format", choices=["plain", "chat"], default="plain",
-                   help="how a question is put to the model: plain (the default: 'Question: ...' and 'Answer:' as "
-                        "text after the files; retrieval embeds that prompt) or chat (the tokenizer's chat template, "
-                        "the question as the user's turn; retrieval embeds the question alone). On the default "
-                        "model plain answers a planted fact that chat does not")
-    p.add_argument("--show-retrieved", action="store_true",
-                   help="also print the chunks each question retrieves (chunk id, token span, score, text)")
-    p.add_argument("--rag", action="store_true",
-                   help="answer with plain retrieval-augmented generation instead of memory: the top_k chunks of the "
-                        "files most similar to the question (the same retriever), as text before it, read by the base "
-                        "model alone; no memory is read or saved")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
-                   help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
-                        "--set question_order=score --set question_offsets=[0,1] --set top_k=8. A saved --memory "
-                        "is reused across the fields that only decide how questions search (MemLongConfig."
-                        "QUESTION_FIELDS); another field needs a new --memory")
-    p.add_argument("--evict", action="store_true",
-                   help="keep the model's memory_capacity for files longer than it holds, evicting chunks while "
-                        "reading (by default it is raised for this call to hold all of the files when the bank then "
-                        "fits in half the available memory); ask says what was evicted")
-    p.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
-                   help="with --memory: how long to wait for another memlong process using the same DIR before "
-                        "giving up (default 300)")
+    p.add_argument(
+        "--question",
+        "-q",
+        action="append",
+        default=None,
+        help="a question to answer (repeatable); without it, questions are read from stdin, one per "
+        "line, until an empty line or EOF",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a MemLong directory (save_pretrained / memlong train) or a base model name or path "
+        "(default: the default MemLong model, SmolLM2-135M-Instruct in training-free mode)",
+    )
+    p.add_argument(
+        "--retriever",
+        default="minilm",
+        help="minilm (default), hashing, embedding, or a sentence-transformers name/path",
+    )
+    p.add_argument(
+        "--memory",
+        default=None,
+        metavar="DIR",
+        help="save the memory here after reading; reuse it on later calls while the files and the model are unchanged",
+    )
+    p.add_argument(
+        "--format",
+        choices=["plain", "chat"],
+        default="plain",
+        help="how a question is put to the model: plain (the default: 'Question: ...' and 'Answer:' as "
+        "text after the files; retrieval embeds that prompt) or chat (the tokenizer's chat template, "
+        "the question as the user's turn; retrieval embeds the question alone). On the default "
+        "model plain answers a planted fact that chat does not",
+    )
+    p.add_argument(
+        "--show-retrieved",
+        action="store_true",
+        help="also print the chunks each question retrieves (chunk id, token span, score, text)",
+    )
+    p.add_argument(
+        "--rag",
+        action="store_true",
+        help="answer with plain retrieval-augmented generation instead of memory: the top_k chunks of the "
+        "files most similar to the question (the same retriever), as text before it, read by the base "
+        "model alone; no memory is read or saved",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
+        "--set question_order=score --set question_offsets=[0,1] --set top_k=8. A saved --memory "
+        "is reused across the fields that only decide how questions search (MemLongConfig."
+        "QUESTION_FIELDS); another field needs a new --memory",
+    )
+    p.add_argument(
+        "--evict",
+        action="store_true",
+        help="keep the model's memory_capacity for files longer than it holds, evicting chunks while "
+        "reading (by default it is raised for this call to hold all of the files when the bank then "
+        "fits in half the available memory); ask says what was evicted",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --memory: how long to wait for another memlong process using the same DIR before "
+        "giving up (default 300)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, metavar="OUT", help="write everything printed here, as JSON")
@@ -131,17 +169,23 @@ def read_source(given: str) -> SourceFile:
     if not path.exists():
         raise SystemExit(f"memlong ask: no such file: {given} (check the path)")
     if path.is_dir():
-        raise SystemExit(f"memlong ask: {given} is a directory, not a text file; give the files inside it "
-                         f"(e.g. {os.path.join(given, '*.txt')})")
+        raise SystemExit(
+            f"memlong ask: {given} is a directory, not a text file; give the files inside it "
+            f"(e.g. {os.path.join(given, '*.txt')})"
+        )
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise SystemExit(f"memlong ask: cannot read {given} ({e.strerror or e}); check that it is a readable file") from None
+        raise SystemExit(
+            f"memlong ask: cannot read {given} ({e.strerror or e}); check that it is a readable file"
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SystemExit(f"memlong ask: {given} is not UTF-8 text (invalid byte at offset {e.start}); "
-                         "convert it to UTF-8 (e.g. iconv -t utf-8) or give another file") from None
+        raise SystemExit(
+            f"memlong ask: {given} is not UTF-8 text (invalid byte at offset {e.start}); "
+            "convert it to UTF-8 (e.g. iconv -t utf-8) or give another file"
+        ) from None
     if not text.strip():
         raise SystemExit(f"memlong ask: {given} is empty: there is nothing to read in it; give a file with text")
     return SourceFile(path.resolve(), given, text, len(data), hashlib.sha256(data).hexdigest())
@@ -173,8 +217,10 @@ def check_memory_dir(memory: str | None) -> Path | None:
         return None
     d = Path(memory)
     if d.exists() and not d.is_dir():
-        raise SystemExit(f"memlong ask: --memory {memory} is a file, not a directory; pass a folder for the memory "
-                         "(it is created if needed)")
+        raise SystemExit(
+            f"memlong ask: --memory {memory} is a file, not a directory; pass a folder for the memory "
+            "(it is created if needed)"
+        )
     return d
 
 
@@ -282,8 +328,11 @@ def plan_reuse(directory: Path | None, files: list[SourceFile], model, args) -> 
         if has_memory:
             if (_memory_json(directory).get("metadata") or {}).get("saved_by") == SAVED_BY:
                 return "reread", [f"a save was interrupted before its {MANIFEST} was written"]
-            raise _refuse(directory, f"it holds a memory but no {MANIFEST}, so which files it was read from is "
-                                     "unknown (it was not saved by `memlong ask`)")
+            raise _refuse(
+                directory,
+                f"it holds a memory but no {MANIFEST}, so which files it was read from is "
+                "unknown (it was not saved by `memlong ask`)",
+            )
         if any(not _ours(p.name) for p in directory.iterdir()):
             raise _refuse(directory, "it is a folder with other files in it, not a memory saved by `memlong ask`")
         return "read", []  # empty, or what a save killed before its memory.json left (removed by the next save)
@@ -310,7 +359,9 @@ def plan_reuse(directory: Path | None, files: list[SourceFile], model, args) -> 
         raise _refuse(directory, str(e).split(";")[0]) from None
     reasons = changed_files(saved_files, files)
     if capacity_changed:
-        reasons.append(f"memory_capacity {saved_config.get('memory_capacity')} -> {model.memlong_config.memory_capacity}")
+        reasons.append(
+            f"memory_capacity {saved_config.get('memory_capacity')} -> {model.memlong_config.memory_capacity}"
+        )
     if manifest.get("memlong_version") != memlong.__version__:
         reasons.append(f"saved by memlong {manifest.get('memlong_version')}, this is {memlong.__version__}")
     saved_version = _memory_version(directory)  # None when memory.json is unreadable: loading it says why
@@ -335,12 +386,15 @@ def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list
     model runs, :meth:`MemLongCache.question_hits`), best first; their text from the files via
     their text spans."""
     bank = memory.bank(0)
-    slots, scores = memory.question_hits(model.memlong_retriever, query_ids[-model.memlong_config.chunk_size:])
+    slots, scores = memory.question_hits(model.memlong_retriever, query_ids[-model.memlong_config.chunk_size :])
     out = []
     for s, score in zip(slots.tolist(), scores.tolist()):
         a, b = (int(x) for x in bank.text_spans[s].tolist())
-        row = {"chunk_id": int(bank.chunk_ids[s]), "tokens": [int(x) for x in bank.spans[s].tolist()],
-               "score": round(float(score), 4)}
+        row = {
+            "chunk_id": int(bank.chunk_ids[s]),
+            "tokens": [int(x) for x in bank.spans[s].tolist()],
+            "score": round(float(score), 4),
+        }
         if 0 <= a < b:
             f, line = locate(files, a)
             row.update(file=f.given, line=line, chars=[a, b], text=text[a:b][:PREVIEW_CHARS])
@@ -381,9 +435,8 @@ def stdin_questions(stream=None):
 
 def _load_model(args):
     """(model, tokenizer): the one place ``ask`` loads a model."""
-    from memlong.config import MemLongConfigError
+    from memlong.config import MemLongConfigError, apply_overrides
     from memlong.pretrained import DefaultModelUnavailable, load_memlong_model
-    from memlong.config import apply_overrides
 
     try:
         model, tok = load_memlong_model(args.model, retriever=args.retriever)
@@ -392,8 +445,10 @@ def _load_model(args):
     except (MemLongConfigError, DefaultModelUnavailable) as e:
         raise SystemExit(f"memlong ask: {e}") from None
     except (OSError, ValueError) as e:
-        raise SystemExit(f"memlong ask: cannot load the model {args.model!r} ({e}); pass --model with a MemLong "
-                         "directory or a base model name or path") from None
+        raise SystemExit(
+            f"memlong ask: cannot load the model {args.model!r} ({e}); pass --model with a MemLong "
+            "directory or a base model name or path"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -406,8 +461,11 @@ def _locked(memory_dir: Path | None, timeout: float):
     from memlong.memory.lock import FolderBusy, describe_holder, folder_lock
 
     def waiting(holder: dict) -> None:
-        print(f"memory: {memory_dir} is in use by another memlong process ({describe_holder(holder)}); waiting for "
-              f"it, up to {timeout:.0f} s (--lock-timeout)", flush=True)
+        print(
+            f"memory: {memory_dir} is in use by another memlong process ({describe_holder(holder)}); waiting for "
+            f"it, up to {timeout:.0f} s (--lock-timeout)",
+            flush=True,
+        )
 
     try:
         with folder_lock(memory_dir, timeout, on_wait=waiting):
@@ -417,10 +475,12 @@ def _locked(memory_dir: Path | None, timeout: float):
             f"memlong ask: another memlong process is using --memory {memory_dir} ({describe_holder(e.holder)}); "
             f"waited {e.waited:.1f} s for it. Let it finish and run this again (it saves its memory there, which "
             "this call then reuses if the files are the same), wait longer with --lock-timeout SECONDS, or pass "
-            "another --memory DIR") from None
+            "another --memory DIR"
+        ) from None
     except OSError as e:
-        raise SystemExit(f"memlong ask: cannot use --memory {memory_dir} ({e.strerror or e}); pass a folder you "
-                         "can write to") from None
+        raise SystemExit(
+            f"memlong ask: cannot use --memory {memory_dir} ({e.strerror or e}); pass a folder you can write to"
+        ) from None
 
 
 def evicted_in_files(files: list[SourceFile], text_spans: list[list[int]]) -> list[dict]:
@@ -451,11 +511,20 @@ def eviction_report(memory, files: list[SourceFile], reused: bool) -> dict:
     if not report["chunks"]:
         return report
     when = "when this memory was read" if reused else "while reading"
-    print(f"evicted {when}: {report['chunks']:,} chunks ({report['tokens']:,} tokens) did not fit in the memory "
-          f"(memory_capacity {memory.bank(0).capacity * memory.config.chunk_size:,} tokens); questions cannot see "
-          f"them. Token ranges: " + _ranges(f"{a:,}-{b:,}" for a, b in report["spans"]), flush=True)
-    print("  in the files: " + _ranges(f"{r['file']} characters {r['chars'][0]:,}-{r['chars'][1]:,} ({_lines(r['lines'])})"
-                                       for r in report["files"]), flush=True)
+    print(
+        f"evicted {when}: {report['chunks']:,} chunks ({report['tokens']:,} tokens) did not fit in the memory "
+        f"(memory_capacity {memory.bank(0).capacity * memory.config.chunk_size:,} tokens); questions cannot see "
+        f"them. Token ranges: " + _ranges(f"{a:,}-{b:,}" for a, b in report["spans"]),
+        flush=True,
+    )
+    print(
+        "  in the files: "
+        + _ranges(
+            f"{r['file']} characters {r['chars'][0]:,}-{r['chars'][1]:,} ({_lines(r['lines'])})"
+            for r in report["files"]
+        ),
+        flush=True,
+    )
     return report
 
 
@@ -479,10 +548,17 @@ def _reuse(model, memory_dir: Path, files: list[SourceFile], report: dict):
     except (BankFileError, OSError, ValueError, KeyError, RuntimeError) as e:
         raise _refuse(memory_dir, f"loading it failed: {e}") from None
     tokens, load_s = memory.seen[0], time.perf_counter() - t0
-    print(f"memory: {memory_dir} holds these files, unchanged: loaded {tokens:,} tokens in {load_s:.1f} s; "
-          "nothing read", flush=True)
-    report.update(memory={"dir": str(memory_dir), "reused": True, "load_seconds": round(load_s, 3)},
-                  tokens_in_memory=tokens, tokens_read=0, seconds=0.0, tokens_per_s=None)
+    print(
+        f"memory: {memory_dir} holds these files, unchanged: loaded {tokens:,} tokens in {load_s:.1f} s; nothing read",
+        flush=True,
+    )
+    report.update(
+        memory={"dir": str(memory_dir), "reused": True, "load_seconds": round(load_s, 3)},
+        tokens_in_memory=tokens,
+        tokens_read=0,
+        seconds=0.0,
+        tokens_per_s=None,
+    )
     print("tokens read: 0", flush=True)
     report["evicted"] = eviction_report(memory, files, reused=True)
     return memory
@@ -505,22 +581,29 @@ def fit_capacity(model, tok, text: str, args, report: dict):
     if available is None or 2 * plan.bytes_needed > available / 2:
         have = "unknown" if available is None else human_bytes(available)
         report["capacity"] = {"raised": False, "available_bytes": available}
-        print(f"memory: not raising memory_capacity to hold the files: the bank would take "
-              f"{human_bytes(plan.bytes_needed)} (twice that with a question's copy), and {have} of memory is "
-              "available", flush=True)
+        print(
+            f"memory: not raising memory_capacity to hold the files: the bank would take "
+            f"{human_bytes(plan.bytes_needed)} (twice that with a question's copy), and {have} of memory is "
+            "available",
+            flush=True,
+        )
         return plan
     old = model.memlong_config.memory_capacity
     model.memlong_config = dataclasses.replace(model.memlong_config, memory_capacity=plan.capacity_needed)
     report["capacity"] = {"raised": True, "from": old, "to": plan.capacity_needed, "available_bytes": available}
     report["memlong_config"] = model.memlong_config.to_dict()
-    print(f"memory: the files ({plan.tokens:,} tokens) are more than memory_capacity {old:,} holds: raised to "
-          f"{plan.capacity_needed:,} for this call, so that nothing is evicted (a bank of about "
-          f"{human_bytes(plan.bytes_needed)}; --evict keeps {old:,} and evicts instead)", flush=True)
+    print(
+        f"memory: the files ({plan.tokens:,} tokens) are more than memory_capacity {old:,} holds: raised to "
+        f"{plan.capacity_needed:,} for this call, so that nothing is evicted (a bank of about "
+        f"{human_bytes(plan.bytes_needed)}; --evict keeps {old:,} and evicts instead)",
+        flush=True,
+    )
     return plan_reading(model.new_memory(), plan.tokens)
 
 
-def _read(model, text: str, files: list[SourceFile], memory_dir: Path | None, reasons: list[str], plan, args,
-          report: dict):
+def _read(
+    model, text: str, files: list[SourceFile], memory_dir: Path | None, reasons: list[str], plan, args, report: dict
+):
     """Reads the files into a new memory (``plan``, :func:`fit_capacity`: saying first what will not
     fit; after, what did not) and saves it to ``memory_dir``."""
     if reasons:
@@ -537,8 +620,9 @@ def _read(model, text: str, files: list[SourceFile], memory_dir: Path | None, re
     seconds = time.perf_counter() - t0
     tokens = memory.seen[0]
     print(f"tokens read: {tokens:,} in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s)", flush=True)
-    report.update(tokens_in_memory=tokens, tokens_read=tokens, seconds=round(seconds, 3),
-                  tokens_per_s=round(tokens / seconds, 1))
+    report.update(
+        tokens_in_memory=tokens, tokens_read=tokens, seconds=round(seconds, 3), tokens_per_s=round(tokens / seconds, 1)
+    )
     report["memory"] = {"dir": str(memory_dir) if memory_dir else None, "reused": False, "changed": reasons}
     report["evicted"] = eviction_report(memory, files, reused=False)
     _index_windows(model, memory, report)  # before saving: a reused memory has it too
@@ -549,8 +633,10 @@ def _read(model, text: str, files: list[SourceFile], memory_dir: Path | None, re
             memory.save(memory_dir, metadata={"saved_by": SAVED_BY})
             write_manifest(memory_dir, manifest_for(files, model, args, tokens, memory_dir))
         except OSError as e:
-            raise SystemExit(f"memlong ask: could not save the memory to {memory_dir} ({e}); a memory saved "
-                             "there before is unchanged") from None
+            raise SystemExit(
+                f"memlong ask: could not save the memory to {memory_dir} ({e}); a memory saved "
+                "there before is unchanged"
+            ) from None
         print(f"saved the memory to {memory_dir}", flush=True)
     return memory
 
@@ -573,8 +659,11 @@ def run(args) -> int:
     if args.rag and memory_dir is not None:
         raise SystemExit("memlong ask: --rag reads no memory, so --memory does not apply; drop one of them")
     model, tok = _load_model(args)
-    report.update(retriever=model.memlong_retriever.describe(), memlong_config=model.memlong_config.to_dict(),
-                  method="rag" if args.rag else "memlong")
+    report.update(
+        retriever=model.memlong_retriever.describe(),
+        memlong_config=model.memlong_config.to_dict(),
+        method="rag" if args.rag else "memlong",
+    )
     if args.rag:
         return _run_rag(args, model, tok, text, files, report)
     plan = fit_capacity(model, tok, text, args, report)  # the capacity reading uses, before a saved one is judged
@@ -617,8 +706,11 @@ def _answer_questions(args, tok, report: dict, respond) -> int:
         for r in row.get("retrieved", []):
             where = f"{r['file']}:{r['line']}" if "file" in r else "(no text span)"
             snippet = r["text"].replace("\n", " ")
-            print(f"   chunk {r['chunk_id']:>5}  tokens {r['tokens'][0]:,}-{r['tokens'][1]:,}  score {r['score']:.3f}  "
-                  f"{where}  {snippet!r}", flush=True)
+            print(
+                f"   chunk {r['chunk_id']:>5}  tokens {r['tokens'][0]:,}-{r['tokens'][1]:,}  score {r['score']:.3f}  "
+                f"{where}  {snippet!r}",
+                flush=True,
+            )
     if not report["questions"]:
         print("no question asked", flush=True)
     if args.json:
@@ -631,9 +723,8 @@ def _answer_questions(args, tok, report: dict, respond) -> int:
 def _run_rag(args, model, tok, text: str, files: list[SourceFile], report: dict) -> int:
     """``--rag``: the files' chunks embedded once, each question answered by the base model on the
     chunks most similar to it (:func:`rag_answer`)."""
-    from memlong.rag import RagPromptTooLong, embed_context
-
     from memlong.pretrained import base_model_of
+    from memlong.rag import RagPromptTooLong, embed_context
 
     try:
         base = load_base(base_model_of(args.model))
@@ -644,8 +735,11 @@ def _run_rag(args, model, tok, text: str, files: list[SourceFile], report: dict)
     t0 = time.perf_counter()
     embeddings = embed_context(model, doc, (0, len(doc)))
     seconds = time.perf_counter() - t0
-    print(f"rag: {len(doc):,} tokens in {len(embeddings):,} chunks embedded in {seconds:.1f} s; each question reads "
-          f"the top {model.memlong_config.top_k} as text with the base model", flush=True)
+    print(
+        f"rag: {len(doc):,} tokens in {len(embeddings):,} chunks embedded in {seconds:.1f} s; each question reads "
+        f"the top {model.memlong_config.top_k} as text with the base model",
+        flush=True,
+    )
     report.update(tokens_read=len(doc), seconds=round(seconds, 3), tokens_per_s=round(len(doc) / max(seconds, 1e-9), 1))
 
     def respond(question: str, chat: bool, last: bool) -> dict:
@@ -666,5 +760,12 @@ def _rag_chunk(rag, i: int, doc: list[int], offsets, text: str, files: list[Sour
     a, b = rag.spans[i]
     lo, hi = offsets[a][0], offsets[b - 1][1]
     f, line = locate(files, lo)
-    return {"chunk_id": i, "tokens": [a, b], "score": round(rag.scores[i], 4), "file": f.given, "line": line,
-            "chars": [lo, hi], "text": text[lo:hi][:PREVIEW_CHARS]}
+    return {
+        "chunk_id": i,
+        "tokens": [a, b],
+        "score": round(rag.scores[i], 4),
+        "file": f.given,
+        "line": line,
+        "chars": [lo, hi],
+        "text": text[lo:hi][:PREVIEW_CHARS],
+    }

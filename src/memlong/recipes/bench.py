@@ -73,70 +73,120 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from memlong.recipes import bench_retriever
 
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: torch's default, all cores; bench retriever: 1)")
+    shared.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default, all cores; bench retriever: 1)"
+    )
     shared.add_argument("--json", default=None, metavar="OUT", help="write the results here")
     shared.add_argument("--chunk-size", type=int, default=128, help="tokens per chunk (MemLong's tau)")
     shared.add_argument("--top-k", type=int, default=4, help="chunks retrieved per query (k)")
     text = argparse.ArgumentParser(add_help=False)  # the benchmarks that read local text
-    text.add_argument("--text", default=None,
-                      help="a text file or a directory (its *.py, *.txt, *.md files, recursively, sorted); "
-                           "default: the Python standard library's sources")
+    text.add_argument(
+        "--text",
+        default=None,
+        help="a text file or a directory (its *.py, *.txt, *.md files, recursively, sorted); "
+        "default: the Python standard library's sources",
+    )
 
     benches = p.add_subparsers(dest="what", metavar="BENCH", required=True)
 
     def bench(name: str, summary: str, doc: str, *parents):
-        return benches.add_parser(name, parents=[shared, *parents], help=summary, description=doc,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        return benches.add_parser(
+            name,
+            parents=[shared, *parents],
+            help=summary,
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
-    ingest = bench("ingest", "tokens/s and peak memory of reading N tokens, MemLong against the base model's "
-                             "baselines", _section("ingest"), text)
+    ingest = bench(
+        "ingest",
+        "tokens/s and peak memory of reading N tokens, MemLong against the base model's baselines",
+        _section("ingest"),
+        text,
+    )
     ingest.add_argument("--tokens", default="16384,65536,262144", help="comma-separated token counts")
     ingest.add_argument("--methods", default="memlong,base_windows", help=f"comma-separated: {', '.join(METHODS)}")
-    ingest.add_argument("--model", default=None,
-                        help="'shipped' or 'default' (the default model, SmolLM2-135M-Instruct; memlong reads "
-                             "with the default MemLong model's training-free config), or a local causal LM path, "
-                             "with its own tokenizer; default: a random-weight Llama of the shape below")
-    ingest.add_argument("--retriever", default="minilm", choices=["minilm", "hashing", "embedding"],
-                        help="minilm: the default all-MiniLM-L6-v2; hashing: the cheap lexical retriever; "
-                             "embedding: the LM's own pooled input embeddings")
+    ingest.add_argument(
+        "--model",
+        default=None,
+        help="'shipped' or 'default' (the default model, SmolLM2-135M-Instruct; memlong reads "
+        "with the default MemLong model's training-free config), or a local causal LM path, "
+        "with its own tokenizer; default: a random-weight Llama of the shape below",
+    )
+    ingest.add_argument(
+        "--retriever",
+        default="minilm",
+        choices=["minilm", "hashing", "embedding"],
+        help="minilm: the default all-MiniLM-L6-v2; hashing: the cheap lexical retriever; "
+        "embedding: the LM's own pooled input embeddings",
+    )
     shape = ingest.add_argument_group("the random-weight Llama (without --model)")
     shape.add_argument("--layers", type=int, default=8)
     shape.add_argument("--hidden", type=int, default=256)
     shape.add_argument("--heads", type=int, default=8)
     shape.add_argument("--kv-heads", type=int, default=4)
-    ingest.add_argument("--window", type=int, default=1024,
-                        help="MemLong's local window; the tokens per forward of the baselines, and base_sliding's "
-                             "sliding window")
+    ingest.add_argument(
+        "--window",
+        type=int,
+        default=1024,
+        help="MemLong's local window; the tokens per forward of the baselines, and base_sliding's sliding window",
+    )
     ingest.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
-    ingest.add_argument("--base-timeout", type=float, default=600.0,
-                        help="seconds a baseline may run at one N before it is reported as out of time")
-    ingest.add_argument("--max-rss-gb", type=float, default=0.0,
-                        help="kill a worker whose RSS passes this many GiB and report it as out of memory "
-                             "(0: 85%% of the memory available at start)")
-    ingest.add_argument("--malloc-mmap-threshold", type=int, default=0, metavar="BYTES",
-                        help="run the workers with MALLOC_MMAP_THRESHOLD_=BYTES (glibc): a fixed threshold stops "
-                             "glibc raising it as large blocks are freed, which lets freed tensor memory pile up in "
-                             "the heap as the input grows (0: glibc's default, a dynamic threshold)")
-    ingest.add_argument("--generate", type=int, default=0, metavar="T",
-                        help="after the read, time T greedy new tokens with generate(): memlong, base_full and "
-                             "base_sliding continue from what they read; base_windows generates after a --window "
-                             "token prompt (its prefill not timed): the base at its own window's context (0: off)")
+    ingest.add_argument(
+        "--base-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a baseline may run at one N before it is reported as out of time",
+    )
+    ingest.add_argument(
+        "--max-rss-gb",
+        type=float,
+        default=0.0,
+        help="kill a worker whose RSS passes this many GiB and report it as out of memory "
+        "(0: 85%% of the memory available at start)",
+    )
+    ingest.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="run the workers with MALLOC_MMAP_THRESHOLD_=BYTES (glibc): a fixed threshold stops "
+        "glibc raising it as large blocks are freed, which lets freed tensor memory pile up in "
+        "the heap as the input grows (0: glibc's default, a dynamic threshold)",
+    )
+    ingest.add_argument(
+        "--generate",
+        type=int,
+        default=0,
+        metavar="T",
+        help="after the read, time T greedy new tokens with generate(): memlong, base_full and "
+        "base_sliding continue from what they read; base_windows generates after a --window "
+        "token prompt (its prefill not timed): the base at its own window's context (0: off)",
+    )
     ingest.add_argument("--plot", default=None, metavar="PNG", help="PNG of tokens/s and peak RSS against tokens")
     ingest.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
 
-    search = bench("search", "latency and recall of one top-k query against bank size, exact and approximate "
-                             "indexes", _section("search"), text)
+    search = bench(
+        "search",
+        "latency and recall of one top-k query against bank size, exact and approximate indexes",
+        _section("search"),
+        text,
+    )
     search.add_argument("--sizes", default="1000,10000,100000", help="bank sizes in chunks")
     search.add_argument("--dim", type=int, default=384, help="embedding dimension of random vectors (MiniLM: 384)")
     search.add_argument("--queries", type=int, default=200, help="queries per size")
-    search.add_argument("--vectors", default="random", choices=["random", "minilm"],
-                        help="random unit vectors, or MiniLM embeddings of --chunk-size-token chunks of --text")
+    search.add_argument(
+        "--vectors",
+        default="random",
+        choices=["random", "minilm"],
+        help="random unit vectors, or MiniLM embeddings of --chunk-size-token chunks of --text",
+    )
     search.add_argument("--embeddings-cache", default=None, help=".npy file caching the MiniLM embeddings")
     search.add_argument("--indexes", default="torch,faiss_flat,faiss_hnsw,faiss_ivf", help="which indexes")
 
-    bench_retriever.add_arguments(bench("retriever", "cost and retrieval quality of the cheap retrievers against "
-                                                     "MiniLM", bench_retriever.__doc__))
+    bench_retriever.add_arguments(
+        bench("retriever", "cost and retrieval quality of the cheap retrievers against MiniLM", bench_retriever.__doc__)
+    )
 
 
 def _section(name: str) -> str:
@@ -160,8 +210,11 @@ def _text_files(text: str | None):
     root = Path(sysconfig.get_paths()["stdlib"])
     # Top-level modules first (the text earlier results were measured on), then subpackages;
     # never installed packages, which differ between machines.
-    sub = [p for p in sorted(root.rglob("*.py"))
-           if p.parent != root and not {"site-packages", "dist-packages"} & set(p.parts)]
+    sub = [
+        p
+        for p in sorted(root.rglob("*.py"))
+        if p.parent != root and not {"site-packages", "dist-packages"} & set(p.parts)
+    ]
     return sorted(root.glob("*.py")) + sub
 
 
@@ -177,8 +230,10 @@ def _text_tokens(tokenizer, n: int, text: str | None = None) -> list[int]:
         ids.extend(tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"])
         if len(ids) >= n:
             return ids[:n]
-    raise SystemExit(f"{text or 'the standard library'} holds {len(ids)} tokens, fewer than the {n} asked for; "
-                     "pass --text with more local text")
+    raise SystemExit(
+        f"{text or 'the standard library'} holds {len(ids)} tokens, fewer than the {n} asked for; "
+        "pass --text with more local text"
+    )
 
 
 def _load_model(args):
@@ -196,9 +251,12 @@ def _load_model(args):
     if args.model is None:
         tok = AutoTokenizer.from_pretrained(default_retriever_path())
         cfg = LlamaConfig(
-            vocab_size=tok.vocab_size, hidden_size=args.hidden,
-            intermediate_size=int(args.hidden * 8 / 3) // 8 * 8, num_hidden_layers=args.layers,
-            num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+            vocab_size=tok.vocab_size,
+            hidden_size=args.hidden,
+            intermediate_size=int(args.hidden * 8 / 3) // 8 * 8,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            num_key_value_heads=args.kv_heads,
             max_position_embeddings=max(2048, args.window),
         )
         torch.manual_seed(0)
@@ -219,8 +277,7 @@ def sliding_window_model(model, window: int):
     from transformers import MistralConfig, MistralForCausalLM
 
     d = model.config.to_dict()
-    for k in ("model_type", "architectures", "transformers_version", "attention_bias", "mlp_bias",
-              "pretraining_tp"):
+    for k in ("model_type", "architectures", "transformers_version", "attention_bias", "mlp_bias", "pretraining_tp"):
         d.pop(k, None)
     if model.config.attention_bias or getattr(model.config, "mlp_bias", False):
         raise SystemExit("base_sliding needs a Llama without attention/MLP biases")
@@ -263,10 +320,15 @@ def _worker(args) -> dict:
     ids = torch.tensor([_text_tokens(tok, n + 1, args.text)])  # the last token starts --generate
     nxt, ids = ids[:, n:], ids[:, :n]
     params = sum(p.numel() for p in model.parameters())
-    result = {"method": method, "tokens": n, "params": params, "model": described,
-              "threads": torch.get_num_threads(),
-              # other work on the machine makes a run slow and its ratios noisy: shown, not hidden
-              "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    result = {
+        "method": method,
+        "tokens": n,
+        "params": params,
+        "model": described,
+        "threads": torch.get_num_threads(),
+        # other work on the machine makes a run slow and its ratios noisy: shown, not hidden
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
     step = args.window
     bank_bytes = 0
     if method == "base_windows":
@@ -293,14 +355,16 @@ def _worker(args) -> dict:
             for s in range(0, n, step):
                 model(ids[:, s : s + step], **{CACHE_ARG: cache}, use_cache=True, logits_to_keep=1)
         seconds = time.perf_counter() - t0
-        result["kv_cache_bytes"] = sum(t.numel() * t.element_size() for layer in cache.layers
-                                       for t in (layer.keys, layer.values))
+        result["kv_cache_bytes"] = sum(
+            t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+        )
         result["kv_cache_tokens"] = cache.layers[0].keys.shape[-2]
         if args.generate:
             result.update(_time_generate(model, torch.cat([ids, nxt], 1), args.generate, tok, past_key_values=cache))
     elif method == "memlong":
-        sizes = dict(chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window,
-                     memory_capacity=args.capacity)
+        sizes = dict(
+            chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window, memory_capacity=args.capacity
+        )
         if args.model in DEFAULT_NAMES:  # the default MemLong model's config (training-free), resized
             import dataclasses
 
@@ -354,12 +418,22 @@ def _time_generate(model, ids, new_tokens: int, tok, **state) -> dict:
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     t0 = time.perf_counter()
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad, **state)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        **state,
+    )
     seconds = time.perf_counter() - t0
     made = out.shape[1] - ids.shape[1]
-    return {"generate_tokens": made, "generate_seconds": round(seconds, 3),
-            "generate_tokens_per_s": round(made / seconds, 2)}
+    return {
+        "generate_tokens": made,
+        "generate_seconds": round(seconds, 3),
+        "generate_tokens_per_s": round(made / seconds, 2),
+    }
 
 
 def _real_vectors(args, count: int):
@@ -409,7 +483,7 @@ def _search(args) -> list[dict]:
         raise SystemExit(f"--vectors {args.vectors!r}: choose random or minilm")
     for n in [int(x) for x in args.sizes.split(",") if x]:
         if args.vectors == "minilm":
-            X, Q = np.ascontiguousarray(E[:n]), np.ascontiguousarray(E[max(sizes):])
+            X, Q = np.ascontiguousarray(E[:n]), np.ascontiguousarray(E[max(sizes) :])
         else:
             X = rng.standard_normal((n, d), dtype=np.float32)
             X /= np.linalg.norm(X, axis=1, keepdims=True)
@@ -420,6 +494,7 @@ def _search(args) -> list[dict]:
         for name in [x for x in args.indexes.split(",") if x]:
             t0 = time.perf_counter()
             if name == "torch":
+
                 def search(q, Xt=Xt):
                     return torch.topk(Xt @ torch.from_numpy(q[0]), k).indices.numpy()[None]
             else:
@@ -440,17 +515,29 @@ def _search(args) -> list[dict]:
 
                 def search(q, index=index):
                     return index.search(q, k)[1]
+
             build = time.perf_counter() - t0
             found, t1 = [], time.perf_counter()
             for i in range(args.queries):
                 found.append(search(Q[i : i + 1])[0])
             latency = (time.perf_counter() - t1) / args.queries
             recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
-            r = {"index": name, "vectors": args.vectors, "chunks": n, "build_s": round(build, 3), "query_ms": round(1000 * latency, 4),
-                 "recall_at_k": round(recall, 4), "k": k, "dim": d}
+            r = {
+                "index": name,
+                "vectors": args.vectors,
+                "chunks": n,
+                "build_s": round(build, 3),
+                "query_ms": round(1000 * latency, 4),
+                "recall_at_k": round(recall, 4),
+                "k": k,
+                "dim": d,
+            }
             results.append(r)
-            print(f"{name:>11} {n:>9} chunks  build {build:7.2f} s  query {1000 * latency:8.3f} ms  "
-                  f"recall@{k} {recall:.3f}", flush=True)
+            print(
+                f"{name:>11} {n:>9} chunks  build {build:7.2f} s  query {1000 * latency:8.3f} ms  "
+                f"recall@{k} {recall:.3f}",
+                flush=True,
+            )
     return results
 
 
@@ -499,8 +586,11 @@ def _run_worker(cmd: list[str], timeout: float | None, max_rss: int, env: dict |
 def worker_command(args, method: str, n: int) -> list[str]:
     """The process that measures ``method`` at ``n`` tokens: ``memlong bench ingest --worker METHOD N``
     with every flag of ``args`` but the run's own (tokens, methods, outputs) passed through."""
-    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k not in ("what", "tokens", "methods", "json", "plot", "worker") and v is not None]
+    passthrough = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if k not in ("what", "tokens", "methods", "json", "plot", "worker") and v is not None
+    ]
     return [sys.executable, "-m", "memlong", "bench", "ingest", "--worker", method, str(n), *passthrough]
 
 
@@ -518,8 +608,10 @@ def run(args) -> int:
     if args.what == "search":
         results = _search(args)
         if args.json:
-            _write_json(args.json, {"results": results, "machine": machine(),
-                                    "command": " ".join(["memlong", "bench", *sys.argv[2:]])})
+            _write_json(
+                args.json,
+                {"results": results, "machine": machine(), "command": " ".join(["memlong", "bench", *sys.argv[2:]])},
+            )
             print(f"wrote {args.json}")
         return 0
     if args.worker:
@@ -588,5 +680,7 @@ def _row(r: dict) -> str:
         return f"{r['method']:>13} {r['tokens']:>9}  FAILED: {r['error']}"
     split = " ".join(f"{k}={v:.1f}s" for k, v in r.get("time_split_s", {}).items())
     gen = f"generate {r['generate_tokens_per_s']:.1f} tok/s  " if "generate_tokens_per_s" in r else ""
-    return (f"{r['method']:>13} {r['tokens']:>9} tok  {r['tokens_per_s']:>9.1f} tok/s  {gen}"
-            f"peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB  bank {r['bank_bytes'] / 2**20:7.1f} MiB  {split}")
+    return (
+        f"{r['method']:>13} {r['tokens']:>9} tok  {r['tokens_per_s']:>9.1f} tok/s  {gen}"
+        f"peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB  bank {r['bank_bytes'] / 2**20:7.1f} MiB  {split}"
+    )

@@ -44,15 +44,26 @@ import os
 import time
 from pathlib import Path
 
-VARIANTS = ("minilm", "hashing", "embedding_mean", "embedding_centered", "embedding_whitened", "embedding", "embedding_sif",
-            "embedding_sif_self")
+VARIANTS = (
+    "minilm",
+    "hashing",
+    "embedding_mean",
+    "embedding_centered",
+    "embedding_whitened",
+    "embedding",
+    "embedding_sif",
+    "embedding_sif_self",
+)
 
 
 def add_arguments(p) -> None:
     """The flags of ``memlong bench retriever`` beside the shared ones (:mod:`memlong.recipes.bench`)."""
     p.add_argument("--corpus", default="runs/corpus/validation.jsonl", help="documents to chunk (JSONL)")
-    p.add_argument("--sample-corpus", default="runs/corpus/train.jsonl",
-                   help="JSONL whose first --sample-tokens tokens give embedding_sif its frequencies")
+    p.add_argument(
+        "--sample-corpus",
+        default="runs/corpus/train.jsonl",
+        help="JSONL whose first --sample-tokens tokens give embedding_sif its frequencies",
+    )
     p.add_argument("--sample-tokens", type=int, default=1_000_000)
     p.add_argument("--chunks", type=int, default=3000, help="chunks in all")
     p.add_argument("--max-doc-chunks", type=int, default=150, help="chunks per document at most")
@@ -85,8 +96,13 @@ def documents(path: str, tokenizer, chunk_size: int, total: int, per_doc: int) -
             m = min(len(ids) // chunk_size, per_doc, total - n)
             if m < 2:
                 continue
-            out.append({"id": r["id"], "source": r.get("source", "?"),
-                        "chunks": [ids[i * chunk_size : (i + 1) * chunk_size] for i in range(m)]})
+            out.append(
+                {
+                    "id": r["id"],
+                    "source": r.get("source", "?"),
+                    "chunks": [ids[i * chunk_size : (i + 1) * chunk_size] for i in range(m)],
+                }
+            )
             n += m
     return out
 
@@ -167,7 +183,9 @@ def queries(docs: list[dict], k: int) -> list[dict]:
         for i in range(k + 1, len(d["chunks"]) - 1):
             shared = [len(grams[c] & grams[i + 1]) for c in range(i)]
             best = max(shared)
-            out.append({"doc": di, "i": i, "targets": {c for c, v in enumerate(shared) if v == best} if best else set()})
+            out.append(
+                {"doc": di, "i": i, "targets": {c for c, v in enumerate(shared) if v == best} if best else set()}
+            )
     return out
 
 
@@ -189,9 +207,14 @@ def quality(embs, ref, qs: list[dict], docs: list[dict], k: int) -> dict:
             h = float(bool(found & q["targets"]))
             hit.append(h)
             s["hit"].append(h)
-    return {"recall_at_k": _mean(rec), "next_hit_at_k": _mean(hit),
-            "by_source": {src: {"recall_at_k": _mean(v["recall"]), "next_hit_at_k": _mean(v["hit"]),
-                                "queries": len(v["recall"])} for src, v in sorted(by_source.items())}}
+    return {
+        "recall_at_k": _mean(rec),
+        "next_hit_at_k": _mean(hit),
+        "by_source": {
+            src: {"recall_at_k": _mean(v["recall"]), "next_hit_at_k": _mean(v["hit"]), "queries": len(v["recall"])}
+            for src, v in sorted(by_source.items())
+        },
+    }
 
 
 def random_quality(qs: list[dict], docs: list[dict], k: int) -> dict:
@@ -206,9 +229,14 @@ def random_quality(qs: list[dict], docs: list[dict], k: int) -> dict:
             h = 1.0 - math.comb(i - t, k) / math.comb(i, k)
             hit.append(h)
             s["hit"].append(h)
-    return {"recall_at_k": _mean(rec), "next_hit_at_k": _mean(hit),
-            "by_source": {src: {"recall_at_k": _mean(v["recall"]), "next_hit_at_k": _mean(v["hit"]),
-                                "queries": len(v["recall"])} for src, v in sorted(by_source.items())}}
+    return {
+        "recall_at_k": _mean(rec),
+        "next_hit_at_k": _mean(hit),
+        "by_source": {
+            src: {"recall_at_k": _mean(v["recall"]), "next_hit_at_k": _mean(v["hit"]), "queries": len(v["recall"])}
+            for src, v in sorted(by_source.items())
+        },
+    }
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -234,9 +262,12 @@ def run(args) -> int:
     n_chunks = sum(len(d["chunks"]) for d in docs)
     if not qs:
         raise SystemExit(f"no queries: the documents need more than {k + 2} chunks of {args.chunk_size} tokens")
-    print(f"{len(docs)} documents, {n_chunks} chunks of {args.chunk_size} tokens, {len(qs)} queries "
-          f"({sum(bool(q['targets']) for q in qs)} with a continuation target), k={k}, "
-          f"batch {args.batch}, {torch.get_num_threads()} thread(s)", flush=True)
+    print(
+        f"{len(docs)} documents, {n_chunks} chunks of {args.chunk_size} tokens, {len(qs)} queries "
+        f"({sum(bool(q['targets']) for q in qs)} with a continuation target), k={k}, "
+        f"batch {args.batch}, {torch.get_num_threads()} thread(s)",
+        flush=True,
+    )
     rows, ref = [], None
     header = f"{'retriever':>20} {'dim':>5} {'chunks/s':>10} {'ms/chunk':>9} {'recall@k vs MiniLM':>19} {'next-chunk hit@k':>17}"
     print(header)
@@ -248,9 +279,16 @@ def run(args) -> int:
         embs, seconds, n = embed_timed(r, docs, args.batch)
         if ref is None:
             ref = embs
-        row = {"retriever": name, "describe": r.describe(), "dim": r.dim, "chunks": n, "seconds": round(seconds, 3),
-               "chunks_per_s": round(n / seconds, 1), "ms_per_chunk": round(1000 * seconds / n, 4),
-               **quality(embs, ref, qs, docs, k)}
+        row = {
+            "retriever": name,
+            "describe": r.describe(),
+            "dim": r.dim,
+            "chunks": n,
+            "seconds": round(seconds, 3),
+            "chunks_per_s": round(n / seconds, 1),
+            "ms_per_chunk": round(1000 * seconds / n, 4),
+            **quality(embs, ref, qs, docs, k),
+        }
         rows.append(row)
         print(_row(row), flush=True)
     rnd = {"retriever": "random", **random_quality(qs, docs, k)}
@@ -258,12 +296,20 @@ def run(args) -> int:
     print(_row(rnd))
     report = {
         "results": rows,
-        "protocol": {"chunk_size": args.chunk_size, "k": k, "batch": args.batch, "threads": torch.get_num_threads(),
-                     "documents": [{"id": d["id"], "source": d["source"], "chunks": len(d["chunks"])} for d in docs],
-                     "chunks": n_chunks, "queries": len(qs),
-                     "queries_with_target": sum(bool(q["targets"]) for q in qs),
-                     "corpus": args.corpus, "sample_corpus": args.sample_corpus, "sample_tokens": args.sample_tokens,
-                     "tokenizer": default_base_model_path()},
+        "protocol": {
+            "chunk_size": args.chunk_size,
+            "k": k,
+            "batch": args.batch,
+            "threads": torch.get_num_threads(),
+            "documents": [{"id": d["id"], "source": d["source"], "chunks": len(d["chunks"])} for d in docs],
+            "chunks": n_chunks,
+            "queries": len(qs),
+            "queries_with_target": sum(bool(q["targets"]) for q in qs),
+            "corpus": args.corpus,
+            "sample_corpus": args.sample_corpus,
+            "sample_tokens": args.sample_tokens,
+            "tokenizer": default_base_model_path(),
+        },
         "command": _command(args),
     }
     if args.json:
@@ -278,8 +324,19 @@ def run(args) -> int:
 
 def _command(args) -> str:
     """The command line that reproduces this run (every option that matters, explicitly)."""
-    keys = ("corpus", "sample_corpus", "sample_tokens", "chunks", "max_doc_chunks", "chunk_size", "top_k", "batch",
-            "retrievers", "threads", "json")
+    keys = (
+        "corpus",
+        "sample_corpus",
+        "sample_tokens",
+        "chunks",
+        "max_doc_chunks",
+        "chunk_size",
+        "top_k",
+        "batch",
+        "retrievers",
+        "threads",
+        "json",
+    )
     opts = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in keys if getattr(args, k) is not None]
     return " ".join(["memlong bench retriever", *opts])
 
@@ -288,6 +345,9 @@ def _row(r: dict) -> str:
     def f(x, spec):
         return format(x, spec) if x is not None else " " * (len(format(0.0, spec)) - 1) + "-"
 
-    cost = (f"{r['dim']:>5} {r['chunks_per_s']:>10.1f} {r['ms_per_chunk']:>9.3f}" if "dim" in r
-            else f"{'':>5} {'':>10} {'':>9}")
+    cost = (
+        f"{r['dim']:>5} {r['chunks_per_s']:>10.1f} {r['ms_per_chunk']:>9.3f}"
+        if "dim" in r
+        else f"{'':>5} {'':>10} {'':>9}"
+    )
     return f"{r['retriever']:>20} {cost} {f(r['recall_at_k'], '>19.3f')} {f(r['next_hit_at_k'], '>17.3f')}"

@@ -29,9 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, default=8192)
     # Why a cap: the JDK alone is ~210 MB against ~30 MB each for stdlib and man pages; an
     # uncapped BPE would spend its merges on Java. Same budget per source = balanced vocabulary.
-    p.add_argument("--tokenizer-mb-per-source", type=float, default=30.0,
-                   help="train the BPE on at most this many MB of each source's train split")
-    p.add_argument("--sweep", default=None, help="comma list of vocab sizes to measure (no training of the final tokenizer unless --vocab-size)")
+    p.add_argument(
+        "--tokenizer-mb-per-source",
+        type=float,
+        default=30.0,
+        help="train the BPE on at most this many MB of each source's train split",
+    )
+    p.add_argument(
+        "--sweep",
+        default=None,
+        help="comma list of vocab sizes to measure (no training of the final tokenizer unless --vocab-size)",
+    )
     p.add_argument("--sweep-hidden", type=int, default=256, help="model width for the sweep's step timing")
     p.add_argument("--sweep-layers", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -46,9 +54,14 @@ def _step_timer(hidden: int, layers: int, seq: int = 1024):
     def step_seconds(vocab: int) -> float:
         torch.manual_seed(0)
         cfg = LlamaConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3 // 16 * 16),
-            num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=2,
-            max_position_embeddings=seq, tie_word_embeddings=True,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=int(hidden * 8 / 3 // 16 * 16),
+            num_hidden_layers=layers,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=seq,
+            tie_word_embeddings=True,
         )
         m = LlamaForCausalLM(cfg)
         opt = torch.optim.AdamW(m.parameters(), 1e-3)
@@ -118,18 +131,34 @@ def run(args: argparse.Namespace) -> int:
         rows = vocab_sweep(train_texts, eval_texts, sizes, _step_timer(args.sweep_hidden, args.sweep_layers))
         print(f"{'vocab':>7} {'bytes/token':>11} {'step s':>7} {'bytes/s':>8}")
         for r in rows:
-            print(f"{r['vocab_size']:>7} {r['bytes_per_token']:>11.3f} {r['step_seconds']:>7.3f} {r['bytes_per_second']:>8.0f}")
+            print(
+                f"{r['vocab_size']:>7} {r['bytes_per_token']:>11.3f} {r['step_seconds']:>7.3f} {r['bytes_per_second']:>8.0f}"
+            )
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps({
-                "command": "memlong data " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and not k.startswith("_")),
-                "model": {"hidden": args.sweep_hidden, "layers": args.sweep_layers, "seq": 1024},
-                "rows": rows}, indent=2) + "\n")
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "command": "memlong data "
+                        + " ".join(
+                            f"--{k.replace('_', '-')} {v}"
+                            for k, v in vars(args).items()
+                            if v not in (None, False) and not k.startswith("_")
+                        ),
+                        "model": {"hidden": args.sweep_hidden, "layers": args.sweep_layers, "seq": 1024},
+                        "rows": rows,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
 
     t0 = time.perf_counter()
     tok = train_and_save(train_texts, args.vocab_size, out / "tokenizer")
     del train_texts
-    print(f"tokenizer: byte-level BPE, vocab {len(tok)}, trained in {time.perf_counter() - t0:.1f}s -> {out / 'tokenizer'}")
+    print(
+        f"tokenizer: byte-level BPE, vocab {len(tok)}, trained in {time.perf_counter() - t0:.1f}s -> {out / 'tokenizer'}"
+    )
     tok = load_tokenizer(out / "tokenizer")  # check the saved files, not the in-memory object
     held_out = [d for s in ("validation", "test") for d in iter_split(out, s)]
     test_docs = held_out
@@ -140,5 +169,7 @@ def run(args: argparse.Namespace) -> int:
         listing[split] = long_documents(iter_split(out, split), tok, args.long_min_tokens)
         counts = {k: len(v) for k, v in listing[split].items()}
         print(f"  {split}: documents >= {args.long_min_tokens} tokens by source: {counts}")
-    (out / "long_documents.json").write_text(json.dumps({"min_tokens": args.long_min_tokens, **listing}, indent=2) + "\n")
+    (out / "long_documents.json").write_text(
+        json.dumps({"min_tokens": args.long_min_tokens, **listing}, indent=2) + "\n"
+    )
     return 0 if n_bad == 0 else 1

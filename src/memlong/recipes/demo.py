@@ -50,33 +50,60 @@ RULE = "=" * 78
 # (depth, fact sentence, question in other words); the {value} in braces, drawn with --seed, is the expected answer
 FACTS = (
     (0.05, "The release vault passkey is {number}.", "What is the passkey of the release vault?"),
-    (0.15, "Captain Orla {name} commands the supply ship Halcyon Drift.",
-     "Who is the captain of the supply ship Halcyon Drift?"),
-    (0.30, "The ferry to Korvath Island departs from pier {pier}.",
-     "From which pier does the Korvath Island ferry leave?"),
+    (
+        0.15,
+        "Captain Orla {name} commands the supply ship Halcyon Drift.",
+        "Who is the captain of the supply ship Halcyon Drift?",
+    ),
+    (
+        0.30,
+        "The ferry to Korvath Island departs from pier {pier}.",
+        "From which pier does the Korvath Island ferry leave?",
+    ),
 )
 SURNAMES = ("Venmire", "Quillacre", "Dorrowind", "Tallisker", "Brackenholt", "Marrowgate")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="a MemLong directory or base model name/path for memlong.pretrained.load_memlong_model "
-                        "(default: the shipped default MemLong model, SmolLM2-135M-Instruct, training_free)")
-    p.add_argument("--doc", default=None,
-                   help=f"text file to read (default: the stdlib's {DEFAULT_DOC}, held out); extended with "
-                        f"held-out stdlib files while shorter than --min-tokens")
-    p.add_argument("--min-tokens", type=int, default=32768,
-                   help="append held-out stdlib files (whole) while the document is shorter (0: never)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a MemLong directory or base model name/path for memlong.pretrained.load_memlong_model "
+        "(default: the shipped default MemLong model, SmolLM2-135M-Instruct, training_free)",
+    )
+    p.add_argument(
+        "--doc",
+        default=None,
+        help=f"text file to read (default: the stdlib's {DEFAULT_DOC}, held out); extended with "
+        f"held-out stdlib files while shorter than --min-tokens",
+    )
+    p.add_argument(
+        "--min-tokens",
+        type=int,
+        default=32768,
+        help="append held-out stdlib files (whole) while the document is shorter (0: never)",
+    )
     p.add_argument("--score", type=int, default=2048, help="perplexity of the document's last N tokens")
-    p.add_argument("--retriever", default="minilm",
-                   help="minilm (default), hashing, embedding (the LM's own pooled input embeddings), "
-                        "or a sentence-transformers path")
-    p.add_argument("--max-new-tokens", type=int, default=32,
-                   help="tokens generated after each question (an answer that first restates the question needs "
-                        "20 or more; `memlong ask` gives 64)")
+    p.add_argument(
+        "--retriever",
+        default="minilm",
+        help="minilm (default), hashing, embedding (the LM's own pooled input embeddings), "
+        "or a sentence-transformers path",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=32,
+        help="tokens generated after each question (an answer that first restates the question needs "
+        "20 or more; `memlong ask` gives 64)",
+    )
     p.add_argument("--seed", type=int, default=0, help="draws the planted facts' numbers and name")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads (0: torch's default, or 1 when other processes already load the CPU)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default, or 1 when other processes already load the CPU)",
+    )
     p.add_argument("--json", default=None, help="also write everything here")
 
 
@@ -127,13 +154,23 @@ def plant_facts(text: str, parts: list[dict], seed: int) -> tuple[str, list[dict
     (a fraction of the characters); returns the new text (``parts`` shifted in place) and the
     facts: sentence, question, expected value, depth, character span."""
     rng = random.Random(seed)
-    values = {"number": str(rng.randrange(10_000, 100_000)), "name": rng.choice(SURNAMES),
-              "pier": str(rng.randrange(11, 100))}
+    values = {
+        "number": str(rng.randrange(10_000, 100_000)),
+        "name": rng.choice(SURNAMES),
+        "pier": str(rng.randrange(11, 100)),
+    }
     facts = []
     for depth, sentence, question in FACTS:
         key = re.search(r"\{(\w+)\}", sentence).group(1)
-        facts.append({"depth": depth, "fact": sentence.format(**values), "question": question,
-                      "expected": values[key], "at": text.rfind("\n", 0, int(depth * len(text))) + 1})
+        facts.append(
+            {
+                "depth": depth,
+                "fact": sentence.format(**values),
+                "question": question,
+                "expected": values[key],
+                "at": text.rfind("\n", 0, int(depth * len(text))) + 1,
+            }
+        )
     for f in sorted(facts, key=lambda f: -f["at"]):  # back to front: earlier insertion points stay valid
         line = f["fact"] + "\n"
         text = text[: f["at"]] + line + text[f["at"] :]
@@ -170,18 +207,27 @@ def _describe(model, name) -> dict:
         "max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
         "mode": cfg.mode,
         "bank_layers": [i + 1 for i in cfg.bank_layers],
-        "chunk_size": cfg.chunk_size, "top_k": cfg.top_k, "local_window": cfg.local_window,
-        "memory_capacity": cfg.memory_capacity, "bank_dtype": cfg.bank_dtype,
-        "rerank_candidates": cfg.rerank_candidates, "rerank_window": cfg.rerank_window,
-        "rerank_index": cfg.rerank_index, "lexical_weight": cfg.lexical_weight,
-        "question_reread": cfg.question_reread, "retriever": model.memlong_retriever.describe(),
+        "chunk_size": cfg.chunk_size,
+        "top_k": cfg.top_k,
+        "local_window": cfg.local_window,
+        "memory_capacity": cfg.memory_capacity,
+        "bank_dtype": cfg.bank_dtype,
+        "rerank_candidates": cfg.rerank_candidates,
+        "rerank_window": cfg.rerank_window,
+        "rerank_index": cfg.rerank_index,
+        "lexical_weight": cfg.lexical_weight,
+        "question_reread": cfg.question_reread,
+        "retriever": model.memlong_retriever.describe(),
     }
 
 
 def _retriever_name(info: dict) -> str:
     extra = info.get("model") or info.get("name")
-    return f"{info.get('class', '?')} ({Path(str(extra)).name}, dim {info.get('dim')})" if extra else \
-        f"{info.get('class', '?')} (dim {info.get('dim')})"
+    return (
+        f"{info.get('class', '?')} ({Path(str(extra)).name}, dim {info.get('dim')})"
+        if extra
+        else f"{info.get('class', '?')} (dim {info.get('dim')})"
+    )
 
 
 def _peak_rss() -> int:
@@ -198,24 +244,38 @@ def _read_document(model, ids, offsets, score: int, use_memory: bool, label: str
     n = min(score, L - 1)
     start = L - n - 1
     memory = model.new_memory(1, retrieval=use_memory)
-    print(f"  reading {label}: {start:,} tokens with ingest, then {n + 1:,} in one forward scoring the last {n:,}",
-          flush=True)
+    print(
+        f"  reading {label}: {start:,} tokens with ingest, then {n + 1:,} in one forward scoring the last {n:,}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     if start:
         model.ingest(ids[:, :start], memory, progress=True, char_offsets=offsets[:, :start], desc="read")
     t1 = time.perf_counter()
     with torch.no_grad():
-        logits = model(ids[:, start:], cache=memory, logits_to_keep=n + 1,
-                       char_offsets=offsets[:, start:]).logits[0, :-1].float()
+        logits = (
+            model(ids[:, start:], cache=memory, logits_to_keep=n + 1, char_offsets=offsets[:, start:])
+            .logits[0, :-1]
+            .float()
+        )
     nll = float(torch.nn.functional.cross_entropy(logits, ids[0, L - n :], reduction="sum"))
     del logits
     t2 = time.perf_counter()
-    rec = {"tokens": L, "tokens_scored": n, "ppl": round(math.exp(nll / n), 4),
-           "ingest_seconds": round(t1 - t0, 2), "scored_forward_seconds": round(t2 - t1, 2),
-           "seconds": round(t2 - t0, 2), "tokens_per_s": round(L / (t2 - t0), 1),
-           "peak_rss_bytes_after_read": _peak_rss()}
-    print(f"  read {L:,} tokens in {rec['seconds']:.0f} s ({rec['tokens_per_s']:.0f} tokens/s); "
-          f"ppl of the last {n:,}: {rec['ppl']:.3f}", flush=True)
+    rec = {
+        "tokens": L,
+        "tokens_scored": n,
+        "ppl": round(math.exp(nll / n), 4),
+        "ingest_seconds": round(t1 - t0, 2),
+        "scored_forward_seconds": round(t2 - t1, 2),
+        "seconds": round(t2 - t0, 2),
+        "tokens_per_s": round(L / (t2 - t0), 1),
+        "peak_rss_bytes_after_read": _peak_rss(),
+    }
+    print(
+        f"  read {L:,} tokens in {rec['seconds']:.0f} s ({rec['tokens_per_s']:.0f} tokens/s); "
+        f"ppl of the last {n:,}: {rec['ppl']:.3f}",
+        flush=True,
+    )
     return memory, rec
 
 
@@ -243,12 +303,24 @@ def _question_retrieval(model, tok, memory, q_ids: list[int], fact: dict, text: 
     for s, sc in zip(slots, final):
         span = tuple(bank.text_spans[s].tolist())
         chunk_text = text[span[0] : span[1]] if span[0] >= 0 else tok.decode(bank.token_ids[s].tolist())
-        hits.append({"chunk_id": int(bank.chunk_ids[s]), "score": round(sc, 4), "cosine": round(cos_of[s], 4),
-                     "text_span": list(span), "has_fact": has_fact(s), "text_start": chunk_text[:100]})
+        hits.append(
+            {
+                "chunk_id": int(bank.chunk_ids[s]),
+                "score": round(sc, 4),
+                "cosine": round(cos_of[s], 4),
+                "text_span": list(span),
+                "has_fact": has_fact(s),
+                "text_start": chunk_text[:100],
+            }
+        )
     ranks = [r + 1 for r, s in enumerate(all_slots.tolist()) if has_fact(s)]
-    return {"retrieved": hits, "fact_retrieved": any(h["has_fact"] for h in hits),
-            "fact_chunk_rank_by_embedding": min(ranks) if ranks else None,  # among all chunks, 1 = best
-            "reranked_candidates": reranked, "bank_chunks": len(bank)}
+    return {
+        "retrieved": hits,
+        "fact_retrieved": any(h["has_fact"] for h in hits),
+        "fact_chunk_rank_by_embedding": min(ranks) if ranks else None,  # among all chunks, 1 = best
+        "reranked_candidates": reranked,
+        "bank_chunks": len(bank),
+    }
 
 
 def _ask(model, tok, memory, fact: dict, text: str, max_new_tokens: int) -> dict:
@@ -274,8 +346,8 @@ def _baselines(model, tok, base, ids, offsets, facts: list[dict], max_new_tokens
     import torch
     from transformers import StoppingCriteriaList
 
-    from memlong.rag import embed_context
     from memlong.qa import answer_end, plain_answer, question_ids, rag_answer
+    from memlong.rag import embed_context
 
     doc, spans = ids[0].tolist(), offsets[0].tolist()
     t0 = time.perf_counter()
@@ -287,38 +359,67 @@ def _baselines(model, tok, base, ids, offsets, facts: list[dict], max_new_tokens
         print(f"  Q{i + 1} ({f['depth']:.0%}): {f['question']!r}  expected {f['expected']!r}", flush=True)
         reply, rag, seconds = rag_answer(model, base, tok, doc, embeddings, f["question"], False, max_new_tokens)
         chars = [[spans[a][0], spans[b - 1][1]] for a, b in rag.spans]
-        rag_recs.append({"answer": reply, "correct": _contains(reply, f["expected"]), "generate_seconds": round(seconds, 2),
-                         **rag.record(), "fact_retrieved": any(_overlaps(chars[i], f["chars"]) for i in rag.chosen),
-                         "fact_chunk_rank": next((r + 1 for r, i in enumerate(rag.ranking)
-                                                  if _overlaps(chars[i], f["chars"])), None)})
+        rag_recs.append(
+            {
+                "answer": reply,
+                "correct": _contains(reply, f["expected"]),
+                "generate_seconds": round(seconds, 2),
+                **rag.record(),
+                "fact_retrieved": any(_overlaps(chars[i], f["chars"]) for i in rag.chosen),
+                "fact_chunk_rank": next(
+                    (r + 1 for r, i in enumerate(rag.ranking) if _overlaps(chars[i], f["chars"])), None
+                ),
+            }
+        )
         r = rag_recs[-1]
-        print(f"    rag read chunks {r['rag_chunks']} of {r['rag_context_chunks']} as text; the fact's chunk ranks "
-              f"{r['fact_chunk_rank']} by embedding", flush=True)
+        print(
+            f"    rag read chunks {r['rag_chunks']} of {r['rag_context_chunks']} as text; the fact's chunk ranks "
+            f"{r['fact_chunk_rank']} by embedding",
+            flush=True,
+        )
         _print_answer("rag", r, f)
         prompt = question_ids(tok, f["question"], chat=False)[0]
-        x = torch.tensor([(doc + prompt)[-(window - max_new_tokens):]])
+        x = torch.tensor([(doc + prompt)[-(window - max_new_tokens) :]])
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = base.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                                stopping_criteria=StoppingCriteriaList([answer_end(tok, x.shape[1])]))
-        reply = plain_answer(tok.decode(out[0, x.shape[1]:], skip_special_tokens=True))[0].strip()
-        trunc_recs.append({"answer": reply, "correct": _contains(reply, f["expected"]), "tokens_read": x.shape[1],
-                           "generate_seconds": round(time.perf_counter() - t0, 2)})
+            out = base.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([answer_end(tok, x.shape[1])]),
+            )
+        reply = plain_answer(tok.decode(out[0, x.shape[1] :], skip_special_tokens=True))[0].strip()
+        trunc_recs.append(
+            {
+                "answer": reply,
+                "correct": _contains(reply, f["expected"]),
+                "tokens_read": x.shape[1],
+                "generate_seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
         _print_answer("base_truncated", trunc_recs[-1], f)
     return rag_recs, trunc_recs, embed_seconds
 
 
 def _print_answer(name: str, rec: dict, fact: dict) -> None:
     if "retrieved" in rec:
-        how = (f"re-ranked from the top {rec['reranked_candidates']} by embedding" if rec["reranked_candidates"]
-               else "by embedding")
-        print(f"    retrieved for the answer: top-{len(rec['retrieved'])} of {rec['bank_chunks']} chunks, {how}; "
-              f"the fact's chunk ranks {rec['fact_chunk_rank_by_embedding']} by embedding")
+        how = (
+            f"re-ranked from the top {rec['reranked_candidates']} by embedding"
+            if rec["reranked_candidates"]
+            else "by embedding"
+        )
+        print(
+            f"    retrieved for the answer: top-{len(rec['retrieved'])} of {rec['bank_chunks']} chunks, {how}; "
+            f"the fact's chunk ranks {rec['fact_chunk_rank_by_embedding']} by embedding"
+        )
         for h in rec["retrieved"]:
             start = h["text_start"][:64].replace("\n", " ")
-            print(f"      chunk {h['chunk_id']:>4}  score={h['score']:.3f} cos={h['cosine']:.3f}  "
-                  f"{'[FACT] ' if h['has_fact'] else '       '}{start!r}")
+            print(
+                f"      chunk {h['chunk_id']:>4}  score={h['score']:.3f} cos={h['cosine']:.3f}  "
+                f"{'[FACT] ' if h['has_fact'] else '       '}{start!r}"
+            )
     verdict = "contains" if rec["correct"] else "does NOT contain"
     print(f"    {name:>14}: {rec['answer'].strip()[:80]!r}  -> {verdict} {fact['expected']!r}", flush=True)
 
@@ -341,12 +442,20 @@ def run(args) -> int:
         raise SystemExit(f"--doc {doc_path}: no such file")
 
     print("MemLong demo: a long held-out document read with and without MemLong's memory, on this CPU.")
-    print(f"  {torch.get_num_threads()} torch threads, {cores} cores, load average {load:.1f} at start"
-          + (" (other processes are using the CPU: 1 thread, which competes least; --threads N to choose)"
-             if busy and not args.threads else ""), flush=True)
+    print(
+        f"  {torch.get_num_threads()} torch threads, {cores} cores, load average {load:.1f} at start"
+        + (
+            " (other processes are using the CPU: 1 thread, which competes least; --threads N to choose)"
+            if busy and not args.threads
+            else ""
+        ),
+        flush=True,
+    )
     if busy:
-        print("  NOTE: the CPU is shared with other processes; times and speeds below are slower than on an idle "
-              "machine", flush=True)
+        print(
+            "  NOTE: the CPU is shared with other processes; times and speeds below are slower than on an idle machine",
+            flush=True,
+        )
     print("\n[1/5] loading the model", flush=True)
     t0 = time.perf_counter()
     model, tok = load_memlong_model(args.model, retriever=args.retriever)
@@ -355,13 +464,16 @@ def run(args) -> int:
     m = model_info
     layers = m["bank_layers"]
     contiguous = layers == list(range(layers[0], layers[-1] + 1))
-    print(f"  {'the default MemLong model' if m['model'] == 'default' else 'MemLong model'} ({m['model_path']})\n"
-          f"  base {m['base_model']}: {m['parameters'] / 1e6:.1f}M parameters, {m['layers']} layers, "
-          f"{m['max_position_embeddings']} positions\n  mode {m['mode']}: banks the K/V of "
-          f"{f'layers {layers[0]}..{layers[-1]}' if contiguous else f'layers {layers}'} for every "
-          f"{m['chunk_size']}-token chunk; top-{m['top_k']} chunks retrieved beside a {m['local_window']}-token "
-          f"local window (bank dtype {m['bank_dtype'] or 'model'}, capacity {m['memory_capacity']:,} tokens)\n"
-          f"  retriever: {_retriever_name(m['retriever'])}; loaded in {m['load_seconds']:.0f} s", flush=True)
+    print(
+        f"  {'the default MemLong model' if m['model'] == 'default' else 'MemLong model'} ({m['model_path']})\n"
+        f"  base {m['base_model']}: {m['parameters'] / 1e6:.1f}M parameters, {m['layers']} layers, "
+        f"{m['max_position_embeddings']} positions\n  mode {m['mode']}: banks the K/V of "
+        f"{f'layers {layers[0]}..{layers[-1]}' if contiguous else f'layers {layers}'} for every "
+        f"{m['chunk_size']}-token chunk; top-{m['top_k']} chunks retrieved beside a {m['local_window']}-token "
+        f"local window (bank dtype {m['bank_dtype'] or 'model'}, capacity {m['memory_capacity']:,} tokens)\n"
+        f"  retriever: {_retriever_name(m['retriever'])}; loaded in {m['load_seconds']:.0f} s",
+        flush=True,
+    )
 
     print("\n[2/5] the document", flush=True)
     text, parts = build_document(tok, doc_path, args.min_tokens)
@@ -375,10 +487,12 @@ def run(args) -> int:
     for p in parts:
         p["tokens_from"] = next((i for i, s in enumerate(starts) if s >= p["start"]), L)
         p["characters"] = p["end"] - p["start"]
-        held = "test split, held out" if p["split"] == "test" else (f"{p['split']} split" if p["split"] else
-                                                                    "not from the corpus")
-        print(f"  {p['doc_id'] or p['path']} ({held}): {p['characters']:,} characters, from token "
-              f"{p['tokens_from']:,}")
+        held = (
+            "test split, held out"
+            if p["split"] == "test"
+            else (f"{p['split']} split" if p["split"] else "not from the corpus")
+        )
+        print(f"  {p['doc_id'] or p['path']} ({held}): {p['characters']:,} characters, from token {p['tokens_from']:,}")
     for i, p in enumerate(parts):
         p["tokens"] = (parts[i + 1]["tokens_from"] if i + 1 < len(parts) else L) - p["tokens_from"]
     if L < args.min_tokens:
@@ -391,8 +505,10 @@ def run(args) -> int:
     if plan.evicts:  # said before reading: nothing is dropped silently
         print(f"  warning: {plan.warning('memory_capacity=N in the MemLong config of a --model DIR')}")
     score = min(args.score, L - 1)
-    print(f"  the local window holds {model.memlong_config.local_window:,} tokens; every fact lies "
-          f"{min(L - f['token'] for f in facts):,}+ tokens before the questions")
+    print(
+        f"  the local window holds {model.memlong_config.local_window:,} tokens; every fact lies "
+        f"{min(L - f['token'] for f in facts):,}+ tokens before the questions"
+    )
 
     results: dict = {"memory": {}, "no_memory": {}}
     answers: dict = {"memory": [], "no_memory": []}
@@ -406,24 +522,38 @@ def run(args) -> int:
             bank = memory.bank(0)
             banked = len(bank) * bank.layout.chunk_size
             bank_info = {
-                "chunks": len(bank), "tokens": banked, "capacity_chunks": bank.capacity, "evictions": bank.evictions,
-                "bytes": bank.nbytes(), "bytes_per_token": round(bank.nbytes() / max(1, banked), 1),
+                "chunks": len(bank),
+                "tokens": banked,
+                "capacity_chunks": bank.capacity,
+                "evictions": bank.evictions,
+                "bytes": bank.nbytes(),
+                "bytes_per_token": round(bank.nbytes() / max(1, banked), 1),
                 "kv_bytes_per_token": bank.layout.kv_bytes_per_token(),
                 "memory_bytes_with_window": memory.nbytes(),
-                "evicted": bank.evicted_report(), "reading_plan": plan.to_dict(),
+                "evicted": bank.evicted_report(),
+                "reading_plan": plan.to_dict(),
             }
             in_bank = [e for e in bank.entries() if e["text_span"][0] >= 0]
             for f in facts:
                 f["fact_chunks"] = [e["chunk_id"] for e in in_bank if _overlaps(e["text_span"], f["chars"])]
-            print(f"  bank: {bank_info['chunks']:,} chunks ({banked:,} tokens), {bank_info['bytes'] / 2**20:,.1f} MiB, "
-                  f"{bank_info['bytes_per_token']:,.0f} bytes per token, {bank.evictions} evictions", flush=True)
+            print(
+                f"  bank: {bank_info['chunks']:,} chunks ({banked:,} tokens), {bank_info['bytes'] / 2**20:,.1f} MiB, "
+                f"{bank_info['bytes_per_token']:,.0f} bytes per token, {bank.evictions} evictions",
+                flush=True,
+            )
             evicted = bank_info["evicted"]
             if evicted["chunks"]:
-                print(f"  evicted while reading: {evicted['chunks']:,} chunks ({evicted['tokens']:,} tokens), token "
-                      f"ranges {', '.join(f'{a:,}-{b:,}' for a, b in evicted['spans'][:8])}"
-                      f"{' ...' if len(evicted['spans']) > 8 else ''} (all in --json)", flush=True)
-        print(f"  asking the {len(facts)} questions, each from a copy of this memory "
-              f"(greedy, {args.max_new_tokens} new tokens, requery=True)", flush=True)
+                print(
+                    f"  evicted while reading: {evicted['chunks']:,} chunks ({evicted['tokens']:,} tokens), token "
+                    f"ranges {', '.join(f'{a:,}-{b:,}' for a, b in evicted['spans'][:8])}"
+                    f"{' ...' if len(evicted['spans']) > 8 else ''} (all in --json)",
+                    flush=True,
+                )
+        print(
+            f"  asking the {len(facts)} questions, each from a copy of this memory "
+            f"(greedy, {args.max_new_tokens} new tokens, requery=True)",
+            flush=True,
+        )
         if memory.retrieval:  # the window index once, before the copies (each would build it again)
             t0 = time.perf_counter()
             memory.index_windows(model.memlong_retriever)
@@ -440,8 +570,11 @@ def run(args) -> int:
             _print_answer("with memory" if use else "without memory", a, f)
         del memory
 
-    print("\n[5/5] the baselines, the base model alone: rag (the top-k chunks as text) and base_truncated "
-          "(the last tokens that fit its context)", flush=True)
+    print(
+        "\n[5/5] the baselines, the base model alone: rag (the top-k chunks as text) and base_truncated "
+        "(the last tokens that fit its context)",
+        flush=True,
+    )
     from memlong.cost import bytes_per_token
     from memlong.pretrained import base_model_of
     from memlong.qa import BaseModelUnavailable, load_base
@@ -450,32 +583,50 @@ def run(args) -> int:
         base = load_base(base_model_of(args.model))
     except BaseModelUnavailable as e:
         raise SystemExit(f"memlong demo: {e}") from None
-    answers["rag"], answers["base_truncated"], rag_seconds = _baselines(model, tok, base, ids, offsets, facts,
-                                                                        args.max_new_tokens)
+    answers["rag"], answers["base_truncated"], rag_seconds = _baselines(
+        model, tok, base, ids, offsets, facts, args.max_new_tokens
+    )
     cost = {}
-    for name, method in (("memory", "memlong"), ("no_memory", "memlong_no_memory"), ("rag", "rag"),
-                         ("base_truncated", "base_truncated")):
+    for name, method in (
+        ("memory", "memlong"),
+        ("no_memory", "memlong_no_memory"),
+        ("rag", "rag"),
+        ("base_truncated", "base_truncated"),
+    ):
         busy = sum(a["generate_seconds"] for a in answers[name]) + (
-            rag_seconds if name == "rag" else results[name]["seconds"] if name in results else 0)
+            rag_seconds if name == "rag" else results[name]["seconds"] if name in results else 0
+        )
         chunks = -(-L // model.memlong_config.chunk_size)  # rag: an embedding per chunk of the document
-        cost[name] = {"tokens_per_second": round(L / busy, 1),
-                      "bytes_per_token": bytes_per_token(method, model, base, (chunks, L))}
+        cost[name] = {
+            "tokens_per_second": round(L / busy, 1),
+            "bytes_per_token": bytes_per_token(method, model, base, (chunks, L)),
+        }
 
     summary: dict = {
         "model": model_info,
         "document": {"parts": parts, "characters": len(text), "tokens": L, "min_tokens": args.min_tokens},
-        "facts": [{**f, "memory": a, "no_memory": b, "rag": c, "base_truncated": d}
-                  for f, a, b, c, d in zip(facts, answers["memory"], answers["no_memory"], answers["rag"],
-                                           answers["base_truncated"])],
-        "cost": cost, "rag_embed_seconds": round(rag_seconds, 2),
-        "ppl": {"tokens_scored": score, "with_memory": results["memory"]["ppl"],
-                "without_memory": results["no_memory"]["ppl"]},
+        "facts": [
+            {**f, "memory": a, "no_memory": b, "rag": c, "base_truncated": d}
+            for f, a, b, c, d in zip(
+                facts, answers["memory"], answers["no_memory"], answers["rag"], answers["base_truncated"]
+            )
+        ],
+        "cost": cost,
+        "rag_embed_seconds": round(rag_seconds, 2),
+        "ppl": {
+            "tokens_scored": score,
+            "with_memory": results["memory"]["ppl"],
+            "without_memory": results["no_memory"]["ppl"],
+        },
         "reading": results,
         "bank": bank_info,
-        "torch_threads": torch.get_num_threads(), "cpu_cores": cores, "load_average_at_start": round(load, 2),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_cores": cores,
+        "load_average_at_start": round(load, 2),
         "peak_rss_bytes": _peak_rss(),  # overall, including the memory copies made for the questions
         "peak_rss_bytes_reading_with_memory": results["memory"]["peak_rss_bytes_after_read"],
-        "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
     }
     summary["answered"] = {k: sum(a["correct"] for a in answers[k]) for k in answers}
     summary["accuracy"] = {k: v / len(facts) for k, v in summary["answered"].items()}
@@ -494,16 +645,22 @@ def _print_summary(s: dict) -> None:
     yes = lambda v: "yes" if v else "no"  # noqa: E731
     docs = " + ".join(f"{p['doc_id'] or Path(p['path']).name} ({p['tokens']:,})" for p in d["parts"])
     rows = [
-        ("model", f"{Path(m['base_model']).name}, {m['parameters'] / 1e6:.1f}M params, {m['layers']} layers, "
-                  f"{m['mode']}"),
+        (
+            "model",
+            f"{Path(m['base_model']).name}, {m['parameters'] / 1e6:.1f}M params, {m['layers']} layers, {m['mode']}",
+        ),
         ("memory layout", f"chunk {m['chunk_size']}, top-{m['top_k']}, local window {m['local_window']}"),
         ("document", f"{d['tokens']:,} tokens: {docs}"),
     ]
     for i, f in enumerate(s["facts"]):
         mem, no = f["memory"], f["no_memory"]
-        rows.append((f"Q{i + 1} fact at {f['depth']:.0%} (tok {f['token']:,})",
-                     f"expected {f['expected']!r}; fact chunk retrieved: {yes(mem.get('fact_retrieved'))} "
-                     f"(rank by embedding {mem.get('fact_chunk_rank_by_embedding')})"))
+        rows.append(
+            (
+                f"Q{i + 1} fact at {f['depth']:.0%} (tok {f['token']:,})",
+                f"expected {f['expected']!r}; fact chunk retrieved: {yes(mem.get('fact_retrieved'))} "
+                f"(rank by embedding {mem.get('fact_chunk_rank_by_embedding')})",
+            )
+        )
         rows.append(("  with memory", f"{'RIGHT' if mem['correct'] else 'wrong'}  {mem['answer'].strip()[:50]!r}"))
         rows.append(("  without memory", f"{'RIGHT' if no['correct'] else 'wrong'}  {no['answer'].strip()[:50]!r}"))
         for name in ("rag", "base_truncated"):
@@ -513,18 +670,31 @@ def _print_summary(s: dict) -> None:
     n, got = len(s["facts"]), s["answered"]
     change = (ppl["with_memory"] / ppl["without_memory"] - 1) * 100
     rows += [
-        ("facts answered", f"with memory {got['memory']}/{n}, without memory {got['no_memory']}/{n}, rag "
-                           f"{got.get('rag', '-')}/{n}, base_truncated {got.get('base_truncated', '-')}/{n}; "
-                           f"fact chunk retrieved {s['facts_retrieved']}/{n}"),
-        (f"ppl, last {ppl['tokens_scored']:,} tokens",
-         f"with memory {ppl['with_memory']:.3f}, without memory {ppl['without_memory']:.3f} ({change:+.1f}%)"),
-        ("reading speed", f"with memory {r['memory']['tokens_per_s']:,.0f} tokens/s, without memory "
-                          f"{r['no_memory']['tokens_per_s']:,.0f} tokens/s ({s['torch_threads']} threads)"),
+        (
+            "facts answered",
+            f"with memory {got['memory']}/{n}, without memory {got['no_memory']}/{n}, rag "
+            f"{got.get('rag', '-')}/{n}, base_truncated {got.get('base_truncated', '-')}/{n}; "
+            f"fact chunk retrieved {s['facts_retrieved']}/{n}",
+        ),
+        (
+            f"ppl, last {ppl['tokens_scored']:,} tokens",
+            f"with memory {ppl['with_memory']:.3f}, without memory {ppl['without_memory']:.3f} ({change:+.1f}%)",
+        ),
+        (
+            "reading speed",
+            f"with memory {r['memory']['tokens_per_s']:,.0f} tokens/s, without memory "
+            f"{r['no_memory']['tokens_per_s']:,.0f} tokens/s ({s['torch_threads']} threads)",
+        ),
         ("bank", f"{b['chunks']:,} chunks, {b['bytes'] / 2**20:,.1f} MiB, {b['bytes_per_token']:,.0f} bytes/token"),
-        *((f"cost: {name}", f"{c['tokens_per_second']:,.0f} tokens/s, {c['bytes_per_token']:,.0f} bytes/token")
-          for name, c in s.get("cost", {}).items()),
-        ("peak RSS", f"{s['peak_rss_bytes_reading_with_memory'] / 2**20:,.0f} MiB after reading with memory; "
-                     f"{s['peak_rss_bytes'] / 2**20:,.0f} MiB in all (with the memory copies for the questions)"),
+        *(
+            (f"cost: {name}", f"{c['tokens_per_second']:,.0f} tokens/s, {c['bytes_per_token']:,.0f} bytes/token")
+            for name, c in s.get("cost", {}).items()
+        ),
+        (
+            "peak RSS",
+            f"{s['peak_rss_bytes_reading_with_memory'] / 2**20:,.0f} MiB after reading with memory; "
+            f"{s['peak_rss_bytes'] / 2**20:,.0f} MiB in all (with the memory copies for the questions)",
+        ),
         ("wall time", f"{s['wall_seconds']:.0f} s"),
     ]
     print("\n" + RULE + "\nSUMMARY\n" + "-" * 78)

@@ -30,8 +30,11 @@ TASKS = {
     "ppl": (eval_ppl, "perplexity by input length (the paper's Table 1)", ("lengths",)),
     "passkey": (eval_passkey, "passkey retrieval by length and depth", ("lengths", "requery")),
     "icl": (eval_icl, "in-context learning, demonstrations in memory (the paper's Table 2)", ("requery",)),
-    "ruler": (eval_ruler, "RULER's synthetic tasks by length: needles, variable tracking, common and frequent words",
-              ("lengths", "requery")),
+    "ruler": (
+        eval_ruler,
+        "RULER's synthetic tasks by length: needles, variable tracking, common and frequent words",
+        ("lengths", "requery"),
+    ),
 }
 
 
@@ -39,46 +42,78 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """One sub-command per task (``memlong eval ppl|passkey|icl|ruler``), each with its own flags;
     the flags they share come from one parent parser, so they are spelled the same everywhere."""
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--model", default=None,
-                        help="a MemLong directory (memlong train / save_pretrained) or a base LM (default: the default "
-                             "MemLong model, SmolLM2-135M-Instruct in training-free mode)")
-    shared.add_argument("--base-model", default=None,
-                        help="base LM for the base methods (default: the model's base, from its memlong_base.json; "
-                             "for the default model, SmolLM2-135M-Instruct)")
+    shared.add_argument(
+        "--model",
+        default=None,
+        help="a MemLong directory (memlong train / save_pretrained) or a base LM (default: the default "
+        "MemLong model, SmolLM2-135M-Instruct in training-free mode)",
+    )
+    shared.add_argument(
+        "--base-model",
+        default=None,
+        help="base LM for the base methods (default: the model's base, from its memlong_base.json; "
+        "for the default model, SmolLM2-135M-Instruct)",
+    )
     shared.add_argument("--split", default="test", help="the split of --data to evaluate on")
     shared.add_argument("--seed", type=int, default=0)
     shared.add_argument("--methods", default=None, help="comma-separated methods (default: all of the task's)")
-    shared.add_argument("--retriever", default="minilm",
-                        help="minilm, hashing, embedding (the LM's own pooled input embeddings), or a "
-                             "sentence-transformers name/path")
-    shared.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
-                        help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
-                             "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8 (a bare word is a string)")
+    shared.add_argument(
+        "--retriever",
+        default="minilm",
+        help="minilm, hashing, embedding (the LM's own pooled input embeddings), or a sentence-transformers name/path",
+    )
+    shared.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
+        "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8 (a bare word is a string)",
+    )
     shared.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     shared.add_argument("--json", default=None, metavar="OUT", help="write the results and the config here")
     shared.add_argument("--plot", default=None, metavar="PNG", help="write a plot of the results here")
     by_length = argparse.ArgumentParser(add_help=False)  # the tasks measured at input lengths
     by_length.add_argument("--lengths", default=None, help="comma-separated input lengths in tokens")
-    by_length.add_argument("--max-base-length", type=int, default=16384,
-                           help="base_full is not attempted above this length (reported as skipped)")
-    by_length.add_argument("--resume", action="store_true",
-                           help="continue a run cut short: keep the cells already in --json (ppl: method and "
-                                "length; passkey: method, length and depth; ruler: task, length and method) and "
-                                "measure only the others; a report measured with other inputs, another model or "
-                                "MemLong config is refused")
+    by_length.add_argument(
+        "--max-base-length",
+        type=int,
+        default=16384,
+        help="base_full is not attempted above this length (reported as skipped)",
+    )
+    by_length.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run cut short: keep the cells already in --json (ppl: method and "
+        "length; passkey: method, length and depth; ruler: task, length and method) and "
+        "measure only the others; a report measured with other inputs, another model or "
+        "MemLong config is refused",
+    )
 
     requery = argparse.ArgumentParser(add_help=False)  # the tasks that ask after reading
-    requery.add_argument("--no-requery", dest="requery", action="store_false",
-                         help="answer (icl: score the test input) with the memory retrieved before the question "
-                              "instead of retrieving again with the question itself (generate(requery=N), the "
-                              "default)")
+    requery.add_argument(
+        "--no-requery",
+        dest="requery",
+        action="store_false",
+        help="answer (icl: score the test input) with the memory retrieved before the question "
+        "instead of retrieving again with the question itself (generate(requery=N), the "
+        "default)",
+    )
     groups = {"lengths": by_length, "requery": requery}
 
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
     for name, (module, summary, extra) in TASKS.items():
         parents = [shared, *(groups[g] for g in extra)]
-        module.add_arguments(tasks.add_parser(name, parents=parents, help=summary, description=module.__doc__,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+        module.add_arguments(
+            tasks.add_parser(
+                name,
+                parents=parents,
+                help=summary,
+                description=module.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+        )
 
 
 def run(args) -> int:
@@ -96,12 +131,22 @@ def run(args) -> int:
 
 def eval_command(c: dict, json_path) -> str:
     """The ``memlong eval`` command line that wrote a result JSON, from its ``config`` record."""
-    keys = {"ppl": ("split", "lengths", "score", "methods", "max_documents", "retriever"),
-            "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
-            "icl": ("split", "demo_split", "labels", "shots_context", "shots_memory", "trials", "max_examples",
-                    "methods", "retriever"),
-            "ruler": ("split", "lengths", "tasks", "samples", "seed", "methods", "retriever", "qa_squad",
-                      "qa_hotpotqa")}[c["task"]]
+    keys = {
+        "ppl": ("split", "lengths", "score", "methods", "max_documents", "retriever"),
+        "passkey": ("split", "lengths", "depths", "trials", "methods", "retriever"),
+        "icl": (
+            "split",
+            "demo_split",
+            "labels",
+            "shots_context",
+            "shots_memory",
+            "trials",
+            "max_examples",
+            "methods",
+            "retriever",
+        ),
+        "ruler": ("split", "lengths", "tasks", "samples", "seed", "methods", "retriever", "qa_squad", "qa_hotpotqa"),
+    }[c["task"]]
     if c["task"] == "ruler" and "haystacks" in c:  # a report of eval ruler before it followed RULER's definitions
         keys = ("split", "lengths", "tasks", "haystacks", "samples", "seed", "methods", "retriever")
     args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)

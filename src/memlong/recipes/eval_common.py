@@ -18,8 +18,10 @@ METHODS = ("memlong", "memlong_no_memory", "base_full", "base_truncated", "rag")
 #: Methods that need the base model loaded beside the MemLong model.
 BASE_METHODS = ("base_full", "base_truncated", "in_context", "rag")
 #: ``--data`` of the tasks that read documents.
-DATA_HELP = ("a corpus folder (its --split), a .jsonl file, a text file (one document), a folder of .txt files, "
-             "or a datasets name")
+DATA_HELP = (
+    "a corpus folder (its --split), a .jsonl file, a text file (one document), a folder of .txt files, "
+    "or a datasets name"
+)
 
 
 def load_models(args, methods):
@@ -85,7 +87,8 @@ def resumed_report(args, same: tuple[str, ...]) -> dict | None:
             flag = {"overrides": "--set", "requery": "requery (--no-requery)"}.get(key, f"--{key.replace('_', '-')}")
             raise MemLongConfigError(
                 f"--resume: {path} was measured with {flag} {config.get(key)!r}, this run has "
-                f"{getattr(args, key)!r}; give the same or use a new --json")
+                f"{getattr(args, key)!r}; give the same or use a new --json"
+            )
     return report
 
 
@@ -98,11 +101,14 @@ def resumed_results(args, done: dict | None, model, base_path, cell) -> tuple[li
         return [], set()
     diff = model.memlong_config.differences(done["config"].get("memlong") or {})
     if diff:
-        raise MemLongConfigError(f"--resume: {args.json} was measured with another MemLong config (differs in {diff}); "
-                                 "use a new --json")
+        raise MemLongConfigError(
+            f"--resume: {args.json} was measured with another MemLong config (differs in {diff}); use a new --json"
+        )
     if done["config"].get("base_model") != base_path:
-        raise MemLongConfigError(f"--resume: {args.json} was measured with the base model "
-                                 f"{done['config'].get('base_model')!r}, this run has {base_path!r}; use a new --json")
+        raise MemLongConfigError(
+            f"--resume: {args.json} was measured with the base model "
+            f"{done['config'].get('base_model')!r}, this run has {base_path!r}; use a new --json"
+        )
     results = list(done["results"])
     have = {cell(r) for r in results}
     print(f"--resume: {len(have)} cells already in {args.json}", flush=True)
@@ -120,16 +126,25 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
-def write_report(args, results: list[dict], model, base_path, base_window, plot=None, quiet=False,
-                 extra: dict | None = None) -> dict:
+def write_report(
+    args, results: list[dict], model, base_path, base_window, plot=None, quiet=False, extra: dict | None = None
+) -> dict:
     """The run's JSON (``--json``): its results and config (every flag, the MemLong config as run,
     the base model and the retriever), from which :func:`memlong.recipes.eval.eval_command`
     rebuilds the command; and its plot (``--plot``), drawn by ``plot(results, path)``. ``quiet``: no
     "wrote" line (a partial report, rewritten as a long run goes). ``extra``: more top-level
     entries (summaries of the results)."""
-    report = {"results": results, **(extra or {}), "config": {**vars(args), "memlong": model.memlong_config.to_dict(),
-                                             "base_model": base_path, "base_window": base_window,
-                                             "retriever_info": model.memlong_retriever.describe()}}
+    report = {
+        "results": results,
+        **(extra or {}),
+        "config": {
+            **vars(args),
+            "memlong": model.memlong_config.to_dict(),
+            "base_model": base_path,
+            "base_window": base_window,
+            "retriever_info": model.memlong_retriever.describe(),
+        },
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -160,9 +175,20 @@ def measured(row: dict, key: str, **on_failure):
     row["seconds"] = round(time.perf_counter() - t0, 2)
 
 
-def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery, base_window: int,
-                    stop=None, memory=None, context: tuple[int, int] | None = None, retrieved: list | None = None
-                    ) -> str:
+def generate_answer(
+    method: str,
+    model,
+    base,
+    tok,
+    ids,
+    new_tokens: int,
+    requery,
+    base_window: int,
+    stop=None,
+    memory=None,
+    context: tuple[int, int] | None = None,
+    retrieved: list | None = None,
+) -> str:
     """The greedy continuation of ``ids`` ``[1, L]`` by ``method``, decoded: the MemLong model with a
     fresh memory (retrieval on for ``memlong``, off for ``memlong_no_memory``), retrieving again with
     the prompt's last ``requery`` tokens (the question; ``False``: not); or the base model over the
@@ -189,14 +215,14 @@ def generate_answer(method: str, model, base, tok, ids, new_tokens: int, requery
         out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), requery=requery, **kw)
     else:
         if method == "base_truncated":
-            ids = ids[:, -(base_window - new_tokens):]
+            ids = ids[:, -(base_window - new_tokens) :]
         elif method == "rag":
             ids = _rag_ids(model, ids, context, new_tokens, base_window, retrieved)
         if stop is not None:
             kw["stopping_criteria"] = StoppingCriteriaList([stop(tok)])
         with torch.no_grad():
             out = base.generate(ids, attention_mask=torch.ones_like(ids), **kw)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def _rag_ids(model, ids, context, new_tokens: int, base_window: int, retrieved: list | None):
@@ -206,8 +232,10 @@ def _rag_ids(model, ids, context, new_tokens: int, base_window: int, retrieved: 
     from memlong.rag import RagPromptTooLong, rag_prompt
 
     if context is None:
-        raise ValueError("generate_answer(method='rag') needs context=(start, end): the span of the context in "
-                         "ids, the question being ids[end:]; pass it, or use another method")
+        raise ValueError(
+            "generate_answer(method='rag') needs context=(start, end): the span of the context in "
+            "ids, the question being ids[end:]; pass it, or use another method"
+        )
     if ids.shape[0] != 1:
         raise ValueError(f"generate_answer(method='rag') answers one prompt at a time; got {ids.shape[0]} rows")
     try:

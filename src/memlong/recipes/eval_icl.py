@@ -44,16 +44,22 @@ METHODS = ("memlong", "memlong_no_memory", "in_context", "rag")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``memlong eval icl`` beside the shared ones (:mod:`memlong.recipes.eval`)."""
-    p.add_argument("--data", required=True,
-                   help="sst2, mr, subj, sst5, mpqa (datasets), a .jsonl file / folder of {text, label} lines, or "
-                        "corpus-source:CORPUS_DIR (passages labelled by source)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="sst2, mr, subj, sst5, mpqa (datasets), a .jsonl file / folder of {text, label} lines, or "
+        "corpus-source:CORPUS_DIR (passages labelled by source)",
+    )
     p.add_argument("--shots-context", type=int, default=4, help="K demonstrations right before the test input")
     p.add_argument("--shots-memory", type=int, default=18, help="M demonstrations read first, into memory")
     p.add_argument("--trials", type=int, default=3, help="demonstration samples (accuracy is their mean)")
     p.add_argument("--max-examples", type=int, default=100, help="test examples per trial")
     p.add_argument("--labels", default=None, help="comma-separated label words (local data; replaces a task's own)")
-    p.add_argument("--demo-split", default=None,
-                   help="split the demonstrations come from (default: train; corpus-source: validation)")
+    p.add_argument(
+        "--demo-split",
+        default=None,
+        help="split the demonstrations come from (default: train; corpus-source: validation)",
+    )
 
 
 def run(args, methods: list[str]) -> int:
@@ -77,13 +83,16 @@ def _icl_data(args):
     shots = args.shots_context + args.shots_memory
     labels = [w.strip() for w in args.labels.split(",") if w.strip()] if args.labels else None
     try:
-        task, pool, tests = load_icl_data(args.data, args.split, args.demo_split, labels, args.max_examples,
-                                          pool=max(64, 2 * shots), seed=args.seed)
+        task, pool, tests = load_icl_data(
+            args.data, args.split, args.demo_split, labels, args.max_examples, pool=max(64, 2 * shots), seed=args.seed
+        )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"eval icl: {e}") from None
     if len(pool) < shots:
-        raise SystemExit(f"--shots-context + --shots-memory = {shots} demonstrations, but --data has only "
-                         f"{len(pool)} to draw them from")
+        raise SystemExit(
+            f"--shots-context + --shots-memory = {shots} demonstrations, but --data has only "
+            f"{len(pool)} to draw them from"
+        )
     if not tests:
         raise SystemExit(f"--data {args.data}: no test examples in split {args.split!r}")
     return task, pool, tests
@@ -133,21 +142,34 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
         raise SystemExit(
             f"the {M} memory demonstrations never leave the local window ({cfg.local_window} tokens) before a test "
             f"input is read, so memlong would equal memlong_no_memory by construction; raise --shots-memory or "
-            f"lower the local window (--set local_window=N)")
+            f"lower the local window (--set local_window=N)"
+        )
     if M and min(share) < 1:
-        print(f"note: {sum(share) / len(share):.0%} of the memory demonstrations' tokens reach the bank on average "
-              f"(the rest stay in the {cfg.local_window}-token local window, seen by both MemLong methods)")
+        print(
+            f"note: {sum(share) / len(share):.0%} of the memory demonstrations' tokens reach the bank on average "
+            f"(the rest stay in the {cfg.local_window}-token local window, seen by both MemLong methods)"
+        )
     if K and min(local) < 1:
-        print(f"note: only {sum(local) / len(local):.0%} of the context demonstrations' tokens are in the "
-              f"{cfg.local_window}-token local window at the test input on average (the rest left it: into memory for memlong, dropped without)")
+        print(
+            f"note: only {sum(local) / len(local):.0%} of the context demonstrations' tokens are in the "
+            f"{cfg.local_window}-token local window at the test input on average (the rest left it: into memory for memlong, dropped without)"
+        )
     longest = max(len(p) for prompts in trials for p in prompts) + max(len(c) for c in cands)
     majority = Counter(ex.label for ex in tests).most_common(1)[0][1] / len(tests)
     print(f"{'method':>18} {'task':>14}   K   M  accuracy  per trial  examples  banked  predicted / note")
     results = []
     for method in methods:
-        row = {"method": method, "task": task.name, "shots_context": K, "shots_memory": M, "examples": len(tests),
-               "trials": args.trials, "label_words": list(task.label_words), "majority_accuracy": majority,
-               "prompt_tokens_max": longest}
+        row = {
+            "method": method,
+            "task": task.name,
+            "shots_context": K,
+            "shots_memory": M,
+            "examples": len(tests),
+            "trials": args.trials,
+            "label_words": list(task.label_words),
+            "majority_accuracy": majority,
+            "prompt_tokens_max": longest,
+        }
         if method == "memlong":  # (memlong_no_memory drops what leaves its window)
             row["memory_tokens_banked"] = round(sum(share) / len(share), 4) if M else None
             row["requery"] = args.requery
@@ -167,22 +189,33 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
             per_trial, predicted = [], Counter()
             for prompts, questions, prefix in zip(plain, question_tokens, prefixes):
                 hits = 0
-                shared = _read_prefix(model, prefix, continuation_rows(cands), method == "memlong") \
-                    if method in ("memlong", "memlong_no_memory") and prefix else None
+                shared = (
+                    _read_prefix(model, prefix, continuation_rows(cands), method == "memlong")
+                    if method in ("memlong", "memlong_no_memory") and prefix
+                    else None
+                )
                 for prompt, n, ex in zip(prompts, questions, tests):
                     if method in ("in_context", "rag"):
                         scores = continuation_logprobs(base, prompt, cands)
                     else:  # every prompt of the trial continues from a copy of the shared demonstrations
-                        scores = continuation_logprobs(model, prompt, cands, use_memory=method == "memlong",
-                                                       requery=n if args.requery and method == "memlong" else 0,
-                                                       memory=shared.clone() if shared else None,
-                                                       read=len(prefix) if shared else 0)
+                        scores = continuation_logprobs(
+                            model,
+                            prompt,
+                            cands,
+                            use_memory=method == "memlong",
+                            requery=n if args.requery and method == "memlong" else 0,
+                            memory=shared.clone() if shared else None,
+                            read=len(prefix) if shared else 0,
+                        )
                     guess = max(range(len(scores)), key=scores.__getitem__)
                     predicted[task.label_words[guess]] += 1
                     hits += int(guess == ex.label)
                 per_trial.append(hits / len(tests))
-            row.update(accuracy=sum(per_trial) / len(per_trial), accuracy_per_trial=per_trial,
-                       predicted=dict(sorted(predicted.items())))  # a model stuck on one label shows here
+            row.update(
+                accuracy=sum(per_trial) / len(per_trial),
+                accuracy_per_trial=per_trial,
+                predicted=dict(sorted(predicted.items())),
+            )  # a model stuck on one label shows here
         read = sum(len(p) for prompts in trials for p in prompts)
         row["tokens_per_second"] = tokens_per_second(read, row["seconds"]) if row["accuracy"] is not None else None
         items = [d for demos, _, _ in rag_parts for d in demos]  # rag keeps an embedding per memory demonstration
@@ -192,8 +225,11 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
         per = ",".join(f"{a:.2f}" for a in row.get("accuracy_per_trial", [])) or "-"
         banked = f"{row['memory_tokens_banked']:.0%}" if row.get("memory_tokens_banked") is not None else "-"
         pred = " ".join(f"{k}:{v}" for k, v in row.get("predicted", {}).items())
-        print(f"{method:>18} {task.name:>14} {K:>3} {M:>3}  {acc:>8}  {per:>9}  {len(tests):>8}  {banked:>6}  "
-              f"{pred or row.get('note', '')}", flush=True)
+        print(
+            f"{method:>18} {task.name:>14} {K:>3} {M:>3}  {acc:>8}  {per:>9}  {len(tests):>8}  {banked:>6}  "
+            f"{pred or row.get('note', '')}",
+            flush=True,
+        )
     print(f"(majority-class accuracy of the test examples: {majority:.3f}; label words: {', '.join(task.label_words)})")
     return results
 
@@ -218,8 +254,9 @@ def _read_prefix(model, prefix: list[int], rows: int, retrieval: bool):
     calls split the input). With retrieval, the bank's window index is built here too, once."""
     import torch
 
-    memory = model.ingest(torch.tensor([prefix] * rows, device=next(model.parameters()).device),
-                          model.new_memory(rows, retrieval))
+    memory = model.ingest(
+        torch.tensor([prefix] * rows, device=next(model.parameters()).device), model.new_memory(rows, retrieval)
+    )
     if retrieval:
         memory.index_windows(model.memlong_retriever)
     return memory
@@ -232,8 +269,13 @@ def plot(results: list[dict], path: str) -> None:
         names = [r["method"] for r in results]
         ax.bar(names, [r["accuracy"] or 0 for r in results], color="tab:blue")
         for i, r in enumerate(results):
-            ax.text(i, (r["accuracy"] or 0) + 0.01, "skipped" if r["accuracy"] is None else f"{r['accuracy']:.2f}",
-                    ha="center", fontsize=8)
+            ax.text(
+                i,
+                (r["accuracy"] or 0) + 0.01,
+                "skipped" if r["accuracy"] is None else f"{r['accuracy']:.2f}",
+                ha="center",
+                fontsize=8,
+            )
         if results:
             ax.axhline(results[0]["majority_accuracy"], ls="--", color="gray", label="majority class")
             r = results[0]

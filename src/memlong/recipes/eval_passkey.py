@@ -31,8 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 #: the flags that decide the prompts (keys are drawn in order over lengths, depths and trials) and
 #: how they are read: a resumed run must share them
-SAME_PROMPTS = ("seed", "lengths", "depths", "trials", "data", "split", "model", "overrides",
-                "retriever", "requery")
+SAME_PROMPTS = ("seed", "lengths", "depths", "trials", "data", "split", "model", "overrides", "retriever", "requery")
 
 
 def run(args, methods: list[str]) -> int:
@@ -84,8 +83,11 @@ def key_retrieval(model, tok, memory, question: list[int], key: str) -> dict:
     holds = {s for s in bank.valid.nonzero().flatten().tolist() if key in tok.decode(bank.token_ids[s].tolist())}
     ranked, _ = bank.search(model.memlong_retriever.embed([query])[0], len(bank), count=False)
     ranks = [r + 1 for r, s in enumerate(ranked.tolist()) if s in holds]
-    return {"key_retrieved": any(s in holds for s in slots.tolist()), "key_chunk_rank": min(ranks) if ranks else None,
-            "bank_chunks": len(bank)}
+    return {
+        "key_retrieved": any(s in holds for s in slots.tolist()),
+        "key_chunk_rank": min(ranks) if ranks else None,
+        "bank_chunks": len(bank),
+    }
 
 
 def passkey_cases(args, tok, lengths: list[int]) -> Iterator[tuple[int, float, list]]:
@@ -123,8 +125,11 @@ def rag_key_retrieval(tok, ids: list[int], rag, key: str) -> dict:
     no chunk holds all its digits)."""
     holds = {i for i, (a, b) in enumerate(rag.spans) if key in tok.decode(ids[a:b])}
     ranks = [r + 1 for r, i in enumerate(rag.ranking) if i in holds]
-    return {"key_retrieved": any(i in holds for i in rag.chosen), "key_chunk_rank": min(ranks) if ranks else None,
-            **rag.record()}
+    return {
+        "key_retrieved": any(i in holds for i in rag.chosen),
+        "key_chunk_rank": min(ranks) if ranks else None,
+        **rag.record(),
+    }
 
 
 def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=frozenset()) -> Iterator[dict]:
@@ -146,8 +151,19 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=fro
                 for key, ids in cases:
                     memory = model.new_memory(1) if method == "memlong" and q else None
                     rag: list = []  # the haystack is the context, the question its tail
-                    answer = generate_answer(method, model, base, tok, ids, new_tokens, q, base_window,
-                                             memory=memory, context=(0, ids.shape[1] - q_len), retrieved=rag)
+                    answer = generate_answer(
+                        method,
+                        model,
+                        base,
+                        tok,
+                        ids,
+                        new_tokens,
+                        q,
+                        base_window,
+                        memory=memory,
+                        context=(0, ids.shape[1] - q_len),
+                        retrieved=rag,
+                    )
                     hits += int(passkey_digits(answer) == key)
                     answers.append({"key": key, "answer": answer})
                     if memory is not None:
@@ -158,14 +174,19 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=fro
                 row.update(accuracy=hits / len(cases), answers=answers)
                 if any("key_retrieved" in a for a in answers):
                     row["key_retrieved"] = sum(a["key_retrieved"] for a in answers) / len(answers)
-            row["tokens_per_second"] = tokens_per_second(L * len(cases), row["seconds"]) \
-                if row.get("accuracy") is not None else None
-            row["bytes_per_token"] = bytes_per_token(method, model, base, rag_kept) \
-                if method != "rag" or rag_kept[1] else None
+            row["tokens_per_second"] = (
+                tokens_per_second(L * len(cases), row["seconds"]) if row.get("accuracy") is not None else None
+            )
+            row["bytes_per_token"] = (
+                bytes_per_token(method, model, base, rag_kept) if method != "rag" or rag_kept[1] else None
+            )
             acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
             found = f"key retrieved {row['key_retrieved']:.2f}  " if "key_retrieved" in row else ""
-            print(f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  {found}({row['trials']} trials) "
-                  f"{row.get('note', '')}", flush=True)
+            print(
+                f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  {found}({row['trials']} trials) "
+                f"{row.get('note', '')}",
+                flush=True,
+            )
             yield row
 
 
@@ -182,8 +203,9 @@ def plot(results: list[dict], path: str) -> None:
         for r in results:
             if r["method"] == method and r.get("accuracy") is not None:
                 grid[depths.index(r["depth"])][lengths.index(r["length"])] = r["accuracy"]
-        score_grid(ax, grid, [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths],
-                   [f"{d:.0%}" for d in depths], method)
+        score_grid(
+            ax, grid, [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths], [f"{d:.0%}" for d in depths], method
+        )
         ax.set_xlabel("length")
     axes[0][0].set_ylabel("depth")
     save(fig, path)

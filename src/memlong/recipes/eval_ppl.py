@@ -37,36 +37,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``memlong eval ppl`` beside the shared ones (:mod:`memlong.recipes.eval`)."""
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--score", type=int, default=2048, help="score the last N tokens of each window")
-    p.add_argument("--repeat", type=int, default=0,
-                   help="copy probe: each window ends with a copy of its own first N tokens and only the copy is "
-                        "scored: with memory the copy's source is retrievable, without it (and for the base "
-                        "truncated to its window) it is out of reach; base_full sees both copies. Measures whether "
-                        "a model can use what it reads, apart from how often real text repeats itself")
-    p.add_argument("--same-text", action="store_true",
-                   help="score the same text at every length: the window of length L is the last L of each "
-                        "document's first max(--lengths) tokens, so longer windows only add context before it "
-                        "(the default: the first L tokens, scoring different text at each length)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="copy probe: each window ends with a copy of its own first N tokens and only the copy is "
+        "scored: with memory the copy's source is retrievable, without it (and for the base "
+        "truncated to its window) it is out of reach; base_full sees both copies. Measures whether "
+        "a model can use what it reads, apart from how often real text repeats itself",
+    )
+    p.add_argument(
+        "--same-text",
+        action="store_true",
+        help="score the same text at every length: the window of length L is the last L of each "
+        "document's first max(--lengths) tokens, so longer windows only add context before it "
+        "(the default: the first L tokens, scoring different text at each length)",
+    )
     p.add_argument("--max-documents", type=int, default=8, help="documents per length (the longest first)")
 
 
 def run(args, methods: list[str]) -> int:
     if args.same_text and args.repeat:
-        raise SystemExit("--same-text and --repeat cannot be combined: the copy probe scores a copy of each "
-                         "window's own start, which differs by length")
+        raise SystemExit(
+            "--same-text and --repeat cannot be combined: the copy probe scores a copy of each "
+            "window's own start, which differs by length"
+        )
     return run_by_length(args, methods, DEFAULT_LENGTHS, _run_ppl, plot, _cell, SAME_WINDOWS)
 
 
 #: the flags that decide the windows and the scored tokens: a resumed run must share them
-SAME_WINDOWS = ("lengths", "score", "repeat", "same_text", "max_documents", "data", "split", "model",
-                "overrides", "retriever")
+SAME_WINDOWS = (
+    "lengths",
+    "score",
+    "repeat",
+    "same_text",
+    "max_documents",
+    "data",
+    "split",
+    "model",
+    "overrides",
+    "retriever",
+)
 
 
 def _cell(row: dict) -> tuple:
     return row["method"], row["length"]
 
 
-def length_windows(docs: list[list[int]], L: int, lengths: list[int], max_documents: int,
-                   same_text: bool = False) -> list[list[int]]:
+def length_windows(
+    docs: list[list[int]], L: int, lengths: list[int], max_documents: int, same_text: bool = False
+) -> list[list[int]]:
     """The windows of length ``L`` of ``docs`` (token lists, longest first), at most ``max_documents``:
     each document's first ``L`` tokens; with ``same_text``, the last ``L`` of its first
     ``max(lengths)`` tokens (only documents that long), so every length ends on the same tokens."""
@@ -112,7 +132,9 @@ def _run_ppl(args, tok, model, base, base_window, lengths, methods, have=frozens
             if _cell(row) in have:
                 continue
             if not windows:
-                row.update(ppl=None, tokens_scored=0, note=f"no document has {max(lengths) if args.same_text else L} tokens")
+                row.update(
+                    ppl=None, tokens_scored=0, note=f"no document has {max(lengths) if args.same_text else L} tokens"
+                )
                 print(_fmt(row), flush=True)
                 yield row
                 continue

@@ -58,28 +58,47 @@ def _task_names(text: str) -> str:
         return ",".join(ALL_TASKS)
     bad = [x for x in names if x not in ALL_TASKS]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown task {', '.join(bad) or repr(text)}; give ruler (RULER's 13), all "
-                                         f"(with our variants), or names among {', '.join(ALL_TASKS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown task {', '.join(bad) or repr(text)}; give ruler (RULER's 13), all "
+            f"(with our variants), or names among {', '.join(ALL_TASKS)}"
+        )
     return ",".join(names)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None,
-                   help="documents for the essay haystack (a corpus folder and its --split, a .jsonl file, a text "
-                        "file, a folder of .txt files, or a datasets name); needed by the tasks that read it")
-    p.add_argument("--tasks", default=",".join(RULER_TASKS), type=_task_names,
-                   help="ruler (RULER's 13, the default), all (with our variants), or comma-separated among: "
-                        + ", ".join(ALL_TASKS))
+    p.add_argument(
+        "--data",
+        default=None,
+        help="documents for the essay haystack (a corpus folder and its --split, a .jsonl file, a text "
+        "file, a folder of .txt files, or a datasets name); needed by the tasks that read it",
+    )
+    p.add_argument(
+        "--tasks",
+        default=",".join(RULER_TASKS),
+        type=_task_names,
+        help="ruler (RULER's 13, the default), all (with our variants), or comma-separated among: "
+        + ", ".join(ALL_TASKS),
+    )
     p.add_argument("--samples", type=int, default=10, help="prompts per task and length (RULER: 500)")
-    p.add_argument("--qa-squad", default=None, metavar="JSON",
-                   help="SQuAD v2.0 (dev) json for qa_1; without it qa_1 is reported as not run")
-    p.add_argument("--qa-hotpotqa", default=None, metavar="JSON",
-                   help="HotpotQA (dev, distractor) json for qa_2; without it qa_2 is reported as not run")
-    p.add_argument("--no-chat-template", dest="chat_template", action="store_false",
-                   help="plain prompts; by default a tokenizer's chat template wraps each task, as RULER wraps "
-                        "instruct models")
-    p.epilog = (f"--lengths default: {DEFAULT_LENGTHS}; "
-                "--methods default: " + ",".join(METHODS))
+    p.add_argument(
+        "--qa-squad",
+        default=None,
+        metavar="JSON",
+        help="SQuAD v2.0 (dev) json for qa_1; without it qa_1 is reported as not run",
+    )
+    p.add_argument(
+        "--qa-hotpotqa",
+        default=None,
+        metavar="JSON",
+        help="HotpotQA (dev, distractor) json for qa_2; without it qa_2 is reported as not run",
+    )
+    p.add_argument(
+        "--no-chat-template",
+        dest="chat_template",
+        action="store_false",
+        help="plain prompts; by default a tokenizer's chat template wraps each task, as RULER wraps instruct models",
+    )
+    p.epilog = f"--lengths default: {DEFAULT_LENGTHS}; --methods default: " + ",".join(METHODS)
 
 
 def build_prompts(args, tok, lengths: list[int]) -> tuple[dict, dict]:
@@ -112,10 +131,12 @@ def build_prompts(args, tok, lengths: list[int]) -> tuple[dict, dict]:
             continue
         for L in lengths:
             try:
-                gen = ruler.Generator(task, tok, L, chat=chat, essay=essay, qa=qa.get(task),
-                                      probe_seed=f"{args.seed}/{task}/{L}/probe")
-                prompts[(task, L)] = [gen.sample(random.Random(f"{args.seed}/{task}/{L}/{i}"), i)
-                                      for i in range(args.samples)]
+                gen = ruler.Generator(
+                    task, tok, L, chat=chat, essay=essay, qa=qa.get(task), probe_seed=f"{args.seed}/{task}/{L}/probe"
+                )
+                prompts[(task, L)] = [
+                    gen.sample(random.Random(f"{args.seed}/{task}/{L}/{i}"), i) for i in range(args.samples)
+                ]
             except ruler.PromptTooShort as e:
                 short.append((e.minimum, task, L))
     if short:
@@ -123,7 +144,8 @@ def build_prompts(args, tok, lengths: list[int]) -> tuple[dict, dict]:
         raise MemLongConfigError(
             f"--lengths {min(L for _, _, L in short)} is too short for "
             f"{', '.join(sorted({f'{t} (needs about {n})' for n, t, _ in short}))}: a prompt holds the task's "
-            f"instructions, example, question and answer; use --lengths >= {least} or leave these tasks out (--tasks)")
+            f"instructions, example, question and answer; use --lengths >= {least} or leave these tasks out (--tasks)"
+        )
     return prompts, not_run
 
 
@@ -134,15 +156,21 @@ def _essay(args, longest: int) -> list[str]:
 
     if args.data is None:
         needing = [t for t in args.tasks.split(",") if ALL_TASKS[t].needs_essay]
-        raise MemLongConfigError(f"{', '.join(needing)} read an essay haystack: give --data (documents to make it "
-                                 "of), or leave these tasks out (--tasks)")
+        raise MemLongConfigError(
+            f"{', '.join(needing)} read an essay haystack: give --data (documents to make it "
+            "of), or leave these tasks out (--tasks)"
+        )
     try:
         words = ruler.essay_words(document_texts(args.data, args.split)(), min_words=2 * longest)
     except (ValueError, FileNotFoundError, OSError) as e:
-        raise MemLongConfigError(f"--data {args.data} (split {args.split}): no text for the essay haystack ({e})") from None
+        raise MemLongConfigError(
+            f"--data {args.data} (split {args.split}): no text for the essay haystack ({e})"
+        ) from None
     if len(words) < 100:
-        raise MemLongConfigError(f"--data {args.data} (split {args.split}) holds {len(words)} words: too few for an "
-                                 "essay haystack (it is repeated to the length, as RULER does, but needs real text)")
+        raise MemLongConfigError(
+            f"--data {args.data} (split {args.split}) holds {len(words)} words: too few for an "
+            "essay haystack (it is repeated to the length, as RULER does, but needs real text)"
+        )
     return words
 
 
@@ -155,16 +183,20 @@ def run(args, methods: list[str]) -> int:
     args.chat_template = bool(args.chat_template and getattr(tok, "chat_template", None))  # as the report says
     done = resumed_report(args, SAME_PROMPTS)
     prompts, not_run = build_prompts(args, tok, lengths)
-    print(f"{sum(map(len, prompts.values()))} prompts built in {time.perf_counter() - t0:.1f} s "
-          f"({'chat template' if args.chat_template else 'plain prompts'})", flush=True)
+    print(
+        f"{sum(map(len, prompts.values()))} prompts built in {time.perf_counter() - t0:.1f} s "
+        f"({'chat template' if args.chat_template else 'plain prompts'})",
+        flush=True,
+    )
     tok, model, base, base_window, base_path = load_models(args, methods)
     results, have = resumed_results(args, done, model, base_path, _cell)
     tasks = args.tasks.split(",")
 
     def report(final: bool = False):
         extra = {"ruler_means": ruler_means(results)}
-        write_report(args, results, model, base_path, base_window, plot if final else None, quiet=not final,
-                     extra=extra)
+        write_report(
+            args, results, model, base_path, base_window, plot if final else None, quiet=not final, extra=extra
+        )
 
     # shortest length first, one method at a time; the JSON is rewritten after every cell, so a run cut
     # short (hours at 32k on a CPU) keeps what it measured (and --resume goes on from there)
@@ -174,8 +206,7 @@ def run(args, methods: list[str]) -> int:
                 if (task, L, method) in have:
                     continue
                 if task in not_run:
-                    results.append({"task": task, "length": L, "method": method, "score": None,
-                                    "note": not_run[task]})
+                    results.append({"task": task, "length": L, "method": method, "score": None, "note": not_run[task]})
                 else:
                     results.append(_measure(args, task, L, prompts[(task, L)], method, tok, model, base, base_window))
                 report()
@@ -185,8 +216,19 @@ def run(args, methods: list[str]) -> int:
 
 
 #: the flags that decide the prompts and how they are read: a resumed run must share them
-SAME_PROMPTS = ("seed", "samples", "data", "split", "model", "overrides", "retriever", "requery", "chat_template",
-                "qa_squad", "qa_hotpotqa")
+SAME_PROMPTS = (
+    "seed",
+    "samples",
+    "data",
+    "split",
+    "model",
+    "overrides",
+    "retriever",
+    "requery",
+    "chat_template",
+    "qa_squad",
+    "qa_hotpotqa",
+)
 
 
 def _cell(row: dict) -> tuple:
@@ -201,20 +243,42 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
     from memlong.evaluation import mean_interval
 
     spec = ALL_TASKS[task]
-    row = {"task": task, "length": L, "method": method, "samples": len(samples),
-           "prompt_tokens": max(len(s.ids) for s in samples), "max_new_tokens": spec.tokens_to_generate}
+    row = {
+        "task": task,
+        "length": L,
+        "method": method,
+        "samples": len(samples),
+        "prompt_tokens": max(len(s.ids) for s in samples),
+        "max_new_tokens": spec.tokens_to_generate,
+    }
     with measured(row, "score"):
         if method == "base_full" and L > args.max_base_length:
             raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
         examples, rag_kept = [], (0, 0)  # rag: embeddings kept, context tokens they cover
         for s in samples:
             ids, rag = torch.tensor([s.ids]), []
-            text = generate_answer(method, model, base, tok, ids, s.max_new_tokens,
-                                   s.question_tokens if args.requery else False, base_window, context=s.span,
-                                   retrieved=rag)
-            examples.append({"prompt_tail": tok.decode(s.ids[-s.question_tokens:]), "expected": s.answers,
-                             "output": text, "score": score(text, s.answers, spec.metric),
-                             "positions": s.positions, "prompt_tokens": len(s.ids)})
+            text = generate_answer(
+                method,
+                model,
+                base,
+                tok,
+                ids,
+                s.max_new_tokens,
+                s.question_tokens if args.requery else False,
+                base_window,
+                context=s.span,
+                retrieved=rag,
+            )
+            examples.append(
+                {
+                    "prompt_tail": tok.decode(s.ids[-s.question_tokens :]),
+                    "expected": s.answers,
+                    "output": text,
+                    "score": score(text, s.answers, spec.metric),
+                    "positions": s.positions,
+                    "prompt_tokens": len(s.ids),
+                }
+            )
             if rag:  # which answered statements the chunks rag read hold
                 chosen = [rag[0].spans[i] for i in rag[0].chosen]
                 examples[-1]["statements_retrieved"] = [any(a <= p < b for a, b in chosen) for p in s.positions]
@@ -224,12 +288,19 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
         row.update(score=mean, interval=[round(lo, 4), round(hi, 4)], examples=examples)
     if row.get("score") is not None:
         row["tokens_per_second"] = tokens_per_second(sum(len(s.ids) for s in samples), row["seconds"])
-        row["bytes_per_token"] = bytes_per_token(method, model, base, rag_kept) if method != "rag" or rag_kept[1] \
-            else None
-    value = f"{row['score']:.2f} [{row['interval'][0]:.2f}, {row['interval'][1]:.2f}]" if row.get("score") is not None \
+        row["bytes_per_token"] = (
+            bytes_per_token(method, model, base, rag_kept) if method != "rag" or rag_kept[1] else None
+        )
+    value = (
+        f"{row['score']:.2f} [{row['interval'][0]:.2f}, {row['interval'][1]:.2f}]"
+        if row.get("score") is not None
         else "-"
-    print(f"{method:>18} {task:>22} L={L:>7}  score {value}  ({len(samples)} samples, {row['seconds']:.1f} s) "
-          f"{row.get('note', '')}", flush=True)
+    )
+    print(
+        f"{method:>18} {task:>22} L={L:>7}  score {value}  ({len(samples)} samples, {row['seconds']:.1f} s) "
+        f"{row.get('note', '')}",
+        flush=True,
+    )
     return row
 
 
@@ -246,8 +317,12 @@ def ruler_means(results: list[dict]) -> list[dict]:
     out = []
     for (method, L), rows in cells.items():
         ran = [r for r in rows if r.get("score") is not None]
-        entry = {"method": method, "length": L, "tasks": [r["task"] for r in ran],
-                 "not_run": [r["task"] for r in rows if r.get("score") is None]}
+        entry = {
+            "method": method,
+            "length": L,
+            "tasks": [r["task"] for r in ran],
+            "not_run": [r["task"] for r in rows if r.get("score") is None],
+        }
         if ran:
             mean, lo, hi = mean_of_means([(r["score"], *r["interval"]) for r in ran])
             entry.update(mean=round(mean, 4), interval=[round(lo, 4), round(hi, 4)])
@@ -261,8 +336,10 @@ def table(results: list[dict]) -> str:
     for m in ruler_means(results):
         if "mean" in m:
             missing = f"; not run: {', '.join(m['not_run'])}" if m["not_run"] else ""
-            lines.append(f"{m['method']:>18}  L={m['length']:>7}: {m['mean']:.3f} [{m['interval'][0]:.3f}, "
-                         f"{m['interval'][1]:.3f}] over {len(m['tasks'])} of {len(RULER_TASKS)} tasks{missing}")
+            lines.append(
+                f"{m['method']:>18}  L={m['length']:>7}: {m['mean']:.3f} [{m['interval'][0]:.3f}, "
+                f"{m['interval'][1]:.3f}] over {len(m['tasks'])} of {len(RULER_TASKS)} tasks{missing}"
+            )
     extra = [r for r in results if r["task"] in EXTRA and r.get("score") is not None]
     if extra:
         lines.append("our variants (not in RULER's mean):")
@@ -294,9 +371,17 @@ def plot(results: list[dict], path: str) -> None:
         means = sorted((m["length"], m) for m in ruler_means(results) if m["method"] == method and "mean" in m)
         if means:
             xs = [L for L, _ in means]
-            ax.errorbar(xs, [m["mean"] for _, m in means], fmt="o-", label=method, capsize=3,
-                        yerr=[[m["mean"] - m["interval"][0] for _, m in means],
-                              [m["interval"][1] - m["mean"] for _, m in means]])
+            ax.errorbar(
+                xs,
+                [m["mean"] for _, m in means],
+                fmt="o-",
+                label=method,
+                capsize=3,
+                yerr=[
+                    [m["mean"] - m["interval"][0] for _, m in means],
+                    [m["interval"][1] - m["mean"] for _, m in means],
+                ],
+            )
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, ticks)
     ax.minorticks_off()

@@ -24,14 +24,21 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="causal LM name or path (default: the default base model, SmolLM2-135M-Instruct; "
-                        "$MEMLONG_BASE_MODEL replaces it)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="causal LM name or path (default: the default base model, SmolLM2-135M-Instruct; "
+        "$MEMLONG_BASE_MODEL replaces it)",
+    )
     p.add_argument("--length", type=int, default=100, help="tokens per random sequence (repeated once)")
     p.add_argument("--rows", type=int, default=4, help="random sequences")
-    p.add_argument("--pool", type=int, default=2000,
-                   help="draw tokens from this many ids (the most frequent, when the model folder ships "
-                        "token_counts.json; else the first ids after the special tokens)")
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=2000,
+        help="draw tokens from this many ids (the most frequent, when the model folder ships "
+        "token_counts.json; else the first ids after the special tokens)",
+    )
     p.add_argument("--min-score", type=float, default=0.3, help="weakest induction score worth suggesting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -89,22 +96,38 @@ def run(args) -> int:
     for i in range(layers):
         print(f"{i + 1:>5}  {prev[i].max():>26.2f}  {ind[i].max():>21.2f}")
     if suggestion:
-        print(f"strongest induction head: layer {best_layer} ({best:.2f}); suggested MemLong layout: memory layer "
-              f"{best_layer}, retrieval layers {suggestion['retrieval_layers']} "
-              f"(memlong train --memory-layer {best_layer} --retrieval-layers "
-              f"{','.join(map(str, suggestion['retrieval_layers']))})")
+        print(
+            f"strongest induction head: layer {best_layer} ({best:.2f}); suggested MemLong layout: memory layer "
+            f"{best_layer}, retrieval layers {suggestion['retrieval_layers']} "
+            f"(memlong train --memory-layer {best_layer} --retrieval-layers "
+            f"{','.join(map(str, suggestion['retrieval_layers']))})"
+        )
     else:
-        print(f"no induction head scores {args.min_score} or more below the last layer (best: layer {best_layer}, "
-              f"{best:.2f}): this model barely copies from its context, so retrieved chunks will help it little")
+        print(
+            f"no induction head scores {args.min_score} or more below the last layer (best: layer {best_layer}, "
+            f"{best:.2f}): this model barely copies from its context, so retrieved chunks will help it little"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "previous_token": [[round(v, 4) for v in row] for row in prev.tolist()],
-            "induction": [[round(v, 4) for v in row] for row in ind.tolist()],
-            "suggestion": suggestion,
-            "config": {"model": given or "the default base model", "length": args.length, "rows": args.rows, "pool": args.pool,
-                       "seed": args.seed, "token_counts": counts is not None,
-                       "command": f"memlong heads{f' --model {given}' if given else ''} --length {args.length} --rows {args.rows} "
-                                  f"--pool {args.pool} --seed {args.seed} --json {args.json}"},
-        }, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "previous_token": [[round(v, 4) for v in row] for row in prev.tolist()],
+                    "induction": [[round(v, 4) for v in row] for row in ind.tolist()],
+                    "suggestion": suggestion,
+                    "config": {
+                        "model": given or "the default base model",
+                        "length": args.length,
+                        "rows": args.rows,
+                        "pool": args.pool,
+                        "seed": args.seed,
+                        "token_counts": counts is not None,
+                        "command": f"memlong heads{f' --model {given}' if given else ''} --length {args.length} --rows {args.rows} "
+                        f"--pool {args.pool} --seed {args.seed} --json {args.json}",
+                    },
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {args.json}")
     return 0

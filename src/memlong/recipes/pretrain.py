@@ -44,14 +44,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--corpus", required=True, help="corpus directory written by `memlong data`")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: CORPUS/tokenizer)")
-    g.add_argument("--source-weights", default=None,
-                   help="e.g. stdlib=1,man=1,jdk=1 (default: equal weight per source)")
-    g.add_argument("--streams", type=int, default=32,
-                   help="open document streams each batch's rows are drawn from (decorrelates steps)")
+    g.add_argument(
+        "--source-weights", default=None, help="e.g. stdlib=1,man=1,jdk=1 (default: equal weight per source)"
+    )
+    g.add_argument(
+        "--streams",
+        type=int,
+        default=32,
+        help="open document streams each batch's rows are drawn from (decorrelates steps)",
+    )
     g = p.add_argument_group("model (LlamaConfig)")
-    g.add_argument("--init-from", default=None,
-                   help="start from this model folder's weights (continued pretraining, fresh optimizer and "
-                        "schedule); its architecture replaces the model flags")
+    g.add_argument(
+        "--init-from",
+        default=None,
+        help="start from this model folder's weights (continued pretraining, fresh optimizer and "
+        "schedule); its architecture replaces the model flags",
+    )
     g.add_argument("--layers", type=int, default=8)
     g.add_argument("--hidden", type=int, default=256)
     g.add_argument("--intermediate", type=int, default=None, help="MLP width (default: ~8/3 * hidden, multiple of 16)")
@@ -68,24 +76,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--bf16", action="store_true",
-                   help="bfloat16 autocast for the forward pass (weights and optimizer stay float32); "
-                        "measured 1.4x faster per step on an AVX512-BF16 CPU; on CPUs without AVX-512 it is "
-                        "10-20x slower and warns")
+    g.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast for the forward pass (weights and optimizer stay float32); "
+        "measured 1.4x faster per step on an AVX512-BF16 CPU; on CPUs without AVX-512 it is "
+        "10-20x slower and warns",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/base")
     g.add_argument("--eval-every", type=int, default=100)
-    g.add_argument("--eval-windows-per-source", type=int, default=8,
-                   help="validation windows per source scored at each evaluation")
+    g.add_argument(
+        "--eval-windows-per-source", type=int, default=8, help="validation windows per source scored at each evaluation"
+    )
     g.add_argument("--save-every", type=int, default=50)
-    g.add_argument("--max-minutes", type=float, default=None,
-                   help="stop (after saving) when this much wall time has passed in this process")
-    g.add_argument("--stop-after", type=int, default=None,
-                   help="stop (after saving) once this process has run this many steps; re-run to resume")
+    g.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (after saving) when this much wall time has passed in this process",
+    )
+    g.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop (after saving) once this process has run this many steps; re-run to resume",
+    )
     g.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    g.add_argument("--finish", action="store_true",
-                   help="end the run at its checkpoint: validate it and write final/ without training further, so a "
-                        "run stopped before --max-steps becomes a finished stage (the card says it stopped early)")
+    g.add_argument(
+        "--finish",
+        action="store_true",
+        help="end the run at its checkpoint: validate it and write final/ without training further, so a "
+        "run stopped before --max-steps becomes a finished stage (the card says it stopped early)",
+    )
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("evaluation only")
@@ -93,8 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="model folder to evaluate (from_pretrained)")
     g.add_argument("--split", default="test", choices=("validation", "test"))
     g.add_argument("--lengths", default="256,512,1024,2048,4096")
-    g.add_argument("--docs-per-source", type=int, default=8,
-                   help="cap: documents per source scored (each >= max(lengths) tokens)")
+    g.add_argument(
+        "--docs-per-source", type=int, default=8, help="cap: documents per source scored (each >= max(lengths) tokens)"
+    )
     g.add_argument("--json", default=None, help="write the perplexity table here")
 
 
@@ -233,7 +257,10 @@ def perplexity_by_length(model, docs_by_source: dict, lengths: list[int], progre
             "by_source": per_source,
         }
         if progress:
-            print(f"  L={L:>5}: ppl {results[str(L)]['ppl']:8.2f} over {count} tokens ({results[str(L)]['seconds']}s)", flush=True)
+            print(
+                f"  L={L:>5}: ppl {results[str(L)]['ppl']:8.2f} over {count} tokens ({results[str(L)]['seconds']}s)",
+                flush=True,
+            )
     return results
 
 
@@ -257,13 +284,17 @@ def run_eval(args: argparse.Namespace) -> int:
     docs = select_eval_documents(args.corpus, args.split, tokenizer, max(lengths), args.docs_per_source)
     if not docs:
         raise SystemExit(f"no {args.split} document has {max(lengths)} tokens")
-    print(f"{args.split}: {sum(len(v) for v in docs.values())} documents of >= {max(lengths)} tokens "
-          f"({', '.join(f'{k}: {len(v)}' for k, v in docs.items())}), first {max(lengths)} tokens each")
+    print(
+        f"{args.split}: {sum(len(v) for v in docs.values())} documents of >= {max(lengths)} tokens "
+        f"({', '.join(f'{k}: {len(v)}' for k, v in docs.items())}), first {max(lengths)} tokens each"
+    )
     results = perplexity_by_length(model, docs, lengths)
     print(f"\n{'length':>7} {'ppl':>9} {'tokens':>8}  " + "  ".join(f"{s:>8}" for s in docs))
     for L in lengths:
         r = results[str(L)]
-        print(f"{L:>7} {r['ppl']:9.2f} {r['tokens']:>8}  " + "  ".join(f"{r['by_source'][s]['ppl']:8.2f}" for s in docs))
+        print(
+            f"{L:>7} {r['ppl']:9.2f} {r['tokens']:>8}  " + "  ".join(f"{r['by_source'][s]['ppl']:8.2f}" for s in docs)
+        )
     out = {
         "model": str(model_dir),
         "corpus": str(args.corpus),
@@ -306,8 +337,13 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     smooth = [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
     ax.plot(xs, smooth, color="tab:blue", lw=1.5, label=f"train loss ({k}-step mean)")
     if val:
-        ax.plot([m["tokens"] / 1e6 for m in val], [m["val_loss"] for m in val], "o-", color="tab:orange",
-                label="validation loss")
+        ax.plot(
+            [m["tokens"] / 1e6 for m in val],
+            [m["val_loss"] for m in val],
+            "o-",
+            color="tab:orange",
+            label="validation loss",
+        )
     ax.set_ylim(top=min(max(ys), 10.0))
     finish(ax, "tokens seen (millions)", "cross-entropy (nats/token)")
     save(fig, png_path, dpi=100)
@@ -410,30 +446,43 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"--finish ends a run at its checkpoint, and {ckpt} does not exist (or --no-resume was given)")
 
     torch.manual_seed(args.seed)
-    stream = PackedStream(corpus_file(corpus, "train"), tokenizer, args.seq_len, args.batch_size, args.seed, weights,
-                          streams=max(args.streams, args.batch_size))
+    stream = PackedStream(
+        corpus_file(corpus, "train"),
+        tokenizer,
+        args.seq_len,
+        args.batch_size,
+        args.seed,
+        weights,
+        streams=max(args.streams, args.batch_size),
+    )
     if resume:
         model = LlamaForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
     elif args.init_from:
         model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
         if model.config.vocab_size != len(tokenizer):
-            raise SystemExit(f"--init-from {args.init_from} has a vocabulary of {model.config.vocab_size}, "
-                             f"the tokenizer {len(tokenizer)}: use the tokenizer it was trained with (--tokenizer)")
+            raise SystemExit(
+                f"--init-from {args.init_from} has a vocabulary of {model.config.vocab_size}, "
+                f"the tokenizer {len(tokenizer)}: use the tokenizer it was trained with (--tokenizer)"
+            )
     else:
         model = LlamaForCausalLM(build_config(args, tokenizer))
     cfg = model.config
     same_shape = args.init_from or (cfg.num_hidden_layers == args.layers and cfg.hidden_size == args.hidden)
     if cfg.max_position_embeddings != args.seq_len or not same_shape:
         what = args.init_from if args.init_from and not resume else f"checkpoint in {ckpt}"
-        raise SystemExit(f"{what} has a different model/context than the flags (context "
-                         f"{cfg.max_position_embeddings} vs --seq-len {args.seq_len}); use matching flags or a new --out")
+        raise SystemExit(
+            f"{what} has a different model/context than the flags (context "
+            f"{cfg.max_position_embeddings} vs --seq-len {args.seq_len}); use matching flags or a new --out"
+        )
     n_params = sum(p.numel() for p in model.parameters())
     # No weight decay on norms (1-D tensors): decaying a gain towards 0 only hurts.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, args.warmup, args.max_steps, args.min_lr_ratio)
@@ -452,18 +501,28 @@ def run_train(args: argparse.Namespace) -> int:
         metrics_path.unlink()
     else:
         # Drop metrics logged after the checkpoint we resume from (a crash mid-interval).
-        kept = [l for l in (metrics_path.read_text().splitlines() if metrics_path.exists() else []) if json.loads(l)["step"] <= step]
+        kept = [
+            l
+            for l in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+            if json.loads(l)["step"] <= step
+        ]
         metrics_path.write_text("".join(l + "\n" for l in kept))
     val = validation_windows(corpus, tokenizer, args.seq_len, args.eval_windows_per_source)
-    print(f"model: {n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-          f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
-          f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows")
+    print(
+        f"model: {n_params / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, vocab {cfg.vocab_size}, "
+        f"context {args.seq_len}; threads {torch.get_num_threads()}; {len(val)} validation windows"
+    )
     run_args = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     phases = _record_phase(out, run_args, step, resume)
     (out / "run_args.json").write_text(json.dumps(run_args, indent=2) + "\n")
 
     def state() -> dict:
-        return {"step": step, "tokens_seen": tokens_seen, "train_seconds": elapsed_before + (time.perf_counter() - t_start)}
+        return {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "train_seconds": elapsed_before + (time.perf_counter() - t_start),
+        }
 
     # The stages the model went through before this run (its --init-from folder's record), if recorded.
     previous_stages = (training_stages(args.init_from) if args.init_from else None) or []
@@ -508,18 +567,42 @@ def run_train(args: argparse.Namespace) -> int:
             step += 1
             tokens_seen += x.numel()
             st = state()
-            log.write(json.dumps({"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
-                                  "tokens": tokens_seen, "seconds": round(st["train_seconds"], 1)}) + "\n")
+            log.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "loss": round(loss.item(), 5),
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens": tokens_seen,
+                        "seconds": round(st["train_seconds"], 1),
+                    }
+                )
+                + "\n"
+            )
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{last_val:.3f}" if last_val else "-", tok_s=f"{tokens_seen / st['train_seconds']:.0f}")
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}",
+                val=f"{last_val:.3f}" if last_val else "-",
+                tok_s=f"{tokens_seen / st['train_seconds']:.0f}",
+            )
             timed_out = (args.max_minutes is not None and time.perf_counter() - t_start > args.max_minutes * 60) or (
                 args.stop_after is not None and step - start_step >= args.stop_after
             )
             if step % args.eval_every == 0 or step == args.max_steps or timed_out:
                 last_val = evaluate()
                 validated_at = step
-                log.write(json.dumps({"step": step, "val_loss": round(last_val, 5), "val_ppl": round(math.exp(last_val), 3),
-                                      "tokens": tokens_seen, "seconds": round(state()["train_seconds"], 1)}) + "\n")
+                log.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "val_loss": round(last_val, 5),
+                            "val_ppl": round(math.exp(last_val), 3),
+                            "tokens": tokens_seen,
+                            "seconds": round(state()["train_seconds"], 1),
+                        }
+                    )
+                    + "\n"
+                )
                 print(f"\nstep {step}: val loss {last_val:.4f} (ppl {math.exp(last_val):.2f})", flush=True)
             if step % args.save_every == 0 or step == args.max_steps or timed_out:
                 log.flush()
@@ -540,8 +623,13 @@ def run_train(args: argparse.Namespace) -> int:
     final = out / "final"
     model.save_pretrained(str(final))
     tokenizer.save_pretrained(str(final))
-    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, max_new_tokens=128, do_sample=False).save_pretrained(str(final))
+    GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=128,
+        do_sample=False,
+    ).save_pretrained(str(final))
     plot_metrics(metrics_path, final / "loss.png")
     st = state()
     (final / "train_summary.json").write_text(json.dumps(summary(), indent=2) + "\n")

@@ -39,9 +39,12 @@ def int_tuple(text: str) -> tuple[int, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None,
-                   help="base causal LM name or path (default: the default base model, SmolLM2-135M-Instruct, "
-                        "converted once into the memlong cache; $MEMLONG_BASE_MODEL replaces it)")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="base causal LM name or path (default: the default base model, SmolLM2-135M-Instruct, "
+        "converted once into the memlong cache; $MEMLONG_BASE_MODEL replaces it)",
+    )
     g.add_argument("--tokenizer", default=None, help="tokenizer name or path (default: --model)")
     g.add_argument("--memlong-config", default=None, help="memlong_config.json to use (else the flags below)")
     g.add_argument("--memory-layer", type=int, default=None, help="1-based (default: the paper's layout scaled)")
@@ -49,50 +52,88 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=int, default=128)
     g.add_argument("--top-k", type=int, default=4)
     g.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
-    g.add_argument("--memory-positions", choices=["paper", "none"], default="paper",
-                   help="RoPE in memory attention: paper (query at its window position, keys at 0) or none")
-    g.add_argument("--retrieval-offsets", type=int_tuple, default=(0,),
-                   help="chunks each hit brings, relative to it: 0 (the paper), 0,1 (hit and continuation)")
+    g.add_argument(
+        "--memory-positions",
+        choices=["paper", "none"],
+        default="paper",
+        help="RoPE in memory attention: paper (query at its window position, keys at 0) or none",
+    )
+    g.add_argument(
+        "--retrieval-offsets",
+        type=int_tuple,
+        default=(0,),
+        help="chunks each hit brings, relative to it: 0 (the paper), 0,1 (hit and continuation)",
+    )
     g.add_argument("--window", type=int, default=1024, help="local window (and training segment) in tokens")
-    g.add_argument("--retriever", default="minilm",
-                   help="minilm (offline default), hashing, embedding (the LM's own pooled input embeddings), "
-                        "or a sentence-transformers name/path")
+    g.add_argument(
+        "--retriever",
+        default="minilm",
+        help="minilm (offline default), hashing, embedding (the LM's own pooled input embeddings), "
+        "or a sentence-transformers name/path",
+    )
     g = p.add_argument_group("what trains")
-    g.add_argument("--train-layers", choices=["upper", "retrieval"], default="upper",
-                   help="upper: every layer above the memory layer (the paper); retrieval: only the retrieval "
-                        "layers (the layers between stay frozen)")
+    g.add_argument(
+        "--train-layers",
+        choices=["upper", "retrieval"],
+        default="upper",
+        help="upper: every layer above the memory layer (the paper); retrieval: only the retrieval "
+        "layers (the layers between stay frozen)",
+    )
     g.add_argument("--lora-r", type=int, default=0, help="LoRA rank on the trained layers; 0 trains them fully")
     g.add_argument("--lora-alpha", type=int, default=32)
     g.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True,
-                   help="a corpus folder from `memlong data` (train/validation splits), a .jsonl file, a folder "
-                        "of .txt files, or a datasets name")
+    g.add_argument(
+        "--data",
+        required=True,
+        help="a corpus folder from `memlong data` (train/validation splits), a .jsonl file, a folder "
+        "of .txt files, or a datasets name",
+    )
     g.add_argument("--val-data", default=None, help="validation documents (default: the corpus' validation split)")
     g.add_argument("--min-doc-tokens", type=int, default=None, help="skip shorter documents (default: 2 windows)")
-    g.add_argument("--passkey-rate", type=float, default=0.0,
-                   help="fraction of documents with a planted passkey asked for later (synthetic retrieval task)")
-    g.add_argument("--recall-rate", type=float, default=0.0,
-                   help="fraction of documents that get copies of their own earlier passages (a dense retrieval signal)")
+    g.add_argument(
+        "--passkey-rate",
+        type=float,
+        default=0.0,
+        help="fraction of documents with a planted passkey asked for later (synthetic retrieval task)",
+    )
+    g.add_argument(
+        "--recall-rate",
+        type=float,
+        default=0.0,
+        help="fraction of documents that get copies of their own earlier passages (a dense retrieval signal)",
+    )
     g.add_argument("--recall-span", type=int, default=512, help="tokens per copied passage")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=400)
     g.add_argument("--batch-size", type=int, default=4, help="documents read in parallel per process")
     g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--gate-lr", type=float, default=None,
-                   help="learning rate of the gates (default: --lr); gates start at 0 and Adam moves them "
-                        "about one lr per step, so a larger value lets memory in sooner")
+    g.add_argument(
+        "--gate-lr",
+        type=float,
+        default=None,
+        help="learning rate of the gates (default: --lr); gates start at 0 and Adam moves them "
+        "about one lr per step, so a larger value lets memory in sooner",
+    )
     g.add_argument("--warmup", type=int, default=20)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
-                   help="accelerate's mixed precision (autocast; trained weights and optimizer stay float32); bf16 "
-                        "on a CPU needs AVX-512 to be fast (without it, 10-20x slower than float32: a warning "
-                        "says so)")
+    g.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="accelerate's mixed precision (autocast; trained weights and optimizer stay float32); bf16 "
+        "on a CPU needs AVX-512 to be fast (without it, 10-20x slower than float32: a warning "
+        "says so)",
+    )
     g.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
-    g.add_argument("--max-minutes", type=float, default=None,
-                   help="stop (validate, checkpoint, save) after this much wall time, whatever --steps says")
+    g.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (validate, checkpoint, save) after this much wall time, whatever --steps says",
+    )
     g = p.add_argument_group("evaluation, checkpoints, logs")
     g.add_argument("--output", required=True)
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
@@ -134,8 +175,14 @@ def _build(args):
     if args.memlong_config:
         cfg = memlong.MemLongConfig.from_pretrained(os.path.dirname(os.path.abspath(args.memlong_config)))
     else:
-        kw = dict(chunk_size=args.chunk_size, top_k=args.top_k, memory_capacity=args.capacity, local_window=args.window,
-                  retrieval_offsets=args.retrieval_offsets, memory_positions=args.memory_positions)
+        kw = dict(
+            chunk_size=args.chunk_size,
+            top_k=args.top_k,
+            memory_capacity=args.capacity,
+            local_window=args.window,
+            retrieval_offsets=args.retrieval_offsets,
+            memory_positions=args.memory_positions,
+        )
         if args.memory_layer is not None:
             layers = tuple(int(x) for x in (args.retrieval_layers or "").split(",") if x)
             if not layers:
@@ -158,12 +205,22 @@ def _summary(args, rows: list[dict], step: int, tokens: int, seconds: float, acc
 
     last_val = next((r for r in reversed(rows) if r.get("val_loss_memory") not in (None, "")), None)
     return {
-        "steps": step, "tokens": tokens, "train_seconds": seconds,
-        "processes": accelerator.num_processes, "threads_per_process": torch.get_num_threads(),
-        "device": str(accelerator.device), "mixed_precision": args.mixed_precision,
-        "hardware": torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_name()} ({os.cpu_count()} cores)",
-        "platform": platform.platform(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "last_validation": {k: float(v) for k, v in last_val.items() if k == "step" or k.startswith("val_")} if last_val else None,
+        "steps": step,
+        "tokens": tokens,
+        "train_seconds": seconds,
+        "processes": accelerator.num_processes,
+        "threads_per_process": torch.get_num_threads(),
+        "device": str(accelerator.device),
+        "mixed_precision": args.mixed_precision,
+        "hardware": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"{cpu_name()} ({os.cpu_count()} cores)",
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "last_validation": {k: float(v) for k, v in last_val.items() if k == "step" or k.startswith("val_")}
+        if last_val
+        else None,
         "validation": {"windows": args.eval_windows, "length": args.eval_length, "scored": args.eval_score},
         "args": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items()},
     }
@@ -204,7 +261,8 @@ def run(args) -> int:
     # forget the previous run's settings (the distributed state itself is kept).
     AcceleratorState._reset_state()
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=args.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     slow = slow_bfloat16(accelerator.device.type) if args.mixed_precision == "bf16" else None
@@ -214,14 +272,20 @@ def run(args) -> int:
     out = Path(args.output)
     model, tok, base_name = _build(args)
     memlong_model = model
-    lora = LoraSpec(r=args.lora_r, alpha=args.lora_alpha, targets=tuple(args.lora_targets.split(","))) if args.lora_r else None
+    lora = (
+        LoraSpec(r=args.lora_r, alpha=args.lora_alpha, targets=tuple(args.lora_targets.split(",")))
+        if args.lora_r
+        else None
+    )
     trained = freeze_for_memlong(model, lora, layers=args.train_layers)
     params = [p for p in trained.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in trained.parameters())
     gates = {id(p) for p in gate_parameters(memlong_model)}
-    groups = [{"params": [p for p in params if id(p) not in gates]},
-              {"params": [p for p in params if id(p) in gates], "lr": args.gate_lr or args.lr, "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if id(p) not in gates]},
+        {"params": [p for p in params if id(p) in gates], "lr": args.gate_lr or args.lr, "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
     def lr_lambda(step):
@@ -237,10 +301,15 @@ def run(args) -> int:
     stream = SegmentStream(
         documents=document_texts(args.data, "train"),
         tokenize=lambda text: tok(text, add_special_tokens=False)["input_ids"],
-        batch_size=args.batch_size, segment=cfg.local_window,
+        batch_size=args.batch_size,
+        segment=cfg.local_window,
         min_tokens=args.min_doc_tokens if args.min_doc_tokens is not None else 2 * cfg.local_window,
-        rank=accelerator.process_index, world=accelerator.num_processes,
-        passkey_rate=args.passkey_rate, recall_rate=args.recall_rate, recall_span=args.recall_span, seed=args.seed,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+        passkey_rate=args.passkey_rate,
+        recall_rate=args.recall_rate,
+        recall_span=args.recall_span,
+        seed=args.seed,
     )
     step, tokens_before, seconds_before = 0, 0, 0.0
     ckpt_root = out / "checkpoints"
@@ -284,29 +353,48 @@ def run(args) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.csv"
-    fields = ["step", "loss", "lr", "tokens", "seconds", "val_loss_memory", "val_ppl_memory",
-              "val_loss_no_memory", "val_ppl_no_memory"]
+    fields = [
+        "step",
+        "loss",
+        "lr",
+        "tokens",
+        "seconds",
+        "val_loss_memory",
+        "val_ppl_memory",
+        "val_loss_no_memory",
+        "val_ppl_no_memory",
+    ]
     rows: list[dict] = []
     if args.resume and log_path.exists():
         with open(log_path) as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
     if accelerator.is_main_process:
         (out / "args.json").write_text(json.dumps(vars(args), indent=2))
-        accelerator.print(f"trainable {n_train:,} of {n_all:,} parameters "
-                          f"({'LoRA r=%d on' % args.lora_r if args.lora_r else 'fully:'} {args.train_layers} layers + gates); "
-                          f"{accelerator.num_processes} process(es)")
+        accelerator.print(
+            f"trainable {n_train:,} of {n_all:,} parameters "
+            f"({'LoRA r=%d on' % args.lora_r if args.lora_r else 'fully:'} {args.train_layers} layers + gates); "
+            f"{accelerator.num_processes} process(es)"
+        )
     memory = memlong_model.new_memory(args.batch_size)
     trained.train()
     t0, tokens = time.perf_counter(), tokens_before  # tokens and seconds count from the start of the run
 
     def seconds() -> float:
         return round(seconds_before + time.perf_counter() - t0, 1)
+
     bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
 
     def time_up() -> bool:
         """Main process decides (others follow), so collective saves stay in step."""
-        up = torch.tensor([int(accelerator.is_main_process and args.max_minutes is not None
-                               and time.perf_counter() - t0 > 60 * args.max_minutes)])
+        up = torch.tensor(
+            [
+                int(
+                    accelerator.is_main_process
+                    and args.max_minutes is not None
+                    and time.perf_counter() - t0 > 60 * args.max_minutes
+                )
+            ]
+        )
         if accelerator.num_processes > 1:
             up = accelerator.reduce(up.to(accelerator.device), reduction="sum").cpu()
         return bool(up.item())
@@ -329,8 +417,13 @@ def run(args) -> int:
         loss = accelerator.gather(outp.loss.detach()[None]).mean().item()
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
-        row = {"step": step, "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0], "tokens": tokens,
-               "seconds": seconds()}
+        row = {
+            "step": step,
+            "loss": round(loss, 5),
+            "lr": scheduler.get_last_lr()[0],
+            "tokens": tokens,
+            "seconds": seconds(),
+        }
         stopping = time_up()
         at_end = step == args.steps or stopping
         if args.eval_every and (step % args.eval_every == 0 or at_end) and accelerator.is_main_process:
@@ -346,11 +439,15 @@ def run(args) -> int:
         if args.save_every and (step % args.save_every == 0 or at_end):
             ckpt = ckpt_root / f"step-{step}"
             accelerator.save_state(str(ckpt))
-            streams = accelerator.gather_for_metrics([stream.state_dict()], use_gather_object=True) \
-                if accelerator.num_processes > 1 else [stream.state_dict()]
+            streams = (
+                accelerator.gather_for_metrics([stream.state_dict()], use_gather_object=True)
+                if accelerator.num_processes > 1
+                else [stream.state_dict()]
+            )
             if accelerator.is_main_process:
-                (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "tokens": tokens,
-                                                                     "seconds": seconds(), "streams": streams}))
+                (ckpt / "trainer_state.json").write_text(
+                    json.dumps({"step": step, "tokens": tokens, "seconds": seconds(), "streams": streams})
+                )
         accelerator.wait_for_everyone()
         if stopping:
             accelerator.print(f"--max-minutes={args.max_minutes} reached at step {step}")
@@ -360,8 +457,9 @@ def run(args) -> int:
         final = out / "final"
         save_trained(accelerator.unwrap_model(trained), memlong_model, final, base_model=base_name)
         tok.save_pretrained(final)
-        (final / "train_summary.json").write_text(json.dumps(_summary(args, rows, step, tokens, seconds(),
-                                                                       accelerator), indent=2) + "\n")
+        (final / "train_summary.json").write_text(
+            json.dumps(_summary(args, rows, step, tokens, seconds(), accelerator), indent=2) + "\n"
+        )
         _plot(rows, out / "loss.png")
         accelerator.print(f"saved {final} (log {log_path}, plot {out / 'loss.png'})")
     accelerator.end_training()
