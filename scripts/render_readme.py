@@ -398,7 +398,9 @@ def _ruler_table(results: list[dict], means: list[dict] | None = None) -> list[s
 def _ruler_mean(m: dict | None) -> str:
     if not m or "mean" not in m:
         return "-"
-    return f"{m['mean']:.2f} [{m['interval'][0]:.2f}, {m['interval'][1]:.2f}] ({len(m['tasks'])} tasks)"
+    from memlong.data.ruler import RULER_TASKS
+
+    return f"{m['mean']:.2f} [{m['interval'][0]:.2f}, {m['interval'][1]:.2f}] ({len(m['tasks'])} of {len(RULER_TASKS)} tasks)"
 
 
 def _mean_score(results: list[dict], length: int, method: str, key: str = "score") -> str:
@@ -428,8 +430,11 @@ def base_ppl_section(paths: list[Path]) -> str:
 def headline_section(paths: list[Path]) -> str:
     """One row per method, one column per measurement, from the default model's evaluation JSONs:
     ppl (of the last ``--score`` tokens) by length, passkey accuracy (mean over depths) by length,
-    RULER mean score by length, ICL accuracy by task. A later JSON's cell replaces an earlier one's in the same column."""
+    RULER mean score by length, ICL accuracy by task, and where the runs recorded it, each method's cost
+    (bytes kept per context token, prompt tokens per second of reading and answering) at its longest
+    length. A later JSON's cell replaces an earlier one's in the same column."""
     cols: dict[str, dict[str, str]] = {}  # column -> method -> cell
+    cost: dict[str, list[tuple[int, float, float]]] = {}  # method -> (length, bytes/token, tokens/s)
     sources, old = [], set()
     for path in paths:
         if not path.exists():
@@ -457,6 +462,13 @@ def headline_section(paths: list[Path]) -> str:
                 col, cell = f"icl {r['task']} ({r['shots_memory']} in memory)", _cell(r, "accuracy")
             cols.setdefault(col, {})[r["method"]] = cell
             (old.add if before else old.discard)(col)
+            if r.get("bytes_per_token") is not None and r.get("tokens_per_second") is not None:
+                cost.setdefault(r["method"], []).append((r["length"], r["bytes_per_token"], r["tokens_per_second"]))
+    if cost:  # each method's cost, from its longest measured length
+        for m, rows in cost.items():
+            L, bpt, tps = max(rows, key=lambda x: (x[0], x[2]))
+            cols.setdefault("bytes kept per token", {})[m] = f"{bpt:,.0f}"
+            cols.setdefault("prompt tokens/s (read + answer)", {})[m] = f"{tps:,.0f} at {L // 1024}k"
     if not cols:
         return "Not measured yet: run the commands in docs/RESULTS.md."
     methods = [
@@ -599,8 +611,6 @@ DEFAULT_HEADLINE = [
         "passkey_32k",
         "passkey_64k",
         "passkey_128k",
-        "ruler",
-        "ruler_long",
         "ruler_4k",
         "ruler_16k",
         "ruler_32k",

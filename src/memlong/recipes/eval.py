@@ -149,6 +149,8 @@ def eval_command(c: dict, json_path) -> str:
     }[c["task"]]
     if c["task"] == "ruler" and "haystacks" in c:  # a report of eval ruler before it followed RULER's definitions
         keys = ("split", "lengths", "tasks", "haystacks", "samples", "seed", "methods", "retriever")
+    elif c["task"] == "ruler" and c.get("tasks") == ",".join(eval_ruler.RULER_TASKS):
+        keys = tuple(k for k in keys if k != "tasks")  # the default: RULER's 13
     args = "".join(f" --{k.replace('_', '-')} {c[k]}" for k in keys if c.get(k) is not None)
     if c["task"] == "ppl" and c.get("repeat"):
         args += f" --repeat {c['repeat']}"
