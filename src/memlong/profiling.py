@@ -71,7 +71,7 @@ def slow_bfloat16(device_type: str = "cpu") -> str | None:
     (``torch.backends.cpu.get_cpu_capability()`` below ``"AVX512"``), oneDNN has no bfloat16
     kernels, so bfloat16 matmuls fall to torch's reference gemm: on an AVX2 CPU a linear layer of
     the default model took 11x longer forward and 20x longer backward than in float32
-    (``scripts/bench_bfloat16.py``, docs/results/bench_bfloat16.json), and a training step 18x
+    (``scripts/experiments/bench_bfloat16.py``, docs/results/bench_bfloat16.json), and a training step 18x
     longer. AVX-512 CPUs (with or without the BF16 extension) and GPUs have bfloat16 kernels."""
     if device_type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return None

@@ -1,7 +1,7 @@
 """float32 against bfloat16 autocast on this machine's CPU: one linear layer of the default model's
 MLP (576 -> 1536, 1,024 tokens), forward and backward, best of 5, one thread.
 
-    python scripts/bench_bfloat16.py --json docs/results/bench_bfloat16.json
+    python scripts/experiments/bench_bfloat16.py --json docs/results/bench_bfloat16.json
 
 Why `memlong train --mixed-precision bf16` and `memlong pretrain --bf16` warn on CPUs without
 AVX-512 (memlong.profiling.slow_bfloat16)."""

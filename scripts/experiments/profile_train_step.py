@@ -2,7 +2,7 @@
 (memory layer 15, retrieval layers 16/20/24/28), LoRA r=16 on the upper layers, 1 x 1,024 tokens
 of a training document, float32, one thread; segments 3-6 averaged (memory full by then).
 
-    python scripts/profile_train_step.py --json runs/train_step_profile.json
+    python scripts/experiments/profile_train_step.py --json runs/train_step_profile.json
 
 It times the forward through the frozen lower stack (layers 1..15: what precomputing their
 outputs once per training document would save, with the retriever's embedding of each chunk),
