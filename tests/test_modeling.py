@@ -864,3 +864,37 @@ def test_question_reread_reads_the_hits_as_text_before_the_question():
     a = m.generate(question[:1], memory=empty_a, requery=True, **kw)
     b = plain.generate(question[:1], memory=empty_b, requery=True, **kw)
     assert torch.equal(a.sequences, b.sequences) and empty_a.columns == empty_b.columns
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_the_lm_head_runs_only_where_a_loss_is_taken(memlong_model, side):
+    """Labels masked at some positions (a sampled loss): the same loss as the full logits give, and
+    no logits computed where no loss is taken (the LM head's share of a training step saved)."""
+    m, _ = memlong_model
+    ids = rand_ids(2, 90, seed=21)
+    mask = torch.ones_like(ids)
+    mask[1, :20] = 0 if side == "left" else 1
+    if side == "right":
+        mask[1, -20:] = 0
+    labels = ids.masked_fill(torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.7, -100)
+    with torch.no_grad():
+        full = m(ids, attention_mask=mask).logits
+        out = m(ids, attention_mask=mask, labels=labels)
+    want = m.loss_function(logits=full, labels=labels.masked_fill(mask == 0, -100), vocab_size=m.config.vocab_size)
+    torch.testing.assert_close(out.loss, want)
+    target = torch.zeros_like(mask, dtype=torch.bool)
+    target[:, :-1] = (labels[:, 1:] != -100) & (mask[:, 1:] == 1) & (mask[:, :-1] == 1)
+    computed = out.logits.abs().sum(-1) > 0
+    assert torch.equal(computed, target)  # exactly the positions whose next label counts
+    torch.testing.assert_close(out.logits[target], full[target])
+
+
+def test_sampled_labels_are_reproducible_per_step():
+    from memlong.recipes.train import sampled_labels
+
+    ids = rand_ids(2, 1000, seed=1)
+    a, b = sampled_labels(ids, 0.25, seed=0, step=7), sampled_labels(ids, 0.25, seed=0, step=7)
+    assert torch.equal(a, b) and not torch.equal(a, sampled_labels(ids, 0.25, seed=0, step=8))
+    kept = (a != -100).float().mean().item()
+    assert 0.2 < kept < 0.3 and torch.equal(a[a != -100], ids[a != -100])
+    assert sampled_labels(ids, 1.0, seed=0, step=7) is ids

@@ -240,6 +240,10 @@ class MemLongMixin:
         # needed[b, i]: compact position i of row b is a real token whose logits are kept
         width = max(counts) if counts else 0
         needed = (torch.arange(width)[None] < torch.tensor(counts)[:, None]) & (order[:, :width].cpu() >= keep_from)
+        if labels is not None:  # the LM head runs only where a loss is taken: a position whose next label counts
+            targets = torch.zeros(B, S, dtype=torch.bool)
+            targets[:, :-1] = (labels[:, 1:] != -100).cpu() & real[:, 1:]
+            needed &= targets.gather(1, order.cpu())[:, :width]
         V = self.config.vocab_size
         # the compact positions some row keeps logits for, and each one's column in logits_c
         kept = needed.any(0)

@@ -125,6 +125,8 @@ def test_single_process_freezes_learns_resumes_and_reloads(setup):
     with open(run / "log.csv") as f:
         val = [r for r in csv.DictReader(f) if r["val_ppl_memory"]]
     assert [int(r["step"]) for r in val] == [15, 30] and float(val[-1]["val_ppl_no_memory"]) > 0
+    with open(run / "log.csv") as f:  # the speed, as a ratio to the plain forward's, on every row
+        assert all(float(r["forward_ratio"]) > 0 and float(r["tokens_per_second"]) > 0 for r in csv.DictReader(f))
     assert (run / "loss.png").stat().st_size > 1000
     # resume from the newest checkpoint and carry on to step 40
     assert main([*args, "--steps", "40", "--resume"]) == 0
@@ -624,3 +626,31 @@ def test_train_layers_retrieval_trains_only_the_retrieval_layers(setup):
     assert all(n in frozen for n in bp_names(m, [0, 2]))
     assert any(n in changed for n in bp_names(m, [1])) and any(n in changed for n in bp_names(m, [3]))
     assert json.loads((run / "args.json").read_text())["train_layers"] == "retrieval"
+
+
+def test_loss_on_a_sample_of_positions_trains(setup, tmp_path):
+    run = tmp_path / "sampled"
+    args = [
+        "train",
+        "--model",
+        str(setup / "model"),
+        "--data",
+        str(setup / "train.jsonl"),
+        "--output",
+        str(run),
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "2",
+        "--eval-every",
+        "0",
+        "--save-every",
+        "0",
+        "--loss-sample",
+        "0.25",
+        *COMMON,
+    ]
+    assert main([*args, "--steps", "12"]) == 0
+    assert len(losses(run)) == 12 and json.loads((run / "args.json").read_text())["loss_sample"] == 0.25
+    with pytest.raises(SystemExit, match="--loss-sample"):
+        main([*args[: -len(COMMON)], "--loss-sample", "0", *COMMON, "--steps", "1"])

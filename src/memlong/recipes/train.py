@@ -37,6 +37,37 @@ def int_tuple(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1; got {text!r}") from None
 
 
+def _forward_tokens_per_second(model, batch: int, window: int, device) -> float:
+    """Tokens per second of the model's plain forward (no gradient, a fresh memory) over one random
+    batch of ``batch`` x ``window`` tokens, after one warm-up segment: what a training step's speed is
+    measured against."""
+    import torch
+
+    ids = torch.randint(0, model.config.vocab_size, (batch, window), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(ids[:, : min(window, 64)], cache=model.new_memory(batch))
+        t0 = time.perf_counter()
+        model(ids, cache=model.new_memory(batch), logits_to_keep=1)
+        seconds = time.perf_counter() - t0
+    model.train(was_training)
+    return batch * window / max(seconds, 1e-9)
+
+
+def sampled_labels(ids, share: float, seed: int, step: int):
+    """``ids`` as labels with all but a random ``share`` of the positions masked (-100); drawn from
+    (seed, step), so a resumed run draws what the uninterrupted one would. ``share`` 1: ``ids``."""
+    import torch
+
+    if share >= 1:
+        return ids
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    drop = torch.rand(ids.shape, generator=g) >= share
+    return ids.masked_fill(drop.to(ids.device), -100)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
@@ -120,6 +151,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
+        "--loss-sample",
+        type=float,
+        default=1.0,
+        help="the share of each segment's positions the loss is taken on, drawn at random per step (1: all); "
+        "the LM head (a 49k-word vocabulary on the default model) runs only there, forward and backward",
+    )
+    g.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
         default="no",
@@ -151,6 +189,10 @@ def _check_args(args) -> None:
             raise SystemExit(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(args, name)}")
     if args.recall_rate and args.recall_span < 1:
         raise SystemExit(f"--recall-span must be >= 1, got {args.recall_span}")
+    if not 0.0 < args.loss_sample <= 1.0:
+        raise SystemExit(
+            f"--loss-sample is the share of positions the loss is taken on, in (0, 1]; got {args.loss_sample}"
+        )
 
 
 def _build(args):
@@ -359,6 +401,8 @@ def run(args) -> int:
         "lr",
         "tokens",
         "seconds",
+        "tokens_per_second",
+        "forward_ratio",
         "val_loss_memory",
         "val_ppl_memory",
         "val_loss_no_memory",
@@ -368,8 +412,11 @@ def run(args) -> int:
     if args.resume and log_path.exists():
         with open(log_path) as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    # the yardstick for the training speed: the plain forward (no gradient) over a batch like the training ones
+    forward_tps = _forward_tokens_per_second(memlong_model, args.batch_size, args.window, accelerator.device)
     if accelerator.is_main_process:
         (out / "args.json").write_text(json.dumps(vars(args), indent=2))
+        accelerator.print(f"plain forward: {forward_tps:,.0f} tokens/s on this process's threads")
         accelerator.print(
             f"trainable {n_train:,} of {n_all:,} parameters "
             f"({'LoRA r=%d on' % args.lora_r if args.lora_r else 'fully:'} {args.train_layers} layers + gates); "
@@ -405,7 +452,12 @@ def run(args) -> int:
             memory.reset(rows=batch.new_document)
         ids = batch.input_ids.to(accelerator.device)
         mask = batch.attention_mask.to(accelerator.device)
-        outp = trained(input_ids=ids, attention_mask=mask, labels=ids, cache=memory)
+        outp = trained(
+            input_ids=ids,
+            attention_mask=mask,
+            labels=sampled_labels(ids, args.loss_sample, args.seed, step),
+            cache=memory,
+        )
         accelerator.backward(outp.loss)
         if args.grad_clip:
             accelerator.clip_grad_norm_(params, args.grad_clip)
@@ -416,7 +468,6 @@ def run(args) -> int:
         tokens += batch.tokens * accelerator.num_processes
         loss = accelerator.gather(outp.loss.detach()[None]).mean().item()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
         row = {
             "step": step,
             "loss": round(loss, 5),
@@ -424,6 +475,9 @@ def run(args) -> int:
             "tokens": tokens,
             "seconds": seconds(),
         }
+        run_tps = (tokens - tokens_before) / max(time.perf_counter() - t0, 1e-9) / accelerator.num_processes
+        row.update(tokens_per_second=round(run_tps, 1), forward_ratio=round(run_tps / forward_tps, 3))
+        bar.set_postfix(loss=f"{loss:.3f}", speed=f"{row['forward_ratio']:.2f}x forward")
         stopping = time_up()
         at_end = step == args.steps or stopping
         if args.eval_every and (step % args.eval_every == 0 or at_end) and accelerator.is_main_process:
