@@ -40,3 +40,48 @@ def test_mean_interval_and_mean_of_means():
     cell = mean_interval([1, 0] * 5)
     m, lo2, hi2 = mean_of_means([cell, cell])
     assert m == pytest.approx(0.5) and (hi2 - lo2) == pytest.approx((cell[2] - cell[1]) / 2**0.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("retrieval", [True, False])
+def test_shared_reading_answers_as_a_fresh_memory_does(retrieval):
+    """Prompts alike up to where a needle goes in (RULER's samples over one haystack): read together,
+    each shared beginning once, every answer is the one a fresh memory gives."""
+    import memlong
+    from memlong.evaluation import shared_reading
+
+    from conftest import VOCAB, set_gates, small_memlong_config, tiny_model
+
+    model, _ = tiny_model("llama")
+    m = memlong.wrap(model, small_memlong_config(), retriever=memlong.HashingRetriever(dim=32))
+    set_gates(m)
+    g = torch.Generator().manual_seed(5)
+    hay = torch.randint(3, VOCAB, (400,), generator=g).tolist()
+    needle, question = [7, 8, 9, 10, 11], torch.randint(3, VOCAB, (12,), generator=g).tolist()
+    prompts = [hay[:a] + needle + hay[a:b] + question for a, b in ((150, 300), (60, 300), (150, 200), (150, 300))]
+    prompts.append(torch.randint(3, VOCAB, (320,), generator=g).tolist() + question)  # nothing shared
+    q = len(question)
+
+    def answer(ids, memory, read):
+        x = torch.tensor([ids[read:]])
+        out = m.generate(
+            x,
+            memory=memory,
+            attention_mask=torch.ones_like(x),
+            requery=q,
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        return out[0, x.shape[1] :].tolist()
+
+    fresh = [answer(p, m.new_memory(1, retrieval=retrieval), 0) for p in prompts]
+    seen, reads, ingested = {}, {}, []
+    ingest = m.ingest
+    m.ingest = lambda ids, memory, **kw: ingested.append(ids.shape[1]) or ingest(ids, memory, **kw)
+    for i, memory, read in shared_reading(m, prompts, [q] * len(prompts), retrieval=retrieval):
+        assert memory.seen == [read] and memory.retrieval == retrieval
+        seen[i], reads[i] = answer(prompts[i], memory, read), read
+    assert [seen[i] for i in range(len(prompts))] == fresh
+    assert all(reads[i] == len(p) - q for i, p in enumerate(prompts))  # each read up to its question
+    # the shared beginnings once: 60 tokens common to the first four, 205 to three, 305 to two
+    assert sum(ingested) == 60 + (305 - 60) + (205 - 60) + (305 - 205) + 320

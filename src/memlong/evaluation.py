@@ -187,3 +187,41 @@ def mean_of_means(cells: Sequence[tuple[float, float, float]], z: float = Z95) -
     mean = sum(c[0] for c in cells) / t
     se = math.sqrt(sum(((c[2] - c[1]) / (2 * z)) ** 2 for c in cells)) / t
     return mean, max(0.0, mean - z * se), min(1.0, mean + z * se)
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts that begin alike: each shared beginning read once
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def shared_reading(model, prompts: Sequence[Sequence[int]], unread: Sequence[int], retrieval: bool = True):
+    """Reads prompts that begin alike (RULER's samples over one haystack, up to their first
+    needle) sharing what they share: yields ``(index, memory, read)`` for each prompt, ``memory`` a
+    one-row MemLong memory (``retrieval`` on or off) that has read ``prompts[index][:read]``, the
+    caller's to continue (``model.generate(ids[:, read:], memory=memory, ...)``). A beginning common
+    to several prompts is read once and the memory cloned where they part (call boundaries do not
+    change a MemLong model's output, so each answer is the one a fresh memory gives).
+    ``unread[i]``: prompt i's last tokens left for the caller (a question asked with
+    ``requery=N`` must arrive whole). Live memories: at most one per level of sharing."""
+    import itertools
+
+    order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
+
+    def visit(group: list[int], start: int, memory):
+        limit = min(len(prompts[i]) - unread[i] for i in group)
+        first = prompts[group[0]]
+        end = start
+        while end < limit and all(prompts[i][end] == first[end] for i in group[1:]):
+            end += 1
+        if end > start:
+            model.ingest(torch.tensor([list(first[start:end])], device=model.device), memory)
+        done = [i for i in group if len(prompts[i]) - unread[i] == end]  # read as far as they may be
+        rest = [i for i in group if i not in done]
+        for j, i in enumerate(done):
+            yield i, memory if not rest and j == len(done) - 1 else memory.clone(), end
+        subs = [list(g) for _, g in itertools.groupby(rest, key=lambda i: prompts[i][end])]
+        for j, sub in enumerate(subs):
+            yield from visit(sub, end, memory if j == len(subs) - 1 else memory.clone())
+
+    yield from visit(order, 0, model.new_memory(1, retrieval=retrieval))

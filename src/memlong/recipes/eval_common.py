@@ -186,6 +186,7 @@ def generate_answer(
     base_window: int,
     stop=None,
     memory=None,
+    read: int = 0,
     context: tuple[int, int] | None = None,
     retrieved: list | None = None,
 ) -> str:
@@ -202,7 +203,8 @@ def generate_answer(
     first token generated (with ``requery`` the prompt that ``generate`` runs on is the question
     alone, not ``ids``; :func:`memlong.qa.answer_end` is one). ``memory``: the
     fresh memory the MemLong methods read into (default: a new one), for a caller to look into
-    afterwards."""
+    afterwards; ``read``: how many of ``ids``' first tokens that memory has read already
+    (:func:`memlong.evaluation.shared_reading`), so only the rest is given to ``generate``."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -212,6 +214,9 @@ def generate_answer(
             kw["stopping_criteria"] = StoppingCriteriaList([stop(tok)])
         if memory is None:
             memory = model.new_memory(1, retrieval=method == "memlong")
+        if read and requery is False:
+            raise ValueError("read= needs requery: a memory that has read text continues with the new tokens")
+        ids = ids[:, read:]
         out = model.generate(ids, memory=memory, attention_mask=torch.ones_like(ids), requery=requery, **kw)
     else:
         if method == "base_truncated":

@@ -254,35 +254,35 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
     with measured(row, "score"):
         if method == "base_full" and L > args.max_base_length:
             raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
-        examples, rag_kept = [], (0, 0)  # rag: embeddings kept, context tokens they cover
-        for s in samples:
-            ids, rag = torch.tensor([s.ids]), []
+        examples, rag_kept = [None] * len(samples), (0, 0)  # rag: embeddings kept, context tokens they cover
+        for i, memory, read in _readings(args, method, model, samples):
+            s, rag = samples[i], []
             text = generate_answer(
                 method,
                 model,
                 base,
                 tok,
-                ids,
+                torch.tensor([s.ids]),
                 s.max_new_tokens,
                 s.question_tokens if args.requery else False,
                 base_window,
+                memory=memory,
+                read=read,
                 context=s.span,
                 retrieved=rag,
             )
-            examples.append(
-                {
-                    "prompt_tail": tok.decode(s.ids[-s.question_tokens :]),
-                    "expected": s.answers,
-                    "output": text,
-                    "score": score(text, s.answers, spec.metric),
-                    "positions": s.positions,
-                    "prompt_tokens": len(s.ids),
-                }
-            )
+            examples[i] = {
+                "prompt_tail": tok.decode(s.ids[-s.question_tokens :]),
+                "expected": s.answers,
+                "output": text,
+                "score": score(text, s.answers, spec.metric),
+                "positions": s.positions,
+                "prompt_tokens": len(s.ids),
+            }
             if rag:  # which answered statements the chunks rag read hold
-                chosen = [rag[0].spans[i] for i in rag[0].chosen]
-                examples[-1]["statements_retrieved"] = [any(a <= p < b for a, b in chosen) for p in s.positions]
-                examples[-1].update(rag[0].record())
+                chosen = [rag[0].spans[c] for c in rag[0].chosen]
+                examples[i]["statements_retrieved"] = [any(a <= p < b for a, b in chosen) for p in s.positions]
+                examples[i].update(rag[0].record())
                 rag_kept = (rag_kept[0] + len(rag[0].spans), rag_kept[1] + rag[0].context_tokens)
         mean, lo, hi = mean_interval([e["score"] for e in examples])
         row.update(score=mean, interval=[round(lo, 4), round(hi, 4)], examples=examples)
@@ -302,6 +302,21 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
         flush=True,
     )
     return row
+
+
+def _readings(args, method: str, model, samples):
+    """(sample index, memory or None, tokens it has read) for each sample: the MemLong methods read
+    the beginnings the samples share once (:func:`memlong.evaluation.shared_reading`: RULER's samples
+    over one haystack are alike up to their first needle), answering exactly as from a fresh memory;
+    the base methods read each prompt whole."""
+    from memlong.evaluation import shared_reading
+
+    if method in ("memlong", "memlong_no_memory") and args.requery:
+        yield from shared_reading(
+            model, [s.ids for s in samples], [s.question_tokens for s in samples], retrieval=method == "memlong"
+        )
+    else:
+        yield from ((i, None, 0) for i in range(len(samples)))
 
 
 def ruler_means(results: list[dict]) -> list[dict]:
