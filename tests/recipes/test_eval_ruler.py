@@ -10,7 +10,7 @@ import pytest
 
 from memlong.cli import main
 from memlong.data import ruler
-from memlong.recipes.eval import eval_command
+from memlong.report import eval_command
 
 
 @pytest.fixture(scope="module")
