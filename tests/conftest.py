@@ -210,6 +210,19 @@ def save_tiny_lm(folder, tokenizer_dir, layers: int = 4, seed: int = 0, **config
     return Path(folder)
 
 
+def assert_markdown_beside(json_path) -> str:
+    """The Markdown a verb wrote beside its ``--json`` (``X.md``) is :func:`memlong.report.markdown` of
+    that JSON; returns it."""
+    import json
+    from pathlib import Path
+
+    from memlong.report import markdown
+
+    text = Path(json_path).with_suffix(".md").read_text()
+    assert text == markdown(json.loads(Path(json_path).read_text()), json_path) + "\n"
+    return text
+
+
 def _package(frame) -> str:
     return frame.f_globals.get("__name__", "").split(".")[0]
 

@@ -258,7 +258,7 @@ def test_bench_retriever_runs_end_to_end(tmp_path, monkeypatch, bpe_tokenizer_di
     from memlong.pretrained import ENV_VAR
     from memlong.retriever import count_tokens, save_token_counts
 
-    from conftest import save_tiny_lm
+    from conftest import assert_markdown_beside, save_tiny_lm
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     # each text repeats every ~6 chunks, so the next chunk often copies an earlier one
@@ -300,6 +300,7 @@ def test_bench_retriever_runs_end_to_end(tmp_path, monkeypatch, bpe_tokenizer_di
         ]
     )
     assert rc == 0
+    assert "| hashing |" in assert_markdown_beside(out)
     report = json.loads(out.read_text())
     rows = {r["retriever"]: r for r in report["results"]}
     assert set(rows) == {

@@ -13,7 +13,7 @@ from memlong.cli import main
 from memlong.modeling import CACHE_ARG
 from memlong.recipes.bench import _run_worker, plot_ingest, sliding_window_model
 
-from conftest import VOCAB, tiny_model
+from conftest import VOCAB, assert_markdown_beside, tiny_model
 
 
 def test_sliding_window_model_slides():
@@ -92,6 +92,7 @@ def test_bench_baselines_end_to_end(tmp_path):
         assert r["malloc_mmap_threshold"] == int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 0))
     assert rows["base_full"]["kv_cache_tokens"] == 512 and rows["base_sliding"]["kv_cache_tokens"] == 255
     assert png.stat().st_size > 1000
+    assert "![tokens/s and peak RSS against tokens](bench.png)" in assert_markdown_beside(out)
     assert not any("generate_tokens" in r for r in rows.values())  # only when asked
 
     # --generate: decoding speed after the read (base_windows: after a window-long prompt)

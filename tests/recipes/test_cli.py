@@ -8,6 +8,8 @@ import pytest
 
 from memlong.cli import main
 
+from conftest import assert_markdown_beside
+
 
 def test_help_and_unknown_verb(capsys):
     assert main(["--help"]) == 0
@@ -74,6 +76,7 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     )
     printed = capsys.readouterr().out
     assert "SUMMARY" in printed and "without memory" in printed
+    assert "| fact (depth) |" in assert_markdown_beside(out)
     s = json.loads(out.read_text())
     assert s["model"]["mode"] == "training_free" and s["model"]["layers"] == 8 and s["model"]["top_k"] == 2
     d = s["document"]
@@ -223,6 +226,7 @@ def test_bench_ingest_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())["results"]
     assert {r["method"] for r in results} == {"memlong", "base_windows"}
+    assert "MemLong reads at" in assert_markdown_beside(out)
     mem = next(r for r in results if r["method"] == "memlong")
     assert mem["tokens"] == 1024 and mem["tokens_per_s"] > 0 and mem["bank_chunks"] == 8
     assert set(mem["time_split_s"]) >= {"attention", "retriever", "search", "rest"}
@@ -252,5 +256,6 @@ def test_bench_search_end_to_end(tmp_path):
         == 0
     )
     rows = {r["index"]: r for r in json.loads(out.read_text())["results"]}
+    assert "| random | 500 | faiss_hnsw |" in assert_markdown_beside(out)
     assert rows["torch"]["recall_at_k"] == 1.0 and rows["faiss_flat"]["recall_at_k"] == 1.0
     assert 0 <= rows["faiss_hnsw"]["recall_at_k"] <= 1 and rows["faiss_hnsw"]["query_ms"] > 0

@@ -13,7 +13,7 @@ import pytest
 from memlong.cli import main
 from memlong.recipes import eval as eval_recipe
 from memlong.recipes import eval_ruler
-from memlong.recipes.eval import eval_command
+from memlong.report import eval_command
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = {

@@ -20,7 +20,7 @@ from memlong.data.icl import (
 )
 from memlong.evaluation import continuation_logprobs
 
-from conftest import save_tiny_memlong_model
+from conftest import assert_markdown_beside, save_tiny_memlong_model
 
 LIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -92,6 +92,7 @@ def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
     assert rows["memlong"]["memory_tokens_banked"] > 0.5
     assert report["config"]["memlong"]["local_window"] == 48
     assert (tmp_path / "icl.png").stat().st_size > 1000
+    assert assert_markdown_beside(out).endswith("\n\n![icl](icl.png)\n")  # linked from beside the JSON
     assert "memlong_no_memory" in capsys.readouterr().out  # the table
 
     # More demonstrations than the base model's 1024 positions: in_context is skipped, not made up.

@@ -8,6 +8,8 @@ from memlong.cost import bytes_per_token
 from memlong.pretrained import load_memlong_model
 from memlong.recipes.eval_passkey import passkey_question_ids
 
+from conftest import assert_markdown_beside
+
 
 def test_rag_rows_record_what_they_retrieved_and_every_row_its_cost(eval_setup, tmp_path):
     out = tmp_path / "pk.json"
@@ -39,6 +41,7 @@ def test_rag_rows_record_what_they_retrieved_and_every_row_its_cost(eval_setup, 
         == 0
     )
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert "| 700 | rag |" in assert_markdown_beside(out)
     assert list(rows) == ["memlong", "memlong_no_memory", "base_truncated", "rag"]
     model, tok = load_memlong_model(str(eval_setup / "model"), retriever="hashing")
     for method, r in rows.items():

@@ -10,7 +10,9 @@ import pytest
 
 from memlong.cli import main
 from memlong.data import ruler
-from memlong.recipes.eval import eval_command
+from memlong.report import eval_command
+
+from conftest import assert_markdown_beside
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,8 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
     )
     report = json.loads(out.read_text())
     rows = report["results"]
+    md = assert_markdown_beside(out)
+    assert "RULER's mean" in md and md.endswith("![ruler](ruler.png)\n")  # the plot, linked from beside the JSON
     tasks = ["niah_single_1", "niah_single_2", "qa_1", "niah_multikey_1_noise"]
     methods = ["memlong", "base_full", "rag"]
     assert [(r["task"], r["length"], r["method"]) for r in rows] == [

@@ -19,6 +19,8 @@ import memlong
 from memlong.cli import main
 from memlong.tokenizer import train_and_save
 
+from conftest import assert_markdown_beside
+
 COMMON = [
     "--window",
     "64",
@@ -289,6 +291,7 @@ def test_eval_ppl_on_the_trained_model(setup, short_run, tmp_path):
         == 0
     )
     rows = {(r["method"], r["length"]): r for r in json.loads(out.read_text())["results"]}
+    assert "| 1,024 | base_full |" in assert_markdown_beside(out)
     assert set(m for m, _ in rows) == {"memlong", "memlong_no_memory", "base_full", "base_truncated"}
     assert rows[("memlong", 1024)]["tokens_scored"] == 2 * 64 and rows[("memlong", 1024)]["ppl"] > 1
     assert rows[("base_full", 1024)]["ppl"] is None and "skipped" in rows[("base_full", 1024)]["note"]

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from memlong.cli import main
 from memlong.pretrained import DEFAULT_BASE, ENV_VAR
-from memlong.recipes.eval import eval_command
+from memlong.report import eval_command
 
 
 @pytest.fixture(scope="module")

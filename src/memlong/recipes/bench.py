@@ -61,6 +61,7 @@ import sys
 import time
 
 from memlong.profiling import machine
+from memlong.report import write_markdown
 
 METHODS = ("memlong", "base_full", "base_sliding", "base_windows")
 #: --model values meaning the default model (SmolLM2-135M-Instruct with the default MemLong config)
@@ -608,11 +609,13 @@ def run(args) -> int:
     if args.what == "search":
         results = _search(args)
         if args.json:
-            _write_json(
-                args.json,
-                {"results": results, "machine": machine(), "command": " ".join(["memlong", "bench", *sys.argv[2:]])},
-            )
-            print(f"wrote {args.json}")
+            report = {
+                "results": results,
+                "machine": machine(),
+                "command": " ".join(["memlong", "bench", *sys.argv[2:]]),
+            }
+            _write_json(args.json, report)
+            print(f"wrote {args.json}\nwrote {write_markdown(report, args.json)}")
         return 0
     if args.worker:
         print(json.dumps(_worker(args)))
@@ -652,6 +655,8 @@ def run(args) -> int:
     if args.plot:
         plot_ingest(results, args.plot)
         print(f"wrote {args.plot}")
+    if args.json:  # after the plot, which it links when it lies beside the JSON
+        print(f"wrote {write_markdown({'results': results, 'machine': machine(), 'command': command}, args.json)}")
     return 0
 
 

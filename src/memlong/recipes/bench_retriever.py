@@ -44,6 +44,8 @@ import os
 import time
 from pathlib import Path
 
+from memlong.report import write_markdown
+
 VARIANTS = (
     "minilm",
     "hashing",
@@ -318,7 +320,7 @@ def run(args) -> int:
         report["machine"] = machine()
         Path(os.path.abspath(args.json)).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {args.json}\nwrote {write_markdown(report, args.json)}")
     return 0
 
 

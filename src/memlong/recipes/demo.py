@@ -41,6 +41,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from memlong.report import write_markdown
+
 DEFAULT_DOC = "unittest/mock.py"  # relative to the stdlib; document id stdlib/unittest/mock.py (test split)
 # appended whole, in this order, while the document is shorter than --min-tokens (all in the test split)
 EXTRA_DOCS = ("test/test_support.py", "socketserver.py", "weakref.py")
@@ -636,7 +638,7 @@ def run(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
-        print(f"wrote {args.json}")
+        print(f"wrote {args.json}\nwrote {write_markdown(summary, args.json)}")
     return 0
 
 

@@ -130,10 +130,11 @@ def write_report(
     args, results: list[dict], model, base_path, base_window, plot=None, quiet=False, extra: dict | None = None
 ) -> dict:
     """The run's JSON (``--json``): its results and config (every flag, the MemLong config as run,
-    the base model and the retriever), from which :func:`memlong.recipes.eval.eval_command`
-    rebuilds the command; and its plot (``--plot``), drawn by ``plot(results, path)``. ``quiet``: no
-    "wrote" line (a partial report, rewritten as a long run goes). ``extra``: more top-level
-    entries (summaries of the results)."""
+    the base model and the retriever), from which :func:`memlong.report.eval_command` rebuilds the
+    command; its plot (``--plot``), drawn by ``plot(results, path)``; and its Markdown beside the
+    JSON (:func:`memlong.report.write_markdown`). ``quiet``: a partial report, rewritten as a long
+    run goes (no "wrote" line, no Markdown). ``extra``: more top-level entries (summaries of the
+    results)."""
     report = {
         "results": results,
         **(extra or {}),
@@ -152,6 +153,10 @@ def write_report(
             print(f"wrote {args.json}")
     if args.plot and plot is not None:
         plot(results, args.plot)
+    if args.json and not quiet:  # after the plot, which it links
+        from memlong.report import write_markdown
+
+        print(f"wrote {write_markdown(report, args.json)}")
     return report
 
 

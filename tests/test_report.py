@@ -1,0 +1,66 @@
+"""memlong.report: the Markdown of each report kind, as the verbs write it beside their JSON."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memlong import report
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def test_an_eval_report_names_its_command():
+    """The command is rebuilt from the JSON's config, then its table."""
+    path = "docs/results/adaptation_cpu_copy_probe.json"
+    text = report.markdown(report.load(RESULTS / "adaptation_cpu_copy_probe.json"), path)
+    first = text.split("\n")[0]
+    assert first.startswith("`memlong eval ppl --model ") and first.endswith(f"--json {path}`")
+    assert "--retriever minilm" in first and "--repeat 1024" in first
+    assert "| 4,096 | memlong |" in text
+
+
+def test_passkey_table_shows_the_share_of_keys_retrieved():
+    answers = [{"key": "1", "answer": "1", "key_retrieved": True}, {"key": "2", "answer": "x", "key_retrieved": False}]
+    rows = [
+        {"method": "memlong", "length": 4096, "depth": d, "trials": 2, "accuracy": 0.5, "answers": answers}
+        for d in (0.1, 0.9)
+    ]
+    rows.append(
+        {
+            "method": "memlong_no_memory",
+            "length": 4096,
+            "depth": 0.1,
+            "trials": 2,
+            "accuracy": 0.0,
+            "answers": [{"key": "1", "answer": "x"}],
+        }
+    )
+    table = report.passkey_table(rows)
+    assert (
+        "key retrieved" in table[0]
+        and table[2].endswith("| 0.50 [0.15, 0.85] | 0.50 | 2 |")
+        and "| - | 2 |" in table[3]
+    )
+    assert "key retrieved" not in report.passkey_table(rows[2:])[0]
+
+
+def test_a_note_sits_under_the_command_and_the_plot_is_linked_from_the_json(tmp_path):
+    row = {"method": "memlong", "length": 4096, "depth": 0.5, "trials": 1, "accuracy": 1.0}
+    config = {"task": "passkey", "methods": "memlong", "lengths": "4096", "data": "d", "depths": "0.5", "trials": 1}
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "pk.png").write_bytes(b"png")
+    data = {"config": {**config, "plot": "plots/pk.png"}, "results": [row]}
+    lines = report.markdown(data, "out/pk.json", note="Measured before X.", root=tmp_path).split("\n")
+    assert lines[0].endswith("--json out/pk.json`") and lines[1:4] == ["", "Measured before X.", ""]
+    assert lines[4].startswith("| length | method | depth 0.5 |") and lines[-1] == "![passkey](../plots/pk.png)"
+    assert "![" not in report.markdown(data, "out/pk.json")  # no plot where it should be: no link
+
+
+def test_write_markdown_writes_beside_the_json(tmp_path):
+    data = json.loads((RESULTS / "bench_retriever.json").read_text())
+    md = report.write_markdown(data, tmp_path / "r.json")
+    assert md == tmp_path / "r.md" and md.read_text() == report.markdown(data, tmp_path / "r.json") + "\n"
+    assert f"JSON: `{tmp_path / 'r.json'}`" in md.read_text()
+    with pytest.raises(ValueError, match="not a report"):
+        report.markdown({"results": []}, "x.json")
