@@ -73,7 +73,8 @@ def load_default_base_model(dtype=None):
     return model.eval(), tokenizer
 
 
-register_base(DEFAULT_BASE, default_base_model_path)  # memlong_base.json's name for it, resolved by the loader
+# memlong_base.json's name for it, resolved by the loader (looked up at each call: $MEMLONG_BASE_MODEL may change)
+register_base(DEFAULT_BASE, lambda: default_base_model_path())
 
 
 def _model_dir(name_or_path) -> Path:
