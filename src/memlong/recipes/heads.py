@@ -17,7 +17,7 @@ It suggests the layer with the strongest induction head as the memory layer (ret
 the ones above it) when that score clears ``--min-score``; a base without one has little to copy
 from memory with (``docs/HISTORY.md``: the small base trained here).
 
-``--retrieval`` also runs the retrieval-head probe (:mod:`memlong.heads`): a passkey planted in
+``--retrieval`` also runs the retrieval-head probe (:mod:`memlong.retrieval_heads`): a passkey in
 real text (``--data``, default the Python standard library's sources), asked for and answered;
 per KV head, the share of answer tokens its strongest attention copies from the needle (Wu et
 al. 2024's retrieval score) and its attention mass on the needle; and the best KV heads as
@@ -188,12 +188,12 @@ def _retrieval_flags(args) -> str:
 
 
 def _retrieval_heads(args, model) -> dict:
-    """Runs the retrieval-head probe (:mod:`memlong.heads`), prints the best KV heads, and returns
+    """Runs the retrieval-head probe (:mod:`memlong.retrieval_heads`), prints the best KV heads, and returns
     the per-(layer, KV head) table and the suggested ``bank_heads`` for the JSON."""
     import torch
     from transformers import AutoTokenizer
 
-    from memlong.heads import kv_head_bytes, needle_cases, retrieval_scores, top_heads
+    from memlong.retrieval_heads import kv_head_bytes, needle_cases, retrieval_scores, top_heads
 
     cfg = model.config
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads

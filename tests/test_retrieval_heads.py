@@ -1,10 +1,10 @@
-"""The retrieval-head probe (:mod:`memlong.heads`): needle cases from real text, Wu et al.'s
+"""The retrieval-head probe (:mod:`memlong.retrieval_heads`): needle cases from real text, Wu et al.'s
 retrieval score read from the right attention entries, per KV head, and the heads it suggests."""
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from memlong.heads import NeedleCase, kv_head_bytes, needle_cases, retrieval_scores, top_heads
+from memlong.retrieval_heads import NeedleCase, kv_head_bytes, needle_cases, retrieval_scores, top_heads
 
 from conftest import save_tiny_lm
 
