@@ -15,6 +15,8 @@ This function then, for every layer:
    (memory keys unrotated, position 0; the query rotated at its position in its window) and
    fuses them as in the paper (eq. 2-5): ``out = local + g * memory`` with separate softmaxes,
    ``g = tanh(theta)`` per head, ``theta`` starting at 0 so the layer starts equal to the base.
+   In training_free mode with ``bank_heads``, the heads the bank does not keep attend to the sink
+   and the window only (their retrieved rows masked out; the sink just before the window).
    In training_free mode, one sequence decoding within a chunk writes its new keys/values into
    per-layer buffers that already hold the retrieved memory and the window (:class:`DecodeBuffer`)
    instead of concatenating them again at every token.
@@ -72,7 +74,13 @@ class CallContext:
     # training_free mode: one softmax over [retrieved; local], no gate; memory keys rotated at
     # positions just before the window (cos_mk/sin_mk), each layer reading its own heads of the bank
     training_free: bool = False
-    bank_heads: dict[int, slice] = field(default_factory=dict)  # layer -> its heads in mem_k/mem_v
+    mem_heads: dict[int, slice] = field(default_factory=dict)  # layer -> its heads in mem_k/mem_v
+    # MemLongConfig.bank_heads: layer -> [H_kv] bool, its heads the bank does not keep ("streaming":
+    # they read only the sink rows, sink_valid, rotated just before the window, cos_sk/sin_sk); {}: none
+    streaming: dict[int, torch.Tensor] = field(default_factory=dict)
+    sink_valid: torch.Tensor | None = None  # [B*n, 1, 1, M] bool: the rows that hold the sink
+    cos_sk: torch.Tensor | None = None  # [B*n, 1, M, D]
+    sin_sk: torch.Tensor | None = None
     cos_mk: torch.Tensor | None = None  # [B*n, 1, M, D]
     sin_mk: torch.Tensor | None = None
     slot_has: torch.Tensor | None = None  # [B, n] bool: the slot retrieved something
@@ -270,9 +278,11 @@ def _memlong_attention(
     if ctx.training_free:
         mem_k, mem_v = _layer_memory(ctx, layer, query.dtype)
         if ctx.local_blocks is not None:
-            out = _blocked_joint_attention(q_local, k_local, values, mem_k, mem_v, ctx, p, scale)
+            out = _blocked_joint_attention(q_local, k_local, values, mem_k, mem_v, ctx, p, scale, layer)
         else:  # rows not aligned (padding): two partial softmaxes, joined
-            out, _ = _joint_attention(q_local, k_local, values, _to_grid(q_local, ctx), mem_k, mem_v, ctx, scale, S)
+            out, _ = _joint_attention(
+                q_local, k_local, values, _to_grid(q_local, ctx), mem_k, mem_v, ctx, scale, S, layer
+            )
         return out.transpose(1, 2).contiguous(), None
     q_mem = _to_grid(apply_rope(query, ctx.cos_qm, ctx.sin_qm), ctx)
     g = gate_value(module, ctx.gate_activation, query.dtype)
@@ -301,11 +311,27 @@ def _layer_memory(ctx: CallContext, layer: int, dtype: torch.dtype) -> tuple[tor
     ``[B*n, H_kv, M, D]`` in ``dtype``; built once while the memory and its positions stay the same."""
     done = None if ctx.mem_rotated is None else ctx.mem_rotated.get((layer, dtype))
     if done is None:
-        heads = ctx.bank_heads[layer]
-        done = apply_rope(ctx.mem_k[:, heads].to(dtype), ctx.cos_mk, ctx.sin_mk), ctx.mem_v[:, heads].to(dtype)
+        heads = ctx.mem_heads[layer]
+        mk = ctx.mem_k[:, heads].to(dtype)
+        rotated = apply_rope(mk, ctx.cos_mk, ctx.sin_mk)
+        streaming = ctx.streaming.get(layer)
+        if streaming is not None:  # these heads read only the sink, just before the window
+            rotated = torch.where(streaming.view(1, -1, 1, 1), apply_rope(mk, ctx.cos_sk, ctx.sin_sk), rotated)
+        done = rotated, ctx.mem_v[:, heads].to(dtype)
         if ctx.mem_rotated is not None:
             ctx.mem_rotated[(layer, dtype)] = done
     return done
+
+
+def _memory_mask(ctx: CallContext, layer: int, heads: int) -> torch.Tensor:
+    """Which retrieved rows each query head of ``layer`` may read: ``[B*n, 1, 1, M]`` (every head
+    alike), or ``[B*n, heads, 1, M]`` where the layer has heads the bank does not keep (those
+    read only the sink rows)."""
+    streaming = ctx.streaming.get(layer)
+    if streaming is None:
+        return ctx.mem_valid
+    per_kv = torch.where(streaming.view(1, -1, 1, 1), ctx.sink_valid, ctx.mem_valid)  # [B*n, H_kv, 1, M]
+    return per_kv.repeat_interleave(heads // per_kv.shape[1], dim=1)
 
 
 def _handed_rotated_window(ctx: CallContext, layer: int, wk: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
@@ -338,8 +364,9 @@ def _buffered_attention(layer: int, query, key, value, ctx: CallContext, scale: 
     ctx.recorded[layer] = (buf.k[:, :, : L + S], buf.v[:, :, M : M + L + S])
     ctx.recorded_rotated[layer] = buf.kr[:, :, M : M + L + S]
     ((_, _, _, _, mask),) = ctx.local_blocks  # one block over every window key (see MemLongCache.prepare)
-    mvalid = ctx.mem_valid.view(1, 1, 1, M) & ctx.slot_has.view(1, 1, 1, 1)
-    full = torch.cat([mvalid.expand(1, 1, S, M), mask], dim=-1)
+    mvalid = _memory_mask(ctx, layer, query.shape[1]).view(1, -1, 1, M) & ctx.slot_has.view(1, 1, 1, 1)
+    h = mvalid.shape[1]
+    full = torch.cat([mvalid.expand(1, h, S, M), mask.expand(1, h, S, mask.shape[-1])], dim=-1)
     q = apply_rope(query, ctx.cos_q, ctx.sin_q)
     out = F.scaled_dot_product_attention(
         q, buf.kr[:, :, : M + L + S], buf.v[:, :, : M + L + S], attn_mask=full, scale=scale, enable_gqa=True
@@ -347,7 +374,9 @@ def _buffered_attention(layer: int, query, key, value, ctx: CallContext, scale: 
     return out.transpose(1, 2).contiguous()
 
 
-def _blocked_joint_attention(q, k, v, mem_k, mem_v, ctx: CallContext, p: float, scale: float) -> torch.Tensor:
+def _blocked_joint_attention(
+    q, k, v, mem_k, mem_v, ctx: CallContext, p: float, scale: float, layer: int
+) -> torch.Tensor:
     """training_free attention with rows aligned: for each chunk (a local block), one SDPA call
     over ``[its slot's retrieved keys; its local keys]``, all in one position frame (the
     retrieved keys rotated just before the chunk's window): ``[B, H, S, D]``."""
@@ -355,12 +384,14 @@ def _blocked_joint_attention(q, k, v, mem_k, mem_v, ctx: CallContext, p: float, 
     n, M = ctx.num_slots, mem_k.shape[2]
     mk = mem_k.view(B, n, *mem_k.shape[1:])
     mv = mem_v.view(B, n, *mem_v.shape[1:])
-    mvalid = ctx.mem_valid.view(B, n, 1, 1, M) & ctx.slot_has.view(B, n, 1, 1, 1)
+    mvalid = _memory_mask(ctx, layer, q.shape[1])
+    h = mvalid.shape[1]
+    mvalid = mvalid.view(B, n, h, 1, M) & ctx.slot_has.view(B, n, 1, 1, 1)
     outs = []
     for (ql, qh, kl, kh, mask), t in zip(ctx.local_blocks, ctx.block_slots):
         keys = torch.cat([mk[:, t], k[:, :, kl:kh]], dim=2)
         vals = torch.cat([mv[:, t], v[:, :, kl:kh]], dim=2)
-        full = torch.cat([mvalid[:, t].expand(B, 1, qh - ql, M), mask.expand(B, 1, qh - ql, kh - kl)], dim=-1)
+        full = torch.cat([mvalid[:, t].expand(B, h, qh - ql, M), mask.expand(B, h, qh - ql, kh - kl)], dim=-1)
         outs.append(
             F.scaled_dot_product_attention(
                 q[:, :, ql:qh], keys, vals, attn_mask=full, dropout_p=p, scale=scale, enable_gqa=True
@@ -369,13 +400,16 @@ def _blocked_joint_attention(q, k, v, mem_k, mem_v, ctx: CallContext, p: float, 
     return torch.cat(outs, dim=2)
 
 
-def _joint_attention(q_local, k_local, values, q_mem, mem_k, mem_v, ctx: CallContext, scale: float, S: int):
+def _joint_attention(
+    q_local, k_local, values, q_mem, mem_k, mem_v, ctx: CallContext, scale: float, S: int, layer: int | None = None
+):
     """One softmax over each query's retrieved tokens and its local window, and the local-only
     attention: both ``[B, H, S, D]``. Computed as two partial softmaxes joined by their
     log-sum-exps (the retrieved tokens differ per chunk slot: they cannot share one masked call
     with the window)."""
     local, lse_l = _attend_with_lse(q_local, k_local, values, ctx.local_mask, scale)
-    mem, lse_m = _attend_with_lse(q_mem, mem_k, mem_v, ctx.mem_valid, scale)
+    mvalid = ctx.mem_valid if layer is None else _memory_mask(ctx, layer, q_mem.shape[1])
+    mem, lse_m = _attend_with_lse(q_mem, mem_k, mem_v, mvalid, scale)
     mem = _from_grid(mem, ctx, S)
     lse_m = _from_grid(lse_m, ctx, S).masked_fill(ctx.has_mem[:, :, :, 0] == 0, float("-inf"))
     top = torch.maximum(lse_l, lse_m)

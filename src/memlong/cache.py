@@ -90,6 +90,7 @@ class MemLongCache(Cache):
         batch_size: int = 1,
         retrieval: bool = True,
         retriever_info: dict | None = None,
+        kv_heads: int | None = None,
     ):
         super().__init__(layers=[])
         self.config = config
@@ -105,7 +106,29 @@ class MemLongCache(Cache):
         self.origin = 0  # columns that generate() should treat as already outside input_ids
         self.retriever_info = retriever_info  # the model's retriever.describe(), saved with banks
         self.metadata: dict = {}  # what a loaded memory was saved with (save(metadata=...))
+        if kv_heads is None and config.bank_heads is not None:
+            raise ValueError("MemLongCache: with MemLongConfig.bank_heads set, pass kv_heads (the model's KV heads)")
+        # the model's KV heads per layer (without bank_heads the bank holds them all for each bank layer)
+        self.kv_heads = kv_heads or layout.num_kv_heads // len(config.bank_layers)
+        self._plan_heads()
         self._clear_rows(range(batch_size), init=True)
+
+    def _plan_heads(self) -> None:
+        """Where each layer's heads sit when memory is gathered (``config.bank_heads``): retrieved
+        K/V are laid out with every KV head of every bank layer (the sink's layout), the bank's
+        heads at ``_bank_rows``; ``_streaming``: layer -> ``[H_kv]`` bool, the heads the bank
+        does not keep (they read the sink and the window only). Both empty without bank_heads."""
+        heads = self.config.banked_heads(self.kv_heads)
+        H = self.kv_heads
+        rows = [r * H + h for r, layer in enumerate(self.config.bank_layers) for h in heads[layer]]
+        partial = len(rows) < H * len(self.config.bank_layers)
+        self._bank_heads = heads
+        self._bank_rows = torch.tensor(rows) if partial else None
+        self._streaming = {
+            layer: torch.tensor([h not in heads[layer] for h in range(H)])
+            for layer in self.config.bank_layers
+            if partial and len(heads[layer]) < H
+        }
 
     def _new_bank(self) -> MemoryBank:
         c = self.config
@@ -288,6 +311,7 @@ class MemLongCache(Cache):
         num_layers: int,
         device: str | torch.device | None = None,
         retriever_info: dict | None = None,
+        kv_heads: int | None = None,
     ):
         """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``
         (window K/V go to ``device``, the model's; the banks to their tier). Everything is
@@ -319,7 +343,15 @@ class MemLongCache(Cache):
         for bank in banks:
             if bank.layout.index_window != layout.index_window:
                 bank.drop_window_index()  # another rerank_window or none: not what this config's questions search
-        cache = cls(config, layout, num_layers, B, retrieval=bool(meta["retrieval"]), retriever_info=retriever_info)
+        cache = cls(
+            config,
+            layout,
+            num_layers,
+            B,
+            retrieval=bool(meta["retrieval"]),
+            retriever_info=retriever_info,
+            kv_heads=kv_heads,
+        )
         dev = layout.device if device is None else device
         cache.banks = banks
         cache.seen = [int(x) for x in meta["seen"]]
@@ -456,7 +488,7 @@ class MemLongCache(Cache):
         B, S = ids.shape
         device = ids.device
         starts = list(self.seen)
-        H_kv = self.layout.num_kv_heads // len(cfg.bank_layers)  # the model's KV heads
+        H_kv = self.kv_heads
 
         # 1. chunk tokens, and embeddings of the chunks this segment completes (one batch)
         todo: list[tuple[int, int]] = []
@@ -525,6 +557,7 @@ class MemLongCache(Cache):
         n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
         entries = [[self._memory_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)]
         sizes = torch.tensor([[sum(k.shape[1] for k, _ in parts) for parts in row] for row in entries])  # [B, n]
+        sinks = torch.tensor([[self._sink_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)])
         M = int(sizes.max())
         if training_free:
             # Retrieved tokens sit just before each query's window: every local position moves M
@@ -565,7 +598,7 @@ class MemLongCache(Cache):
             gate_activation=gate_activation,
             fusion=cfg.fusion,
             training_free=training_free,
-            bank_heads={layer: slice(r * H_kv, (r + 1) * H_kv) for r, layer in enumerate(cfg.bank_layers)}
+            mem_heads={layer: slice(r * H_kv, (r + 1) * H_kv) for r, layer in enumerate(cfg.bank_layers)}
             if training_free
             else {},
         )
@@ -587,16 +620,21 @@ class MemLongCache(Cache):
             if last is not None and last["sig"] == sig:
                 mem_k, mem_v = last["mem_k"], last["mem_v"]
             else:
-                mem_k = torch.empty(
-                    B, n, L_.num_kv_heads, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device, pin_memory=pin
-                )
+                H_mem = H_kv * len(cfg.bank_layers)  # every KV head of every bank layer (the sink's layout)
+                mem_k = torch.empty(B, n, H_mem, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device, pin_memory=pin)
                 mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
+                rows = None if self._bank_rows is None else self._bank_rows.to(mem_k.device)
                 for b in range(B):
                     for t, parts in enumerate(entries[b]):
                         m = 0
                         for k, v in parts:  # written in place, one after the other: no concatenated copy
-                            mem_k[b, t, :, m : m + k.shape[1]], mem_v[b, t, :, m : m + k.shape[1]] = k, v
-                            m += k.shape[1]
+                            e = m + k.shape[1]
+                            if k.shape[0] == H_mem:  # every head: the sink, or a bank without bank_heads
+                                mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = k, v
+                            else:  # bank_heads: the bank's heads at their rows, the others zero (masked out)
+                                mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = 0, 0
+                                mem_k[b, t, rows, m:e], mem_v[b, t, rows, m:e] = k, v
+                            m = e
                         # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
                         mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
                 last = {
@@ -626,6 +664,14 @@ class MemLongCache(Cache):
                 kpos_mem = (window_t + M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
                 ctx.cos_mk, ctx.sin_mk = pick(cos, kpos_mem), pick(sin, kpos_mem)
                 ctx.slot_has = slot_has.to(device)
+                if self._streaming:
+                    # heads the bank does not keep read the sink only, placed just before the window
+                    s_t = sinks[:, :, None]  # [B, n, 1]
+                    is_sink = torch.arange(M) < s_t  # [B, n, M]
+                    kpos_sink = torch.where(is_sink, window_t + M - s_t + torch.arange(M), 0).clamp_min(0).flatten(0, 1)
+                    ctx.cos_sk, ctx.sin_sk = pick(cos, kpos_sink), pick(sin, kpos_sink)
+                    ctx.sink_valid = is_sink.flatten(0, 1)[:, None, None, :].to(device)  # [B*n, 1, 1, M]
+                    ctx.streaming = {layer: h.to(device) for layer, h in self._streaming.items()}
                 if B * n == 1:
                     if last["kpos"] is None or not torch.equal(last["kpos"], kpos_mem):
                         last["kpos"], last["rotated"], last["buffers"] = kpos_mem, {}, {}
@@ -662,10 +708,15 @@ class MemLongCache(Cache):
 
     def _memory_of(self, b: int, j: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """What chunk ``j`` of row ``b`` reads besides its window, in order: the sink (once chunk 0
-        has left the window), then the chunks retrieved for it; K/V ``[H_bank, m, D]`` each."""
-        parts = [self.sink[b]] if self.sink[b] is not None and j > self.config.window_chunks else []
+        has left the window; every KV head of every bank layer), then the chunks retrieved for it
+        (the bank's heads); K/V ``[H_bank, m, D]`` each."""
+        parts = [self.sink[b]] if self._sink_of(b, j) else []
         mem = self.chunk_mem[b].get(j)
         return parts if mem is None else parts + [mem]
+
+    def _sink_of(self, b: int, j: int) -> int:
+        """Sink tokens chunk ``j`` of row ``b`` reads (0 until chunk 0 has left its window)."""
+        return self.sink[b][0].shape[1] if self.sink[b] is not None and j > self.config.window_chunks else 0
 
     def _keep_sink(self, b: int) -> None:
         """Chunk 0 of row ``b`` leaves the window: keep its first ``sink_tokens`` tokens' K/V."""
@@ -871,17 +922,7 @@ class MemLongCache(Cache):
             self.chunk_chars[b].pop(c, None)
             return
         i = int(idx[0])
-        layers = self.config.bank_layers  # training_free: every retrieval layer's K/V, heads stacked
-        k = (
-            torch.cat([self.win_k[layer][b, :, i : i + tau] for layer in layers])
-            if len(layers) > 1
-            else self.win_k[layers[0]][b, :, i : i + tau]
-        )
-        v = (
-            torch.cat([self.win_v[layer][b, :, i : i + tau] for layer in layers])
-            if len(layers) > 1
-            else self.win_v[layers[0]][b, :, i : i + tau]
-        )
+        k, v = self._bank_kv(b, i)
         tokens = torch.tensor(self.chunk_tokens[b].pop(c), dtype=torch.int32)
         emb = self.chunk_emb[b].pop(c)
         chars = self.chunk_chars[b].pop(c, None)
@@ -894,6 +935,20 @@ class MemLongCache(Cache):
             token_ids=tokens,
             text_span=tuple(chars) if chars else None,
         )
+
+    def _bank_kv(self, b: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K/V the bank keeps of row ``b``'s chunk at window index ``i``: ``[H_bank, tau, D]``,
+        the bank layers' heads stacked (training_free: every retrieval layer; only ``bank_heads``
+        when set)."""
+        tau, layers = self.config.chunk_size, self.config.bank_layers
+        if self._bank_rows is not None:
+            picked = [(layer, list(h)) for layer, h in self._bank_heads.items() if h]
+            return tuple(
+                torch.cat([w[layer][b, h, i : i + tau] for layer, h in picked]) for w in (self.win_k, self.win_v)
+            )
+        if len(layers) == 1:
+            return self.win_k[layers[0]][b, :, i : i + tau], self.win_v[layers[0]][b, :, i : i + tau]
+        return tuple(torch.cat([w[layer][b, :, i : i + tau] for layer in layers]) for w in (self.win_k, self.win_v))
 
     def _retrieve(self, b: int, query: torch.Tensor | None, search: dict | None = None):
         """Row ``b``'s memory for ``query``; ``search``: a question's re-ranking (:meth:`question_search`)."""

@@ -56,6 +56,8 @@ class MemLongConfig:
     memory_capacity: int = 32768  # bank capacity in tokens (memory_capacity // chunk_size chunks)
     local_window: int = 1024  # tokens of local context, a multiple of chunk_size
     sink_tokens: int = 0  # training_free: the first tokens read stay visible to every query (attention sinks)
+    # training_free: (1-based layer, 0-based KV head) pairs the bank keeps; the other heads read sink + window
+    bank_heads: tuple[tuple[int, int], ...] | None = None  # None: every KV head of every retrieval layer
     # eviction when the bank is full
     eviction: EvictionPolicy = "counter"  # the paper's retrieval-counter rule, or "fifo"
     evict_keep_newest: float = 0.1  # counter rule: the newest share always kept
@@ -105,6 +107,10 @@ class MemLongConfig:
             self.retrieval_offsets = tuple(self.retrieval_offsets)
         if isinstance(self.question_offsets, list):
             self.question_offsets = tuple(self.question_offsets)
+        if isinstance(self.bank_heads, (list, tuple)):
+            self.bank_heads = tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in self.bank_heads)
+            if all(isinstance(p, tuple) for p in self.bank_heads):
+                self.bank_heads = tuple(sorted(self.bank_heads))  # one order: the bank's head order
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -216,11 +222,47 @@ class MemLongConfig:
                 or any(isinstance(o, bool) or not isinstance(o, int) or abs(o) > 8 for o in offs)
             ):
                 bad(name, f"must be distinct ints in [-8, 8], at least one, e.g. (0,) or (0, 1); got {offs!r}")
+        if self.bank_heads is not None:
+            self._validate_bank_heads(bad)
         if self.bank_mmap_dir is not None and self.bank_device != "mmap":
             bad("bank_mmap_dir", f"is only used with bank_device='mmap' (bank_device is {self.bank_device!r})")
 
-    def validate_for_model(self, num_layers: int, max_positions: int | None = None) -> None:
+    def _validate_bank_heads(self, bad) -> None:
+        heads = self.bank_heads
+        if self.mode != "training_free":
+            bad("bank_heads", f"is a training_free setting; mode is {self.mode!r}: set bank_heads=None")
+        if not isinstance(heads, tuple) or not heads:
+            bad("bank_heads", f"must be (layer, kv_head) pairs, at least one, e.g. ((14, 0), (22, 2)); got {heads!r}")
+        for pair in heads:
+            if (
+                not isinstance(pair, tuple)
+                or len(pair) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int) for x in pair)
+            ):
+                bad("bank_heads", f"each entry must be a (1-based layer, 0-based KV head) pair of ints; got {pair!r}")
+            layer, head = pair
+            if layer not in self.retrieval_layers:
+                bad(
+                    "bank_heads",
+                    f"({layer}, {head}): layer {layer} is not a retrieval layer {list(self.retrieval_layers)} "
+                    "(layers are 1-based); bank only heads of retrieval layers",
+                )
+            if head < 0:
+                bad("bank_heads", f"({layer}, {head}): KV heads are 0-based and must be >= 0")
+        if len(set(heads)) != len(heads):
+            bad("bank_heads", f"has duplicates: {[list(p) for p in heads]}")
+
+    def validate_for_model(
+        self, num_layers: int, max_positions: int | None = None, num_kv_heads: int | None = None
+    ) -> None:
         """Checks that depend on the base model (raised when wrapping)."""
+        if self.bank_heads is not None and num_kv_heads is not None:
+            for layer, head in self.bank_heads:
+                if head >= num_kv_heads:
+                    raise MemLongConfigError(
+                        f"MemLongConfig.bank_heads: ({layer}, {head}) names KV head {head}, but the model has "
+                        f"{num_kv_heads} KV heads per layer (0-based: 0..{num_kv_heads - 1})"
+                    )
         if self.memory_layer >= num_layers and self.mode == "memlong":
             raise MemLongConfigError(
                 f"MemLongConfig.memory_layer: {self.memory_layer} leaves no layer above it in a "
@@ -272,6 +314,13 @@ class MemLongConfig:
         """0-based layers whose K/V the bank stores for each chunk."""
         return self.retrieval_layer_indices if self.mode == "training_free" else (self.memory_layer_index,)
 
+    def banked_heads(self, num_kv_heads: int) -> dict[int, tuple[int, ...]]:
+        """0-based bank layer -> the KV heads of it the bank stores, in the bank's order (layers
+        ascending, heads ascending within a layer; a layer with none maps to ``()``)."""
+        if self.bank_heads is None:
+            return {layer: tuple(range(num_kv_heads)) for layer in self.bank_layers}
+        return {layer: tuple(h for lay, h in self.bank_heads if lay - 1 == layer) for layer in self.bank_layers}
+
     @property
     def capacity_chunks(self) -> int:
         return self.memory_capacity // self.chunk_size
@@ -304,6 +353,7 @@ class MemLongConfig:
         d["retrieval_layers"] = list(self.retrieval_layers)
         d["retrieval_offsets"] = list(self.retrieval_offsets)
         d["question_offsets"] = None if self.question_offsets is None else list(self.question_offsets)
+        d["bank_heads"] = None if self.bank_heads is None else [list(p) for p in self.bank_heads]
         return d
 
     def differences(self, saved: dict[str, Any], ignore: frozenset[str] = frozenset()) -> list[str]:
@@ -385,7 +435,9 @@ def apply_overrides(model, overrides: list[str]) -> None:
     if overrides:
         model.memlong_config = reading_overrides(model.memlong_config, overrides)
         model.memlong_config.validate_for_model(
-            model.config.num_hidden_layers, getattr(model.config, "max_position_embeddings", None)
+            model.config.num_hidden_layers,
+            getattr(model.config, "max_position_embeddings", None),
+            getattr(model.config, "num_key_value_heads", None),
         )
 
 

@@ -120,8 +120,8 @@ class MemLongMixin:
         return BankLayout(
             capacity=self.memlong_config.capacity_chunks,
             chunk_size=self.memlong_config.chunk_size,
-            # training_free: one K/V per retrieval layer, stacked along the heads
-            num_kv_heads=cfg.num_key_value_heads * len(self.memlong_config.bank_layers),
+            # training_free: one K/V per retrieval layer, stacked along the heads (only bank_heads' when set)
+            num_kv_heads=sum(map(len, self.memlong_config.banked_heads(self._kv_heads()).values())),
             head_dim=head_dim,
             embed_dim=self.memlong_retriever.dim,
             dtype=bank_dtype,
@@ -132,7 +132,12 @@ class MemLongMixin:
             if self.memlong_config.bank_device == "mmap"
             else None,
             index_window=self.memlong_config.index_window,
+            heads=self.memlong_config.bank_heads,
         )
+
+    def _kv_heads(self) -> int:
+        """The base model's key/value heads per layer."""
+        return getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
 
     def new_memory(self, batch_size: int = 1, retrieval: bool = True) -> MemLongCache:
         """An empty memory (window + bank per row) for ``batch_size`` sequences.
@@ -144,6 +149,7 @@ class MemLongMixin:
             batch_size,
             retrieval=retrieval,
             retriever_info=self.memlong_retriever.describe(),
+            kv_heads=self._kv_heads(),
         )
 
     def load_memory(self, directory: str | os.PathLike) -> MemLongCache:
@@ -158,6 +164,7 @@ class MemLongMixin:
             self.config.num_hidden_layers,
             device=self.device,
             retriever_info=self.memlong_retriever.describe(),
+            kv_heads=self._kv_heads(),
         )
 
     def _rotary_table(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -538,7 +545,11 @@ def wrap(
         raise ValueError("this model is already a MemLong model")
     n_layers = model.config.num_hidden_layers
     config = config or MemLongConfig.for_num_layers(n_layers)
-    config.validate_for_model(n_layers, getattr(model.config, "max_position_embeddings", None))
+    config.validate_for_model(
+        n_layers,
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads,
+    )
     if sliding is not None and config.local_window > sliding:
         raise MemLongConfigError(
             f"MemLongConfig.local_window={config.local_window} exceeds the model's sliding window "

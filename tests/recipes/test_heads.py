@@ -48,3 +48,32 @@ def test_verb_on_a_tiny_model(tmp_path, capsys):
     assert "barely copies" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--length"):
         main(["heads", "--model", str(tmp_path / "m"), "--length", "1"])
+
+
+def test_retrieval_probe_writes_a_table_per_kv_head_and_bank_heads(tmp_path, capsys, bpe_tokenizer_dir):
+    import memlong
+
+    from conftest import save_tiny_lm
+
+    folder = save_tiny_lm(tmp_path / "lm", bpe_tokenizer_dir, layers=3)  # 8 query heads over 4 KV heads, dim 8
+    out = tmp_path / "heads.json"
+    common = ["heads", "--model", str(folder), "--length", "20", "--pool", "40", "--retrieval", "--needles", "2"]
+    assert main([*common, "--needle-length", "160", "--heads", "3", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    r = data["retrieval"]
+    assert len(r["score"]) == 3 and len(r["score"][0]) == 4 and len(r["needle_mass"][0]) == 4
+    assert all(0 <= v <= 1 for row in r["score"] for v in row) and r["answer_tokens"] > 0
+    s = r["suggestion"]
+    assert len(s["bank_heads"]) == 3 and s["of_heads"] == 12
+    assert s["kv_bytes_per_token"] == 3 * 2 * 8 * 2 and s["kv_bytes_per_token_every_head"] == 12 * 32  # bfloat16
+    cfg = memlong.MemLongConfig(mode="training_free", retrieval_layers=(1, 2, 3), bank_heads=s["bank_heads"])
+    assert cfg.bank_heads == tuple(map(tuple, s["bank_heads"]))  # the suggestion is a valid config
+    assert "--retrieval --needles 2 --needle-length 160 --heads 3" in data["config"]["command"]
+    assert "suggested bank_heads (3 of 12 KV heads" in capsys.readouterr().out
+    # a budget: 100 bytes of bfloat16 K/V per token keep 3 heads of 32 bytes
+    assert main([*common, "--needle-length", "160", "--budget-bytes-per-token", "100", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["retrieval"]["suggestion"]["heads"] == 3
+    with pytest.raises(SystemExit, match="keeps no KV head"):
+        main([*common, "--needle-length", "160", "--budget-bytes-per-token", "31"])
+    with pytest.raises(SystemExit, match="needle-length"):
+        main([*common, "--needle-length", "10"])

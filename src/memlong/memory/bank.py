@@ -70,6 +70,9 @@ class BankLayout:
     mmap_dir: str | None = None  # K/V in memory-mapped files in this folder (host tier)
     pin_memory: bool = False  # host tier feeding a GPU model: page-locked, for asynchronous copies
     index_window: int = 0  # tokens per window of the window index (0: no window index)
+    # the (1-based layer, KV head) each stored head is, in order (MemLongConfig.bank_heads);
+    # None: every KV head of each banked layer
+    heads: tuple[tuple[int, int], ...] | None = None
 
     @property
     def windows(self) -> int:
@@ -714,6 +717,7 @@ class MemoryBank:
                 "embed_dim": L.embed_dim,
                 "dtype": str(L.dtype).removeprefix("torch."),
                 "index_window": L.index_window,
+                **({} if L.heads is None else {"heads": [list(h) for h in L.heads]}),
             },
             "eviction": self.eviction,
             "fractions": [self.keep_newest, self.drop_oldest, self.target],
@@ -772,11 +776,22 @@ class MemoryBank:
                 mmap_dir=expected.mmap_dir if expected else None,
                 pin_memory=expected.pin_memory if expected else False,
                 index_window=int(lay.get("index_window", 0)),  # banks saved before the window index: none
+                heads=None if lay.get("heads") is None else tuple(tuple(int(x) for x in h) for h in lay["heads"]),
             )
             tpath = os.path.join(directory, meta["tensors"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BankFileError(f"{json_path}: malformed bank metadata ({e!r})") from e
         if expected is not None:
+            if layout.heads != expected.heads:
+
+                def said(h):
+                    return "every KV head of each banked layer" if h is None else f"the KV heads {[list(p) for p in h]}"
+
+                raise BankFileError(
+                    f"bank in {directory!s} stores {said(layout.heads)} but this model's config banks "
+                    f"{said(expected.heads)} (MemLongConfig.bank_heads); load it into a model with the bank_heads "
+                    "it was read with, or read the text again"
+                )
             mine = (layout.chunk_size, layout.num_kv_heads, layout.head_dim, layout.embed_dim)
             theirs = (expected.chunk_size, expected.num_kv_heads, expected.head_dim, expected.embed_dim)
             if mine != theirs:
