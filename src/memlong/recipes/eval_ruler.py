@@ -9,10 +9,12 @@ Graham's essays); qa_1 and qa_2 run when ``--qa-squad`` (SQuAD v2.0 dev json) an
 model's prompts are wrapped in its chat template, as RULER does (``--no-chat-template``: plain).
 
 Each prompt is answered greedily by memlong and memlong_no_memory (retrieving again with the
-question and answer prefix, ``generate(requery=N)``), rag (the base model on the context's top-k
-chunks for the question, as text, :mod:`memlong.rag`), base_full (up to ``--max-base-length``)
-and base_truncated (the base on the prompt's last tokens that fit its window); the whole generation (RULER's token
-budget, no stop words) is scored with RULER's metric (string_match_all; qa: string_match_part).
+question and answer prefix, ``generate(requery=N)``; what a task's samples share, the haystack up
+to their first needle, is read once: :func:`memlong.evaluation.shared_reading`), rag (the base
+model on the context's top-k chunks for the question, as text, :mod:`memlong.rag`), base_full
+(up to ``--max-base-length``) and base_truncated (the base on the prompt's last tokens that fit
+its window); the whole generation (RULER's token budget, no stop words) is scored with RULER's
+metric (string_match_all; qa: string_match_part).
 A cell's score is the mean over its samples with a 95% interval (Wilson's for accuracies);
 RULER's mean at a length is the mean over RULER's tasks that ran, with the tasks named. Our extra
 variants (``--tasks`` names ending in ``_noise``) are reported apart, never in that mean.
