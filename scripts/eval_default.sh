@@ -1,8 +1,8 @@
 #!/bin/bash
 # The default model's evaluation JSONs (docs/results/default_*.json), rendered into docs/RESULTS.md
 # and the README by scripts/render_readme.py. Run from the repository root after `make test` (the
-# venv) and `memlong data --out runs/corpus`; one stream (about 10 hours on 2 idle cores, RULER at 16k/32k
-# a third of it).
+# venv) and `memlong data --out runs/corpus`; one stream takes days on 2 cores, most of it RULER (10 samples a
+# task): each line can run on its own, and the long ones continue with --resume.
 set -ex
 M="${PYTHON:-.venv/bin/python} -m memlong"
 $M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong,memlong_no_memory --threads 1 --json docs/results/default_passkey.json --plot docs/results/default_passkey.png
