@@ -515,8 +515,12 @@ class Generator:
         head, _, rest = filled.partition("\x00")
         return _Parts(before + head, context, rest + end, list(answers), list(needles))
 
+    def encode(self, p: _Parts) -> tuple[list[int], list[int], list[int]]:
+        """The token ids of a prompt's head, context and tail, each tokenized on its own."""
+        return self.enc(p.head), self.enc(p.context), self.enc(p.tail)
+
     def tokens(self, p: _Parts) -> int:
-        return len(self.enc(p.head)) + len(self.enc(p.context)) + len(self.enc(p.tail))
+        return sum(map(len, self.encode(p)))
 
     # -- the size search ------------------------------------------------------------------------
 
@@ -586,7 +590,8 @@ class Generator:
         seed = rng.random()
         n = self.size
         p = self.parts(n, random.Random(seed), index)
-        if self.tokens(p) > self.budget and n > self.floor:
+        h, c, t = self.encode(p)
+        if len(h) + len(c) + len(t) > self.budget and n > self.floor:
             lo, hi = self.floor, n  # lo fits (or is the least there is), hi does not
             while hi - lo > 1:
                 mid = (lo + hi) // 2
@@ -594,7 +599,7 @@ class Generator:
                     (mid, hi) if self.tokens(self.parts(mid, random.Random(seed), index)) <= self.budget else (lo, mid)
                 )
             p = self.parts(lo, random.Random(seed), index)
-        h, c, t = self.enc(p.head), self.enc(p.context), self.enc(p.tail)
+            h, c, t = self.encode(p)
         if len(h) + len(c) + len(t) > self.budget:
             raise PromptTooShort(self.spec.name, self.length, len(h) + len(c) + len(t) + self.spec.tokens_to_generate)
         return RulerSample(
