@@ -8,12 +8,12 @@ M="${PYTHON:-.venv/bin/python} -m memlong"
 $M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong,memlong_no_memory --threads 1 --json docs/results/default_passkey.json --plot docs/results/default_passkey.png
 $M eval ppl --data runs/corpus --lengths 16384 --max-documents 3 --methods memlong,memlong_no_memory,base_truncated --threads 2 --json docs/results/default_ppl_test.json
 # RULER as RULER defines it (11 of its 13 tasks: qa_1/qa_2 need --qa-squad/--qa-hotpotqa files), 10 samples a task at
-# 4k and 16k, 5 at 32k; --resume continues a run cut short. At 4k the base model with full attention is the ceiling.
+# 4k, 16k and 32k; --resume continues a run cut short. At 4k the base model with full attention is the ceiling.
 # Each is hours on one thread (measured on a loaded 2-core CPU: base_full at 4k 8-27 min a task, rag at 16k 4-9 min,
 # memlong at 16k about 20 min); run them side by side, one thread each.
 $M eval ruler --data runs/corpus --lengths 4096 --samples 10 --methods base_full,rag,memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_4k.json --plot docs/results/default_ruler_4k.png
 $M eval ruler --data runs/corpus --lengths 16384 --samples 10 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_16k.json --plot docs/results/default_ruler_16k.png
-$M eval ruler --data runs/corpus --lengths 32768 --samples 5 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_32k.json --plot docs/results/default_ruler_32k.png
+$M eval ruler --data runs/corpus --lengths 32768 --samples 10 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_32k.json --plot docs/results/default_ruler_32k.png
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
 # 64k: five depths x 2 trials, about 1.5 hours on one thread; --resume continues a run cut short
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_64k.json
