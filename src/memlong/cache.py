@@ -22,8 +22,6 @@ of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval laye
 from __future__ import annotations
 
 import copy
-import os
-import re
 from collections.abc import Callable
 
 import torch
@@ -32,21 +30,12 @@ from transformers.cache_utils import Cache
 from memlong.attention import CallContext
 from memlong.config import MemLongConfig
 from memlong.memory import BankLayout, MemoryBank
-from memlong.memory.bank import check_retriever, window_starts
+from memlong.memory.bank import window_starts
+from memlong.memory.persistence import MemoryFiles
 from memlong.profiling import phase
 from memlong.retriever import Retriever
 
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
-MEMORY_FORMAT = "memlong-memory-v1"
-MEMORY_JSON = "memory.json"
-_VERSION = re.compile(r"v-[0-9a-f]{12}")  # a save's version folder (save names them so)
-
-
-def is_save_leftover(name: str) -> bool:
-    """Whether ``name`` can be what a killed :meth:`MemLongCache.save` leaves in a memory's folder: a
-    version folder (a leftover unless ``memory.json`` names it, which :meth:`~MemLongCache.load`
-    follows and the next save keeps) or its temporary ``memory.json``."""
-    return name == MEMORY_JSON + ".tmp" or bool(_VERSION.fullmatch(name))
 
 
 @torch.no_grad()
@@ -76,10 +65,12 @@ def index_bank_windows(banks: list[MemoryBank], retriever: Retriever, chunk_size
     return done
 
 
-class MemLongCache(Cache):
+class MemLongCache(MemoryFiles, Cache):
     """State of a batch of sequences for a MemLong model (see the module docstring).
 
-    Create it with ``model.new_memory(batch_size)`` rather than by hand.
+    Create it with ``model.new_memory(batch_size)`` rather than by hand. ``save`` / ``load`` (the
+    whole memory) and ``save_bank`` / ``load_bank`` (one row's bank): the memory's files
+    (:class:`~memlong.memory.persistence.MemoryFiles`).
     """
 
     def __init__(
@@ -205,181 +196,6 @@ class MemLongCache(Cache):
             self.win_v = [None] * self.num_layers
             self.win_pos = None
         self.rot_frame = None  # a forgotten row's window changed
-
-    def save_bank(self, directory: str | os.PathLike, row: int = 0, metadata: dict | None = None) -> str:
-        """Saves row ``row``'s bank (see :meth:`MemoryBank.save`)."""
-        return self.banks[row].save(directory, {**(metadata or {}), "retriever": self.retriever_info})
-
-    def load_bank(self, directory: str | os.PathLike, row: int = 0) -> None:
-        """Replaces row ``row``'s bank with a saved one. The file is fully checked first; on any
-        error the bank in memory is left untouched."""
-        bank = MemoryBank.load(directory, expected=self.layout)
-        check_retriever(bank.metadata.get("retriever"), self.retriever_info, directory)
-        if bank.layout.index_window != self.layout.index_window:
-            bank.drop_window_index()  # another rerank_window or none: not what this config's questions search
-        self.banks[row] = bank
-
-    # ------------------------------------------------------------------ whole-memory persistence
-    def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> str:
-        """Saves everything needed to continue exactly where reading stopped: every row's bank,
-        the local window's keys/values for all layers, the chunks still in the window and the
-        retrieval of the chunk in progress; ``metadata`` (JSON) goes into ``memory.json`` as is.
-
-        Atomic: the state goes into a new version folder; ``memory.json``, which names it, is
-        replaced in one ``os.replace``; older versions, and folders of saves killed before
-        that point, are removed after. A process killed at any point leaves the previous save
-        loadable and unchanged, or the new one complete (:meth:`load` reads only the version
-        ``memory.json`` names). Two processes must not save into one folder at once (``memlong
-        ask`` locks it: :mod:`memlong.memory.lock`).
-        """
-        import json
-        import shutil
-        import uuid
-
-        from safetensors.torch import save_file
-
-        from memlong.memory.bank import _fsync, _fsync_dir, _sha256
-
-        if self.broken:
-            raise RuntimeError(f"refusing to save a memory left inconsistent ({self.broken}); reset it first")
-        if any(f is not None for f in self.focus):
-            raise RuntimeError(
-                "refusing to save a memory focused on a question (focus_on); call memory.unfocus() first"
-            )
-        os.makedirs(directory, exist_ok=True)
-        version = f"v-{uuid.uuid4().hex[:12]}"
-        vdir = os.path.join(directory, version)
-        os.makedirs(vdir)
-        for b, bank in enumerate(self.banks):
-            bank.save(os.path.join(vdir, f"row-{b}"), {"retriever": self.retriever_info})
-        tensors: dict[str, torch.Tensor] = {}
-        for layer in range(self.num_layers):
-            if self.win_k[layer] is not None:
-                tensors[f"win_k.{layer}"] = self.win_k[layer].contiguous().cpu()
-                tensors[f"win_v.{layer}"] = self.win_v[layer].contiguous().cpu()
-        if self.win_pos is not None:
-            tensors["win_pos"] = self.win_pos.contiguous()
-        mem_none = []
-        for b in range(self.batch_size_):
-            for c, e in self.chunk_emb[b].items():
-                tensors[f"emb.{b}.{c}"] = e.contiguous().cpu()
-            for j, m in self.chunk_mem[b].items():
-                if m is None:
-                    mem_none.append([b, j])
-                else:
-                    tensors[f"mem_k.{b}.{j}"], tensors[f"mem_v.{b}.{j}"] = (t.contiguous().cpu() for t in m)
-            if self.sink[b] is not None:
-                tensors[f"sink_k.{b}"], tensors[f"sink_v.{b}"] = (t.contiguous().cpu() for t in self.sink[b])
-        wfile = os.path.join(vdir, "window.safetensors")
-        save_file(tensors, wfile)
-        _fsync(wfile)
-        meta = {
-            "format": MEMORY_FORMAT,
-            "version": version,
-            "window_sha256": _sha256(wfile),
-            "config": self.config.to_dict(),
-            "num_layers": self.num_layers,
-            "batch_size": self.batch_size_,
-            "seen": self.seen,
-            "columns": self.columns,
-            "retrieval": self.retrieval,
-            "retriever": self.retriever_info,
-            "chunk_tokens": [{str(c): t for c, t in d.items()} for d in self.chunk_tokens],
-            "chunk_chars": [{str(c): t for c, t in d.items()} for d in self.chunk_chars],
-            "mem_none": mem_none,
-            "reread": self.reread,
-            "metadata": metadata or {},
-        }
-        _fsync_dir(vdir)
-        path = os.path.join(directory, MEMORY_JSON)
-        with open(path + ".tmp", "w") as f:
-            json.dump(meta, f)
-        _fsync(path + ".tmp")
-        os.replace(path + ".tmp", path)  # the commit: before it the previous save is the memory, after it this one
-        _fsync_dir(directory)
-        for name in os.listdir(directory):  # older versions and leftovers of killed saves; nothing else
-            if _VERSION.fullmatch(name) and name != version:
-                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-        return path
-
-    @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike,
-        config: MemLongConfig,
-        layout: BankLayout,
-        num_layers: int,
-        device: str | torch.device | None = None,
-        retriever_info: dict | None = None,
-        kv_heads: int | None = None,
-    ):
-        """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``
-        (window K/V go to ``device``, the model's; the banks to their tier). Everything is
-        checked before anything is returned; errors say which file and why."""
-
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from memlong.memory.bank import BankFileError, _sha256, read_metadata
-
-        meta = read_metadata(directory, MEMORY_JSON, MEMORY_FORMAT, "MemLong memory")
-        diff = config.memory_differences(meta["config"])
-        if diff or meta["num_layers"] != num_layers:
-            raise BankFileError(
-                f"memory in {directory!s} was saved by a model with another MemLong config (differs in {diff}) "
-                f"or depth ({meta['num_layers']} layers); load it into the model that wrote it"
-            )
-        check_retriever(meta.get("retriever"), retriever_info, directory)
-        vdir = os.path.join(directory, meta["version"])
-        wfile = os.path.join(vdir, "window.safetensors")
-        if not os.path.isfile(wfile) or _sha256(wfile) != meta["window_sha256"]:
-            raise BankFileError(f"{wfile} is missing, truncated or corrupted")
-        try:
-            t = load_file(wfile)
-        except (SafetensorError, OSError) as e:
-            raise BankFileError(f"{wfile} cannot be read ({e})") from e
-        B = int(meta["batch_size"])
-        banks = [MemoryBank.load(os.path.join(vdir, f"row-{b}"), expected=layout) for b in range(B)]
-        for bank in banks:
-            if bank.layout.index_window != layout.index_window:
-                bank.drop_window_index()  # another rerank_window or none: not what this config's questions search
-        cache = cls(
-            config,
-            layout,
-            num_layers,
-            B,
-            retrieval=bool(meta["retrieval"]),
-            retriever_info=retriever_info,
-            kv_heads=kv_heads,
-        )
-        dev = layout.device if device is None else device
-        cache.banks = banks
-        cache.seen = [int(x) for x in meta["seen"]]
-        cache.columns = int(meta["columns"])
-        cache.win_pos = t.get("win_pos")
-        for layer in range(num_layers):
-            if f"win_k.{layer}" in t:
-                cache.win_k[layer] = t[f"win_k.{layer}"].to(dev)
-                cache.win_v[layer] = t[f"win_v.{layer}"].to(dev)
-        cache.chunk_tokens = [{int(c): list(v) for c, v in d.items()} for d in meta["chunk_tokens"]]
-        cache.chunk_chars = [{int(c): list(v) for c, v in d.items()} for d in meta["chunk_chars"]]
-        for key, value in t.items():
-            kind, *rest = key.split(".")
-            if kind == "emb":
-                cache.chunk_emb[int(rest[0])][int(rest[1])] = value
-            elif kind == "mem_k":
-                b, j = int(rest[0]), int(rest[1])
-                cache.chunk_mem[b][j] = (value.to(dev), t[f"mem_v.{b}.{j}"].to(dev))
-            elif kind == "sink_k":
-                b = int(rest[0])
-                cache.sink[b] = (value.to(dev), t[f"sink_v.{b}"].to(dev))
-        for b, j in meta["mem_none"]:
-            cache.chunk_mem[b][j] = None
-        cache.reread = [
-            [[int(s), int(e)] for s, e in row] for row in meta.get("reread", [[]] * B)
-        ]  # older saves record none
-        cache.metadata = dict(meta.get("metadata") or {})
-        return cache
 
     def window_tokens(self, row: int = 0) -> int:
         return 0 if self.win_pos is None else int((self.win_pos[row] >= 0).sum())
