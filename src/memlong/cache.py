@@ -101,25 +101,50 @@ class MemLongCache(MemoryFiles, Cache):
             raise ValueError("MemLongCache: with MemLongConfig.bank_heads set, pass kv_heads (the model's KV heads)")
         # the model's KV heads per layer (without bank_heads the bank holds them all for each bank layer)
         self.kv_heads = kv_heads or layout.num_kv_heads // len(config.bank_layers)
-        self._plan_heads()
-        self._clear_rows(range(batch_size), init=True)
+        self._bank_heads, self._bank_rows, self._streaming = self._plan_heads()
+        B = batch_size
+        # ---- the timeline, per row: tokens read, the local window, chunk records
+        self.seen = [0] * B  # tokens read by each row
+        self.win_k: list[torch.Tensor | None] = [None] * num_layers  # per layer [B, H_kv, L, D], unrotated
+        self.win_v: list[torch.Tensor | None] = [None] * num_layers
+        self.win_pos: torch.Tensor | None = None  # [B, L] stream positions, -1 = empty
+        # the window keys as the last call rotated them (per layer), and that call's RoPE frame:
+        # the next call reuses them while its frame is the same (decoding within a chunk)
+        self.win_k_rot: list[torch.Tensor | None] = [None] * num_layers
+        self.rot_frame: tuple | None = None
+        # chunk -> its tokens, its [start, end] characters in the source text, its retrieval
+        # embedding (chunks still in the window), and the memory retrieved for it (chunk in progress)
+        self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(B)]
+        self.chunk_chars: list[dict[int, list[int]]] = [{} for _ in range(B)]
+        self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(B)]
+        self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [{} for _ in range(B)]
+        # training_free sink (config.sink_tokens): the first tokens' K/V in every bank layer,
+        # [H_bank, s, D] each, kept from when chunk 0 leaves the window
+        self.sink: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * B
+        # ---- a question's retrieval
+        self.focus: list[torch.Tensor | None] = [None] * B  # the question's embedding (see focus_on())
+        self.focus_search: list[dict] = [{} for _ in range(B)]  # its re-ranking (see question_search())
+        self.reread: list[list[list[int]]] = [[] for _ in range(B)]  # [start, end) reread (see mark_reread())
+        # ---- between calls
+        self._last_memory: dict | None = None  # see prepare(): one slot's retrieved memory, reused
+        self._pending: tuple | None = None  # prepare() -> commit(): the segment's positions, counts, RoPE frame
 
-    def _plan_heads(self) -> None:
+    def _plan_heads(self) -> tuple[dict, torch.Tensor | None, dict[int, torch.Tensor]]:
         """Where each layer's heads sit when memory is gathered (``config.bank_heads``): retrieved
-        K/V are laid out with every KV head of every bank layer (the sink's layout), the bank's
-        heads at ``_bank_rows``; ``_streaming``: layer -> ``[H_kv]`` bool, the heads the bank
-        does not keep (they read the sink and the window only). Both empty without bank_heads."""
+        K/V are laid out with every KV head of every bank layer (the sink's layout). Returns the
+        bank's heads per layer (``config.banked_heads``), their rows in that layout (``None``:
+        every row) and, per layer, ``[H_kv]`` bool, the heads the bank does not keep (they read the
+        sink and the window only; empty without bank_heads)."""
         heads = self.config.banked_heads(self.kv_heads)
         H = self.kv_heads
         rows = [r * H + h for r, layer in enumerate(self.config.bank_layers) for h in heads[layer]]
         partial = len(rows) < H * len(self.config.bank_layers)
-        self._bank_heads = heads
-        self._bank_rows = torch.tensor(rows) if partial else None
-        self._streaming = {
+        streaming = {
             layer: torch.tensor([h not in heads[layer] for h in range(H)])
             for layer in self.config.bank_layers
             if partial and len(heads[layer]) < H
         }
+        return heads, torch.tensor(rows) if partial else None, streaming
 
     def _new_bank(self) -> MemoryBank:
         c = self.config
@@ -133,30 +158,8 @@ class MemLongCache(MemoryFiles, Cache):
             c.approximate_above,
         )
 
-    def _clear_rows(self, rows, init: bool = False) -> None:
-        if init:
-            self.seen = [0] * self.batch_size_
-            self.win_k: list[torch.Tensor | None] = [None] * self.num_layers
-            self.win_v: list[torch.Tensor | None] = [None] * self.num_layers
-            self.win_pos: torch.Tensor | None = None  # [B, L] stream positions, -1 = empty
-            # the window keys as the last call rotated them (per layer), and that call's RoPE frame:
-            # the next call reuses them while its frame is the same (decoding within a chunk)
-            self.win_k_rot: list[torch.Tensor | None] = [None] * self.num_layers
-            self.rot_frame: tuple | None = None
-            self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]
-            self.chunk_chars: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]  # [start, end]
-            self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
-            self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [
-                {} for _ in range(self.batch_size_)
-            ]
-            self.focus: list[torch.Tensor | None] = [None] * self.batch_size_  # see focus_on()
-            self.focus_search: list[dict] = [{} for _ in range(self.batch_size_)]  # its re-ranking
-            # training_free sink (config.sink_tokens): the first tokens' K/V in every bank layer,
-            # [H_bank, s, D] each, kept from when chunk 0 leaves the window
-            self.sink: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.batch_size_
-            self.reread: list[list[list[int]]] = [[] for _ in range(self.batch_size_)]  # see mark_reread()
-            self._last_memory: dict | None = None  # see prepare(): one slot's retrieved memory, reused
-            return
+    def _clear_rows(self, rows) -> None:
+        """Forgets rows: what they read, their banks and records (the window's columns stay, emptied)."""
         self._last_memory = None
         for b in rows:
             self.seen[b] = 0
@@ -782,7 +785,7 @@ class MemLongCache(MemoryFiles, Cache):
         """After the forward: appends the segment's K/V to each layer's window and drops what
         no query can see any more (chunks stay until written to memory)."""
         qpos, kpos, counts, frame = self._pending
-        del self._pending
+        self._pending = None
         tau, w = self.config.chunk_size, self.config.window_chunks
         B = qpos.shape[0]
         nxt = torch.tensor([self.seen[b] + counts[b] for b in range(B)])
