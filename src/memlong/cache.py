@@ -30,42 +30,15 @@ from transformers.cache_utils import Cache
 from memlong.attention import CallContext
 from memlong.config import MemLongConfig
 from memlong.memory import BankLayout, MemoryBank
-from memlong.memory.bank import window_starts
 from memlong.memory.persistence import MemoryFiles
 from memlong.profiling import phase
+from memlong.question import QuestionSearch
 from memlong.retriever import Retriever
 
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
 
 
-@torch.no_grad()
-def index_bank_windows(banks: list[MemoryBank], retriever: Retriever, chunk_size: int) -> int:
-    """Embeds, in one retriever batch, the windows of every chunk of ``banks`` not in their window
-    index yet (see :meth:`MemLongCache.index_windows`); returns the chunks indexed."""
-    todo = []
-    for bank in banks:
-        slots = bank.unwindowed() if bank.layout.index_window else torch.zeros(0, dtype=torch.long)
-        if slots.numel():
-            todo.append((bank, slots, window_starts(chunk_size, bank.layout.index_window)))
-    texts = [
-        t[s : s + bank.layout.index_window]
-        for bank, slots, starts in todo
-        for t in bank.token_ids[slots].tolist()
-        for s in starts
-    ]
-    if not texts:
-        return 0
-    with phase("retriever"):
-        e = retriever.embed(texts)
-    done = 0
-    for bank, slots, starts in todo:
-        n = len(slots) * len(starts)
-        bank.set_window_embeddings(slots, e[:n].view(len(slots), len(starts), -1))
-        e, done = e[n:], done + len(slots)
-    return done
-
-
-class MemLongCache(MemoryFiles, Cache):
+class MemLongCache(MemoryFiles, QuestionSearch, Cache):
     """State of a batch of sequences for a MemLong model (see the module docstring).
 
     Create it with ``model.new_memory(batch_size)`` rather than by hand. ``save`` / ``load`` (the
@@ -560,136 +533,10 @@ class MemLongCache(MemoryFiles, Cache):
         with phase("retriever"):
             return retriever.embed([self.chunk_tokens[b][j]])[0]  # partial chunk ("chunk" mode only)
 
-    @torch.no_grad()
-    def focus_on(self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None) -> None:
-        """Retrieves with a given text (a question) until :meth:`unfocus`: row ``rows[i]``'s
-        query becomes the embedding of ``tokens[i]``, the chunk in progress retrieves again
-        with it, and so does every chunk that starts meanwhile. For answering: read the
-        question after this call and every token of it, and of the answer, attends to the
-        chunks the question is about. The question's own tokens then depend on its end (the
-        paper's same-chunk query): use it to answer, not to score the question."""
-        rows = list(range(self.batch_size_)) if rows is None else list(rows)
-        if len(tokens) != len(rows):
-            raise ValueError(f"focus_on: {len(tokens)} token lists for {len(rows)} rows")
-        if not self.retrieval:
-            return
-        with phase("retriever"):
-            queries = retriever.embed([list(t) for t in tokens])
-        self.index_windows(retriever, rows)  # one batch for every row (the window index, if kept)
-        tau = self.config.chunk_size
-        for b, query, tokens_b in zip(rows, queries, tokens):
-            self.focus[b] = query
-            self.focus_search[b] = self.question_search(b, query, retriever, list(tokens_b))
-            if self.seen[b] % tau:
-                self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query, self.focus_search[b])
-
-    def question_search(self, b: int, query: torch.Tensor, retriever: Retriever, tokens=None) -> dict:
-        """How a question searches row ``b``'s bank: the keyword arguments (``rescore``,
-        ``candidates``) of :meth:`MemoryBank.best` / :meth:`~MemoryBank.retrieve`. A chunk's score
-        is the best of its own and its windows' of ``rerank_window`` tokens (half-overlapping): a
-        short fact inside a long chunk of other text matches its window far better than the whole
-        chunk's embedding. With the bank's window index (``rerank_index``) every chunk is scored
-        from the stored window embeddings (chunks not indexed yet are first, :meth:`index_windows`);
-        without one, the top ``rerank_candidates`` chunks' windows are embedded now. With the
-        question's ``tokens`` and ``lexical_weight``, ``lexical_weight`` times the share of the
-        question's words and word pairs a chunk holds (:func:`~memlong.memory.bank.lexical_scores`)
-        is added: what an embedding misses ("pass key" against code full of ``pass``). ``{}``:
-        plain cosine search (re-ranking off)."""
-        cfg = self.config
-        W = cfg.rerank_window
-        if not cfg.rerank_candidates or W >= cfg.chunk_size:
-            return {}
-        bank = self.banks[b]
-        weight = cfg.lexical_weight if tokens is not None and len(tokens) else 0.0
-        words = torch.as_tensor(list(tokens) if weight else [], dtype=torch.long)
-        tau = cfg.chunk_size  # the closures hold the bank, not the cache (no reference cycle)
-
-        def lexical(slots: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-            return dense + weight * bank.lexical_scores(slots, words) if weight else dense
-
-        if bank.layout.index_window == W:
-
-            def rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-                index_bank_windows([bank], retriever, tau)  # chunks banked since the question was asked, if any
-                return lexical(slots, torch.maximum(bank.window_scores(slots, query), scores.float().cpu()))
-
-            return {"rescore": rescore, "candidates": bank.capacity}  # every chunk: the search returns all
-        starts = window_starts(cfg.chunk_size, W)
-
-        def embed_rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            toks = bank.token_ids[slots]
-            with phase("retriever"):
-                e = retriever.embed([toks[i, s : s + W].tolist() for i in range(len(slots)) for s in starts])
-            best = (e.float() @ query.float().to(e.device)).view(len(slots), len(starts)).amax(1).cpu()
-            return lexical(slots, torch.maximum(best, scores.float().cpu()))
-
-        return {"rescore": embed_rescore, "candidates": cfg.rerank_candidates}
-
-    @torch.no_grad()
-    def index_windows(self, retriever: Retriever, rows: list[int] | None = None) -> int:
-        """Completes the window index of rows' banks (``rerank_index``): embeds, in one retriever
-        batch, the ``rerank_window``-token windows of every banked chunk that has none yet. Done
-        when a question first needs them, so reading alone never pays for it; call it after reading
-        to move that cost out of the first question. Returns the chunks indexed."""
-        rows = range(self.batch_size_) if rows is None else rows
-        return index_bank_windows([self.banks[b] for b in rows], retriever, self.config.chunk_size)
-
-    @torch.no_grad()
-    def question_hits(self, retriever: Retriever, tokens: list[int], row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bank slots a question of ``tokens`` retrieves once :meth:`focus_on` is given them
-        (``generate(requery=...)``, ``memlong ask``), best first, with their scores: the search
-        and the window re-ranking the model runs, counters untouched. For showing a user what
-        an answer reads (``bank.entries()``, ``bank.text_spans[slot]``). ``retrieval_offsets``
-        other than ``(0,)`` also bring each hit's neighbours, not listed here."""
-        bank = self.banks[row]
-        if len(bank) == 0:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
-        with phase("retriever"):
-            query = retriever.embed([list(tokens)])[0]
-        return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever, list(tokens)))
-
-    @torch.no_grad()
-    def question_tokens(
-        self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None
-    ) -> list[list[int]]:
-        """For each of ``rows`` (all by default), the token ids of the chunks a question of
-        ``tokens[i]`` retrieves from the bank as it is now (as :meth:`focus_on` would): its hits and
-        what ``question_offsets`` bring, in ``question_order``, back to back; counters untouched.
-        ``question_reread`` reads them as text just before the question (``generate(requery=...)``)."""
-        rows = list(range(self.batch_size_)) if rows is None else list(rows)
-        if len(tokens) != len(rows):
-            raise ValueError(f"question_tokens: {len(tokens)} token lists for {len(rows)} rows")
-        if not self.retrieval or not any(len(self.banks[b]) for b in rows):
-            return [[] for _ in rows]
-        with phase("retriever"):
-            queries = retriever.embed([list(t) for t in tokens])
-        self.index_windows(retriever, rows)
-        cfg, out = self.config, []
-        for b, query, tokens_b in zip(rows, queries, tokens):
-            bank = self.banks[b]
-            if len(bank) == 0:
-                out.append([])
-                continue
-            slots = bank.select(
-                query,
-                cfg.top_k,
-                self._offsets(question=True),
-                order=cfg.question_order,
-                **self.question_search(b, query, retriever, list(tokens_b)),
-            )
-            out.append(bank.token_ids[slots].flatten().tolist())
-        return out
-
     def _offsets(self, question: bool) -> tuple[int, ...]:
         """The chunks each hit brings: ``question_offsets`` for a question (when set), else ``retrieval_offsets``."""
         cfg = self.config
         return cfg.question_offsets if question and cfg.question_offsets is not None else cfg.retrieval_offsets
-
-    def unfocus(self, rows: list[int] | None = None) -> None:
-        """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""
-        for b in range(self.batch_size_) if rows is None else rows:
-            self.focus[b] = None
-            self.focus_search[b] = {}
 
     @torch.no_grad()
     def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
@@ -713,17 +560,6 @@ class MemLongCache(MemoryFiles, Cache):
         for b, c, query in zip(rows, chunks, queries):
             self.chunk_mem[b][c] = self._retrieve(b, query)
         return rows
-
-    def mark_reread(self, row: int, start: int, end: int) -> None:
-        """Stream positions ``start..end - 1`` of row ``row`` hold text read again from its bank
-        (``question_reread``: a question's hits read as text before it). A chunk made only of
-        them is dropped, not banked, when it leaves the window: the bank holds that text already,
-        and a second copy would take a later search's slot beside the original. A chunk that also
-        holds other text (the document before, the question after) is banked as usual."""
-        if not self.seen[row] >= end >= start >= 0:
-            raise ValueError(f"mark_reread({row}, {start}, {end}): not a range of the {self.seen[row]} tokens read")
-        if end > start:
-            self.reread[row].append([start, end])
 
     def _depart(self, b: int, c: int) -> None:
         """Chunk ``c`` of row ``b`` leaves the window: write it to the bank (unless it is reread text)."""
