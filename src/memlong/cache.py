@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache
@@ -36,6 +37,30 @@ from memlong.question import QuestionSearch
 from memlong.retriever import Retriever
 
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values [H, m, D]
+
+
+@dataclass
+class Segment:
+    """Where the tokens of one call sit (:meth:`MemLongCache.prepare`), row by row: ``B`` rows of
+    ``S`` columns, after the ``L`` keys of the local window."""
+
+    starts: list[int]  # tokens each row had read before the segment
+    qpos: torch.Tensor  # [B, S] each token's stream position (-1: padding)
+    kpos: torch.Tensor  # [B, L + S] each key's: the window's, then the segment's
+    qchunk: torch.Tensor  # [B, S] each token's chunk
+    qvalid: torch.Tensor  # [B, S] real tokens
+    mask: torch.Tensor  # [B, S, L + S] the keys each token sees in the local window
+    base: torch.Tensor  # [B, 1] origin of the local RoPE frame: where the window's oldest chunk starts
+    first_chunk: torch.Tensor  # [B, 1] the chunk of each row's first token
+    slot: torch.Tensor  # [B, S] each token's memory slot: its chunk counted from first_chunk
+    slots: int  # memory slots per row
+    aligned: bool  # one row, or rows that start together without padding (local attention in blocks)
+
+
+def rope_at(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows ``pos`` ``[B, T]`` of a cos or sin ``table`` ``[P, D]``: ``[B, 1, T, D]``."""
+    return table[pos.to(table.device)].unsqueeze(1)
 
 
 class MemLongCache(MemoryFiles, QuestionSearch, Cache):
@@ -268,6 +293,27 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         ``ids`` ``[B, S]`` new tokens per row, left-aligned; ``counts[b]`` of them are real.
         ``char_offsets`` ``[B, S, 2]`` (optional): each token's character span in the source text.
         """
+        self._begin_segment()
+        starts = list(self.seen)
+        self._embed_chunks(self._record_tokens(ids, counts, starts, char_offsets), retriever)
+        self._start_chunks(starts, counts, retriever)
+        seg = self._segment(starts, counts, ids.shape[1])
+        entries, sizes, sinks = self._memory_parts(seg)
+        M = int(sizes.max())
+        qrel, krel, qmem, cos, sin, frame = self._rope(seg, M, rotary)
+        ctx = self._local_context(seg, qrel, krel, qmem, cos, sin, frame, gate_activation, ids.device)
+        if M == 0:
+            self._last_memory = None
+        else:
+            self._add_memory(ctx, seg, entries, sizes, sinks, cos, sin, ids.device)
+        if seg.aligned:
+            self._add_blocks(ctx, seg)
+        self._pending = (seg.qpos, seg.kpos, counts, frame)
+        return ctx
+
+    def _begin_segment(self) -> None:
+        """Refuses a memory an earlier call left inconsistent; marks this one inconsistent until
+        :meth:`commit`."""
         if self.broken:
             raise RuntimeError(
                 f"this memory was left inconsistent by an earlier error ({self.broken}); call .reset() "
@@ -275,16 +321,15 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
             )
         # Until commit() succeeds the state is half-updated (tokens recorded, chunks written).
         self.broken = "a forward call failed between planning and committing a segment"
-        cfg = self.config
-        tau, w = cfg.chunk_size, cfg.window_chunks
-        B, S = ids.shape
-        device = ids.device
-        starts = list(self.seen)
-        H_kv = self.kv_heads
 
-        # 1. chunk tokens, and embeddings of the chunks this segment completes (one batch)
+    def _record_tokens(
+        self, ids: torch.Tensor, counts: list[int], starts: list[int], char_offsets: torch.Tensor | None
+    ) -> list[tuple[int, int]]:
+        """Adds the segment's tokens (and their characters) to the records of their chunks; returns
+        the ``(row, chunk)`` it completes."""
+        tau = self.config.chunk_size
         todo: list[tuple[int, int]] = []
-        for b in range(B):
+        for b in range(ids.shape[0]):
             toks = ids[b, : counts[b]].tolist()
             p = starts[b]
             while toks:
@@ -300,14 +345,22 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
                     todo.append((b, c))
                 toks = toks[len(take) :]
                 p += len(take)
+        return todo
+
+    def _embed_chunks(self, todo: list[tuple[int, int]], retriever: Retriever) -> None:
+        """The retrieval embeddings of the completed chunks ``todo`` (one retriever batch)."""
         if todo and self.retrieval:
             with phase("retriever"):
                 embs = retriever.embed([self.chunk_tokens[b][c] for b, c in todo])
             for (b, c), e in zip(todo, embs):
                 self.chunk_emb[b][c] = e
 
-        # 2. chunk starts: departure to memory, then retrieval, in stream order
-        for b in range(B):
+    def _start_chunks(self, starts: list[int], counts: list[int], retriever: Retriever) -> None:
+        """Each chunk that starts in the segment, in stream order: the chunk leaving the window goes
+        to the bank (the first one keeps its sink), then the bank is searched for the new chunk."""
+        cfg = self.config
+        tau, w = cfg.chunk_size, cfg.window_chunks
+        for b in range(len(starts)):
             first = -(-starts[b] // tau)  # first chunk starting at or after the segment start
             for j in range(first, (starts[b] + counts[b] - 1) // tau + 1):  # empty when counts[b] == 0
                 if j - w - 1 == 0 and cfg.sink_tokens:
@@ -323,7 +376,10 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
                 with phase("search"):
                     self.chunk_mem[b][j] = self._retrieve(b, query, self.focus_search[b])
 
-        # 3. local mask and RoPE positions
+    def _segment(self, starts: list[int], counts: list[int], S: int) -> Segment:
+        """Where the segment's tokens and the window's keys sit, and the local mask."""
+        tau, w = self.config.chunk_size, self.config.window_chunks
+        B = len(starts)
         qpos = torch.full((B, S), -1, dtype=torch.long)
         for b in range(B):
             qpos[b, : counts[b]] = torch.arange(starts[b], starts[b] + counts[b])
@@ -339,18 +395,33 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         pad_rows, pad_cols = (~qvalid).nonzero(as_tuple=True)
         mask[pad_rows, pad_cols, L + pad_cols] = True  # padding queries attend to themselves only
         base = torch.tensor([max(0, s // tau - w) * tau for s in starts]).view(B, 1)
-        qrel = (qpos - base).clamp_min(0)
-        krel = (kpos - base).clamp_min(0)
-        qmem = (qpos - (qchunk - w).clamp_min(0) * tau).clamp_min(0)
-        training_free = cfg.mode == "training_free"
         # retrieved memory, grouped by the chunk slot (of this segment) each query belongs to
         first_chunk = torch.tensor([s // tau for s in starts]).view(B, 1)
         slot = (qchunk - first_chunk).clamp_min(0)
         n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
-        entries = [[self._memory_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)]
+        aligned = B == 1 or (len(set(starts)) == 1 and min(counts) == S)
+        return Segment(starts, qpos, kpos, qchunk, qvalid, mask, base, first_chunk, slot, n, aligned)
+
+    def _memory_parts(self, seg: Segment) -> tuple[list[list[list[KV]]], torch.Tensor, torch.Tensor]:
+        """What each row's chunk slots read besides the window (:meth:`_memory_of`), and the tokens
+        of it, ``[B, n]``, and of its sink, ``[B, n]``."""
+        tau, B, n = self.config.chunk_size, len(seg.starts), seg.slots
+        entries = [[self._memory_of(b, seg.starts[b] // tau + t) for t in range(n)] for b in range(B)]
         sizes = torch.tensor([[sum(k.shape[1] for k, _ in parts) for parts in row] for row in entries])  # [B, n]
-        sinks = torch.tensor([[self._sink_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)])
-        M = int(sizes.max())
+        sinks = torch.tensor([[self._sink_of(b, seg.starts[b] // tau + t) for t in range(n)] for b in range(B)])
+        return entries, sizes, sinks
+
+    def _rope(
+        self, seg: Segment, M: int, rotary: RotaryTable
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+        """RoPE positions in the local frame of queries, keys and queries against memory (``M``
+        retrieved tokens at most per slot), the cos/sin table, and the frame (to reuse rotated keys)."""
+        cfg = self.config
+        tau, w = cfg.chunk_size, cfg.window_chunks
+        qrel = (seg.qpos - seg.base).clamp_min(0)
+        krel = (seg.kpos - seg.base).clamp_min(0)
+        qmem = (seg.qpos - (seg.qchunk - w).clamp_min(0) * tau).clamp_min(0)
+        training_free = cfg.mode == "training_free"
         if training_free:
             # Retrieved tokens sit just before each query's window: every local position moves M
             # further on (relative positions, so local scores are unchanged), and a slot's m
@@ -363,30 +434,44 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         cos, sin = rotary(P)
         # keys at the same stream positions, rotated in the same frame as last call: reusable
         frame = (
-            base.flatten().tolist(),
+            seg.base.flatten().tolist(),
             M if training_free else 0,
             cos.untyped_storage().data_ptr(),
             cos.dtype,
             str(cos.device),
         )
+        return qrel, krel, qmem, cos, sin, frame
+
+    def _local_context(
+        self,
+        seg: Segment,
+        qrel: torch.Tensor,
+        krel: torch.Tensor,
+        qmem: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        frame: tuple,
+        gate_activation: str,
+        device: torch.device,
+    ) -> CallContext:
+        """The call's context without memory: the window, the local mask, RoPE tables."""
+        cfg = self.config
+        H_kv = self.kv_heads
+        training_free = cfg.mode == "training_free"
         window_rot = self.win_k_rot if frame == self.rot_frame else None
-
-        def pick(t, pos):
-            return t[pos.to(t.device)].unsqueeze(1)  # [B, 1, T, D]
-
-        ctx = CallContext(
+        return CallContext(
             retrieval_layers=frozenset(cfg.retrieval_layer_indices),
-            chunk_size=tau,
+            chunk_size=cfg.chunk_size,
             window_k=list(self.win_k),
             window_v=list(self.win_v),
             window_k_rotated=None if window_rot is None else list(window_rot),
-            local_mask=mask.unsqueeze(1).to(device),
-            cos_q=pick(cos, qrel),
-            sin_q=pick(sin, qrel),
-            cos_k=pick(cos, krel),
-            sin_k=pick(sin, krel),
-            cos_qm=pick(cos, qmem),
-            sin_qm=pick(sin, qmem),
+            local_mask=seg.mask.unsqueeze(1).to(device),
+            cos_q=rope_at(cos, qrel),
+            sin_q=rope_at(sin, qrel),
+            cos_k=rope_at(cos, krel),
+            sin_k=rope_at(sin, krel),
+            cos_qm=rope_at(cos, qmem),
+            sin_qm=rope_at(sin, qmem),
             gate_activation=gate_activation,
             fusion=cfg.fusion,
             training_free=training_free,
@@ -395,89 +480,114 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
             else {},
         )
 
-        # 4. retrieved memory grouped by chunk slot
-        if M == 0:
-            self._last_memory = None
-        else:
-            L_ = self.layout
-            # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
-            pin = torch.device(device).type == "cuda" and torch.device(L_.device).type == "cpu"
-            valid = torch.arange(M) < sizes[..., None]  # [B, n, M]
-            # The same retrieved tensors as the previous call (decoding within a chunk, one slot):
-            # its buffers are reused, and its memory keys as each layer rotated them while the
-            # positions are the same (CallContext.mem_rotated). Holding the parts keeps ids unique.
-            parts_now = [p for row in entries for parts in row for p in parts]
-            sig = (B, n, M, str(device), tuple(id(k) for k, _ in parts_now))
-            last = self._last_memory if B * n == 1 else None
-            if last is not None and last["sig"] == sig:
-                mem_k, mem_v = last["mem_k"], last["mem_v"]
-            else:
-                H_mem = H_kv * len(cfg.bank_layers)  # every KV head of every bank layer (the sink's layout)
-                mem_k = torch.empty(B, n, H_mem, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device, pin_memory=pin)
-                mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
-                rows = None if self._bank_rows is None else self._bank_rows.to(mem_k.device)
-                for b in range(B):
-                    for t, parts in enumerate(entries[b]):
-                        m = 0
-                        for k, v in parts:  # written in place, one after the other: no concatenated copy
-                            e = m + k.shape[1]
-                            if k.shape[0] == H_mem:  # every head: the sink, or a bank without bank_heads
-                                mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = k, v
-                            else:  # bank_heads: the bank's heads at their rows, the others zero (masked out)
-                                mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = 0, 0
-                                mem_k[b, t, rows, m:e], mem_v[b, t, rows, m:e] = k, v
-                            m = e
-                        # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
-                        mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
-                last = {
-                    "sig": sig,
-                    "parts": parts_now,
-                    "mem_k": mem_k,
-                    "mem_v": mem_v,
-                    "kpos": None,
-                    "rotated": {},
-                    "buffers": {},
-                }
-            self._last_memory = last if B * n == 1 else None
-            slot_has = valid.any(-1)  # [B, n]
-            valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
-            has_mem = slot_has.gather(1, slot) & qvalid
-            grid = torch.where(qvalid, slot * tau + qpos.remainder(tau), torch.full_like(qpos, n * tau))
-            ctx.mem_k = mem_k.flatten(0, 1).to(device, non_blocking=pin)
-            ctx.mem_v = mem_v.flatten(0, 1).to(device, non_blocking=pin)
-            ctx.mem_valid = valid.flatten(0, 1)[:, None, None, :].to(device)
-            ctx.grid_index = grid.to(device)
-            ctx.num_slots = n
-            ctx.has_mem = has_mem[:, None, :, None].to(device=device, dtype=cos.dtype)
-            if training_free:
-                m = valid.sum(-1, keepdim=True)  # [B, n, 1] retrieved tokens per slot
-                chunk_t = first_chunk[:, :, None] + torch.arange(n)[None, :, None]  # [B, n, 1]
-                window_t = (chunk_t - w).clamp_min(0) * tau - base[:, :, None]  # slot's window start, local frame
-                kpos_mem = (window_t + M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
-                ctx.cos_mk, ctx.sin_mk = pick(cos, kpos_mem), pick(sin, kpos_mem)
-                ctx.slot_has = slot_has.to(device)
-                if self._streaming:
-                    # heads the bank does not keep read the sink only, placed just before the window
-                    s_t = sinks[:, :, None]  # [B, n, 1]
-                    is_sink = torch.arange(M) < s_t  # [B, n, M]
-                    kpos_sink = torch.where(is_sink, window_t + M - s_t + torch.arange(M), 0).clamp_min(0).flatten(0, 1)
-                    ctx.cos_sk, ctx.sin_sk = pick(cos, kpos_sink), pick(sin, kpos_sink)
-                    ctx.sink_valid = is_sink.flatten(0, 1)[:, None, None, :].to(device)  # [B*n, 1, 1, M]
-                    ctx.streaming = {layer: h.to(device) for layer, h in self._streaming.items()}
-                if B * n == 1:
-                    if last["kpos"] is None or not torch.equal(last["kpos"], kpos_mem):
-                        last["kpos"], last["rotated"], last["buffers"] = kpos_mem, {}, {}
-                    ctx.mem_rotated = last["rotated"]
-        if B == 1 or (len(set(starts)) == 1 and min(counts) == S):
-            # training_free: one block per chunk, so each block reads one slot's memory
-            ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0], per=1 if training_free else None)
-            ctx.block_slots = [int(qchunk[0, ql]) - starts[0] // tau for ql, *_ in ctx.local_blocks]
-            if ctx.mem_rotated is not None and [b[2:4] for b in ctx.local_blocks] == [(0, L + S)]:
-                # one sequence in one chunk seeing its whole window (decoding): each layer appends the
-                # new tokens to buffers that already hold the memory and the window (DecodeBuffer)
-                ctx.decode_buffers = self._last_memory["buffers"]
-        self._pending = (qpos, kpos, counts, frame)
-        return ctx
+    def _add_memory(
+        self,
+        ctx: CallContext,
+        seg: Segment,
+        entries: list[list[list[KV]]],
+        sizes: torch.Tensor,
+        sinks: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        device: torch.device,
+    ) -> None:
+        """Adds the retrieved memory to ``ctx``, grouped by chunk slot: K/V ``[B * n, H, M, D]``,
+        which of them are real, which slot each query reads (and, training_free, their RoPE)."""
+        cfg = self.config
+        tau, w = cfg.chunk_size, cfg.window_chunks
+        training_free = cfg.mode == "training_free"
+        B, n, M = len(seg.starts), seg.slots, int(sizes.max())
+        qpos, qvalid, slot = seg.qpos, seg.qvalid, seg.slot
+        # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
+        pin = torch.device(device).type == "cuda" and torch.device(self.layout.device).type == "cpu"
+        valid = torch.arange(M) < sizes[..., None]  # [B, n, M]
+        last = self._memory_buffers(entries, M, device, pin)
+        mem_k, mem_v = last["mem_k"], last["mem_v"]
+        self._last_memory = last if B * n == 1 else None
+        slot_has = valid.any(-1)  # [B, n]
+        valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
+        has_mem = slot_has.gather(1, slot) & qvalid
+        grid = torch.where(qvalid, slot * tau + qpos.remainder(tau), torch.full_like(qpos, n * tau))
+        ctx.mem_k = mem_k.flatten(0, 1).to(device, non_blocking=pin)
+        ctx.mem_v = mem_v.flatten(0, 1).to(device, non_blocking=pin)
+        ctx.mem_valid = valid.flatten(0, 1)[:, None, None, :].to(device)
+        ctx.grid_index = grid.to(device)
+        ctx.num_slots = n
+        ctx.has_mem = has_mem[:, None, :, None].to(device=device, dtype=cos.dtype)
+        if training_free:
+            m = valid.sum(-1, keepdim=True)  # [B, n, 1] retrieved tokens per slot
+            chunk_t = seg.first_chunk[:, :, None] + torch.arange(n)[None, :, None]  # [B, n, 1]
+            window_t = (chunk_t - w).clamp_min(0) * tau - seg.base[:, :, None]  # slot's window start, local frame
+            kpos_mem = (window_t + M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
+            ctx.cos_mk, ctx.sin_mk = rope_at(cos, kpos_mem), rope_at(sin, kpos_mem)
+            ctx.slot_has = slot_has.to(device)
+            if self._streaming:
+                # heads the bank does not keep read the sink only, placed just before the window
+                s_t = sinks[:, :, None]  # [B, n, 1]
+                is_sink = torch.arange(M) < s_t  # [B, n, M]
+                kpos_sink = torch.where(is_sink, window_t + M - s_t + torch.arange(M), 0).clamp_min(0).flatten(0, 1)
+                ctx.cos_sk, ctx.sin_sk = rope_at(cos, kpos_sink), rope_at(sin, kpos_sink)
+                ctx.sink_valid = is_sink.flatten(0, 1)[:, None, None, :].to(device)  # [B*n, 1, 1, M]
+                ctx.streaming = {layer: h.to(device) for layer, h in self._streaming.items()}
+            if B * n == 1:
+                if last["kpos"] is None or not torch.equal(last["kpos"], kpos_mem):
+                    last["kpos"], last["rotated"], last["buffers"] = kpos_mem, {}, {}
+                ctx.mem_rotated = last["rotated"]
+
+    def _memory_buffers(self, entries: list[list[list[KV]]], M: int, device: torch.device, pin: bool) -> dict:
+        """The retrieved K/V of every row's slots, ``mem_k`` / ``mem_v`` ``[B, n, H_mem, M, D]`` on
+        the bank's tier (pinned when ``pin``), with what the call may reuse next time (the record
+        :attr:`_last_memory` keeps for one slot)."""
+        cfg, L_ = self.config, self.layout
+        B, n = len(entries), len(entries[0])
+        # The same retrieved tensors as the previous call (decoding within a chunk, one slot):
+        # its buffers are reused, and its memory keys as each layer rotated them while the
+        # positions are the same (CallContext.mem_rotated). Holding the parts keeps ids unique.
+        parts_now = [p for row in entries for parts in row for p in parts]
+        sig = (B, n, M, str(device), tuple(id(k) for k, _ in parts_now))
+        last = self._last_memory if B * n == 1 else None
+        if last is not None and last["sig"] == sig:
+            return last
+        H_mem = self.kv_heads * len(cfg.bank_layers)  # every KV head of every bank layer (the sink's layout)
+        mem_k = torch.empty(B, n, H_mem, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device, pin_memory=pin)
+        mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
+        rows = None if self._bank_rows is None else self._bank_rows.to(mem_k.device)
+        for b in range(B):
+            for t, parts in enumerate(entries[b]):
+                m = 0
+                for k, v in parts:  # written in place, one after the other: no concatenated copy
+                    e = m + k.shape[1]
+                    if k.shape[0] == H_mem:  # every head: the sink, or a bank without bank_heads
+                        mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = k, v
+                    else:  # bank_heads: the bank's heads at their rows, the others zero (masked out)
+                        mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = 0, 0
+                        mem_k[b, t, rows, m:e], mem_v[b, t, rows, m:e] = k, v
+                    m = e
+                # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
+                mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
+        return {
+            "sig": sig,
+            "parts": parts_now,
+            "mem_k": mem_k,
+            "mem_v": mem_v,
+            "kpos": None,
+            "rotated": {},
+            "buffers": {},
+        }
+
+    def _add_blocks(self, ctx: CallContext, seg: Segment) -> None:
+        """Rows aligned: splits local attention into blocks of whole chunks (:meth:`_blocks`), and
+        lets decoding append to the buffers of the previous call (DecodeBuffer)."""
+        tau = self.config.chunk_size
+        training_free = self.config.mode == "training_free"
+        qchunk, start = seg.qchunk[0], seg.starts[0]
+        # training_free: one block per chunk, so each block reads one slot's memory
+        ctx.local_blocks = self._blocks(ctx.local_mask, qchunk, per=1 if training_free else None)
+        ctx.block_slots = [int(qchunk[ql]) - start // tau for ql, *_ in ctx.local_blocks]
+        if ctx.mem_rotated is not None and [b[2:4] for b in ctx.local_blocks] == [(0, seg.kpos.shape[1])]:
+            # one sequence in one chunk seeing its whole window (decoding): each layer appends the
+            # new tokens to buffers that already hold the memory and the window (DecodeBuffer)
+            ctx.decode_buffers = self._last_memory["buffers"]
 
     def _blocks(self, mask: torch.Tensor, qchunk: torch.Tensor, per: int | None = None):
         """Splits the queries (rows aligned) into groups of ``per`` whole chunks, each with the
@@ -498,7 +608,7 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
             blocks.append((ql, qh, kl, kh, mask[:, :, ql:qh, kl:kh]))
         return blocks
 
-    def _memory_of(self, b: int, j: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _memory_of(self, b: int, j: int) -> list[KV]:
         """What chunk ``j`` of row ``b`` reads besides its window, in order: the sink (once chunk 0
         has left the window; every KV head of every bank layer), then the chunks retrieved for it
         (the bank's heads); K/V ``[H_bank, m, D]`` each."""
