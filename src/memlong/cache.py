@@ -17,6 +17,11 @@ Timeline of chunk ``j`` (``tau`` tokens, ``w = local_window // tau - 1``): when 
 is processed, chunk ``j - w - 1`` leaves the window and is written to the bank (evicting if the
 bank is full), then the bank is searched with the query for chunk ``j`` (causal: the embedding
 of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval layers.
+:meth:`MemLongCache.prepare` plans each call along this timeline and :meth:`~MemLongCache.commit`
+keeps its keys/values in the window.
+
+The memory's files are :mod:`memlong.memory.persistence`'s (``save``/``load``); a question's own
+retrieval is :mod:`memlong.question`'s (``focus_on``, ``question_hits``, ...).
 """
 
 from __future__ import annotations
