@@ -27,6 +27,7 @@ retrieval is :mod:`memlong.question`'s (``focus_on``, ``question_hits``, ...).
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -654,14 +655,13 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         return cfg.question_offsets if question and cfg.question_offsets is not None else cfg.retrieval_offsets
 
     @torch.no_grad()
-    def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
+    def retrieve_again(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
         """Retrieves again for each row's chunk in progress, with the embedding of the last
         ``chunk_size`` tokens read (they may span two chunks). Tokens read after this call see
-        the new retrieval; tokens already read keep what they saw: still causal. Use it after
-        a question so that the answer reads what the question asks for (by default the chunk
-        holding the question retrieved with the text before it). A row whose next token starts
-        a chunk needs nothing: that chunk will retrieve with exactly those tokens. Returns the
-        rows that were re-queried."""
+        the new retrieval; tokens already read keep what they saw: still causal. A row whose next
+        token starts a chunk needs nothing: that chunk will retrieve with exactly those tokens.
+        Returns the rows retrieved for. (A question retrieves with its own embedding instead:
+        :meth:`focus_on`, ``generate(requery=...)``.)"""
         tau = self.config.chunk_size
         if not self.retrieval:
             return []
@@ -675,6 +675,17 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         for b, c, query in zip(rows, chunks, queries):
             self.chunk_mem[b][c] = self._retrieve(b, query)
         return rows
+
+    def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
+        """Deprecated: :meth:`retrieve_again` (``requery`` names a question's own retrieval,
+        ``generate(requery=...)``)."""
+        warnings.warn(
+            "MemLongCache.requery() is now MemLongCache.retrieve_again(); requery names a question's own "
+            "retrieval (generate(requery=...))",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.retrieve_again(retriever, rows)
 
     def _depart(self, b: int, c: int) -> None:
         """Chunk ``c`` of row ``b`` leaves the window: write it to the bank (unless it is reread text)."""
