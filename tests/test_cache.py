@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import memlong
-from memlong.cache import MEMORY_JSON, MemLongCache
+from memlong.cache import MemLongCache
 from memlong.memory import BankLayout, MemoryBank
+from memlong.memory.persistence import MEMORY_JSON
 
 from killing import Killer
 

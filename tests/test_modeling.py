@@ -310,7 +310,7 @@ def test_requery_retrieves_with_the_question():
     question = torch.cat([rand_ids(1, 3, seed=9), needle[None, :4]], 1)  # tokens 296..302: chunk 37
     memory = m.ingest(torch.cat([doc, question[:, :-1]], 1))
     before = memory.chunk_mem[0][37]
-    assert memory.requery(m.memlong_retriever) == [0]
+    assert memory.retrieve_again(m.memlong_retriever) == [0]
     k, _ = memory.chunk_mem[0][37]
     assert torch.equal(k, memory.bank(0).gather(torch.tensor([memory.bank(0).entries()[2]["slot"]]))[0])
     assert before is None or not torch.equal(before[0], k)
@@ -353,7 +353,9 @@ def test_requery_retrieves_with_the_question():
         m.generate(question, memory=mem_a, max_new_tokens=2, requery=9)
     # at a chunk boundary there is nothing to redo: the next chunk retrieves with those tokens
     at_boundary = m.ingest(rand_ids(1, 304, seed=10))
-    assert at_boundary.requery(m.memlong_retriever) == []
+    assert at_boundary.retrieve_again(m.memlong_retriever) == []
+    with pytest.warns(FutureWarning, match="retrieve_again"):  # the old name of retrieve_again
+        assert at_boundary.requery(m.memlong_retriever) == []
 
 
 def test_unsupported_model_names_supported_families():

@@ -17,14 +17,19 @@ Timeline of chunk ``j`` (``tau`` tokens, ``w = local_window // tau - 1``): when 
 is processed, chunk ``j - w - 1`` leaves the window and is written to the bank (evicting if the
 bank is full), then the bank is searched with the query for chunk ``j`` (causal: the embedding
 of chunk ``j - 1``) and the top-k chunks' K/V are fetched for the retrieval layers.
+:meth:`MemLongCache.prepare` plans each call along this timeline and :meth:`~MemLongCache.commit`
+keeps its keys/values in the window.
+
+The memory's files are :mod:`memlong.memory.persistence`'s (``save``/``load``); a question's own
+retrieval is :mod:`memlong.question`'s (``focus_on``, ``question_hits``, ...).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import re
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache
@@ -32,54 +37,44 @@ from transformers.cache_utils import Cache
 from memlong.attention import CallContext
 from memlong.config import MemLongConfig
 from memlong.memory import BankLayout, MemoryBank
-from memlong.memory.bank import check_retriever, window_starts
+from memlong.memory.persistence import MemoryFiles
 from memlong.profiling import phase
+from memlong.question import QuestionSearch
 from memlong.retriever import Retriever
 
 RotaryTable = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # P -> cos, sin [P, D]
-MEMORY_FORMAT = "memlong-memory-v1"
-MEMORY_JSON = "memory.json"
-_VERSION = re.compile(r"v-[0-9a-f]{12}")  # a save's version folder (save names them so)
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values [H, m, D]
 
 
-def is_save_leftover(name: str) -> bool:
-    """Whether ``name`` can be what a killed :meth:`MemLongCache.save` leaves in a memory's folder: a
-    version folder (a leftover unless ``memory.json`` names it, which :meth:`~MemLongCache.load`
-    follows and the next save keeps) or its temporary ``memory.json``."""
-    return name == MEMORY_JSON + ".tmp" or bool(_VERSION.fullmatch(name))
+@dataclass
+class Segment:
+    """Where the tokens of one call sit (:meth:`MemLongCache.prepare`), row by row: ``B`` rows of
+    ``S`` columns, after the ``L`` keys of the local window."""
+
+    starts: list[int]  # tokens each row had read before the segment
+    qpos: torch.Tensor  # [B, S] each token's stream position (-1: padding)
+    kpos: torch.Tensor  # [B, L + S] each key's: the window's, then the segment's
+    qchunk: torch.Tensor  # [B, S] each token's chunk
+    qvalid: torch.Tensor  # [B, S] real tokens
+    mask: torch.Tensor  # [B, S, L + S] the keys each token sees in the local window
+    base: torch.Tensor  # [B, 1] origin of the local RoPE frame: where the window's oldest chunk starts
+    first_chunk: torch.Tensor  # [B, 1] the chunk of each row's first token
+    slot: torch.Tensor  # [B, S] each token's memory slot: its chunk counted from first_chunk
+    slots: int  # memory slots per row
+    aligned: bool  # one row, or rows that start together without padding (local attention in blocks)
 
 
-@torch.no_grad()
-def index_bank_windows(banks: list[MemoryBank], retriever: Retriever, chunk_size: int) -> int:
-    """Embeds, in one retriever batch, the windows of every chunk of ``banks`` not in their window
-    index yet (see :meth:`MemLongCache.index_windows`); returns the chunks indexed."""
-    todo = []
-    for bank in banks:
-        slots = bank.unwindowed() if bank.layout.index_window else torch.zeros(0, dtype=torch.long)
-        if slots.numel():
-            todo.append((bank, slots, window_starts(chunk_size, bank.layout.index_window)))
-    texts = [
-        t[s : s + bank.layout.index_window]
-        for bank, slots, starts in todo
-        for t in bank.token_ids[slots].tolist()
-        for s in starts
-    ]
-    if not texts:
-        return 0
-    with phase("retriever"):
-        e = retriever.embed(texts)
-    done = 0
-    for bank, slots, starts in todo:
-        n = len(slots) * len(starts)
-        bank.set_window_embeddings(slots, e[:n].view(len(slots), len(starts), -1))
-        e, done = e[n:], done + len(slots)
-    return done
+def rope_at(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows ``pos`` ``[B, T]`` of a cos or sin ``table`` ``[P, D]``: ``[B, 1, T, D]``."""
+    return table[pos.to(table.device)].unsqueeze(1)
 
 
-class MemLongCache(Cache):
+class MemLongCache(MemoryFiles, QuestionSearch, Cache):
     """State of a batch of sequences for a MemLong model (see the module docstring).
 
-    Create it with ``model.new_memory(batch_size)`` rather than by hand.
+    Create it with ``model.new_memory(batch_size)`` rather than by hand. ``save`` / ``load`` (the
+    whole memory) and ``save_bank`` / ``load_bank`` (one row's bank): the memory's files
+    (:class:`~memlong.memory.persistence.MemoryFiles`).
     """
 
     def __init__(
@@ -110,25 +105,50 @@ class MemLongCache(Cache):
             raise ValueError("MemLongCache: with MemLongConfig.bank_heads set, pass kv_heads (the model's KV heads)")
         # the model's KV heads per layer (without bank_heads the bank holds them all for each bank layer)
         self.kv_heads = kv_heads or layout.num_kv_heads // len(config.bank_layers)
-        self._plan_heads()
-        self._clear_rows(range(batch_size), init=True)
+        self._bank_heads, self._bank_rows, self._streaming = self._plan_heads()
+        B = batch_size
+        # ---- the timeline, per row: tokens read, the local window, chunk records
+        self.seen = [0] * B  # tokens read by each row
+        self.win_k: list[torch.Tensor | None] = [None] * num_layers  # per layer [B, H_kv, L, D], unrotated
+        self.win_v: list[torch.Tensor | None] = [None] * num_layers
+        self.win_pos: torch.Tensor | None = None  # [B, L] stream positions, -1 = empty
+        # the window keys as the last call rotated them (per layer), and that call's RoPE frame:
+        # the next call reuses them while its frame is the same (decoding within a chunk)
+        self.win_k_rot: list[torch.Tensor | None] = [None] * num_layers
+        self.rot_frame: tuple | None = None
+        # chunk -> its tokens, its [start, end] characters in the source text, its retrieval
+        # embedding (chunks still in the window), and the memory retrieved for it (chunk in progress)
+        self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(B)]
+        self.chunk_chars: list[dict[int, list[int]]] = [{} for _ in range(B)]
+        self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(B)]
+        self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [{} for _ in range(B)]
+        # training_free sink (config.sink_tokens): the first tokens' K/V in every bank layer,
+        # [H_bank, s, D] each, kept from when chunk 0 leaves the window
+        self.sink: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * B
+        # ---- a question's retrieval
+        self.focus: list[torch.Tensor | None] = [None] * B  # the question's embedding (see focus_on())
+        self.focus_search: list[dict] = [{} for _ in range(B)]  # its re-ranking (see question_search())
+        self.reread: list[list[list[int]]] = [[] for _ in range(B)]  # [start, end) reread (see mark_reread())
+        # ---- between calls
+        self._last_memory: dict | None = None  # see prepare(): one slot's retrieved memory, reused
+        self._pending: tuple | None = None  # prepare() -> commit(): the segment's positions, counts, RoPE frame
 
-    def _plan_heads(self) -> None:
+    def _plan_heads(self) -> tuple[dict, torch.Tensor | None, dict[int, torch.Tensor]]:
         """Where each layer's heads sit when memory is gathered (``config.bank_heads``): retrieved
-        K/V are laid out with every KV head of every bank layer (the sink's layout), the bank's
-        heads at ``_bank_rows``; ``_streaming``: layer -> ``[H_kv]`` bool, the heads the bank
-        does not keep (they read the sink and the window only). Both empty without bank_heads."""
+        K/V are laid out with every KV head of every bank layer (the sink's layout). Returns the
+        bank's heads per layer (``config.banked_heads``), their rows in that layout (``None``:
+        every row) and, per layer, ``[H_kv]`` bool, the heads the bank does not keep (they read the
+        sink and the window only; empty without bank_heads)."""
         heads = self.config.banked_heads(self.kv_heads)
         H = self.kv_heads
         rows = [r * H + h for r, layer in enumerate(self.config.bank_layers) for h in heads[layer]]
         partial = len(rows) < H * len(self.config.bank_layers)
-        self._bank_heads = heads
-        self._bank_rows = torch.tensor(rows) if partial else None
-        self._streaming = {
+        streaming = {
             layer: torch.tensor([h not in heads[layer] for h in range(H)])
             for layer in self.config.bank_layers
             if partial and len(heads[layer]) < H
         }
+        return heads, torch.tensor(rows) if partial else None, streaming
 
     def _new_bank(self) -> MemoryBank:
         c = self.config
@@ -142,30 +162,8 @@ class MemLongCache(Cache):
             c.approximate_above,
         )
 
-    def _clear_rows(self, rows, init: bool = False) -> None:
-        if init:
-            self.seen = [0] * self.batch_size_
-            self.win_k: list[torch.Tensor | None] = [None] * self.num_layers
-            self.win_v: list[torch.Tensor | None] = [None] * self.num_layers
-            self.win_pos: torch.Tensor | None = None  # [B, L] stream positions, -1 = empty
-            # the window keys as the last call rotated them (per layer), and that call's RoPE frame:
-            # the next call reuses them while its frame is the same (decoding within a chunk)
-            self.win_k_rot: list[torch.Tensor | None] = [None] * self.num_layers
-            self.rot_frame: tuple | None = None
-            self.chunk_tokens: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]
-            self.chunk_chars: list[dict[int, list[int]]] = [{} for _ in range(self.batch_size_)]  # [start, end]
-            self.chunk_emb: list[dict[int, torch.Tensor]] = [{} for _ in range(self.batch_size_)]
-            self.chunk_mem: list[dict[int, tuple[torch.Tensor, torch.Tensor] | None]] = [
-                {} for _ in range(self.batch_size_)
-            ]
-            self.focus: list[torch.Tensor | None] = [None] * self.batch_size_  # see focus_on()
-            self.focus_search: list[dict] = [{} for _ in range(self.batch_size_)]  # its re-ranking
-            # training_free sink (config.sink_tokens): the first tokens' K/V in every bank layer,
-            # [H_bank, s, D] each, kept from when chunk 0 leaves the window
-            self.sink: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.batch_size_
-            self.reread: list[list[list[int]]] = [[] for _ in range(self.batch_size_)]  # see mark_reread()
-            self._last_memory: dict | None = None  # see prepare(): one slot's retrieved memory, reused
-            return
+    def _clear_rows(self, rows) -> None:
+        """Forgets rows: what they read, their banks and records (the window's columns stay, emptied)."""
         self._last_memory = None
         for b in rows:
             self.seen[b] = 0
@@ -205,181 +203,6 @@ class MemLongCache(Cache):
             self.win_v = [None] * self.num_layers
             self.win_pos = None
         self.rot_frame = None  # a forgotten row's window changed
-
-    def save_bank(self, directory: str | os.PathLike, row: int = 0, metadata: dict | None = None) -> str:
-        """Saves row ``row``'s bank (see :meth:`MemoryBank.save`)."""
-        return self.banks[row].save(directory, {**(metadata or {}), "retriever": self.retriever_info})
-
-    def load_bank(self, directory: str | os.PathLike, row: int = 0) -> None:
-        """Replaces row ``row``'s bank with a saved one. The file is fully checked first; on any
-        error the bank in memory is left untouched."""
-        bank = MemoryBank.load(directory, expected=self.layout)
-        check_retriever(bank.metadata.get("retriever"), self.retriever_info, directory)
-        if bank.layout.index_window != self.layout.index_window:
-            bank.drop_window_index()  # another rerank_window or none: not what this config's questions search
-        self.banks[row] = bank
-
-    # ------------------------------------------------------------------ whole-memory persistence
-    def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> str:
-        """Saves everything needed to continue exactly where reading stopped: every row's bank,
-        the local window's keys/values for all layers, the chunks still in the window and the
-        retrieval of the chunk in progress; ``metadata`` (JSON) goes into ``memory.json`` as is.
-
-        Atomic: the state goes into a new version folder; ``memory.json``, which names it, is
-        replaced in one ``os.replace``; older versions, and folders of saves killed before
-        that point, are removed after. A process killed at any point leaves the previous save
-        loadable and unchanged, or the new one complete (:meth:`load` reads only the version
-        ``memory.json`` names). Two processes must not save into one folder at once (``memlong
-        ask`` locks it: :mod:`memlong.memory.lock`).
-        """
-        import json
-        import shutil
-        import uuid
-
-        from safetensors.torch import save_file
-
-        from memlong.memory.bank import _fsync, _fsync_dir, _sha256
-
-        if self.broken:
-            raise RuntimeError(f"refusing to save a memory left inconsistent ({self.broken}); reset it first")
-        if any(f is not None for f in self.focus):
-            raise RuntimeError(
-                "refusing to save a memory focused on a question (focus_on); call memory.unfocus() first"
-            )
-        os.makedirs(directory, exist_ok=True)
-        version = f"v-{uuid.uuid4().hex[:12]}"
-        vdir = os.path.join(directory, version)
-        os.makedirs(vdir)
-        for b, bank in enumerate(self.banks):
-            bank.save(os.path.join(vdir, f"row-{b}"), {"retriever": self.retriever_info})
-        tensors: dict[str, torch.Tensor] = {}
-        for layer in range(self.num_layers):
-            if self.win_k[layer] is not None:
-                tensors[f"win_k.{layer}"] = self.win_k[layer].contiguous().cpu()
-                tensors[f"win_v.{layer}"] = self.win_v[layer].contiguous().cpu()
-        if self.win_pos is not None:
-            tensors["win_pos"] = self.win_pos.contiguous()
-        mem_none = []
-        for b in range(self.batch_size_):
-            for c, e in self.chunk_emb[b].items():
-                tensors[f"emb.{b}.{c}"] = e.contiguous().cpu()
-            for j, m in self.chunk_mem[b].items():
-                if m is None:
-                    mem_none.append([b, j])
-                else:
-                    tensors[f"mem_k.{b}.{j}"], tensors[f"mem_v.{b}.{j}"] = (t.contiguous().cpu() for t in m)
-            if self.sink[b] is not None:
-                tensors[f"sink_k.{b}"], tensors[f"sink_v.{b}"] = (t.contiguous().cpu() for t in self.sink[b])
-        wfile = os.path.join(vdir, "window.safetensors")
-        save_file(tensors, wfile)
-        _fsync(wfile)
-        meta = {
-            "format": MEMORY_FORMAT,
-            "version": version,
-            "window_sha256": _sha256(wfile),
-            "config": self.config.to_dict(),
-            "num_layers": self.num_layers,
-            "batch_size": self.batch_size_,
-            "seen": self.seen,
-            "columns": self.columns,
-            "retrieval": self.retrieval,
-            "retriever": self.retriever_info,
-            "chunk_tokens": [{str(c): t for c, t in d.items()} for d in self.chunk_tokens],
-            "chunk_chars": [{str(c): t for c, t in d.items()} for d in self.chunk_chars],
-            "mem_none": mem_none,
-            "reread": self.reread,
-            "metadata": metadata or {},
-        }
-        _fsync_dir(vdir)
-        path = os.path.join(directory, MEMORY_JSON)
-        with open(path + ".tmp", "w") as f:
-            json.dump(meta, f)
-        _fsync(path + ".tmp")
-        os.replace(path + ".tmp", path)  # the commit: before it the previous save is the memory, after it this one
-        _fsync_dir(directory)
-        for name in os.listdir(directory):  # older versions and leftovers of killed saves; nothing else
-            if _VERSION.fullmatch(name) and name != version:
-                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-        return path
-
-    @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike,
-        config: MemLongConfig,
-        layout: BankLayout,
-        num_layers: int,
-        device: str | torch.device | None = None,
-        retriever_info: dict | None = None,
-        kv_heads: int | None = None,
-    ):
-        """Reads a memory written by :meth:`save` for a model with this ``config``/``layout``
-        (window K/V go to ``device``, the model's; the banks to their tier). Everything is
-        checked before anything is returned; errors say which file and why."""
-
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from memlong.memory.bank import BankFileError, _sha256, read_metadata
-
-        meta = read_metadata(directory, MEMORY_JSON, MEMORY_FORMAT, "MemLong memory")
-        diff = config.memory_differences(meta["config"])
-        if diff or meta["num_layers"] != num_layers:
-            raise BankFileError(
-                f"memory in {directory!s} was saved by a model with another MemLong config (differs in {diff}) "
-                f"or depth ({meta['num_layers']} layers); load it into the model that wrote it"
-            )
-        check_retriever(meta.get("retriever"), retriever_info, directory)
-        vdir = os.path.join(directory, meta["version"])
-        wfile = os.path.join(vdir, "window.safetensors")
-        if not os.path.isfile(wfile) or _sha256(wfile) != meta["window_sha256"]:
-            raise BankFileError(f"{wfile} is missing, truncated or corrupted")
-        try:
-            t = load_file(wfile)
-        except (SafetensorError, OSError) as e:
-            raise BankFileError(f"{wfile} cannot be read ({e})") from e
-        B = int(meta["batch_size"])
-        banks = [MemoryBank.load(os.path.join(vdir, f"row-{b}"), expected=layout) for b in range(B)]
-        for bank in banks:
-            if bank.layout.index_window != layout.index_window:
-                bank.drop_window_index()  # another rerank_window or none: not what this config's questions search
-        cache = cls(
-            config,
-            layout,
-            num_layers,
-            B,
-            retrieval=bool(meta["retrieval"]),
-            retriever_info=retriever_info,
-            kv_heads=kv_heads,
-        )
-        dev = layout.device if device is None else device
-        cache.banks = banks
-        cache.seen = [int(x) for x in meta["seen"]]
-        cache.columns = int(meta["columns"])
-        cache.win_pos = t.get("win_pos")
-        for layer in range(num_layers):
-            if f"win_k.{layer}" in t:
-                cache.win_k[layer] = t[f"win_k.{layer}"].to(dev)
-                cache.win_v[layer] = t[f"win_v.{layer}"].to(dev)
-        cache.chunk_tokens = [{int(c): list(v) for c, v in d.items()} for d in meta["chunk_tokens"]]
-        cache.chunk_chars = [{int(c): list(v) for c, v in d.items()} for d in meta["chunk_chars"]]
-        for key, value in t.items():
-            kind, *rest = key.split(".")
-            if kind == "emb":
-                cache.chunk_emb[int(rest[0])][int(rest[1])] = value
-            elif kind == "mem_k":
-                b, j = int(rest[0]), int(rest[1])
-                cache.chunk_mem[b][j] = (value.to(dev), t[f"mem_v.{b}.{j}"].to(dev))
-            elif kind == "sink_k":
-                b = int(rest[0])
-                cache.sink[b] = (value.to(dev), t[f"sink_v.{b}"].to(dev))
-        for b, j in meta["mem_none"]:
-            cache.chunk_mem[b][j] = None
-        cache.reread = [
-            [[int(s), int(e)] for s, e in row] for row in meta.get("reread", [[]] * B)
-        ]  # older saves record none
-        cache.metadata = dict(meta.get("metadata") or {})
-        return cache
 
     def window_tokens(self, row: int = 0) -> int:
         return 0 if self.win_pos is None else int((self.win_pos[row] >= 0).sum())
@@ -476,6 +299,27 @@ class MemLongCache(Cache):
         ``ids`` ``[B, S]`` new tokens per row, left-aligned; ``counts[b]`` of them are real.
         ``char_offsets`` ``[B, S, 2]`` (optional): each token's character span in the source text.
         """
+        self._begin_segment()
+        starts = list(self.seen)
+        self._embed_chunks(self._record_tokens(ids, counts, starts, char_offsets), retriever)
+        self._start_chunks(starts, counts, retriever)
+        seg = self._segment(starts, counts, ids.shape[1])
+        entries, sizes, sinks = self._memory_parts(seg)
+        M = int(sizes.max())
+        qrel, krel, qmem, cos, sin, frame = self._rope(seg, M, rotary)
+        ctx = self._local_context(seg, qrel, krel, qmem, cos, sin, frame, gate_activation, ids.device)
+        if M == 0:
+            self._last_memory = None
+        else:
+            self._add_memory(ctx, seg, entries, sizes, sinks, cos, sin, ids.device)
+        if seg.aligned:
+            self._add_blocks(ctx, seg)
+        self._pending = (seg.qpos, seg.kpos, counts, frame)
+        return ctx
+
+    def _begin_segment(self) -> None:
+        """Refuses a memory an earlier call left inconsistent; marks this one inconsistent until
+        :meth:`commit`."""
         if self.broken:
             raise RuntimeError(
                 f"this memory was left inconsistent by an earlier error ({self.broken}); call .reset() "
@@ -483,16 +327,15 @@ class MemLongCache(Cache):
             )
         # Until commit() succeeds the state is half-updated (tokens recorded, chunks written).
         self.broken = "a forward call failed between planning and committing a segment"
-        cfg = self.config
-        tau, w = cfg.chunk_size, cfg.window_chunks
-        B, S = ids.shape
-        device = ids.device
-        starts = list(self.seen)
-        H_kv = self.kv_heads
 
-        # 1. chunk tokens, and embeddings of the chunks this segment completes (one batch)
+    def _record_tokens(
+        self, ids: torch.Tensor, counts: list[int], starts: list[int], char_offsets: torch.Tensor | None
+    ) -> list[tuple[int, int]]:
+        """Adds the segment's tokens (and their characters) to the records of their chunks; returns
+        the ``(row, chunk)`` it completes."""
+        tau = self.config.chunk_size
         todo: list[tuple[int, int]] = []
-        for b in range(B):
+        for b in range(ids.shape[0]):
             toks = ids[b, : counts[b]].tolist()
             p = starts[b]
             while toks:
@@ -508,14 +351,22 @@ class MemLongCache(Cache):
                     todo.append((b, c))
                 toks = toks[len(take) :]
                 p += len(take)
+        return todo
+
+    def _embed_chunks(self, todo: list[tuple[int, int]], retriever: Retriever) -> None:
+        """The retrieval embeddings of the completed chunks ``todo`` (one retriever batch)."""
         if todo and self.retrieval:
             with phase("retriever"):
                 embs = retriever.embed([self.chunk_tokens[b][c] for b, c in todo])
             for (b, c), e in zip(todo, embs):
                 self.chunk_emb[b][c] = e
 
-        # 2. chunk starts: departure to memory, then retrieval, in stream order
-        for b in range(B):
+    def _start_chunks(self, starts: list[int], counts: list[int], retriever: Retriever) -> None:
+        """Each chunk that starts in the segment, in stream order: the chunk leaving the window goes
+        to the bank (the first one keeps its sink), then the bank is searched for the new chunk."""
+        cfg = self.config
+        tau, w = cfg.chunk_size, cfg.window_chunks
+        for b in range(len(starts)):
             first = -(-starts[b] // tau)  # first chunk starting at or after the segment start
             for j in range(first, (starts[b] + counts[b] - 1) // tau + 1):  # empty when counts[b] == 0
                 if j - w - 1 == 0 and cfg.sink_tokens:
@@ -531,7 +382,10 @@ class MemLongCache(Cache):
                 with phase("search"):
                     self.chunk_mem[b][j] = self._retrieve(b, query, self.focus_search[b])
 
-        # 3. local mask and RoPE positions
+    def _segment(self, starts: list[int], counts: list[int], S: int) -> Segment:
+        """Where the segment's tokens and the window's keys sit, and the local mask."""
+        tau, w = self.config.chunk_size, self.config.window_chunks
+        B = len(starts)
         qpos = torch.full((B, S), -1, dtype=torch.long)
         for b in range(B):
             qpos[b, : counts[b]] = torch.arange(starts[b], starts[b] + counts[b])
@@ -547,18 +401,33 @@ class MemLongCache(Cache):
         pad_rows, pad_cols = (~qvalid).nonzero(as_tuple=True)
         mask[pad_rows, pad_cols, L + pad_cols] = True  # padding queries attend to themselves only
         base = torch.tensor([max(0, s // tau - w) * tau for s in starts]).view(B, 1)
-        qrel = (qpos - base).clamp_min(0)
-        krel = (kpos - base).clamp_min(0)
-        qmem = (qpos - (qchunk - w).clamp_min(0) * tau).clamp_min(0)
-        training_free = cfg.mode == "training_free"
         # retrieved memory, grouped by the chunk slot (of this segment) each query belongs to
         first_chunk = torch.tensor([s // tau for s in starts]).view(B, 1)
         slot = (qchunk - first_chunk).clamp_min(0)
         n = int(slot[qvalid].max()) + 1 if bool(qvalid.any()) else 1
-        entries = [[self._memory_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)]
+        aligned = B == 1 or (len(set(starts)) == 1 and min(counts) == S)
+        return Segment(starts, qpos, kpos, qchunk, qvalid, mask, base, first_chunk, slot, n, aligned)
+
+    def _memory_parts(self, seg: Segment) -> tuple[list[list[list[KV]]], torch.Tensor, torch.Tensor]:
+        """What each row's chunk slots read besides the window (:meth:`_memory_of`), and the tokens
+        of it, ``[B, n]``, and of its sink, ``[B, n]``."""
+        tau, B, n = self.config.chunk_size, len(seg.starts), seg.slots
+        entries = [[self._memory_of(b, seg.starts[b] // tau + t) for t in range(n)] for b in range(B)]
         sizes = torch.tensor([[sum(k.shape[1] for k, _ in parts) for parts in row] for row in entries])  # [B, n]
-        sinks = torch.tensor([[self._sink_of(b, starts[b] // tau + t) for t in range(n)] for b in range(B)])
-        M = int(sizes.max())
+        sinks = torch.tensor([[self._sink_of(b, seg.starts[b] // tau + t) for t in range(n)] for b in range(B)])
+        return entries, sizes, sinks
+
+    def _rope(
+        self, seg: Segment, M: int, rotary: RotaryTable
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+        """RoPE positions in the local frame of queries, keys and queries against memory (``M``
+        retrieved tokens at most per slot), the cos/sin table, and the frame (to reuse rotated keys)."""
+        cfg = self.config
+        tau, w = cfg.chunk_size, cfg.window_chunks
+        qrel = (seg.qpos - seg.base).clamp_min(0)
+        krel = (seg.kpos - seg.base).clamp_min(0)
+        qmem = (seg.qpos - (seg.qchunk - w).clamp_min(0) * tau).clamp_min(0)
+        training_free = cfg.mode == "training_free"
         if training_free:
             # Retrieved tokens sit just before each query's window: every local position moves M
             # further on (relative positions, so local scores are unchanged), and a slot's m
@@ -571,30 +440,44 @@ class MemLongCache(Cache):
         cos, sin = rotary(P)
         # keys at the same stream positions, rotated in the same frame as last call: reusable
         frame = (
-            base.flatten().tolist(),
+            seg.base.flatten().tolist(),
             M if training_free else 0,
             cos.untyped_storage().data_ptr(),
             cos.dtype,
             str(cos.device),
         )
+        return qrel, krel, qmem, cos, sin, frame
+
+    def _local_context(
+        self,
+        seg: Segment,
+        qrel: torch.Tensor,
+        krel: torch.Tensor,
+        qmem: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        frame: tuple,
+        gate_activation: str,
+        device: torch.device,
+    ) -> CallContext:
+        """The call's context without memory: the window, the local mask, RoPE tables."""
+        cfg = self.config
+        H_kv = self.kv_heads
+        training_free = cfg.mode == "training_free"
         window_rot = self.win_k_rot if frame == self.rot_frame else None
-
-        def pick(t, pos):
-            return t[pos.to(t.device)].unsqueeze(1)  # [B, 1, T, D]
-
-        ctx = CallContext(
+        return CallContext(
             retrieval_layers=frozenset(cfg.retrieval_layer_indices),
-            chunk_size=tau,
+            chunk_size=cfg.chunk_size,
             window_k=list(self.win_k),
             window_v=list(self.win_v),
             window_k_rotated=None if window_rot is None else list(window_rot),
-            local_mask=mask.unsqueeze(1).to(device),
-            cos_q=pick(cos, qrel),
-            sin_q=pick(sin, qrel),
-            cos_k=pick(cos, krel),
-            sin_k=pick(sin, krel),
-            cos_qm=pick(cos, qmem),
-            sin_qm=pick(sin, qmem),
+            local_mask=seg.mask.unsqueeze(1).to(device),
+            cos_q=rope_at(cos, qrel),
+            sin_q=rope_at(sin, qrel),
+            cos_k=rope_at(cos, krel),
+            sin_k=rope_at(sin, krel),
+            cos_qm=rope_at(cos, qmem),
+            sin_qm=rope_at(sin, qmem),
             gate_activation=gate_activation,
             fusion=cfg.fusion,
             training_free=training_free,
@@ -603,89 +486,114 @@ class MemLongCache(Cache):
             else {},
         )
 
-        # 4. retrieved memory grouped by chunk slot
-        if M == 0:
-            self._last_memory = None
-        else:
-            L_ = self.layout
-            # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
-            pin = torch.device(device).type == "cuda" and torch.device(L_.device).type == "cpu"
-            valid = torch.arange(M) < sizes[..., None]  # [B, n, M]
-            # The same retrieved tensors as the previous call (decoding within a chunk, one slot):
-            # its buffers are reused, and its memory keys as each layer rotated them while the
-            # positions are the same (CallContext.mem_rotated). Holding the parts keeps ids unique.
-            parts_now = [p for row in entries for parts in row for p in parts]
-            sig = (B, n, M, str(device), tuple(id(k) for k, _ in parts_now))
-            last = self._last_memory if B * n == 1 else None
-            if last is not None and last["sig"] == sig:
-                mem_k, mem_v = last["mem_k"], last["mem_v"]
-            else:
-                H_mem = H_kv * len(cfg.bank_layers)  # every KV head of every bank layer (the sink's layout)
-                mem_k = torch.empty(B, n, H_mem, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device, pin_memory=pin)
-                mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
-                rows = None if self._bank_rows is None else self._bank_rows.to(mem_k.device)
-                for b in range(B):
-                    for t, parts in enumerate(entries[b]):
-                        m = 0
-                        for k, v in parts:  # written in place, one after the other: no concatenated copy
-                            e = m + k.shape[1]
-                            if k.shape[0] == H_mem:  # every head: the sink, or a bank without bank_heads
-                                mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = k, v
-                            else:  # bank_heads: the bank's heads at their rows, the others zero (masked out)
-                                mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = 0, 0
-                                mem_k[b, t, rows, m:e], mem_v[b, t, rows, m:e] = k, v
-                            m = e
-                        # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
-                        mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
-                last = {
-                    "sig": sig,
-                    "parts": parts_now,
-                    "mem_k": mem_k,
-                    "mem_v": mem_v,
-                    "kpos": None,
-                    "rotated": {},
-                    "buffers": {},
-                }
-            self._last_memory = last if B * n == 1 else None
-            slot_has = valid.any(-1)  # [B, n]
-            valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
-            has_mem = slot_has.gather(1, slot) & qvalid
-            grid = torch.where(qvalid, slot * tau + qpos.remainder(tau), torch.full_like(qpos, n * tau))
-            ctx.mem_k = mem_k.flatten(0, 1).to(device, non_blocking=pin)
-            ctx.mem_v = mem_v.flatten(0, 1).to(device, non_blocking=pin)
-            ctx.mem_valid = valid.flatten(0, 1)[:, None, None, :].to(device)
-            ctx.grid_index = grid.to(device)
-            ctx.num_slots = n
-            ctx.has_mem = has_mem[:, None, :, None].to(device=device, dtype=cos.dtype)
-            if training_free:
-                m = valid.sum(-1, keepdim=True)  # [B, n, 1] retrieved tokens per slot
-                chunk_t = first_chunk[:, :, None] + torch.arange(n)[None, :, None]  # [B, n, 1]
-                window_t = (chunk_t - w).clamp_min(0) * tau - base[:, :, None]  # slot's window start, local frame
-                kpos_mem = (window_t + M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
-                ctx.cos_mk, ctx.sin_mk = pick(cos, kpos_mem), pick(sin, kpos_mem)
-                ctx.slot_has = slot_has.to(device)
-                if self._streaming:
-                    # heads the bank does not keep read the sink only, placed just before the window
-                    s_t = sinks[:, :, None]  # [B, n, 1]
-                    is_sink = torch.arange(M) < s_t  # [B, n, M]
-                    kpos_sink = torch.where(is_sink, window_t + M - s_t + torch.arange(M), 0).clamp_min(0).flatten(0, 1)
-                    ctx.cos_sk, ctx.sin_sk = pick(cos, kpos_sink), pick(sin, kpos_sink)
-                    ctx.sink_valid = is_sink.flatten(0, 1)[:, None, None, :].to(device)  # [B*n, 1, 1, M]
-                    ctx.streaming = {layer: h.to(device) for layer, h in self._streaming.items()}
-                if B * n == 1:
-                    if last["kpos"] is None or not torch.equal(last["kpos"], kpos_mem):
-                        last["kpos"], last["rotated"], last["buffers"] = kpos_mem, {}, {}
-                    ctx.mem_rotated = last["rotated"]
-        if B == 1 or (len(set(starts)) == 1 and min(counts) == S):
-            # training_free: one block per chunk, so each block reads one slot's memory
-            ctx.local_blocks = self._blocks(ctx.local_mask, qchunk[0], per=1 if training_free else None)
-            ctx.block_slots = [int(qchunk[0, ql]) - starts[0] // tau for ql, *_ in ctx.local_blocks]
-            if ctx.mem_rotated is not None and [b[2:4] for b in ctx.local_blocks] == [(0, L + S)]:
-                # one sequence in one chunk seeing its whole window (decoding): each layer appends the
-                # new tokens to buffers that already hold the memory and the window (DecodeBuffer)
-                ctx.decode_buffers = self._last_memory["buffers"]
-        self._pending = (qpos, kpos, counts, frame)
-        return ctx
+    def _add_memory(
+        self,
+        ctx: CallContext,
+        seg: Segment,
+        entries: list[list[list[KV]]],
+        sizes: torch.Tensor,
+        sinks: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        device: torch.device,
+    ) -> None:
+        """Adds the retrieved memory to ``ctx``, grouped by chunk slot: K/V ``[B * n, H, M, D]``,
+        which of them are real, which slot each query reads (and, training_free, their RoPE)."""
+        cfg = self.config
+        tau, w = cfg.chunk_size, cfg.window_chunks
+        training_free = cfg.mode == "training_free"
+        B, n, M = len(seg.starts), seg.slots, int(sizes.max())
+        qpos, qvalid, slot = seg.qpos, seg.qvalid, seg.slot
+        # host tier -> GPU: stage in pinned memory so the copy below is asynchronous
+        pin = torch.device(device).type == "cuda" and torch.device(self.layout.device).type == "cpu"
+        valid = torch.arange(M) < sizes[..., None]  # [B, n, M]
+        last = self._memory_buffers(entries, M, device, pin)
+        mem_k, mem_v = last["mem_k"], last["mem_v"]
+        self._last_memory = last if B * n == 1 else None
+        slot_has = valid.any(-1)  # [B, n]
+        valid[~slot_has] = True  # keep softmax finite; has_mem zeroes these slots' output
+        has_mem = slot_has.gather(1, slot) & qvalid
+        grid = torch.where(qvalid, slot * tau + qpos.remainder(tau), torch.full_like(qpos, n * tau))
+        ctx.mem_k = mem_k.flatten(0, 1).to(device, non_blocking=pin)
+        ctx.mem_v = mem_v.flatten(0, 1).to(device, non_blocking=pin)
+        ctx.mem_valid = valid.flatten(0, 1)[:, None, None, :].to(device)
+        ctx.grid_index = grid.to(device)
+        ctx.num_slots = n
+        ctx.has_mem = has_mem[:, None, :, None].to(device=device, dtype=cos.dtype)
+        if training_free:
+            m = valid.sum(-1, keepdim=True)  # [B, n, 1] retrieved tokens per slot
+            chunk_t = seg.first_chunk[:, :, None] + torch.arange(n)[None, :, None]  # [B, n, 1]
+            window_t = (chunk_t - w).clamp_min(0) * tau - seg.base[:, :, None]  # slot's window start, local frame
+            kpos_mem = (window_t + M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
+            ctx.cos_mk, ctx.sin_mk = rope_at(cos, kpos_mem), rope_at(sin, kpos_mem)
+            ctx.slot_has = slot_has.to(device)
+            if self._streaming:
+                # heads the bank does not keep read the sink only, placed just before the window
+                s_t = sinks[:, :, None]  # [B, n, 1]
+                is_sink = torch.arange(M) < s_t  # [B, n, M]
+                kpos_sink = torch.where(is_sink, window_t + M - s_t + torch.arange(M), 0).clamp_min(0).flatten(0, 1)
+                ctx.cos_sk, ctx.sin_sk = rope_at(cos, kpos_sink), rope_at(sin, kpos_sink)
+                ctx.sink_valid = is_sink.flatten(0, 1)[:, None, None, :].to(device)  # [B*n, 1, 1, M]
+                ctx.streaming = {layer: h.to(device) for layer, h in self._streaming.items()}
+            if B * n == 1:
+                if last["kpos"] is None or not torch.equal(last["kpos"], kpos_mem):
+                    last["kpos"], last["rotated"], last["buffers"] = kpos_mem, {}, {}
+                ctx.mem_rotated = last["rotated"]
+
+    def _memory_buffers(self, entries: list[list[list[KV]]], M: int, device: torch.device, pin: bool) -> dict:
+        """The retrieved K/V of every row's slots, ``mem_k`` / ``mem_v`` ``[B, n, H_mem, M, D]`` on
+        the bank's tier (pinned when ``pin``), with what the call may reuse next time (the record
+        :attr:`_last_memory` keeps for one slot)."""
+        cfg, L_ = self.config, self.layout
+        B, n = len(entries), len(entries[0])
+        # The same retrieved tensors as the previous call (decoding within a chunk, one slot):
+        # its buffers are reused, and its memory keys as each layer rotated them while the
+        # positions are the same (CallContext.mem_rotated). Holding the parts keeps ids unique.
+        parts_now = [p for row in entries for parts in row for p in parts]
+        sig = (B, n, M, str(device), tuple(id(k) for k, _ in parts_now))
+        last = self._last_memory if B * n == 1 else None
+        if last is not None and last["sig"] == sig:
+            return last
+        H_mem = self.kv_heads * len(cfg.bank_layers)  # every KV head of every bank layer (the sink's layout)
+        mem_k = torch.empty(B, n, H_mem, M, L_.head_dim, dtype=L_.out_dtype, device=L_.device, pin_memory=pin)
+        mem_v = torch.empty(mem_k.shape, dtype=mem_k.dtype, device=mem_k.device, pin_memory=pin)
+        rows = None if self._bank_rows is None else self._bank_rows.to(mem_k.device)
+        for b in range(B):
+            for t, parts in enumerate(entries[b]):
+                m = 0
+                for k, v in parts:  # written in place, one after the other: no concatenated copy
+                    e = m + k.shape[1]
+                    if k.shape[0] == H_mem:  # every head: the sink, or a bank without bank_heads
+                        mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = k, v
+                    else:  # bank_heads: the bank's heads at their rows, the others zero (masked out)
+                        mem_k[b, t, :, m:e], mem_v[b, t, :, m:e] = 0, 0
+                        mem_k[b, t, rows, m:e], mem_v[b, t, rows, m:e] = k, v
+                    m = e
+                # only the unused tail is cleared (masked out, but it must not hold NaN/inf garbage)
+                mem_k[b, t, :, m:], mem_v[b, t, :, m:] = 0, 0
+        return {
+            "sig": sig,
+            "parts": parts_now,
+            "mem_k": mem_k,
+            "mem_v": mem_v,
+            "kpos": None,
+            "rotated": {},
+            "buffers": {},
+        }
+
+    def _add_blocks(self, ctx: CallContext, seg: Segment) -> None:
+        """Rows aligned: splits local attention into blocks of whole chunks (:meth:`_blocks`), and
+        lets decoding append to the buffers of the previous call (DecodeBuffer)."""
+        tau = self.config.chunk_size
+        training_free = self.config.mode == "training_free"
+        qchunk, start = seg.qchunk[0], seg.starts[0]
+        # training_free: one block per chunk, so each block reads one slot's memory
+        ctx.local_blocks = self._blocks(ctx.local_mask, qchunk, per=1 if training_free else None)
+        ctx.block_slots = [int(qchunk[ql]) - start // tau for ql, *_ in ctx.local_blocks]
+        if ctx.mem_rotated is not None and [b[2:4] for b in ctx.local_blocks] == [(0, seg.kpos.shape[1])]:
+            # one sequence in one chunk seeing its whole window (decoding): each layer appends the
+            # new tokens to buffers that already hold the memory and the window (DecodeBuffer)
+            ctx.decode_buffers = self._last_memory["buffers"]
 
     def _blocks(self, mask: torch.Tensor, qchunk: torch.Tensor, per: int | None = None):
         """Splits the queries (rows aligned) into groups of ``per`` whole chunks, each with the
@@ -706,7 +614,7 @@ class MemLongCache(Cache):
             blocks.append((ql, qh, kl, kh, mask[:, :, ql:qh, kl:kh]))
         return blocks
 
-    def _memory_of(self, b: int, j: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _memory_of(self, b: int, j: int) -> list[KV]:
         """What chunk ``j`` of row ``b`` reads besides its window, in order: the sink (once chunk 0
         has left the window; every KV head of every bank layer), then the chunks retrieved for it
         (the bank's heads); K/V ``[H_bank, m, D]`` each."""
@@ -741,146 +649,19 @@ class MemLongCache(Cache):
         with phase("retriever"):
             return retriever.embed([self.chunk_tokens[b][j]])[0]  # partial chunk ("chunk" mode only)
 
-    @torch.no_grad()
-    def focus_on(self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None) -> None:
-        """Retrieves with a given text (a question) until :meth:`unfocus`: row ``rows[i]``'s
-        query becomes the embedding of ``tokens[i]``, the chunk in progress retrieves again
-        with it, and so does every chunk that starts meanwhile. For answering: read the
-        question after this call and every token of it, and of the answer, attends to the
-        chunks the question is about. The question's own tokens then depend on its end (the
-        paper's same-chunk query): use it to answer, not to score the question."""
-        rows = list(range(self.batch_size_)) if rows is None else list(rows)
-        if len(tokens) != len(rows):
-            raise ValueError(f"focus_on: {len(tokens)} token lists for {len(rows)} rows")
-        if not self.retrieval:
-            return
-        with phase("retriever"):
-            queries = retriever.embed([list(t) for t in tokens])
-        self.index_windows(retriever, rows)  # one batch for every row (the window index, if kept)
-        tau = self.config.chunk_size
-        for b, query, tokens_b in zip(rows, queries, tokens):
-            self.focus[b] = query
-            self.focus_search[b] = self.question_search(b, query, retriever, list(tokens_b))
-            if self.seen[b] % tau:
-                self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query, self.focus_search[b])
-
-    def question_search(self, b: int, query: torch.Tensor, retriever: Retriever, tokens=None) -> dict:
-        """How a question searches row ``b``'s bank: the keyword arguments (``rescore``,
-        ``candidates``) of :meth:`MemoryBank.best` / :meth:`~MemoryBank.retrieve`. A chunk's score
-        is the best of its own and its windows' of ``rerank_window`` tokens (half-overlapping): a
-        short fact inside a long chunk of other text matches its window far better than the whole
-        chunk's embedding. With the bank's window index (``rerank_index``) every chunk is scored
-        from the stored window embeddings (chunks not indexed yet are first, :meth:`index_windows`);
-        without one, the top ``rerank_candidates`` chunks' windows are embedded now. With the
-        question's ``tokens`` and ``lexical_weight``, ``lexical_weight`` times the share of the
-        question's words and word pairs a chunk holds (:func:`~memlong.memory.bank.lexical_scores`)
-        is added: what an embedding misses ("pass key" against code full of ``pass``). ``{}``:
-        plain cosine search (re-ranking off)."""
-        cfg = self.config
-        W = cfg.rerank_window
-        if not cfg.rerank_candidates or W >= cfg.chunk_size:
-            return {}
-        bank = self.banks[b]
-        weight = cfg.lexical_weight if tokens is not None and len(tokens) else 0.0
-        words = torch.as_tensor(list(tokens) if weight else [], dtype=torch.long)
-        tau = cfg.chunk_size  # the closures hold the bank, not the cache (no reference cycle)
-
-        def lexical(slots: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-            return dense + weight * bank.lexical_scores(slots, words) if weight else dense
-
-        if bank.layout.index_window == W:
-
-            def rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-                index_bank_windows([bank], retriever, tau)  # chunks banked since the question was asked, if any
-                return lexical(slots, torch.maximum(bank.window_scores(slots, query), scores.float().cpu()))
-
-            return {"rescore": rescore, "candidates": bank.capacity}  # every chunk: the search returns all
-        starts = window_starts(cfg.chunk_size, W)
-
-        def embed_rescore(slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            toks = bank.token_ids[slots]
-            with phase("retriever"):
-                e = retriever.embed([toks[i, s : s + W].tolist() for i in range(len(slots)) for s in starts])
-            best = (e.float() @ query.float().to(e.device)).view(len(slots), len(starts)).amax(1).cpu()
-            return lexical(slots, torch.maximum(best, scores.float().cpu()))
-
-        return {"rescore": embed_rescore, "candidates": cfg.rerank_candidates}
-
-    @torch.no_grad()
-    def index_windows(self, retriever: Retriever, rows: list[int] | None = None) -> int:
-        """Completes the window index of rows' banks (``rerank_index``): embeds, in one retriever
-        batch, the ``rerank_window``-token windows of every banked chunk that has none yet. Done
-        when a question first needs them, so reading alone never pays for it; call it after reading
-        to move that cost out of the first question. Returns the chunks indexed."""
-        rows = range(self.batch_size_) if rows is None else rows
-        return index_bank_windows([self.banks[b] for b in rows], retriever, self.config.chunk_size)
-
-    @torch.no_grad()
-    def question_hits(self, retriever: Retriever, tokens: list[int], row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bank slots a question of ``tokens`` retrieves once :meth:`focus_on` is given them
-        (``generate(requery=...)``, ``memlong ask``), best first, with their scores: the search
-        and the window re-ranking the model runs, counters untouched. For showing a user what
-        an answer reads (``bank.entries()``, ``bank.text_spans[slot]``). ``retrieval_offsets``
-        other than ``(0,)`` also bring each hit's neighbours, not listed here."""
-        bank = self.banks[row]
-        if len(bank) == 0:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
-        with phase("retriever"):
-            query = retriever.embed([list(tokens)])[0]
-        return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever, list(tokens)))
-
-    @torch.no_grad()
-    def question_tokens(
-        self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None
-    ) -> list[list[int]]:
-        """For each of ``rows`` (all by default), the token ids of the chunks a question of
-        ``tokens[i]`` retrieves from the bank as it is now (as :meth:`focus_on` would): its hits and
-        what ``question_offsets`` bring, in ``question_order``, back to back; counters untouched.
-        ``question_reread`` reads them as text just before the question (``generate(requery=...)``)."""
-        rows = list(range(self.batch_size_)) if rows is None else list(rows)
-        if len(tokens) != len(rows):
-            raise ValueError(f"question_tokens: {len(tokens)} token lists for {len(rows)} rows")
-        if not self.retrieval or not any(len(self.banks[b]) for b in rows):
-            return [[] for _ in rows]
-        with phase("retriever"):
-            queries = retriever.embed([list(t) for t in tokens])
-        self.index_windows(retriever, rows)
-        cfg, out = self.config, []
-        for b, query, tokens_b in zip(rows, queries, tokens):
-            bank = self.banks[b]
-            if len(bank) == 0:
-                out.append([])
-                continue
-            slots = bank.select(
-                query,
-                cfg.top_k,
-                self._offsets(question=True),
-                order=cfg.question_order,
-                **self.question_search(b, query, retriever, list(tokens_b)),
-            )
-            out.append(bank.token_ids[slots].flatten().tolist())
-        return out
-
     def _offsets(self, question: bool) -> tuple[int, ...]:
         """The chunks each hit brings: ``question_offsets`` for a question (when set), else ``retrieval_offsets``."""
         cfg = self.config
         return cfg.question_offsets if question and cfg.question_offsets is not None else cfg.retrieval_offsets
 
-    def unfocus(self, rows: list[int] | None = None) -> None:
-        """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""
-        for b in range(self.batch_size_) if rows is None else rows:
-            self.focus[b] = None
-            self.focus_search[b] = {}
-
     @torch.no_grad()
-    def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
+    def retrieve_again(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
         """Retrieves again for each row's chunk in progress, with the embedding of the last
         ``chunk_size`` tokens read (they may span two chunks). Tokens read after this call see
-        the new retrieval; tokens already read keep what they saw: still causal. Use it after
-        a question so that the answer reads what the question asks for (by default the chunk
-        holding the question retrieved with the text before it). A row whose next token starts
-        a chunk needs nothing: that chunk will retrieve with exactly those tokens. Returns the
-        rows that were re-queried."""
+        the new retrieval; tokens already read keep what they saw: still causal. A row whose next
+        token starts a chunk needs nothing: that chunk will retrieve with exactly those tokens.
+        Returns the rows retrieved for. (A question retrieves with its own embedding instead:
+        :meth:`focus_on`, ``generate(requery=...)``.)"""
         tau = self.config.chunk_size
         if not self.retrieval:
             return []
@@ -895,16 +676,16 @@ class MemLongCache(Cache):
             self.chunk_mem[b][c] = self._retrieve(b, query)
         return rows
 
-    def mark_reread(self, row: int, start: int, end: int) -> None:
-        """Stream positions ``start..end - 1`` of row ``row`` hold text read again from its bank
-        (``question_reread``: a question's hits read as text before it). A chunk made only of
-        them is dropped, not banked, when it leaves the window: the bank holds that text already,
-        and a second copy would take a later search's slot beside the original. A chunk that also
-        holds other text (the document before, the question after) is banked as usual."""
-        if not self.seen[row] >= end >= start >= 0:
-            raise ValueError(f"mark_reread({row}, {start}, {end}): not a range of the {self.seen[row]} tokens read")
-        if end > start:
-            self.reread[row].append([start, end])
+    def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
+        """Deprecated: :meth:`retrieve_again` (``requery`` names a question's own retrieval,
+        ``generate(requery=...)``)."""
+        warnings.warn(
+            "MemLongCache.requery() is now MemLongCache.retrieve_again(); requery names a question's own "
+            "retrieval (generate(requery=...))",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.retrieve_again(retriever, rows)
 
     def _depart(self, b: int, c: int) -> None:
         """Chunk ``c`` of row ``b`` leaves the window: write it to the bank (unless it is reread text)."""
@@ -966,7 +747,7 @@ class MemLongCache(Cache):
         """After the forward: appends the segment's K/V to each layer's window and drops what
         no query can see any more (chunks stay until written to memory)."""
         qpos, kpos, counts, frame = self._pending
-        del self._pending
+        self._pending = None
         tau, w = self.config.chunk_size, self.config.window_chunks
         B = qpos.shape[0]
         nxt = torch.tensor([self.seen[b] + counts[b] for b in range(B)])

@@ -480,11 +480,11 @@ def test_eviction_is_recorded_with_its_token_and_text_spans(tmp_path):
 
 
 def test_merged_ranges_stay_sorted_and_disjoint():
-    from memlong.memory.bank import _merge_range
+    from memlong.memory.bank import merge_range
 
     ranges = []
     for r in ([8, 12], [0, 4], [4, 6], [20, 24], [12, 16], [30, 31], [2, 21]):
-        _merge_range(ranges, r)
+        merge_range(ranges, r)
     assert ranges == [[0, 24], [30, 31]]
 
 

@@ -33,11 +33,8 @@ the bank does not hold its old and new storage at once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from functools import partial
 
@@ -45,6 +42,8 @@ import torch
 
 from memlong.memory.index import APPROXIMATE_ABOVE, make_index
 from memlong.memory.paged import PagedTensor
+from memlong.memory.persistence import BankFileError as BankFileError  # what MemoryBank.load raises
+from memlong.memory.persistence import BankFiles
 
 # Largest K/V page (per tensor): growth adds pages of at most this size.
 PAGE_BYTES = 64 * 2**20
@@ -196,7 +195,7 @@ def _kv_page(L: BankLayout, n: int, scales: bool = False) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype, device=L.device, pin_memory=L.pin_memory)
 
 
-class MemoryBank:
+class MemoryBank(BankFiles):
     """Chunk memory of one sequence (see the module docstring for what a slot holds).
 
     Args:
@@ -206,6 +205,8 @@ class MemoryBank:
         search_backend: ``"faiss"`` or ``"torch"`` (both exact cosine), or ``"auto"`` (exact up to
             ``approximate_above`` chunks, HNSW above: :class:`~memlong.memory.index.AutoIndex`).
         approximate_above: the ``"auto"`` backend's switch point, in chunks.
+
+    ``save`` / ``load``: the bank's files (:class:`~memlong.memory.persistence.BankFiles`).
     """
 
     def __init__(
@@ -463,10 +464,10 @@ class MemoryBank:
     def _record_evicted(self, victims: torch.Tensor) -> None:
         self.evicted_chunks += int(victims.numel())
         for s in victims[torch.argsort(self.chunk_ids[victims])].tolist():
-            _merge_range(self.evicted_spans, self.spans[s].tolist())
+            merge_range(self.evicted_spans, self.spans[s].tolist())
             a, b = self.text_spans[s].tolist()
             if 0 <= a < b:
-                _merge_range(self.evicted_text_spans, [a, b])
+                merge_range(self.evicted_text_spans, [a, b])
 
     def evicted_report(self) -> dict:
         """What eviction has dropped since the bank was created or reset: ``rounds``, ``chunks``,
@@ -670,259 +671,8 @@ class MemoryBank:
         spans = self.spans[self.valid]
         assert bool((spans[:, 1] - spans[:, 0] == self.layout.chunk_size).all()), "span length != chunk size"
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | os.PathLike, metadata: dict | None = None) -> str:
-        """Writes the bank to ``directory`` as ``bank-<id>.safetensors`` + ``bank.json``.
 
-        Atomic: the tensors go to a new file first; ``bank.json`` (which names that file and its
-        SHA-256) is replaced in one ``os.replace``. A crash leaves the previous save intact.
-        """
-        from safetensors.torch import save_file
-
-        os.makedirs(directory, exist_ok=True)
-        slots = self.valid.nonzero().flatten()
-        slots = slots[torch.argsort(self.chunk_ids[slots])]
-        tensors = {
-            "keys": self.keys[slots].contiguous().cpu(),
-            "values": self.values[slots].contiguous().cpu(),
-            "embeddings": self.embeddings[slots].contiguous().cpu(),
-            "chunk_ids": self.chunk_ids[slots].contiguous(),
-            "spans": self.spans[slots].contiguous(),
-            "token_ids": self.token_ids[slots].contiguous(),
-            "text_spans": self.text_spans[slots].contiguous(),
-            "counts": self.counts[slots].contiguous(),
-        }
-        if self.layout.windows:
-            tensors["window_embeddings"] = self.window_embeddings[slots].contiguous().cpu()
-            tensors["windowed"] = self.windowed[slots].contiguous()
-        if self.layout.quantized:
-            tensors["key_scales"] = self.key_scales[slots].contiguous().cpu()
-            tensors["value_scales"] = self.value_scales[slots].contiguous().cpu()
-        name = f"bank-{uuid.uuid4().hex[:12]}.safetensors"
-        path = os.path.join(directory, name)
-        save_file(tensors, path + ".tmp")
-        _fsync(path + ".tmp")
-        os.replace(path + ".tmp", path)
-        L = self.layout
-        meta = {
-            "format": BANK_FORMAT,
-            "tensors": name,
-            "sha256": _sha256(path),
-            "num_chunks": int(slots.numel()),
-            "layout": {
-                "capacity": L.capacity,
-                "chunk_size": L.chunk_size,
-                "num_kv_heads": L.num_kv_heads,
-                "head_dim": L.head_dim,
-                "embed_dim": L.embed_dim,
-                "dtype": str(L.dtype).removeprefix("torch."),
-                "index_window": L.index_window,
-                **({} if L.heads is None else {"heads": [list(h) for h in L.heads]}),
-            },
-            "eviction": self.eviction,
-            "fractions": [self.keep_newest, self.drop_oldest, self.target],
-            "search_backend": self.search_backend,
-            "approximate_above": self.approximate_above,
-            "evictions": self.evictions,
-            "evicted": {
-                "chunks": self.evicted_chunks,
-                "spans": self.evicted_spans,
-                "text_spans": self.evicted_text_spans,
-            },
-            "metadata": metadata or {},
-        }
-        json_path = os.path.join(directory, BANK_JSON)
-        try:
-            old = _read_json(json_path).get("tensors") if os.path.isfile(json_path) else None
-        except BankFileError:
-            old = None  # a corrupt previous save is simply replaced
-        with open(json_path + ".tmp", "w") as f:
-            json.dump(meta, f, indent=2)
-        _fsync(json_path + ".tmp")
-        os.replace(json_path + ".tmp", json_path)
-        _fsync_dir(directory)
-        if old and old != name and os.path.isfile(os.path.join(directory, old)):
-            os.remove(os.path.join(directory, old))
-        for leftover in os.listdir(directory):  # tensor files of saves killed before their bank.json
-            if leftover.startswith("bank-") and ".safetensors" in leftover and leftover != name:
-                os.remove(os.path.join(directory, leftover))
-        return json_path
-
-    @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike,
-        expected: BankLayout | None = None,
-        device: str | torch.device | None = None,
-    ) -> MemoryBank:
-        """Reads a bank written by :meth:`save`. Raises :class:`BankFileError` with what is wrong
-        (missing file, checksum mismatch, wrong shapes, layout different from ``expected``)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        json_path = os.path.join(directory, BANK_JSON)
-        meta = read_metadata(directory, BANK_JSON, BANK_FORMAT, "memory bank")
-        try:
-            lay = meta["layout"]
-            layout = BankLayout(
-                capacity=int(lay["capacity"]),
-                chunk_size=int(lay["chunk_size"]),
-                num_kv_heads=int(lay["num_kv_heads"]),
-                head_dim=int(lay["head_dim"]),
-                embed_dim=int(lay["embed_dim"]),
-                dtype=getattr(torch, lay["dtype"]),
-                device=device if device is not None else (expected.device if expected else "cpu"),
-                compute_dtype=expected.compute_dtype if expected else None,
-                mmap_dir=expected.mmap_dir if expected else None,
-                pin_memory=expected.pin_memory if expected else False,
-                index_window=int(lay.get("index_window", 0)),  # banks saved before the window index: none
-                heads=None if lay.get("heads") is None else tuple(tuple(int(x) for x in h) for h in lay["heads"]),
-            )
-            tpath = os.path.join(directory, meta["tensors"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise BankFileError(f"{json_path}: malformed bank metadata ({e!r})") from e
-        if expected is not None:
-            if layout.heads != expected.heads:
-
-                def said(h):
-                    return "every KV head of each banked layer" if h is None else f"the KV heads {[list(p) for p in h]}"
-
-                raise BankFileError(
-                    f"bank in {directory!s} stores {said(layout.heads)} but this model's config banks "
-                    f"{said(expected.heads)} (MemLongConfig.bank_heads); load it into a model with the bank_heads "
-                    "it was read with, or read the text again"
-                )
-            mine = (layout.chunk_size, layout.num_kv_heads, layout.head_dim, layout.embed_dim)
-            theirs = (expected.chunk_size, expected.num_kv_heads, expected.head_dim, expected.embed_dim)
-            if mine != theirs:
-                raise BankFileError(
-                    f"bank in {directory!s} has (chunk_size, kv_heads, head_dim, embed_dim)={mine} but this "
-                    f"model/retriever needs {theirs}; it was saved by a different model or retriever"
-                )
-        if not os.path.isfile(tpath):
-            raise BankFileError(f"{tpath} is missing: the bank directory is incomplete")
-        if _sha256(tpath) != meta.get("sha256"):
-            raise BankFileError(
-                f"{tpath} does not match the checksum in {BANK_JSON}: the file is truncated or corrupted"
-            )
-        try:
-            t = load_file(tpath)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise BankFileError(f"{tpath} cannot be read ({e})") from e
-        n = int(meta["num_chunks"])
-        kv = (n, layout.num_kv_heads, layout.chunk_size, layout.head_dim)
-        want = {
-            "keys": kv,
-            "values": kv,
-            "embeddings": (n, layout.embed_dim),
-            "chunk_ids": (n,),
-            "spans": (n, 2),
-            "token_ids": (n, layout.chunk_size),
-            "counts": (n,),
-            "text_spans": (n, 2),
-        }
-        if layout.quantized:
-            want["key_scales"] = want["value_scales"] = kv[:3]
-        if layout.windows:
-            want["window_embeddings"] = (n, layout.windows, layout.embed_dim)
-            want["windowed"] = (n,)
-        for key, shape in want.items():
-            if key not in t or tuple(t[key].shape) != shape:
-                got = tuple(t[key].shape) if key in t else "missing"
-                raise BankFileError(f"{tpath}: tensor {key!r} should be {shape}, got {got}")
-        if t["keys"].dtype != layout.dtype or t["values"].dtype != layout.dtype:
-            raise BankFileError(f"{tpath}: K/V are {t['keys'].dtype}, the metadata says {layout.dtype}")
-        if n > layout.capacity:
-            raise BankFileError(f"{tpath}: {n} chunks exceed the saved capacity {layout.capacity}")
-        keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
-        bank = cls(
-            layout,
-            meta.get("eviction", "counter"),
-            keep,
-            drop,
-            target,
-            meta.get("search_backend", "faiss"),
-            meta.get("approximate_above", APPROXIMATE_ABOVE),
-        )
-        bank.evictions = int(meta.get("evictions", 0))
-        evicted = meta.get("evicted") or {}  # banks saved before this bookkeeping: none recorded
-        bank.evicted_chunks = int(evicted.get("chunks", 0))
-        bank.evicted_spans = [[int(a), int(b)] for a, b in evicted.get("spans", [])]
-        bank.evicted_text_spans = [[int(a), int(b)] for a, b in evicted.get("text_spans", [])]
-        bank.metadata = dict(meta.get("metadata") or {})
-        while bank.num_slots < n:
-            bank._grow()
-        bank._store(slice(0, n), t["keys"], t["values"], t.get("key_scales"), t.get("value_scales"))
-        bank.embeddings[:n] = t["embeddings"].to(layout.device)
-        if layout.windows:
-            bank.window_embeddings[:n] = t["window_embeddings"].to(bank.window_embeddings)
-            bank.windowed[:n] = t["windowed"].bool()
-        bank.chunk_ids[:n] = t["chunk_ids"]
-        bank.spans[:n] = t["spans"]
-        bank.token_ids[:n] = t["token_ids"]
-        bank.text_spans[:n] = t["text_spans"]
-        bank.counts[:n] = t["counts"]
-        for s in range(n):
-            bank.index.add(s, bank.embeddings[s])
-        return bank
-
-
-BANK_FORMAT = "memlong-bank-v1"
-BANK_JSON = "bank.json"
-
-
-class BankFileError(ValueError):
-    """A saved bank cannot be loaded; the message says which file and why."""
-
-
-def check_retriever(saved: dict | None, ours: dict | None, where) -> None:
-    """Raises :class:`BankFileError` if a bank indexed by retriever ``saved`` (its ``describe()``)
-    is loaded for retriever ``ours``: its embeddings would be compared with incompatible queries.
-    Model paths are compared by their last component, so a moved model still matches."""
-    if not saved or not ours:
-        return
-
-    def key(d: dict) -> dict:
-        d = dict(d)
-        if d.get("model") not in (None, "None"):
-            d["model"] = os.path.basename(os.path.normpath(str(d["model"])))
-        return d
-
-    if key(saved) != key(ours):
-        raise BankFileError(
-            f"{where!s} was indexed by the retriever {saved} but this model retrieves with {ours}; "
-            "load it with the retriever it was built with (memlong.from_pretrained(..., retriever=...))"
-        )
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: str) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(directory) -> None:
-    """Makes a rename in ``directory`` durable (where the platform allows opening a folder)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _merge_range(ranges: list[list[int]], r: list[int]) -> None:
+def merge_range(ranges: list[list[int]], r: list[int]) -> None:
     """Adds ``[start, end)`` to sorted disjoint ``ranges``, merging it with those it touches or overlaps."""
     import bisect
 
@@ -935,22 +685,3 @@ def _merge_range(ranges: list[list[int]], r: list[int]) -> None:
         ranges.insert(i, [a, b])
     while i + 1 < len(ranges) and ranges[i + 1][0] <= ranges[i][1]:
         ranges[i][1] = max(ranges[i][1], ranges.pop(i + 1)[1])
-
-
-def read_metadata(directory, name: str, fmt: str, what: str) -> dict:
-    """The JSON ``name`` in ``directory``, checked to be of format ``fmt`` (errors say what to do)."""
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
-        raise BankFileError(f"no {name} in {directory!s}: not a saved {what}")
-    meta = _read_json(path)
-    if meta.get("format") != fmt:
-        raise BankFileError(f"{path}: unsupported {what} format {meta.get('format')!r} (expected {fmt})")
-    return meta
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BankFileError(f"{path} is not valid JSON ({e}): the file is truncated or corrupted") from e

@@ -238,7 +238,7 @@ def model_identity(name: str | None) -> str:
 
 def _memory_json(directory: Path) -> dict:
     """The saved memory's ``memory.json`` ({} when missing or unreadable: loading it says why)."""
-    from memlong.cache import MEMORY_JSON
+    from memlong.memory.persistence import MEMORY_JSON
 
     try:
         meta = json.loads((directory / MEMORY_JSON).read_text())
@@ -254,8 +254,8 @@ def _memory_version(directory: Path) -> str | None:
 def _ours(name: str) -> bool:
     """Whether a file in a --memory folder without a memory is ours to ignore (and replace): the lock,
     what a killed save leaves."""
-    from memlong.cache import is_save_leftover
     from memlong.memory.lock import LOCK_NAME
+    from memlong.memory.persistence import is_save_leftover
 
     return name in (LOCK_NAME, MANIFEST + ".tmp") or is_save_leftover(name)
 
@@ -317,8 +317,7 @@ def plan_reuse(directory: Path | None, files: list[SourceFile], model, args) -> 
     or replace: not written by ``memlong ask``, written by another model, config or retriever, or
     with an unreadable manifest."""
     import memlong
-    from memlong.cache import MEMORY_JSON
-    from memlong.memory.bank import BankFileError, check_retriever
+    from memlong.memory.persistence import MEMORY_JSON, BankFileError, check_retriever
 
     if directory is None or not directory.exists():
         return "read", []
@@ -540,7 +539,7 @@ def _ranges(items) -> str:
 
 def _reuse(model, memory_dir: Path, files: list[SourceFile], report: dict):
     """The saved memory, loaded (refused with what was wrong when it cannot be)."""
-    from memlong.memory.bank import BankFileError
+    from memlong.memory import BankFileError
 
     t0 = time.perf_counter()
     try:

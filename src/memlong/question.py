@@ -1,0 +1,217 @@
+"""A question's search of a memory: retrieval with the question's own embedding, re-ranked by
+the chunks' windows and the question's words.
+
+Reading retrieves causally (chunk ``j`` with the embedding of chunk ``j - 1``). A question about
+what was read retrieves with its own embedding instead, from :meth:`~QuestionSearch.focus_on` to
+:meth:`~QuestionSearch.unfocus`, and scores each chunk by the best of its own similarity and its
+windows' (:class:`QuestionRescore`), from the bank's window index (:func:`index_bank_windows`)
+or embedded when asked. :class:`QuestionSearch` gives :class:`~memlong.cache.MemLongCache` these
+methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from memlong.memory.bank import MemoryBank, window_starts
+from memlong.profiling import phase
+from memlong.retriever import Retriever
+
+
+@torch.no_grad()
+def index_bank_windows(banks: list[MemoryBank], retriever: Retriever, chunk_size: int) -> int:
+    """Embeds, in one retriever batch, the windows of every chunk of ``banks`` not in their window
+    index yet (see :meth:`QuestionSearch.index_windows`); returns the chunks indexed."""
+    todo = []
+    for bank in banks:
+        slots = bank.unwindowed() if bank.layout.index_window else torch.zeros(0, dtype=torch.long)
+        if slots.numel():
+            todo.append((bank, slots, window_starts(chunk_size, bank.layout.index_window)))
+    texts = [
+        t[s : s + bank.layout.index_window]
+        for bank, slots, starts in todo
+        for t in bank.token_ids[slots].tolist()
+        for s in starts
+    ]
+    if not texts:
+        return 0
+    with phase("retriever"):
+        e = retriever.embed(texts)
+    done = 0
+    for bank, slots, starts in todo:
+        n = len(slots) * len(starts)
+        bank.set_window_embeddings(slots, e[:n].view(len(slots), len(starts), -1))
+        e, done = e[n:], done + len(slots)
+    return done
+
+
+@dataclass(frozen=True, eq=False)
+class QuestionRescore:
+    """A question's ``rescore`` of the candidates of a search of ``bank`` (:meth:`MemoryBank.best`):
+    each scores the best of its own similarity and its windows' (``window`` tokens each, at
+    :func:`~memlong.memory.bank.window_starts`) to ``query``, plus ``weight`` times its share of
+    the question's tokens ``words`` (:meth:`MemoryBank.lexical_scores`). ``indexed``: the windows'
+    similarities come from the bank's window index, else the candidates' windows are embedded now.
+
+    It holds the bank, not the memory (no reference cycle); a copy of the memory shares it, as it
+    would share a function (copying it would copy the retriever).
+    """
+
+    bank: MemoryBank
+    retriever: Retriever
+    query: torch.Tensor
+    window: int
+    chunk_size: int
+    indexed: bool
+    words: torch.Tensor
+    weight: float
+
+    def __call__(self, slots: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        windows = self.indexed_scores(slots) if self.indexed else self.embedded_scores(slots)
+        dense = torch.maximum(windows, scores.float().cpu())
+        return dense + self.weight * self.bank.lexical_scores(slots, self.words) if self.weight else dense
+
+    def indexed_scores(self, slots: torch.Tensor) -> torch.Tensor:
+        """Each slot's best window similarity, from the window index (chunks banked since the
+        question was asked, if any, are indexed first)."""
+        index_bank_windows([self.bank], self.retriever, self.chunk_size)
+        return self.bank.window_scores(slots, self.query)
+
+    def embedded_scores(self, slots: torch.Tensor) -> torch.Tensor:
+        """Each slot's best window similarity, its windows embedded now (one retriever batch)."""
+        W, starts = self.window, window_starts(self.chunk_size, self.window)
+        toks = self.bank.token_ids[slots]
+        with phase("retriever"):
+            e = self.retriever.embed([toks[i, s : s + W].tolist() for i in range(len(slots)) for s in starts])
+        return (e.float() @ self.query.float().to(e.device)).view(len(slots), len(starts)).amax(1).cpu()
+
+    def __deepcopy__(self, memo: dict) -> QuestionRescore:
+        return self
+
+
+class QuestionSearch:
+    """:class:`~memlong.cache.MemLongCache`'s question-time search: retrieval focused on a question
+    (:meth:`focus_on`, :meth:`unfocus`), how a question searches a bank (:meth:`question_search`),
+    what it finds (:meth:`question_hits`, :meth:`question_tokens`), the window index
+    (:meth:`index_windows`) and the hits a question reads again as text (:meth:`mark_reread`)."""
+
+    @torch.no_grad()
+    def focus_on(self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None) -> None:
+        """Retrieves with a given text (a question) until :meth:`unfocus`: row ``rows[i]``'s
+        query becomes the embedding of ``tokens[i]``, the chunk in progress retrieves again
+        with it, and so does every chunk that starts meanwhile. For answering: read the
+        question after this call and every token of it, and of the answer, attends to the
+        chunks the question is about. The question's own tokens then depend on its end (the
+        paper's same-chunk query): use it to answer, not to score the question."""
+        rows = list(range(self.batch_size_)) if rows is None else list(rows)
+        if len(tokens) != len(rows):
+            raise ValueError(f"focus_on: {len(tokens)} token lists for {len(rows)} rows")
+        if not self.retrieval:
+            return
+        with phase("retriever"):
+            queries = retriever.embed([list(t) for t in tokens])
+        self.index_windows(retriever, rows)  # one batch for every row (the window index, if kept)
+        tau = self.config.chunk_size
+        for b, query, tokens_b in zip(rows, queries, tokens):
+            self.focus[b] = query
+            self.focus_search[b] = self.question_search(b, query, retriever, list(tokens_b))
+            if self.seen[b] % tau:
+                self.chunk_mem[b][self.seen[b] // tau] = self._retrieve(b, query, self.focus_search[b])
+
+    def unfocus(self, rows: list[int] | None = None) -> None:
+        """Back to causal retrieval (see :meth:`focus_on`) for chunks that start from now on."""
+        for b in range(self.batch_size_) if rows is None else rows:
+            self.focus[b] = None
+            self.focus_search[b] = {}
+
+    def question_search(self, b: int, query: torch.Tensor, retriever: Retriever, tokens=None) -> dict:
+        """How a question searches row ``b``'s bank: the keyword arguments (``rescore``,
+        ``candidates``) of :meth:`MemoryBank.best` / :meth:`~MemoryBank.retrieve`. A chunk's score
+        is the best of its own and its windows' of ``rerank_window`` tokens (half-overlapping): a
+        short fact inside a long chunk of other text matches its window far better than the whole
+        chunk's embedding. With the bank's window index (``rerank_index``) every chunk is scored
+        from the stored window embeddings (chunks not indexed yet are first, :meth:`index_windows`);
+        without one, the top ``rerank_candidates`` chunks' windows are embedded now. With the
+        question's ``tokens`` and ``lexical_weight``, ``lexical_weight`` times the share of the
+        question's words and word pairs a chunk holds (:func:`~memlong.memory.bank.lexical_scores`)
+        is added: what an embedding misses ("pass key" against code full of ``pass``). ``{}``:
+        plain cosine search (re-ranking off)."""
+        cfg = self.config
+        W = cfg.rerank_window
+        if not cfg.rerank_candidates or W >= cfg.chunk_size:
+            return {}
+        bank = self.banks[b]
+        weight = cfg.lexical_weight if tokens is not None and len(tokens) else 0.0
+        words = torch.as_tensor(list(tokens) if weight else [], dtype=torch.long)
+        indexed = bank.layout.index_window == W
+        rescore = QuestionRescore(bank, retriever, query, W, cfg.chunk_size, indexed, words, weight)
+        # with the window index every chunk is scored: the search returns all
+        return {"rescore": rescore, "candidates": bank.capacity if indexed else cfg.rerank_candidates}
+
+    @torch.no_grad()
+    def index_windows(self, retriever: Retriever, rows: list[int] | None = None) -> int:
+        """Completes the window index of rows' banks (``rerank_index``): embeds, in one retriever
+        batch, the ``rerank_window``-token windows of every banked chunk that has none yet. Done
+        when a question first needs them, so reading alone never pays for it; call it after reading
+        to move that cost out of the first question. Returns the chunks indexed."""
+        rows = range(self.batch_size_) if rows is None else rows
+        return index_bank_windows([self.banks[b] for b in rows], retriever, self.config.chunk_size)
+
+    @torch.no_grad()
+    def question_hits(self, retriever: Retriever, tokens: list[int], row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bank slots a question of ``tokens`` retrieves once :meth:`focus_on` is given them
+        (``generate(requery=...)``, ``memlong ask``), best first, with their scores: the search
+        and the window re-ranking the model runs, counters untouched. For showing a user what
+        an answer reads (``bank.entries()``, ``bank.text_spans[slot]``). ``retrieval_offsets``
+        other than ``(0,)`` also bring each hit's neighbours, not listed here."""
+        bank = self.banks[row]
+        if len(bank) == 0:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        with phase("retriever"):
+            query = retriever.embed([list(tokens)])[0]
+        return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever, list(tokens)))
+
+    @torch.no_grad()
+    def question_tokens(
+        self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None
+    ) -> list[list[int]]:
+        """For each of ``rows`` (all by default), the token ids of the chunks a question of
+        ``tokens[i]`` retrieves from the bank as it is now (as :meth:`focus_on` would): its hits and
+        what ``question_offsets`` bring, in ``question_order``, back to back; counters untouched.
+        ``question_reread`` reads them as text just before the question (``generate(requery=...)``)."""
+        rows = list(range(self.batch_size_)) if rows is None else list(rows)
+        if len(tokens) != len(rows):
+            raise ValueError(f"question_tokens: {len(tokens)} token lists for {len(rows)} rows")
+        if not self.retrieval or not any(len(self.banks[b]) for b in rows):
+            return [[] for _ in rows]
+        with phase("retriever"):
+            queries = retriever.embed([list(t) for t in tokens])
+        self.index_windows(retriever, rows)
+        cfg, out = self.config, []
+        for b, query, tokens_b in zip(rows, queries, tokens):
+            bank = self.banks[b]
+            if len(bank) == 0:
+                out.append([])
+                continue
+            slots = bank.select(
+                query,
+                cfg.top_k,
+                self._offsets(question=True),
+                order=cfg.question_order,
+                **self.question_search(b, query, retriever, list(tokens_b)),
+            )
+            out.append(bank.token_ids[slots].flatten().tolist())
+        return out
+
+    def mark_reread(self, row: int, start: int, end: int) -> None:
+        """Stream positions ``start..end - 1`` of row ``row`` hold text read again from its bank
+        (``question_reread``: a question's hits read as text before it). A chunk made only of
+        them is dropped, not banked, when it leaves the window: the bank holds that text already,
+        and a second copy would take a later search's slot beside the original. A chunk that also
+        holds other text (the document before, the question after) is banked as usual."""
+        if not self.seen[row] >= end >= start >= 0:
+            raise ValueError(f"mark_reread({row}, {start}, {end}): not a range of the {self.seen[row]} tokens read")
+        if end > start:
+            self.reread[row].append([start, end])
