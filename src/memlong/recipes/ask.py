@@ -25,8 +25,11 @@ One process at a time uses DIR (a lock, ``DIR/.memlong.lock``): another waits fo
 
 Nothing is dropped silently. Files longer than the memory holds (``memory_capacity`` tokens of
 bank plus the local window) get, by default, a ``memory_capacity`` raised for this call to hold
-them all, when the bank then fits in half the available memory with a copy for a question
-(``--evict`` keeps the model's and evicts instead). Otherwise eviction drops chunks while
+them all (``--evict`` keeps the model's and evicts instead): the bank stays in RAM when it fits in
+half the available memory with a copy for a question; else, with ``--memory DIR``, its keys and
+values live in memory-mapped files in DIR (``bank_device="mmap"``; unlinked at once, so nothing
+but the saved memory stays there), when the disk holds the bank twice (it and its save; three
+times when several questions may each read into a copy). Otherwise eviction drops chunks while
 reading: before reading, ``ask`` says how many tokens will be kept and evicted and the ``--set
 memory_capacity=N`` that would keep them all (and the bytes that takes); after reading (and when
 a saved memory is reused), which token ranges were evicted and where they stand in the files
@@ -129,8 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--evict",
         action="store_true",
         help="keep the model's memory_capacity for files longer than it holds, evicting chunks while "
-        "reading (by default it is raised for this call to hold all of the files when the bank then "
-        "fits in half the available memory); ask says what was evicted",
+        "reading (by default it is raised for this call to hold all of the files: the bank in RAM when "
+        "it fits in half the available memory, else in memory-mapped files in --memory DIR when the disk "
+        "there holds it); ask says what was evicted",
     )
     p.add_argument(
         "--lock-timeout",
