@@ -26,10 +26,11 @@ import threading
 import time
 from pathlib import Path
 
+from memlong import report
+
 FACT = "The access code of the north gate of the observatory is 73914."
 QUESTION = "What is the access code of the north gate of the observatory?"
 ANSWER = "73914"
-MIB = 2**20
 
 
 def build_input(data: Path, tokens: int, depth: float, out: Path) -> dict:
@@ -140,32 +141,6 @@ def directory_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
 
 
-def markdown(r: dict, json_path: str) -> str:
-    lines = [
-        f"`memlong ask` on {r['input']['tokens']:,} tokens of held-out text (the corpus's test split), a fact planted "
-        f"at {r['input']['depth']:.0%} of it and asked at the end; measured by `{r['command']}`; JSON: `{json_path}`.",
-        "",
-        "| call | seconds | tokens/s | peak VmRSS (MiB) | RssAnon at 1/4, 1/2, 3/4, end of reading (MiB) | answer | correct |",
-        "|---|---:|---:|---:|---|---|---|",
-    ]
-    for c in r["calls"]:
-        anon = (c["rss_anon_while_reading"] or {}).get("at_quarters", {})
-        quarters = ", ".join("-" if v is None else f"{v / MIB:,.0f}" for v in anon.values()) or "(loaded, not read)"
-        tps = "-" if c.get("tokens_per_s") is None else f"{c['tokens_per_s']:,.0f}"
-        lines.append(
-            f"| {c['name']} | {c['seconds']:,.0f} | {tps} | {c['peak_rss_bytes'] / MIB:,.0f} | {quarters} | "
-            f"{c['answer']!r} | {c['correct']} |"
-        )
-    lines += [
-        "",
-        f"Bank: {r['bank']}; saved memory on disk: {r['memory_bytes'] / 2**30:,.1f} GiB; evicted chunks: "
-        f"{r['calls'][0]['evicted_chunks']}. RssAnon is the process's own memory; VmRSS also counts the pages "
-        "of the memory-mapped bank it touched (RssFile), which the kernel writes back to the file and reclaims "
-        "as it needs.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="runs/corpus")
@@ -249,8 +224,8 @@ def main() -> int:
         )
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
-        Path(args.json).with_suffix(".md").write_text(markdown(r, args.json))
-    print(markdown(r, args.json))
+        report.write_markdown(r, args.json)
+    print(report.markdown(r, args.json))
     return 0
 
 
