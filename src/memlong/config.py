@@ -100,6 +100,8 @@ class MemLongConfig:
             "question_reread",
         }
     )
+    #: where the bank lives, not what it holds: a saved memory loads into a model that keeps its bank elsewhere
+    STORAGE_FIELDS: ClassVar[frozenset[str]] = frozenset({"bank_device", "bank_mmap_dir"})
 
     def __post_init__(self) -> None:
         self.retrieval_layers = tuple(int(x) for x in self.retrieval_layers)
@@ -366,9 +368,9 @@ class MemLongConfig:
 
     def memory_differences(self, saved: dict[str, Any]) -> list[str]:
         """The fields in which the config a memory was read with (``saved``) differs from this
-        one in what reading stores (all but :attr:`QUESTION_FIELDS`): a memory may be continued
-        only where this is empty."""
-        return self.differences(saved, self.QUESTION_FIELDS)
+        one in what reading stores (all but :attr:`QUESTION_FIELDS` and :attr:`STORAGE_FIELDS`): a
+        memory may be continued only where this is empty."""
+        return self.differences(saved, self.QUESTION_FIELDS | self.STORAGE_FIELDS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MemLongConfig:

@@ -506,3 +506,58 @@ def test_a_save_cleans_tensor_files_left_by_a_killed_save(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bank-")) == [
         json.loads((tmp_path / "bank.json").read_text())["tensors"]
     ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+def test_save_and_load_go_a_batch_of_slots_at_a_time_and_write_plain_safetensors(dtype, tmp_path, monkeypatch):
+    """A bank larger than RAM (memory-mapped) is saved and loaded without being gathered whole:
+    K/V move a page's worth of slots at a time; the file stays what safetensors reads."""
+    from safetensors.torch import load_file
+
+    import memlong.memory.bank as bank_module
+
+    layout = BankLayout(10, TAU, H, D, E, dtype=dtype, compute_dtype=torch.float32, mmap_dir=str(tmp_path / "kv"))
+    bank = random_bank(layout, n=9)  # evicts once: slots out of chunk order
+    gathered = []
+    real = bank_module.PagedTensor.__getitem__
+
+    def spy(self, index):
+        out = real(self, index)
+        if not isinstance(index, int):
+            gathered.append(out.numel() * out.element_size())
+        return out
+
+    page = 2 * H * TAU * D * torch.empty(0, dtype=dtype).element_size()
+    monkeypatch.setattr(bank_module, "PAGE_BYTES", page)  # two slots of K a batch
+    monkeypatch.setattr(bank_module.PagedTensor, "__getitem__", spy)
+    bank.save(tmp_path / "b")
+    assert len(gathered) >= 4 and max(gathered) <= page
+    slots = bank.valid.nonzero().flatten()
+    slots = slots[torch.argsort(bank.chunk_ids[slots])]
+    saved = load_file(next((tmp_path / "b").glob("bank-*.safetensors")))
+    assert torch.equal(saved["keys"], real(bank.keys, slots)) and torch.equal(saved["values"], real(bank.values, slots))
+    assert torch.equal(saved["chunk_ids"], bank.chunk_ids[slots]) and torch.equal(
+        saved["embeddings"], bank.embeddings[slots]
+    )
+    if layout.quantized:
+        assert torch.equal(saved["key_scales"], real(bank.key_scales, slots))
+    back = MemoryBank.load(tmp_path / "b", expected=layout)
+    assert all(page.untyped_storage().filename is not None for page in back.keys.pages)  # loaded into mapped pages
+    assert [e["chunk_id"] for e in back.entries()] == [e["chunk_id"] for e in bank.entries()]
+    (k0, v0), (k1, v1) = bank.gather(slots), back.gather(torch.arange(len(slots)))
+    assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    back.check_invariants()
+
+
+def test_a_copy_of_a_memory_mapped_bank_is_memory_mapped_and_independent(tmp_path):
+    import copy
+
+    bank = random_bank(BankLayout(10, TAU, H, D, E, mmap_dir=str(tmp_path / "kv")), n=6)
+    twin = copy.deepcopy(bank)
+    assert all(page.untyped_storage().filename is not None for page in twin.keys.pages + twin.values.pages)
+    slots = bank.valid.nonzero().flatten()
+    assert all(torch.equal(a, b) for a, b in zip(bank.gather(slots), twin.gather(slots)))
+    add_to = twin.keys.pages[0]
+    add_to.fill_(7.0)
+    assert not torch.equal(bank.keys.pages[0], add_to)
+    assert list((tmp_path / "kv").iterdir()) == []

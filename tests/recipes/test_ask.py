@@ -704,3 +704,47 @@ def test_what_a_killed_first_save_leaves_is_read_over_and_cleaned(model_dir, fil
     with pytest.raises(SystemExit, match="other files in it"):
         ask(model_dir, *files, "-q", QUESTION, "--memory", other)
     assert (other / "v-notes").is_dir()
+
+
+def test_a_bank_larger_than_memory_is_kept_in_memory_mapped_files_in_the_memory_folder(
+    small_capacity_model, files, tmp_path, capsys, monkeypatch
+):
+    import memlong.memory.budget as budget
+
+    in_ram, on_disk, mem = tmp_path / "ram.json", tmp_path / "disk.json", tmp_path / "mem"
+    two = ["-q", QUESTION, "-q", "What does the parser do?"]  # the first question reads into a copy
+    assert ask(small_capacity_model, *files, *two, "--json", in_ram) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(budget, "available_memory", lambda: 100_000)
+    assert ask(small_capacity_model, *files, *two, "--memory", mem, "--json", on_disk) == 0
+    printed = capsys.readouterr().out
+    r = report(on_disk)
+    assert r["capacity"]["raised"] and r["capacity"]["bank_device"] == "mmap" and r["evicted"]["chunks"] == 0
+    assert f"kept in memory-mapped files in {mem}" in printed and "warning:" not in printed
+    assert r["memlong_config"]["bank_device"] == "mmap" and r["memlong_config"]["bank_mmap_dir"] == str(mem.resolve())
+    # the same answers as with the bank in RAM; nothing of the mapped pages left in the folder
+    assert [q["answer"] for q in r["questions"]] == [q["answer"] for q in report(in_ram)["questions"]]
+    assert not [p for p in mem.iterdir() if p.name.startswith("memlong-kv-")]
+    # the saved memory loads back into memory-mapped files and is reused, with the same answers
+    assert ask(small_capacity_model, *files, *two, "--memory", mem, "--json", on_disk) == 0
+    assert "nothing read" in capsys.readouterr().out
+    assert [q["answer"] for q in report(on_disk)["questions"]] == [q["answer"] for q in report(in_ram)["questions"]]
+
+
+def test_a_bank_larger_than_memory_and_disk_is_not_raised_and_says_why(
+    small_capacity_model, files, tmp_path, capsys, monkeypatch
+):
+    import memlong.memory.budget as budget
+    import memlong.recipes.ask as ask_verb
+
+    out, mem = tmp_path / "out.json", tmp_path / "mem"
+    monkeypatch.setattr(budget, "available_memory", lambda: 100_000)
+    monkeypatch.setattr(ask_verb, "_free_disk", lambda d: 1000)
+    assert ask(small_capacity_model, *files, "-q", QUESTION, "--memory", mem, "--json", out) == 0
+    printed = capsys.readouterr().out
+    assert "not raising memory_capacity" in printed and "(the bank and its save), 1,000 bytes is free in" in printed
+    assert "warning:" in printed and report(out)["evicted"]["chunks"] > 0 and not report(out)["capacity"]["raised"]
+    assert report(out)["memlong_config"]["bank_device"] == "model"
+    # without --memory the message names it
+    assert ask(small_capacity_model, *files, "-q", QUESTION) == 0
+    assert "pass --memory DIR to keep it on disk there" in capsys.readouterr().out

@@ -47,6 +47,8 @@ from memlong.memory.persistence import BankFiles
 
 # Largest K/V page (per tensor): growth adds pages of at most this size.
 PAGE_BYTES = 64 * 2**20
+#: the name of a memory-mapped K/V page's file (unlinked as soon as it is mapped)
+MMAP_PREFIX = "memlong-kv-"
 # Search: candidates fetched beyond k (at least k more), re-ranked exactly; and how close a
 # backend's score may come to the k-th best before more candidates are fetched (float32
 # inner products of unit vectors differ between backends in the last bits).
@@ -186,7 +188,7 @@ def _kv_page(L: BankLayout, n: int, scales: bool = False) -> torch.Tensor:
         import tempfile
 
         os.makedirs(L.mmap_dir, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix="memlong-kv-", dir=L.mmap_dir)
+        fd, path = tempfile.mkstemp(prefix=MMAP_PREFIX, dir=L.mmap_dir)
         os.close(fd)
         try:
             return torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)

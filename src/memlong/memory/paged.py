@@ -56,6 +56,16 @@ class PagedTensor:
         self._starts.append(self._size)
         self._size += n
 
+    def __deepcopy__(self, memo: dict) -> PagedTensor:
+        """A copy whose pages are allocated where this one's are (by ``make_page``): the copy of a
+        bank kept in memory-mapped files is in new memory-mapped files, not in RAM."""
+        new = PagedTensor(self._make_page)
+        for page in self.pages:
+            new.extend(page.shape[0])
+            new.pages[-1].copy_(page)
+        memo[id(self)] = new
+        return new
+
     # ------------------------------------------------------------------ addressing
     def _locate(self, i: int) -> tuple[int, int]:
         if not -self._size <= i < self._size:

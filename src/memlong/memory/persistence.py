@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,6 +30,7 @@ from memlong.memory.index import APPROXIMATE_ABOVE
 if TYPE_CHECKING:
     from memlong.config import MemLongConfig
     from memlong.memory.bank import BankLayout, MemoryBank
+    from memlong.memory.paged import PagedTensor
 
 BANK_FORMAT = "memlong-bank-v1"
 BANK_JSON = "bank.json"
@@ -56,14 +59,14 @@ class BankFiles:
         Atomic: the tensors go to a new file first; ``bank.json`` (which names that file and its
         SHA-256) is replaced in one ``os.replace``. A crash leaves the previous save intact.
         """
-        from safetensors.torch import save_file
-
         os.makedirs(directory, exist_ok=True)
         slots = self.valid.nonzero().flatten()
         slots = slots[torch.argsort(self.chunk_ids[slots])]
-        tensors = {
-            "keys": self.keys[slots].contiguous().cpu(),
-            "values": self.values[slots].contiguous().cpu(),
+        # K/V (and their scales) go to the file a batch of slots at a time: a bank kept in a
+        # memory-mapped file (bank_device="mmap") may not fit in RAM, and saving must not copy it there
+        tensors: dict[str, torch.Tensor | _Rows] = {
+            "keys": _Rows(self.keys, slots),
+            "values": _Rows(self.values, slots),
             "embeddings": self.embeddings[slots].contiguous().cpu(),
             "chunk_ids": self.chunk_ids[slots].contiguous(),
             "spans": self.spans[slots].contiguous(),
@@ -75,18 +78,17 @@ class BankFiles:
             tensors["window_embeddings"] = self.window_embeddings[slots].contiguous().cpu()
             tensors["windowed"] = self.windowed[slots].contiguous()
         if self.layout.quantized:
-            tensors["key_scales"] = self.key_scales[slots].contiguous().cpu()
-            tensors["value_scales"] = self.value_scales[slots].contiguous().cpu()
+            tensors["key_scales"] = _Rows(self.key_scales, slots)
+            tensors["value_scales"] = _Rows(self.value_scales, slots)
         name = f"bank-{uuid.uuid4().hex[:12]}.safetensors"
         path = os.path.join(directory, name)
-        save_file(tensors, path + ".tmp")
-        _fsync(path + ".tmp")
+        digest = write_safetensors(path + ".tmp", tensors)
         os.replace(path + ".tmp", path)
         L = self.layout
         meta = {
             "format": BANK_FORMAT,
             "tensors": name,
-            "sha256": _sha256(path),
+            "sha256": digest,
             "num_chunks": int(slots.numel()),
             "layout": {
                 "capacity": L.capacity,
@@ -136,9 +138,7 @@ class BankFiles:
     ) -> MemoryBank:
         """Reads a bank written by :meth:`save`. Raises :class:`BankFileError` with what is wrong
         (missing file, checksum mismatch, wrong shapes, layout different from ``expected``)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+        from memlong.memory import bank as bank_module
         from memlong.memory.bank import BankLayout
 
         json_path = os.path.join(directory, BANK_JSON)
@@ -186,10 +186,6 @@ class BankFiles:
             raise BankFileError(
                 f"{tpath} does not match the checksum in {BANK_JSON}: the file is truncated or corrupted"
             )
-        try:
-            t = load_file(tpath)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise BankFileError(f"{tpath} cannot be read ({e})") from e
         n = int(meta["num_chunks"])
         kv = (n, layout.num_kv_heads, layout.chunk_size, layout.head_dim)
         want = {
@@ -207,33 +203,43 @@ class BankFiles:
         if layout.windows:
             want["window_embeddings"] = (n, layout.windows, layout.embed_dim)
             want["windowed"] = (n,)
-        for key, shape in want.items():
-            if key not in t or tuple(t[key].shape) != shape:
-                got = tuple(t[key].shape) if key in t else "missing"
-                raise BankFileError(f"{tpath}: tensor {key!r} should be {shape}, got {got}")
-        if t["keys"].dtype != layout.dtype or t["values"].dtype != layout.dtype:
-            raise BankFileError(f"{tpath}: K/V are {t['keys'].dtype}, the metadata says {layout.dtype}")
-        if n > layout.capacity:
-            raise BankFileError(f"{tpath}: {n} chunks exceed the saved capacity {layout.capacity}")
-        keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
-        bank = cls(
-            layout,
-            meta.get("eviction", "counter"),
-            keep,
-            drop,
-            target,
-            meta.get("search_backend", "faiss"),
-            meta.get("approximate_above", APPROXIMATE_ABOVE),
-        )
-        bank.evictions = int(meta.get("evictions", 0))
-        evicted = meta.get("evicted") or {}  # banks saved before this bookkeeping: none recorded
-        bank.evicted_chunks = int(evicted.get("chunks", 0))
-        bank.evicted_spans = [[int(a), int(b)] for a, b in evicted.get("spans", [])]
-        bank.evicted_text_spans = [[int(a), int(b)] for a, b in evicted.get("text_spans", [])]
-        bank.metadata = dict(meta.get("metadata") or {})
-        while bank.num_slots < n:
-            bank._grow()
-        bank._store(slice(0, n), t["keys"], t["values"], t.get("key_scales"), t.get("value_scales"))
+        # K/V are read a batch of slots at a time into the bank's own storage (a memory-mapped file
+        # with bank_device="mmap"), never whole: a bank larger than RAM loads as it was saved
+        with _SafetensorsReader(tpath) as f:
+            for key, shape in want.items():
+                got = f.shape(key)
+                if got != shape:
+                    raise BankFileError(
+                        f"{tpath}: tensor {key!r} should be {shape}, got {'missing' if got is None else got}"
+                    )
+            if f.dtype("keys") != layout.dtype or f.dtype("values") != layout.dtype:
+                raise BankFileError(f"{tpath}: K/V are {f.dtype('keys')}, the metadata says {layout.dtype}")
+            t = {key: f.get(key) for key in want if key not in _KV_NAMES}
+            if n > layout.capacity:
+                raise BankFileError(f"{tpath}: {n} chunks exceed the saved capacity {layout.capacity}")
+            keep, drop, target = meta.get("fractions", [0.1, 0.1, 0.5])
+            bank = cls(
+                layout,
+                meta.get("eviction", "counter"),
+                keep,
+                drop,
+                target,
+                meta.get("search_backend", "faiss"),
+                meta.get("approximate_above", APPROXIMATE_ABOVE),
+            )
+            bank.evictions = int(meta.get("evictions", 0))
+            evicted = meta.get("evicted") or {}  # banks saved before this bookkeeping: none recorded
+            bank.evicted_chunks = int(evicted.get("chunks", 0))
+            bank.evicted_spans = [[int(a), int(b)] for a, b in evicted.get("spans", [])]
+            bank.evicted_text_spans = [[int(a), int(b)] for a, b in evicted.get("text_spans", [])]
+            bank.metadata = dict(meta.get("metadata") or {})
+            while bank.num_slots < n:
+                bank._grow()
+            step = max(1, bank_module.PAGE_BYTES // max(1, layout.slot_bytes()))
+            for a in range(0, n, step):
+                b = min(n, a + step)
+                scales = (f.get("key_scales", a, b), f.get("value_scales", a, b)) if layout.quantized else (None, None)
+                bank._store(slice(a, b), f.get("keys", a, b), f.get("values", a, b), *scales)
         bank.embeddings[:n] = t["embeddings"].to(layout.device)
         if layout.windows:
             bank.window_embeddings[:n] = t["window_embeddings"].to(bank.window_embeddings)
@@ -460,6 +466,123 @@ def _read_json(path: str) -> dict:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BankFileError(f"{path} is not valid JSON ({e}): the file is truncated or corrupted") from e
+
+
+# ---------------------------------------------------------------------- the bank's tensor file
+# safetensors (https://huggingface.co/docs/safetensors), written a batch of rows at a time: an
+# 8-byte little-endian header length, the JSON header (padded with spaces to 8 bytes), the data
+_ST_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_KV_NAMES = ("keys", "values", "key_scales", "value_scales")  # read a batch of slots at a time
+
+
+@dataclass
+class _Rows:
+    """Rows ``slots`` of a :class:`PagedTensor`, in that order, gathered a batch at a time."""
+
+    source: PagedTensor
+    slots: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.slots.numel(), *self.source.row_shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.source.dtype
+
+    def batches(self):
+        from memlong.memory.bank import PAGE_BYTES
+
+        step = max(1, PAGE_BYTES // max(1, math.prod(self.source.row_shape) * self.source.element_size()))
+        for i in range(0, self.slots.numel(), step):
+            yield self.source[self.slots[i : i + step]]
+
+
+def write_safetensors(path: str, tensors: dict[str, torch.Tensor | _Rows]) -> str:
+    """Writes ``tensors`` as a safetensors file at ``path`` (fsynced) without holding more than a
+    batch of any :class:`_Rows` in memory; returns the file's SHA-256 (hex), computed as it is written.
+    Tensors are laid out widest dtype first, as safetensors does, so every one stays aligned."""
+    import struct
+
+    def size(dtype: torch.dtype) -> int:
+        return torch.empty(0, dtype=dtype).element_size()
+
+    order = sorted(tensors, key=lambda k: (-size(tensors[k].dtype), k))
+    header, offset = {}, 0
+    for name in order:
+        t = tensors[name]
+        nbytes = math.prod(t.shape) * size(t.dtype)
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+
+        def put(data) -> None:
+            digest.update(data)
+            f.write(data)
+
+        put(struct.pack("<Q", len(blob)))
+        put(blob)
+        for name in order:
+            t = tensors[name]
+            for part in t.batches() if isinstance(t, _Rows) else (t,):
+                put(memoryview(part.detach().cpu().contiguous().view(torch.uint8).numpy()))
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+class _SafetensorsReader:
+    """A safetensors file read by name, whole or a range of rows (safetensors' ``safe_open``);
+    what cannot be read raises :class:`BankFileError` naming the file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _fail(self, e: Exception) -> BankFileError:
+        return BankFileError(f"{self.path} cannot be read ({e})")
+
+    def __enter__(self) -> _SafetensorsReader:
+        from safetensors import SafetensorError, safe_open
+
+        self._errors = (SafetensorError, OSError, ValueError, RuntimeError)
+        try:
+            self._open = safe_open(self.path, framework="pt", device="cpu")
+            self._file = self._open.__enter__()
+            self._names = set(self._file.keys())
+        except self._errors as e:
+            raise self._fail(e) from e
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._open.__exit__(*exc)
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        return tuple(self._file.get_slice(name).get_shape()) if name in self._names else None
+
+    def dtype(self, name: str) -> torch.dtype | str:
+        got = self._file.get_slice(name).get_dtype()
+        return _ST_NAMES.get(got, got)
+
+    def get(self, name: str, start: int | None = None, end: int | None = None) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(name) if start is None else self._file.get_slice(name)[start:end]
+        except self._errors as e:
+            raise self._fail(e) from e
 
 
 def _sha256(path: str) -> str:

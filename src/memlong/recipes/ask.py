@@ -25,8 +25,11 @@ One process at a time uses DIR (a lock, ``DIR/.memlong.lock``): another waits fo
 
 Nothing is dropped silently. Files longer than the memory holds (``memory_capacity`` tokens of
 bank plus the local window) get, by default, a ``memory_capacity`` raised for this call to hold
-them all, when the bank then fits in half the available memory with a copy for a question
-(``--evict`` keeps the model's and evicts instead). Otherwise eviction drops chunks while
+them all (``--evict`` keeps the model's and evicts instead): the bank stays in RAM when it fits in
+half the available memory with a copy for a question; else, with ``--memory DIR``, its keys and
+values live in memory-mapped files in DIR (``bank_device="mmap"``; unlinked at once, so nothing
+but the saved memory stays there), when the disk holds the bank twice (it and its save; three
+times when several questions may each read into a copy). Otherwise eviction drops chunks while
 reading: before reading, ``ask`` says how many tokens will be kept and evicted and the ``--set
 memory_capacity=N`` that would keep them all (and the bytes that takes); after reading (and when
 a saved memory is reused), which token ranges were evicted and where they stand in the files
@@ -129,8 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--evict",
         action="store_true",
         help="keep the model's memory_capacity for files longer than it holds, evicting chunks while "
-        "reading (by default it is raised for this call to hold all of the files when the bank then "
-        "fits in half the available memory); ask says what was evicted",
+        "reading (by default it is raised for this call to hold all of the files: the bank in RAM when "
+        "it fits in half the available memory, else in memory-mapped files in --memory DIR when the disk "
+        "there holds it); ask says what was evicted",
     )
     p.add_argument(
         "--lock-timeout",
@@ -254,10 +258,12 @@ def _memory_version(directory: Path) -> str | None:
 def _ours(name: str) -> bool:
     """Whether a file in a --memory folder without a memory is ours to ignore (and replace): the lock,
     what a killed save leaves."""
+    from memlong.memory.bank import MMAP_PREFIX
     from memlong.memory.lock import LOCK_NAME
     from memlong.memory.persistence import is_save_leftover
 
-    return name in (LOCK_NAME, MANIFEST + ".tmp") or is_save_leftover(name)
+    # a K/V page file is unlinked as soon as it is mapped: one is left only by a kill in between
+    return name in (LOCK_NAME, MANIFEST + ".tmp") or is_save_leftover(name) or name.startswith(MMAP_PREFIX)
 
 
 def manifest_for(files: list[SourceFile], model, args, tokens: int, directory: Path) -> dict:
@@ -563,11 +569,14 @@ def _reuse(model, memory_dir: Path, files: list[SourceFile], report: dict):
     return memory
 
 
-def fit_capacity(model, tok, text: str, args, report: dict):
+def fit_capacity(model, tok, text: str, args, report: dict, memory_dir: Path | None = None):
     """The :class:`~memlong.memory.budget.ReadingPlan` of reading ``text``; when it would evict,
-    ``memory_capacity`` is first raised (for this call) to hold all of it, unless ``--evict``, a
-    ``--set memory_capacity``, or the bank would then need more than half the available memory
-    with one copy for a question (:func:`answer` reads into a copy)."""
+    ``memory_capacity`` is first raised (for this call) to hold all of it, unless ``--evict`` or a
+    ``--set memory_capacity``. A bank that would take more than half the available memory with one
+    copy for a question (:func:`answer` reads into a copy) is kept in memory-mapped files in
+    ``memory_dir`` (``bank_device="mmap"``) when the disk there holds it twice (the bank and its
+    save); without ``--memory``, or without the disk space, nothing is raised and the plan says
+    what will be evicted."""
     import dataclasses
 
     from memlong.memory.budget import available_memory, human_bytes, plan_reading
@@ -577,27 +586,59 @@ def fit_capacity(model, tok, text: str, args, report: dict):
     if not plan.evicts or args.evict or chosen:
         return plan
     available = available_memory()
+    old = model.memlong_config.memory_capacity
+    changes: dict = {"memory_capacity": plan.capacity_needed}
+    where = "in memory"
     if available is None or 2 * plan.bytes_needed > available / 2:
         have = "unknown" if available is None else human_bytes(available)
-        report["capacity"] = {"raised": False, "available_bytes": available}
-        print(
-            f"memory: not raising memory_capacity to hold the files: the bank would take "
-            f"{human_bytes(plan.bytes_needed)} (twice that with a question's copy), and {have} of memory is "
-            "available",
-            flush=True,
+        bank = (
+            f"the bank would take {human_bytes(plan.bytes_needed)} (twice that with a question's copy), "
+            f"and {have} of memory is available"
         )
-        return plan
-    old = model.memlong_config.memory_capacity
-    model.memlong_config = dataclasses.replace(model.memlong_config, memory_capacity=plan.capacity_needed)
+        free = _free_disk(memory_dir)
+        # on disk: the bank, its save, and a copy for each question but the last (one at a time)
+        copies = 2 if args.question is not None and len(args.question) == 1 else 3
+        on_disk = "the bank and its save" if copies == 2 else "the bank, its save and a question's copy"
+        placed = any(o.partition("=")[0].strip() == "bank_device" for o in args.overrides)
+        if memory_dir is None or placed or free < copies * plan.bytes_needed:
+            why = (
+                "pass --memory DIR to keep it on disk there"
+                if memory_dir is None
+                else "--set bank_device chose where the bank lives"
+                if placed
+                else f"keeping it on disk needs {human_bytes(copies * plan.bytes_needed)} ({on_disk}), "
+                f"{human_bytes(free)} is free in {memory_dir}"
+            )
+            report["capacity"] = {"raised": False, "available_bytes": available, "disk_free_bytes": free}
+            print(f"memory: not raising memory_capacity to hold the files: {bank}; {why}", flush=True)
+            return plan
+        memory_dir.mkdir(parents=True, exist_ok=True)
+        changes.update(bank_device="mmap", bank_mmap_dir=str(memory_dir.resolve()))
+        where = f"in memory-mapped files in {memory_dir}: {have} of memory is available"
+    model.memlong_config = dataclasses.replace(model.memlong_config, **changes)
     report["capacity"] = {"raised": True, "from": old, "to": plan.capacity_needed, "available_bytes": available}
+    if "bank_device" in changes:
+        report["capacity"]["bank_device"] = "mmap"
     report["memlong_config"] = model.memlong_config.to_dict()
     print(
         f"memory: the files ({plan.tokens:,} tokens) are more than memory_capacity {old:,} holds: raised to "
         f"{plan.capacity_needed:,} for this call, so that nothing is evicted (a bank of about "
-        f"{human_bytes(plan.bytes_needed)}; --evict keeps {old:,} and evicts instead)",
+        f"{human_bytes(plan.bytes_needed)}, kept {where}; --evict keeps {old:,} and evicts instead)",
         flush=True,
     )
     return plan_reading(model.new_memory(), plan.tokens)
+
+
+def _free_disk(directory: Path | None) -> int:
+    """Bytes free on the disk that holds ``directory`` (or would: its nearest existing parent); 0 without one."""
+    import shutil
+
+    if directory is None:
+        return 0
+    d = directory.resolve()
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return shutil.disk_usage(d).free
 
 
 def _read(
@@ -665,7 +706,9 @@ def run(args) -> int:
     )
     if args.rag:
         return _run_rag(args, model, tok, text, files, report)
-    plan = fit_capacity(model, tok, text, args, report)  # the capacity reading uses, before a saved one is judged
+    plan = fit_capacity(
+        model, tok, text, args, report, memory_dir
+    )  # the capacity reading uses, before a saved one is judged
 
     with _locked(memory_dir, args.lock_timeout):  # deciding, reading and saving: one process at a time
         action, reasons = plan_reuse(memory_dir, files, model, args)
