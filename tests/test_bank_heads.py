@@ -189,3 +189,35 @@ def test_config_checks():
     assert m.memlong_config.bank_heads == ((2, 1),)
     with pytest.raises(memlong.MemLongConfigError, match="KV head 9"):
         memlong.config.apply_overrides(m, ["bank_heads=[[2, 9]]"])
+
+
+@torch.no_grad()
+def test_a_layer_with_no_banked_head_reads_only_the_sink_rows_with_the_same_result(monkeypatch):
+    """A retrieval layer none of whose heads is banked attends to the sink rows alone (the other
+    retrieved rows are masked out for all its heads): the same logits as attending to every row
+    masked, while reading, decoding one token at a time, and in a padded batch."""
+    import memlong.attention as attention
+
+    kw = dict(bank_heads=((2, 0), (3, 1)), sink_tokens=3, top_k=4, memory_capacity=400)  # layer 4: no banked head
+    m, _ = free_model(**kw)
+    calls = []
+    real = attention._sink_only_rows
+    monkeypatch.setattr(attention, "_sink_only_rows", lambda ctx, layer: calls.append(real(ctx, layer)) or calls[-1])
+    seq = rand_ids(2, 170, seed=5)
+    seq[1, :20] = 0  # left padding in row 1
+    mask = torch.ones_like(seq)
+    mask[1, :20] = 0
+
+    def run():
+        whole = m(seq, attention_mask=mask).logits
+        memory, steps = m(seq[:1, :120]).memory, []
+        for t in range(120, 170):
+            steps.append(m(seq[:1, t : t + 1], cache=memory).logits)
+        return whole, torch.cat(steps, 1)
+
+    fast = run()
+    assert any(r is not None and r > 0 for r in calls)  # the sink-only path ran, with a sink
+    monkeypatch.setattr(attention, "_sink_only_rows", lambda ctx, layer: None)
+    masked = run()
+    for a, b in zip(fast, masked):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)

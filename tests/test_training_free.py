@@ -91,6 +91,16 @@ def test_padded_batch_and_call_boundaries(sink):
 
 @pytest.mark.parametrize("sink", [0, 3])
 @torch.no_grad()
+def test_padded_batch_with_more_retrieved_than_the_window_holds(sink):
+    """Retrieved rows outnumbering the window (top_k 4 chunks of 8 against a window of 32): the rows
+    a slot leaves empty, and the slots a shorter row does not reach, keep their positions inside
+    the RoPE table (they once indexed past it with a sink)."""
+    m, _ = free_model(sink_tokens=sink, top_k=4, memory_capacity=400)
+    assert_padded_batch_equals_each_sequence_alone(m, lengths=(170, 150, 9), side="left", atol=ATOL)
+
+
+@pytest.mark.parametrize("sink", [0, 3])
+@torch.no_grad()
 def test_generate_equals_step_by_step_forward(sink):
     m, _ = free_model(sink_tokens=sink)
     prompt = rand_ids(1, 90, seed=5)

@@ -79,6 +79,7 @@ class CallContext:
     # they read only the sink rows, sink_valid, rotated just before the window, cos_sk/sin_sk); {}: none
     streaming: dict[int, torch.Tensor] = field(default_factory=dict)
     sink_valid: torch.Tensor | None = None  # [B*n, 1, 1, M] bool: the rows that hold the sink
+    sink_rows: int | None = None  # the leading rows that hold a sink in any slot (see _sink_only_rows)
     cos_sk: torch.Tensor | None = None  # [B*n, 1, M, D]
     sin_sk: torch.Tensor | None = None
     cos_mk: torch.Tensor | None = None  # [B*n, 1, M, D]
@@ -310,6 +311,13 @@ def _layer_memory(ctx: CallContext, layer: int, dtype: torch.dtype) -> tuple[tor
     """training_free: this layer's retrieved keys rotated just before the window, and its values,
     ``[B*n, H_kv, M, D]`` in ``dtype``; built once while the memory and its positions stay the same."""
     done = None if ctx.mem_rotated is None else ctx.mem_rotated.get((layer, dtype))
+    rows = _sink_only_rows(ctx, layer)
+    if done is None and rows is not None:  # no head of this layer is banked: the sink rows alone
+        heads = ctx.mem_heads[layer]
+        mk = ctx.mem_k[:, heads, :rows].to(dtype)
+        done = apply_rope(mk, ctx.cos_sk[:, :, :rows], ctx.sin_sk[:, :, :rows]), ctx.mem_v[:, heads, :rows].to(dtype)
+        if ctx.mem_rotated is not None:
+            ctx.mem_rotated[(layer, dtype)] = done
     if done is None:
         heads = ctx.mem_heads[layer]
         mk = ctx.mem_k[:, heads].to(dtype)
@@ -323,6 +331,18 @@ def _layer_memory(ctx: CallContext, layer: int, dtype: torch.dtype) -> tuple[tor
     return done
 
 
+def _sink_only_rows(ctx: CallContext, layer: int) -> int | None:
+    """For a layer none of whose heads the bank keeps: how many of the retrieved rows to attend to
+    (the sink's, which lead each slot's rows; the others are masked out for every head of the layer,
+    so leaving them out changes nothing but the work). None for a layer with banked heads."""
+    streaming = ctx.streaming.get(layer)
+    if streaming is None or not bool(streaming.all()):
+        return None
+    if ctx.sink_rows is None:
+        ctx.sink_rows = int(ctx.sink_valid.flatten(0, 2).any(0).sum())
+    return ctx.sink_rows
+
+
 def _memory_mask(ctx: CallContext, layer: int, heads: int) -> torch.Tensor:
     """Which retrieved rows each query head of ``layer`` may read: ``[B*n, 1, 1, M]`` (every head
     alike), or ``[B*n, heads, 1, M]`` where the layer has heads the bank does not keep (those
@@ -330,6 +350,9 @@ def _memory_mask(ctx: CallContext, layer: int, heads: int) -> torch.Tensor:
     streaming = ctx.streaming.get(layer)
     if streaming is None:
         return ctx.mem_valid
+    rows = _sink_only_rows(ctx, layer)
+    if rows is not None:
+        return ctx.sink_valid[..., :rows]
     per_kv = torch.where(streaming.view(1, -1, 1, 1), ctx.sink_valid, ctx.mem_valid)  # [B*n, H_kv, 1, M]
     return per_kv.repeat_interleave(heads // per_kv.shape[1], dim=1)
 

@@ -524,14 +524,17 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
             m = valid.sum(-1, keepdim=True)  # [B, n, 1] retrieved tokens per slot
             chunk_t = seg.first_chunk[:, :, None] + torch.arange(n)[None, :, None]  # [B, n, 1]
             window_t = (chunk_t - w).clamp_min(0) * tau - seg.base[:, :, None]  # slot's window start, local frame
-            kpos_mem = (window_t + M - m + torch.arange(M)).clamp_min(0).flatten(0, 1)  # [B*n, M]
+            # rows past a slot's m retrieved tokens, and slots a padded row does not reach, are masked
+            # out: their positions only need to stay inside the RoPE table
+            top = cos.shape[0] - 1
+            kpos_mem = (window_t + M - m + torch.arange(M)).clamp(0, top).flatten(0, 1)  # [B*n, M]
             ctx.cos_mk, ctx.sin_mk = rope_at(cos, kpos_mem), rope_at(sin, kpos_mem)
             ctx.slot_has = slot_has.to(device)
             if self._streaming:
                 # heads the bank does not keep read the sink only, placed just before the window
                 s_t = sinks[:, :, None]  # [B, n, 1]
                 is_sink = torch.arange(M) < s_t  # [B, n, M]
-                kpos_sink = torch.where(is_sink, window_t + M - s_t + torch.arange(M), 0).clamp_min(0).flatten(0, 1)
+                kpos_sink = torch.where(is_sink, window_t + M - s_t + torch.arange(M), 0).clamp(0, top).flatten(0, 1)
                 ctx.cos_sk, ctx.sin_sk = rope_at(cos, kpos_sink), rope_at(sin, kpos_sink)
                 ctx.sink_valid = is_sink.flatten(0, 1)[:, None, None, :].to(device)  # [B*n, 1, 1, M]
                 ctx.streaming = {layer: h.to(device) for layer, h in self._streaming.items()}

@@ -27,6 +27,7 @@ OWN = {
         "--kv-heads",
         "--window",
         "--capacity",
+        "--set",
         "--base-timeout",
         "--max-rss-gb",
         "--malloc-mmap-threshold",
@@ -138,12 +139,17 @@ def test_ingest_worker_command_parses_to_the_same_flags():
             "out.json",
             "--plot",
             "out.png",
+            "--set",
+            "bank_heads=[[7, 0], [8, 2]]",
+            "--set",
+            "bank_dtype=int8",
         ]
     )
     cmd = bench.worker_command(args, "memlong", 2048)
     assert cmd[1:5] == ["-m", "memlong", "bench", "ingest"]
     again = vars(p.parse_args(cmd[4:]))
     assert again.pop("worker") == ["memlong", "2048"] and again["json"] is None and again["plot"] is None
+    assert again["overrides"] == ["bank_heads=[[7, 0], [8, 2]]", "bank_dtype=int8"]
     assert {k: v for k, v in again.items() if k not in ("tokens", "methods", "json", "plot")} == {
         k: v for k, v in vars(args).items() if k not in ("tokens", "methods", "json", "plot", "worker")
     }

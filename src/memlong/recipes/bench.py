@@ -134,6 +134,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     ingest.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
     ingest.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="memlong: override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
+        "--set bank_heads=[[7,0],[8,2]] --set bank_dtype=int8",
+    )
+    ingest.add_argument(
         "--base-timeout",
         type=float,
         default=600.0,
@@ -375,6 +384,8 @@ def _worker(args) -> dict:
         else:
             mcfg = memlong.MemLongConfig.for_num_layers(model.config.num_hidden_layers, **sizes)
         m = memlong.wrap(model, mcfg, retriever=args.retriever, tokenizer=tok)
+        memlong.config.apply_overrides(m, args.overrides)
+        mcfg = m.memlong_config
         rss_before = _rss_bytes()
         with profiling.record() as timings:
             t0 = time.perf_counter()
@@ -590,8 +601,9 @@ def worker_command(args, method: str, n: int) -> list[str]:
     passthrough = [
         f"--{k.replace('_', '-')}={v}"
         for k, v in vars(args).items()
-        if k not in ("what", "tokens", "methods", "json", "plot", "worker") and v is not None
+        if k not in ("what", "tokens", "methods", "json", "plot", "worker", "overrides") and v is not None
     ]
+    passthrough += [f"--set={o}" for o in getattr(args, "overrides", [])]
     return [sys.executable, "-m", "memlong", "bench", "ingest", "--worker", method, str(n), *passthrough]
 
 
