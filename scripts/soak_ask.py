@@ -10,8 +10,8 @@ of the default tokenizer), plants ``FACT`` at ``--depth`` of it, then runs ``mem
 ``--every`` seconds: ``VmRSS`` and its parts, ``RssAnon`` (the process's own memory: the model, the
 window, the bank's index and records) and ``RssFile`` (pages of memory-mapped files the process
 touched: where the bank lives when it is larger than RAM, see `memlong ask --help`; the kernel
-writes them back and reclaims them as it needs). With ``--reuse``, asks again (another question
-about the same fact) on the saved memory. Writes the JSON and its Markdown beside it.
+writes them back and reclaims them as it needs). With ``--reuse``, asks the question again on the
+saved memory (loaded, not read). Writes the JSON and its Markdown beside it.
 """
 
 from __future__ import annotations
@@ -170,9 +170,7 @@ def main() -> int:
     r["input"]["build_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"input: {r['input']}", flush=True)
     r["calls"] = []
-    questions = [("read and ask", QUESTION)] + (
-        [("reuse and ask", "Which access code opens the north gate of the observatory?")] if args.reuse else []
-    )
+    questions = [("read and ask", QUESTION)] + ([("reuse and ask", QUESTION)] if args.reuse else [])
     for name, question in questions:
         out = work / f"{name.split()[0]}.json"
         argv = [
