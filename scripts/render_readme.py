@@ -37,8 +37,13 @@ OLD_RULER = (
     "and word lists, labelled prompts, answers cut early, one sample per cell): not comparable with RULER's tables "
     "or the RULER results here; `git checkout a49c312` repeats it."
 )
+SOAK_PARAPHRASE = (
+    "Measured when `--reuse` asked a paraphrase of the question (`scripts/soak_ask.py` before c84bef1; it now asks "
+    "the same question again): the loaded memory answered the paraphrase wrongly."
+)
 #: report -> the paragraph under its command: what changed since it was measured.
 NOTES = {
+    "soak_ask_256k": SOAK_PARAPHRASE,
     "reference_passkey": OLDER_SEARCH,
     "question_options_icl_validation": BEFORE_REREAD,
     "question_options_icl_validation_options": BEFORE_REREAD,
@@ -104,6 +109,10 @@ SECTIONS = {
     ),
     "bench_default": (concatenated, ["bench_ingest_default"]),  # README: make bench
     "long_default": (lambda runs: report.million_markdown(runs, LONG_CAPACITY), ["bench_long_default"]),
+    "soak": (
+        concatenated,
+        ["soak_ask_1m", "soak_ask_256k"],
+    ),  # README: scripts/soak_ask.py, memlong ask on a long input
     "default_results": (  # docs/RESULTS.md: each evaluation of the default model
         concatenated,
         [

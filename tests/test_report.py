@@ -64,3 +64,37 @@ def test_write_markdown_writes_beside_the_json(tmp_path):
     assert f"JSON: `{tmp_path / 'r.json'}`" in md.read_text()
     with pytest.raises(ValueError, match="not a report"):
         report.markdown({"results": []}, "x.json")
+
+
+def test_a_soak_report_shows_each_call_its_memory_while_reading_and_its_answer():
+    def call(name, reused, answer):
+        anon = {"at_quarters": {"0.25": 2**30, "0.5": 2**30, "0.75": 1.1 * 2**30, "1.0": 2**30}}
+        return {
+            "name": name,
+            "question": "What is the code?",
+            "answer": answer,
+            "correct": answer == "73914",
+            "seconds": 12.3,
+            "tokens_per_s": None if reused else 228.4,
+            "reused": reused,
+            "peak_rss_anon_bytes": 1.5 * 2**30,
+            "peak_rss_bytes": 8 * 2**30,
+            "rss_anon_while_reading": None if reused else anon,
+            "evicted_chunks": 0,
+        }
+
+    r = {
+        "command": "python scripts/soak_ask.py --tokens 1000 --reuse --json out.json",
+        "input": {"tokens": 1000, "depth": 0.02},
+        "calls": [call("read and ask", False, "73914"), call("reuse and ask", True, "macd")],
+        "bank": "bank_device mmap, memory_capacity 1,024 tokens",
+        "memory_bytes": 3 * 2**30,
+    }
+    md = report.markdown(r, "out.json", note="A note.")
+    assert "`python scripts/soak_ask.py --tokens 1000 --reuse --json out.json`" in md and "\nA note.\n" in md
+    assert (
+        "| read and ask | What is the code? | 12 | 228 | 1,536 | 1,024, 1,024, 1,126, 1,024 | 8,192 | '73914' | True |"
+        in md
+    )
+    assert "| reuse and ask | What is the code? | 12 | - | 1,536 | (loaded, not read) | 8,192 | 'macd' | False |" in md
+    assert "saved memory on disk: 3.0 GiB; evicted chunks: 0" in md

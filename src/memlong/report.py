@@ -24,7 +24,7 @@ def markdown(report: dict, path: str | Path, note: str | None = None, root: str 
     if "facts" in report:
         return demo_markdown(report, path, note)
     if "calls" in report:
-        return soak_markdown(report, path)
+        return soak_markdown(report, path, note)
     if "task" in report.get("config", {}):
         return eval_markdown(report, path, note, root)
     row = (report.get("results") or [{}])[0]  # a benchmark's, by what its rows measure
@@ -454,29 +454,31 @@ def retriever_markdown(data: dict, path: str | Path) -> str:
 # --- scripts/soak_ask.py -------------------------------------------------------------------------
 
 
-def soak_markdown(r: dict, json_path: str | Path) -> str:
+def soak_markdown(r: dict, json_path: str | Path, note: str | None = None) -> str:
     """A `scripts/soak_ask.py` report: each `memlong ask` call on the long input, its time, memory and answer."""
     lines = [
         f"`memlong ask` on {r['input']['tokens']:,} tokens of held-out text (the corpus's test split), a fact planted "
         f"at {r['input']['depth']:.0%} of it and asked at the end; measured by `{r['command']}`; JSON: `{json_path}`.",
         "",
-        "| call | seconds | tokens/s | peak VmRSS (MiB) | RssAnon at 1/4, 1/2, 3/4, end of reading (MiB) | answer | correct |",
-        "|---|---:|---:|---:|---|---|---|",
+        *([note, ""] if note else []),
+        "| call | question | seconds | tokens/s read | peak RssAnon (MiB) | RssAnon at 1/4, 1/2, 3/4, end of reading "
+        "(MiB) | peak VmRSS (MiB) | answer | correct |",
+        "|---|---|---:|---:|---:|---|---:|---|---|",
     ]
     for c in r["calls"]:
         anon = (c["rss_anon_while_reading"] or {}).get("at_quarters", {})
         quarters = ", ".join("-" if v is None else f"{v / MIB:,.0f}" for v in anon.values()) or "(loaded, not read)"
-        tps = "-" if c.get("tokens_per_s") is None else f"{c['tokens_per_s']:,.0f}"
+        tps = "-" if c["reused"] or c.get("tokens_per_s") is None else f"{c['tokens_per_s']:,.0f}"
         lines.append(
-            f"| {c['name']} | {c['seconds']:,.0f} | {tps} | {c['peak_rss_bytes'] / MIB:,.0f} | {quarters} | "
-            f"{c['answer']!r} | {c['correct']} |"
+            f"| {c['name']} | {c['question']} | {c['seconds']:,.0f} | {tps} | {c['peak_rss_anon_bytes'] / MIB:,.0f} | "
+            f"{quarters} | {c['peak_rss_bytes'] / MIB:,.0f} | {c['answer']!r} | {c['correct']} |"
         )
     lines += [
         "",
         f"Bank: {r['bank']}; saved memory on disk: {r['memory_bytes'] / 2**30:,.1f} GiB; evicted chunks: "
-        f"{r['calls'][0]['evicted_chunks']}. RssAnon is the process's own memory; VmRSS also counts the pages "
-        "of the memory-mapped bank it touched (RssFile), which the kernel writes back to the file and reclaims "
-        "as it needs.",
+        f"{r['calls'][0]['evicted_chunks']}. RssAnon is the process's own memory (the model, the window, the bank's "
+        "index and records); VmRSS also counts the pages of memory-mapped files the process touched (RssFile: the "
+        "bank's, and a saved bank's file while it loads), which the kernel writes back and reclaims as it needs.",
     ]
     return "\n".join(lines) + "\n"
 
