@@ -411,6 +411,19 @@ class MemLongConfig:
 WEIGHT_FIELDS = ("mode", "memory_layer", "retrieval_layers", "gate_mode", "gate_activation")
 
 
+def add_overrides_argument(parser, examples: str, then: str = "") -> None:
+    """The ``--set FIELD=VALUE`` flag (repeatable, into ``args.overrides``; :func:`reading_overrides`
+    applies it) on an argparse ``parser``; its help gives ``examples`` and ends with ``then``."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help=f"override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. {examples}{then}",
+    )
+
+
 def reading_overrides(config: MemLongConfig, overrides: list[str]) -> MemLongConfig:
     """``config`` with ``FIELD=VALUE`` overrides (VALUE in JSON; a bare word is taken as a string)."""
     changes = {}

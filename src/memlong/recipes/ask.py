@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from memlong.config import add_overrides_argument
 from memlong.qa import BaseModelUnavailable, answer, load_base, question_ids, rag_answer
 
 MANIFEST = "ask_manifest.json"
@@ -117,16 +118,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "files most similar to the question (the same retriever), as text before it, read by the base "
         "model alone; no memory is read or saved",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        dest="overrides",
-        help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
-        "--set question_order=score --set question_offsets=[0,1] --set top_k=8. A saved --memory "
-        "is reused across the fields that only decide how questions search (MemLongConfig."
-        "QUESTION_FIELDS); another field needs a new --memory",
+    add_overrides_argument(
+        p,
+        "--set question_order=score --set question_offsets=[0,1] --set top_k=8",
+        ". A saved --memory is reused across the fields that only decide how questions search "
+        "(MemLongConfig.QUESTION_FIELDS); another field needs a new --memory",
     )
     p.add_argument(
         "--evict",

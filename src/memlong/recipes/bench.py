@@ -60,6 +60,7 @@ import subprocess
 import sys
 import time
 
+from memlong.config import add_overrides_argument
 from memlong.profiling import machine
 from memlong.report import write_markdown
 
@@ -133,15 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="MemLong's local window; the tokens per forward of the baselines, and base_sliding's sliding window",
     )
     ingest.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
-    ingest.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        dest="overrides",
-        help="memlong: override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
-        "--set bank_heads=[[7,0],[8,2]] --set bank_dtype=int8",
-    )
+    add_overrides_argument(ingest, "--set bank_heads=[[7,0],[8,2]] --set bank_dtype=int8", " (memlong only)")
     ingest.add_argument(
         "--base-timeout",
         type=float,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 
+from memlong.config import add_overrides_argument
 from memlong.recipes import eval_icl, eval_passkey, eval_ppl, eval_ruler
 
 # task -> (module, one-line help, the shared flag groups it takes beside the common ones: "lengths"
@@ -62,14 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="minilm",
         help="minilm, hashing, embedding (the LM's own pooled input embeddings), or a sentence-transformers name/path",
     )
-    shared.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        dest="overrides",
-        help="override a reading-time MemLong config field, VALUE in JSON (repeatable), e.g. "
-        "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8 (a bare word is a string)",
+    add_overrides_argument(
+        shared, "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8", " (a bare word is a string)"
     )
     shared.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     shared.add_argument("--json", default=None, metavar="OUT", help="write the results and the config here")
