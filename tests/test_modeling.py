@@ -738,6 +738,10 @@ def test_question_hits_are_what_a_focused_question_reads():
     k, v = memory.chunk_mem[0][memory.seen[0] // 8]
     want_k, want_v = bank.gather(slots)
     assert torch.equal(k, want_k) and torch.equal(v, want_v)
+    with pytest.raises(RuntimeError, match="clone it before focusing"):  # a copy would share the focus
+        memory.clone()
+    memory.unfocus()
+    assert memory.clone().seen == memory.seen
 
 
 @torch.no_grad()

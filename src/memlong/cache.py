@@ -189,7 +189,14 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
 
     def clone(self) -> MemLongCache:
         """An independent copy of this memory (every row's bank, the window, the chunk in progress):
-        what is read into the copy, a question and its answer say, leaves this one as it was."""
+        what is read into the copy, a question and its answer say, leaves this one as it was. A
+        memory focused on a question (:meth:`focus_on`) is refused: copy it before focusing (the
+        copy would share the question's re-ranking with this one's bank)."""
+        if any(f is not None for f in self.focus):
+            raise RuntimeError(
+                "refusing to copy a memory focused on a question (focus_on): clone it before focusing, "
+                "or call memory.unfocus() first"
+            )
         return copy.deepcopy(self)
 
     def reset(self, rows: list[int] | None = None) -> None:
