@@ -47,3 +47,28 @@ def test_a_plain_answer_ends_at_a_new_question_or_a_blank_line_once_begun(genera
     from memlong.qa import plain_answer
 
     assert plain_answer(generated) == (answer, ended)
+
+
+def test_an_answer_may_not_open_with_the_question_label():
+    """no_echo: at the answer's first token the label a plain prompt gives its question ("Question",
+    where it is one token) is banned, so the model gives its next most likely start; later tokens are free."""
+    from memlong.qa import no_echo
+
+    class Tok:
+        def encode(self, text, add_special_tokens=False):
+            return {"Question": [7], " Question": [8]}.get(text, [1, 2])
+
+    first = no_echo(Tok(), start=5)
+    scores = torch.zeros(1, 10)
+    out = first(torch.zeros(1, 5, dtype=torch.long), scores)
+    assert out[0, 7] == out[0, 8] == -torch.inf and bool((out[0, :7] == 0).all()) and bool((scores == 0).all())
+    assert bool((first(torch.zeros(1, 6, dtype=torch.long), torch.zeros(1, 10)) == 0).all())
+    unknown_start = no_echo(Tok())  # start=None: the first call is the first token
+    assert unknown_start(torch.zeros(1, 9, dtype=torch.long), torch.zeros(1, 10))[0, 8] == -torch.inf
+    assert bool((unknown_start(torch.zeros(1, 10, dtype=torch.long), torch.zeros(1, 10)) == 0).all())
+
+    class Split(Tok):  # labels of several tokens: nothing is banned (their first token may start an answer)
+        def encode(self, text, add_special_tokens=False):
+            return [3, 4]
+
+    assert bool((no_echo(Split(), start=1)(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 10)) == 0).all())

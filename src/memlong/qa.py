@@ -1,6 +1,7 @@
-"""Answering questions about what a model read: the question's prompt, where a plain answer ends,
-a greedy answer from a memory (retrieval focused on the question) and the rag baseline's answer
-from the same text. `memlong ask` and `memlong demo` share them.
+"""Answering questions about what a model read: the question's prompt, where a plain answer ends
+(and that it does not open by echoing the question), a greedy answer from a memory (retrieval
+focused on the question) and the rag baseline's answer from the same text. `memlong ask` and
+`memlong demo` share them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,37 @@ def plain_answer(text: str) -> tuple[str, bool]:
     return (text[: min(ends)], True) if ends else (text, False)
 
 
+#: how a plain prompt labels its question: an answer that opens with it echoes the question
+QUESTION_LABELS = ("Question", " Question")
+
+
+def no_echo(tok, start: int | None = None):
+    """A logits processor: a plain answer (generated from column ``start`` on; None: from the first
+    token generated) may not open with the question's label (:data:`QUESTION_LABELS`, where the
+    tokenizer holds one as a single token): the model then gives its next most likely start
+    instead of repeating ``Question: ...``. Later tokens are free (a blank line and a new
+    ``Question:`` end the answer, :func:`plain_answer`). One processor per ``generate`` call."""
+    import torch
+    from transformers import LogitsProcessor
+
+    banned = sorted(
+        {ids[0] for label in QUESTION_LABELS if len(ids := tok.encode(label, add_special_tokens=False)) == 1}
+    )
+
+    class NoEcho(LogitsProcessor):
+        begin = start
+
+        def __call__(self, input_ids, scores):
+            if self.begin is None:  # first call: nothing generated yet
+                self.begin = input_ids.shape[1]
+            if input_ids.shape[1] == self.begin and banned:
+                scores = scores.clone()
+                scores[:, banned] = -torch.inf
+            return scores
+
+    return NoEcho()
+
+
 def answer_end(tok, start: int | None = None):
     """A stopping criterion: a plain answer (generated from column ``start`` on; None: from the first
     token generated, whatever prompt the ``generate`` call running it was given) ends where
@@ -79,14 +111,15 @@ def answer(model, tok, memory, question: str, chat: bool, max_new_tokens: int) -
             out = model.generate(ids, memory=memory, **kw)
         finally:
             memory.unfocus()
-    else:  # one paragraph: stop at a blank line or another "Question:"
-        from transformers import StoppingCriteriaList
+    else:  # one paragraph, not opening with "Question": stop at a blank line or another "Question:"
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         out = model.generate(
             ids,
             memory=memory,
             requery=True,
             stopping_criteria=StoppingCriteriaList([answer_end(tok, len(prompt))]),
+            logits_processor=LogitsProcessorList([no_echo(tok, len(prompt))]),
             **kw,
         )
     seconds = time.perf_counter() - t0
@@ -100,13 +133,20 @@ def rag_answer(model, base, tok, doc: list[int], embeddings, question: str, chat
     """The rag baseline's answer to ``question`` about ``doc`` (the files' token ids; ``embeddings``
     their chunks' from :func:`memlong.rag.embed_context`), put as :func:`answer` puts it: (the
     answer, the :class:`~memlong.rag.RagPrompt`, seconds)."""
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     from memlong.rag import rag_generate
 
     prompt, _ = question_ids(tok, question, chat)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    stop = {} if chat else {"stopping_criteria": StoppingCriteriaList([answer_end(tok)])}
+    stop = (
+        {}
+        if chat
+        else {
+            "stopping_criteria": StoppingCriteriaList([answer_end(tok)]),
+            "logits_processor": LogitsProcessorList([no_echo(tok)]),
+        }
+    )
     t0 = time.perf_counter()
     rag, out = rag_generate(
         model, base, doc + prompt, (0, len(doc)), max_new_tokens, embeddings=embeddings, pad_token_id=pad, **stop
