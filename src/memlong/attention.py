@@ -79,7 +79,8 @@ class CallContext:
     # they read only the sink rows, sink_valid, rotated just before the window, cos_sk/sin_sk); {}: none
     streaming: dict[int, torch.Tensor] = field(default_factory=dict)
     sink_valid: torch.Tensor | None = None  # [B*n, 1, 1, M] bool: the rows that hold the sink
-    sink_rows: int | None = None  # the leading rows that hold a sink in any slot (see _sink_only_rows)
+    sink_only: frozenset[int] = frozenset()  # layers none of whose heads is banked (see _sink_only_rows)
+    sink_rows: int = 0  # the leading rows that hold a sink in some slot
     cos_sk: torch.Tensor | None = None  # [B*n, 1, M, D]
     sin_sk: torch.Tensor | None = None
     cos_mk: torch.Tensor | None = None  # [B*n, 1, M, D]
@@ -335,12 +336,7 @@ def _sink_only_rows(ctx: CallContext, layer: int) -> int | None:
     """For a layer none of whose heads the bank keeps: how many of the retrieved rows to attend to
     (the sink's, which lead each slot's rows; the others are masked out for every head of the layer,
     so leaving them out changes nothing but the work). None for a layer with banked heads."""
-    streaming = ctx.streaming.get(layer)
-    if streaming is None or not bool(streaming.all()):
-        return None
-    if ctx.sink_rows is None:
-        ctx.sink_rows = int(ctx.sink_valid.flatten(0, 2).any(0).sum())
-    return ctx.sink_rows
+    return ctx.sink_rows if layer in ctx.sink_only else None
 
 
 def _memory_mask(ctx: CallContext, layer: int, heads: int) -> torch.Tensor:

@@ -545,6 +545,9 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
                 ctx.cos_sk, ctx.sin_sk = rope_at(cos, kpos_sink), rope_at(sin, kpos_sink)
                 ctx.sink_valid = is_sink.flatten(0, 1)[:, None, None, :].to(device)  # [B*n, 1, 1, M]
                 ctx.streaming = {layer: h.to(device) for layer, h in self._streaming.items()}
+                # layers none of whose heads is banked read the leading sink rows alone
+                ctx.sink_only = frozenset(layer for layer, h in self._streaming.items() if bool(h.all()))
+                ctx.sink_rows = min(M, int(sinks.max()))
             if B * n == 1:
                 if last["kpos"] is None or not torch.equal(last["kpos"], kpos_mem):
                     last["kpos"], last["rotated"], last["buffers"] = kpos_mem, {}, {}
