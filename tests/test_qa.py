@@ -50,25 +50,35 @@ def test_a_plain_answer_ends_at_a_new_question_or_a_blank_line_once_begun(genera
 
 
 def test_an_answer_may_not_open_with_the_question_label():
-    """no_echo: at the answer's first token the label a plain prompt gives its question ("Question",
-    where it is one token) is banned, so the model gives its next most likely start; later tokens are free."""
+    """no_echo: while the answer holds nothing but whitespace, the label a plain prompt gives its
+    question ("Question", where it is one token) is banned, so the model gives its next most likely
+    start (a newline first does not let the echo through); once the answer has begun, every token is free."""
     from memlong.qa import no_echo
 
     class Tok:
+        text = {0: "", 1: "\n", 2: "The"}
+
         def encode(self, text, add_special_tokens=False):
             return {"Question": [7], " Question": [8]}.get(text, [1, 2])
 
+        def decode(self, ids):
+            return "".join(self.text[int(i)] for i in ids)
+
+    def ids(*tokens):
+        return torch.tensor([[0] * 5 + list(tokens)])
+
     first = no_echo(Tok(), start=5)
     scores = torch.zeros(1, 10)
-    out = first(torch.zeros(1, 5, dtype=torch.long), scores)
+    out = first(ids(), scores)
     assert out[0, 7] == out[0, 8] == -torch.inf and bool((out[0, :7] == 0).all()) and bool((scores == 0).all())
-    assert bool((first(torch.zeros(1, 6, dtype=torch.long), torch.zeros(1, 10)) == 0).all())
+    assert first(ids(1), torch.zeros(1, 10))[0, 7] == -torch.inf  # after a newline: still not begun
+    assert bool((first(ids(1, 2), torch.zeros(1, 10)) == 0).all())  # begun: free
     unknown_start = no_echo(Tok())  # start=None: the first call is the first token
-    assert unknown_start(torch.zeros(1, 9, dtype=torch.long), torch.zeros(1, 10))[0, 8] == -torch.inf
-    assert bool((unknown_start(torch.zeros(1, 10, dtype=torch.long), torch.zeros(1, 10)) == 0).all())
+    assert unknown_start(ids(), torch.zeros(1, 10))[0, 8] == -torch.inf
+    assert bool((unknown_start(ids(2), torch.zeros(1, 10)) == 0).all())
 
     class Split(Tok):  # labels of several tokens: nothing is banned (their first token may start an answer)
         def encode(self, text, add_special_tokens=False):
             return [3, 4]
 
-    assert bool((no_echo(Split(), start=1)(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 10)) == 0).all())
+    assert bool((no_echo(Split(), start=5)(ids(), torch.zeros(1, 10)) == 0).all())

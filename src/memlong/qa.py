@@ -51,9 +51,10 @@ QUESTION_LABELS = ("Question", " Question")
 def no_echo(tok, start: int | None = None):
     """A logits processor: a plain answer (generated from column ``start`` on; None: from the first
     token generated) may not open with the question's label (:data:`QUESTION_LABELS`, where the
-    tokenizer holds one as a single token): the model then gives its next most likely start
-    instead of repeating ``Question: ...``. Later tokens are free (a blank line and a new
-    ``Question:`` end the answer, :func:`plain_answer`). One processor per ``generate`` call."""
+    tokenizer holds one as a single token): while it has generated nothing but whitespace, the label
+    is banned, so the model gives its next most likely start instead of repeating ``Question: ...``
+    (after a newline, too). Once the answer has begun, every token is free (a blank line and a new
+    ``Question:`` end it, :func:`plain_answer`). One processor per ``generate`` call."""
     import torch
     from transformers import LogitsProcessor
 
@@ -67,9 +68,10 @@ def no_echo(tok, start: int | None = None):
         def __call__(self, input_ids, scores):
             if self.begin is None:  # first call: nothing generated yet
                 self.begin = input_ids.shape[1]
-            if input_ids.shape[1] == self.begin and banned:
+            rows = [b for b in range(input_ids.shape[0]) if not tok.decode(input_ids[b, self.begin :]).strip()]
+            if rows and banned:
                 scores = scores.clone()
-                scores[:, banned] = -torch.inf
+                scores[torch.tensor(rows)[:, None], torch.tensor(banned)[None, :]] = -torch.inf
             return scores
 
     return NoEcho()
