@@ -109,10 +109,9 @@ SECTIONS = {
     ),
     "bench_default": (concatenated, ["bench_ingest_default"]),  # README: make bench
     "long_default": (lambda runs: report.million_markdown(runs, LONG_CAPACITY), ["bench_long_default"]),
-    "soak": (
-        concatenated,
-        ["soak_ask_1m", "soak_ask_256k"],
-    ),  # README: scripts/soak_ask.py, memlong ask on a long input
+    "soak": (concatenated, ["soak_ask_1m", "soak_ask_256k"]),  # README: scripts/soak_ask.py, ask on a long input
+    # README: the default layout against the retrieval heads' (bank_heads), read in one session each
+    "bank_heads": (concatenated, ["bench_ingest_every_head_16k", "bench_ingest_bank_heads_16k"]),
     "default_results": (  # docs/RESULTS.md: each evaluation of the default model
         concatenated,
         [

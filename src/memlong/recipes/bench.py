@@ -56,6 +56,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -617,7 +618,7 @@ def run(args) -> int:
             report = {
                 "results": results,
                 "machine": machine(),
-                "command": " ".join(["memlong", "bench", *sys.argv[2:]]),
+                "command": shlex.join(["memlong", "bench", *sys.argv[2:]]),
             }
             _write_json(args.json, report)
             print(f"wrote {args.json}\nwrote {write_markdown(report, args.json)}")
@@ -635,7 +636,7 @@ def run(args) -> int:
     if unknown or not methods:
         raise SystemExit(f"--methods: unknown {unknown or methods}; choose from {', '.join(METHODS)}")
     max_rss = int(args.max_rss_gb * 2**30) if args.max_rss_gb > 0 else int(0.85 * _available_bytes())
-    command = " ".join(["memlong", "bench", *sys.argv[2:]])
+    command = shlex.join(["memlong", "bench", *sys.argv[2:]])
     if args.malloc_mmap_threshold < 0:
         raise SystemExit(f"--malloc-mmap-threshold must be >= 0 bytes, got {args.malloc_mmap_threshold}")
     worker_env = {"MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)} if args.malloc_mmap_threshold else {}
