@@ -570,9 +570,9 @@ def fit_capacity(model, tok, text: str, args, report: dict, memory_dir: Path | N
     ``memory_capacity`` is first raised (for this call) to hold all of it, unless ``--evict`` or a
     ``--set memory_capacity``. A bank that would take more than half the available memory with one
     copy for a question (:func:`answer` reads into a copy) is kept in memory-mapped files in
-    ``memory_dir`` (``bank_device="mmap"``) when the disk there holds it twice (the bank and its
-    save); without ``--memory``, or without the disk space, nothing is raised and the plan says
-    what will be evicted."""
+    ``memory_dir`` (``bank_device="mmap"``) when the disk there holds the bank, its save and, when
+    several questions may come, a question's copy; without ``--memory``, or without the disk space,
+    nothing is raised and the plan says what will be evicted."""
     import dataclasses
 
     from memlong.memory.budget import available_memory, human_bytes, plan_reading
