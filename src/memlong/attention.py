@@ -312,21 +312,19 @@ def _layer_memory(ctx: CallContext, layer: int, dtype: torch.dtype) -> tuple[tor
     """training_free: this layer's retrieved keys rotated just before the window, and its values,
     ``[B*n, H_kv, M, D]`` in ``dtype``; built once while the memory and its positions stay the same."""
     done = None if ctx.mem_rotated is None else ctx.mem_rotated.get((layer, dtype))
-    rows = _sink_only_rows(ctx, layer)
-    if done is None and rows is not None:  # no head of this layer is banked: the sink rows alone
-        heads = ctx.mem_heads[layer]
-        mk = ctx.mem_k[:, heads, :rows].to(dtype)
-        done = apply_rope(mk, ctx.cos_sk[:, :, :rows], ctx.sin_sk[:, :, :rows]), ctx.mem_v[:, heads, :rows].to(dtype)
-        if ctx.mem_rotated is not None:
-            ctx.mem_rotated[(layer, dtype)] = done
     if done is None:
         heads = ctx.mem_heads[layer]
-        mk = ctx.mem_k[:, heads].to(dtype)
-        rotated = apply_rope(mk, ctx.cos_mk, ctx.sin_mk)
-        streaming = ctx.streaming.get(layer)
-        if streaming is not None:  # these heads read only the sink, just before the window
-            rotated = torch.where(streaming.view(1, -1, 1, 1), apply_rope(mk, ctx.cos_sk, ctx.sin_sk), rotated)
-        done = rotated, ctx.mem_v[:, heads].to(dtype)
+        rows = _sink_only_rows(ctx, layer)
+        if rows is not None:  # no head of this layer is banked: the sink rows alone
+            mk = ctx.mem_k[:, heads, :rows].to(dtype)
+            rotated = apply_rope(mk, ctx.cos_sk[:, :, :rows], ctx.sin_sk[:, :, :rows])
+        else:
+            mk = ctx.mem_k[:, heads].to(dtype)
+            rotated = apply_rope(mk, ctx.cos_mk, ctx.sin_mk)
+            streaming = ctx.streaming.get(layer)
+            if streaming is not None:  # these heads read only the sink, just before the window
+                rotated = torch.where(streaming.view(1, -1, 1, 1), apply_rope(mk, ctx.cos_sk, ctx.sin_sk), rotated)
+        done = rotated, ctx.mem_v[:, heads, : mk.shape[2]].to(dtype)
         if ctx.mem_rotated is not None:
             ctx.mem_rotated[(layer, dtype)] = done
     return done
