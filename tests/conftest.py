@@ -291,6 +291,33 @@ def save_tiny_memlong_model(texts: list[str], directory, max_position_embeddings
     m.save_pretrained(directory)
 
 
+def stdlib_prose(max_words: int = 6000) -> list[str]:
+    """Prose for an essay haystack (:func:`memlong.data.ruler.is_prose`): the docstrings of a few
+    standard-library modules' classes and functions that read as prose, about ``max_words`` words
+    in all (source code itself is not prose)."""
+    import argparse
+    import inspect
+    import logging
+    import shutil
+    import subprocess
+    import tempfile
+    import textwrap
+
+    from memlong.data.ruler import is_prose
+
+    out, words = [], 0
+    for module in (argparse, shutil, tempfile, textwrap, subprocess, logging, inspect):
+        for _, obj in sorted(vars(module).items()):
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__:
+                doc = inspect.getdoc(obj)
+                if doc and is_prose(doc):
+                    out.append(doc)
+                    words += len(doc.split())
+                    if words >= max_words:
+                        return out
+    return out
+
+
 @pytest.fixture(scope="session")
 def eval_setup(tmp_path_factory):
     """For the `memlong eval` verbs: a saved tiny MemLong model (``model``, base window 512, see

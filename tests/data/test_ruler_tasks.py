@@ -16,6 +16,8 @@ import pytest
 from memlong.data import ruler
 from memlong.tokenizer import train_and_save
 
+from conftest import stdlib_prose
+
 LIB = Path(sysconfig.get_paths()["stdlib"])
 
 # RULER's scripts/synthetic.yaml, as it is
@@ -140,7 +142,7 @@ def tok(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def essay():
-    return ruler.essay_words([(LIB / n).read_text()[:30000] for n in ("inspect.py", "tempfile.py")], 10**9)
+    return ruler.essay_words(stdlib_prose(), 10**9)
 
 
 def sample(tok, essay, task, length, seed=0, chat=False, qa=None):
@@ -393,3 +395,25 @@ def test_sentences_cut_after_ends_before_capitals():
         "Was it 3 p.m. or so?",
         "Yes. e.g. this",
     ]
+
+
+def test_the_essay_is_made_of_prose_and_skips_source_code():
+    prose, code = stdlib_prose(400), (LIB / "inspect.py").read_text()[:20000]
+    assert all(ruler.is_prose(t) for t in prose) and not ruler.is_prose(code) and not ruler.is_prose("")
+    assert not ruler.is_prose("build_time_vars = {'ABIFLAGS': '', 'AR': 'ar', 'ARFLAGS': 'rcs'}")
+    words = ruler.essay_words([code, *prose, code], 10**9)
+    assert words == " ".join(prose).split()  # the code before and after is left out
+    assert ruler.essay_words([code], 10**9) == []
+
+
+@pytest.mark.parametrize("task", ["niah_multikey_1", "niah_multivalue"])
+def test_essay_needles_land_at_their_depths_across_the_haystack(tok, essay, task):
+    """RULER draws each needle's depth from 0-100% of the essay's sentences: over a few samples the
+    needles spread over the context, never bunched at its start (as they were when the haystack was
+    source code, one long "sentence")."""
+    depths = []
+    for seed in range(6):
+        _, s = sample(tok, essay, task, 3000, seed=seed)
+        for m in NEEDLE.finditer(s.text):
+            depths.append(len(tok(s.text[: m.start()])["input_ids"]) / len(s.ids))
+    assert min(depths) < 0.3 and max(depths) > 0.7 and sum(0.3 <= d <= 0.7 for d in depths) >= 3

@@ -12,7 +12,7 @@ from memlong.cli import main
 from memlong.data import ruler
 from memlong.report import eval_command
 
-from conftest import assert_markdown_beside
+from conftest import assert_markdown_beside, stdlib_prose
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +20,27 @@ def setup(eval_setup):
     return eval_setup
 
 
+@pytest.fixture(scope="module")
+def prose(tmp_path_factory):
+    """A corpus whose test split is prose, for the essay haystack (the eval corpus is source code)."""
+    root = tmp_path_factory.mktemp("prose")
+    with open(root / "test.jsonl", "w") as f:
+        for i, text in enumerate(stdlib_prose()):
+            f.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
+    return root
+
+
 def ruler_cli(setup, *extra):
     return main(["eval", "ruler", "--model", str(setup / "model"), "--retriever", "hashing", "--threads", "1", *extra])
 
 
-def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
+def test_end_to_end_json_plot_means_and_skipped_base(setup, prose, tmp_path, capsys):
     out = tmp_path / "ruler.json"
     assert (
         ruler_cli(
             setup,
             "--data",
-            str(setup / "corpus"),
+            str(prose),
             "--lengths",
             "1500,1700",
             "--samples",
@@ -97,7 +107,8 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, tmp_path, capsys):
     assert config["task"] == "ruler" and config["samples"] == 2 and config["chat_template"] is False
     assert config["retriever_info"]["class"] == "HashingRetriever" and config["memlong"]["local_window"] == 64
     command = eval_command(config, "ruler.json")
-    assert command.startswith(f"memlong eval ruler --model {setup / 'model'} --data {setup / 'corpus'} ")
+    assert command.startswith(f"memlong eval ruler --model {setup / 'model'} --data {prose} ")
+    assert config["essay"]["words"] > 1000 and len(config["essay"]["sha256"]) == 16  # which essay was read
     assert f"--tasks {','.join(tasks)}" in command and "--samples 2" in command
     assert (tmp_path / "ruler.png").stat().st_size > 1000
     printed = capsys.readouterr().out
@@ -184,6 +195,29 @@ def test_a_run_cut_short_keeps_what_it_measured_and_resumes(setup, tmp_path, mon
     assert json.loads(out.read_text())["results"] == resumed  # a refused resume leaves the report as it was
 
 
+def test_resume_reads_the_same_essay_haystack_or_refuses(setup, prose, tmp_path, capsys):
+    out = tmp_path / "essay.json"
+    flags = ["--lengths", "1500", "--samples", "1", "--methods", "memlong", "--json", str(out)]
+    assert ruler_cli(setup, "--data", str(prose), "--tasks", "niah_single_2", *flags) == 0
+    essay = json.loads(out.read_text())["config"]["essay"]
+    # a run without essay tasks keeps the report's record of it
+    assert ruler_cli(setup, "--data", str(prose), "--tasks", "vt", *flags, "--resume") == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["essay"] == essay and [r["task"] for r in report["results"]] == ["niah_single_2", "vt"]
+    # another essay, or a report from before the essay was recorded (made of source code), is refused
+    for recorded in ({"words": 5, "sha256": "0" * 16}, "missing"):
+        old = json.loads(out.read_text())
+        if recorded == "missing":
+            del old["config"]["essay"]
+        else:
+            old["config"]["essay"] = recorded
+        out.write_text(json.dumps(old))
+        with pytest.raises(SystemExit) as e:
+            ruler_cli(setup, "--data", str(prose), "--tasks", "niah_single_2,niah_single_3", *flags, "--resume")
+        assert "another essay haystack" in str(e.value.code) + capsys.readouterr().err
+        assert json.loads(out.read_text()) == old  # left as it was
+
+
 @pytest.fixture(scope="module")
 def tokenizer_only(setup, tmp_path_factory):
     """A model directory with the tokenizer and no weights: loading a model from it fails, so a
@@ -208,6 +242,7 @@ def tokenizer_only(setup, tmp_path_factory):
             ["--lengths", "2000", "--tasks", "niah_single_2,niah_multivalue", "--data", None],
             ["niah_single_2, niah_multivalue", "give --data"],
         ),
+        (["--lengths", "2000", "--tasks", "niah_single_2"], ["words of prose", "source code is not prose"]),
         (["--lengths", "2000", "--samples", "0"], ["--samples"]),
         (
             ["--lengths", "2000", "--tasks", "qa_2", "--qa-hotpotqa", "/nonexistent.json"],

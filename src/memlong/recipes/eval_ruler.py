@@ -33,6 +33,7 @@ mean against length.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import time
 
@@ -106,7 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_prompts(args, tok, lengths: list[int]) -> tuple[dict, dict]:
     """(``{(task, length): [RulerSample]}``, ``{task: why it does not run}``) for the run, or a
     MemLongConfigError naming the flag to change (a length too short for a task, no text for the
-    essay, an unreadable qa file)."""
+    essay, an unreadable qa file). Sets ``args.essay``, the report's record of the essay haystack
+    (:func:`essay_record`; None when no task reads it)."""
     from memlong.config import MemLongConfigError
     from memlong.data import ruler
 
@@ -115,6 +117,7 @@ def build_prompts(args, tok, lengths: list[int]) -> tuple[dict, dict]:
     tasks = args.tasks.split(",")
     chat = bool(args.chat_template and getattr(tok, "chat_template", None))  # RULER wraps instruct models
     essay = _essay(args, max(lengths)) if any(ALL_TASKS[t].needs_essay for t in tasks) else None
+    args.essay = essay_record(essay)
     qa, not_run = {}, {}
     for task in tasks:
         spec = ALL_TASKS[task]
@@ -151,6 +154,34 @@ def build_prompts(args, tok, lengths: list[int]) -> tuple[dict, dict]:
     return prompts, not_run
 
 
+def essay_record(words: list[str] | None) -> dict | None:
+    """What a report keeps of the essay haystack: its words and their sha256 (the first 16 hex
+    digits), so that a resumed run reads the same text."""
+    if words is None:
+        return None
+    return {"words": len(words), "sha256": hashlib.sha256(" ".join(words).encode()).hexdigest()[:16]}
+
+
+def _same_essay(args, done: dict | None) -> None:
+    """With ``--resume``: a MemLongConfigError when the report's essay tasks read another essay
+    haystack than this run's (another --data or --split, or a report from before the essay was made
+    of prose alone, :func:`memlong.data.ruler.is_prose`); a run without essay tasks keeps the
+    report's record."""
+    from memlong.config import MemLongConfigError
+
+    if done is None:
+        return
+    config = done["config"]
+    if args.essay is None:
+        args.essay = config.get("essay")
+        return
+    if "essay" not in config or (config["essay"] is not None and config["essay"] != args.essay):
+        raise MemLongConfigError(
+            f"--resume: {args.json} was measured on another essay haystack ({config.get('essay', 'not recorded')}; "
+            f"this run's: {args.essay}); use a new --json"
+        )
+
+
 def _essay(args, longest: int) -> list[str]:
     from memlong.config import MemLongConfigError
     from memlong.data import ruler
@@ -170,8 +201,9 @@ def _essay(args, longest: int) -> list[str]:
         ) from None
     if len(words) < 100:
         raise MemLongConfigError(
-            f"--data {args.data} (split {args.split}) holds {len(words)} words: too few for an "
-            "essay haystack (it is repeated to the length, as RULER does, but needs real text)"
+            f"--data {args.data} (split {args.split}) holds {len(words)} words of prose: too few for an "
+            "essay haystack (it is repeated to the length, as RULER does, but needs real text; source "
+            "code is not prose: memlong.data.ruler.is_prose)"
         )
     return words
 
@@ -183,8 +215,9 @@ def run(args, methods: list[str]) -> int:
     t0 = time.perf_counter()
     tok = load_tokenizer(args.model)
     args.chat_template = bool(args.chat_template and getattr(tok, "chat_template", None))  # as the report says
-    done = resumed_report(args, SAME_PROMPTS)
     prompts, not_run = build_prompts(args, tok, lengths)
+    done = resumed_report(args, SAME_PROMPTS)
+    _same_essay(args, done)
     print(
         f"{sum(map(len, prompts.values()))} prompts built in {time.perf_counter() - t0:.1f} s "
         f"({'chat template' if args.chat_template else 'plain prompts'})",
