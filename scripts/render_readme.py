@@ -91,6 +91,12 @@ def headline(runs: list[tuple[dict, str]]) -> str:
     )
 
 
+def ruler_bars(runs: list[tuple[dict, str]]) -> str:
+    """RULER per task: memlong at each longer length against the base model's 4k ceiling and rag."""
+    sources = ", ".join(f"`{path}`" for _, path in runs)
+    return report.ruler_bars_table([data for data, _ in runs]) + f"\n\nFrom {sources} (their commands: below)."
+
+
 def concatenated(runs: list[tuple[dict, str]]) -> str:
     """Each report's Markdown (as in its .md), one after the other."""
     return "\n\n".join(_markdown(data, path) for data, path in runs)
@@ -107,6 +113,8 @@ SECTIONS = {
             + ("ruler_4k", "ruler_16k", "ruler_32k", "icl")
         ],
     ),
+    # docs/RESULTS.md: RULER per task against the 4k ceiling and rag, the bars of a longer length
+    "ruler_bars": (ruler_bars, [f"default_ruler_{name}" for name in ("4k", "16k", "32k")]),
     "bench_default": (concatenated, ["bench_ingest_default"]),  # README: make bench
     "long_default": (lambda runs: report.million_markdown(runs, LONG_CAPACITY), ["bench_long_default"]),
     "soak": (concatenated, ["soak_ask_1m", "soak_ask_256k"]),  # README: scripts/soak_ask.py, ask on a long input

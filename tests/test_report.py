@@ -98,3 +98,29 @@ def test_a_soak_report_shows_each_call_its_memory_while_reading_and_its_answer()
     )
     assert "| reuse and ask | What is the code? | 12 | - | 1,536 | (loaded, not read) | 8,192 | 'macd' | False |" in md
     assert "saved memory on disk: 3.0 GiB; evicted chunks: 0" in md
+
+
+def test_ruler_bars_say_which_bar_a_task_misses_and_by_how_much():
+    def row(task, length, method, score):
+        return {"task": task, "length": length, "method": method, "score": score, "interval": [0.0, 1.0]}
+
+    reports = [
+        {"results": [row("vt", 4096, "base_full", 0.5), row("fwe", 4096, "base_full", 1.0)]},
+        {
+            "results": [
+                row("vt", 16384, "rag", 0.2),
+                row("vt", 16384, "memlong", 0.45),
+                row("fwe", 16384, "rag", 0.8),
+                row("fwe", 16384, "memlong", 0.6),
+                row("cwe", 16384, "memlong", 0.1),  # no rag or ceiling measured yet
+                row("qa_1", 16384, "memlong", None),  # not run
+            ]
+        },
+    ]
+    lines = report.ruler_bars_table(reports).splitlines()
+    assert lines[0] == "| task | base_full 4k (ceiling) | rag 16k | memlong 16k | memlong 16k against the bars |"
+    rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert rows["vt"].endswith("| meets both |")  # 0.45 >= 0.2 and >= 0.9 x 0.5
+    assert rows["fwe"].endswith("| below rag by 0.20; below 0.9x the ceiling by 0.30 |")
+    assert rows["cwe"].endswith("| - | - | 0.10 [0.00, 1.00] | - |") and "qa_1" not in rows
+    assert report.ruler_bars_table([reports[0]]) == ""  # no longer length measured: nothing to compare

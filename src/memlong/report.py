@@ -211,6 +211,53 @@ def ruler_mean(m: dict | None) -> str:
     return f"{m['mean']:.2f} [{m['interval'][0]:.2f}, {m['interval'][1]:.2f}] ({len(m['tasks'])} of {len(RULER_TASKS)} tasks)"
 
 
+def ruler_bars_table(
+    reports: list[dict], method: str = "memlong", ceiling: tuple[str, int] = ("base_full", 4096)
+) -> str:
+    """RULER per task against the two bars a long-context method has to clear at each longer length:
+    the base model's own score with full attention within its window (``ceiling``: method, length),
+    times 0.9, and rag's score at the same length. Each cell is a score with its 95% interval; the
+    verdict says which bar ``method`` misses and by how much (point estimates), or "meets both";
+    "-" where a cell has not been measured."""
+    from memlong.data.ruler import RULER_TASKS
+
+    cells: dict[tuple[str, int, str], dict] = {}
+    for data in reports:
+        for r in data["results"]:
+            if r["task"] in RULER_TASKS and r.get("score") is not None:
+                cells[(r["task"], r["length"], r["method"])] = r
+    lengths = sorted({L for _, L, m in cells if m == method and L > ceiling[1]})
+    if not lengths:
+        return ""
+    name = f"{ceiling[0]} {ceiling[1] // 1024}k"
+    head = [f"{name} (ceiling)"]
+    for L in lengths:
+        head += [f"rag {L // 1024}k", f"{method} {L // 1024}k", f"{method} {L // 1024}k against the bars"]
+    out = [
+        "| task | " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - len(lengths)) + "---|" * len(lengths),
+    ]
+    for task in RULER_TASKS:
+        top = cells.get((task, ceiling[1], ceiling[0]))
+        if top is None and not any((task, L, method) in cells for L in lengths):
+            continue
+        row = [_interval_cell(top) if top else "-"]
+        for L in lengths:
+            rag, ours = cells.get((task, L, "rag")), cells.get((task, L, method))
+            row += [_interval_cell(rag) if rag else "-", _interval_cell(ours) if ours else "-"]
+            if ours is None or rag is None or top is None:
+                row.append("-")
+                continue
+            missed = []
+            if ours["score"] < rag["score"]:
+                missed.append(f"below rag by {rag['score'] - ours['score']:.2f}")
+            if ours["score"] < 0.9 * top["score"]:
+                missed.append(f"below 0.9x the ceiling by {0.9 * top['score'] - ours['score']:.2f}")
+            row.append("; ".join(missed) or "meets both")
+        out.append(f"| {task} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
 def mean_score(results: list[dict], length: int, method: str, key: str = "score") -> str:
     """The plain mean of ``key`` over a length and method's measured rows."""
     vals = [r[key] for r in results if (r["length"], r["method"]) == (length, method) and r.get(key) is not None]
