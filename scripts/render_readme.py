@@ -82,6 +82,27 @@ def question_options_markdown(data: dict, path: str) -> str:
     return "\n".join(out)
 
 
+def kv_predictability_markdown(data: dict, path: str) -> str:
+    """A `scripts/experiments/kv_predictability.py` report: its command, then for each memory layer the R^2 of
+    a linear map from its keys/values to those of the layers above it, a few layers up and at the top."""
+    rows = data["results"]
+    top = max(r["layer"] for r in rows)
+    steps = (1, 2, 4, 8)
+    out = [
+        f"`{data['command'].replace(data['config']['json'], path)}`",
+        "",
+        "| memory layer | " + " | ".join(f"layer m+{d}" for d in steps) + f" | layer {top} |",
+        "|---:|" + "---:|" * (len(steps) + 1),
+    ]
+    for m in dict.fromkeys(r["memory_layer"] for r in rows):
+        by = {r["layer"]: r for r in rows if r["memory_layer"] == m}
+        cells = [by.get(m + d) for d in steps] + [by[top]]
+        out.append(
+            f"| {m} | " + " | ".join(f"{c['keys_r2']:.2f} / {c['values_r2']:.2f}" if c else "-" for c in cells) + " |"
+        )
+    return "\n".join(out + ["", "Each cell: R^2 of the keys / of the values (held-out tokens)."])
+
+
 def headline(runs: list[tuple[dict, str]]) -> str:
     """README's headline: one row per method, one column per measurement of the runs, and their sources."""
     sources = ", ".join(f"`{path}`" for _, path in runs)
@@ -145,6 +166,8 @@ SECTIONS = {
     ),
     "search": (report.search_markdown, ["bench_search_minilm", "bench_search"]),
     "retriever": (concatenated, ["bench_retriever"]),
+    # docs/DEVELOPMENT.md: scripts/experiments/kv_predictability.py, how far MemLong mode's layers are from its memory
+    "kv_predictability": (concatenated, ["default_kv_predictability"]),
     # docs/DEVELOPMENT.md: scripts/experiments/compare_question_options.py and the icl runs beside it
     "question_options": (
         concatenated,
@@ -165,6 +188,8 @@ def _markdown(data: dict, path: str) -> str:
     name = Path(path).stem
     if name.startswith("question_") and "summary" in data:  # an experiment's report, not a verb's
         return question_options_markdown(data, path)
+    if name == "default_kv_predictability":
+        return kv_predictability_markdown(data, path)
     return report.markdown(data, path, NOTES.get(name), root=ROOT)
 
 
