@@ -83,6 +83,13 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, prose, tmp_path, cap
             assert e["score"] == ruler.score(e["output"], e["expected"])
         assert r["score"] == pytest.approx(sum(e["score"] for e in r["examples"]) / 2)
         assert r["tokens_per_second"] > 0 and r["bytes_per_token"] > 0
+        if r["method"] == "memlong":  # what the question's search found, and whether it held the needle
+            for e in r["examples"]:
+                assert len(e["memory_hits"]) <= 4 and all(b - a == 16 for a, b in e["memory_hits"])
+                assert len(e["statements_retrieved"]) == len(e["statements_in_window"]) == len(e["positions"])
+                assert e["statements_retrieved"] == [
+                    any(a <= p < b for a, b in e["memory_hits"]) for p in e["positions"]
+                ]
         if r["method"] == "rag":  # the chunks it read, and whether they held the needle
             assert all(
                 len(e["rag_chunks"]) <= 4 and len(e["statements_retrieved"]) == len(e["positions"])

@@ -22,7 +22,7 @@ variants (``--tasks`` names ending in ``_noise``) are reported apart, never in t
 All prompts are built, and every length checked against every task, before a model is loaded.
 Output: a table; ``--json``: a record per task, length and method (score, interval, each sample's
 prompt tail, expected strings and output, seconds, tokens read per second, bytes kept per token;
-rag: whether its chunks held the answered statements), RULER's means and the config (rewritten after
+rag and memlong: whether the chunks they retrieved held the answered statements), RULER's means and the config (rewritten after
 every cell: ``--resume`` continues a run cut short); ``--plot``: a heatmap per method above RULER's
 mean against length.
 
@@ -292,6 +292,9 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
         examples, rag_kept = [None] * len(samples), (0, 0)  # rag: embeddings kept, context tokens they cover
         for i, memory, read in _readings(args, method, model, samples):
             s, rag = samples[i], []
+            found = _memory_hits(model, memory, s, read) if method == "memlong" and memory is not None else None
+            if found is not None:
+                read = len(s.ids) - s.question_tokens
             text = generate_answer(
                 method,
                 model,
@@ -314,6 +317,8 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
                 "positions": s.positions,
                 "prompt_tokens": len(s.ids),
             }
+            if found is not None:  # which answered statements the question's search found, or its window holds
+                examples[i].update(found)
             if rag:  # which answered statements the chunks rag read hold
                 chosen = [rag[0].spans[c] for c in rag[0].chosen]
                 examples[i]["statements_retrieved"] = [any(a <= p < b for a, b in chosen) for p in s.positions]
@@ -337,6 +342,27 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
         flush=True,
     )
     return row
+
+
+def _memory_hits(model, memory, s, read: int) -> dict:
+    """Reads the sample's context up to its question into ``memory`` (which has read ``read`` of its
+    tokens; the answer it then gives is the same, call boundaries do not change it) and says what
+    the question's search of the bank finds there (:meth:`~memlong.cache.MemLongCache.question_hits`,
+    counters untouched): ``memory_hits``, the hits' token spans, best first;
+    ``statements_retrieved``, whether a hit holds each answered statement's first token;
+    ``statements_in_window``, whether it lies in the local window the question reads beside them."""
+    import torch
+
+    head, cfg = len(s.ids) - s.question_tokens, model.memlong_config
+    if read < head:
+        model.ingest(torch.tensor([s.ids[read:head]], device=model.device), memory)
+    slots, _ = memory.question_hits(model.memlong_retriever, s.ids[head:][-cfg.chunk_size :])
+    spans = memory.banks[0].spans[slots].tolist()
+    return {
+        "memory_hits": spans,
+        "statements_retrieved": [any(a <= p < b for a, b in spans) for p in s.positions],
+        "statements_in_window": [p >= head - cfg.local_window for p in s.positions],
+    }
 
 
 def _readings(args, method: str, model, samples):
