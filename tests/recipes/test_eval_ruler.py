@@ -85,7 +85,9 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, prose, tmp_path, cap
         assert r["tokens_per_second"] > 0 and r["bytes_per_token"] > 0
         if r["method"] == "memlong":  # what the question's search found, and whether it held the needle
             for e in r["examples"]:
-                assert len(e["memory_hits"]) <= 4 and all(b - a == 16 for a, b in e["memory_hits"])
+                assert len(e["memory_hits"]) == len(e["memory_hit_scores"]) <= 4
+                assert all(b - a == 16 for a, b in e["memory_hits"])
+                assert e["memory_hit_scores"] == sorted(e["memory_hit_scores"], reverse=True)  # best first
                 assert len(e["statements_retrieved"]) == len(e["statements_in_window"]) == len(e["positions"])
                 assert e["statements_retrieved"] == [
                     any(a <= p < b for a, b in e["memory_hits"]) for p in e["positions"]

@@ -348,7 +348,8 @@ def _memory_hits(model, memory, s, read: int) -> dict:
     """Reads the sample's context up to its question into ``memory`` (which has read ``read`` of its
     tokens; the answer it then gives is the same, call boundaries do not change it) and says what
     the question's search of the bank finds there (:meth:`~memlong.cache.MemLongCache.question_hits`,
-    counters untouched): ``memory_hits``, the hits' token spans, best first;
+    counters untouched): ``memory_hits``, the hits' token spans, best first, and their scores
+    (``memory_hit_scores``);
     ``statements_retrieved``, whether a hit holds each answered statement's first token;
     ``statements_in_window``, whether it lies in the local window the question reads beside them."""
     import torch
@@ -356,10 +357,11 @@ def _memory_hits(model, memory, s, read: int) -> dict:
     head, cfg = len(s.ids) - s.question_tokens, model.memlong_config
     if read < head:
         model.ingest(torch.tensor([s.ids[read:head]], device=model.device), memory)
-    slots, _ = memory.question_hits(model.memlong_retriever, s.ids[head:][-cfg.chunk_size :])
+    slots, scores = memory.question_hits(model.memlong_retriever, s.ids[head:][-cfg.chunk_size :])
     spans = memory.banks[0].spans[slots].tolist()
     return {
         "memory_hits": spans,
+        "memory_hit_scores": [round(float(x), 4) for x in scores],
         "statements_retrieved": [any(a <= p < b for a, b in spans) for p in s.positions],
         "statements_in_window": [p >= head - cfg.local_window for p in s.positions],
     }
