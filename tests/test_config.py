@@ -27,6 +27,7 @@ def test_json_round_trip(tmp_path):
         question_offsets=[0, 1],
         question_order="score",
         question_reread=True,
+        question_window=True,
     )
     c.save_pretrained(tmp_path)
     assert MemLongConfig.from_pretrained(tmp_path) == c
@@ -66,6 +67,7 @@ def test_json_round_trip(tmp_path):
         (dict(question_offsets=(0, 0)), "question_offsets"),
         (dict(question_order="best"), "question_order"),
         (dict(question_reread=1), "question_reread"),
+        (dict(question_window="yes"), "question_window"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):

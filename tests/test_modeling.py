@@ -861,6 +861,7 @@ def test_question_reread_reads_the_hits_as_text_before_the_question():
     for b, n in enumerate(lengths):
         by_hand = plain.ingest(docs[b : b + 1, :n])
         plain.ingest(torch.tensor([hits[b]]), by_hand)
+        by_hand.mark_reread(0, n, n + len(hits[b]))  # as reread text: not banked again when it leaves the window
         want = plain.generate(question[b : b + 1], memory=by_hand, requery=True, **kw)
         assert torch.equal(want.sequences[0], out.sequences[b])
         for step in range(3):
@@ -870,6 +871,42 @@ def test_question_reread_reads_the_hits_as_text_before_the_question():
     a = m.generate(question[:1], memory=empty_a, requery=True, **kw)
     b = plain.generate(question[:1], memory=empty_b, requery=True, **kw)
     assert torch.equal(a.sequences, b.sequences) and empty_a.columns == empty_b.columns
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("order", ["stream", "score"])
+def test_a_question_rereads_a_fact_still_in_the_local_window(order):
+    """A fact read in the last chunks before the question is in the local window, not yet in the
+    bank; reading the hits again pushes the window's oldest chunks out of it. The question's search
+    therefore also scores the window's whole chunks, as it scores the bank's: the fact's chunk is
+    one of the hits read again (it would otherwise be neither read again nor kept in view). Where
+    the bank's hits score higher, they are read as before."""
+    m, _ = gated_llama(memory_capacity=400, question_reread=True, question_window=True, question_order=order)
+    doc = rand_ids(1, 200, seed=8)
+    doc[:, 176:184] = torch.arange(90, 98)  # chunk 22: in the window (chunks 21-24) when the question comes
+    doc[:, 40:48] = torch.arange(70, 78)  # chunk 5: in the bank
+    question = torch.cat([rand_ids(1, 3, seed=9), torch.arange(90, 94)[None]], 1)
+    mem = m.ingest(doc)
+    assert 22 not in mem.bank(0).chunk_ids.tolist()
+    hits = mem.question_tokens(m.memlong_retriever, question.tolist())[0]
+    pieces = [hits[i : i + 8] for i in range(0, len(hits), 8)]
+    assert doc[0, 176:184].tolist() in pieces and len(pieces) == 2  # top_k 2: the fact and one more
+    if order == "score":
+        assert pieces[-1] == doc[0, 176:184].tolist()  # the best hit last
+    else:  # text order: the window's chunk, the latest, last
+        assert pieces[-1] == doc[0, 176:184].tolist() and pieces[0] != pieces[1]
+    # the answer reads them: the fact is read again just before the question
+    seen = mem.columns
+    m.generate(question, memory=mem, requery=True, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert mem.columns == seen + len(hits) + question.shape[1] + 1
+    # without question_window: hits from the bank alone, without the fact (which their reading pushes out of the window)
+    bank_only, _ = gated_llama(memory_capacity=400, question_reread=True, question_order=order)
+    hits = bank_only.ingest(doc).question_tokens(bank_only.memlong_retriever, question.tolist())[0]
+    assert len(hits) == 16 and doc[0, 176:184].tolist() not in [hits[i : i + 8] for i in range(0, 16, 8)]
+    # a question about the banked fact: its chunk, from the bank, as before
+    about_bank = torch.cat([rand_ids(1, 3, seed=9), torch.arange(70, 74)[None]], 1)
+    hits = m.ingest(doc).question_tokens(m.memlong_retriever, about_bank.tolist())[0]
+    assert doc[0, 40:48].tolist() in [hits[i : i + 8] for i in range(0, len(hits), 8)]
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

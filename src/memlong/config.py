@@ -81,6 +81,7 @@ class MemLongConfig:
     question_offsets: tuple[int, ...] | None = None  # the chunks a question's hits bring (None: retrieval_offsets)
     question_order: QuestionOrder = "stream"  # a question reads its hits in text order or by score (best last)
     question_reread: bool = False  # a question first reads its hits again as text just before it
+    question_window: bool = False  # a question's hits may also be chunks still in the local window
     # bank storage
     bank_dtype: BankDtype | None = None  # stored K/V dtype (None: the model's); int8/float8 compressed
     bank_device: BankDevice = "model"  # the model's device, host memory ("cpu") or a memory-mapped file
@@ -98,6 +99,7 @@ class MemLongConfig:
             "question_offsets",
             "question_order",
             "question_reread",
+            "question_window",
         }
     )
     #: where the bank lives, not what it holds: a saved memory loads into a model that keeps its bank elsewhere
@@ -163,7 +165,7 @@ class MemLongConfig:
             )
         if self.top_k < 1:
             bad("top_k", f"must be >= 1, got {self.top_k}")
-        for name in ("rerank_index", "question_reread"):
+        for name in ("rerank_index", "question_reread", "question_window"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, f"must be True or False, got {getattr(self, name)!r}")
         if (

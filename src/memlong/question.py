@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memlong.memory.bank import MemoryBank, window_starts
+from memlong.memory.bank import MemoryBank, lexical_scores, window_starts
 from memlong.profiling import phase
 from memlong.retriever import Retriever
 
@@ -180,6 +180,8 @@ class QuestionSearch:
         """For each of ``rows`` (all by default), the token ids of the chunks a question of
         ``tokens[i]`` retrieves from the bank as it is now (as :meth:`focus_on` would): its hits and
         what ``question_offsets`` bring, in ``question_order``, back to back; counters untouched.
+        With ``question_window``, the hits are the best ``top_k`` of the bank's and the local
+        window's whole chunks (:meth:`window_hits`); a window chunk brings itself alone.
         ``question_reread`` reads them as text just before the question (``generate(requery=...)``)."""
         rows = list(range(self.batch_size_)) if rows is None else list(rows)
         if len(tokens) != len(rows):
@@ -195,15 +197,73 @@ class QuestionSearch:
             if len(bank) == 0:
                 out.append([])
                 continue
-            slots = bank.select(
-                query,
-                cfg.top_k,
-                self._offsets(question=True),
-                order=cfg.question_order,
-                **self.question_search(b, query, retriever, list(tokens_b)),
-            )
-            out.append(bank.token_ids[slots].flatten().tolist())
+            search = self.question_search(b, query, retriever, list(tokens_b))
+            offsets = self._offsets(question=True)
+            window = self.window_hits(b, query, retriever, list(tokens_b), search) if cfg.question_window else []
+            hits, scores = bank.best(query, cfg.top_k, **search)
+            if not window or (len(hits) == cfg.top_k and window[0][0] <= float(scores[-1])):  # the bank's alone
+                slots = bank.select(query, cfg.top_k, offsets, order=cfg.question_order, hits=hits)
+                out.append(bank.token_ids[slots].flatten().tolist())
+            else:
+                out.append(self._merged_hits(bank, hits, scores, window, offsets))
         return out
+
+    def window_hits(
+        self, b: int, query: torch.Tensor, retriever: Retriever, tokens: list[int], search: dict
+    ) -> list[tuple[float, int, list[int]]]:
+        """The whole chunks of row ``b``'s local window (not yet banked, not reread text), scored as
+        :meth:`question_search` scores the bank's (document frequencies over the bank), the best
+        ``top_k``: ``(score, chunk id, tokens)``, best first. With ``question_window``,
+        :meth:`question_tokens` takes its hits from these and the bank's together: reading the
+        hits again as text (``question_reread``) pushes the oldest of the window out of it, and a
+        fact read there, not in the bank yet, is then one of the hits, not lost between the two."""
+        tau = self.config.chunk_size
+        chunks = [
+            c
+            for c, t in sorted(self.chunk_tokens[b].items())
+            if len(t) == tau
+            and c in self.chunk_emb[b]
+            and not any(s <= c * tau and (c + 1) * tau <= e for s, e in self.reread[b])
+        ]
+        if not chunks:
+            return []
+        q = query.detach().float().cpu()
+        scores = torch.stack([self.chunk_emb[b][c].float().cpu() for c in chunks]) @ q
+        rescore = search.get("rescore")
+        if rescore is not None:
+            W, starts = rescore.window, window_starts(tau, rescore.window)
+            with phase("retriever"):
+                e = retriever.embed([self.chunk_tokens[b][c][s : s + W] for c in chunks for s in starts])
+            scores = torch.maximum(scores, (e.float().cpu() @ q).view(len(chunks), len(starts)).amax(1))
+            if rescore.weight:
+                bank = rescore.bank
+                corpus = bank.token_ids[bank.valid]
+                held = torch.tensor([self.chunk_tokens[b][c] for c in chunks], dtype=corpus.dtype)
+                scores = scores + rescore.weight * lexical_scores(corpus, rescore.words, held)
+        ranked = sorted(zip(scores.tolist(), chunks), key=lambda x: (-x[0], x[1]))[: self.config.top_k]
+        return [(s, c, list(self.chunk_tokens[b][c])) for s, c in ranked]
+
+    def _merged_hits(self, bank: MemoryBank, hits, scores, window, offsets) -> list[int]:
+        """The tokens a question reads again when some of its ``top_k`` hits are window chunks:
+        the best ``top_k`` of the bank's ``hits`` (best first, with ``scores``) and ``window``'s
+        (:meth:`window_hits`); a bank hit brings its ``offsets`` as in
+        :meth:`MemoryBank.select`, a window hit itself alone; in stream order, or (``question_order
+        ="score"``) hit by hit from the worst to the best."""
+        both = [(float(s), int(bank.chunk_ids[h]), h) for h, s in zip(hits.tolist(), scores.tolist())]
+        both += [(s, c, None) for s, c, _ in window]
+        chosen = sorted(both, key=lambda x: (-x[0], x[1]))[: self.config.top_k]
+        text = {c: t for _, c, t in window}
+        stored = {
+            int(c): s for s, c in zip(bank.valid.nonzero().flatten().tolist(), bank.chunk_ids[bank.valid].tolist())
+        }
+        picked: list[int] = []  # chunk ids, worst hit first
+        for _, c, slot in reversed(chosen):
+            picked += [c + o for o in offsets if c + o in stored] if slot is not None else [c]
+        last = {c: i for i, c in enumerate(picked)}
+        picked = [c for i, c in enumerate(picked) if last[c] == i]
+        if self.config.question_order != "score":
+            picked.sort()
+        return [t for c in picked for t in (text[c] if c in text else bank.token_ids[stored[c]].tolist())]
 
     def mark_reread(self, row: int, start: int, end: int) -> None:
         """Stream positions ``start..end - 1`` of row ``row`` hold text read again from its bank

@@ -612,9 +612,11 @@ class MemoryBank(BankFiles):
         rescore=None,
         candidates: int = 0,
         order: str = "stream",
+        hits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The slots :meth:`retrieve` returns, in its order, counters untouched."""
-        slots, _ = self.best(query, k, rescore, candidates)
+        """The slots :meth:`retrieve` returns, in its order, counters untouched. ``hits``: the best
+        ``k`` slots, best first, when the caller has searched already (:meth:`best`)."""
+        slots = self.best(query, k, rescore, candidates)[0] if hits is None else hits
         if order == "score":
             stored = {
                 int(c): s for s, c in zip(self.valid.nonzero().flatten().tolist(), self.chunk_ids[self.valid].tolist())
