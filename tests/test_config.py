@@ -28,6 +28,7 @@ def test_json_round_trip(tmp_path):
         question_order="score",
         question_reread=True,
         question_window=True,
+        question_tail=4,
     )
     c.save_pretrained(tmp_path)
     assert MemLongConfig.from_pretrained(tmp_path) == c
@@ -68,6 +69,8 @@ def test_json_round_trip(tmp_path):
         (dict(question_order="best"), "question_order"),
         (dict(question_reread=1), "question_reread"),
         (dict(question_window="yes"), "question_window"),
+        (dict(question_tail=200), "question_tail"),
+        (dict(question_tail=True), "question_tail"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):

@@ -909,6 +909,31 @@ def test_a_question_rereads_a_fact_still_in_the_local_window(order):
     assert doc[0, 40:48].tolist() in [hits[i : i + 8] for i in range(0, len(hits), 8)]
 
 
+@torch.no_grad()
+def test_a_hit_read_again_brings_the_start_of_the_chunk_after_it():
+    """``question_tail=T``: each hit a question reads again is followed by the first T tokens of
+    the chunk after it (a statement cut by a chunk boundary is read whole), unless that chunk is
+    read next anyway; the hits are the same."""
+    doc = rand_ids(1, 200, seed=8)
+    doc[:, 44:52] = torch.arange(70, 78)  # a "statement" across the boundary of chunks 5 and 6
+    doc[:, 64:68] = torch.arange(70, 74)  # chunk 8 holds its first half too
+    question = torch.cat([rand_ids(1, 3, seed=9), torch.arange(70, 74)[None]], 1).tolist()
+    plain, _ = gated_llama(memory_capacity=400, question_reread=True)
+    tail, _ = gated_llama(memory_capacity=400, question_reread=True, question_tail=3)
+    hits = plain.ingest(doc).question_tokens(plain.memlong_retriever, question)[0]
+    chunks = [
+        next(c for c in range(25) if doc[0, 8 * c : 8 * c + 8].tolist() == hits[i : i + 8])
+        for i in range(0, len(hits), 8)
+    ]
+    assert 5 in chunks
+    want = []
+    for i, c in enumerate(chunks):
+        want += doc[0, 8 * c : 8 * c + 8].tolist()
+        if i + 1 == len(chunks) or chunks[i + 1] != c + 1:
+            want += doc[0, 8 * c + 8 : 8 * c + 11].tolist()
+    assert tail.ingest(doc).question_tokens(tail.memlong_retriever, question)[0] == want
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_the_lm_head_runs_only_where_a_loss_is_taken(memlong_model, side):
     """Labels masked at some positions (a sampled loss): the same loss as the full logits give, and

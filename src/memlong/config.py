@@ -82,6 +82,7 @@ class MemLongConfig:
     question_order: QuestionOrder = "stream"  # a question reads its hits in text order or by score (best last)
     question_reread: bool = False  # a question first reads its hits again as text just before it
     question_window: bool = False  # a question's hits may also be chunks still in the local window
+    question_tail: int = 0  # tokens of the chunk after each hit a question reads with it (reread)
     # bank storage
     bank_dtype: BankDtype | None = None  # stored K/V dtype (None: the model's); int8/float8 compressed
     bank_device: BankDevice = "model"  # the model's device, host memory ("cpu") or a memory-mapped file
@@ -100,6 +101,7 @@ class MemLongConfig:
             "question_order",
             "question_reread",
             "question_window",
+            "question_tail",
         }
     )
     #: where the bank lives, not what it holds: a saved memory loads into a model that keeps its bank elsewhere
@@ -131,6 +133,7 @@ class MemLongConfig:
             "approximate_above",
             "rerank_candidates",
             "rerank_window",
+            "question_tail",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
@@ -180,6 +183,8 @@ class MemLongConfig:
                 f"rerank_candidates must be >= 0 and rerank_window >= 1, got "
                 f"{self.rerank_candidates} and {self.rerank_window}",
             )
+        if not 0 <= self.question_tail <= self.chunk_size:
+            bad("question_tail", f"must be in 0..chunk_size={self.chunk_size} tokens, got {self.question_tail}")
         if not 0 <= self.sink_tokens <= self.chunk_size:
             bad("sink_tokens", f"must be in 0..chunk_size={self.chunk_size}, got {self.sink_tokens}")
         if self.sink_tokens and self.mode != "training_free":

@@ -181,7 +181,8 @@ class QuestionSearch:
         ``tokens[i]`` retrieves from the bank as it is now (as :meth:`focus_on` would): its hits and
         what ``question_offsets`` bring, in ``question_order``, back to back; counters untouched.
         With ``question_window``, the hits are the best ``top_k`` of the bank's and the local
-        window's whole chunks (:meth:`window_hits`); a window chunk brings itself alone.
+        window's whole chunks (:meth:`window_hits`); a window chunk brings itself alone. With
+        ``question_tail``, each is followed by the start of the chunk after it (:meth:`_text_of`).
         ``question_reread`` reads them as text just before the question (``generate(requery=...)``)."""
         rows = list(range(self.batch_size_)) if rows is None else list(rows)
         if len(tokens) != len(rows):
@@ -203,9 +204,32 @@ class QuestionSearch:
             hits, scores = bank.best(query, cfg.top_k, **search)
             if not window or (len(hits) == cfg.top_k and window[0][0] <= float(scores[-1])):  # the bank's alone
                 slots = bank.select(query, cfg.top_k, offsets, order=cfg.question_order, hits=hits)
-                out.append(bank.token_ids[slots].flatten().tolist())
+                picked = bank.chunk_ids[slots].tolist()
             else:
-                out.append(self._merged_hits(bank, hits, scores, window, offsets))
+                picked = self._merged_hits(bank, hits, scores, window, offsets)
+            out.append(self._text_of(b, picked))
+        return out
+
+    def _text_of(self, b: int, chunks: list[int]) -> list[int]:
+        """The tokens of row ``b``'s ``chunks`` (ids, from the bank or the local window), back to
+        back, each followed by the first ``question_tail`` tokens of the chunk after it where that
+        one is not read next: a statement cut by a chunk boundary ("... is: 22" | "89301.") is
+        read whole."""
+        bank, tail = self.banks[b], self.config.question_tail
+        stored = {
+            int(c): s for s, c in zip(bank.valid.nonzero().flatten().tolist(), bank.chunk_ids[bank.valid].tolist())
+        }
+
+        def text(c: int) -> list[int]:
+            if c in stored:
+                return bank.token_ids[stored[c]].tolist()
+            return list(self.chunk_tokens[b].get(c, []))
+
+        out: list[int] = []
+        for i, c in enumerate(chunks):
+            out += text(c)
+            if tail and (i + 1 == len(chunks) or chunks[i + 1] != c + 1):
+                out += text(c + 1)[:tail]
         return out
 
     def window_hits(
@@ -244,7 +268,7 @@ class QuestionSearch:
         return [(s, c, list(self.chunk_tokens[b][c])) for s, c in ranked]
 
     def _merged_hits(self, bank: MemoryBank, hits, scores, window, offsets) -> list[int]:
-        """The tokens a question reads again when some of its ``top_k`` hits are window chunks:
+        """The chunks (ids) a question reads again when some of its ``top_k`` hits are window chunks:
         the best ``top_k`` of the bank's ``hits`` (best first, with ``scores``) and ``window``'s
         (:meth:`window_hits`); a bank hit brings its ``offsets`` as in
         :meth:`MemoryBank.select`, a window hit itself alone; in stream order, or (``question_order
@@ -252,7 +276,6 @@ class QuestionSearch:
         both = [(float(s), int(bank.chunk_ids[h]), h) for h, s in zip(hits.tolist(), scores.tolist())]
         both += [(s, c, None) for s, c, _ in window]
         chosen = sorted(both, key=lambda x: (-x[0], x[1]))[: self.config.top_k]
-        text = {c: t for _, c, t in window}
         stored = {
             int(c): s for s, c in zip(bank.valid.nonzero().flatten().tolist(), bank.chunk_ids[bank.valid].tolist())
         }
@@ -263,7 +286,7 @@ class QuestionSearch:
         picked = [c for i, c in enumerate(picked) if last[c] == i]
         if self.config.question_order != "score":
             picked.sort()
-        return [t for c in picked for t in (text[c] if c in text else bank.token_ids[stored[c]].tolist())]
+        return picked
 
     def mark_reread(self, row: int, start: int, end: int) -> None:
         """Stream positions ``start..end - 1`` of row ``row`` hold text read again from its bank
