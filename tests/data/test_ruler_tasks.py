@@ -232,7 +232,8 @@ def test_needle_tasks(tok, essay, task):
         assert "\n" not in body  # (two needles at one depth leave two spaces between them, as in niah.py)
         text = NEEDLE.sub("", body).split()
         assert text == essay[: len(text)]  # the essay from its start, needles between sentences
-    # the needles' token positions point at them
+    # the needles' token positions point at them, one for each answered statement
+    assert len(s.positions) == spec.num_q * spec.num_v
     for p in s.positions:
         assert tok.decode(s.ids[p : p + 12]).lstrip().startswith("One")
 

@@ -647,12 +647,11 @@ class Generator:
         except (NotImplementedError, TypeError):
             return []
         starts = [s for s, _ in enc["offset_mapping"]]
-        out, at = [], 0
-        for needle in p.needles:
-            char = p.context.find(needle, at)
+        out = []
+        for needle in p.needles:  # in the order asked, not the context's: each found on its own
+            char = p.context.find(needle)
             if char >= 0:
                 out.append(offset + max(0, bisect.bisect_right(starts, char) - 1))
-                at = char + 1
         return out
 
 
