@@ -216,9 +216,7 @@ class QuestionSearch:
         one is not read next: a statement cut by a chunk boundary ("... is: 22" | "89301.") is
         read whole."""
         bank, tail = self.banks[b], self.config.question_tail
-        stored = {
-            int(c): s for s, c in zip(bank.valid.nonzero().flatten().tolist(), bank.chunk_ids[bank.valid].tolist())
-        }
+        stored = bank.slots_by_chunk()
 
         def text(c: int) -> list[int]:
             if c in stored:
@@ -276,9 +274,7 @@ class QuestionSearch:
         both = [(float(s), int(bank.chunk_ids[h]), h) for h, s in zip(hits.tolist(), scores.tolist())]
         both += [(s, c, None) for s, c, _ in window]
         chosen = sorted(both, key=lambda x: (-x[0], x[1]))[: self.config.top_k]
-        stored = {
-            int(c): s for s, c in zip(bank.valid.nonzero().flatten().tolist(), bank.chunk_ids[bank.valid].tolist())
-        }
+        stored = bank.slots_by_chunk()
         picked: list[int] = []  # chunk ids, worst hit first
         for _, c, slot in reversed(chosen):
             picked += [c + o for o in offsets if c + o in stored] if slot is not None else [c]

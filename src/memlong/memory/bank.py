@@ -618,9 +618,7 @@ class MemoryBank(BankFiles):
         ``k`` slots, best first, when the caller has searched already (:meth:`best`)."""
         slots = self.best(query, k, rescore, candidates)[0] if hits is None else hits
         if order == "score":
-            stored = {
-                int(c): s for s, c in zip(self.valid.nonzero().flatten().tolist(), self.chunk_ids[self.valid].tolist())
-            }
+            stored = self.slots_by_chunk()
             picked = [stored[j + o] for j in self.chunk_ids[slots.flip(0)].tolist() for o in offsets if j + o in stored]
             last = {s: i for i, s in enumerate(picked)}
             slots = torch.tensor([s for i, s in enumerate(picked) if last[s] == i], dtype=torch.long)
@@ -630,6 +628,11 @@ class MemoryBank(BankFiles):
                 slots = (torch.isin(self.chunk_ids, wanted) & self.valid).nonzero().flatten()
             slots = slots[torch.argsort(self.chunk_ids[slots])]
         return slots
+
+    def slots_by_chunk(self) -> dict[int, int]:
+        """``{chunk id: slot}`` of every stored chunk."""
+        valid = self.valid.nonzero().flatten()
+        return dict(zip(self.chunk_ids[valid].tolist(), valid.tolist()))
 
     def gather(self, slots: torch.Tensor, keep_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of ``slots`` concatenated along tokens: ``[H_kv, len(slots)*tau, D]`` each, in
