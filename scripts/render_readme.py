@@ -41,12 +41,25 @@ SOAK_PARAPHRASE = (
     "Measured when `--reuse` asked a paraphrase of the question (`scripts/soak_ask.py` before c84bef1; it now asks "
     "the same question again): the loaded memory answered the paraphrase wrongly."
 )
+BEFORE_WINDOW = (
+    "Measured before the default model's questions took their hits from the local window too, read them best last "
+    'and each with the start of the next chunk (`question_window`, `question_order="score"`, `question_tail=32`, '
+    "on by default since): `--set question_window=false --set question_order=stream --set question_tail=0` "
+    "repeats it."
+)
+VALIDATED_WINDOW = (
+    "Measured when the default model read a question's hits in text order, without tails or window hits "
+    '(`question_order="stream"`, `question_tail=0`, `question_window=false`): with today\'s default, `--set` '
+    "each of these as well to repeat it."
+)
 #: report -> the paragraph under its command: what changed since it was measured.
 NOTES = {
     "soak_ask_256k": SOAK_PARAPHRASE,
     "reference_passkey": OLDER_SEARCH,
     "question_options_icl_validation": BEFORE_REREAD,
     "question_options_icl_validation_options": BEFORE_REREAD,
+    "default_ruler_16k_before_question_window": BEFORE_WINDOW,
+    **{f"question_window_validation_4k_{n}": VALIDATED_WINDOW for n in ("off", "on", "on_tail32", "on_tail32_score")},
     "default_ruler": OLD_RULER,
     "default_ruler_long": OLD_RULER,
 }
@@ -147,7 +160,8 @@ SECTIONS = {
             f"default_{name}"
             for name in ("ppl_test", "ppl_same_text", "ppl_to_64k", "ppl_by_length", "passkey", "passkey_32k")
             + ("passkey_64k", "passkey_64k_rerank_all", "passkey_128k", "passkey_no_sink", "passkey_upper_layers")
-            + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler", "ruler_long", "icl", "icl_no_requery")
+            + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler_16k_before_question_window", "ruler", "ruler_long")
+            + ("icl", "icl_no_requery")
         ],
     ),
     "base_ppl": (report.base_ppl_markdown, ["default_base_ppl_short", "default_ppl_by_length"]),  # the model card
@@ -173,6 +187,11 @@ SECTIONS = {
         concatenated,
         ["question_options_validation_16k", "question_options_validation_32k"]
         + ["question_options_icl_validation", "question_options_icl_validation_options"],
+    ),
+    # docs/DEVELOPMENT.md: question_window and question_tail on the validation split
+    "question_window": (
+        concatenated,
+        [f"question_window_validation_4k_{name}" for name in ("off", "on", "on_tail32", "on_tail32_score")],
     ),
     "question_reread": (
         concatenated,
