@@ -219,6 +219,9 @@ def _describe(model, name) -> dict:
         "rerank_index": cfg.rerank_index,
         "lexical_weight": cfg.lexical_weight,
         "question_reread": cfg.question_reread,
+        "question_window": cfg.question_window,
+        "question_tail": cfg.question_tail,
+        "question_order": cfg.question_order,
         "retriever": model.memlong_retriever.describe(),
     }
 
