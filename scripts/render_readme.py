@@ -42,15 +42,19 @@ SOAK_PARAPHRASE = (
     "the same question again): the loaded memory answered the paraphrase wrongly."
 )
 BEFORE_WINDOW = (
-    "Measured before the default model's questions took their hits from the local window too, read them best last "
-    'and each with the start of the next chunk (`question_window`, `question_order="score"`, `question_tail=32`, '
-    "on by default since): `--set question_window=false --set question_order=stream --set question_tail=0` "
-    "repeats it."
+    "Measured before the default model's questions took their hits from the local window too and read each "
+    "with the start of the next chunk (`question_window`, `question_tail=32`, on by default since): "
+    "`--set question_window=false --set question_tail=0` repeats it."
 )
 VALIDATED_WINDOW = (
     "Measured when the default model read a question's hits in text order, without tails or window hits "
     '(`question_order="stream"`, `question_tail=0`, `question_window=false`): with today\'s default, `--set` '
     "each of these as well to repeat it."
+)
+DEMO_SCORE_ORDER = (
+    'Measured when the default model\'s config had `"question_order": "score"` beside the window and the tails '
+    "(`src/memlong/pretrained/default/memlong_config.json`; `memlong demo` takes no `--set`): a copy of that folder "
+    "with it, given as `--model`, repeats it."
 )
 #: report -> the paragraph under its command: what changed since it was measured.
 NOTES = {
@@ -59,6 +63,7 @@ NOTES = {
     "question_options_icl_validation": BEFORE_REREAD,
     "question_options_icl_validation_options": BEFORE_REREAD,
     "default_ruler_16k_before_question_window": BEFORE_WINDOW,
+    "demo_question_order_score": DEMO_SCORE_ORDER,
     **{f"question_window_validation_4k_{n}": VALIDATED_WINDOW for n in ("off", "on", "on_tail32", "on_tail32_score")},
     "default_ruler": OLD_RULER,
     "default_ruler_long": OLD_RULER,
@@ -188,6 +193,8 @@ SECTIONS = {
         ["question_options_validation_16k", "question_options_validation_32k"]
         + ["question_options_icl_validation", "question_options_icl_validation_options"],
     ),
+    # docs/DEVELOPMENT.md: the demo with question_order="score" (with the window and tails)
+    "demo_question_order": (concatenated, ["demo_question_order_score"]),
     # docs/DEVELOPMENT.md: question_window and question_tail on the validation split
     "question_window": (
         concatenated,
