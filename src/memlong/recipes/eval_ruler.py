@@ -321,7 +321,7 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
                 examples[i].update(found)
             if rag:  # which answered statements the chunks rag read hold
                 chosen = [rag[0].spans[c] for c in rag[0].chosen]
-                examples[i]["statements_retrieved"] = [any(a <= p < b for a, b in chosen) for p in s.positions]
+                examples[i]["statements_retrieved"] = _held(chosen, s.positions)
                 examples[i].update(rag[0].record())
                 rag_kept = (rag_kept[0] + len(rag[0].spans), rag_kept[1] + rag[0].context_tokens)
         mean, lo, hi = mean_interval([e["score"] for e in examples])
@@ -362,9 +362,14 @@ def _memory_hits(model, memory, s, read: int) -> dict:
     return {
         "memory_hits": spans,
         "memory_hit_scores": [round(float(x), 4) for x in scores],
-        "statements_retrieved": [any(a <= p < b for a, b in spans) for p in s.positions],
+        "statements_retrieved": _held(spans, s.positions),
         "statements_in_window": [p >= head - cfg.local_window for p in s.positions],
     }
+
+
+def _held(spans, positions: list[int]) -> list[bool]:
+    """For each token position, whether one of the ``[start, end)`` spans holds it."""
+    return [any(a <= p < b for a, b in spans) for p in positions]
 
 
 def _readings(args, method: str, model, samples):
