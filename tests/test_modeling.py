@@ -909,6 +909,104 @@ def test_a_question_rereads_a_fact_still_in_the_local_window(order):
     assert doc[0, 40:48].tolist() in [hits[i : i + 8] for i in range(0, len(hits), 8)]
 
 
+def memory_model(free: bool, **kw):
+    """A tiny gated MemLong model, or (``free``) a training_free one with a 3-token sink."""
+    if not free:
+        return gated_llama(**kw)[0]
+    cfg = small_memlong_config(mode="training_free", memory_layer=1, retrieval_layers=(2, 3, 4), sink_tokens=3, **kw)
+    return memlong.wrap(tiny_model("llama")[0], cfg, retriever=memlong.HashingRetriever(dim=32))
+
+
+def banked(memory, row=0) -> list[int]:
+    bank = memory.bank(row)
+    return sorted(bank.chunk_ids[bank.valid].tolist())
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("free", [False, True])
+def test_flushing_the_window_banks_its_whole_chunks_once(tmp_path, free):
+    """``flush_window``: the window's whole chunks go to the bank at once, the chunk in progress
+    stays; reading on banks every later chunk once (none twice, none lost) and hides the flushed
+    text from what follows; a memory saved after a flush reads on exactly as the one kept."""
+    m = memory_model(free, memory_capacity=400)
+    doc = rand_ids(1, 203, seed=8)  # chunks 0-24 whole, chunk 25 holds 3 tokens
+    mem = m.ingest(doc)
+    window = sorted(c for c, t in mem.chunk_tokens[0].items() if len(t) == 8)
+    assert window and 22 in window and 25 not in window
+    assert mem.flush_window() == window
+    assert banked(mem) == list(range(25)) and mem.window_tokens(0) == 3
+    mem.save(tmp_path / "flushed")
+    more = rand_ids(1, 70, seed=9)
+    after = m(more, cache=mem).logits
+    assert banked(mem) == list(range(31))  # chunks 31-33 in the window, 34 in progress
+    loaded = m.load_memory(tmp_path / "flushed")
+    torch.testing.assert_close(m(more, cache=loaded).logits, after, atol=1e-5, rtol=0)
+    # the flushed text is out of view: without retrieval, what follows reads as after other text,
+    # and (no sink) as it reads alone
+    doc, other = doc[:, :200], doc[:, :200].clone()
+    other[:, 180:200] = rand_ids(1, 20, seed=10)  # in chunks 22-24, the window's
+    logits = []
+    for text in (doc, other):
+        memory = m.ingest(text, m.new_memory(1, retrieval=False))
+        assert memory.flush_window() == [21, 22, 23, 24] and memory.window_tokens(0) == 0
+        logits.append(m(more, cache=memory).logits)
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=0)
+    if not free:
+        torch.testing.assert_close(logits[0], m(more, cache=m.new_memory(1, retrieval=False)).logits, atol=1e-5, rtol=0)
+    kept = [m(more, cache=m.ingest(text, m.new_memory(1, retrieval=False))).logits for text in (doc, other)]
+    assert (kept[0] - kept[1]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_a_short_text_flushed_keeps_its_sink_and_reads_it_next():
+    """A text shorter than the window flushed before its first chunk slid out: the sink is kept
+    then, and the next tokens read it."""
+    m = memory_model(True)
+    mem = m.ingest(rand_ids(1, 20, seed=3))
+    assert mem.sink[0] is None and mem.flush_window() == [0, 1]
+    assert mem.sink[0][0].shape[1] == 3 and mem._sink_of(0, 2) == 3
+    m(rand_ids(1, 50, seed=4), cache=mem)  # reads on: chunk 0 never departs a second time
+    assert banked(mem) == list(range(70 // 8 - 3))  # chunks 5-7 in the window, 8 in progress
+
+
+@torch.no_grad()
+def test_a_batch_flushed_gives_each_row_what_it_gets_alone():
+    m, _ = gated_llama(memory_capacity=400)
+    docs, more = rand_ids(2, 90, seed=5), rand_ids(2, 30, seed=6)
+    mem = m.ingest(docs)
+    mem.flush_window()
+    both = m(more, cache=mem).logits
+    for b in range(2):
+        alone = m.ingest(docs[b : b + 1])
+        alone.flush_window()
+        torch.testing.assert_close(m(more[b : b + 1], cache=alone).logits[0], both[b], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_a_question_with_a_fresh_window_reads_its_hits_from_the_bank():
+    """``question_fresh_window``: a fact read in the window before the question is banked with the
+    rest, found by the question's search and read again; the window's other text is out of view."""
+    m, _ = gated_llama(memory_capacity=400, question_reread=True, question_fresh_window=True)
+    doc = rand_ids(1, 203, seed=8)
+    doc[:, 176:184] = torch.arange(90, 98)  # chunk 22: in the window when the question comes
+    question = torch.cat([rand_ids(1, 3, seed=9), torch.arange(90, 94)[None]], 1)
+    mem = m.ingest(doc)
+    m.focus_question(mem, question.tolist())
+    mem.unfocus()
+    assert 22 in banked(mem)
+    ((start, end),) = mem.reread[0]
+    assert mem.window_tokens(0) == 3 + end - start  # the chunk in progress, then the hits read again
+    window = sum((t for _, t in sorted(mem.chunk_tokens[0].items())), [])
+    assert doc[0, 176:184].tolist() in [window[i : i + 8] for i in range(len(window) - 7)]
+    # the same answer as flushing by hand before a question without the option
+    plain, _ = gated_llama(memory_capacity=400, question_reread=True)
+    kw = dict(requery=True, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    flushed = plain.ingest(doc)
+    flushed.flush_window()
+    want = plain.generate(question, memory=flushed, **kw)
+    assert torch.equal(m.generate(question, memory=m.ingest(doc), **kw), want)
+
+
 @torch.no_grad()
 def test_a_hit_read_again_brings_the_start_of_the_chunk_after_it():
     """``question_tail=T``: each hit a question reads again is followed by the first T tokens of

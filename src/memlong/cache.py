@@ -376,16 +376,18 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         for b in range(len(starts)):
             first = -(-starts[b] // tau)  # first chunk starting at or after the segment start
             for j in range(first, (starts[b] + counts[b] - 1) // tau + 1):  # empty when counts[b] == 0
-                if j - w - 1 == 0 and cfg.sink_tokens:
+                leaving = j - w - 1  # banked already if flush_window took it early
+                leaves = leaving >= 0 and not self._flushed(b, leaving)
+                if leaving == 0 and leaves and cfg.sink_tokens:
                     self._keep_sink(b)
                 if not self.retrieval:
-                    self.chunk_tokens[b].pop(j - w - 1, None)
-                    self.chunk_chars[b].pop(j - w - 1, None)
+                    self.chunk_tokens[b].pop(leaving, None)
+                    self.chunk_chars[b].pop(leaving, None)
                     continue
                 query = self._query(b, j, retriever)
-                if j - w - 1 >= 0:
+                if leaves:
                     with phase("bank_write"):
-                        self._depart(b, j - w - 1)
+                        self._depart(b, leaving)
                 with phase("search"):
                     self.chunk_mem[b][j] = self._retrieve(b, query, self.focus_search[b])
 
@@ -636,8 +638,19 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         return parts if mem is None else parts + [mem]
 
     def _sink_of(self, b: int, j: int) -> int:
-        """Sink tokens chunk ``j`` of row ``b`` reads (0 until chunk 0 has left its window)."""
-        return self.sink[b][0].shape[1] if self.sink[b] is not None and j > self.config.window_chunks else 0
+        """Sink tokens chunk ``j`` of row ``b`` reads (0 until chunk 0 has left its window, by
+        sliding or by :meth:`flush_window`)."""
+        if self.sink[b] is None:
+            return 0
+        gone = j > self.config.window_chunks or not bool((self.win_pos[b] == 0).any())
+        return self.sink[b][0].shape[1] if gone else 0
+
+    def _flushed(self, b: int, c: int) -> bool:
+        """Chunk ``c`` of row ``b`` left the window early (:meth:`flush_window`): it is neither
+        recorded as in the window nor has a position there."""
+        if c in self.chunk_tokens[b] or self.win_pos is None:
+            return False
+        return not bool((self.win_pos[b].div(self.config.chunk_size, rounding_mode="floor") == c).any())
 
     def _keep_sink(self, b: int) -> None:
         """Chunk 0 of row ``b`` leaves the window: keep its first ``sink_tokens`` tokens' K/V."""
@@ -688,6 +701,39 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         for b, c, query in zip(rows, chunks, queries):
             self.chunk_mem[b][c] = self._retrieve(b, query)
         return rows
+
+    @torch.no_grad()
+    def flush_window(self, rows: list[int] | None = None) -> list[int]:
+        """Writes every whole chunk of the rows' local windows to their banks now, as if it had
+        left the window (reread text is dropped, as then), and hides it from what is read next: the
+        window keeps only the chunk in progress, the sink (kept now if the first chunk was still in
+        the window) is read from the next query on. For a question that reads only what it
+        retrieves (``question_fresh_window``): its hits, read again or as memory, come from a bank
+        that holds the whole text, and no unretrieved text of the window competes with them.
+        Returns the chunk ids banked or dropped, over the rows."""
+        rows = list(range(self.batch_size_)) if rows is None else list(rows)
+        if self.win_pos is None:
+            return []
+        tau, cfg = self.config.chunk_size, self.config
+        done: list[int] = []
+        for b in rows:
+            chunks = [c for c, t in sorted(self.chunk_tokens[b].items()) if len(t) == tau]
+            if not chunks:
+                continue
+            if chunks[0] == 0 and cfg.sink_tokens and self.sink[b] is None:
+                self._keep_sink(b)
+            for c in chunks:
+                if self.retrieval:
+                    with phase("bank_write"):
+                        self._depart(b, c)
+                else:
+                    self.chunk_tokens[b].pop(c)
+                    self.chunk_chars[b].pop(c, None)
+            gone = torch.isin(self.win_pos[b].div(tau, rounding_mode="floor"), torch.tensor(chunks))
+            self.win_pos[b] = torch.where(gone & (self.win_pos[b] >= 0), -1, self.win_pos[b])
+            done += chunks
+        self._last_memory = None
+        return done
 
     def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
         """Deprecated: :meth:`retrieve_again` (``requery`` names a question's own retrieval,

@@ -83,6 +83,7 @@ class MemLongConfig:
     question_reread: bool = False  # a question first reads its hits again as text just before it
     question_window: bool = False  # a question's hits may also be chunks still in the local window
     question_tail: int = 0  # tokens of the chunk after each hit a question reads with it (reread)
+    question_fresh_window: bool = False  # a question banks the local window's whole chunks first
     # bank storage
     bank_dtype: BankDtype | None = None  # stored K/V dtype (None: the model's); int8/float8 compressed
     bank_device: BankDevice = "model"  # the model's device, host memory ("cpu") or a memory-mapped file
@@ -102,6 +103,7 @@ class MemLongConfig:
             "question_reread",
             "question_window",
             "question_tail",
+            "question_fresh_window",
         }
     )
     #: where the bank lives, not what it holds: a saved memory loads into a model that keeps its bank elsewhere
@@ -168,7 +170,7 @@ class MemLongConfig:
             )
         if self.top_k < 1:
             bad("top_k", f"must be >= 1, got {self.top_k}")
-        for name in ("rerank_index", "question_reread", "question_window"):
+        for name in ("rerank_index", "question_reread", "question_window", "question_fresh_window"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, f"must be True or False, got {getattr(self, name)!r}")
         if (

@@ -447,7 +447,10 @@ class MemLongMixin:
         (:meth:`MemLongCache.question_tokens`) as text, left-padded to one length, so that they sit
         in the local window just before the question; then :meth:`MemLongCache.focus_on` the
         questions (call ``memory.unfocus()`` after the answer). ``questions[b]``: row ``b``'s
-        question tokens (its last ``chunk_size`` are embedded)."""
+        question tokens (its last ``chunk_size`` are embedded). With ``question_fresh_window``, the
+        local window's whole chunks go to the bank first (:meth:`MemLongCache.flush_window`)."""
+        if memory.config.question_fresh_window:
+            memory.flush_window()
         if memory.config.question_reread:
             self._reread(memory, questions)
         memory.focus_on(self.memlong_retriever, questions)
