@@ -53,8 +53,7 @@ VALIDATED_WINDOW = (
 )
 DEMO_SCORE_ORDER = (
     'Measured when the default model\'s config had `"question_order": "score"` beside the window and the tails '
-    "(`src/memlong/pretrained/default/memlong_config.json`; `memlong demo` takes no `--set`): a copy of that folder "
-    "with it, given as `--model`, repeats it."
+    "(`src/memlong/pretrained/default/memlong_config.json`): `memlong demo --set question_order=score` repeats it."
 )
 #: report -> the paragraph under its command: what changed since it was measured.
 NOTES = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 MIB = 2**20
@@ -537,8 +538,9 @@ def demo_markdown(d: dict, path: str | Path, note: str | None = None) -> str:
     """`memlong demo`: facts asked with and without memory, ppl, speed."""
     doc = d["document"]
     parts = " + ".join(f"{p['doc_id']} ({p['tokens']:,})" for p in doc["parts"])
+    flags = "".join(f" --set {shlex.quote(o)}" for o in d.get("model", {}).get("overrides", []))
     out = [
-        f"`memlong demo --json {path}` on {doc['tokens']:,} tokens of held-out text ({parts}), "
+        f"`memlong demo{flags} --json {path}` on {doc['tokens']:,} tokens of held-out text ({parts}), "
         f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:",
         "",
         *([note, ""] if note else []),

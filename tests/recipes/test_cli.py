@@ -68,6 +68,8 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
                 "4",
                 "--threads",
                 "1",
+                "--set",
+                "question_fresh_window=true",
                 "--json",
                 str(out),
             ]
@@ -76,9 +78,11 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     )
     printed = capsys.readouterr().out
     assert "SUMMARY" in printed and "without memory" in printed
-    assert "| fact (depth) |" in assert_markdown_beside(out)
+    markdown = assert_markdown_beside(out)
+    assert "| fact (depth) |" in markdown and "memlong demo --set question_fresh_window=true --json" in markdown
     s = json.loads(out.read_text())
     assert s["model"]["mode"] == "training_free" and s["model"]["layers"] == 8 and s["model"]["top_k"] == 2
+    assert s["model"]["question_fresh_window"] is True and s["model"]["overrides"] == ["question_fresh_window=true"]
     d = s["document"]
     assert len(d["parts"]) == 1 and d["parts"][0]["split"] is None and d["tokens"] > 2000  # not a stdlib path
     assert s["ppl"]["tokens_scored"] == 256 and s["ppl"]["with_memory"] > 1 and s["ppl"]["without_memory"] > 1
@@ -117,6 +121,12 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     assert cost["base_truncated"]["bytes_per_token"] == cost["no_memory"]["bytes_per_token"] == 2 * 8 * 4 * 8 * 4
     assert cost["rag"]["bytes_per_token"] == round(-(-d["tokens"] // 64) * 256 * 4 / d["tokens"], 2)
     assert cost["memory"]["bytes_per_token"] > 2 * 8 * 4 * 8 * 2  # a bank slot: bfloat16 K/V of 8 layers and more
+
+
+def test_demo_refuses_a_bad_set_before_reading(tmp_path, bpe_tokenizer_dir):
+    model = str(_tiny_memlong_dir(tmp_path, bpe_tokenizer_dir))
+    with pytest.raises(SystemExit, match="memlong demo: .*question_tail"):
+        main(["demo", "--model", model, "--retriever", "hashing", "--set", "question_tail=999"])
 
 
 def test_demo_document_is_extended_with_held_out_files(bpe_tokenizer_dir):

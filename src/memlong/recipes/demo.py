@@ -41,6 +41,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+from memlong.config import add_overrides_argument
 from memlong.report import write_markdown
 
 DEFAULT_DOC = "unittest/mock.py"  # relative to the stdlib; document id stdlib/unittest/mock.py (test split)
@@ -107,6 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="torch threads (0: torch's default, or 1 when other processes already load the CPU)",
     )
     p.add_argument("--json", default=None, help="also write everything here")
+    add_overrides_argument(p, "--set question_fresh_window=true --set top_k=8")
 
 
 def _doc_id(path: Path) -> str | None:
@@ -222,6 +224,7 @@ def _describe(model, name) -> dict:
         "question_window": cfg.question_window,
         "question_tail": cfg.question_tail,
         "question_order": cfg.question_order,
+        "question_fresh_window": cfg.question_fresh_window,
         "retriever": model.memlong_retriever.describe(),
     }
 
@@ -432,6 +435,7 @@ def _print_answer(name: str, rec: dict, fact: dict) -> None:
 def run(args) -> int:
     import torch
 
+    from memlong.config import MemLongConfigError, apply_overrides
     from memlong.memory.budget import plan_reading
     from memlong.pretrained import load_memlong_model
 
@@ -464,7 +468,11 @@ def run(args) -> int:
     print("\n[1/5] loading the model", flush=True)
     t0 = time.perf_counter()
     model, tok = load_memlong_model(args.model, retriever=args.retriever)
-    model_info = _describe(model, args.model)
+    try:
+        apply_overrides(model, args.overrides)
+    except MemLongConfigError as e:
+        raise SystemExit(f"memlong demo: {e}") from None
+    model_info = {**_describe(model, args.model), "overrides": list(args.overrides)}
     model_info["load_seconds"] = round(time.perf_counter() - t0, 1)
     m = model_info
     layers = m["bank_layers"]
