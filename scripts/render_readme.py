@@ -199,6 +199,9 @@ SECTIONS = {
         concatenated,
         [f"question_window_validation_4k_{name}" for name in ("off", "on", "on_tail32", "on_tail32_score")],
     ),
+    # docs/DEVELOPMENT.md: question_fresh_window and the lean bank on the validation split
+    "question_fresh_window": (concatenated, ["question_fresh_window_validation_4k"]),
+    "bank_heads_validation": (concatenated, ["bank_heads_validation_4k"]),
     "question_reread": (
         concatenated,
         [f"question_reread_validation_{name}" for name in ("16k", "seed2_16k", "seed3_passkey_16k")]

@@ -87,7 +87,7 @@ def eval_command(c: dict, json_path) -> str:
         args += " --no-requery"
     if c["task"] == "ruler" and c.get("chat_template") is False:
         args += " --no-chat-template"
-    sets = "".join(f" --set {o}" for o in c.get("overrides") or [])
+    sets = "".join(f" --set {shlex.quote(o)}" for o in c.get("overrides") or [])
     # the default model is what a command without --model evaluates
     model = "" if c.get("model") in (None, "default") else f" --model {c['model']}"
     data = "" if c.get("data") is None else f" --data {c['data']}"  # ruler on noise alone reads no data
