@@ -174,6 +174,27 @@ class QuestionSearch:
         return bank.best(query, self.config.top_k, **self.question_search(row, query, retriever, list(tokens)))
 
     @torch.no_grad()
+    def question_reads(
+        self, retriever: Retriever, tokens: list[int], row: int = 0
+    ) -> list[tuple[int, float, int | None]]:
+        """The hits a question of ``tokens`` reads, best first, as ``(chunk id, score, bank slot)``:
+        :meth:`question_hits`, and with ``question_window`` the best ``top_k`` of those and the local
+        window's whole chunks (:meth:`window_hits`; their slot is ``None``), the choice
+        :meth:`question_tokens` reads again; counters untouched. For showing a user what an answer
+        reads (a window chunk's text: ``chunk_tokens`` / ``chunk_chars``)."""
+        bank = self.banks[row]
+        if not self.retrieval or len(bank) == 0:
+            return []
+        with phase("retriever"):
+            query = retriever.embed([list(tokens)])[0]
+        search = self.question_search(row, query, retriever, list(tokens))
+        hits, scores = bank.best(query, self.config.top_k, **search)
+        both = [(int(bank.chunk_ids[h]), float(s), int(h)) for h, s in zip(hits.tolist(), scores.tolist())]
+        if self.config.question_window:
+            both += [(c, s, None) for s, c, _ in self.window_hits(row, query, retriever, list(tokens), search)]
+        return sorted(both, key=lambda x: (-x[1], x[0]))[: self.config.top_k]
+
+    @torch.no_grad()
     def question_tokens(
         self, retriever: Retriever, tokens: list[list[int]], rows: list[int] | None = None
     ) -> list[list[int]]:

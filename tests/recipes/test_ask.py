@@ -276,6 +276,24 @@ def test_show_retrieved_prints_chunk_text_from_the_files(model_dir, files, tmp_p
         assert repr(r["text"].replace("\n", " ")) in printed
 
 
+def test_show_retrieved_lists_a_hit_still_in_the_local_window(model_dir, files, tmp_path, capsys):
+    """With ``question_window`` a question reads the window's chunks too: ``--show-retrieved`` lists
+    such a hit (``in_window``) with its text from the file, as it lists the bank's."""
+    fact = "\nThe zebra quokka marmot ledger sits in vault 7731.\n"
+    files[1].write_text(files[1].read_text() + fact + "# end of the module\n# nothing more here\n")  # a whole chunk
+    out = tmp_path / "out.json"
+    question = "Where does the zebra quokka marmot ledger sit?"
+    argv = ["-q", question, "--show-retrieved", "--json", out]
+    assert ask(model_dir, *files, *argv, "--set", "question_window=true") == 0
+    printed = capsys.readouterr().out
+    (q,) = report(out)["questions"]
+    hit = next(r for r in q["retrieved"] if "quokka" in r["text"])
+    assert hit["in_window"] and hit["file"] == str(files[1]) and hit["text"] in files[1].read_text()
+    assert f"chunk {hit['chunk_id']:>5}" in printed and "(local window)" in printed
+    assert ask(model_dir, *files, *argv, "--set", "question_window=false") == 0
+    assert not any(r["in_window"] for r in report(out)["questions"][0]["retrieved"])
+
+
 def test_bad_inputs_give_clear_errors(model_dir, files, tmp_path):
     empty, folder, latin = tmp_path / "empty.txt", tmp_path / "folder", tmp_path / "latin1.txt"
     empty.write_text("  \n")

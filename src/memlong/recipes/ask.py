@@ -383,24 +383,26 @@ def uses_chat(tok, fmt: str) -> bool:
 
 
 def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list[SourceFile]) -> list[dict]:
-    """The chunks of the bank a question retrieves for its answer (the search and re-ranking the
-    model runs, :meth:`MemLongCache.question_hits`), best first; their text from the files via
-    their text spans."""
+    """The chunks a question reads for its answer (the search and re-ranking the model runs,
+    :meth:`MemLongCache.question_reads`: the bank's, and with ``question_window`` the local
+    window's), best first; their text from the files via their text spans."""
     bank = memory.bank(0)
-    slots, scores = memory.question_hits(model.memlong_retriever, query_ids[-model.memlong_config.chunk_size :])
+    query = query_ids[-model.memlong_config.chunk_size :]
     out = []
-    for s, score in zip(slots.tolist(), scores.tolist()):
-        a, b = (int(x) for x in bank.text_spans[s].tolist())
-        row = {
-            "chunk_id": int(bank.chunk_ids[s]),
-            "tokens": [int(x) for x in bank.spans[s].tolist()],
-            "score": round(float(score), 4),
-        }
+    for chunk, score, slot in memory.question_reads(model.memlong_retriever, query):
+        tau = model.memlong_config.chunk_size
+        if slot is None:  # still in the local window
+            ids, (a, b) = memory.chunk_tokens[0][chunk], memory.chunk_chars[0].get(chunk, (-1, -1))
+            tokens = [chunk * tau, (chunk + 1) * tau]
+        else:
+            ids, (a, b) = bank.token_ids[slot].tolist(), (int(x) for x in bank.text_spans[slot].tolist())
+            tokens = [int(x) for x in bank.spans[slot].tolist()]
+        row = {"chunk_id": chunk, "tokens": tokens, "score": round(score, 4), "in_window": slot is None}
         if 0 <= a < b:
             f, line = locate(files, a)
             row.update(file=f.given, line=line, chars=[a, b], text=text[a:b][:PREVIEW_CHARS])
         else:  # no text span recorded: the chunk's tokens, decoded
-            row["text"] = model.memlong_tokenizer.decode(bank.token_ids[s].tolist())[:PREVIEW_CHARS]
+            row["text"] = model.memlong_tokenizer.decode(list(ids))[:PREVIEW_CHARS]
         out.append(row)
     return out
 
@@ -743,6 +745,7 @@ def _answer_questions(args, tok, report: dict, respond) -> int:
         print(f"\nQ: {question}\nA: {row['answer']}", flush=True)
         for r in row.get("retrieved", []):
             where = f"{r['file']}:{r['line']}" if "file" in r else "(no text span)"
+            where += "  (local window)" if r.get("in_window") else ""
             snippet = r["text"].replace("\n", " ")
             print(
                 f"   chunk {r['chunk_id']:>5}  tokens {r['tokens'][0]:,}-{r['tokens'][1]:,}  score {r['score']:.3f}  "
