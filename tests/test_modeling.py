@@ -958,6 +958,54 @@ def test_flushing_the_window_banks_its_whole_chunks_once(tmp_path, free):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("free", [False, True])
+def test_a_flush_at_a_chunk_boundary_keeps_the_next_chunks_query(tmp_path, free):
+    """Flushed where a chunk has just ended: the next chunk still retrieves (causally, with the
+    flushed chunk's embedding), from a memory saved and loaded too, as it would without the flush;
+    the embedding is dropped once used. ``retrieve_again`` after a mid-chunk flush queries with
+    the flushed chunk's tokens, from the bank."""
+    m = memory_model(free, memory_capacity=400)
+    doc = rand_ids(1, 200, seed=8)  # chunks 0-24 whole, none in progress
+    plain, mem = m.ingest(doc), m.ingest(doc)
+    assert mem.flush_window() == [21, 22, 23, 24]
+    mem.save(tmp_path / "flushed")
+    for memory in (mem, m.load_memory(tmp_path / "flushed")):
+        m(rand_ids(1, 1, seed=9), cache=memory)
+        assert memory.chunk_mem[0][25] is not None and 24 not in memory.chunk_emb[0]
+    m(rand_ids(1, 1, seed=9), cache=plain)
+    want, got = plain.chunk_mem[0][25], mem.chunk_mem[0][25]
+    assert want is not None and got[0].shape == want[0].shape  # top_k chunks retrieved, as without the flush
+    mid = m.ingest(rand_ids(1, 203, seed=8))
+    mid.flush_window()
+    expected = mid.bank(0).token_ids[mid.bank(0).slots_by_chunk()[24]].tolist()
+    seen = []
+    real = m.memlong_retriever.embed
+    m.memlong_retriever.embed = lambda texts: seen.extend(texts) or real(texts)
+    try:
+        mid.retrieve_again(m.memlong_retriever)
+    finally:
+        m.memlong_retriever.embed = real
+    assert seen == [(expected + mid.chunk_tokens[0][25])[-8:]]
+
+
+@torch.no_grad()
+def test_a_fresh_window_question_leaves_the_no_memory_baseline_its_window():
+    """``question_fresh_window`` with retrieval off (``memlong_no_memory``): nothing is banked or
+    hidden, the baseline answers from its window as without the option."""
+    fresh, _ = gated_llama(memory_capacity=400, question_fresh_window=True)
+    plain, _ = gated_llama(memory_capacity=400)
+    doc, question = rand_ids(1, 203, seed=8), rand_ids(1, 5, seed=9)
+    kw = dict(requery=True, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    answers, windows = [], []
+    for m in (fresh, plain):
+        memory = m.ingest(doc, m.new_memory(1, retrieval=False))
+        answers.append(m.generate(question, memory=memory, **kw))
+        windows.append(memory.win_pos.clone())
+    assert torch.equal(answers[0], answers[1]) and torch.equal(windows[0], windows[1])
+    assert int((windows[0] >= 0).sum()) == 211 - 23 * 8  # chunks 23-25 whole, 26 in progress: nothing hidden
+
+
+@torch.no_grad()
 def test_a_short_text_flushed_keeps_its_sink_and_reads_it_next():
     """A text shorter than the window flushed before its first chunk slid out: the sink is kept
     then, and the next tokens read it."""

@@ -385,6 +385,8 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
                     self.chunk_chars[b].pop(leaving, None)
                     continue
                 query = self._query(b, j, retriever)
+                if j - 1 not in self.chunk_tokens[b]:
+                    self.chunk_emb[b].pop(j - 1, None)  # a flushed chunk's embedding, kept for this query
                 if leaves:
                     with phase("bank_write"):
                         self._depart(b, leaving)
@@ -695,7 +697,7 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
         if not rows:
             return []
         chunks = [self.seen[b] // tau for b in rows]
-        recent = [(self.chunk_tokens[b].get(c - 1, []) + self.chunk_tokens[b][c])[-tau:] for b, c in zip(rows, chunks)]
+        recent = [(self._tokens_of(b, c - 1) + self.chunk_tokens[b][c])[-tau:] for b, c in zip(rows, chunks)]
         with phase("retriever"):
             queries = retriever.embed(recent)  # one batch, as in prepare()
         for b, c, query in zip(rows, chunks, queries):
@@ -722,6 +724,8 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
                 continue
             if chunks[0] == 0 and cfg.sink_tokens and self.sink[b] is None:
                 self._keep_sink(b)
+            last = self.seen[b] // tau - 1  # at a chunk boundary: the next chunk's causal query
+            query = self.chunk_emb[b].get(last) if self.seen[b] % tau == 0 else None
             for c in chunks:
                 if self.retrieval:
                     with phase("bank_write"):
@@ -729,11 +733,20 @@ class MemLongCache(MemoryFiles, QuestionSearch, Cache):
                 else:
                     self.chunk_tokens[b].pop(c)
                     self.chunk_chars[b].pop(c, None)
+            if query is not None:  # kept for that query alone (_start_chunks drops it)
+                self.chunk_emb[b][last] = query
             gone = torch.isin(self.win_pos[b].div(tau, rounding_mode="floor"), torch.tensor(chunks))
             self.win_pos[b] = torch.where(gone & (self.win_pos[b] >= 0), -1, self.win_pos[b])
             done += chunks
         self._last_memory = None
         return done
+
+    def _tokens_of(self, b: int, c: int) -> list[int]:
+        """Chunk ``c`` of row ``b``'s tokens: from the window, else from the bank (flushed), else none."""
+        if c in self.chunk_tokens[b]:
+            return list(self.chunk_tokens[b][c])
+        slot = self.banks[b].slots_by_chunk().get(c) if c >= 0 else None
+        return [] if slot is None else self.banks[b].token_ids[slot].tolist()
 
     def requery(self, retriever: Retriever, rows: list[int] | None = None) -> list[int]:
         """Deprecated: :meth:`retrieve_again` (``requery`` names a question's own retrieval,

@@ -448,8 +448,9 @@ class MemLongMixin:
         in the local window just before the question; then :meth:`MemLongCache.focus_on` the
         questions (call ``memory.unfocus()`` after the answer). ``questions[b]``: row ``b``'s
         question tokens (its last ``chunk_size`` are embedded). With ``question_fresh_window``, the
-        local window's whole chunks go to the bank first (:meth:`MemLongCache.flush_window`)."""
-        if memory.config.question_fresh_window:
+        local window's whole chunks go to the bank first (:meth:`MemLongCache.flush_window`; a
+        memory without retrieval keeps its window)."""
+        if memory.config.question_fresh_window and memory.retrieval:  # the no-memory baseline keeps its window
             memory.flush_window()
         if memory.config.question_reread:
             self._reread(memory, questions)

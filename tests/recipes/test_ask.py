@@ -292,6 +292,10 @@ def test_show_retrieved_lists_a_hit_still_in_the_local_window(model_dir, files, 
     assert f"chunk {hit['chunk_id']:>5}" in printed and "(local window)" in printed
     assert ask(model_dir, *files, *argv, "--set", "question_window=false") == 0
     assert not any(r["in_window"] for r in report(out)["questions"][0]["retrieved"])
+    # question_fresh_window: the window is banked before the question, so the fact is a bank hit
+    assert ask(model_dir, *files, *argv, "--set", "question_window=false", "--set", "question_fresh_window=true") == 0
+    hit = next(r for r in report(out)["questions"][0]["retrieved"] if "quokka" in r["text"])
+    assert not hit["in_window"] and hit["text"] in files[1].read_text()
 
 
 def test_bad_inputs_give_clear_errors(model_dir, files, tmp_path):

@@ -123,10 +123,11 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     assert cost["memory"]["bytes_per_token"] > 2 * 8 * 4 * 8 * 2  # a bank slot: bfloat16 K/V of 8 layers and more
 
 
-def test_demo_refuses_a_bad_set_before_reading(tmp_path, bpe_tokenizer_dir):
+def test_demo_refuses_a_bad_set_before_reading(tmp_path, capsys, bpe_tokenizer_dir):
     model = str(_tiny_memlong_dir(tmp_path, bpe_tokenizer_dir))
     with pytest.raises(SystemExit, match="memlong demo: .*question_tail"):
         main(["demo", "--model", model, "--retriever", "hashing", "--set", "question_tail=999"])
+    assert "reading" not in capsys.readouterr().out.lower()
 
 
 def test_demo_document_is_extended_with_held_out_files(bpe_tokenizer_dir):

@@ -719,10 +719,12 @@ def run(args) -> int:
 
     def respond(question: str, chat: bool, last: bool) -> dict:
         row: dict = {"question": question}
-        if args.show_retrieved:
-            row["retrieved"] = retrieved_chunks(model, memory, question_ids(tok, question, chat)[1], text, files)
         # Each question reads into its own copy, so every answer comes from the text alone.
         work = memory if last else memory.clone()
+        if model.memlong_config.question_fresh_window:
+            work.flush_window()  # as the answer will: --show-retrieved lists what it reads
+        if args.show_retrieved:
+            row["retrieved"] = retrieved_chunks(model, work, question_ids(tok, question, chat)[1], text, files)
         row["answer"], secs = answer(model, tok, work, question, chat, args.max_new_tokens)
         row["seconds"] = round(secs, 3)
         return row
