@@ -135,6 +135,94 @@ def ruler_bars(runs: list[tuple[dict, str]]) -> str:
     return report.ruler_bars_table([data for data, _ in runs]) + f"\n\nFrom {sources} (their commands: below)."
 
 
+#: README's layout comparison: (measure, the default layout's report, the lean layout's report)
+LAYOUT_PAIRS = [
+    ("RULER needles, validation 4k", "question_window_validation_4k_on_tail32", "bank_heads_validation_4k"),
+    ("passkey", "default_passkey", "bank_heads_passkey"),
+    ("passkey", "default_passkey_32k", "bank_heads_passkey_long"),
+    ("passkey", "default_passkey_64k", "bank_heads_passkey_long"),
+    ("passkey", "default_passkey_128k", "bank_heads_passkey_128k"),
+    ("ppl, same text", "default_ppl_same_text", "bank_heads_ppl_same_text"),
+    ("icl corpus-source (300 in memory)", "default_icl", "bank_heads_icl"),
+    ("demo", "demo", "demo_bank_heads"),
+    ("reading 16k against base_windows", "bench_ingest_every_head_16k", "bench_ingest_bank_heads_16k"),
+]
+
+
+def _layout_cells(measure: str, data: dict | None, method: str = "memlong") -> dict[str, str]:
+    """{row label: cell} of one report's ``method`` rows for :func:`layouts` (``memlong_no_memory``:
+    the same model without memory, where the report has it)."""
+    if data is None:
+        return {}
+    rows = data.get("results", [])
+    mine = [r for r in rows if r.get("method") == method]
+    if method != "memlong" and measure == "demo":
+        return {
+            "demo: facts answered": f"{sum(f['no_memory']['correct'] for f in data['facts'])} of {len(data['facts'])}",
+            "demo: ppl of the last 2,048 tokens": f"{data['ppl']['without_memory']:.3f}",
+        }
+    if measure.startswith("RULER"):
+        return {
+            f"{measure}: {r['task']}": f"{r['score']:.2f} [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]"
+            for r in mine
+        }
+    if measure == "passkey":
+        out = {}
+        for L in sorted({r["length"] for r in mine}):
+            cells = [r for r in mine if r["length"] == L and r.get("accuracy") is not None]
+            n = sum(r["trials"] for r in cells)
+            if n:
+                acc = sum(r["accuracy"] * r["trials"] for r in cells) / n
+                out[f"passkey {L // 1024}k"] = f"{acc:.2f} ({n} samples)"
+        return out
+    if measure.startswith("ppl"):
+        return {f"{measure} {r['length'] // 1024}k": f"{r['ppl']:.3f}" for r in mine if r.get("ppl")}
+    if measure.startswith("icl"):
+        return {measure: f"{r['accuracy']:.3f} ({r['examples'] * r['trials']} answers)" for r in mine}
+    if measure == "demo":
+        right = sum(f["memory"]["correct"] for f in data["facts"])
+        speed = data["reading"]["memory"]["tokens_per_s"] / data["reading"]["no_memory"]["tokens_per_s"]
+        return {
+            "demo: facts answered": f"{right} of {len(data['facts'])}",
+            "demo: ppl of the last 2,048 tokens": f"{data['ppl']['with_memory']:.3f}",
+            "demo: reading speed against no memory (one run)": f"{speed:.2f}x",
+            "bank: bytes of K/V per token": f"{data['bank']['kv_bytes_per_token']:,}",
+        }
+    speeds = {r["method"]: r["tokens_per_s"] for r in rows}
+    return {measure: f"{speeds['memlong'] / speeds['base_windows']:.2f}x"} if method == "memlong" else {}
+
+
+def _question_fields(data: dict) -> dict:
+    """The question-time fields a report's MemLong config had (absent ones: the field did not exist)."""
+    cfg = data.get("config", {}).get("memlong") or data.get("model") or {}
+    return {k: cfg.get(k) for k in ("question_reread", "question_window", "question_tail", "question_order")}
+
+
+def layouts(runs: list[tuple[dict, str]]) -> str:
+    """README: the default layout (every head banked) against the retrieval heads' (``bank_heads``),
+    measure by measure, each from its report; a pair measured with other question settings says so."""
+    by = {Path(path).stem: data for data, path in runs}
+    rows: dict[str, list[str]] = {}
+    notes = []
+    for measure, every, lean in LAYOUT_PAIRS:
+        a, b = _layout_cells(measure, by.get(every)), _layout_cells(measure, by.get(lean))
+        c = _layout_cells(measure, by.get(every), "memlong_no_memory")
+        for label in list(a) + [k for k in b if k not in a]:
+            row = rows.setdefault(label, ["not run", "not run", "-"])
+            row[:] = a.get(label, row[0]), b.get(label, row[1]), c.get(label, row[2])
+        asks = not measure.startswith(("ppl", "reading"))
+        if asks and every in by and lean in by and _question_fields(by[every]) != _question_fields(by[lean]):
+            fields = {k: v for k, v in _question_fields(by[every]).items() if v != _question_fields(by[lean])[k]}
+            notes.append(
+                f"`{every}` was measured before today's question settings ({fields}, `None`: the field did not "
+                "exist yet); the retrieval heads' runs with today's."
+            )
+    table = ["| measure | every head (the default) | 11 retrieval heads | no memory |", "|---|---:|---:|---:|"]
+    table += [f"| {label} | {x} | {y} | {z} |" for label, (x, y, z) in rows.items()]
+    sources = ", ".join(f"`{path}`" for _, path in runs)
+    return "\n".join(table + [""] + [f"- {n}" for n in sorted(set(notes))] + ["", f"From {sources}."])
+
+
 def concatenated(runs: list[tuple[dict, str]]) -> str:
     """Each report's Markdown (as in its .md), one after the other."""
     return "\n\n".join(_markdown(data, path) for data, path in runs)
@@ -198,6 +286,14 @@ SECTIONS = {
     "question_window": (
         concatenated,
         [f"question_window_validation_4k_{name}" for name in ("off", "on", "on_tail32", "on_tail32_score")],
+    ),
+    # README: the default layout against the retrieval heads', measure by measure
+    "layouts": (layouts, list(dict.fromkeys(name for _, *pair in LAYOUT_PAIRS for name in pair))),
+    # docs/RESULTS.md: the lean layout's runs, with their commands
+    "bank_heads_runs": (
+        concatenated,
+        ["bank_heads_passkey", "bank_heads_passkey_long", "bank_heads_passkey_128k"]
+        + ["bank_heads_ppl_same_text", "bank_heads_icl", "demo_bank_heads"],
     ),
     # docs/DEVELOPMENT.md: question_fresh_window and the lean bank on the validation split
     "question_fresh_window": (concatenated, ["question_fresh_window_validation_4k"]),
