@@ -138,6 +138,7 @@ def ruler_bars(runs: list[tuple[dict, str]]) -> str:
 #: README's layout comparison: (measure, the default layout's report, the lean layout's report)
 LAYOUT_PAIRS = [
     ("RULER needles, validation 4k", "question_window_validation_4k_on_tail32", "bank_heads_validation_4k"),
+    ("RULER 16k", "default_ruler_16k", "bank_heads_ruler_16k"),
     ("passkey", "default_passkey", "bank_heads_passkey"),
     ("passkey", "default_passkey_32k", "bank_heads_passkey_long"),
     ("passkey", "default_passkey_64k", "bank_heads_passkey_long"),
@@ -292,7 +293,7 @@ SECTIONS = {
     # docs/RESULTS.md: the lean layout's runs, with their commands
     "bank_heads_runs": (
         concatenated,
-        ["bank_heads_passkey", "bank_heads_passkey_long", "bank_heads_passkey_128k"]
+        ["bank_heads_ruler_16k", "bank_heads_passkey", "bank_heads_passkey_long", "bank_heads_passkey_128k"]
         + ["bank_heads_ppl_same_text", "bank_heads_icl", "demo_bank_heads"],
     ),
     # docs/DEVELOPMENT.md: question_fresh_window and the lean bank on the validation split
