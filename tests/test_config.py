@@ -71,6 +71,9 @@ def test_json_round_trip(tmp_path):
         (dict(question_window="yes"), "question_window"),
         (dict(question_tail=200), "question_tail"),
         (dict(question_tail=True), "question_tail"),
+        (dict(question_score_ratio=1.5), "question_score_ratio"),
+        (dict(question_score_ratio=True), "question_score_ratio"),
+        (dict(question_fresh_window=1), "question_fresh_window"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):

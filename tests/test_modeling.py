@@ -1056,6 +1056,31 @@ def test_a_question_with_a_fresh_window_reads_its_hits_from_the_bank():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("window", [False, True])
+def test_a_question_reads_again_only_hits_near_the_best_score(window):
+    """``question_score_ratio=r``: a question reads again only the hits scoring at least r times
+    the best hit's score (the best always); 0 reads all ``top_k``. ``question_reads`` lists the same."""
+    doc = rand_ids(1, 200, seed=8)
+    doc[:, 40:48] = torch.arange(70, 78)  # chunk 5: the fact, in the bank
+    doc[:, 176:184] = torch.arange(90, 98)  # chunk 22: in the window
+    question = torch.cat([rand_ids(1, 3, seed=9), torch.arange(70, 74)[None]], 1).tolist()
+    kw = dict(memory_capacity=400, question_reread=True, question_window=window, top_k=3)
+    every, _ = gated_llama(**kw)
+    reads = every.ingest(doc).question_reads(every.memlong_retriever, question[0])
+    assert len(reads) == 3 and reads[0][0] == 5
+    assert reads[0][1] > reads[1][1] > reads[2][1] > 0
+    for ratio, n in ((0.0, 3), (0.999, 1), (reads[1][1] / reads[0][1] - 1e-6, 2)):
+        m, _ = gated_llama(**kw, question_score_ratio=ratio)
+        mem = m.ingest(doc)
+        kept = [c for c, _, _ in reads[:n]]
+        assert [c for c, _, _ in mem.question_reads(m.memlong_retriever, question[0])] == kept
+        text = mem.question_tokens(m.memlong_retriever, question)[0]
+        assert sorted(text[i : i + 8] for i in range(0, len(text), 8)) == sorted(
+            doc[0, 8 * c : 8 * c + 8].tolist() for c in kept
+        )
+
+
+@torch.no_grad()
 def test_a_hit_read_again_brings_the_start_of_the_chunk_after_it():
     """``question_tail=T``: each hit a question reads again is followed by the first T tokens of
     the chunk after it (a statement cut by a chunk boundary is read whole), unless that chunk is

@@ -84,6 +84,7 @@ class MemLongConfig:
     question_window: bool = False  # a question's hits may also be chunks still in the local window
     question_tail: int = 0  # tokens of the chunk after each hit a question reads with it (reread)
     question_fresh_window: bool = False  # a question banks the local window's whole chunks first
+    question_score_ratio: float = 0.0  # a hit read again scores at least this share of the best hit's
     # bank storage
     bank_dtype: BankDtype | None = None  # stored K/V dtype (None: the model's); int8/float8 compressed
     bank_device: BankDevice = "model"  # the model's device, host memory ("cpu") or a memory-mapped file
@@ -104,6 +105,7 @@ class MemLongConfig:
             "question_window",
             "question_tail",
             "question_fresh_window",
+            "question_score_ratio",
         }
     )
     #: where the bank lives, not what it holds: a saved memory loads into a model that keeps its bank elsewhere
@@ -185,6 +187,12 @@ class MemLongConfig:
                 f"rerank_candidates must be >= 0 and rerank_window >= 1, got "
                 f"{self.rerank_candidates} and {self.rerank_window}",
             )
+        if (
+            isinstance(self.question_score_ratio, bool)
+            or not isinstance(self.question_score_ratio, (int, float))
+            or not 0 <= self.question_score_ratio <= 1
+        ):
+            bad("question_score_ratio", f"must be a number in 0..1, got {self.question_score_ratio!r}")
         if not 0 <= self.question_tail <= self.chunk_size:
             bad("question_tail", f"must be in 0..chunk_size={self.chunk_size} tokens, got {self.question_tail}")
         if not 0 <= self.sink_tokens <= self.chunk_size:

@@ -192,7 +192,14 @@ class QuestionSearch:
         both = [(int(bank.chunk_ids[h]), float(s), int(h)) for h, s in zip(hits.tolist(), scores.tolist())]
         if self.config.question_window:
             both += [(c, s, None) for s, c, _ in self.window_hits(row, query, retriever, list(tokens), search)]
-        return sorted(both, key=lambda x: (-x[1], x[0]))[: self.config.top_k]
+        best = sorted(both, key=lambda x: (-x[1], x[0]))[: self.config.top_k]
+        return [hit for hit in best if self._sure(hit[1], best[0][1])]
+
+    def _sure(self, score: float, best: float) -> bool:
+        """Whether a hit scoring ``score`` is read again beside the best hit's ``best``
+        (``question_score_ratio``; the best hit always is)."""
+        ratio = self.config.question_score_ratio
+        return not ratio or best <= 0 or score >= ratio * best
 
     @torch.no_grad()
     def question_tokens(
@@ -204,7 +211,9 @@ class QuestionSearch:
         With ``question_window``, the hits are the best ``top_k`` of the bank's and the local
         window's whole chunks (:meth:`window_hits`); a window chunk brings itself alone. With
         ``question_tail``, each is followed by the start of the chunk after it (:meth:`_text_of`).
-        ``question_reread`` reads them as text just before the question (``generate(requery=...)``)."""
+        With ``question_score_ratio``, a hit scoring under that share of the best hit's score is
+        left out. ``question_reread`` reads them as text just before the question
+        (``generate(requery=...)``)."""
         rows = list(range(self.batch_size_)) if rows is None else list(rows)
         if len(tokens) != len(rows):
             raise ValueError(f"question_tokens: {len(tokens)} token lists for {len(rows)} rows")
@@ -224,7 +233,8 @@ class QuestionSearch:
             window = self.window_hits(b, query, retriever, list(tokens_b), search) if cfg.question_window else []
             hits, scores = bank.best(query, cfg.top_k, **search)
             if not window or (len(hits) == cfg.top_k and window[0][0] <= float(scores[-1])):  # the bank's alone
-                slots = bank.select(query, cfg.top_k, offsets, order=cfg.question_order, hits=hits)
+                sure = torch.tensor([self._sure(float(x), float(scores[0])) for x in scores], dtype=torch.bool)
+                slots = bank.select(query, cfg.top_k, offsets, order=cfg.question_order, hits=hits[sure])
                 picked = bank.chunk_ids[slots].tolist()
             else:
                 picked = self._merged_hits(bank, hits, scores, window, offsets)
@@ -295,6 +305,7 @@ class QuestionSearch:
         both = [(float(s), int(bank.chunk_ids[h]), h) for h, s in zip(hits.tolist(), scores.tolist())]
         both += [(s, c, None) for s, c, _ in window]
         chosen = sorted(both, key=lambda x: (-x[0], x[1]))[: self.config.top_k]
+        chosen = [hit for hit in chosen if self._sure(hit[0], chosen[0][0])]
         stored = bank.slots_by_chunk()
         picked: list[int] = []  # chunk ids, worst hit first
         for _, c, slot in reversed(chosen):
