@@ -14,6 +14,7 @@ $M eval ppl --data runs/corpus --lengths 16384 --max-documents 3 --methods memlo
 $M eval ruler --data runs/corpus --lengths 4096 --samples 10 --methods base_full,rag,memlong,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_4k.json --plot docs/results/default_ruler_4k.png
 $M eval ruler --data runs/corpus --lengths 16384 --samples 10 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_16k.json --plot docs/results/default_ruler_16k.png
 $M eval ruler --data runs/corpus --lengths 32768 --samples 10 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_32k.json --plot docs/results/default_ruler_32k.png
+$M eval passkey --data runs/corpus --lengths 4096,16384,32768,65536,131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods rag --threads 1 --json docs/results/default_passkey_rag.json
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
 # 64k: five depths x 2 trials, about 1.5 hours on one thread; --resume continues a run cut short
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_64k.json

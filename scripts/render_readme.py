@@ -236,7 +236,7 @@ SECTIONS = {
         headline,
         [
             f"default_{name}"
-            for name in ("ppl_same_text", "passkey", "passkey_32k", "passkey_64k", "passkey_128k")
+            for name in ("ppl_same_text", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "passkey_rag")
             + ("ruler_4k", "ruler_16k", "ruler_32k", "icl")
         ],
     ),
@@ -252,7 +252,8 @@ SECTIONS = {
         [
             f"default_{name}"
             for name in ("ppl_test", "ppl_same_text", "ppl_to_64k", "ppl_by_length", "passkey", "passkey_32k")
-            + ("passkey_64k", "passkey_64k_rerank_all", "passkey_128k", "passkey_no_sink", "passkey_upper_layers")
+            + ("passkey_64k", "passkey_64k_rerank_all", "passkey_128k", "passkey_rag", "passkey_no_sink")
+            + ("passkey_upper_layers",)
             + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler_16k_before_question_window", "ruler", "ruler_long")
             + ("icl", "icl_no_requery")
         ],
