@@ -7,7 +7,9 @@ of the key's chunk among all banked chunks by the retriever's similarity (``key_
 1 = best): a miss is then a retrieval miss or a reading miss. ``rag`` (the base model on the
 ``top_k`` haystack chunks most similar to the question, as text: :mod:`memlong.rag`) records the
 same two of its own chunks. Every row also carries its cost: ``tokens_per_second`` (prompt
-tokens per second of the method's time) and ``bytes_per_token`` (:mod:`memlong.cost`).
+tokens per second of the method's time) and ``bytes_per_token`` (:mod:`memlong.cost`). The MemLong
+methods read what a trial's prompts share (one haystack up to the shallowest needle) once, each
+answer as from a fresh memory; a length's seconds are split evenly over its depths' rows.
 
     memlong eval passkey --model PATH --data PATH --lengths 4096,65536 --depths 0.1,0.5,0.9 --trials 3
 """
@@ -138,56 +140,96 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=fro
     new_tokens = 8
     q_len = len(passkey_question_ids(tok))
     q = q_len if args.requery else False
-    for L, depth, cases in passkey_cases(args, tok, lengths):
+    for L, groups in _by_length(passkey_cases(args, tok, lengths)):
         for method in methods:
-            row = {"method": method, "length": L, "depth": depth, "trials": len(cases)}
-            if _cell(row) in have:
+            todo = [(depth, cases) for depth, cases in groups if (method, L, depth) not in have]
+            if not todo:
                 continue
-            rag_kept = (0, 0)  # rag: embeddings kept, context tokens they cover
-            with measured(row, "accuracy"):
+            rows = [{"method": method, "length": L, "depth": depth, "trials": len(cases)} for depth, cases in todo]
+            group: dict = {}
+            with measured(group, "accuracy"):
                 if method == "base_full" and L > args.max_base_length:
                     raise Skip(f"not attempted above --max-base-length={args.max_base_length}")
-                hits, answers = 0, []
-                for key, ids in cases:
-                    memory = model.new_memory(1) if method == "memlong" and q else None
-                    rag: list = []  # the haystack is the context, the question its tail
-                    answer = generate_answer(
-                        method,
-                        model,
-                        base,
-                        tok,
-                        ids,
-                        new_tokens,
-                        q,
-                        base_window,
-                        memory=memory,
-                        context=(0, ids.shape[1] - q_len),
-                        retrieved=rag,
-                    )
-                    hits += int(passkey_digits(answer) == key)
-                    answers.append({"key": key, "answer": answer})
-                    if memory is not None:
-                        answers[-1].update(key_retrieval(model, tok, memory, ids[0, -q:].tolist(), key))
-                    if rag:
-                        answers[-1].update(rag_key_retrieval(tok, ids[0].tolist(), rag[0], key))
-                        rag_kept = (rag_kept[0] + len(rag[0].spans), rag_kept[1] + rag[0].context_tokens)
-                row.update(accuracy=hits / len(cases), answers=answers)
-                if any("key_retrieved" in a for a in answers):
-                    row["key_retrieved"] = sum(a["key_retrieved"] for a in answers) / len(answers)
-            row["tokens_per_second"] = (
-                tokens_per_second(L * len(cases), row["seconds"]) if row.get("accuracy") is not None else None
-            )
-            row["bytes_per_token"] = (
-                bytes_per_token(method, model, base, rag_kept) if method != "rag" or rag_kept[1] else None
-            )
-            acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
-            found = f"key retrieved {row['key_retrieved']:.2f}  " if "key_retrieved" in row else ""
-            print(
-                f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  {found}({row['trials']} trials) "
-                f"{row.get('note', '')}",
-                flush=True,
-            )
-            yield row
+                answers, kept = _answers(args, method, model, base, tok, base_window, todo, new_tokens, q, q_len)
+            for row, (depth, cases) in zip(rows, todo):
+                row["seconds"] = round(group["seconds"] / len(rows), 2)  # a length's reading is shared
+                if group.get("accuracy", 0) is None:
+                    row.update(accuracy=None, note=group["note"])
+                else:
+                    mine = answers[depth]
+                    row.update(accuracy=sum(a.pop("right") for a in mine) / len(cases), answers=mine)
+                    if any("key_retrieved" in a for a in mine):
+                        row["key_retrieved"] = sum(a["key_retrieved"] for a in mine) / len(mine)
+                row["tokens_per_second"] = (
+                    tokens_per_second(L * len(cases), row["seconds"]) if row.get("accuracy") is not None else None
+                )
+                rag_kept = kept.get(depth, (0, 0)) if row.get("accuracy") is not None else (0, 0)
+                row["bytes_per_token"] = (
+                    bytes_per_token(method, model, base, rag_kept) if method != "rag" or rag_kept[1] else None
+                )
+                acc = f"{row['accuracy']:.2f}" if row.get("accuracy") is not None else "-"
+                found = f"key retrieved {row['key_retrieved']:.2f}  " if "key_retrieved" in row else ""
+                print(
+                    f"{method:>18} L={L:>7} depth={depth:.2f}  accuracy {acc}  {found}({row['trials']} trials) "
+                    f"{row.get('note', '')}",
+                    flush=True,
+                )
+                yield row
+
+
+def _by_length(cases) -> Iterator[tuple[int, list[tuple[float, list]]]]:
+    """:func:`passkey_cases` grouped: (length, [(depth, cases), ...]) for each length."""
+    import itertools
+
+    for L, items in itertools.groupby(cases, key=lambda c: c[0]):
+        yield L, [(depth, trials) for _, depth, trials in items]
+
+
+def _answers(args, method, model, base, tok, base_window, todo, new_tokens, q, q_len):
+    """Every answer of one length's cases ``todo`` ([(depth, [(key, ids), ...])]) by ``method``:
+    ({depth: [answer record, ...]}, {depth: rag's (embeddings kept, context tokens)}). The MemLong
+    methods read what the prompts share once (:func:`memlong.evaluation.shared_reading`: a trial's
+    prompts are one haystack up to the shallowest needle), each answer as from a fresh memory."""
+    from memlong.evaluation import shared_reading
+
+    flat = [(depth, key, ids) for depth, cases in todo for key, ids in cases]
+    records: list[dict | None] = [None] * len(flat)
+    kept: dict[float, tuple[int, int]] = {}
+    if method in ("memlong", "memlong_no_memory") and q:
+        readings = shared_reading(
+            model, [ids[0].tolist() for _, _, ids in flat], [q_len] * len(flat), retrieval=method == "memlong"
+        )
+    else:
+        readings = ((i, None, 0) for i in range(len(flat)))
+    for i, memory, read in readings:
+        depth, key, ids = flat[i]
+        rag: list = []  # the haystack is the context, the question its tail
+        answer = generate_answer(
+            method,
+            model,
+            base,
+            tok,
+            ids,
+            new_tokens,
+            q,
+            base_window,
+            memory=memory,
+            read=read,
+            context=(0, ids.shape[1] - q_len),
+            retrieved=rag,
+        )
+        record = {"key": key, "answer": answer, "right": passkey_digits(answer) == key}
+        if memory is not None and method == "memlong":
+            record.update(key_retrieval(model, tok, memory, ids[0, -q:].tolist(), key))
+        if rag:
+            record.update(rag_key_retrieval(tok, ids[0].tolist(), rag[0], key))
+            n, c = kept.get(depth, (0, 0))
+            kept[depth] = (n + len(rag[0].spans), c + rag[0].context_tokens)
+        records[i] = record
+    answers: dict[float, list[dict]] = {}
+    for (depth, _, _), record in zip(flat, records):
+        answers.setdefault(depth, []).append(record)
+    return answers, kept
 
 
 def plot(results: list[dict], path: str) -> None:
