@@ -13,7 +13,7 @@ from memlong.recipes import eval_common
 TASKS = {  # task -> (flags, the cells a run measures, in order)
     "passkey": (
         ["--lengths", "700,900", "--depths", "0.2,0.8", "--trials", "1", "--methods", "memlong,memlong_no_memory"],
-        [(m, L, d) for L in (700, 900) for d in (0.2, 0.8) for m in ("memlong", "memlong_no_memory")],
+        [(m, L, d) for L in (700, 900) for m in ("memlong", "memlong_no_memory") for d in (0.2, 0.8)],
     ),
     "ppl": (
         [
