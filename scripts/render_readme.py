@@ -295,11 +295,12 @@ SECTIONS = {
     "bank_heads_runs": (
         concatenated,
         ["bank_heads_ruler_16k", "bank_heads_passkey", "bank_heads_passkey_long", "bank_heads_passkey_128k"]
-        + ["bank_heads_ppl_same_text", "bank_heads_icl", "demo_bank_heads"],
+        + ["bank_heads_ppl_same_text", "bank_heads_icl", "demo_bank_heads", "demo_bank_heads_ratio"],
     ),
     # docs/DEVELOPMENT.md: question_fresh_window and the lean bank on the validation split
     "question_fresh_window": (concatenated, ["question_fresh_window_validation_4k"]),
     "bank_heads_validation": (concatenated, ["bank_heads_validation_4k"]),
+    "question_score_ratio": (concatenated, ["question_score_ratio_validation_4k"]),
     "question_reread": (
         concatenated,
         [f"question_reread_validation_{name}" for name in ("16k", "seed2_16k", "seed3_passkey_16k")]
