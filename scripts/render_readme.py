@@ -14,12 +14,14 @@ HISTORY's long reads and search). A section none of whose reports exists is left
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 from pathlib import Path
 
 from memlong import report
+from memlong.config import MemLongConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -120,12 +122,38 @@ def kv_predictability_markdown(data: dict, path: str) -> str:
     return "\n".join(out + ["", "Each cell: R^2 of the keys / of the values (held-out tokens)."])
 
 
+DEFAULT_CONFIG = ROOT / "src" / "memlong" / "pretrained" / "default" / "memlong_config.json"
+
+
+def earlier_settings(runs: list[tuple[dict, str]]) -> list[str]:
+    """The runs whose memlong rows asked their questions with other settings than the default
+    model's today (``_question_fields``; ppl asks none), each with the fields that differ."""
+    shipped = MemLongConfig.from_dict(json.loads(DEFAULT_CONFIG.read_text())).to_dict()
+    today = _question_fields({"config": {"memlong": shipped}})
+    out = []
+    for data, path in runs:
+        asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl")
+        theirs = _question_fields(data)
+        if asks and data["config"].get("memlong") and theirs != today:
+            fields = ", ".join(f"{k}={theirs[k]}" for k in today if theirs[k] != today[k])
+            out.append(f"`{path}` ({fields})")
+    return out
+
+
 def headline(runs: list[tuple[dict, str]]) -> str:
     """README's headline: one row per method, one column per measurement of the runs, and their sources."""
     sources = ", ".join(f"`{path}`" for _, path in runs)
+    earlier = earlier_settings(runs)
+    said = (
+        "\n\nmemlong's questions in these were asked with the default model's earlier question settings "
+        f"(today's: docs/CONFIG.md; `None`: the field did not exist yet): {'; '.join(earlier)}."
+        if earlier
+        else ""
+    )
     return (
         report.headline_table([data for data, _ in runs])
         + f"\n\nFrom {sources} (commands and per-depth/per-task tables: [docs/RESULTS.md](../RESULTS.md))."
+        + said
     )
 
 
