@@ -242,14 +242,22 @@ def layouts(runs: list[tuple[dict, str]]) -> str:
         asks = not measure.startswith(("ppl", "reading"))
         if asks and every in by and lean in by and _question_fields(by[every]) != _question_fields(by[lean]):
             fields = {k: v for k, v in _question_fields(by[every]).items() if v != _question_fields(by[lean])[k]}
-            notes.append(
-                f"`{every}` was measured before today's question settings ({fields}, `None`: the field did not "
-                "exist yet); the retrieval heads' runs with today's."
-            )
+            notes.append((every, ", ".join(f"{k}={v}" for k, v in fields.items())))
     table = ["| measure | every head (the default) | 11 retrieval heads | no memory |", "|---|---:|---:|---:|"]
     table += [f"| {label} | {x} | {y} | {z} |" for label, (x, y, z) in rows.items()]
     sources = ", ".join(f"`{path}`" for _, path in runs)
-    return "\n".join(table + [""] + [f"- {n}" for n in sorted(set(notes))] + ["", f"From {sources}."])
+    said = (
+        [
+            "The every-head column's "
+            + ", ".join(f"`{every}`" for every, _ in dict.fromkeys(notes))
+            + " asked memlong's questions with earlier settings ("
+            + "; ".join(sorted({fields for _, fields in notes}))
+            + "; `None`: the field did not exist yet); the retrieval heads' runs with today's."
+        ]
+        if notes
+        else []
+    )
+    return "\n".join(table + [""] + said + ["", f"From {sources}."])
 
 
 def concatenated(runs: list[tuple[dict, str]]) -> str:
