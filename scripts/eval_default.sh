@@ -30,6 +30,7 @@ $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --same-text
 # in-context learning with 300 demonstrations in memory (read once per trial), 4 in context
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_icl.json
 # 40 demonstrations in memory without requery (the test input reads the memory retrieved before it), and the base with every demonstration in context
+$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods rag --threads 1 --json docs/results/default_icl_rag.json
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --no-requery --threads 2 --json docs/results/default_icl_no_requery.json
 # why the default keeps 4 sink tokens: the same 4k passkey without them
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set sink_tokens=0 --threads 2 --json docs/results/default_passkey_no_sink.json

@@ -273,7 +273,7 @@ SECTIONS = {
         [
             f"default_{name}"
             for name in ("ppl_same_text", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "passkey_rag")
-            + ("ruler_4k", "ruler_16k", "ruler_32k", "icl")
+            + ("ruler_4k", "ruler_16k", "ruler_32k", "icl", "icl_rag")
         ],
     ),
     # docs/RESULTS.md: RULER per task against the 4k ceiling and rag, the bars of a longer length
@@ -291,7 +291,7 @@ SECTIONS = {
             + ("passkey_64k", "passkey_64k_rerank_all", "passkey_128k", "passkey_rag", "passkey_no_sink")
             + ("passkey_upper_layers",)
             + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler_16k_before_question_window", "ruler", "ruler_long")
-            + ("icl", "icl_no_requery")
+            + ("icl", "icl_rag", "icl_no_requery")
         ],
     ),
     "base_ppl": (report.base_ppl_markdown, ["default_base_ppl_short", "default_ppl_by_length"]),  # the model card
