@@ -302,7 +302,8 @@ def headline_table(reports: list[dict]) -> str:
             else:  # icl
                 col, value = f"icl {r['task']} ({r['shots_memory']} in memory)", cell(r, "accuracy")
             cols.setdefault(col, {})[r["method"]] = value
-            if r.get("bytes_per_token") is not None and r.get("tokens_per_second") is not None:
+            costed = r.get("bytes_per_token") is not None and r.get("tokens_per_second") is not None
+            if costed and r.get("length") is not None:  # (icl rows have no length: the cost comes from the others)
                 cost.setdefault(r["method"], []).append((r["length"], r["bytes_per_token"], r["tokens_per_second"]))
     for m, rows in cost.items():  # each method's cost, from its longest measured length
         L, bpt, tps = max(rows, key=lambda x: (x[0], x[2]))
