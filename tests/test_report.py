@@ -124,3 +124,27 @@ def test_ruler_bars_say_which_bar_a_task_misses_and_by_how_much():
     assert rows["fwe"].endswith("| below rag by 0.20; below 0.9x the ceiling by 0.30 |")
     assert rows["cwe"].endswith("| - | - | 0.10 [0.00, 1.00] | - |") and "qa_1" not in rows
     assert report.ruler_bars_table([reports[0]]) == ""  # no longer length measured: nothing to compare
+
+
+def test_headline_takes_each_methods_cost_from_runs_with_a_length():
+    """An icl row (no length) may carry a cost: the headline shows its accuracy and takes the
+    method's cost from its runs by length."""
+    from memlong.report import headline_table
+
+    passkey = {
+        "config": {"task": "passkey"},
+        "results": [
+            {"method": "rag", "length": 4096, "depth": 0.5, "trials": 2, "accuracy": 1.0}
+            | {"bytes_per_token": 12.0, "tokens_per_second": 900.0}
+        ],
+    }
+    icl = {
+        "config": {"task": "icl"},
+        "results": [
+            {"method": "rag", "task": "corpus-source", "shots_memory": 300, "accuracy": 0.64}
+            | {"bytes_per_token": 3.0, "tokens_per_second": 50.0}
+        ],
+    }
+    table = headline_table([passkey, icl])
+    row = next(line for line in table.splitlines() if line.startswith("| rag |"))
+    assert "0.64" in row and "| 12 |" in row and "900 at 4k" in row
