@@ -187,13 +187,21 @@ class QuestionSearch:
             return []
         with phase("retriever"):
             query = retriever.embed([list(tokens)])[0]
-        search = self.question_search(row, query, retriever, list(tokens))
-        hits, scores = bank.best(query, self.config.top_k, **search)
-        both = [(int(bank.chunk_ids[h]), float(s), int(h)) for h, s in zip(hits.tolist(), scores.tolist())]
+        return [(c, score, slot) for score, c, slot in self._chosen(row, query, retriever, list(tokens))]
+
+    def _chosen(self, b: int, query: torch.Tensor, retriever: Retriever, tokens: list[int]) -> list[tuple]:
+        """The hits a question reads again from row ``b``'s memory, best first, as ``(score, chunk id,
+        bank slot or None)``: the best ``top_k`` of the bank's and (``question_window``) the local
+        window's whole chunks (:meth:`window_hits`), older first among equal scores, less those under
+        ``question_score_ratio`` of the best."""
+        search = self.question_search(b, query, retriever, tokens)
+        hits, scores = self.banks[b].best(query, self.config.top_k, **search)
+        ids = self.banks[b].chunk_ids
+        both = [(float(s), int(ids[h]), int(h)) for h, s in zip(hits.tolist(), scores.tolist())]
         if self.config.question_window:
-            both += [(c, s, None) for s, c, _ in self.window_hits(row, query, retriever, list(tokens), search)]
-        best = sorted(both, key=lambda x: (-x[1], x[0]))[: self.config.top_k]
-        return [hit for hit in best if self._sure(hit[1], best[0][1])]
+            both += [(s, c, None) for s, c, _ in self.window_hits(b, query, retriever, tokens, search)]
+        best = sorted(both, key=lambda x: (-x[0], x[1]))[: self.config.top_k]
+        return [hit for hit in best if self._sure(hit[0], best[0][0])]
 
     def _sure(self, score: float, best: float) -> bool:
         """Whether a hit scoring ``score`` is read again beside the best hit's ``best``
@@ -222,23 +230,14 @@ class QuestionSearch:
         with phase("retriever"):
             queries = retriever.embed([list(t) for t in tokens])
         self.index_windows(retriever, rows)
-        cfg, out = self.config, []
+        out: list[list[int]] = []
         for b, query, tokens_b in zip(rows, queries, tokens):
             bank = self.banks[b]
             if len(bank) == 0:
                 out.append([])
                 continue
-            search = self.question_search(b, query, retriever, list(tokens_b))
-            offsets = self._offsets(question=True)
-            window = self.window_hits(b, query, retriever, list(tokens_b), search) if cfg.question_window else []
-            hits, scores = bank.best(query, cfg.top_k, **search)
-            if not window or (len(hits) == cfg.top_k and window[0][0] <= float(scores[-1])):  # the bank's alone
-                sure = torch.tensor([self._sure(float(x), float(scores[0])) for x in scores], dtype=torch.bool)
-                slots = bank.select(query, cfg.top_k, offsets, order=cfg.question_order, hits=hits[sure])
-                picked = bank.chunk_ids[slots].tolist()
-            else:
-                picked = self._merged_hits(bank, hits, scores, window, offsets)
-            out.append(self._text_of(b, picked))
+            chosen = self._chosen(b, query, retriever, list(tokens_b))
+            out.append(self._text_of(b, self._reread_chunks(bank, chosen, self._offsets(question=True))))
         return out
 
     def _text_of(self, b: int, chunks: list[int]) -> list[int]:
@@ -296,16 +295,10 @@ class QuestionSearch:
         ranked = sorted(zip(scores.tolist(), chunks), key=lambda x: (-x[0], x[1]))[: self.config.top_k]
         return [(s, c, list(self.chunk_tokens[b][c])) for s, c in ranked]
 
-    def _merged_hits(self, bank: MemoryBank, hits, scores, window, offsets) -> list[int]:
-        """The chunks (ids) a question reads again when some of its ``top_k`` hits are window chunks:
-        the best ``top_k`` of the bank's ``hits`` (best first, with ``scores``) and ``window``'s
-        (:meth:`window_hits`); a bank hit brings its ``offsets`` as in
-        :meth:`MemoryBank.select`, a window hit itself alone; in stream order, or (``question_order
-        ="score"``) hit by hit from the worst to the best."""
-        both = [(float(s), int(bank.chunk_ids[h]), h) for h, s in zip(hits.tolist(), scores.tolist())]
-        both += [(s, c, None) for s, c, _ in window]
-        chosen = sorted(both, key=lambda x: (-x[0], x[1]))[: self.config.top_k]
-        chosen = [hit for hit in chosen if self._sure(hit[0], chosen[0][0])]
+    def _reread_chunks(self, bank: MemoryBank, chosen: list[tuple], offsets) -> list[int]:
+        """The chunks (ids) a question reads again for its hits ``chosen`` (:meth:`_chosen`): a bank
+        hit brings its ``offsets`` as :meth:`MemoryBank.select` does, a window hit itself alone; in
+        stream order, or (``question_order="score"``) hit by hit from the worst to the best."""
         stored = bank.slots_by_chunk()
         picked: list[int] = []  # chunk ids, worst hit first
         for _, c, slot in reversed(chosen):

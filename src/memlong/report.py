@@ -53,6 +53,11 @@ def _link(target: str | Path, json_path: str | Path) -> str:
 # --- memlong eval ---------------------------------------------------------------------------------
 
 
+def set_flags(overrides: list[str] | None) -> str:
+    """The ``--set FIELD=VALUE`` flags of a command line, each value quoted for a shell."""
+    return "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
+
+
 def eval_command(c: dict, json_path) -> str:
     """The ``memlong eval`` command line that wrote a result JSON, from its ``config`` record."""
     from memlong.data.ruler import RULER_TASKS
@@ -87,7 +92,7 @@ def eval_command(c: dict, json_path) -> str:
         args += " --no-requery"
     if c["task"] == "ruler" and c.get("chat_template") is False:
         args += " --no-chat-template"
-    sets = "".join(f" --set {shlex.quote(o)}" for o in c.get("overrides") or [])
+    sets = set_flags(c.get("overrides"))
     # the default model is what a command without --model evaluates
     model = "" if c.get("model") in (None, "default") else f" --model {c['model']}"
     data = "" if c.get("data") is None else f" --data {c['data']}"  # ruler on noise alone reads no data
@@ -539,7 +544,7 @@ def demo_markdown(d: dict, path: str | Path, note: str | None = None) -> str:
     """`memlong demo`: facts asked with and without memory, ppl, speed."""
     doc = d["document"]
     parts = " + ".join(f"{p['doc_id']} ({p['tokens']:,})" for p in doc["parts"])
-    flags = "".join(f" --set {shlex.quote(o)}" for o in d.get("model", {}).get("overrides", []))
+    flags = set_flags(d.get("model", {}).get("overrides"))
     out = [
         f"`memlong demo{flags} --json {path}` on {doc['tokens']:,} tokens of held-out text ({parts}), "
         f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:",

@@ -387,10 +387,9 @@ def retrieved_chunks(model, memory, query_ids: list[int], text: str, files: list
     :meth:`MemLongCache.question_reads`: the bank's, and with ``question_window`` the local
     window's), best first; their text from the files via their text spans."""
     bank = memory.bank(0)
-    query = query_ids[-model.memlong_config.chunk_size :]
+    tau = model.memlong_config.chunk_size
     out = []
-    for chunk, score, slot in memory.question_reads(model.memlong_retriever, query):
-        tau = model.memlong_config.chunk_size
+    for chunk, score, slot in memory.question_reads(model.memlong_retriever, query_ids[-tau:]):
         if slot is None:  # still in the local window
             ids, (a, b) = memory.chunk_tokens[0][chunk], memory.chunk_chars[0].get(chunk, (-1, -1))
             tokens = [chunk * tau, (chunk + 1) * tau]

@@ -142,10 +142,14 @@ def _run_passkey(args, tok, model, base, base_window, lengths, methods, have=fro
     q = q_len if args.requery else False
     for L, groups in _by_length(passkey_cases(args, tok, lengths)):
         for method in methods:
-            todo = [(depth, cases) for depth, cases in groups if (method, L, depth) not in have]
+            every = [{"method": method, "length": L, "depth": depth, "trials": len(cases)} for depth, cases in groups]
+            rows, todo = [], []
+            for row, pair in zip(every, groups):
+                if _cell(row) not in have:
+                    rows.append(row)
+                    todo.append(pair)
             if not todo:
                 continue
-            rows = [{"method": method, "length": L, "depth": depth, "trials": len(cases)} for depth, cases in todo]
             group: dict = {}
             with measured(group, "accuracy"):
                 if method == "base_full" and L > args.max_base_length:
