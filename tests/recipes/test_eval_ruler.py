@@ -125,6 +125,22 @@ def test_end_to_end_json_plot_means_and_skipped_base(setup, prose, tmp_path, cap
     assert "our variants (not in RULER's mean)" in printed
 
 
+def test_memory_hits_are_the_hits_the_question_reads(setup, prose, tmp_path):
+    """``memory_hits`` lists what the question reads again: with ``question_score_ratio`` only the
+    hits scoring at least that share of the best (the search's top_k would list them all)."""
+    out = tmp_path / "ratio.json"
+    args = ["--data", str(prose), "--lengths", "1500", "--samples", "2", "--tasks", "niah_multikey_1"]
+    assert (
+        ruler_cli(setup, *args, "--methods", "memlong", "--set", "question_score_ratio=0.99", "--json", str(out)) == 0
+    )
+    examples = [e for r in json.loads(out.read_text())["results"] for e in r["examples"]]
+    assert examples and all(e["memory_hit_scores"] for e in examples)
+    for e in examples:
+        best = e["memory_hit_scores"][0]
+        assert all(score >= 0.99 * best - 1e-4 for score in e["memory_hit_scores"]), e["memory_hit_scores"]
+        assert e["statements_retrieved"] == [any(a <= p < b for a, b in e["memory_hits"]) for p in e["positions"]]
+
+
 def test_question_answering_with_a_squad_file(setup, tmp_path):
     squad = {
         "data": [

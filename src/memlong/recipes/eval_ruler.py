@@ -347,9 +347,10 @@ def _measure(args, task, L, samples, method, tok, model, base, base_window) -> d
 def _memory_hits(model, memory, s, read: int) -> dict:
     """Reads the sample's context up to its question into ``memory`` (which has read ``read`` of its
     tokens; the answer it then gives is the same, call boundaries do not change it) and says what
-    the question's search of the bank finds there (:meth:`~memlong.cache.MemLongCache.question_hits`,
-    counters untouched): ``memory_hits``, the hits' token spans, best first, and their scores
-    (``memory_hit_scores``);
+    the question reads (:meth:`~memlong.cache.MemLongCache.question_reads`, counters untouched: the
+    bank's hits and, with ``question_window``, the local window's, less those under
+    ``question_score_ratio`` of the best): ``memory_hits``, the hits' token spans, best first, and
+    their scores (``memory_hit_scores``);
     ``statements_retrieved``, whether a hit holds each answered statement's first token;
     ``statements_in_window``, whether it lies in the local window the question reads beside them."""
     import torch
@@ -357,11 +358,12 @@ def _memory_hits(model, memory, s, read: int) -> dict:
     head, cfg = len(s.ids) - s.question_tokens, model.memlong_config
     if read < head:
         model.ingest(torch.tensor([s.ids[read:head]], device=model.device), memory)
-    slots, scores = memory.question_hits(model.memlong_retriever, s.ids[head:][-cfg.chunk_size :])
-    spans = memory.banks[0].spans[slots].tolist()
+    reads = memory.question_reads(model.memlong_retriever, s.ids[head:][-cfg.chunk_size :])
+    tau = cfg.chunk_size
+    spans = [[c * tau, (c + 1) * tau] for c, _, _ in reads]  # a chunk's stream span, banked or in the window
     return {
         "memory_hits": spans,
-        "memory_hit_scores": [round(float(x), 4) for x in scores],
+        "memory_hit_scores": [round(float(score), 4) for _, score, _ in reads],
         "statements_retrieved": _held(spans, s.positions),
         "statements_in_window": [p >= head - cfg.local_window for p in s.positions],
     }
