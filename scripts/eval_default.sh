@@ -20,8 +20,8 @@ $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_64k.json
 # the 64k passkey with the question's window re-ranking over every banked chunk (default: the top 32 by whole-chunk similarity)
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.5 --trials 1 --methods memlong --set rerank_candidates=1024 --threads 1 --json docs/results/default_passkey_64k_rerank_all.json
-# 128k: five depths x 2 trials, about 2 hours on one thread (11-12 min a prompt beside another run); --resume continues a run cut short
-$M eval passkey --data runs/corpus --lengths 131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_128k.json
+# 128k: five depths x 1 trial, about an hour on one thread (11-12 min a prompt beside another run); --resume continues a run cut short
+$M eval passkey --data runs/corpus --lengths 131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods memlong --threads 1 --resume --json docs/results/default_passkey_128k.json
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384 --max-documents 2 --methods memlong,base_full --threads 2 --json docs/results/default_ppl_by_length.json --plot docs/results/default_ppl_by_length.png
 # perplexity from 4k to 64k, the same 3 longest test documents at every length (about 1.5 hours on one core)
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --max-documents 3 --methods memlong,memlong_no_memory,base_full,base_truncated --threads 1 --json docs/results/default_ppl_to_64k.json --plot docs/results/default_ppl_to_64k.png
@@ -36,13 +36,15 @@ $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set sink_tokens=0 --threads 2 --json docs/results/default_passkey_no_sink.json
 # why the default banks every layer: the same 4k passkey banking only layers 17-30
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set retrieval_layers=[17,18,19,20,21,22,23,24,25,26,27,28,29,30] --threads 2 --json docs/results/default_passkey_upper_layers.json
-# the lean layout: only the 11 retrieval heads banked (chosen on the validation split by
-# memlong heads --retrieval --split validation --needles 8 ...; README, Performance), beside the above
+# the 11 retrieval heads (chosen on the validation split by memlong heads --retrieval --split validation
+# --needles 8 ...), measured against every head before the default model took them with
+# question_score_ratio=0.7: add --set question_score_ratio=0 to repeat these exactly. The every-head
+# reports that were rerun under today's default are docs/results/every_head_*.json (--set bank_heads=null
+# --set question_score_ratio=0 repeats them).
 HEADS='bank_heads=[[7, 0], [8, 2], [18, 1], [19, 2], [21, 1], [21, 2], [22, 0], [22, 1], [22, 2], [24, 0], [25, 1]]'
 $M demo --threads 1 --set "$HEADS" --json docs/results/demo_bank_heads.json
 $M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set "$HEADS" --threads 1 --json docs/results/bank_heads_passkey.json
 $M eval passkey --data runs/corpus --lengths 32768,65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods memlong --set "$HEADS" --threads 1 --json docs/results/bank_heads_passkey_long.json
-$M eval passkey --data runs/corpus --lengths 131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods memlong --set "$HEADS" --threads 1 --resume --json docs/results/bank_heads_passkey_128k.json
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --same-text --max-documents 3 --methods memlong --set "$HEADS" --threads 1 --json docs/results/bank_heads_ppl_same_text.json
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods memlong --set "$HEADS" --threads 1 --json docs/results/bank_heads_icl.json
 $M eval ruler --data runs/corpus --lengths 16384 --samples 10 --methods memlong --set "$HEADS" --threads 1 --resume --json docs/results/bank_heads_ruler_16k.json

@@ -57,6 +57,11 @@ DEMO_SCORE_ORDER = (
     'Measured when the default model\'s config had `"question_order": "score"` beside the window and the tails '
     "(`src/memlong/pretrained/default/memlong_config.json`): `memlong demo --set question_order=score` repeats it."
 )
+EVERY_HEAD = (
+    "Measured when the default model banked every KV head of every layer (23,040 bytes per token) and read "
+    "again every hit of a question (before it kept the 11 retrieval heads and `question_score_ratio=0.7`): "
+    "`--set bank_heads=null --set question_score_ratio=0` repeats it."
+)
 #: report -> the paragraph under its command: what changed since it was measured.
 NOTES = {
     "soak_ask_256k": SOAK_PARAPHRASE,
@@ -64,6 +69,8 @@ NOTES = {
     "question_options_icl_validation": BEFORE_REREAD,
     "question_options_icl_validation_options": BEFORE_REREAD,
     "default_ruler_16k_before_question_window": BEFORE_WINDOW,
+    "every_head_ruler_16k": EVERY_HEAD,
+    "every_head_passkey_128k": EVERY_HEAD,
     "demo_question_order_score": DEMO_SCORE_ORDER,
     **{f"question_window_validation_4k_{n}": VALIDATED_WINDOW for n in ("off", "on", "on_tail32", "on_tail32_score")},
     "default_ruler": OLD_RULER,
@@ -71,7 +78,7 @@ NOTES = {
 }
 
 LONG_CAPACITY = (
-    "The bank's capacity is the default model's (131,072 tokens): once it is full, eviction keeps it "
+    "The bank's capacity was the default model's then (131,072 tokens): once it is full, eviction keeps it "
     "at that size, so the cost per token and the memory should stay flat however long the input."
 )
 
@@ -125,19 +132,34 @@ def kv_predictability_markdown(data: dict, path: str) -> str:
 DEFAULT_CONFIG = ROOT / "src" / "memlong" / "pretrained" / "default" / "memlong_config.json"
 
 
-def earlier_settings(runs: list[tuple[dict, str]]) -> list[str]:
-    """The runs whose memlong rows asked their questions with other settings than the default
-    model's today (``_question_fields``; ppl asks none), each with the fields that differ."""
-    shipped = MemLongConfig.from_dict(json.loads(DEFAULT_CONFIG.read_text())).to_dict()
-    today = _question_fields({"config": {"memlong": shipped}})
+def earlier_settings(runs: list[tuple[dict, str]], fields: tuple[str, ...] | None = None) -> list[str]:
+    """The runs whose memlong rows ran with other settings than the default model's today
+    (:func:`_setting_fields`: the layout, and for runs that ask questions the question fields),
+    each with the fields that differ; ``fields`` narrows the comparison."""
+    today = _setting_fields({"config": {"memlong": _shipped()}})
     out = []
     for data, path in runs:
-        asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl")
-        theirs = _question_fields(data)
-        if asks and data["config"].get("memlong") and theirs != today:
-            fields = ", ".join(f"{k}={theirs[k]}" for k in today if theirs[k] != today[k])
-            out.append(f"`{path}` ({fields})")
+        memlong_rows = any(str(r.get("method", "")).startswith("memlong") for r in data.get("results", []))
+        if not (data.get("config", {}).get("memlong") or data.get("model")) or not (memlong_rows or "facts" in data):
+            continue  # rag and base rows: the memory's settings never reach them
+        theirs = _setting_fields(data)
+        asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl") or "facts" in data
+        keys = [k for k in fields or today if (asks or k in LAYOUT_FIELDS) and theirs[k] != today[k]]
+        if keys:
+            out.append(f"`{path}` ({', '.join(_setting(k, theirs[k]) for k in keys)})")
     return out
+
+
+def _shipped() -> dict:
+    """The default model's MemLong config today, as a dict."""
+    return MemLongConfig.from_dict(json.loads(DEFAULT_CONFIG.read_text())).to_dict()
+
+
+def _setting(key: str, value) -> str:
+    """``key=value`` as the notes say it (``bank_heads``: every head, or how many)."""
+    if key == "bank_heads":
+        return "bank_heads: every head" if value is None else f"bank_heads: {len(value)} heads"
+    return f"{key}={value}"
 
 
 def headline(runs: list[tuple[dict, str]]) -> str:
@@ -145,8 +167,8 @@ def headline(runs: list[tuple[dict, str]]) -> str:
     sources = ", ".join(f"`{path}`" for _, path in runs)
     earlier = earlier_settings(runs)
     said = (
-        "\n\nmemlong's questions in these were asked with the default model's earlier question settings "
-        f"(today's: docs/CONFIG.md; `None`: the field did not exist yet): {'; '.join(earlier)}."
+        "\n\nmemlong's rows in these ran with the default model's earlier settings (today's: "
+        f"`src/memlong/pretrained/default/memlong_config.json`, docs/CONFIG.md): {'; '.join(earlier)}."
         if earlier
         else ""
     )
@@ -163,14 +185,16 @@ def ruler_bars(runs: list[tuple[dict, str]]) -> str:
     return report.ruler_bars_table([data for data, _ in runs]) + f"\n\nFrom {sources} (their commands: below)."
 
 
-#: README's layout comparison: (measure, the default layout's report, the lean layout's report)
+#: README's layout comparison: (measure, the every-head layout's report, the retrieval heads' report); a
+#: measure's later pair wins where both have a row (the default's runs after the bank_heads_* ones)
 LAYOUT_PAIRS = [
     ("RULER needles, validation 4k", "question_window_validation_4k_on_tail32", "bank_heads_validation_4k"),
-    ("RULER 16k", "default_ruler_16k", "bank_heads_ruler_16k"),
+    ("RULER 16k", "every_head_ruler_16k", "bank_heads_ruler_16k"),
+    ("RULER 16k", "every_head_ruler_16k", "default_ruler_16k"),
     ("passkey", "default_passkey", "bank_heads_passkey"),
     ("passkey", "default_passkey_32k", "bank_heads_passkey_long"),
     ("passkey", "default_passkey_64k", "bank_heads_passkey_long"),
-    ("passkey", "default_passkey_128k", "bank_heads_passkey_128k"),
+    ("passkey", "every_head_passkey_128k", "default_passkey_128k"),
     ("ppl, same text", "default_ppl_same_text", "bank_heads_ppl_same_text"),
     ("icl corpus-source (300 in memory)", "default_icl", "bank_heads_icl"),
     ("demo", "demo", "demo_bank_heads"),
@@ -221,41 +245,53 @@ def _layout_cells(measure: str, data: dict | None, method: str = "memlong") -> d
     return {measure: f"{speeds['memlong'] / speeds['base_windows']:.2f}x"} if method == "memlong" else {}
 
 
-def _question_fields(data: dict) -> dict:
-    """The question-time fields a report's MemLong config had (absent ones: the field did not exist)."""
+#: the fields a report's memlong rows are compared on: the bank's layout, then the question's
+LAYOUT_FIELDS = ("bank_heads",)
+QUESTION_FIELDS = (
+    "question_reread",
+    "question_window",
+    "question_tail",
+    "question_order",
+    "question_score_ratio",
+    "question_fresh_window",
+)
+
+
+def _setting_fields(data: dict) -> dict:
+    """The layout and question-time fields a report's MemLong config had; a field the report does
+    not record did not exist yet, so the run had its off value (the dataclass default)."""
     cfg = data.get("config", {}).get("memlong") or data.get("model") or {}
-    return {k: cfg.get(k) for k in ("question_reread", "question_window", "question_tail", "question_order")}
+    off = MemLongConfig.__dataclass_fields__
+    out = {k: cfg.get(k, off[k].default) for k in LAYOUT_FIELDS + QUESTION_FIELDS}
+    if out["bank_heads"] is not None:
+        out["bank_heads"] = [list(p) for p in out["bank_heads"]]
+    return out
 
 
 def layouts(runs: list[tuple[dict, str]]) -> str:
-    """README: the default layout (every head banked) against the retrieval heads' (``bank_heads``),
-    measure by measure, each from its report; a pair measured with other question settings says so."""
+    """README: the earlier default layout (every head banked) against the retrieval heads' (``bank_heads``,
+    the default's now), measure by measure, each from its report; the reports whose questions were
+    asked with other settings than the default's today are named under the table."""
     by = {Path(path).stem: data for data, path in runs}
     rows: dict[str, list[str]] = {}
-    notes = []
     for measure, every, lean in LAYOUT_PAIRS:
         a, b = _layout_cells(measure, by.get(every)), _layout_cells(measure, by.get(lean))
-        c = _layout_cells(measure, by.get(every), "memlong_no_memory")
+        c = _layout_cells(measure, by.get(every), "memlong_no_memory") | _layout_cells(
+            measure, by.get(lean), "memlong_no_memory"
+        )
         for label in list(a) + [k for k in b if k not in a]:
             row = rows.setdefault(label, ["not run", "not run", "-"])
             row[:] = a.get(label, row[0]), b.get(label, row[1]), c.get(label, row[2])
-        asks = not measure.startswith(("ppl", "reading"))
-        if asks and every in by and lean in by and _question_fields(by[every]) != _question_fields(by[lean]):
-            fields = {k: v for k, v in _question_fields(by[every]).items() if v != _question_fields(by[lean])[k]}
-            notes.append((every, ", ".join(f"{k}={v}" for k, v in fields.items())))
-    table = ["| measure | every head (the default) | 11 retrieval heads | no memory |", "|---|---:|---:|---:|"]
+    table = [
+        "| measure | every head (the earlier default) | 11 retrieval heads (the default) | no memory |",
+        "|---|---:|---:|---:|",
+    ]
     table += [f"| {label} | {x} | {y} | {z} |" for label, (x, y, z) in rows.items()]
     sources = ", ".join(f"`{path}`" for _, path in runs)
+    asked = [(data, path) for data, path in runs if not Path(path).stem.startswith(("bench", "demo"))]
+    earlier = earlier_settings(asked, QUESTION_FIELDS)
     said = (
-        [
-            "The every-head column's "
-            + ", ".join(f"`{every}`" for every, _ in dict.fromkeys(notes))
-            + " asked memlong's questions with earlier settings ("
-            + "; ".join(sorted({fields for _, fields in notes}))
-            + "; `None`: the field did not exist yet); the retrieval heads' runs with today's."
-        ]
-        if notes
-        else []
+        ["Asked with other question settings than the default's today: " + "; ".join(earlier) + "."] if earlier else []
     )
     return "\n".join(table + [""] + said + ["", f"From {sources}."])
 
@@ -292,7 +328,8 @@ SECTIONS = {
             + ("passkey_upper_layers",)
             + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler_16k_before_question_window", "ruler", "ruler_long")
             + ("icl", "icl_rag", "icl_no_requery")
-        ],
+        ]
+        + ["every_head_passkey_128k", "every_head_ruler_16k"],
     ),
     "base_ppl": (report.base_ppl_markdown, ["default_base_ppl_short", "default_ppl_by_length"]),  # the model card
     # docs/HISTORY.md: the earlier 7.5M reference model
@@ -330,7 +367,7 @@ SECTIONS = {
     # docs/RESULTS.md: the lean layout's runs, with their commands
     "bank_heads_runs": (
         concatenated,
-        ["bank_heads_ruler_16k", "bank_heads_passkey", "bank_heads_passkey_long", "bank_heads_passkey_128k"]
+        ["bank_heads_ruler_16k", "bank_heads_passkey", "bank_heads_passkey_long"]
         + ["bank_heads_ppl_same_text", "bank_heads_icl", "demo_bank_heads", "demo_bank_heads_ratio"],
     ),
     # docs/DEVELOPMENT.md: question_fresh_window and the lean bank on the validation split

@@ -51,3 +51,25 @@ def test_a_report_measured_before_a_change_is_noted_under_its_command():
     md = (README.parent / "docs" / "results" / "reference_passkey.md").read_text()
     assert md.split("\n")[2] == render_readme.OLDER_SEARCH and md.split("\n")[0] in history
     assert md.strip() in history.replace("](results/", "](")
+
+
+def test_runs_with_earlier_settings_are_named_with_the_fields_that_differ():
+    """The headline names a report whose memlong rows ran with another layout or other question
+    settings than the default model's today; rag and base rows, which the memory's settings never
+    reach, and a run with today's settings are not named."""
+    render_readme = _render_readme()
+    today = render_readme._shipped()
+    every_head = {**today, "bank_heads": None, "question_score_ratio": 0.0}
+    old = {k: v for k, v in every_head.items() if k != "question_score_ratio"}  # before the field existed
+
+    def run(cfg, method="memlong", task="passkey"):
+        return {"config": {"task": task, "memlong": cfg}, "results": [{"method": method}]}
+
+    said = render_readme.earlier_settings(
+        [(run(today), "now.json"), (run(old), "old.json"), (run(every_head, "rag"), "rag.json")]
+        + [(run(every_head, task="ppl"), "ppl.json")]
+    )
+    assert said == [
+        "`old.json` (bank_heads: every head, question_score_ratio=0.0)",
+        "`ppl.json` (bank_heads: every head)",  # ppl asks no question: only the layout counts
+    ]

@@ -280,7 +280,9 @@ class MemLongConfig:
                 if head >= num_kv_heads:
                     raise MemLongConfigError(
                         f"MemLongConfig.bank_heads: ({layer}, {head}) names KV head {head}, but the model has "
-                        f"{num_kv_heads} KV heads per layer (0-based: 0..{num_kv_heads - 1})"
+                        f"{num_kv_heads} KV heads per layer (0-based: 0..{num_kv_heads - 1}); heads are a "
+                        "model's own: choose this model's with `memlong heads --retrieval`, or bank every head "
+                        "with bank_heads=None (`--set bank_heads=null`)"
                     )
         if self.memory_layer >= num_layers and self.mode == "memlong":
             raise MemLongConfigError(

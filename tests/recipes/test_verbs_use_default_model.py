@@ -2,8 +2,9 @@
 default MemLong model (``pretrained/default``: training-free config on ``memlong:default``) and
 its base, ``ask`` answers with it, ``train`` and ``heads`` use the default base, and
 ``bench ingest --model shipped`` measures it. The real default base (SmolLM2-135M-Instruct) is
-replaced through ``$MEMLONG_BASE_MODEL`` by a tiny random Llama of the same depth (30 layers),
-so the shipped config itself is what runs."""
+replaced through ``$MEMLONG_BASE_MODEL`` by a tiny random Llama of the same depth and KV heads
+(30 layers, 3 KV heads: the shipped ``bank_heads`` name them), so the shipped config itself is what
+runs."""
 
 import json
 
@@ -24,11 +25,11 @@ def tiny_base(tmp_path_factory, bpe_tokenizer_dir):
     LlamaForCausalLM(
         LlamaConfig(
             vocab_size=len(tok),
-            hidden_size=32,
+            hidden_size=48,
             intermediate_size=64,
             num_hidden_layers=30,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            num_attention_heads=6,
+            num_key_value_heads=3,
             max_position_embeddings=2048,
         )
     ).save_pretrained(root)
