@@ -71,6 +71,7 @@ NOTES = {
     "default_ruler_16k_before_question_window": BEFORE_WINDOW,
     "every_head_ruler_16k": EVERY_HEAD,
     "every_head_passkey_128k": EVERY_HEAD,
+    "every_head_demo": EVERY_HEAD,
     "demo_question_order_score": DEMO_SCORE_ORDER,
     **{f"question_window_validation_4k_{n}": VALIDATED_WINDOW for n in ("off", "on", "on_tail32", "on_tail32_score")},
     "default_ruler": OLD_RULER,
@@ -163,20 +164,38 @@ def _setting(key: str, value) -> str:
 
 
 def headline(runs: list[tuple[dict, str]]) -> str:
-    """README's headline: one row per method, one column per measurement of the runs, and their sources."""
+    """README's headline: one row per method, one column per measurement of the runs, and their
+    sources. memlong rows measured with another layout than the default's today are a row of their
+    own (:func:`_by_layout`); reports whose questions were asked with other settings are named."""
     sources = ", ".join(f"`{path}`" for _, path in runs)
-    earlier = earlier_settings(runs)
+    earlier = earlier_settings(runs, QUESTION_FIELDS)
     said = (
-        "\n\nmemlong's rows in these ran with the default model's earlier settings (today's: "
+        "\n\nmemlong's questions in these were asked with the default model's earlier settings (today's: "
         f"`src/memlong/pretrained/default/memlong_config.json`, docs/CONFIG.md): {'; '.join(earlier)}."
         if earlier
         else ""
     )
     return (
-        report.headline_table([data for data, _ in runs])
+        report.headline_table([_by_layout(data) for data, _ in runs])
         + f"\n\nFrom {sources} (commands and per-depth/per-task tables: [docs/RESULTS.md](../RESULTS.md))."
         + said
     )
+
+
+#: the headline's row for memlong rows that banked every head, before the default kept 11
+EVERY_HEAD_ROW = "memlong, every head (earlier default)"
+
+
+def _by_layout(data: dict) -> dict:
+    """``data`` with its memlong rows labelled :data:`EVERY_HEAD_ROW` when they banked every head
+    and the default model today does not (the same model without memory is the same either way)."""
+    if _setting_fields(data)["bank_heads"] is not None or _shipped().get("bank_heads") is None:
+        return data
+    rows = [{**r, "method": EVERY_HEAD_ROW} if r.get("method") == "memlong" else r for r in data["results"]]
+    means = [
+        {**m, "method": EVERY_HEAD_ROW} if m.get("method") == "memlong" else m for m in data.get("ruler_means", [])
+    ]
+    return {**data, "results": rows, **({"ruler_means": means} if "ruler_means" in data else {})}
 
 
 def ruler_bars(runs: list[tuple[dict, str]]) -> str:
@@ -197,7 +216,8 @@ LAYOUT_PAIRS = [
     ("passkey", "every_head_passkey_128k", "default_passkey_128k"),
     ("ppl, same text", "default_ppl_same_text", "bank_heads_ppl_same_text"),
     ("icl corpus-source (300 in memory)", "default_icl", "bank_heads_icl"),
-    ("demo", "demo", "demo_bank_heads"),
+    ("demo", "every_head_demo", "demo_bank_heads"),
+    ("demo", "every_head_demo", "demo"),
     ("reading 16k against base_windows", "bench_ingest_every_head_16k", "bench_ingest_bank_heads_16k"),
 ]
 
@@ -304,12 +324,29 @@ def concatenated(runs: list[tuple[dict, str]]) -> str:
 #: marker -> (how the section shows its reports, the reports in docs/results/).
 SECTIONS = {
     "demo": (concatenated, ["demo"]),  # README: the default model's `memlong demo`
-    "default_headline": (  # README: the default model's evaluations (scripts/eval_default.sh), one row per method
+    # README: the default model's evaluations (scripts/eval_default.sh), one row per method; the every-head
+    # reports before the 11 heads' (bank_heads_*, then the default's): a later report's cell replaces an earlier's
+    "default_headline": (
         headline,
         [
-            f"default_{name}"
-            for name in ("ppl_same_text", "passkey", "passkey_32k", "passkey_64k", "passkey_128k", "passkey_rag")
-            + ("ruler_4k", "ruler_16k", "ruler_32k", "icl", "icl_rag")
+            "default_ppl_same_text",
+            "bank_heads_ppl_same_text",
+            "default_passkey",
+            "bank_heads_passkey",
+            "default_passkey_32k",
+            "default_passkey_64k",
+            "bank_heads_passkey_long",
+            "every_head_passkey_128k",
+            "default_passkey_128k",
+            "default_passkey_rag",
+            "default_ruler_4k",
+            "every_head_ruler_16k",
+            "bank_heads_ruler_16k",
+            "default_ruler_16k",
+            "default_ruler_32k",
+            "default_icl",
+            "bank_heads_icl",
+            "default_icl_rag",
         ],
     ),
     # docs/RESULTS.md: RULER per task against the 4k ceiling and rag, the bars of a longer length
@@ -368,7 +405,7 @@ SECTIONS = {
     "bank_heads_runs": (
         concatenated,
         ["bank_heads_ruler_16k", "bank_heads_passkey", "bank_heads_passkey_long"]
-        + ["bank_heads_ppl_same_text", "bank_heads_icl", "demo_bank_heads", "demo_bank_heads_ratio"],
+        + ["bank_heads_ppl_same_text", "bank_heads_icl", "demo_bank_heads", "demo_bank_heads_ratio", "every_head_demo"],
     ),
     # docs/DEVELOPMENT.md: question_fresh_window and the lean bank on the validation split
     "question_fresh_window": (concatenated, ["question_fresh_window_validation_4k"]),

@@ -73,3 +73,16 @@ def test_runs_with_earlier_settings_are_named_with_the_fields_that_differ():
         "`old.json` (bank_heads: every head, question_score_ratio=0.0)",
         "`ppl.json` (bank_heads: every head)",  # ppl asks no question: only the layout counts
     ]
+
+
+def test_the_headline_gives_every_head_runs_a_row_of_their_own():
+    """memlong rows that banked every head (the earlier default) are labelled so in the headline;
+    the same model without memory, and runs with today's layout, keep their method."""
+    render_readme = _render_readme()
+    today = render_readme._shipped()
+    assert today["bank_heads"] is not None  # the default keeps some heads
+    rows = [{"method": "memlong"}, {"method": "memlong_no_memory"}]
+    old = render_readme._by_layout({"config": {"memlong": {**today, "bank_heads": None}}, "results": rows})
+    assert [r["method"] for r in old["results"]] == [render_readme.EVERY_HEAD_ROW, "memlong_no_memory"]
+    now = render_readme._by_layout({"config": {"memlong": today}, "results": rows})
+    assert [r["method"] for r in now["results"]] == ["memlong", "memlong_no_memory"]

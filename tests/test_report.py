@@ -148,3 +148,22 @@ def test_headline_takes_each_methods_cost_from_runs_with_a_length():
     table = headline_table([passkey, icl])
     row = next(line for line in table.splitlines() if line.startswith("| rag |"))
     assert "0.64" in row and "| 12 |" in row and "900 at 4k" in row
+
+
+def test_headline_puts_a_variants_row_after_its_method():
+    """A label the reports use beside our methods ("memlong, every head ...") is a row of its own,
+    right after the method it names; a later report's cell replaces an earlier one's."""
+    from memlong.report import headline_table
+
+    def passkey(method, accuracy):
+        return {
+            "config": {"task": "passkey"},
+            "results": [{"method": method, "length": 4096, "depth": 0.5, "trials": 2, "accuracy": accuracy}],
+        }
+
+    table = headline_table(
+        [passkey("memlong, every head", 1.0), passkey("rag", 0.5), passkey("memlong", 0.5), passkey("memlong", 0.9)]
+    )
+    rows = [line.split(" | ")[0][2:] for line in table.splitlines()[2:]]
+    assert rows == ["memlong", "memlong, every head", "rag"]
+    assert "| memlong | 0.90 |" in table and "| memlong, every head | 1.00 |" in table

@@ -289,7 +289,9 @@ def headline_table(reports: list[dict]) -> str:
     ``--score`` tokens) by length, passkey accuracy (mean over depths) by length, RULER's mean by
     length, ICL accuracy by task, and where the runs recorded it, each method's cost (bytes kept per
     context token, prompt tokens per second of reading and answering) at its longest length. A later
-    report's cell replaces an earlier one's in the same column."""
+    report's cell replaces an earlier one's in the same column. Rows: our methods in a fixed order,
+    another label the reports use (a variant's, "memlong, ...") right after the method it starts
+    with, else last."""
     cols: dict[str, dict[str, str]] = {}  # column -> method -> cell
     cost: dict[str, list[tuple[int, float, float]]] = {}  # method -> (length, bytes/token, tokens/s)
     for data in reports:
@@ -314,11 +316,12 @@ def headline_table(reports: list[dict]) -> str:
         L, bpt, tps = max(rows, key=lambda x: (x[0], x[2]))
         cols.setdefault("bytes kept per token", {})[m] = f"{bpt:,.0f}"
         cols.setdefault("prompt tokens/s (read + answer)", {})[m] = f"{tps:,.0f} at {L // 1024}k"
-    methods = [
-        m
-        for m in ("memlong", "memlong_no_memory", "rag", "base_full", "base_truncated")
-        if any(m in c for c in cols.values())
-    ]
+    known = ("memlong", "memlong_no_memory", "rag", "base_full", "base_truncated")
+    seen = dict.fromkeys(m for c in cols.values() for m in c)
+    methods = []
+    for m in [k for k in known if k in seen]:  # a variant's label (e.g. "memlong, ...") right after its method
+        methods += [m] + [o for o in seen if o not in known and o.startswith(m) and o not in methods]
+    methods += [o for o in seen if o not in methods]
     out = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
         out.append(f"| {m} | " + " | ".join(c.get(m, "not run") for c in cols.values()) + " |")

@@ -211,6 +211,7 @@ def _describe(model, name) -> dict:
         "max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
         "mode": cfg.mode,
         "bank_layers": [i + 1 for i in cfg.bank_layers],
+        "bank_heads": [list(p) for p in cfg.bank_heads] if cfg.bank_heads is not None else None,
         "chunk_size": cfg.chunk_size,
         "top_k": cfg.top_k,
         "local_window": cfg.local_window,
@@ -225,6 +226,7 @@ def _describe(model, name) -> dict:
         "question_tail": cfg.question_tail,
         "question_order": cfg.question_order,
         "question_fresh_window": cfg.question_fresh_window,
+        "question_score_ratio": cfg.question_score_ratio,
         "retriever": model.memlong_retriever.describe(),
     }
 
@@ -477,11 +479,14 @@ def run(args) -> int:
     m = model_info
     layers = m["bank_layers"]
     contiguous = layers == list(range(layers[0], layers[-1] + 1))
+    banked = f"layers {layers[0]}..{layers[-1]}" if contiguous else f"layers {layers}"
+    if m["bank_heads"] is not None:
+        banked = f"{len(m['bank_heads'])} KV heads (layers {sorted({layer for layer, _ in m['bank_heads']})})"
     print(
         f"  {'the default MemLong model' if m['model'] == 'default' else 'MemLong model'} ({m['model_path']})\n"
         f"  base {m['base_model']}: {m['parameters'] / 1e6:.1f}M parameters, {m['layers']} layers, "
         f"{m['max_position_embeddings']} positions\n  mode {m['mode']}: banks the K/V of "
-        f"{f'layers {layers[0]}..{layers[-1]}' if contiguous else f'layers {layers}'} for every "
+        f"{banked} for every "
         f"{m['chunk_size']}-token chunk; top-{m['top_k']} chunks retrieved beside a {m['local_window']}-token "
         f"local window (bank dtype {m['bank_dtype'] or 'model'}, capacity {m['memory_capacity']:,} tokens)\n"
         f"  retriever: {_retriever_name(m['retriever'])}; loaded in {m['load_seconds']:.0f} s",
