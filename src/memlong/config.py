@@ -41,8 +41,8 @@ class MemLongConfig:
     """Everything that defines a MemLong model on top of a base causal LM: validated when built,
     saved as JSON beside a model. One line per field below; what each does and why it has its
     default: docs/CONFIG.md. ``MemLongConfig()`` is the paper's layout; the shipped default model
-    (:mod:`memlong.pretrained`) differs (``training_free`` mode, every layer banked, sinks and
-    ``question_reread`` on), as its own ``memlong_config.json`` says.
+    (:mod:`memlong.pretrained`) differs (``training_free`` mode, 11 retrieval heads banked, sinks and
+    the question options on), as its own ``memlong_config.json`` says.
     """
 
     # what the memory is and where it sits

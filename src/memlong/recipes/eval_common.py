@@ -33,11 +33,12 @@ def load_models(args, methods):
     from memlong.config import apply_overrides
     from memlong.pretrained import base_model_of, load_memlong_model
 
-    model, tok = load_memlong_model(args.model, retriever=args.retriever)
+    dtype = getattr(torch, args.dtype)  # --dtype: float32 or bfloat16, both models alike
+    model, tok = load_memlong_model(args.model, retriever=args.retriever, dtype=dtype)
     apply_overrides(model, args.overrides)
     base_path = args.base_model or base_model_of(args.model)
     need_base = any(m in BASE_METHODS for m in methods)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval() if need_base else None
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).eval() if need_base else None
     window = int(getattr((base or model).config, "max_position_embeddings", 2048))
     return tok, model, base, window, base_path
 
@@ -82,11 +83,12 @@ def resumed_report(args, same: tuple[str, ...]) -> dict | None:
     config = report["config"]
     if config.get("task") != args.task:
         raise MemLongConfigError(f"--resume: {path} is an eval {config.get('task')} report, not eval {args.task}")
-    for key in same:
-        if config.get(key) != getattr(args, key):
+    for key in (*same, "dtype"):
+        theirs = config.get(key, "float32" if key == "dtype" else None)  # (a report from before --dtype: float32)
+        if theirs != getattr(args, key):
             flag = {"overrides": "--set", "requery": "requery (--no-requery)"}.get(key, f"--{key.replace('_', '-')}")
             raise MemLongConfigError(
-                f"--resume: {path} was measured with {flag} {config.get(key)!r}, this run has "
+                f"--resume: {path} was measured with {flag} {theirs!r}, this run has "
                 f"{getattr(args, key)!r}; give the same or use a new --json"
             )
     return report
