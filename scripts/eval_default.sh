@@ -15,6 +15,9 @@ $M eval ruler --data runs/corpus --lengths 4096 --samples 10 --methods base_full
 $M eval ruler --data runs/corpus --lengths 16384 --samples 10 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_16k.json --plot docs/results/default_ruler_16k.png
 $M eval ruler --data runs/corpus --lengths 32768 --samples 10 --methods rag,memlong,base_truncated,memlong_no_memory --threads 1 --resume --json docs/results/default_ruler_32k.json --plot docs/results/default_ruler_32k.png
 $M eval passkey --data runs/corpus --lengths 4096,16384,32768,65536,131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods rag --threads 1 --json docs/results/default_passkey_rag.json
+# the base model on the last 8,192 tokens (its trained context) of each passkey prompt
+$M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods base_truncated --threads 1 --json docs/results/default_passkey_base_truncated.json
+$M eval passkey --data runs/corpus --lengths 32768,65536,131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods base_truncated --threads 1 --json docs/results/default_passkey_base_truncated_long.json
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
 # 64k: five depths x 2 trials, about 1.5 hours on one thread; --resume continues a run cut short
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_64k.json
