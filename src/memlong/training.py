@@ -244,10 +244,14 @@ class SegmentStream:
         return Batch(ids, mask, new, tokens)
 
     def state_dict(self) -> dict:
-        """Resume point: documents in progress are dropped, reading restarts at ``next_doc``
-        (memory is per document, and a half-read document's memory is not saved)."""
-        return {"next_doc": self.next_doc, "epoch": self.epoch}
+        """Resume point: the next document to start (``next_doc``, ``epoch``) and what is left of
+        each row's document in progress (``rows``), to go on with the memory saved beside it
+        (``memlong train`` checkpoints both)."""
+        return {"next_doc": self.next_doc, "epoch": self.epoch, "rows": [list(r) for r in self._rows]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continues from :meth:`state_dict`; without ``rows`` (no memory to go on with, or a
+        checkpoint from before they were kept) the documents in progress are dropped and reading
+        restarts at ``next_doc``."""
         self.next_doc, self.epoch = int(state["next_doc"]), int(state["epoch"])
-        self._rows, self._iter = [], None
+        self._rows, self._iter = [list(r) for r in state.get("rows", [])], None

@@ -130,10 +130,43 @@ def test_single_process_freezes_learns_resumes_and_reloads(setup):
     with open(run / "log.csv") as f:  # the speed, as a ratio to the plain forward's, on every row
         assert all(float(r["forward_ratio"]) > 0 and float(r["tokens_per_second"]) > 0 for r in csv.DictReader(f))
     assert (run / "loss.png").stat().st_size > 1000
+    # a checkpoint keeps what trains, not the frozen base
+    held = load_file(run / "checkpoints" / "step-30" / "model.safetensors")
+    assert set(changed) <= set(held) and not set(held) & set(frozen)  # the trained layers, the gates
+    assert all(k in dict(m.named_parameters()) for k in held)
     # resume from the newest checkpoint and carry on to step 40
     assert main([*args, "--steps", "40", "--resume"]) == 0
     steps = [s for s, _ in losses(run)]
     assert steps == list(range(1, 41))
+
+
+def test_a_run_killed_between_checkpoints_resumes_to_the_same_losses(setup, tmp_path, monkeypatch):
+    """Killed after step 13 with checkpoints every 5 steps, a run resumes from step 10 (its
+    checkpoint holding only what trains) and logs the same losses as a run never cut."""
+    from accelerate import Accelerator
+
+    def run(out, *extra):
+        argv = ["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"), "--output", str(out)]
+        flags = ["--steps", "20", "--lr", "1e-2", "--warmup", "2", "--eval-every", "0", "--save-every", "5"]
+        return main([*argv, *flags, *COMMON, *extra])
+
+    assert run(tmp_path / "whole") == 0
+    backward, calls = Accelerator.backward, []
+
+    def killed_after_13(self, loss, **kwargs):
+        calls.append(1)
+        if len(calls) > 13:
+            raise KeyboardInterrupt  # the session's end
+        return backward(self, loss, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "backward", killed_after_13)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(Accelerator, "backward", backward)
+    assert run(tmp_path / "cut", "--resume") == 0
+    cut, whole = losses(tmp_path / "cut"), losses(tmp_path / "whole")
+    assert [s for s, _ in cut] == list(range(1, 21))
+    assert [x for _, x in cut] == pytest.approx([x for _, x in whole], rel=1e-5)
 
 
 def bp_names(m, layers, suffix=""):

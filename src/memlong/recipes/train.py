@@ -37,6 +37,41 @@ def int_tuple(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1; got {text!r}") from None
 
 
+def _save_what_trains(models, weights, output_dir) -> None:
+    """accelerate's save-state hook: each model's checkpoint keeps only the parameters that train
+    (LoRA, gates, trained layers), a few MB where the whole model is hundreds: the frozen rest is
+    the base's, loaded again on resume (:func:`_load_what_trains`)."""
+    for i, model in enumerate(models):
+        trains = {name for name, p in model.named_parameters() if p.requires_grad}
+        weights[i] = {k: v for k, v in weights[i].items() if k in trains}
+
+
+def _load_what_trains(models, input_dir) -> None:
+    """accelerate's load-state hook for :func:`_save_what_trains`' checkpoints: loads the trained
+    parameters into each model, checks that the file held every one of them and nothing else,
+    and takes the model off accelerate's list (a whole-model checkpoint is left to accelerate)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    for i, model in enumerate(list(models)):
+        path = Path(input_dir) / f"model{f'_{i}' if i else ''}.safetensors"
+        if not path.exists():
+            continue
+        with safe_open(str(path), framework="pt") as f:
+            held = set(f.keys())
+        trains = {name for name, p in model.named_parameters() if p.requires_grad}
+        if trains < held:
+            continue  # the whole model (a checkpoint from before these hooks): accelerate loads it
+        if held != trains:
+            raise SystemExit(
+                f"--resume: {path} holds other parameters than this run trains "
+                f"({len(held ^ trains)} differ, e.g. {sorted(held ^ trains)[:3]}); "
+                "resume with the flags it was trained with (--lora-r, --train-layers, the layers)"
+            )
+        model.load_state_dict(load_file(path, device="cpu"), strict=False)
+        models.remove(model)
+
+
 def _forward_tokens_per_second(model, batch: int, window: int, device) -> float:
     """Tokens per second of the model's plain forward (no gradient, a fresh memory) over one random
     batch of ``batch`` x ``window`` tokens, after one warm-up segment: what a training step's speed is
@@ -338,6 +373,9 @@ def run(args) -> int:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     trained, optimizer, scheduler = accelerator.prepare(trained, optimizer, scheduler)
+    # checkpoints keep what trains (LoRA, gates, trained layers): the frozen rest is the base's
+    accelerator.register_save_state_pre_hook(_save_what_trains)
+    accelerator.register_load_state_pre_hook(_load_what_trains)
 
     cfg = memlong_model.memlong_config
     stream = SegmentStream(
@@ -363,7 +401,10 @@ def run(args) -> int:
         state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
         step = state["step"]
         tokens_before, seconds_before = state.get("tokens", 0), state.get("seconds", 0.0)
-        stream.load_state_dict(state["streams"][accelerator.process_index])
+        saved_memory = ckpts[-1] / f"memory_{accelerator.process_index}"
+        own = state["streams"][accelerator.process_index]
+        # the documents in progress go on only with the memory their earlier segments built
+        stream.load_state_dict(own if saved_memory.is_dir() else {**own, "rows": []})
         accelerator.print(f"resumed from {ckpts[-1]} at step {step}")
 
     val_windows = None
@@ -423,6 +464,8 @@ def run(args) -> int:
             f"{accelerator.num_processes} process(es)"
         )
     memory = memlong_model.new_memory(args.batch_size)
+    if args.resume and saved_memory.is_dir():  # the documents in progress go on with their memory
+        memory = memlong_model.load_memory(saved_memory)
     trained.train()
     t0, tokens = time.perf_counter(), tokens_before  # tokens and seconds count from the start of the run
 
@@ -493,6 +536,7 @@ def run(args) -> int:
         if args.save_every and (step % args.save_every == 0 or at_end):
             ckpt = ckpt_root / f"step-{step}"
             accelerator.save_state(str(ckpt))
+            memory.save(ckpt / f"memory_{accelerator.process_index}")  # each process's rows
             streams = (
                 accelerator.gather_for_metrics([stream.state_dict()], use_gather_object=True)
                 if accelerator.num_processes > 1
