@@ -316,6 +316,72 @@ def layouts(runs: list[tuple[dict, str]]) -> str:
     return "\n".join(table + [""] + said + ["", f"From {sources}."])
 
 
+def train_command(args: dict) -> str:
+    """The ``memlong train`` command of a run's recorded arguments (``train_summary.json``): every
+    flag whose value differs from the verb's default."""
+    import argparse
+
+    from memlong.recipes import train
+
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    defaults = vars(p.parse_args(["--data", "x", "--output", "x"]))
+
+    def same(a, b) -> bool:
+        return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+
+    flags = []
+    for key, value in args.items():
+        if key == "model" and Path(str(value)).name.startswith("SmolLM2-135M-Instruct"):
+            continue  # the default base, converted into the user's cache: what no --model trains
+        if (
+            key in defaults
+            and (key in ("data", "output") or not same(value, defaults[key]))
+            and value not in (None, False)
+        ):
+            value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            flags.append(f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}"))
+    return "memlong train " + " ".join(flags)
+
+
+def learning_curve(runs: list[tuple[dict, str]]) -> str:
+    """docs/DEVELOPMENT.md: an adaptation run's validation loss with and without memory against the
+    tokens trained, from its summary (``final/train_summary.json``, copied as NAME.json) and its
+    log (``log.csv``, copied as NAME.csv beside it)."""
+    import csv
+
+    out = []
+    for data, path in runs:
+        with open(ROOT / path.replace(".json", ".csv")) as f:
+            rows = [r for r in csv.DictReader(f) if r.get("val_loss_memory")]
+        out += [
+            f"`{train_command(data['args'])}` ({data['hardware']}, {data['threads_per_process']} thread(s), "
+            f"{data['mixed_precision']} precision; log: `{path.replace('.json', '.csv')}`, summary: `{path}`)",
+            "",
+            "| step | tokens trained | val loss, memory | val loss, no memory | memory's change | "
+            "training tokens/s (x the plain forward's) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            mem, no = float(r["val_loss_memory"]), float(r["val_loss_no_memory"])
+            speed = (
+                f"{float(r['tokens_per_second']):.0f} ({float(r['forward_ratio']):.2f}x)"
+                if r.get("forward_ratio")
+                else "-"
+            )
+            out.append(
+                f"| {r['step']} | {int(r['tokens']):,} | {mem:.4f} | {no:.4f} | {100 * (mem - no) / no:+.2f}% | {speed} |"
+            )
+        v = data["validation"]
+        out += [
+            "",
+            f"Validation: {v['windows']} windows of {v['length']:,} tokens of the corpus' validation split, the "
+            f"last {v['scored']:,} of each scored (the rest read into memory first); {data['steps']} steps, "
+            f"{data['tokens']:,} tokens in {data['train_seconds'] / 60:.0f} min.",
+        ]
+    return "\n".join(out)
+
+
 def concatenated(runs: list[tuple[dict, str]]) -> str:
     """Each report's Markdown (as in its .md), one after the other."""
     return "\n\n".join(_markdown(data, path) for data, path in runs)
@@ -389,6 +455,8 @@ SECTIONS = {
     "retriever": (concatenated, ["bench_retriever"]),
     # docs/DEVELOPMENT.md: scripts/experiments/kv_predictability.py, how far MemLong mode's layers are from its memory
     "kv_predictability": (concatenated, ["default_kv_predictability"]),
+    # docs/DEVELOPMENT.md: adapting the default model in MemLong mode on a CPU, its learning curve
+    "adaptation_default": (learning_curve, ["adaptation_default_train"]),
     # docs/DEVELOPMENT.md: scripts/experiments/compare_question_options.py and the icl runs beside it
     "question_options": (
         concatenated,
@@ -430,6 +498,8 @@ def _markdown(data: dict, path: str) -> str:
         return question_options_markdown(data, path)
     if name == "default_kv_predictability":
         return kv_predictability_markdown(data, path)
+    if name.startswith("adaptation_default"):
+        return learning_curve([(data, path)])
     return report.markdown(data, path, NOTES.get(name), root=ROOT)
 
 

@@ -86,3 +86,32 @@ def test_the_headline_gives_every_head_runs_a_row_of_their_own():
     assert [r["method"] for r in old["results"]] == [render_readme.EVERY_HEAD_ROW, "memlong_no_memory"]
     now = render_readme._by_layout({"config": {"memlong": today}, "results": rows})
     assert [r["method"] for r in now["results"]] == ["memlong", "memlong_no_memory"]
+
+
+def test_a_training_runs_learning_curve_and_command(tmp_path):
+    """An adaptation run renders as its command (the flags it changed, parsing back to its
+    arguments) and its validation rows: loss with and without memory, and memory's change."""
+    import argparse
+    import shlex
+
+    from memlong.recipes import train
+
+    render_readme = _render_readme()
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    args = vars(p.parse_args(["--data", "runs/corpus", "--output", "runs/a", "--lora-r", "16", "--memory-layer", "19"]))
+    args |= {"retrieval_layers": "20,21", "loss_sample": 0.25, "model": "/cache/models/SmolLM2-135M-Instruct-Q4_1-x"}
+    command = render_readme.train_command(args)
+    again = vars(p.parse_args(shlex.split(command)[2:]))
+    assert {k: v for k, v in again.items() if k != "model"} == {k: v for k, v in args.items() if k != "model"}
+    assert "--model" not in command  # the default base
+    (tmp_path / "run.csv").write_text(
+        "step,loss,lr,tokens,seconds,tokens_per_second,forward_ratio,val_loss_memory,val_ppl_memory,"
+        "val_loss_no_memory,val_ppl_no_memory\n5,2.0,0.1,5120,30,140,0.6,,,,\n"
+        "100,2.1,0.1,102400,900,120,0.5,2.0,7.39,2.5,12.18\n"
+    )
+    summary = {"args": args, "hardware": "cpu", "threads_per_process": 1, "mixed_precision": "no"}
+    summary |= {"validation": {"windows": 4, "length": 4096, "scored": 1024}, "steps": 100, "tokens": 102400}
+    text = render_readme.learning_curve([(summary | {"train_seconds": 900.0}, str(tmp_path / "run.json"))])
+    assert command in text and "| 100 | 102,400 | 2.0000 | 2.5000 | -20.00% | 120 (0.50x) |" in text
+    assert "| 5 |" not in text  # rows without validation are not shown
