@@ -500,7 +500,25 @@ def _markdown(data: dict, path: str) -> str:
         return kv_predictability_markdown(data, path)
     if name.startswith("adaptation_default"):
         return learning_curve([(data, path)])
-    return report.markdown(data, path, NOTES.get(name), root=ROOT)
+    note = NOTES.get(name) or (_changed_since(data) if name.startswith("default_") else None)
+    return report.markdown(data, path, note, root=ROOT)
+
+
+def _changed_since(data: dict) -> str | None:
+    """The note under a default model's report measured with settings the default has changed
+    since (:func:`earlier_settings`): which, and the ``--set`` flags that repeat it."""
+    today = _setting_fields({"config": {"memlong": _shipped()}})
+    if not earlier_settings([(data, "")]):
+        return None
+    theirs = _setting_fields(data)
+    asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl")
+    keys = [k for k in today if (asks or k in LAYOUT_FIELDS) and theirs[k] != today[k]]
+    flags = " ".join(f"--set {k}={json.dumps(theirs[k]).replace(' ', '')}" for k in keys)
+    return (
+        "Measured with settings the default model has changed since ("
+        + ", ".join(_setting(k, theirs[k]) for k in keys)
+        + f"): `{flags}` repeats it."
+    )
 
 
 def _runs(names: list[str]) -> list[tuple[dict, str]]:
