@@ -115,3 +115,13 @@ def test_a_training_runs_learning_curve_and_command(tmp_path):
     text = render_readme.learning_curve([(summary | {"train_seconds": 900.0}, str(tmp_path / "run.json"))])
     assert command in text and "| 100 | 102,400 | 2.0000 | 2.5000 | -20.00% | 120 (0.50x) |" in text
     assert "| 5 |" not in text  # rows without validation are not shown
+
+
+def test_a_default_report_measured_before_a_change_says_how_to_repeat_it():
+    render_readme = _render_readme()
+    today = render_readme._shipped()
+    run = {"config": {"task": "passkey", "memlong": today}, "results": [{"method": "memlong"}]}
+    assert render_readme._changed_since(run) is None
+    run["config"]["memlong"] = {**today, "bank_heads": None, "question_tail": 0}
+    note = render_readme._changed_since(run)
+    assert "bank_heads: every head" in note and "`--set bank_heads=null --set question_tail=0` repeats it" in note
