@@ -57,11 +57,6 @@ DEMO_SCORE_ORDER = (
     'Measured when the default model\'s config had `"question_order": "score"` beside the window and the tails '
     "(`src/memlong/pretrained/default/memlong_config.json`): `memlong demo --set question_order=score` repeats it."
 )
-EVERY_HEAD = (
-    "Measured when the default model banked every KV head of every layer (23,040 bytes per token) and read "
-    "again every hit of a question (before it kept the 11 retrieval heads and `question_score_ratio=0.7`): "
-    "`--set bank_heads=null --set question_score_ratio=0` repeats it."
-)
 #: report -> the paragraph under its command: what changed since it was measured.
 NOTES = {
     "soak_ask_256k": SOAK_PARAPHRASE,
@@ -69,9 +64,6 @@ NOTES = {
     "question_options_icl_validation": BEFORE_REREAD,
     "question_options_icl_validation_options": BEFORE_REREAD,
     "default_ruler_16k_before_question_window": BEFORE_WINDOW,
-    "every_head_ruler_16k": EVERY_HEAD,
-    "every_head_passkey_128k": EVERY_HEAD,
-    "every_head_demo": EVERY_HEAD,
     "demo_question_order_score": DEMO_SCORE_ORDER,
     **{f"question_window_validation_4k_{n}": VALIDATED_WINDOW for n in ("off", "on", "on_tail32", "on_tail32_score")},
     "default_ruler": OLD_RULER,
@@ -210,7 +202,8 @@ LAYOUT_PAIRS = [
     ("RULER needles, validation 4k", "question_window_validation_4k_on_tail32", "bank_heads_validation_4k"),
     ("RULER 16k", "every_head_ruler_16k", "bank_heads_ruler_16k"),
     ("RULER 16k", "every_head_ruler_16k", "default_ruler_16k"),
-    ("passkey", "default_passkey", "bank_heads_passkey"),
+    ("passkey", "every_head_passkey", "bank_heads_passkey"),
+    ("passkey", "every_head_passkey", "default_passkey"),
     ("passkey", "default_passkey_32k", "bank_heads_passkey_long"),
     ("passkey", "default_passkey_64k", "bank_heads_passkey_long"),
     ("passkey", "every_head_passkey_128k", "default_passkey_128k"),
@@ -397,8 +390,9 @@ SECTIONS = {
         [
             "default_ppl_same_text",
             "bank_heads_ppl_same_text",
-            "default_passkey",
+            "every_head_passkey",
             "bank_heads_passkey",
+            "default_passkey",
             "default_passkey_32k",
             "default_passkey_64k",
             "bank_heads_passkey_long",
@@ -435,7 +429,7 @@ SECTIONS = {
             + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler_16k_before_question_window", "ruler", "ruler_long")
             + ("icl", "icl_rag", "icl_no_requery")
         ]
-        + ["every_head_passkey_128k", "every_head_ruler_16k"],
+        + ["every_head_passkey", "every_head_passkey_128k", "every_head_ruler_16k"],
     ),
     "base_ppl": (report.base_ppl_markdown, ["default_base_ppl_short", "default_ppl_by_length"]),  # the model card
     # docs/HISTORY.md: the earlier 7.5M reference model
@@ -500,7 +494,7 @@ def _markdown(data: dict, path: str) -> str:
         return kv_predictability_markdown(data, path)
     if name.startswith("adaptation_default"):
         return learning_curve([(data, path)])
-    note = NOTES.get(name) or (_changed_since(data) if name.startswith("default_") else None)
+    note = NOTES.get(name) or (_changed_since(data) if name.startswith(("default_", "every_head_")) else None)
     return report.markdown(data, path, note, root=ROOT)
 
 
@@ -511,7 +505,7 @@ def _changed_since(data: dict) -> str | None:
     if not earlier_settings([(data, "")]):
         return None
     theirs = _setting_fields(data)
-    asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl")
+    asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl") or "facts" in data
     keys = [k for k in today if (asks or k in LAYOUT_FIELDS) and theirs[k] != today[k]]
     flags = " ".join(f"--set {k}={json.dumps(theirs[k]).replace(' ', '')}" for k in keys)
     return (
