@@ -208,7 +208,8 @@ LAYOUT_PAIRS = [
     ("passkey", "default_passkey_64k", "bank_heads_passkey_long"),
     ("passkey", "every_head_passkey_128k", "default_passkey_128k"),
     ("ppl, same text", "default_ppl_same_text", "bank_heads_ppl_same_text"),
-    ("icl corpus-source (300 in memory)", "default_icl", "bank_heads_icl"),
+    ("icl corpus-source (300 in memory)", "every_head_icl", "bank_heads_icl"),
+    ("icl corpus-source (300 in memory)", "every_head_icl", "default_icl"),
     ("demo", "every_head_demo", "demo_bank_heads"),
     ("demo", "every_head_demo", "demo"),
     ("reading 16k against base_windows", "bench_ingest_every_head_16k", "bench_ingest_bank_heads_16k"),
@@ -406,8 +407,9 @@ SECTIONS = {
             "bank_heads_ruler_16k",
             "default_ruler_16k",
             "default_ruler_32k",
-            "default_icl",
+            "every_head_icl",
             "bank_heads_icl",
+            "default_icl",
             "default_icl_rag",
         ],
     ),
@@ -429,7 +431,7 @@ SECTIONS = {
             + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler_16k_before_question_window", "ruler", "ruler_long")
             + ("icl", "icl_rag", "icl_no_requery")
         ]
-        + ["every_head_passkey", "every_head_passkey_128k", "every_head_ruler_16k"],
+        + ["every_head_passkey", "every_head_passkey_128k", "every_head_ruler_16k", "every_head_icl"],
     ),
     "base_ppl": (report.base_ppl_markdown, ["default_base_ppl_short", "default_ppl_by_length"]),  # the model card
     # docs/HISTORY.md: the earlier 7.5M reference model
