@@ -453,6 +453,7 @@ SECTIONS = {
     "kv_predictability": (concatenated, ["default_kv_predictability"]),
     # docs/DEVELOPMENT.md: adapting the default model in MemLong mode on a CPU, its learning curve
     "adaptation_default": (learning_curve, ["adaptation_default_train"]),
+    "adaptation_default_test": (concatenated, ["adaptation_default_ppl_16k", "adaptation_default_passkey_16k"]),
     # docs/DEVELOPMENT.md: scripts/experiments/compare_question_options.py and the icl runs beside it
     "question_options": (
         concatenated,
@@ -494,7 +495,7 @@ def _markdown(data: dict, path: str) -> str:
         return question_options_markdown(data, path)
     if name == "default_kv_predictability":
         return kv_predictability_markdown(data, path)
-    if name.startswith("adaptation_default"):
+    if name == "adaptation_default_train":
         return learning_curve([(data, path)])
     note = NOTES.get(name) or (_changed_since(data) if name.startswith(("default_", "every_head_")) else None)
     return report.markdown(data, path, note, root=ROOT)
