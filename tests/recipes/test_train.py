@@ -141,8 +141,9 @@ def test_single_process_freezes_learns_resumes_and_reloads(setup):
 
 
 def test_a_run_killed_between_checkpoints_resumes_to_the_same_losses(setup, tmp_path, monkeypatch):
-    """Killed after step 13 with checkpoints every 5 steps, a run resumes from step 10 (its
-    checkpoint holding only what trains) and logs the same losses as a run never cut."""
+    """Killed after step 13 with checkpoints every 5 steps (and a later save cut short), a run
+    resumes from step 10 (its checkpoint holding only what trains) and logs the same losses as a
+    run never cut."""
     from accelerate import Accelerator
 
     def run(out, *extra):
@@ -163,6 +164,9 @@ def test_a_run_killed_between_checkpoints_resumes_to_the_same_losses(setup, tmp_
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "cut")
     monkeypatch.setattr(Accelerator, "backward", backward)
+    partial = tmp_path / "cut" / "checkpoints" / "step-15"  # a save cut short: no trainer_state.json yet
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"")
     assert run(tmp_path / "cut", "--resume") == 0
     cut, whole = losses(tmp_path / "cut"), losses(tmp_path / "whole")
     assert [s for s, _ in cut] == list(range(1, 21))

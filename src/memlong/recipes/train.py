@@ -394,9 +394,13 @@ def run(args) -> int:
     step, tokens_before, seconds_before = 0, 0, 0.0
     ckpt_root = out / "checkpoints"
     if args.resume:
-        ckpts = sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        # trainer_state.json is written last: a checkpoint without it was cut short while saving
+        ckpts = sorted(
+            (p for p in ckpt_root.glob("step-*") if (p / "trainer_state.json").is_file()),
+            key=lambda p: int(p.name.split("-")[1]),
+        )
         if not ckpts:
-            raise SystemExit(f"--resume: no checkpoint in {ckpt_root}")
+            raise SystemExit(f"--resume: no complete checkpoint in {ckpt_root}")
         accelerator.load_state(str(ckpts[-1]))
         state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
         step = state["step"]
