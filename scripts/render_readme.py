@@ -127,20 +127,27 @@ DEFAULT_CONFIG = ROOT / "src" / "memlong" / "pretrained" / "default" / "memlong_
 
 def earlier_settings(runs: list[tuple[dict, str]], fields: tuple[str, ...] | None = None) -> list[str]:
     """The runs whose memlong rows ran with other settings than the default model's today
-    (:func:`_setting_fields`: the layout, and for runs that ask questions the question fields),
-    each with the fields that differ; ``fields`` narrows the comparison."""
-    today = _setting_fields({"config": {"memlong": _shipped()}})
+    (:func:`_changed_keys`), each with the fields that differ; ``fields`` narrows the comparison."""
     out = []
     for data, path in runs:
-        memlong_rows = any(str(r.get("method", "")).startswith("memlong") for r in data.get("results", []))
-        if not (data.get("config", {}).get("memlong") or data.get("model")) or not (memlong_rows or "facts" in data):
-            continue  # rag and base rows: the memory's settings never reach them
-        theirs = _setting_fields(data)
-        asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl") or "facts" in data
-        keys = [k for k in fields or today if (asks or k in LAYOUT_FIELDS) and theirs[k] != today[k]]
+        keys = _changed_keys(data, fields)
         if keys:
+            theirs = _setting_fields(data)
             out.append(f"`{path}` ({', '.join(_setting(k, theirs[k]) for k in keys)})")
     return out
+
+
+def _changed_keys(data: dict, fields: tuple[str, ...] | None = None) -> list[str]:
+    """The fields (of ``fields``, else all of :func:`_setting_fields`) in which a report's memlong
+    rows ran otherwise than the default model today: the layout, and for a run that asks questions
+    the question fields; none for a report without memlong rows (rag and base rows: the memory's
+    settings never reach them)."""
+    memlong_rows = any(str(r.get("method", "")).startswith("memlong") for r in data.get("results", []))
+    if not (data.get("config", {}).get("memlong") or data.get("model")) or not (memlong_rows or "facts" in data):
+        return []
+    today, theirs = _setting_fields({"config": {"memlong": _shipped()}}), _setting_fields(data)
+    asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl") or "facts" in data
+    return [k for k in fields or today if (asks or k in LAYOUT_FIELDS) and theirs[k] != today[k]]
 
 
 def _shipped() -> dict:
@@ -503,13 +510,11 @@ def _markdown(data: dict, path: str) -> str:
 
 def _changed_since(data: dict) -> str | None:
     """The note under a default model's report measured with settings the default has changed
-    since (:func:`earlier_settings`): which, and the ``--set`` flags that repeat it."""
-    today = _setting_fields({"config": {"memlong": _shipped()}})
-    if not earlier_settings([(data, "")]):
+    since (:func:`_changed_keys`): which, and the ``--set`` flags that repeat it."""
+    keys = _changed_keys(data)
+    if not keys:
         return None
     theirs = _setting_fields(data)
-    asks = data.get("config", {}).get("task") in ("passkey", "ruler", "icl") or "facts" in data
-    keys = [k for k in today if (asks or k in LAYOUT_FIELDS) and theirs[k] != today[k]]
     flags = " ".join(f"--set {k}={json.dumps(theirs[k]).replace(' ', '')}" for k in keys)
     return (
         "Measured with settings the default model has changed since ("
