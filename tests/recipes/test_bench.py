@@ -165,7 +165,7 @@ def test_bench_baselines_end_to_end(tmp_path):
         == 0
     )
     (row,) = json.loads(out.read_text())["results"]
-    assert row["malloc_mmap_threshold"] == 131072
+    assert row["malloc_mmap_threshold"] == 131072 and row["config"]["memory_capacity"] == 512  # --capacity
     assert row["bank_chunks"] == (512 - 256) // 64  # the last window's chunks are still in the local window
     with pytest.raises(SystemExit, match="malloc-mmap-threshold"):
         main(["bench", "ingest", "--tokens", "512", "--malloc-mmap-threshold", "-1", *tiny])

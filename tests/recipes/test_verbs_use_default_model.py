@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from memlong.cli import main
-from memlong.pretrained import DEFAULT_BASE, ENV_VAR
+from memlong.pretrained import DEFAULT_BASE, DEFAULT_MEMLONG_MODEL, ENV_VAR
 from memlong.report import eval_command
 
 
@@ -173,8 +173,6 @@ def test_bench_ingest_shipped_is_the_default_model(default_is_tiny, tmp_path):
                 "memlong",
                 "--retriever",
                 "hashing",
-                "--capacity",
-                "4096",
                 "--threads",
                 "1",
                 "--json",
@@ -185,7 +183,9 @@ def test_bench_ingest_shipped_is_the_default_model(default_is_tiny, tmp_path):
     )
     (row,) = json.loads(out.read_text())["results"]
     assert row["model"] == f"default model (${ENV_VAR}={default_is_tiny})"
-    assert row["config"]["mode"] == "training_free" and row["config"]["memory_capacity"] == 4096
+    # without --capacity, the default model's own capacity: a million-token read is not evicted
+    shipped = json.loads((DEFAULT_MEMLONG_MODEL / "memlong_config.json").read_text())["memory_capacity"]
+    assert row["config"]["mode"] == "training_free" and row["config"]["memory_capacity"] == shipped >= 1_000_000
     assert row["bank_chunks"] == (1536 - 1024) // 128
 
 

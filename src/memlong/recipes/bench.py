@@ -24,7 +24,7 @@ memory ..."``, never as a number, and is not run at larger N.
 The model is a small Llama with random weights (speed does not depend on the weights) and the
 retriever's tokenizer, or with ``--model shipped`` (or ``default``) the default model,
 SmolLM2-135M-Instruct, whose ``memlong`` method reads with the default MemLong model's
-training-free config (``--chunk-size``, ``--top-k``, ``--window`` and ``--capacity`` applied),
+training-free config (``--chunk-size``, ``--top-k``, ``--window`` and a given ``--capacity`` applied),
 or any local causal LM path with its own tokenizer. The text is the Python standard library's
 sources (``--text`` for other local files). Also reports where MemLong's time goes
 (retriever, search, bank writes, attention, rest) and the bank's bytes per token against the
@@ -66,6 +66,8 @@ from memlong.profiling import machine
 from memlong.report import write_markdown
 
 METHODS = ("memlong", "base_full", "base_sliding", "base_windows")
+#: ``--capacity`` of the random-weight Llama (and any ``--model`` path) when none is given
+DEFAULT_CAPACITY = 32768
 #: --model values meaning the default model (SmolLM2-135M-Instruct with the default MemLong config)
 DEFAULT_NAMES = ("shipped", "default")
 
@@ -134,7 +136,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1024,
         help="MemLong's local window; the tokens per forward of the baselines, and base_sliding's sliding window",
     )
-    ingest.add_argument("--capacity", type=int, default=32768, help="memory capacity in tokens")
+    ingest.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="memory capacity in tokens (default: the default model's own with --model shipped, "
+        f"{DEFAULT_CAPACITY:,} otherwise)",
+    )
     add_overrides_argument(ingest, "--set bank_heads=[[7,0],[8,2]] --set bank_dtype=int8", " (memlong only)")
     ingest.add_argument(
         "--base-timeout",
@@ -366,9 +374,9 @@ def _worker(args) -> dict:
         if args.generate:
             result.update(_time_generate(model, torch.cat([ids, nxt], 1), args.generate, tok, past_key_values=cache))
     elif method == "memlong":
-        sizes = dict(
-            chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window, memory_capacity=args.capacity
-        )
+        sizes = dict(chunk_size=args.chunk_size, top_k=args.top_k, local_window=args.window)
+        if args.capacity is not None:
+            sizes["memory_capacity"] = args.capacity
         if args.model in DEFAULT_NAMES:  # the default MemLong model's config (training-free), resized
             import dataclasses
 
@@ -376,6 +384,7 @@ def _worker(args) -> dict:
 
             mcfg = dataclasses.replace(memlong.MemLongConfig.from_pretrained(DEFAULT_MEMLONG_MODEL), **sizes)
         else:
+            sizes.setdefault("memory_capacity", DEFAULT_CAPACITY)
             mcfg = memlong.MemLongConfig.for_num_layers(model.config.num_hidden_layers, **sizes)
         m = memlong.wrap(model, mcfg, retriever=args.retriever, tokenizer=tok)
         memlong.config.apply_overrides(m, args.overrides)
