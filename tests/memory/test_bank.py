@@ -391,6 +391,31 @@ def test_lexical_scores_weigh_rare_words_and_word_pairs():
     torch.testing.assert_close(bank.lexical_scores(slots, question), s)
 
 
+def test_lexical_scores_match_a_plain_count_over_many_chunks():
+    """The presence lookup (sorted terms, searchsorted) against a plain set count, over more
+    chunks than one batch of it (8,192), with question words no chunk holds."""
+    import math
+
+    from memlong.memory.bank import _BIGRAM, lexical_scores
+
+    torch.manual_seed(0)
+    corpus = torch.randint(0, 40, (8200, 6))
+    question = [3, 7, 7, 12, 99, 3]
+
+    def grams(row):
+        row = [int(t) for t in row]
+        return set(row) | {a * _BIGRAM + b for a, b in zip(row, row[1:])}
+
+    terms = grams(question)
+    held = [grams(row) & terms for row in corpus]
+    n = len(held)
+    idf = {t: math.log1p((n - sum(t in h for h in held) + 0.5) / (sum(t in h for h in held) + 0.5)) for t in terms}
+    total = sum(idf.values())
+    expected = torch.tensor([sum(idf[t] for t in h) / total for h in held])
+    torch.testing.assert_close(lexical_scores(corpus, question), expected)
+    torch.testing.assert_close(lexical_scores(corpus, question, corpus[8190:]), expected[8190:])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
 def test_a_dropped_bank_is_freed_at_once(dtype):
     """No reference cycle through the bank's K/V pages: a bank (and its K/V) goes as soon as the

@@ -152,8 +152,14 @@ def lexical_scores(
         return torch.zeros(chunks.shape[0])
     terms = torch.unique(_grams(q))
 
-    def holds(rows: torch.Tensor) -> torch.Tensor:  # [rows, terms]; [1024, 2 tau - 1, terms] at a time
-        return torch.cat([(_grams(b).unsqueeze(-1) == terms).any(1) for b in rows.split(1024)])
+    def holds(rows: torch.Tensor) -> torch.Tensor:  # [rows, terms]: each gram looked up among the sorted terms
+        held = torch.zeros(rows.shape[0], len(terms) + 1, dtype=torch.bool)
+        for i in range(0, rows.shape[0], 8192):  # bounded work memory: [8192, 2 tau - 1] codes at a time
+            grams = _grams(rows[i : i + 8192])
+            at = torch.searchsorted(terms, grams).clamp_max(len(terms) - 1)
+            # a gram that matches no term marks the spare last column
+            held[i : i + 8192].scatter_(1, torch.where(terms[at] == grams, at, len(terms)), True)
+        return held[:, :-1]
 
     n = corpus.shape[0]
     held_corpus = holds(corpus)
