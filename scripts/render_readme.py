@@ -281,7 +281,8 @@ QUESTION_FIELDS = (
 def _setting_fields(data: dict) -> dict:
     """The layout and question-time fields a report's MemLong config had; a field the report does
     not record did not exist yet, so the run had its off value (the dataclass default)."""
-    cfg = data.get("config", {}).get("memlong") or data.get("model") or {}
+    model = data.get("model") or {}  # the demo's: its config in model.memlong (flat in older reports)
+    cfg = data.get("config", {}).get("memlong") or model.get("memlong") or model
     off = MemLongConfig.__dataclass_fields__
     out = {k: cfg.get(k, off[k].default) for k in LAYOUT_FIELDS + QUESTION_FIELDS}
     if out["bank_heads"] is not None:

@@ -73,6 +73,13 @@ def test_runs_with_earlier_settings_are_named_with_the_fields_that_differ():
         "`old.json` (bank_heads: every head, question_score_ratio=0.0)",
         "`ppl.json` (bank_heads: every head)",  # ppl asks no question: only the layout counts
     ]
+    # a demo records its whole config in model.memlong (older demos: the fields flat in model)
+    halved = {**today, "question_score_ratio": 0.5}
+    demos = [({"facts": [], "model": {"memlong": halved}}, "demo.json"), ({"facts": [], "model": old}, "older.json")]
+    assert render_readme.earlier_settings(demos) == [
+        "`demo.json` (question_score_ratio=0.5)",
+        "`older.json` (bank_heads: every head, question_score_ratio=0.0)",
+    ]
 
 
 def test_the_headline_gives_every_head_runs_a_row_of_their_own():

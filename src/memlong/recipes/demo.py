@@ -217,16 +217,7 @@ def _describe(model, name) -> dict:
         "local_window": cfg.local_window,
         "memory_capacity": cfg.memory_capacity,
         "bank_dtype": cfg.bank_dtype,
-        "rerank_candidates": cfg.rerank_candidates,
-        "rerank_window": cfg.rerank_window,
-        "rerank_index": cfg.rerank_index,
-        "lexical_weight": cfg.lexical_weight,
-        "question_reread": cfg.question_reread,
-        "question_window": cfg.question_window,
-        "question_tail": cfg.question_tail,
-        "question_order": cfg.question_order,
-        "question_fresh_window": cfg.question_fresh_window,
-        "question_score_ratio": cfg.question_score_ratio,
+        "memlong": cfg.to_dict(),  # every field, as eval reports record it (config.memlong)
         "retriever": model.memlong_retriever.describe(),
     }
 
