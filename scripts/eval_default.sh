@@ -51,4 +51,6 @@ $M eval passkey --data runs/corpus --lengths 32768,65536 --depths 0.1,0.3,0.5,0.
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --same-text --max-documents 3 --methods memlong --set "$HEADS" --threads 1 --json docs/results/bank_heads_ppl_same_text.json
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods memlong --set "$HEADS" --threads 1 --json docs/results/bank_heads_icl.json
 $M eval ruler --data runs/corpus --lengths 16384 --samples 10 --methods memlong --set "$HEADS" --threads 1 --resume --json docs/results/bank_heads_ruler_16k.json
+# a million tokens read with nothing evicted (the default capacity holds 1,048,576), both cores, nothing else running
+$M bench ingest --model shipped --tokens 1000000 --methods memlong --threads 2 --generate 64 --json docs/results/bench_million_default.json
 ${PYTHON:-.venv/bin/python} scripts/render_readme.py
