@@ -239,6 +239,7 @@ def _layout_cells(measure: str, data: dict | None, method: str = "memlong") -> d
         return {
             f"{measure}: {r['task']}": f"{r['score']:.2f} [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]"
             for r in mine
+            if r.get("score") is not None  # (a task not run: qa without its data)
         }
     if measure == "passkey":
         out = {}

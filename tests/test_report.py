@@ -124,6 +124,11 @@ def test_ruler_bars_say_which_bar_a_task_misses_and_by_how_much():
     assert rows["fwe"].endswith("| below rag by 0.20; below 0.9x the ceiling by 0.30 |")
     assert rows["cwe"].endswith("| - | - | 0.10 [0.00, 1.00] | - |") and "qa_1" not in rows
     assert report.ruler_bars_table([reports[0]]) == ""  # no longer length measured: nothing to compare
+    # two longer lengths: each length's verdict column is text (left), its scores numbers (right)
+    reports.append({"results": [row("vt", 32768, "rag", 0.1), row("vt", 32768, "memlong", 0.5)]})
+    lines = report.ruler_bars_table(reports).splitlines()
+    assert lines[0].endswith("| rag 32k | memlong 32k | memlong 32k against the bars |")
+    assert lines[1] == "|---|---:|---:|---:|---|---:|---:|---|"
 
 
 def test_headline_takes_each_methods_cost_from_runs_with_a_length():

@@ -243,7 +243,7 @@ def ruler_bars_table(
         head += [f"rag {L // 1024}k", f"{method} {L // 1024}k", f"{method} {L // 1024}k against the bars"]
     out = [
         "| task | " + " | ".join(head) + " |",
-        "|---|" + "---:|" * (len(head) - len(lengths)) + "---|" * len(lengths),
+        "|---|---:|" + "---:|---:|---|" * len(lengths),  # per length: rag, method, verdict
     ]
     for task in RULER_TASKS:
         top = cells.get((task, ceiling[1], ceiling[0]))
