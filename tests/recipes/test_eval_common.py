@@ -87,6 +87,12 @@ def test_a_run_cut_short_resumes_where_it_stopped(eval_setup, task, tmp_path, mo
     assert "--resume: 3 cells already in" in capsys.readouterr().out
     resumed = json.loads(cut.read_text())["results"]
     assert resumed[:3] == kept and untimed(resumed) == untimed(whole)
+    # resumed with fewer --methods, the report still names every method it has rows of, so that
+    # its command rebuilds them all
+    every = TASKS[task][0][TASKS[task][0].index("--methods") + 1]
+    assert eval_cli(eval_setup, task, "--json", str(cut), "--resume", "--methods", "memlong") == 0
+    assert json.loads(cut.read_text())["config"]["methods"] == every
+    assert json.loads(cut.read_text())["results"] == resumed
 
     # other inputs, another MemLong config or another task's report: refused, the report left as it was
     other = "--trials" if task == "passkey" else "--score"

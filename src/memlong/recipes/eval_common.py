@@ -128,6 +128,15 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
+def methods_reported(given: str | None, results: list[dict]) -> str | None:
+    """``--methods`` as a report records it: every method it has rows of (a resumed report keeps
+    what an earlier run measured with other methods), then those given, so that its command
+    rebuilds every row; None (all of the task's) stays None."""
+    if not given:
+        return given
+    return ",".join(dict.fromkeys([r["method"] for r in results if r.get("method")] + given.split(",")))
+
+
 def write_report(
     args, results: list[dict], model, base_path, base_window, plot=None, quiet=False, extra: dict | None = None
 ) -> dict:
@@ -142,6 +151,7 @@ def write_report(
         **(extra or {}),
         "config": {
             **vars(args),
+            "methods": methods_reported(args.methods, results),
             "memlong": model.memlong_config.to_dict(),
             "base_model": base_path,
             "base_window": base_window,
