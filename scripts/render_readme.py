@@ -420,6 +420,7 @@ SECTIONS = {
             "bank_heads_icl",
             "default_icl",
             "default_icl_rag",
+            "demo",  # make demo: the facts each method answered (its own table: the README's demo section)
         ],
     ),
     # docs/RESULTS.md: RULER per task against the 4k ceiling and rag, the bars of a longer length

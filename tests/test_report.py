@@ -155,6 +155,54 @@ def test_headline_takes_each_methods_cost_from_runs_with_a_length():
     assert "0.64" in row and "| 12 |" in row and "900 at 4k" in row
 
 
+def test_headline_shows_the_facts_each_demo_method_answered():
+    """A `memlong demo` report is a column of its own: the facts each method answered, by our
+    methods' names (an older report without the baselines leaves them "not run")."""
+    from memlong.report import headline_table
+
+    facts = [{"question": "q"}] * 3
+    demo = {"facts": facts, "answered": {"memory": 3, "no_memory": 0, "rag": 2, "base_truncated": 1}}
+    table = headline_table([demo])
+    assert table.splitlines()[0] == "| method | demo facts |"
+    rows = dict(line.strip("| ").split(" | ") for line in table.splitlines()[2:])
+    assert rows == {"memlong": "3 of 3", "memlong_no_memory": "0 of 3", "rag": "2 of 3", "base_truncated": "1 of 3"}
+    older = {"facts": facts, "answered": {"memory": 2, "no_memory": 1}}
+    passkey = {"config": {"task": "passkey"}, "results": [{"method": "rag", "length": 4096, "accuracy": 1.0}]}
+    rows = {line.split(" | ")[0][2:]: line for line in headline_table([older, passkey]).splitlines()[2:]}
+    assert rows["rag"] == "| rag | not run | 1.00 |" and rows["memlong"] == "| memlong | 2 of 3 | not run |"
+
+
+def test_demo_markdown_shows_the_baselines_answers_where_they_ran():
+    """The demo's table: a column per method it asked (rag and base_truncated where recorded)."""
+    from memlong.report import demo_markdown
+
+    def answers(*keys):
+        return {k: {"answer": f"{k} says 7", "correct": k == "rag"} for k in keys}
+
+    def report(*keys):
+        fact = {"question": "Which?", "depth": 0.1, "expected": "7", "memory": {"retrieved": []}}
+        fact |= answers(*keys)
+        fact["memory"] |= {"retrieved": [{"has_fact": True}]}
+        reading = {"tokens_per_s": 10.0, "peak_rss_bytes_after_read": 2**20}
+        return {
+            "document": {"tokens": 100, "parts": [{"doc_id": "a.py", "tokens": 100}]},
+            "torch_threads": 1,
+            "load_average_at_start": 0.5,
+            "facts": [fact],
+            "ppl": {"tokens_scored": 10, "with_memory": 2.0, "without_memory": 3.0},
+            "reading": {"memory": reading, "no_memory": reading},
+            "bank": {"chunks": 1, "bytes": 2**20, "kv_bytes_per_token": 8},
+        }
+
+    both = demo_markdown(report("memory", "no_memory", "rag", "base_truncated"), "d.json")
+    assert "| with memory | without memory | rag | base_truncated |" in both
+    assert (
+        "| Which? (10%) | 7 | yes | wrong: 'memory says 7' | wrong: 'no_memory says 7' | right: 'rag says 7' |" in both
+    )
+    older = demo_markdown(report("memory", "no_memory"), "d.json")
+    assert "| with memory | without memory |\n|---|---|---|---|---|" in older
+
+
 def test_headline_puts_a_variants_row_after_its_method():
     """A label the reports use beside our methods ("memlong, every head ...") is a row of its own,
     right after the method it names; a later report's cell replaces an earlier one's."""

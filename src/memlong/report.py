@@ -289,7 +289,7 @@ def base_ppl_markdown(runs: list[tuple[dict, str | Path]]) -> str:
 def headline_table(reports: list[dict]) -> str:
     """One row per method, one column per measurement, from eval reports: ppl (of the last
     ``--score`` tokens) by length, passkey accuracy (mean over depths) by length, RULER's mean by
-    length, ICL accuracy by task, and where the runs recorded it, each method's cost (bytes kept per
+    length, ICL accuracy by task, the facts a `memlong demo` report's methods answered, and where the runs recorded it, each method's cost (bytes kept per
     context token, prompt tokens per second of reading and answering) at its longest length. A later
     report's cell replaces an earlier one's in the same column. Rows: our methods in a fixed order,
     another label the reports use (a variant's, "memlong, ...") right after the method it starts
@@ -297,6 +297,11 @@ def headline_table(reports: list[dict]) -> str:
     cols: dict[str, dict[str, str]] = {}  # column -> method -> cell
     cost: dict[str, list[tuple[int, float, float]]] = {}  # method -> (length, bytes/token, tokens/s)
     for data in reports:
+        if "facts" in data and "answered" in data:  # a `memlong demo` report: facts answered by each method
+            for key, method in DEMO_METHODS.items():
+                if key in data["answered"]:
+                    cols.setdefault("demo facts", {})[method] = f"{data['answered'][key]} of {len(data['facts'])}"
+            continue
         task, res = data["config"]["task"], data["results"]
         for r in res:
             if task == "ppl":  # the note's first word where not measured: "skipped", "failed"
@@ -545,9 +550,21 @@ def soak_markdown(r: dict, json_path: str | Path, note: str | None = None) -> st
 # --- memlong demo ---------------------------------------------------------------------------------
 
 
+#: a `memlong demo` report's answers (its keys) and what its table and the headline call them
+DEMO_COLUMNS = {
+    "memory": "with memory",
+    "no_memory": "without memory",
+    "rag": "rag",
+    "base_truncated": "base_truncated",
+}
+DEMO_METHODS = {"memory": "memlong", "no_memory": "memlong_no_memory", "rag": "rag", "base_truncated": "base_truncated"}
+
+
 def demo_markdown(d: dict, path: str | Path, note: str | None = None) -> str:
-    """`memlong demo`: facts asked with and without memory, ppl, speed."""
+    """`memlong demo`: facts asked with memory, without, and of the baselines it ran (rag, the base
+    model on the document's last tokens), ppl, speed."""
     doc = d["document"]
+    asked = [k for k in DEMO_COLUMNS if all(k in f for f in d["facts"])]  # rag, base_truncated: since they ran
     parts = " + ".join(f"{p['doc_id']} ({p['tokens']:,})" for p in doc["parts"])
     flags = set_flags(d.get("model", {}).get("overrides"))
     out = [
@@ -555,17 +572,13 @@ def demo_markdown(d: dict, path: str | Path, note: str | None = None) -> str:
         f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:",
         "",
         *([note, ""] if note else []),
-        "| fact (depth) | expected | fact's chunk retrieved | with memory | without memory |",
-        "|---|---|---|---|---|",
+        "| fact (depth) | expected | fact's chunk retrieved | " + " | ".join(DEMO_COLUMNS[k] for k in asked) + " |",
+        "|---|---|---|" + "---|" * len(asked),
     ]
     for f in d["facts"]:
         hit = "yes" if any(r.get("has_fact") for r in f["memory"]["retrieved"]) else "no"
-        ans = {
-            k: ("right" if f[k]["correct"] else "wrong") + f": {f[k]['answer'][:40]!r}" for k in ("memory", "no_memory")
-        }
-        out.append(
-            f"| {f['question']} ({f['depth']:.0%}) | {f['expected']} | {hit} | {ans['memory']} | {ans['no_memory']} |"
-        )
+        ans = [("right" if f[k]["correct"] else "wrong") + f": {f[k]['answer'][:40]!r}" for k in asked]
+        out.append(f"| {f['question']} ({f['depth']:.0%}) | {f['expected']} | {hit} | " + " | ".join(ans) + " |")
     ppl, rd, bank = d["ppl"], d["reading"], d["bank"]
     out += [
         "",

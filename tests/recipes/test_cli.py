@@ -80,6 +80,7 @@ def test_demo_end_to_end(tmp_path, capsys, bpe_tokenizer_dir):
     assert "SUMMARY" in printed and "without memory" in printed
     markdown = assert_markdown_beside(out)
     assert "| fact (depth) |" in markdown and "memlong demo --set question_fresh_window=true --json" in markdown
+    assert "| with memory | without memory | rag | base_truncated |" in markdown  # every method's answers
     s = json.loads(out.read_text())
     assert s["model"]["mode"] == "training_free" and s["model"]["layers"] == 8 and s["model"]["top_k"] == 2
     assert s["model"]["overrides"] == ["question_fresh_window=true"]
