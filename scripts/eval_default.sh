@@ -18,6 +18,8 @@ $M eval passkey --data runs/corpus --lengths 4096,16384,32768,65536,131072 --dep
 # the base model on the last 8,192 tokens (its trained context) of each passkey prompt
 $M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods base_truncated --threads 1 --json docs/results/default_passkey_base_truncated.json
 $M eval passkey --data runs/corpus --lengths 32768,65536,131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods base_truncated --threads 1 --json docs/results/default_passkey_base_truncated_long.json
+# the base model with full attention where the prompt fits its trained context (8,192 tokens)
+$M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods base_full --threads 1 --json docs/results/default_passkey_base_full.json
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
 # 64k: five depths x 2 trials, about 1.5 hours on one thread; --resume continues a run cut short
 $M eval passkey --data runs/corpus --lengths 65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --resume --json docs/results/default_passkey_64k.json
