@@ -212,6 +212,12 @@ def test_a_run_cut_short_keeps_what_it_measured_and_resumes(setup, tmp_path, mon
     assert ruler_cli(setup, *flags, "--json", str(out), "--resume") == 0
     resumed = json.loads(out.read_text())["results"]
     assert resumed[:2] == rows and [r["task"] for r in resumed] == ["cwe", "fwe", "vt"]
+    # a resumed run given some of the tasks records every task the report holds: its command rebuilds them all
+    subset = ["--lengths", "1600", "--samples", "1", "--tasks", "fwe", "--methods", "memlong"]
+    assert ruler_cli(setup, *subset, "--json", str(out), "--resume") == 0
+    report = json.loads(out.read_text())
+    assert report["results"] == resumed and report["config"]["tasks"] == "vt,cwe,fwe"
+    assert "--tasks vt,cwe,fwe " in eval_command(report["config"], "cut.json")
     # ... and refuses a report measured with other prompts
     for extra, says in ((["--json", str(out), "--seed", "3"], "--seed"), ([], "--resume needs --json")):
         with pytest.raises(SystemExit) as e:

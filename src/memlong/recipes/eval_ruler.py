@@ -229,8 +229,9 @@ def run(args, methods: list[str]) -> int:
 
     def report(final: bool = False):
         extra = {"ruler_means": ruler_means(results)}
+        recorded = argparse.Namespace(**{**vars(args), "tasks": tasks_reported(args.tasks, results)})
         write_report(
-            args, results, model, base_path, base_window, plot if final else None, quiet=not final, extra=extra
+            recorded, results, model, base_path, base_window, plot if final else None, quiet=not final, extra=extra
         )
 
     # shortest length first, one method at a time; the JSON is rewritten after every cell, so a run cut
@@ -264,6 +265,14 @@ SAME_PROMPTS = (
     "qa_squad",
     "qa_hotpotqa",
 )
+
+
+def tasks_reported(given: str, results: list[dict]) -> str:
+    """``--tasks`` as a report records it: every task it has rows of (a resumed report keeps what an
+    earlier run measured of other tasks) and those given, in RULER's order and then our variants',
+    so that its command rebuilds every row (RULER's 13 are the default: no flag)."""
+    have = {r["task"] for r in results} | set(given.split(","))
+    return ",".join(t for t in ALL_TASKS if t in have)
 
 
 def _cell(row: dict) -> tuple:
