@@ -101,6 +101,38 @@ def question_options_markdown(data: dict, path: str) -> str:
     return "\n".join(out)
 
 
+def question_bar_markdown(data: dict, path: str) -> str:
+    """A `scripts/experiments/question_bar.py` report (validation split): its command, then per task
+    the share of the answered statements' chunks each rule reads again, how often it reads one at
+    least, and the other needles' chunks it reads per question."""
+    c = data["config"]
+    flags = (
+        f"--data {c['data']} --split {c['split']} --lengths {c['lengths']} --tasks {c['tasks']} "
+        f"--samples {c['samples']} --seed {c['seed']} --ratio {c['ratio']} --min-run {c['min_run']}"
+    )
+    rules = list(data["results"][0]["rules"]) if data["results"] else []
+    out = [
+        f"`python scripts/experiments/question_bar.py {flags} --json {path}` (top_k={c['top_k']}):",
+        "",
+        "| task | length | samples | " + " | ".join(rules) + " |",
+        "|---|---:|---:|" + "---|" * len(rules),
+    ]
+    for r in data["results"]:
+        cells = " | ".join(
+            f"{v['answer_share']:.2f} ({v['any_answer']:.0%} any; {v['other_needles']:.1f} other)"
+            if any(e["answer_chunks"] for e in r["examples"])
+            else "- (no chunk holds the answer)"
+            for v in r["rules"].values()
+        )
+        out.append(f"| {r['task']} | {r['length']:,} | {r['samples']} | {cells} |")
+    out += [
+        "",
+        "Each cell: the mean share of the answered statements' chunks read again (how often one at least; "
+        "the other needles' chunks read per question).",
+    ]
+    return "\n".join(out)
+
+
 def kv_predictability_markdown(data: dict, path: str) -> str:
     """A `scripts/experiments/kv_predictability.py` report: its command, then for each memory layer the R^2 of
     a linear map from its keys/values to those of the layers above it, a few layers up and at the top."""
@@ -492,6 +524,8 @@ SECTIONS = {
     "question_fresh_window": (concatenated, ["question_fresh_window_validation_4k"]),
     "bank_heads_validation": (concatenated, ["bank_heads_validation_4k"]),
     "question_score_ratio": (concatenated, ["question_score_ratio_validation_4k"]),
+    # docs/DEVELOPMENT.md: scripts/experiments/question_bar.py, the hits the ratio keeps and a bar from a hit not restating the question
+    "question_bar": (concatenated, ["question_bar_validation_16k"]),
     "question_reread": (
         concatenated,
         [f"question_reread_validation_{name}" for name in ("16k", "seed2_16k", "seed3_passkey_16k")]
@@ -506,6 +540,8 @@ def _markdown(data: dict, path: str) -> str:
     name = Path(path).stem
     if name.startswith("question_") and "summary" in data:  # an experiment's report, not a verb's
         return question_options_markdown(data, path)
+    if name.startswith("question_bar_"):
+        return question_bar_markdown(data, path)
     if name == "default_kv_predictability":
         return kv_predictability_markdown(data, path)
     if name == "adaptation_default_train":
