@@ -289,8 +289,9 @@ def base_ppl_markdown(runs: list[tuple[dict, str | Path]]) -> str:
 def headline_table(reports: list[dict]) -> str:
     """One row per method, one column per measurement, from eval reports: ppl (of the last
     ``--score`` tokens) by length, passkey accuracy (mean over depths) by length, RULER's mean by
-    length, ICL accuracy by task, the facts a `memlong demo` report's methods answered, and where the runs recorded it, each method's cost (bytes kept per
-    context token, prompt tokens per second of reading and answering) at its longest length. A later
+    length, ICL accuracy by task, the facts a `memlong demo` report's methods answered, and where
+    the runs recorded it, each method's cost (bytes kept per context token, prompt tokens per
+    second of reading and answering) at its longest length. A later
     report's cell replaces an earlier one's in the same column. Rows: our methods in a fixed order,
     another label the reports use (a variant's, "memlong, ...") right after the method it starts
     with, else last."""
