@@ -291,15 +291,14 @@ def headline_table(reports: list[dict]) -> str:
     ``--score`` tokens) by length, passkey accuracy (mean over depths) by length, RULER's mean by
     length, ICL accuracy by task, the facts a `memlong demo` report's methods answered, and where
     the runs recorded it, each method's cost (bytes kept per context token, prompt tokens per
-    second of reading and answering) at its longest length. A later
-    report's cell replaces an earlier one's in the same column. Rows: our methods in a fixed order,
-    another label the reports use (a variant's, "memlong, ...") right after the method it starts
-    with, else last."""
+    second of reading and answering) at its longest length. A later report's cell replaces an
+    earlier one's in the same column. Rows: our methods in a fixed order, another label the reports
+    use (a variant's, "memlong, ...") right after the method it starts with, else last."""
     cols: dict[str, dict[str, str]] = {}  # column -> method -> cell
     cost: dict[str, list[tuple[int, float, float]]] = {}  # method -> (length, bytes/token, tokens/s)
     for data in reports:
         if "facts" in data and "answered" in data:  # a `memlong demo` report: facts answered by each method
-            for key, method in DEMO_METHODS.items():
+            for key, (method, _) in DEMO_ANSWERS.items():
                 if key in data["answered"]:
                     cols.setdefault("demo facts", {})[method] = f"{data['answered'][key]} of {len(data['facts'])}"
             continue
@@ -551,21 +550,20 @@ def soak_markdown(r: dict, json_path: str | Path, note: str | None = None) -> st
 # --- memlong demo ---------------------------------------------------------------------------------
 
 
-#: a `memlong demo` report's answers (its keys) and what its table and the headline call them
-DEMO_COLUMNS = {
-    "memory": "with memory",
-    "no_memory": "without memory",
-    "rag": "rag",
-    "base_truncated": "base_truncated",
+#: a `memlong demo` report's answers (its keys) -> (the method, as the headline names it; its column in the demo's table)
+DEMO_ANSWERS = {
+    "memory": ("memlong", "with memory"),
+    "no_memory": ("memlong_no_memory", "without memory"),
+    "rag": ("rag", "rag"),
+    "base_truncated": ("base_truncated", "base_truncated"),
 }
-DEMO_METHODS = {"memory": "memlong", "no_memory": "memlong_no_memory", "rag": "rag", "base_truncated": "base_truncated"}
 
 
 def demo_markdown(d: dict, path: str | Path, note: str | None = None) -> str:
     """`memlong demo`: facts asked with memory, without, and of the baselines it ran (rag, the base
     model on the document's last tokens), ppl, speed."""
     doc = d["document"]
-    asked = [k for k in DEMO_COLUMNS if all(k in f for f in d["facts"])]  # rag, base_truncated: since they ran
+    asked = [k for k in DEMO_ANSWERS if all(k in f for f in d["facts"])]  # rag, base_truncated: since they ran
     parts = " + ".join(f"{p['doc_id']} ({p['tokens']:,})" for p in doc["parts"])
     flags = set_flags(d.get("model", {}).get("overrides"))
     out = [
@@ -573,7 +571,7 @@ def demo_markdown(d: dict, path: str | Path, note: str | None = None) -> str:
         f"{d['torch_threads']} thread(s), load average {d['load_average_at_start']} at the start:",
         "",
         *([note, ""] if note else []),
-        "| fact (depth) | expected | fact's chunk retrieved | " + " | ".join(DEMO_COLUMNS[k] for k in asked) + " |",
+        "| fact (depth) | expected | fact's chunk retrieved | " + " | ".join(DEMO_ANSWERS[k][1] for k in asked) + " |",
         "|---|---|---|" + "---|" * len(asked),
     ]
     for f in d["facts"]:
