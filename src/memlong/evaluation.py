@@ -66,6 +66,15 @@ def token_windows(
 
 
 @torch.no_grad()
+def prefix_cache(model, prefix: Sequence[int], rows: int = 1):
+    """A stock model's key/value cache (a transformers ``Cache``) after reading ``prefix`` in each
+    of ``rows`` rows: the ``memory`` of :func:`continuation_logprobs` for prompts that begin with
+    ``prefix``, so a shared beginning is read once (pass each prompt a ``copy.deepcopy`` of it)."""
+    ids = torch.tensor([list(prefix)] * rows, device=next(model.parameters()).device)
+    with torch.no_grad():
+        return model(ids, use_cache=True, logits_to_keep=1).cache
+
+
 def continuation_rows(continuations: Sequence[Sequence[int]]) -> int:
     """Rows :func:`continuation_logprobs` scores ``continuations`` in: one when each is one token
     (one next-token distribution serves all), else one per continuation."""
@@ -91,9 +100,11 @@ def continuation_logprobs(
     ``requery=n`` (MemLong with memory): the prompt's last ``n`` tokens are the input to classify;
     what comes before them is read first, then they and the continuations retrieve with their own
     embedding (:meth:`MemLongCache.focus_on`, as ``generate(requery=n)`` does for a question).
-    ``memory``/``read`` (MemLong): a memory of :func:`continuation_rows` rows that has already read
+    ``memory``/``read``: a memory of :func:`continuation_rows` rows that has already read
     the prompt's first ``read`` tokens (a copy of a shared one: it is consumed), so prompts with a
-    common beginning read it once; by default a fresh memory reads the whole prompt.
+    common beginning read it once; by default a fresh memory reads the whole prompt. For a stock
+    model (``use_memory=None``) the memory is its key/value cache (a transformers ``Cache``,
+    :func:`prefix_cache`), extended in place.
     """
     if not continuations or any(len(c) == 0 for c in continuations):
         raise ValueError("every continuation needs at least one token")
@@ -101,15 +112,17 @@ def continuation_logprobs(
         raise ValueError(f"requery={requery}: needs a MemLong model (use_memory) and 1..{len(prompt)} prompt tokens")
     single = continuation_rows(continuations) == 1
     rows = [list(prompt)] if single else [list(prompt) + list(c) for c in continuations]
-    if memory is not None and (
-        use_memory is None
-        or memory.batch_size != len(rows)
-        or memory.seen != [read] * len(rows)
-        or not 0 < read <= len(prompt) - max(1, requery)
+    if memory is not None and not 0 < read <= len(prompt) - max(1, requery):
+        raise ValueError(f"memory: read={read} must be 1..{len(prompt) - max(1, requery)}, before the input")
+    if memory is not None and use_memory is None and memory.get_seq_length() != read:
+        raise ValueError(f"memory: the key/value cache holds {memory.get_seq_length()} tokens, not read={read}")
+    if (
+        memory is not None
+        and use_memory is not None
+        and (memory.batch_size != len(rows) or memory.seen != [read] * len(rows))
     ):
         raise ValueError(
-            f"memory: needs a MemLong model and {len(rows)} row(s) that have read the same first "
-            f"read={read} tokens, before the input (1..{len(prompt) - max(1, requery)})"
+            f"memory: needs {len(rows)} row(s) that have read the same first read={read} tokens, before the input"
         )
     width = max(len(r) for r in rows)
     device = next(model.parameters()).device
@@ -118,8 +131,11 @@ def continuation_logprobs(
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     keep = width - len(prompt) + 1  # logits from the prompt's last token on
-    if use_memory is None:
+    if use_memory is None and memory is None:
         kwargs = {"use_cache": False}
+    elif use_memory is None:  # the stock model's cache of the first ``read`` tokens
+        kwargs = {"cache": memory, "use_cache": True}
+        ids = ids[:, read:]
     else:
         kwargs = {"cache": memory if memory is not None else model.new_memory(len(rows), use_memory)}
         ids, mask = ids[:, read:], mask  # the mask covers every column read (what the memory read too)

@@ -82,7 +82,7 @@ def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
     )
     report = json.loads(out.read_text())
     rows = {r["method"]: r for r in report["results"]}
-    assert set(rows) == {"memlong", "memlong_no_memory", "in_context", "rag"}
+    assert set(rows) == {"memlong", "memlong_no_memory", "in_context", "base_truncated", "rag"}
     for r in rows.values():
         assert {"method", "task", "shots_context", "shots_memory", "accuracy", "examples"} <= set(r)
         assert r["tokens_per_second"] > 0 and r["bytes_per_token"] > 0
@@ -90,6 +90,8 @@ def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
         assert 0 <= r["accuracy"] <= 1 and len(r["accuracy_per_trial"]) == 2
         assert sum(r["predicted"].values()) == 2 * 2 and set(r["predicted"]) <= {"manual", "python"}
     assert rows["memlong"]["memory_tokens_banked"] > 0.5
+    assert rows["base_truncated"]["demonstration_tokens_in_window"] == 1  # all fit: it reads what in_context does
+    assert rows["base_truncated"]["accuracy_per_trial"] == rows["in_context"]["accuracy_per_trial"]
     assert report["config"]["memlong"]["local_window"] == 48
     assert (tmp_path / "icl.png").stat().st_size > 1000
     assert assert_markdown_beside(out).endswith("\n\n![icl](icl.png)\n")  # linked from beside the JSON
@@ -101,6 +103,8 @@ def test_end_to_end_json_plot_and_skipped_in_context(setup, tmp_path, capsys):
     assert rows["in_context"]["accuracy"] is None and "skipped" in rows["in_context"]["note"]
     assert rows["in_context"]["tokens_per_second"] is None and rows["rag"]["accuracy"] is not None  # rag fits
     assert "1024" in rows["in_context"]["note"] and rows["memlong"]["accuracy"] is not None
+    assert rows["base_truncated"]["accuracy"] is not None  # the demonstrations' last tokens that fit
+    assert 0 < rows["base_truncated"]["demonstration_tokens_in_window"] < 1
 
 
 def test_memory_demonstrations_reach_the_bank_and_change_scores(memlong_model):
@@ -183,6 +187,28 @@ def test_a_shared_prefix_read_once_scores_as_the_whole_prompt(memlong_model):
         continuation_logprobs(
             model, prefix + inputs[0], [[5], [17]], use_memory=True, memory=copy.deepcopy(shared), read=len(prefix) - 1
         )
+
+
+def test_a_stock_models_shared_prefix_cache_scores_as_the_whole_prompt(memlong_model):
+    """The base model's methods read a trial's demonstrations once (:func:`prefix_cache`) and
+    score each input from a copy of that cache: the same scores as the whole prompt, one-token or
+    multi-token label words; a cache of another length is refused."""
+    import copy
+
+    from memlong.evaluation import continuation_rows, prefix_cache
+
+    _, ref = memlong_model  # the stock model
+    g = torch.Generator().manual_seed(7)
+    prefix = torch.randint(0, 101, (41,), generator=g).tolist()
+    inputs = [torch.randint(0, 101, (n,), generator=g).tolist() for n in (5, 9)]
+    for cands in ([[5], [17]], [[5], [42, 3], [8]]):
+        shared = prefix_cache(ref, prefix, continuation_rows(cands))
+        for x in inputs:
+            want = continuation_logprobs(ref, prefix + x, cands)
+            got = continuation_logprobs(ref, prefix + x, cands, memory=copy.deepcopy(shared), read=len(prefix))
+            assert got == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="holds 41 tokens"):
+        continuation_logprobs(ref, prefix + inputs[0], [[5]], memory=copy.deepcopy(shared), read=40)
 
 
 def test_scores_are_continuation_log_probabilities(memlong_model):

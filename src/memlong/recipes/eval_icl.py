@@ -9,6 +9,9 @@ the same token stream, M demonstrations first, and differs only in what it can s
 * ``memlong_no_memory``: the same model and local window with retrieval off;
 * ``in_context``: the base model with all K+M demonstrations in its context, only where every
   prompt fits its window (otherwise reported as skipped, with the reason);
+* ``base_truncated``: the base model on the demonstrations' last tokens that fit its window
+  beside the longest test input and label word (the same for every input of a trial), then the
+  input: the model in its own window, as a user without memory or retrieval would run it;
 * ``rag`` (the paper's "w./ RAG"): the base model with the ``top_k`` of the M memory
   demonstrations most similar to the test input (the MemLong model's retriever, cosine:
   :mod:`memlong.rag`), as text in their order, before the K context demonstrations and the input.
@@ -20,7 +23,8 @@ The demonstrations are sampled once per trial (``--trials``, seeds ``--seed`` + 
 by all test inputs of that trial, so the MemLong methods read them once per trial and each test
 input continues from a copy of that memory (the same as reading its whole prompt: the memory
 does not depend on where calls split the input; hundreds of demonstrations in memory cost one
-read); accuracy is the mean over trials. The run stops with an error
+read), and the base model's methods keep the key/value cache of the demonstrations every input of
+the trial starts with (:func:`memlong.evaluation.prefix_cache`); accuracy is the mean over trials. The run stops with an error
 when no memory demonstration would reach the bank (memory would measure nothing) and says
 which share of the memory demonstrations' tokens did (``memory_tokens_banked``): the rest is
 still in the local window, seen by both MemLong methods. ``--data``: ``sst2``, ``mr``,
@@ -39,7 +43,7 @@ import argparse
 
 from memlong.recipes.eval_common import Skip, load_models, measured, write_report
 
-METHODS = ("memlong", "memlong_no_memory", "in_context", "rag")
+METHODS = ("memlong", "memlong_no_memory", "in_context", "base_truncated", "rag")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,12 +103,13 @@ def _icl_data(args):
 
 
 def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
+    import copy
     import random
     from collections import Counter
 
     from memlong.cost import bytes_per_token, tokens_per_second
     from memlong.data.icl import demo_text, query_text
-    from memlong.evaluation import continuation_logprobs, continuation_rows
+    from memlong.evaluation import continuation_logprobs, continuation_rows, prefix_cache
 
     task, pool, tests = data
     K, M = args.shots_context, args.shots_memory
@@ -155,6 +160,8 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
             f"{cfg.local_window}-token local window at the test input on average (the rest left it: into memory for memlong, dropped without)"
         )
     longest = max(len(p) for prompts in trials for p in prompts) + max(len(c) for c in cands)
+    # base_truncated: the demonstrations' last tokens that fit beside the longest input and label word
+    fits = base_window - max(n for q in question_tokens for n in q) - max(len(c) for c in cands)
     majority = Counter(ex.label for ex in tests).most_common(1)[0][1] / len(tests)
     print(f"{'method':>18} {'task':>14}   K   M  accuracy  per trial  examples  banked  predicted / note")
     results = []
@@ -177,26 +184,43 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
             row["context_tokens_in_window"] = round(sum(local) / len(local), 4) if K else None
         if method == "rag":
             row["rag_top_k"] = cfg.top_k
+        if method == "base_truncated":  # the share of the demonstrations' tokens in the base model's window
+            row["demonstration_tokens_in_window"] = round(
+                sum(min(1, max(0, fits) / max(1, len(p))) for p in prefixes) / len(prefixes), 4
+            )
         with measured(row, "accuracy"):
             if method == "in_context" and longest > base_window:
                 raise Skip(f"prompts of up to {longest} tokens do not fit the base model's window ({base_window})")
-            plain = trials
+            plain, shared_base = trials, prefixes
+            if method == "base_truncated":
+                if fits < 1:
+                    raise Skip(
+                        f"test inputs and label words of up to {base_window - fits} tokens fill the base "
+                        f"model's window ({base_window}): no demonstration fits beside them"
+                    )
+                shared_base = [p[-fits:] for p in prefixes]
+                plain = [[b + p[len(a) :] for p in prompts] for a, b, prompts in zip(prefixes, shared_base, trials)]
             if method == "rag":  # timed with the method: embedding the demonstrations is its reading
                 plain = [_rag_prompts(model, *parts) for parts in rag_parts]
                 need = max(len(p) for prompts in plain for p in prompts) + max(len(c) for c in cands)
                 if need > base_window:
                     raise Skip(f"rag prompts of up to {need} tokens do not fit the base model's window ({base_window})")
             per_trial, predicted = [], Counter()
-            for prompts, questions, prefix in zip(plain, question_tokens, prefixes):
+            for prompts, questions, prefix, base_prefix in zip(plain, question_tokens, prefixes, shared_base):
                 hits = 0
                 shared = (
                     _read_prefix(model, prefix, continuation_rows(cands), method == "memlong")
                     if method in ("memlong", "memlong_no_memory") and prefix
+                    else prefix_cache(base, base_prefix, continuation_rows(cands))
+                    if method in ("in_context", "base_truncated") and base_prefix
                     else None
                 )
                 for prompt, n, ex in zip(prompts, questions, tests):
-                    if method in ("in_context", "rag"):
+                    if method == "rag":
                         scores = continuation_logprobs(base, prompt, cands)
+                    elif method in ("in_context", "base_truncated"):  # from a copy of the shared cache
+                        memory = copy.deepcopy(shared) if shared is not None else None
+                        scores = continuation_logprobs(base, prompt, cands, memory=memory, read=len(base_prefix))
                     else:  # every prompt of the trial continues from a copy of the shared demonstrations
                         scores = continuation_logprobs(
                             model,
