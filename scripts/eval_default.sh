@@ -18,6 +18,8 @@ $M eval passkey --data runs/corpus --lengths 4096,16384,32768,65536,131072 --dep
 # the base model on the last 8,192 tokens (its trained context) of each passkey prompt
 $M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods base_truncated --threads 1 --json docs/results/default_passkey_base_truncated.json
 $M eval passkey --data runs/corpus --lengths 32768,65536,131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods base_truncated --threads 1 --json docs/results/default_passkey_base_truncated_long.json
+# the same model without memory beyond its window (5 depths x 1 trial a length; --resume continues a run cut short)
+$M eval passkey --data runs/corpus --lengths 32768,65536,131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods memlong_no_memory --threads 1 --resume --json docs/results/default_passkey_no_memory_long.json
 # the base model with full attention where the prompt fits its trained context (8,192 tokens)
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods base_full --threads 1 --json docs/results/default_passkey_base_full.json
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
@@ -34,8 +36,11 @@ $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --max-docum
 $M eval ppl --data runs/corpus --lengths 4096,8192,16384,32768,65536 --same-text --max-documents 3 --methods memlong,memlong_no_memory,base_full,base_truncated --threads 2 --json docs/results/default_ppl_same_text.json --plot docs/results/default_ppl_same_text.png
 # in-context learning with 300 demonstrations in memory (read once per trial), 4 in context
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods memlong,memlong_no_memory --threads 2 --json docs/results/default_icl.json
-# 40 demonstrations in memory without requery (the test input reads the memory retrieved before it), and the base with every demonstration in context
+# rag: the base model with the top-k of the 300 demonstrations for each input, as text before the 4 in context
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods rag --threads 1 --json docs/results/default_icl_rag.json
+# the base model on the demonstrations' last tokens that fit its window (the 300 do not: in_context is skipped)
+$M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 300 --trials 3 --max-examples 60 --methods base_truncated --threads 1 --json docs/results/default_icl_base_truncated.json
+# 40 demonstrations in memory without requery (the test input reads the memory retrieved before it), and the base with every demonstration in context
 $M eval icl --data corpus-source:runs/corpus --shots-context 4 --shots-memory 40 --trials 1 --max-examples 20 --no-requery --threads 2 --json docs/results/default_icl_no_requery.json
 # why the default keeps 4 sink tokens: the same 4k passkey without them
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --set sink_tokens=0 --threads 2 --json docs/results/default_passkey_no_sink.json

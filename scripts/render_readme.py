@@ -453,6 +453,7 @@ SECTIONS = {
             "bank_heads_icl",
             "default_icl",
             "default_icl_rag",
+            "default_icl_base_truncated",
             "demo",  # make demo: the facts each method answered (its own table: the README's demo section)
         ],
     ),
@@ -474,7 +475,7 @@ SECTIONS = {
             + ("passkey_base_truncated_long", "passkey_base_full", "passkey_no_sink")
             + ("passkey_upper_layers",)
             + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler_16k_before_question_window", "ruler", "ruler_long")
-            + ("icl", "icl_rag", "icl_no_requery")
+            + ("icl", "icl_rag", "icl_base_truncated", "icl_no_requery")
         ]
         + ["every_head_passkey", "every_head_passkey_128k", "every_head_ruler_16k", "every_head_icl"],
     ),
