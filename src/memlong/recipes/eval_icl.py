@@ -23,15 +23,16 @@ The demonstrations are sampled once per trial (``--trials``, seeds ``--seed`` + 
 by all test inputs of that trial, so the MemLong methods read them once per trial and each test
 input continues from a copy of that memory (the same as reading its whole prompt: the memory
 does not depend on where calls split the input; hundreds of demonstrations in memory cost one
-read), and the base model's methods keep the key/value cache of the demonstrations every input of
-the trial starts with (:func:`memlong.evaluation.prefix_cache`); accuracy is the mean over trials. The run stops with an error
-when no memory demonstration would reach the bank (memory would measure nothing) and says
-which share of the memory demonstrations' tokens did (``memory_tokens_banked``): the rest is
-still in the local window, seen by both MemLong methods. ``--data``: ``sst2``, ``mr``,
-``subj``, ``sst5``, ``mpqa`` (through ``datasets``: SetFit/sst2, rotten_tomatoes, SetFit/subj,
-SetFit/sst5, SetFit/mpqa), a ``.jsonl`` file or folder of ``{"text", "label"}`` lines
-(``--labels``), or ``corpus-source:CORPUS_DIR``: short passages of a ``memlong data`` corpus
-labelled ``python`` / ``manual`` / ``java`` by their source (see :mod:`memlong.data.icl`).
+read), and the base model's methods keep the key/value cache of the demonstrations every input
+of the trial starts with (:func:`memlong.evaluation.prefix_cache`); accuracy is the mean over
+trials. The run stops with an error when no memory demonstration would reach the bank (memory
+would measure nothing) and says which share of the memory demonstrations' tokens did
+(``memory_tokens_banked``): the rest is still in the local window, seen by both MemLong methods.
+``--data``: ``sst2``, ``mr``, ``subj``, ``sst5``, ``mpqa`` (through ``datasets``: SetFit/sst2,
+rotten_tomatoes, SetFit/subj, SetFit/sst5, SetFit/mpqa), a ``.jsonl`` file or folder of
+``{"text", "label"}`` lines (``--labels``), or ``corpus-source:CORPUS_DIR``: short passages of a
+``memlong data`` corpus labelled ``python`` / ``manual`` / ``java`` by their source (see
+:mod:`memlong.data.icl`).
 
     memlong eval icl --model PATH --data corpus-source:runs/corpus --shots-context 4 --shots-memory 18 \
         --set local_window=512 --max-examples 60 --trials 3 --json icl.json --plot icl.png
