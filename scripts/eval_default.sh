@@ -19,7 +19,8 @@ $M eval passkey --data runs/corpus --lengths 4096,16384,32768,65536,131072 --dep
 $M eval passkey --data runs/corpus --lengths 4096,16384 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods base_truncated --threads 1 --json docs/results/default_passkey_base_truncated.json
 $M eval passkey --data runs/corpus --lengths 32768,65536,131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods base_truncated --threads 1 --json docs/results/default_passkey_base_truncated_long.json
 # the same model without memory beyond its window (5 depths x 1 trial a length; --resume continues a run cut short)
-$M eval passkey --data runs/corpus --lengths 32768,65536,131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods memlong_no_memory --threads 1 --resume --json docs/results/default_passkey_no_memory_long.json
+$M eval passkey --data runs/corpus --lengths 32768,65536 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods memlong_no_memory --threads 1 --resume --json docs/results/default_passkey_no_memory_long.json
+$M eval passkey --data runs/corpus --lengths 131072 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1 --methods memlong_no_memory --threads 1 --resume --json docs/results/default_passkey_no_memory_128k.json
 # the base model with full attention where the prompt fits its trained context (8,192 tokens)
 $M eval passkey --data runs/corpus --lengths 4096 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods base_full --threads 1 --json docs/results/default_passkey_base_full.json
 $M eval passkey --data runs/corpus --lengths 32768 --depths 0.1,0.3,0.5,0.7,0.9 --trials 2 --methods memlong --threads 1 --json docs/results/default_passkey_32k.json
