@@ -71,8 +71,7 @@ def prefix_cache(model, prefix: Sequence[int], rows: int = 1):
     of ``rows`` rows: the ``memory`` of :func:`continuation_logprobs` for prompts that begin with
     ``prefix``, so a shared beginning is read once (pass each prompt a ``copy.deepcopy`` of it)."""
     ids = torch.tensor([list(prefix)] * rows, device=next(model.parameters()).device)
-    with torch.no_grad():
-        return model(ids, use_cache=True, logits_to_keep=1).cache
+    return model(ids, use_cache=True, logits_to_keep=1).cache
 
 
 def continuation_rows(continuations: Sequence[Sequence[int]]) -> int:
