@@ -445,6 +445,7 @@ SECTIONS = {
             "default_passkey_base_truncated_long",
             "default_passkey_base_full",
             "default_passkey_no_memory_long",
+            "default_passkey_no_memory_128k",
             "default_ruler_4k",
             "every_head_ruler_16k",
             "bank_heads_ruler_16k",
@@ -473,7 +474,8 @@ SECTIONS = {
             f"default_{name}"
             for name in ("ppl_test", "ppl_same_text", "ppl_to_64k", "ppl_by_length", "passkey", "passkey_32k")
             + ("passkey_64k", "passkey_64k_rerank_all", "passkey_128k", "passkey_rag", "passkey_base_truncated")
-            + ("passkey_base_truncated_long", "passkey_base_full", "passkey_no_memory_long", "passkey_no_sink")
+            + ("passkey_base_truncated_long", "passkey_base_full", "passkey_no_memory_long")
+            + ("passkey_no_memory_128k", "passkey_no_sink")
             + ("passkey_upper_layers",)
             + ("ruler_4k", "ruler_16k", "ruler_32k", "ruler_16k_before_question_window", "ruler", "ruler_long")
             + ("icl", "icl_rag", "icl_base_truncated", "icl_no_requery")
