@@ -208,14 +208,11 @@ def _run_icl(args, data, tok, model, base, base_window, methods) -> list[dict]:
                     raise Skip(f"rag prompts of up to {need} tokens do not fit the base model's window ({base_window})")
             per_trial, predicted = [], Counter()
             for prompts, questions, prefix, base_prefix in zip(plain, question_tokens, prefixes, shared_base):
-                hits = 0
-                shared = (
-                    _read_prefix(model, prefix, continuation_rows(cands), method == "memlong")
-                    if method in ("memlong", "memlong_no_memory") and prefix
-                    else prefix_cache(base, base_prefix, continuation_rows(cands))
-                    if method in ("in_context", "base_truncated") and base_prefix
-                    else None
-                )
+                hits, shared = 0, None  # what every prompt of the trial starts with, read once
+                if method in ("memlong", "memlong_no_memory") and prefix:
+                    shared = _read_prefix(model, prefix, continuation_rows(cands), method == "memlong")
+                elif method in ("in_context", "base_truncated") and base_prefix:
+                    shared = prefix_cache(base, base_prefix, continuation_rows(cands))
                 for prompt, n, ex in zip(prompts, questions, tests):
                     if method == "rag":
                         scores = continuation_logprobs(base, prompt, cands)
